@@ -1,0 +1,41 @@
+# make run  - the default experiment (LeNet-5, Fashion-MNIST, unstructured global 0.5) -> ./mlflow.db
+# make test - the test suite;  make bench - benchmarks/ -> benchmarks/RESULTS.md
+# Both create .venv and install the project on first use (torch pinned to the CPU build).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+# pip on some machines warns about every missing local index folder: keep the log readable.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' $(QUIET_PIP)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m prunelab $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) outputs multirun mlruns mlartifacts

@@ -1,0 +1,94 @@
+"""The command line: ``python -m prunelab [overrides]`` (one run) or ``-m`` (a sweep).
+
+A thin Hydra wrapper around :func:`prunelab.runner.run`. Before Hydra composes anything, the
+overrides are checked here against the config groups and value ranges, so a typo gives one
+readable line (``prunelab: error: ...``) and exit status 2 instead of Hydra's multi-line report,
+and no MLflow run is ever opened for a bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import hydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+from .config import ConfigError, check_choice, check_ratio, register
+from .paths import conf_dir, experiments_dir
+
+log = logging.getLogger("prunelab")
+
+GROUPS = ("model", "dataset", "method", "scope")
+
+
+def _options(group: str) -> list[str]:
+    folder = experiments_dir() / "experiment" if group == "experiment" else conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _values(override) -> list[str]:
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
+
+
+def preflight(args: list[str]) -> None:
+    """Reject bad group options and values in the command-line overrides (raises ConfigError)."""
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # Hydra's grammar errors
+        raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
+    for o in parsed:
+        if o.is_delete():
+            continue
+        key = o.key_or_group
+        for value in _values(o):
+            if key in (*GROUPS, "experiment"):
+                check_choice(key, value, _options(key))
+            elif key == "ratio":
+                check_ratio(value)
+            elif key == "method.criterion":
+                from .pruning import CRITERIA
+                check_choice(key, value, CRITERIA)
+            elif key == "scope.name":
+                from .pruning import SCOPES
+                check_choice(key, value, SCOPES)
+
+
+def _interrupt(signum, frame):
+    # SIGTERM (a scheduler, `kill`) takes the same path as Ctrl-C: runs end KILLED, not RUNNING.
+    raise KeyboardInterrupt
+
+
+def _task(cfg: DictConfig):
+    from mlflow.exceptions import MlflowException
+
+    from .data import DataError
+    from .pruning import MaskError, PruningError
+    from .runner import run
+
+    try:
+        return run(cfg)["test_accuracy"]
+    except (ConfigError, DataError, PruningError, MaskError, MlflowException) as e:
+        # Expected failures (bad values, missing data, impossible pruning): one line, exit 2.
+        # Anything else is a bug and keeps its traceback.
+        log.debug("failure", exc_info=True)
+        print(f"prunelab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    try:
+        preflight(sys.argv[1:])
+    except ConfigError as e:
+        print(f"prunelab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    register()
+    signal.signal(signal.SIGTERM, _interrupt)
+    # An absolute config_path works from a checkout, from any working directory and from a wheel;
+    # a relative "../conf" does not under `python -m`.
+    hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_task)()

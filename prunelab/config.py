@@ -1,0 +1,133 @@
+"""The typed config schema, registered in Hydra's ConfigStore, and its early validation.
+
+``conf/config.yaml`` pulls ``prunelab_schema`` in first, so every YAML value is type-checked against
+these dataclasses while Hydra composes. Range and choice checks that types cannot express live in
+``__post_init__`` (run by :func:`validate`) and in the ``check_*`` functions that the command line
+also uses before Hydra starts (``cli.py``): one readable sentence, raised as :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .pruning import CRITERIA, SCOPES
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or not one of the allowed options."""
+
+
+def check_ratio(value: Any) -> float:
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ratio={value!r} is not a number: expected a float with 0 <= ratio < 1") from None
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"ratio={value} is out of range: expected 0 <= ratio < 1")
+    return ratio
+
+
+def check_choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected one of {', '.join(allowed)}")
+
+
+@dataclass
+class MethodConfig:
+    _target_: str = MISSING
+    _partial_: bool = True
+    criterion: str = "l1"
+    ignore: list[str] = field(default_factory=list)
+    normalize: Optional[str] = None
+
+    def __post_init__(self):
+        check_choice("method.criterion", self.criterion, CRITERIA)
+        if self.normalize is not None:
+            check_choice("method.normalize", self.normalize, ("mean", "none"))
+
+
+@dataclass
+class ScopeConfig:
+    name: str = MISSING
+
+    def __post_init__(self):
+        check_choice("scope.name", self.name, SCOPES)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-3
+    # A partial optimizer (torch.optim.X with _partial_: true); lr is passed separately.
+    optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True})
+    schedule: str = "cosine"
+
+    def __post_init__(self):
+        _positive("train", self)
+        check_choice("train.schedule", self.schedule, ("cosine", "constant"))
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 3
+    lr: float = 1e-3
+    schedule: str = "cosine"
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ConfigError(f"finetune.epochs={self.epochs} must be >= 0")
+        if not self.lr > 0:
+            raise ConfigError(f"finetune.lr={self.lr} must be > 0")
+        check_choice("finetune.schedule", self.schedule, ("cosine", "constant"))
+
+
+def _positive(prefix: str, cfg) -> None:
+    for key in ("epochs", "batch_size", "lr"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"{prefix}.{key}={getattr(cfg, key)} must be > 0")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    experiment: Optional[str] = None  # default: <model>-<dataset>
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    dataset: Any = MISSING
+    method: MethodConfig = MISSING
+    scope: ScopeConfig = MISSING
+    ratio: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cache_dir: Optional[str] = None  # dense-model cache; default: ~/.cache/prunelab/dense
+    force: bool = False  # rerun a point even if a FINISHED run with its key exists
+
+    def __post_init__(self):
+        check_ratio(self.ratio)
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r} is not allowed: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="prunelab_schema", node=Config)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Run every ``__post_init__`` check on a composed config (raises :class:`ConfigError`)."""
+    try:
+        OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as e:  # OmegaConf's own type errors, e.g. from a programmatic compose
+        raise ConfigError(str(e).splitlines()[0]) from None

@@ -1,0 +1,252 @@
+"""Datasets as in-memory tensors.
+
+Every dataset here is small enough to live in memory, so batches are taken by indexing with a
+permutation (see ``train.batches``) instead of a per-sample Python ``Dataset``. Each loader returns
+:class:`Splits`: train / validation (for choices) / test (for reported numbers), already
+standardised with statistics of the training split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be found or read; the message says what to do."""
+
+
+@dataclass
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Splits:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def to(self, device) -> "Splits":
+        return Splits(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
+                      self.num_classes)
+
+
+def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, seed) -> Splits:
+    """Hold out ``val_size`` training samples (chosen by ``seed``) and standardise all splits with
+    the mean/std of what remains for training, so no test statistic leaks into the inputs."""
+    if not 0 <= val_size < len(y_train):
+        raise DataError(f"dataset.val_size={val_size} must be in [0, {len(y_train)})")
+    perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    x_train = x_train.float()
+    mean, std = x_train[train_idx].mean(), x_train[train_idx].std().clamp_min(1e-8)
+
+    def norm(x):
+        return (x.float() - mean) / std
+
+    return Splits(
+        name=name,
+        train=Split(norm(x_train[train_idx]), y_train[train_idx].long()),
+        val=Split(norm(x_train[val_idx]), y_train[val_idx].long()),
+        test=Split(norm(x_test), y_test.long()),
+        num_classes=num_classes,
+    )
+
+
+# --- IDX files (the MNIST family's format) ---------------------------------------------------
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike, sha256: str | None = None) -> torch.Tensor:
+    """Read an IDX file (optionally gzip-compressed) into a tensor, checking its header and, if
+    given, the SHA-256 of its uncompressed bytes."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DataError(f"{path} is not a readable IDX file ({e}); delete it and fetch it again") from e
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(f"{path} does not match its checksum: delete it and fetch it again "
+                        "(or pass dataset.verify=false for a modified copy)")
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number); delete it and fetch it again")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} is truncated (header); delete it and fetch it again")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DataError(
+            f"{path} holds {len(data) - header} data bytes, its header promises {expected}; "
+            "the file is truncated or corrupted: delete it and fetch it again"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
+
+
+# --- Fashion-MNIST ----------------------------------------------------------------------------
+
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# SHA-256 of the *uncompressed* files: distributions recompress the .gz (Debian's differ
+# byte-wise from the official archives) but the IDX payload is the same.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def cache_dir() -> Path:
+    """The user cache (``$XDG_CACHE_HOME/prunelab`` or ``~/.cache/prunelab``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prunelab"
+
+
+def payload_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
+    """Where the files are looked for, in order: ``root``, ``$PRUNELAB_DATA``, the user cache,
+    then Debian/Ubuntu's ``dataset-fashion-mnist`` package."""
+    dirs = [Path(root).expanduser()] if root else []
+    if os.environ.get("PRUNELAB_DATA"):
+        dirs.append(Path(os.environ["PRUNELAB_DATA"]).expanduser())
+    dirs += [cache_dir() / "fashion-mnist", SYSTEM_DIR]
+    # Accept both `<dir>/*.gz` and `<dir>/fashion-mnist/*.gz`.
+    return [p for d in dirs for p in (d, d / "fashion-mnist")]
+
+
+def download(url: str, dest: Path, sha256: str | None) -> None:
+    """Fetch ``url`` to ``dest`` atomically, verifying the uncompressed payload's checksum."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out)
+        if sha256 is not None and payload_sha256(Path(tmp)) != sha256:
+            raise DataError(f"checksum mismatch for {url}: the download is corrupted, try again")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
+                       checksums: dict[str, str] | None = None) -> Path:
+    """Return a directory holding the four Fashion-MNIST files, downloading them if needed."""
+    checksums = FASHION_MNIST_SHA256 if checksums is None else checksums
+    names = list(checksums)
+    for d in candidate_dirs(root):
+        if all((d / n).is_file() for n in names):
+            log.debug("Fashion-MNIST found in %s", d)
+            return d
+    target = cache_dir() / "fashion-mnist"
+    if url:
+        try:
+            for n in names:
+                if not (target / n).is_file():
+                    log.info("downloading %s%s", url, n)
+                    download(url + n, target / n, checksums.get(n))
+            return target
+        except (OSError, ValueError) as e:
+            reason = f"download from {url} failed ({e})"
+        except DataError as e:
+            reason = str(e)
+    else:
+        reason = "downloading is disabled (dataset.url=null)"
+    searched = ", ".join(str(d) for d in candidate_dirs(root)[::2])
+    raise DataError(
+        f"Fashion-MNIST not found in {searched} and {reason}: install Debian's "
+        "dataset-fashion-mnist package, or put the four *-ubyte.gz files in a folder and pass "
+        "dataset.root=FOLDER (or set PRUNELAB_DATA)"
+    )
+
+
+def fashion_mnist(root=None, val_size: int = 5000, seed: int = 0,
+                  url: str | None = FASHION_MNIST_URL, verify: bool = True) -> Splits:
+    """Fashion-MNIST (60k train / 10k test, 1x28x28, 10 classes) from IDX ``.gz`` files."""
+    folder = find_fashion_mnist(root, url)
+
+    def load(kind):
+        name = f"{kind}-ubyte.gz"
+        return read_idx(folder / name, FASHION_MNIST_SHA256[name] if verify else None)
+
+    x_train, y_train = load("train-images-idx3"), load("train-labels-idx1")
+    x_test, y_test = load("t10k-images-idx3"), load("t10k-labels-idx1")
+    return make_splits("fashion_mnist", x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test,
+                       10, val_size, seed)
+
+
+# --- scikit-learn's digits and synthetic data -------------------------------------------------
+
+
+def digits(val_size: int = 180, test_size: int = 360, seed: int = 0) -> Splits:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images): real data, seconds to train.
+
+    The test split is fixed (the last ``test_size`` images after a seed-0 shuffle), so reported
+    numbers are comparable across seeds; the validation split follows ``seed``."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32)).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    return make_splits("digits", x[:-test_size], y[:-test_size], x[-test_size:], y[-test_size:],
+                       10, val_size, seed)
+
+
+def synthetic(in_shape=(1, 8, 8), num_classes: int = 10, train_size: int = 512,
+              test_size: int = 256, val_size: int = 64, noise: float = 1.0, seed: int = 0) -> Splits:
+    """Gaussian class prototypes plus noise: learnable in one epoch, for tests and smoke runs.
+
+    The prototypes are fixed (seed 0) so that train and test share a task whatever ``seed`` is."""
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(num_classes, *in_shape, generator=g)
+
+    def sample(n, gen):
+        y = torch.randint(num_classes, (n,), generator=gen)
+        return prototypes[y] + noise * torch.randn(n, *in_shape, generator=gen), y
+
+    x_tr, y_tr = sample(train_size + val_size, torch.Generator().manual_seed(1 + seed))
+    x_te, y_te = sample(test_size, torch.Generator().manual_seed(10_000))
+    return make_splits("synthetic", x_tr, y_tr, x_te, y_te, num_classes, val_size, seed)

@@ -1,0 +1,70 @@
+"""Train the dense model once per (model, dataset, train config, seed) and cache it on disk.
+
+Several processes of a parallel sweep may ask for the same dense model at once: a file lock makes
+one of them train it while the others wait and then load it. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .train import EpochResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DenseResult:
+    key: str
+    history: list[EpochResult]
+    val_accuracy: float
+    test_accuracy: float
+    from_cache: bool
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _atomic_save(obj, path: Path, save: Callable) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def dense_model(model: nn.Module, key: str, cache_dir: Path,
+                train: Callable[[nn.Module], tuple[list[EpochResult], float, float]]) -> DenseResult:
+    """Load the cached weights for ``key`` into ``model``, or ``train(model)`` and cache them.
+
+    ``train`` returns ``(history, val_accuracy, test_accuracy)``."""
+    weights, meta = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
+    with _locked(cache_dir / f"{key}.lock"):
+        if weights.is_file() and meta.is_file():
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            info = json.loads(meta.read_text())
+            log.info("dense model %s loaded from %s (no training)", key, weights)
+            return DenseResult(key, [EpochResult(**e) for e in info["history"]],
+                               info["val_accuracy"], info["test_accuracy"], from_cache=True)
+        history, val_acc, test_acc = train(model)
+        _atomic_save(model.state_dict(), weights, torch.save)
+        info = {"history": [asdict(e) for e in history], "val_accuracy": val_acc, "test_accuracy": test_acc}
+        _atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
+        log.info("dense model %s trained and cached in %s", key, weights)
+        return DenseResult(key, history, val_acc, test_acc, from_cache=False)

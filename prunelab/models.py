@@ -1,0 +1,127 @@
+"""The built-in models.
+
+Each factory takes the input shape and class count from the dataset, so every model runs on every
+dataset (LeNet-300-100 on 8x8 digits gets 64 inputs). The layer that produces the logits is always
+called ``classifier``: structured pruning ignores it by default (removing its outputs would remove
+classes). Any other ``nn.Module`` can be used through ``model._target_``; :func:`build` passes it
+``in_shape`` / ``num_classes`` only if its signature asks for them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+def build(factory: Callable[..., nn.Module], in_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """Call a model factory (or class), passing the dataset facts it accepts."""
+    params = inspect.signature(factory).parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    facts = {"in_shape": tuple(in_shape), "num_classes": num_classes}
+    model = factory(**{k: v for k, v in facts.items() if takes_all or k in params})
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model._target_ returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _flat_size(features: nn.Module, in_shape) -> int:
+    with torch.no_grad():
+        return features(torch.zeros(1, *in_shape)).flatten(1).shape[1]
+
+
+def lenet300_100(in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """LeNet-300-100: the fully connected net of the classic pruning papers."""
+    head = nn.Sequential(nn.Linear(math.prod(in_shape), 300), nn.ReLU(), nn.Linear(300, 100),
+                         nn.ReLU(), nn.Linear(100, num_classes))
+    return _Classified(nn.Identity(), head)
+
+
+class _Classified(nn.Module):
+    """features -> flatten -> head, with the last head layer reachable as ``classifier``."""
+
+    def __init__(self, features: nn.Module, head: nn.Sequential):
+        super().__init__()
+        self.features = features
+        self.head = head[:-1]
+        self.classifier = head[-1]
+
+    def forward(self, x):
+        return self.classifier(self.head(self.features(x).flatten(1)))
+
+
+def lenet5(in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """LeNet-5 with ReLU and max-pooling; both convolutions are padded so 8x8 inputs work too."""
+    c = in_shape[0]
+    features = nn.Sequential(
+        nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    flat = _flat_size(features, in_shape)
+    head = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, num_classes))
+    return _Classified(features, head)
+
+
+def vgg_small(in_shape=(1, 28, 28), num_classes: int = 10, width: int = 32) -> nn.Module:
+    """A small VGG: three stages of two 3x3 conv + BatchNorm + ReLU, widths w, 2w, 4w."""
+    layers, c = [], in_shape[0]
+    for stage, out in enumerate((width, 2 * width, 4 * width)):
+        for _ in range(2):
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            c = out
+        # Pool only while the map is large enough (8x8 digits keep a 2x2 map).
+        if min(in_shape[1:]) // 2 ** (stage + 1) >= 2:
+            layers.append(nn.MaxPool2d(2))
+    layers.append(nn.AdaptiveAvgPool2d(1))
+    features = nn.Sequential(*layers)
+    head = nn.Sequential(nn.Linear(c, 4 * width), nn.ReLU(), nn.Linear(4 * width, num_classes))
+    return _Classified(features, head)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; a 1x1 conv + BN projection where the shape changes (option B)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, blocks_per_stage: int, in_shape=(3, 32, 32), num_classes: int = 10,
+                 width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        blocks, c = [], width
+        for stage in range(3):
+            out = width * 2 ** stage
+            for i in range(blocks_per_stage):
+                blocks.append(BasicBlock(c, out, 2 if stage > 0 and i == 0 else 1))
+                c = out
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.classifier(self.pool(self.layers(x)).flatten(1))
+
+
+def resnet20(in_shape=(3, 32, 32), num_classes: int = 10, width: int = 16) -> nn.Module:
+    """CIFAR-style ResNet-20 (3 stages x 3 basic blocks, widths w, 2w, 4w)."""
+    return ResNet(3, in_shape, num_classes, width)

@@ -1,0 +1,105 @@
+"""The mask: which parameter entries survive pruning.
+
+A :class:`Mask` maps parameter names (as in ``model.named_parameters()``) to boolean tensors of the
+same shape (``True`` = kept). It is checked against the model before it touches it, applying it is
+one call, and :meth:`Mask.hold` returns the cheap per-step function that keeps pruned entries at
+exactly zero during fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class MaskError(ValueError):
+    """A mask does not fit the model it is applied to."""
+
+
+@dataclass
+class Mask:
+    masks: dict[str, torch.Tensor]
+    # Names of the weights that pruning chose among (the "prunable weights" of the reports).
+    prunable: tuple[str, ...] = ()
+    # Structured pruning only: per pruned layer, which output channels were kept.
+    channels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, m in self.masks.items():
+            if m.dtype != torch.bool:
+                raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
+        missing = [n for n in self.prunable if n not in self.masks]
+        if missing:
+            raise MaskError(f"prunable weights without a mask: {', '.join(missing)}")
+
+    # --- figures ---------------------------------------------------------------------------
+    def _count(self, names) -> tuple[int, int]:
+        kept = sum(int(self.masks[n].sum()) for n in names)
+        return kept, sum(self.masks[n].numel() for n in names)
+
+    @property
+    def density(self) -> float:
+        """Fraction of prunable weights kept."""
+        kept, total = self._count(self.prunable)
+        return kept / total if total else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return 1.0 - self.density
+
+    @property
+    def channel_sparsity(self) -> float | None:
+        """Fraction of output channels removed (structured masks only)."""
+        if not self.channels:
+            return None
+        kept = sum(int(c.sum()) for c in self.channels.values())
+        return 1.0 - kept / sum(c.numel() for c in self.channels.values())
+
+    # --- using it on a model -------------------------------------------------------------------
+    def validate(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Check names and shapes against ``model``; return the masked parameters by name."""
+        params = dict(model.named_parameters())
+        unknown = [n for n in self.masks if n not in params]
+        if unknown:
+            raise MaskError(f"mask names parameters the model does not have: {', '.join(unknown)}")
+        for name, m in self.masks.items():
+            if m.shape != params[name].shape:
+                raise MaskError(f"mask for {name} has shape {tuple(m.shape)}, "
+                                f"the parameter has {tuple(params[name].shape)}")
+        return {n: params[n] for n in self.masks}
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned entries of ``model`` in place (and return it)."""
+        self.hold(model)()
+        return model
+
+    def hold(self, model: nn.Module) -> Callable[[], None]:
+        """Return a function that re-zeroes the pruned entries; call it after every optimizer step.
+
+        Re-masking the weights (rather than gradients) is what keeps them exactly zero whatever
+        the optimizer does (momentum, Adam moments and weight decay would otherwise revive them).
+        Masks are converted once to the parameters' dtype/device so each call is one in-place
+        multiply per masked tensor."""
+        params = self.validate(model)
+        pairs = [(p, self.masks[n].to(device=p.device, dtype=p.dtype)) for n, p in params.items()
+                 if not bool(self.masks[n].all())]
+
+        @torch.no_grad()
+        def reapply():
+            for p, m in pairs:
+                p.mul_(m)
+
+        return reapply
+
+    def to_state(self) -> dict:
+        """A plain dict (tensors, lists) for ``torch.save``; loads with ``weights_only=True``."""
+        return {"masks": self.masks, "prunable": list(self.prunable), "channels": self.channels}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Mask":
+        return cls(dict(state["masks"]), tuple(state["prunable"]), dict(state["channels"]))

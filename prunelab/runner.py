@@ -1,0 +1,177 @@
+"""One experiment, top to bottom: config -> data + model -> dense (trained or cached) -> prune ->
+fine-tune with the mask held -> evaluate -> measure -> log to MLflow. Returns the metrics.
+
+``run(cfg)`` is pure of Hydra: the command line (``cli.py``), sweeps and tests call it with a
+composed config.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from . import tracking
+from .config import ConfigError, validate
+from .data import Splits, cache_dir as user_cache_dir
+from .dense import DenseResult, dense_model
+from .keys import dense_key, run_key
+from .measure import layer_table, sparsity_summary
+from .models import build
+from .pruning import Mask
+from .train import EpochResult, evaluate, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
+def _optimizer(cfg: DictConfig, params, lr: float, epochs: int, steps_per_epoch: int, schedule: str):
+    optimizer = instantiate(cfg.train.optimizer)(params, lr=lr)
+    scheduler = None
+    if schedule == "cosine" and epochs > 0:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    return optimizer, scheduler
+
+
+def _steps(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits):
+    """Dense training as configured; returns (history, val accuracy, test accuracy)."""
+    t = cfg.train
+    optimizer, scheduler = _optimizer(cfg, model.parameters(), t.lr, t.epochs,
+                                      _steps(len(data.train), t.batch_size), t.schedule)
+    history = fit(model, data.train, data.val, optimizer, t.epochs, t.batch_size, cfg.seed, scheduler,
+                  desc="dense")
+    return history, evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
+
+
+def _base_params(cfg: DictConfig) -> dict[str, str]:
+    params = tracking.flatten(cfg)
+    params.update(model=tracking.target_name(cfg.model), dataset=tracking.target_name(cfg.dataset))
+    return params
+
+
+def _log_dense_run(cfg, experiment_id: str, dense: DenseResult, model, device_type: str) -> None:
+    """The ratio-0 point of every curve: logged once per dense model and experiment."""
+    if tracking.finished_run(experiment_id, role="dense", dense_key=dense.key):
+        return
+    tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: dense.key,
+            tracking.TAG_DENSE_KEY: dense.key, **tracking.environment_tags()}
+    params = {k: v for k, v in _base_params(cfg).items()
+              if k.split(".")[0] in ("model", "dataset", "train", "seed")}
+    params.update(ratio="0.0", method="dense", scope="none", device=device_type)
+    table = layer_table(model)
+    with tracking.run(experiment_id, f"dense-{dense.key[:8]}", tags):
+        mlflow.log_params(params)
+        for e in dense.history:
+            tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
+                                  "train.val_accuracy": e.val_accuracy}, step=e.epoch)
+        tracking.log_metrics({"test_accuracy": dense.test_accuracy, "val_accuracy": dense.val_accuracy,
+                              "dense.test_accuracy": dense.test_accuracy,
+                              "dense.val_accuracy": dense.val_accuracy,
+                              **sparsity_summary(table), "sparsity.prunable": 0.0})
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment and return its metrics (the sweeper can optimise any of them)."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    data = instantiate(cfg.dataset)(seed=cfg.seed).to(device)
+    model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
+    prune_fn = instantiate(cfg.method)
+
+    experiment = cfg.tracking.experiment or tracking.default_experiment_name(cfg)
+    experiment_id = tracking.connect(cfg.tracking.uri, experiment)
+    key = run_key(cfg, device.type)
+    if not cfg.force:
+        done = tracking.finished_run(experiment_id, role="pruned", run_key=key)
+        if done is not None:
+            log.info("skipped: run %s already holds this exact config (key %s); force=true reruns it",
+                     done.info.run_id, key)
+            return {k: v for k, v in done.data.metrics.items()}
+
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
+    dense = dense_model(model, dense_key(cfg, device.type), cache,
+                        lambda m: train_dense(cfg, m, data))
+    _log_dense_run(cfg, experiment_id, dense, model, device.type)
+
+    method, scope = tracking.target_name(cfg.method), cfg.scope.name
+    tags = {tracking.TAG_ROLE: "pruned", tracking.TAG_RUN_KEY: key, tracking.TAG_DENSE_KEY: dense.key,
+            "prunelab.method": method, "prunelab.scope": scope,
+            "prunelab.criterion": cfg.method.criterion, **tracking.environment_tags()}
+    with tracking.run(experiment_id, f"{method}-{scope}-{cfg.ratio:g}", tags) as active:
+        params = _base_params(cfg)
+        params.update(method=method, scope=scope, ratio=str(cfg.ratio))
+        mlflow.log_params(params)
+        metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy}
+
+        mask: Mask = prune_fn(model, ratio=cfg.ratio, scope=scope, seed=cfg.seed,
+                              example_inputs=data.train.x[:1])
+        mask.apply(model)
+        metrics["pruned.test_accuracy"] = evaluate(model, data.test)["accuracy"]
+        metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]
+        tracking.log_metrics(metrics)
+
+        f = cfg.finetune
+        optimizer, scheduler = _optimizer(cfg, model.parameters(), f.lr, f.epochs,
+                                          _steps(len(data.train), cfg.train.batch_size), f.schedule)
+
+        def on_epoch(e: EpochResult):
+            tracking.log_metrics({"finetune.loss": e.loss, "finetune.train_accuracy": e.train_accuracy,
+                                  "finetune.val_accuracy": e.val_accuracy}, step=e.epoch)
+
+        fit(model, data.train, data.val, optimizer, f.epochs, cfg.train.batch_size, cfg.seed + 1,
+            scheduler, after_step=mask.hold(model), on_epoch=on_epoch, desc="fine-tune")
+
+        final_val, final_test = evaluate(model, data.val), evaluate(model, data.test)
+        table = layer_table(model, mask)
+        metrics.update({
+            "finetuned.test_accuracy": final_test["accuracy"], "finetuned.val_accuracy": final_val["accuracy"],
+            "test_accuracy": final_test["accuracy"], "val_accuracy": final_val["accuracy"],
+            "test_loss": final_test["loss"], **sparsity_summary(table, mask),
+        })
+        tracking.log_metrics(metrics)
+
+        weights = io.BytesIO()
+        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "mask": mask.to_state()}, weights)
+        tracking.log_artifact_files({
+            "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+            "layers.csv": table.to_csv(index=False),
+            "model/masked_weights.pt": weights.getvalue(),
+        })
+        metrics["run_id"] = active.info.run_id
+    _report(cfg, method, scope, metrics, dense.from_cache)
+    return metrics
+
+
+def _report(cfg, method, scope, m, dense_from_cache: bool) -> None:
+    lines = [
+        f"{method} / {scope} / {cfg.method.criterion}, ratio {cfg.ratio:g}"
+        f" (dense model {'from cache' if dense_from_cache else 'trained'})",
+        f"  test accuracy: dense {m['dense.test_accuracy']:.4f} | pruned {m['pruned.test_accuracy']:.4f}"
+        f" | fine-tuned {m['finetuned.test_accuracy']:.4f}",
+        f"  sparsity: prunable weights {m['sparsity.prunable']:.4f} | all parameters {m['sparsity.all']:.4f}"
+        + (f" | channels {m['sparsity.channels']:.4f}" if "sparsity.channels" in m else ""),
+        f"  parameters: {m['params.nonzero']:,} nonzero of {m['params.total']:,}",
+        f"  MLflow run {m['run_id']} in {cfg.tracking.uri}",
+    ]
+    log.info("\n".join(lines))

@@ -1,0 +1,111 @@
+"""Training and evaluation loops, used for dense training and for fine-tuning with a mask held.
+
+Data are in-memory tensors, batched by indexing with a seeded permutation. The loop is the plain
+PyTorch loop (benchmarks/ compares it with a hand-written one); the only extra per step is
+``after_step`` (the mask re-zeroing during fine-tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Split
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA): same seed -> same numbers on the CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches of ``split``: shuffled when a generator is given, in order otherwise."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator).to(split.x.device) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield split.x[idx], split.y[idx]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` on ``split`` (eval mode; training mode restored)."""
+    was_training = model.training
+    model.eval()
+    loss, correct = torch.zeros((), device=split.x.device), torch.zeros((), device=split.x.device)
+    for x, y in batches(split, batch_size):
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    return {"loss": loss.item() / len(split), "accuracy": correct.item() / len(split)}
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    after_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    desc: str = "train",
+) -> list[EpochResult]:
+    """Train for ``epochs``; ``after_step`` runs after every optimizer step (mask hold),
+    ``scheduler`` steps once per batch, ``on_epoch`` receives each epoch's figures."""
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    steps = (len(train) + batch_size - 1) // batch_size
+    model.train()
+    for epoch in range(1, epochs + 1):
+        total_loss = torch.zeros((), device=train.x.device)
+        correct = torch.zeros((), device=train.x.device)
+        bar = tqdm(batches(train, batch_size, generator), total=steps, leave=False,
+                   desc=f"{desc} {epoch}/{epochs}", disable=None)
+        for x, y in bar:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            if scheduler is not None:
+                scheduler.step()
+            total_loss += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+        result = EpochResult(epoch, total_loss.item() / len(train), correct.item() / len(train),
+                             evaluate(model, val)["accuracy"] if len(val) else float("nan"))
+        log.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f", desc, epoch, epochs,
+                 result.loss, result.train_accuracy, result.val_accuracy)
+        history.append(result)
+        if on_epoch is not None:
+            on_epoch(result)
+    return history

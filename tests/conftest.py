@@ -1,0 +1,82 @@
+"""Shared fixtures: the real config composed and shrunk (synthetic data, 1 epoch, everything
+written under tmp_path), and a runner for the real command line in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from prunelab.config import register
+from prunelab.paths import conf_dir
+
+TESTS = Path(__file__).resolve().parent
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
+    """Make any experiment run in seconds and write only below ``tmp``."""
+    return [
+        "dataset=synthetic", "train.epochs=1", "finetune.epochs=1", "train.batch_size=64",
+        f"cache_dir={tmp / 'cache'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema created once (creating one takes seconds)."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{path}")
+    MlflowClient().search_experiments()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, empty_store) -> Path:
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+@pytest.fixture
+def make_cfg(workdir):
+    """``make_cfg("method=structured", ...)`` -> the composed, shrunk config."""
+    register()
+
+    def make(*overrides: str):
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            return compose("config", overrides=[*tiny_overrides(workdir), *overrides])
+
+    return make
+
+
+def cli_env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(XDG_CACHE_HOME=str(workdir / "xdg-cache"), PYTHONPATH=str(TESTS), HYDRA_FULL_ERROR="0")
+    env.pop("PRUNELAB_DATA", None)
+    return env
+
+
+@pytest.fixture
+def cli(workdir):
+    """Run ``python -m prunelab ARGS`` (tiny overrides first) in ``workdir``."""
+
+    def run(*args: str, tiny: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "prunelab", *(tiny_overrides(workdir) if tiny else []), *args]
+        return subprocess.run(argv, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run
+
+
+def runs(workdir: Path, role: str | None = None):
+    """All runs in the test store, as MLflow Run objects (newest first)."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(ids, max_results=1000)
+    return [r for r in found if role is None or r.data.tags.get("prunelab.role") == role]

@@ -1,0 +1,22 @@
+"""A user model (reached through model._target_) that fails during fine-tuning."""
+
+import torch
+from torch import nn
+
+
+class Exploding(nn.Module):
+    """Trains normally for the dense phase, then raises once pruning has started."""
+
+    def __init__(self, in_shape, num_classes, explode_after: int = 3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), 16),
+                                 nn.ReLU())
+        self.classifier = nn.Linear(16, num_classes)
+        self.explode_after, self.pruned_forwards = explode_after, 0
+
+    def forward(self, x):
+        if self.training and bool((self.net[1].weight == 0).any()):
+            self.pruned_forwards += 1
+            if self.pruned_forwards > self.explode_after:
+                raise RuntimeError("boom: a bug in a user model")
+        return self.classifier(self.net(x))

@@ -1,0 +1,186 @@
+"""Pruning invariants: how much is removed, what separates kept from pruned, what global and local
+mean, what is never touched, and that a structured mask is the same as deleting the channels."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from prunelab import models
+from prunelab.pruning import Mask, MaskError, PruningError, prunable_layers, prune, shrink
+from prunelab.train import fit
+from prunelab.data import synthetic
+
+MODELS = {"lenet300_100": models.lenet300_100, "lenet5": models.lenet5,
+          "vgg_small": models.vgg_small, "resnet20": models.resnet20}
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial statistics, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def lenet5():
+    torch.manual_seed(0)
+    return models.lenet5()
+
+
+def weights(model, mask):
+    params = dict(model.named_parameters())
+    return {n: params[n].detach() for n in mask.prunable}
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9, 0.98])
+def test_unstructured_global_hits_the_ratio_and_one_threshold_separates(lenet5, ratio):
+    mask = prune(lenet5, "unstructured", "global", ratio)
+    assert abs(mask.sparsity - ratio) < 1e-3
+    w = weights(lenet5, mask)
+    kept = torch.cat([w[n][mask.masks[n]].abs() for n in w])
+    pruned = torch.cat([w[n][~mask.masks[n]].abs() for n in w])
+    assert kept.min() > pruned.max()
+
+
+def test_unstructured_local_prunes_every_layer_to_the_ratio(lenet5):
+    mask = prune(lenet5, "unstructured", "local", 0.7)
+    w = weights(lenet5, mask)
+    for n, m in ((n, mask.masks[n]) for n in w):
+        assert abs((~m).float().mean().item() - 0.7) < 1 / m.numel() + 1e-6
+        assert w[n][m].abs().min() > w[n][~m].abs().max()  # a per-layer threshold
+
+
+def test_global_and_local_allocate_differently(lenet5):
+    glob = prune(lenet5, "unstructured", "global", 0.7)
+    loc = prune(lenet5, "unstructured", "local", 0.7)
+    per_layer = lambda m: [(~m.masks[n]).float().mean().item() for n in m.prunable]
+    assert max(per_layer(glob)) - min(per_layer(glob)) > 0.1  # global: layers differ
+    assert max(per_layer(loc)) - min(per_layer(loc)) < 0.01   # local: same ratio everywhere
+    assert abs(glob.sparsity - loc.sparsity) < 0.01
+
+
+def test_ignored_layers_are_untouched(lenet5):
+    mask = prune(lenet5, "unstructured", "global", 0.9, ignore=["head.*"])
+    assert all(not n.startswith("head.") for n in mask.prunable)
+    assert all(bool(m.all()) for n, m in mask.masks.items() if n.startswith("head."))
+    smask = prune(lenet5, "structured", "global", 0.5, example_inputs=torch.zeros(1, 1, 28, 28))
+    assert bool(smask.masks["classifier.weight"].any(1).all())  # every class keeps its row
+    assert bool(smask.masks["classifier.bias"].all())
+
+
+def test_random_criterion_keeps_the_allocation_but_not_the_choice(lenet5):
+    mag = prune(lenet5, "unstructured", "local", 0.5)
+    rnd = prune(lenet5, "unstructured", "local", 0.5, criterion="random")
+    for n in mag.prunable:
+        assert mag.masks[n].sum() == rnd.masks[n].sum()
+    assert any(not torch.equal(mag.masks[n], rnd.masks[n]) for n in mag.prunable)
+    again = prune(lenet5, "unstructured", "local", 0.5, criterion="random")
+    assert all(torch.equal(rnd.masks[n], again.masks[n]) for n in rnd.prunable)  # seeded
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_masked_structured_model_equals_the_model_with_channels_removed(name, scope):
+    torch.manual_seed(0)
+    model = randomised(MODELS[name](in_shape=(1, 16, 16)))
+    x = torch.randn(8, 1, 16, 16)
+    mask = prune(model, "structured", scope, 0.5, example_inputs=x[:1])
+    masked = mask.apply(copy.deepcopy(model)).eval()
+    small = shrink(model, mask, x[:1]).eval()
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
+    assert (masked(x) - small(x)).abs().max() <= 1e-4
+
+
+def test_structured_local_removes_the_ratio_of_channels_in_every_layer():
+    model = models.vgg_small(in_shape=(1, 16, 16), width=8)
+    mask = prune(model, "structured", "local", 0.5, example_inputs=torch.zeros(1, 1, 16, 16))
+    for layer, keep in mask.channels.items():
+        assert keep.sum() == keep.numel() - round(0.5 * keep.numel()), layer
+    # the pruned filters have the smallest L2 norms of their layer
+    w = model.features[0].weight.detach().flatten(1).norm(dim=1)
+    keep = mask.channels["features.0"]
+    assert w[keep].min() > w[~keep].max()
+
+
+def test_structured_global_never_empties_a_layer():
+    model = models.lenet300_100(in_shape=(1, 8, 8))
+    with torch.no_grad():
+        model.head[0].weight.mul_(1e-3)  # one layer far less important than the rest
+    mask = prune(model, "structured", "global", 0.95, example_inputs=torch.zeros(1, 1, 8, 8))
+    assert all(int(keep.sum()) >= 1 for keep in mask.channels.values())
+    assert abs(mask.channel_sparsity - 0.95) < 0.02
+
+
+def test_structured_masks_bias_and_batchnorm_of_removed_filters():
+    model = randomised(models.vgg_small(in_shape=(1, 8, 8), width=4))
+    mask = prune(model, "structured", "local", 0.5, example_inputs=torch.zeros(1, 1, 8, 8))
+    removed = ~mask.channels["features.0"]
+    assert not mask.masks["features.1.weight"][removed].any()  # BatchNorm after the conv
+    assert not mask.masks["features.1.bias"][removed].any()
+    assert not mask.masks["features.3.weight"][:, removed].any()  # inputs of the next conv
+
+
+def test_structured_refuses_to_prune_the_logits():
+    model = models.lenet5(in_shape=(1, 8, 8))
+    with pytest.raises(PruningError, match="output classes"):
+        prune(model, "structured", "global", 0.5, ignore=[], example_inputs=torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1])
+def test_ratio_out_of_range_is_refused(lenet5, ratio):
+    with pytest.raises(PruningError, match="0 <= ratio < 1"):
+        prune(lenet5, "unstructured", "global", ratio)
+
+
+def test_fine_tuning_keeps_pruned_weights_exactly_zero():
+    data = synthetic()
+    model = models.lenet5(in_shape=data.in_shape)
+    mask = prune(model, "unstructured", "global", 0.8)
+    mask.apply(model)
+    # Momentum and weight decay would revive pruned weights if the mask were not held.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    fit(model, data.train, data.val, opt, epochs=2, batch_size=32, seed=0, after_step=mask.hold(model))
+    params = dict(model.named_parameters())
+    for n in mask.prunable:
+        assert bool((params[n][~mask.masks[n]] == 0).all())
+        assert bool((params[n][mask.masks[n]] != 0).all())
+
+
+def test_mask_is_checked_against_the_model(lenet5):
+    mask = prune(lenet5, "unstructured", "global", 0.5)
+    bad = Mask({**mask.masks, "features.0.weight": torch.ones(3, 3, dtype=torch.bool)}, mask.prunable)
+    with pytest.raises(MaskError, match="shape"):
+        bad.apply(lenet5)
+    with pytest.raises(MaskError, match="does not have"):
+        Mask({"nope.weight": torch.ones(1, dtype=torch.bool)}).apply(lenet5)
+
+
+def test_same_global_l1_mask_as_torch_global_unstructured(lenet5):
+    mask = prune(lenet5, "unstructured", "global", 0.8)
+    layers = prunable_layers(lenet5)
+    ref = copy.deepcopy(lenet5)
+    ref_layers = prunable_layers(ref)
+    torch_prune.global_unstructured([(m, "weight") for m in ref_layers.values()],
+                                    pruning_method=torch_prune.L1Unstructured, amount=0.8)
+    for name, m in ref_layers.items():
+        assert torch.equal(m.weight_mask.bool(), mask.masks[f"{name}.weight"]), name
+
+
+def test_same_local_l2_structured_choice_as_torch_ln_structured():
+    torch.manual_seed(1)
+    model = models.vgg_small(in_shape=(1, 8, 8), width=8)
+    mask = prune(model, "structured", "local", 0.5, criterion="l2", example_inputs=torch.zeros(1, 1, 8, 8))
+    for name, module in prunable_layers(model, ignore=["classifier"]).items():
+        ref = torch_prune.ln_structured(copy.deepcopy(module), "weight", amount=0.5, n=2, dim=0)
+        ref_keep = ref.weight_mask.flatten(1).any(1)
+        assert torch.equal(ref_keep, mask.channels[name]), name
