@@ -70,7 +70,19 @@ def _task(cfg: DictConfig):
     from .data import DataError
     from .pruning import MaskError, PruningError
     from .runner import run
+    from .sweep import in_sweep_tag, job_overrides, parent_run_id
 
+    parent = parent_run_id()
+    if parent is not None:
+        # A sweep point: a failure is recorded as a FAILED child and the sweep goes on; the
+        # sweep callback reports it and exits non-zero at the end.
+        tags = {"prunelab.sweep_id": parent, in_sweep_tag(parent): "true",
+                "prunelab.overrides": " ".join(job_overrides())}
+        try:
+            return run(cfg, parent, tags)["test_accuracy"]
+        except Exception as e:
+            log.error("point %s failed: %s", " ".join(job_overrides()), e, exc_info=True)
+            return None
     try:
         return run(cfg)["test_accuracy"]
     except (ConfigError, DataError, PruningError, MaskError, MlflowException) as e:

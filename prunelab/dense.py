@@ -33,7 +33,8 @@ class DenseResult:
 
 
 @contextmanager
-def _locked(path: Path):
+def locked(path: Path):
+    """An exclusive advisory lock on ``path`` held for the ``with`` block (across processes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -55,7 +56,7 @@ def dense_model(model: nn.Module, key: str, cache_dir: Path,
 
     ``train`` returns ``(history, val_accuracy, test_accuracy)``."""
     weights, meta = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
-    with _locked(cache_dir / f"{key}.lock"):
+    with locked(cache_dir / f"{key}.lock"):
         if weights.is_file() and meta.is_file():
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             info = json.loads(meta.read_text())

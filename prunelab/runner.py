@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import tracking
 from .config import ConfigError, validate
 from .data import Splits, cache_dir as user_cache_dir
-from .dense import DenseResult, dense_model
+from .dense import DenseResult, dense_model, locked
 from .keys import dense_key, run_key
 from .measure import layer_table, sparsity_summary
 from .models import build
@@ -67,57 +67,74 @@ def _base_params(cfg: DictConfig) -> dict[str, str]:
     return params
 
 
-def _log_dense_run(cfg, experiment_id: str, dense: DenseResult, model, device_type: str) -> None:
-    """The ratio-0 point of every curve: logged once per dense model and experiment."""
-    if tracking.finished_run(experiment_id, role="dense", dense_key=dense.key):
-        return
-    tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: dense.key,
-            tracking.TAG_DENSE_KEY: dense.key, **tracking.environment_tags()}
-    params = {k: v for k, v in _base_params(cfg).items()
-              if k.split(".")[0] in ("model", "dataset", "train", "seed")}
-    params.update(ratio="0.0", method="dense", scope="none", device=device_type)
-    table = layer_table(model)
-    with tracking.run(experiment_id, f"dense-{dense.key[:8]}", tags):
-        mlflow.log_params(params)
-        for e in dense.history:
-            tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
-                                  "train.val_accuracy": e.val_accuracy}, step=e.epoch)
-        tracking.log_metrics({"test_accuracy": dense.test_accuracy, "val_accuracy": dense.val_accuracy,
-                              "dense.test_accuracy": dense.test_accuracy,
-                              "dense.val_accuracy": dense.val_accuracy,
-                              **sparsity_summary(table), "sparsity.prunable": 0.0})
+def _log_dense_run(cfg, experiment_id: str, dense: DenseResult, model, device_type: str,
+                   parent_run_id: str | None, extra_tags: dict[str, str], lock_dir: Path) -> None:
+    """The ratio-0 point of every curve: logged once per dense model and experiment (a lock keeps
+    parallel sweep workers from logging it twice)."""
+    with locked(lock_dir / f"{dense.key}.mlflow.lock"):
+        found = tracking.finished_run(experiment_id, role="dense", dense_key=dense.key)
+        if found is not None:
+            for k, v in extra_tags.items():
+                mlflow.MlflowClient().set_tag(found.info.run_id, k, v)
+            return
+        tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: dense.key,
+                tracking.TAG_DENSE_KEY: dense.key, **extra_tags, **tracking.environment_tags()}
+        params = {k: v for k, v in _base_params(cfg).items()
+                  if k.split(".")[0] in ("model", "dataset", "train", "seed")}
+        params.update(ratio="0.0", method="dense", scope="none", device=device_type)
+        table = layer_table(model)
+        with tracking.run(experiment_id, f"dense-{dense.key[:8]}", tags, parent_run_id):
+            mlflow.log_params(params)
+            for e in dense.history:
+                tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
+                                      "train.val_accuracy": e.val_accuracy}, step=e.epoch)
+            tracking.log_metrics({"test_accuracy": dense.test_accuracy, "val_accuracy": dense.val_accuracy,
+                                  "dense.test_accuracy": dense.test_accuracy,
+                                  "dense.val_accuracy": dense.val_accuracy,
+                                  **sparsity_summary(table), "sparsity.prunable": 0.0})
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment and return its metrics (the sweeper can optimise any of them)."""
+def run(cfg: DictConfig, parent_run_id: str | None = None,
+        extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one experiment and return its metrics (the sweeper can optimise any of them).
+
+    In a sweep, ``parent_run_id`` nests the run under the sweep's parent and ``extra_tags`` mark
+    it (and a reused earlier run of the same config) as one of the sweep's points."""
     validate(cfg)
     device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-
-    data = instantiate(cfg.dataset)(seed=cfg.seed).to(device)
-    model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
-    prune_fn = instantiate(cfg.method)
-
+    extra_tags = dict(extra_tags or {})
     experiment = cfg.tracking.experiment or tracking.default_experiment_name(cfg)
     experiment_id = tracking.connect(cfg.tracking.uri, experiment)
     key = run_key(cfg, device.type)
+    method, scope = tracking.target_name(cfg.method), cfg.scope.name
+    name = f"{method}-{scope}-{cfg.ratio:g}"
+    tags = {tracking.TAG_ROLE: "pruned", tracking.TAG_RUN_KEY: key,
+            "prunelab.method": method, "prunelab.scope": scope,
+            "prunelab.criterion": cfg.method.criterion, **extra_tags}
     if not cfg.force:
         done = tracking.finished_run(experiment_id, role="pruned", run_key=key)
         if done is not None:
+            for k, v in extra_tags.items():
+                mlflow.MlflowClient().set_tag(done.info.run_id, k, v)
             log.info("skipped: run %s already holds this exact config (key %s); force=true reruns it",
                      done.info.run_id, key)
-            return {k: v for k, v in done.data.metrics.items()}
+            return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
 
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
-    dense = dense_model(model, dense_key(cfg, device.type), cache,
-                        lambda m: train_dense(cfg, m, data))
-    _log_dense_run(cfg, experiment_id, dense, model, device.type)
+    try:
+        seed_everything(cfg.seed)
+        data = instantiate(cfg.dataset)(seed=cfg.seed).to(device)
+        model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
+        prune_fn = instantiate(cfg.method)
+        dense = dense_model(model, dense_key(cfg, device.type), cache,
+                            lambda m: train_dense(cfg, m, data))
+        _log_dense_run(cfg, experiment_id, dense, model, device.type, parent_run_id, extra_tags, cache)
+    except Exception as e:
+        tracking.record_failure(experiment_id, name, tags, parent_run_id, e)
+        raise
 
-    method, scope = tracking.target_name(cfg.method), cfg.scope.name
-    tags = {tracking.TAG_ROLE: "pruned", tracking.TAG_RUN_KEY: key, tracking.TAG_DENSE_KEY: dense.key,
-            "prunelab.method": method, "prunelab.scope": scope,
-            "prunelab.criterion": cfg.method.criterion, **tracking.environment_tags()}
-    with tracking.run(experiment_id, f"{method}-{scope}-{cfg.ratio:g}", tags) as active:
+    tags.update({tracking.TAG_DENSE_KEY: dense.key, **tracking.environment_tags()})
+    with tracking.run(experiment_id, name, tags, parent_run_id) as active:
         params = _base_params(cfg)
         params.update(method=method, scope=scope, ratio=str(cfg.ratio))
         mlflow.log_params(params)

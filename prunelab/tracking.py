@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Tag names (the run key is what resume / skip logic searches for).
 TAG_ROLE, TAG_RUN_KEY, TAG_DENSE_KEY = "prunelab.role", "prunelab.run_key", "prunelab.dense_key"
+TAG_ERROR = "prunelab.error"
 
 
 def connect(uri: str, experiment: str) -> str:
@@ -97,7 +98,8 @@ def environment_tags() -> dict[str, str]:
 @contextlib.contextmanager
 def run(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None = None
         ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (Ctrl-C / SIGTERM)."""
+    """An MLflow run that ends FINISHED, FAILED (exception, with the error as a tag) or KILLED
+    (Ctrl-C / SIGTERM)."""
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags,
                           parent_run_id=parent_run_id) as active:
         try:
@@ -105,6 +107,25 @@ def run(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str 
         except KeyboardInterrupt:
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
+        except Exception as e:
+            mlflow.set_tag(TAG_ERROR, describe(e))
+            raise
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:4000]
+
+
+def record_failure(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None,
+                   error: BaseException) -> None:
+    """A FAILED run for a point that broke before its own run was opened (data, dense training),
+    so a sweep shows every point that did not finish."""
+    client = MlflowClient()
+    tags = {**tags, TAG_ERROR: describe(error)}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    created = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.set_terminated(created.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
 def log_artifact_files(files: dict[str, bytes | str]) -> None:

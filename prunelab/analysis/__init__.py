@@ -1,0 +1,182 @@
+"""Read pruning studies back from MLflow as tidy pandas DataFrames, aggregate seeds, find the
+Pareto front, and plot. Used by the sweep callback, by the notebooks in ``analysis/`` and by
+``python -m prunelab.analysis EXPERIMENT --out DIR``.
+
+MLflow returns params as strings and only the last value of each metric: :func:`load_runs` casts
+the params, and :func:`metric_history` fetches whole curves where they are needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, not windows; notebooks still display the returned figures
+
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+CURVE = ["model", "dataset", "method", "scope", "criterion"]
+POINT = [*CURVE, "ratio"]
+_CASTS = {"ratio": float, "seed": int, "train.epochs": int, "finetune.epochs": int}
+
+
+def experiment_ids(names_or_ids: Iterable[str], client: MlflowClient | None = None) -> list[str]:
+    client = client or MlflowClient()
+    ids = []
+    for item in names_or_ids:
+        found = client.get_experiment_by_name(item)
+        if found is None and str(item).isdigit():
+            found = client.get_experiment(str(item))
+        if found is None:
+            raise ValueError(f"no MLflow experiment named {item!r} in {mlflow.get_tracking_uri()}")
+        ids.append(found.experiment_id)
+    return ids
+
+
+def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
+              client: MlflowClient | None = None, include_sweeps: bool = False) -> pd.DataFrame:
+    """Every run of ``experiments`` (names or ids), one row each, params cast, prefixes dropped.
+
+    Columns: run_id, status, role (dense / pruned / sweep), the group names, ratio, seed, every
+    metric by name (test_accuracy, sparsity.prunable, ...) and error / overrides where set.
+    ``sweep_id`` keeps the points of one sweep (including earlier runs it reused)."""
+    client = client or MlflowClient()
+    ids = experiment_ids(experiments, client)
+    where = f"tags.`prunelab.in_sweep.{sweep_id}` = 'true'" if sweep_id else ""
+    raw = mlflow.search_runs(experiment_ids=ids, filter_string=where, output_format="pandas")
+    if raw.empty:
+        return pd.DataFrame(columns=["run_id", "status", "role", *POINT, "seed", "test_accuracy"])
+    df = pd.DataFrame({"run_id": raw["run_id"], "status": raw["status"],
+                       "start_time": raw["start_time"]})
+    for prefix in ("params.", "metrics."):
+        for col in [c for c in raw.columns if c.startswith(prefix)]:
+            df[col[len(prefix):]] = raw[col]
+    for tag, name in (("prunelab.role", "role"), ("prunelab.criterion", "criterion"),
+                      ("prunelab.error", "error"), ("prunelab.overrides", "overrides"),
+                      ("prunelab.run_key", "run_key")):
+        if f"tags.{tag}" in raw.columns:
+            df[name] = raw[f"tags.{tag}"]
+    for col, cast in _CASTS.items():
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+            if cast is int:
+                df[col] = df[col].astype("Int64")
+    if not include_sweeps and "role" in df.columns:
+        df = df[df["role"] != "sweep"]
+    if "criterion" in df.columns:
+        df.loc[df["role"] == "dense", "criterion"] = "none"
+    for col in POINT:
+        if col not in df.columns:
+            df[col] = pd.NA
+    if {"cost.pruned.nonzero_macs", "cost.dense.macs"} <= set(df.columns):
+        df["macs_fraction"] = df["cost.pruned.nonzero_macs"] / df["cost.dense.macs"]
+        if "cost.ratio.macs" in df.columns:
+            df["macs_fraction"] = df["macs_fraction"].fillna(df["cost.ratio.macs"])
+    elif "cost.ratio.macs" in df.columns:
+        df["macs_fraction"] = df["cost.ratio.macs"]
+    return df.reset_index(drop=True)
+
+
+def aggregate_seeds(df: pd.DataFrame, value: str = "test_accuracy") -> pd.DataFrame:
+    """Mean, std and count of ``value`` (and mean sparsity) per point across seeds, FINISHED
+    pruned runs only."""
+    pruned = df[(df["role"] == "pruned") & (df["status"] == "FINISHED")]
+    cols = {value: ["mean", "std", "count"], "sparsity.prunable": ["mean"]}
+    if "macs_fraction" in pruned.columns:
+        cols["macs_fraction"] = ["mean"]
+    out = pruned.groupby(POINT, dropna=False).agg(cols)
+    out.columns = [a if b == "mean" else f"{a}_{b}" for a, b in out.columns]
+    return out.reset_index().sort_values(POINT)
+
+
+def pareto_front(df: pd.DataFrame, x: str = "sparsity.prunable", y: str = "test_accuracy") -> pd.DataFrame:
+    """Points not beaten on both axes (higher ``x`` and higher ``y`` are better)."""
+    ranked = df.dropna(subset=[x, y]).sort_values([x, y], ascending=[False, False])
+    best, keep = float("-inf"), []
+    for idx, value in ranked[y].items():
+        if value > best:
+            keep.append(idx)
+            best = value
+    return ranked.loc[keep].sort_values(x)
+
+
+def metric_history(run_ids: Iterable[str], key: str, client: MlflowClient | None = None) -> pd.DataFrame:
+    """Whole curves (e.g. ``finetune.val_accuracy`` per epoch): run_id, step, value."""
+    client = client or MlflowClient()
+    rows = [{"run_id": r, "step": m.step, "value": m.value}
+            for r in run_ids for m in client.get_metric_history(r, key)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"])
+
+
+def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None):
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    points = aggregate_seeds(df)
+    x_col = x if x in points.columns else None
+    for key, curve in points.groupby(["method", "scope", "criterion"], dropna=False):
+        if x_col is None or curve[x_col].isna().all():
+            continue
+        curve = curve.sort_values(x_col)
+        mean, std = curve["test_accuracy"], curve["test_accuracy_std"].fillna(0)
+        line, = ax.plot(curve[x_col], mean, marker="o", label=" / ".join(map(str, key)))
+        if (curve["test_accuracy_count"] > 1).any():
+            ax.fill_between(curve[x_col], mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
+    if len(dense):
+        ax.axhline(dense["test_accuracy"].mean(), color="black", linestyle="--", label="dense")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax.figure
+
+
+def plot_accuracy_vs_sparsity(df: pd.DataFrame, ax=None):
+    """Test accuracy vs achieved sparsity of the prunable weights, one line per
+    method x scope x criterion, mean +- std band over seeds, dense accuracy as reference."""
+    return _plot_curves(df, "sparsity.prunable", "sparsity of prunable weights", ax)
+
+
+def plot_accuracy_vs_macs(df: pd.DataFrame, ax=None):
+    """Test accuracy vs remaining MACs (fraction of dense; nonzero MACs for unstructured)."""
+    fig = _plot_curves(df, "macs_fraction", "MACs (fraction of dense)", ax)
+    fig.axes[0].invert_xaxis()
+    return fig
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    def fmt(v):
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
+    """points.csv, summary.md and the figures for the runs in ``df``, written into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "points.csv", out / "summary.md", out / "accuracy_vs_sparsity.png"]
+    df.to_csv(written[0], index=False)
+    written[1].write_text("# Accuracy vs sparsity\n\n" + markdown_table(aggregate_seeds(df)) + "\n")
+    plot_accuracy_vs_sparsity(df).savefig(written[2], dpi=120, bbox_inches="tight")
+    plt.close("all")
+    if "macs_fraction" in df.columns and df["macs_fraction"].notna().any():
+        written.append(out / "accuracy_vs_macs.png")
+        plot_accuracy_vs_macs(df).savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close("all")
+    return written
+
+
+@contextlib.contextmanager
+def figures_dir() -> Iterator[Path]:
+    """A temporary folder for report files that are then logged as artifacts."""
+    with tempfile.TemporaryDirectory(prefix="prunelab-report-") as tmp:
+        yield Path(tmp)

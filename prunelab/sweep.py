@@ -1,0 +1,157 @@
+"""Sweeps as studies: one MLflow parent run per ``python -m prunelab -m ...``, every point a child.
+
+:class:`SweepCallback` (a Hydra callback, configured in conf/config.yaml) runs in the launching
+process:
+
+* ``on_multirun_start``: creates the store and the experiment(s) once, before any worker starts
+  (several processes creating a SQLite schema or an experiment at once crash or misfile runs),
+  then opens the parent run. A rerun of the same sweep command reuses its parent, marks children
+  left RUNNING by a killed process as KILLED, and (through the run keys) redoes only what is
+  missing. The parent's id is written to ``<sweep dir>/parent_run_id`` where every job, on any
+  launcher, finds it (:func:`parent_run_id`).
+* ``on_multirun_end``: collects the points, logs a tidy CSV and the accuracy-vs-sparsity (and
+  accuracy-vs-MACs) figures to the parent, ends it, and exits non-zero if any point failed.
+
+An interrupted launcher process (Ctrl-C, SIGTERM) ends the parent KILLED rather than RUNNING.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from . import tracking
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "parent_run_id"
+TAG_SWEEP_KEY = "prunelab.sweep_key"
+
+
+def in_sweep_tag(sweep_id: str) -> str:
+    """Tag carried by every point of a sweep, including points reused from earlier runs."""
+    return f"prunelab.in_sweep.{sweep_id}"
+
+
+def parent_run_id() -> str | None:
+    """The parent run of the current Hydra multirun job, or None outside a sweep."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode is None or hc.mode.name != "MULTIRUN":
+        return None
+    path = Path(hc.sweep.dir) / PARENT_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def job_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _sweep_definition(config: DictConfig) -> list[str]:
+    """The sweep as the user asked for it: command-line overrides plus hydra.sweeper.params."""
+    task = [str(o) for o in config.hydra.overrides.task]
+    params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+    return sorted(task + [f"{k}={v}" for k, v in params.items()])
+
+
+def _experiment_names(config: DictConfig, definition: list[str]) -> list[str]:
+    """Every experiment the sweep's points will log to (model and dataset may be swept)."""
+    if config.tracking.experiment:
+        return [config.tracking.experiment]
+    choices = {"model": [tracking.target_name(config.model)], "dataset": [tracking.target_name(config.dataset)]}
+    for o in OverridesParser.create().parse_overrides(definition):
+        if o.key_or_group in choices:
+            values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
+            choices[o.key_or_group] = list(values)
+    return [f"{m}-{d}" for m in choices["model"] for d in choices["dataset"]]
+
+
+class SweepCallback(Callback):
+    def __init__(self) -> None:
+        self.parent_id: str | None = None
+        self.experiment_ids: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        definition = _sweep_definition(config)
+        names = _experiment_names(config, definition)
+        self.experiment_ids = [tracking.connect(config.tracking.uri, n) for n in names]
+        key = hashlib.sha256(json.dumps(definition).encode()).hexdigest()[:16]
+        client = MlflowClient()
+        found = client.search_runs(self.experiment_ids[:1], f"tags.`{TAG_SWEEP_KEY}` = '{key}'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            self.parent_id = found[0].info.run_id
+            client.update_run(self.parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self._kill_stale_children(client)
+            log.info("resuming sweep %s (parent run %s)", key, self.parent_id)
+        else:
+            run = client.create_run(self.experiment_ids[0], run_name=f"sweep-{key[:8]}", tags={
+                TAG_SWEEP_KEY: key, tracking.TAG_ROLE: "sweep", "prunelab.sweep_id": "",
+                "prunelab.sweep.definition": " ".join(definition), **tracking.environment_tags()})
+            self.parent_id = run.info.run_id
+            client.set_tag(self.parent_id, "prunelab.sweep_id", self.parent_id)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(self.parent_id)
+        atexit.register(self._abort)
+
+    def _kill_stale_children(self, client: MlflowClient) -> None:
+        # This sweep is not running anywhere else (we are its launcher): RUNNING children are
+        # leftovers of a killed process.
+        stale = client.search_runs(self.experiment_ids,
+                                   f"tags.`{in_sweep_tag(self.parent_id)}` = 'true' and "
+                                   "attributes.status = 'RUNNING'")
+        for run in stale:
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        client = MlflowClient()
+        status = RunStatus.FAILED
+        try:
+            failed = self._summarise(client)
+            status = RunStatus.FINISHED
+        finally:
+            # Whatever happened while summarising, the parent is never left RUNNING.
+            client.set_terminated(self.parent_id, RunStatus.to_string(status))
+        if failed:
+            raise SystemExit(1)
+
+    def _summarise(self, client: MlflowClient) -> int:
+        """Log the sweep's points, figures and counts to the parent; return the failure count."""
+        from . import analysis
+
+        points = analysis.load_runs(self.experiment_ids, sweep_id=self.parent_id, client=client)
+        pruned = points[points["role"] == "pruned"]
+        finished, failed = pruned[pruned["status"] == "FINISHED"], pruned[pruned["status"] == "FAILED"]
+        client.log_metric(self.parent_id, "sweep.points_finished", len(finished))
+        client.log_metric(self.parent_id, "sweep.points_failed", len(failed))
+        if len(finished):
+            with analysis.figures_dir() as out:
+                analysis.write_report(points[points["status"] == "FINISHED"], out)
+                client.log_artifacts(self.parent_id, str(out))
+        log.info("sweep %s: %d points finished, %d failed", self.parent_id, len(finished), len(failed))
+        for _, row in failed.iterrows():
+            log.error("failed point [%s]: %s", row.get("overrides", ""), row.get("error", ""))
+        return len(failed)
+
+    def _abort(self) -> None:
+        """At interpreter exit: a parent still RUNNING means the launcher was interrupted."""
+        try:
+            client = MlflowClient()
+            if self.parent_id and client.get_run(self.parent_id).info.status == "RUNNING":
+                client.set_terminated(self.parent_id, RunStatus.to_string(RunStatus.KILLED))
+        except Exception:  # best effort at exit; never mask the real error
+            pass
