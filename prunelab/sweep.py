@@ -21,6 +21,7 @@ import atexit
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ def job_overrides() -> list[str]:
 def _sweep_definition(config: DictConfig) -> list[str]:
     """The sweep as the user asked for it: command-line overrides plus hydra.sweeper.params."""
     task = [str(o) for o in config.hydra.overrides.task]
-    params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
     return sorted(task + [f"{k}={v}" for k, v in params.items()])
 
 
@@ -85,6 +87,15 @@ class SweepCallback(Callback):
         self.experiment_ids: list[str] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and sweeps on; without a parent the
+        # points would be orphans, so stop here with one readable line instead.
+        try:
+            self._open_parent(config)
+        except Exception as e:
+            print(f"prunelab: error: cannot start the sweep: {e}", file=sys.stderr)
+            raise SystemExit(2) from e
+
+    def _open_parent(self, config: DictConfig) -> None:
         definition = _sweep_definition(config)
         names = _experiment_names(config, definition)
         self.experiment_ids = [tracking.connect(config.tracking.uri, n) for n in names]
@@ -118,6 +129,8 @@ class SweepCallback(Callback):
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_id is None:
+            return
         client = MlflowClient()
         status = RunStatus.FAILED
         try:

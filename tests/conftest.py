@@ -67,7 +67,10 @@ def cli(workdir):
     """Run ``python -m prunelab ARGS`` (tiny overrides first) in ``workdir``."""
 
     def run(*args: str, tiny: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        argv = [sys.executable, "-m", "prunelab", *(tiny_overrides(workdir) if tiny else []), *args]
+        flags = [a for a in args if a.startswith("-")]  # argparse wants -m before the overrides
+        overrides = [a for a in args if not a.startswith("-")]
+        argv = [sys.executable, "-m", "prunelab", *flags, *(tiny_overrides(workdir) if tiny else []),
+                *overrides]
         return subprocess.run(argv, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True,
                               timeout=timeout)
 

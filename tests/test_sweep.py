@@ -1,0 +1,143 @@
+"""Sweeps as studies: one parent run per sweep with its summary, a child per point, resumable
+without duplicates, failures recorded without stopping the sweep, parallel workers on SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import nbclient
+import nbformat
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import cli_env, runs, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep_parts(workdir):
+    all_runs = runs(workdir)
+    by_role = lambda role: [r for r in all_runs if r.data.tags.get("prunelab.role") == role]
+    return by_role("sweep"), by_role("pruned"), by_role("dense")
+
+
+def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
+    result = cli("-m", "ratio=0.3,0.6", "method=unstructured,structured")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,), children, (dense,) = sweep_parts(workdir)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all("test_accuracy" in c.data.metrics for c in children)
+    assert any(c.data.tags["prunelab.overrides"].endswith("ratio=0.3 method=structured") for c in children)
+    assert parent.data.metrics["sweep.points_finished"] == 4
+    artifacts = {a.path for a in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").list_artifacts(parent.info.run_id)}
+    assert {"points.csv", "accuracy_vs_sparsity.png", "summary.md"} <= artifacts
+    # the dense model was trained once for all four points
+    assert (result.stdout + result.stderr).count("dense epoch 1/1") == 1
+
+    again = cli("-m", "ratio=0.3,0.6", "method=unstructured,structured")
+    assert again.returncode == 0
+    assert len(runs(workdir)) == 6  # no new runs: same parent, every point skipped
+    assert (again.stdout + again.stderr).count("skipped") == 4
+
+
+def test_a_failing_point_is_a_failed_child_and_the_sweep_goes_on(cli, workdir):
+    # Structured pruning with nothing ignored would remove output classes: that point fails.
+    result = cli("-m", "method=structured", "method.ignore=[classifier],[]")
+    assert result.returncode != 0
+    (parent,), children, _ = sweep_parts(workdir)
+    statuses = Counter(c.info.status for c in children)
+    assert statuses == {"FINISHED": 1, "FAILED": 1}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "output classes" in failed.data.tags["prunelab.error"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["sweep.points_failed"] == 1
+
+
+def test_an_interrupted_sweep_resumes_to_one_finished_run_per_point(workdir):
+    args = [sys.executable, "-m", "prunelab", "-m", *tiny_overrides(workdir),
+            "ratio=0.1,0.2,0.3,0.4,0.5,0.6", "finetune.epochs=3"]
+    proc = subprocess.Popen(args, cwd=workdir, env=cli_env(workdir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if workdir.joinpath("mlflow.db").exists() and any(
+                    r.info.status == "FINISHED" for r in sweep_parts(workdir)[1]):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+        proc.wait()
+    done_before = [r for r in sweep_parts(workdir)[1] if r.info.status == "FINISHED"]
+    assert 1 <= len(done_before) < 6
+
+    rerun = subprocess.run(args, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    (parent,), children, _ = sweep_parts(workdir)
+    finished = Counter(c.data.tags["prunelab.run_key"] for c in children if c.info.status == "FINISHED")
+    assert len(finished) == 6 and set(finished.values()) == {1}
+    assert not any(c.info.status == "RUNNING" for c in children)
+    assert parent.info.status == "FINISHED"
+
+
+def test_joblib_workers_share_a_fresh_sqlite_store(cli, workdir):
+    (workdir / "mlflow.db").unlink()  # a brand-new store, created by the launcher only
+    result = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "ratio=0.2,0.4,0.6,0.8",
+                 "tracking.experiment=parallel")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    names = {e.name for e in client.search_experiments()}
+    assert "parallel" in names
+    default = client.get_experiment_by_name("Default")
+    if default is not None:
+        assert client.search_runs([default.experiment_id]) == []
+    (parent,), children, dense = sweep_parts(workdir)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert len(dense) == 1
+    exp = client.get_experiment_by_name("parallel").experiment_id
+    assert {r.info.experiment_id for r in [parent, *children, *dense]} == {exp}
+
+
+def test_the_notebook_executes_on_a_generated_store(cli, workdir):
+    assert cli("-m", "ratio=0.3,0.6", "tracking.experiment=nb").returncode == 0
+    os.environ.update(PRUNELAB_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}", PRUNELAB_EXPERIMENT="nb")
+    try:
+        nb = nbformat.read(ROOT / "analysis" / "accuracy_vs_sparsity.ipynb", as_version=4)
+        assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs not stripped"
+        nbclient.NotebookClient(nb, timeout=180, resources={"metadata": {"path": str(workdir)}}).execute()
+    finally:
+        for key in ("PRUNELAB_TRACKING_URI", "PRUNELAB_EXPERIMENT"):
+            os.environ.pop(key, None)
+    table = nb.cells[4].outputs[0]["data"]["text/plain"]
+    assert "0.3" in table and "0.6" in table
+
+
+def test_analysis_cli_writes_figures_and_a_table(cli, workdir):
+    assert cli("-m", "ratio=0.5", "method=unstructured,structured", "tracking.experiment=cli").returncode == 0
+    out = workdir / "report"
+    result = subprocess.run([sys.executable, "-m", "prunelab.analysis", "cli", "--out", str(out),
+                             "--uri", f"sqlite:///{workdir / 'mlflow.db'}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
+    summary = (out / "summary.md").read_text()
+    assert "| structured |" in summary and "| unstructured |" in summary
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_points(cli, workdir):
+    result = cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "ratio=0.3,0.6",
+                 timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,), children, _ = sweep_parts(workdir)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
