@@ -29,24 +29,35 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def _values(override) -> list[str]:
+def _values(override, own_sweeper: bool) -> list[str]:
     if override.is_sweep_override():
+        if not override.is_discrete_sweep():
+            if not own_sweeper:
+                raise ConfigError(f"{override.input_line}: the default sweeper takes lists (a,b,c) or "
+                                  "range(...); interval(...) needs an optimising hydra/sweeper")
+            return []  # an optimising sweeper picks the values; each job is validated instead
         return [str(v) for v in override.sweep_string_iterator()]
     return [override.get_value_element_as_str()]
 
 
 def preflight(args: list[str]) -> None:
     """Reject bad group options and values in the command-line overrides (raises ConfigError)."""
-    overrides = [a for a in args if not a.startswith("-")]
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        overrides = get_args_parser().parse_args(args).overrides
+    except SystemExit:  # argparse already printed its usage message
+        raise ConfigError("cannot parse the command line (see usage above)") from None
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # Hydra's grammar errors
         raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
+    own_sweeper = any(o.key_or_group == "hydra/sweeper" for o in parsed)
     for o in parsed:
         if o.is_delete():
             continue
         key = o.key_or_group
-        for value in _values(o):
+        for value in _values(o, own_sweeper):
             if key in (*GROUPS, "experiment"):
                 check_choice(key, value, _options(key))
             elif key == "ratio":

@@ -8,6 +8,7 @@ also uses before Hydra starts (``cli.py``): one readable sentence, raised as :cl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -33,7 +34,8 @@ def check_ratio(value: Any) -> float:
 
 def check_choice(key: str, value: Any, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed: expected one of {', '.join(allowed)}")
+        options = ", ".join(allowed) if allowed else "(none are installed)"
+        raise ConfigError(f"{key}={value!r} is not allowed: expected one of {options}")
 
 
 @dataclass
@@ -112,10 +114,11 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cache_dir: Optional[str] = None  # dense-model cache; default: ~/.cache/prunelab/dense
     force: bool = False  # rerun a point even if a FINISHED run with its key exists
+    measure_latency: bool = True  # time dense and pruned forward passes on the CPU (cost ledger)
 
     def __post_init__(self):
         check_ratio(self.ratio)
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"device={self.device!r} is not allowed: expected auto, cpu, cuda, cuda:N or mps")
 
 

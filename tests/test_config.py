@@ -1,0 +1,168 @@
+"""The typed config: every shipped option composes against the schema; out-of-range values and
+unknown options are refused early, in one sentence that names the value and what is allowed; run
+keys change with what decides a result and with nothing else."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import get_object
+
+from prunelab.cli import GROUPS, preflight
+from prunelab.config import ConfigError, validate
+from prunelab.keys import dense_key, run_key
+from prunelab.paths import conf_dir, experiments_dir
+from prunelab.pruning import CRITERIA, SCOPES
+
+OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((conf_dir() / group).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.stem for p in (experiments_dir() / "experiment").glob("*.yaml"))
+
+
+def refused(check, *args) -> str:
+    """The message of the ConfigError that ``check(*args)`` raises, checked to be one line."""
+    with pytest.raises(ConfigError) as error:
+        check(*args)
+    message = str(error.value)
+    assert message and "\n" not in message
+    return message
+
+
+# --- every shipped option composes ------------------------------------------------------------
+
+def test_every_group_has_options():
+    assert {group for group, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_against_the_schema(make_cfg, group, option):
+    cfg = make_cfg(f"{group}={option}")
+    validate(cfg)
+    if group == "scope":
+        assert cfg.scope.name in SCOPES
+    else:  # a model, dataset or method is a factory named by _target_
+        assert callable(get_object(cfg[group]._target_))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_overlay_composes(make_cfg, name):
+    preflight([f"+experiment={name}"])
+    validate(make_cfg(f"+experiment={name}"))
+
+
+def test_the_defaults_are_valid(make_cfg):
+    cfg = make_cfg()
+    validate(cfg)
+    assert 0 <= cfg.ratio < 1 and cfg.method.criterion in CRITERIA and cfg.scope.name in SCOPES
+
+
+# --- validation of a composed config ----------------------------------------------------------
+
+@pytest.mark.parametrize("override, words", [
+    ("ratio=1.5", ["ratio=1.5", "0 <= ratio < 1"]),
+    ("ratio=-0.1", ["ratio=-0.1", "0 <= ratio < 1"]),
+    ("ratio=1", ["ratio=1", "0 <= ratio < 1"]),
+    ("method.criterion=foo", ["method.criterion='foo'", ", ".join(CRITERIA)]),
+    ("method=structured method.criterion=foo", ["method.criterion='foo'", ", ".join(CRITERIA)]),
+    ("method.normalize=max", ["method.normalize='max'", "mean, none"]),
+    ("scope.name=foo", ["scope.name='foo'", ", ".join(SCOPES)]),
+    ("device=tpu", ["device='tpu'", "auto, cpu, cuda, cuda:N or mps"]),
+    ("train.epochs=0", ["train.epochs=0", "> 0"]),
+    ("train.batch_size=-8", ["train.batch_size=-8", "> 0"]),
+    ("train.lr=0", ["train.lr=0", "> 0"]),
+    ("train.schedule=step", ["train.schedule='step'", "cosine, constant"]),
+    ("finetune.lr=0", ["finetune.lr=0", "> 0"]),
+    ("finetune.epochs=-1", ["finetune.epochs=-1", ">= 0"]),
+])
+def test_a_bad_value_is_refused_in_one_sentence_naming_it_and_what_is_allowed(make_cfg, override, words):
+    message = refused(validate, make_cfg(*override.split()))
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("override", ["ratio=0", "ratio=0.99", "device=cpu", "device=cuda:1",
+                                      "finetune.epochs=0", "method.criterion=random"])
+def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
+    validate(make_cfg(override))
+
+
+# --- the command line's preflight -------------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["ratio=abc"], ["ratio='abc'", "not a number", "0 <= ratio < 1"]),
+    (["ratio=0.1,0.5,1.2"], ["ratio=1.2", "0 <= ratio < 1"]),
+    (["-m", "ratio=range(0,1.5,0.5)"], ["ratio=1.0", "0 <= ratio < 1"]),
+    (["model=nope"], ["model='nope'", "lenet5", "resnet20"]),
+    (["model=lenet5,nope"], ["model='nope'"]),
+    (["dataset=mnist"], ["dataset='mnist'", "fashion_mnist", "digits"]),
+    (["method.criterion=l3"], ["method.criterion='l3'", ", ".join(CRITERIA)]),
+    (["scope.name=everywhere"], ["scope.name='everywhere'", ", ".join(SCOPES)]),
+    (["+experiment=surely_not_an_experiment"], ["experiment='surely_not_an_experiment'"]),
+    (["ratio=[0.1"], ["cannot parse the overrides"]),
+])
+def test_preflight_refuses_bad_overrides_before_hydra_starts(args, words):
+    message = refused(preflight, args)
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("args", [
+    [], ["method=structured", "ratio=0.1,0.9"], ["-m", "ratio=range(0,1,0.25)", "scope=global,local"],
+    ["model=lenet5,resnet20", "dataset=digits"], ["~ratio"], ["train.epochs=3", "--cfg=job"],
+    *([f"+experiment={name}"] for name in EXPERIMENTS),
+])
+def test_preflight_accepts_valid_overrides_and_sweeps(args):
+    preflight(args)
+
+
+@pytest.mark.parametrize("args", [["--cfg", "job"], ["-cn", "config"], ["--info", "searchpath"]])
+def test_preflight_leaves_hydras_own_flags_and_their_values_alone(args):
+    preflight(["ratio=0.3", *args])
+    with pytest.raises(ConfigError, match="ratio=3"):
+        preflight(["ratio=3", *args])
+
+
+def test_an_interval_sweep_needs_an_optimising_sweeper():
+    with pytest.raises(ConfigError, match="interval"):
+        preflight(["-m", "ratio=interval(0,0.9)"])
+    # with one, the sweeper picks the values and each job's config is validated when it runs
+    preflight(["-m", "hydra/sweeper=optuna", "ratio=interval(0,2)"])
+
+
+# --- run identity ------------------------------------------------------------------------------
+
+def test_the_run_key_ignores_where_results_and_caches_go(make_cfg, tmp_path):
+    base = run_key(make_cfg(), "cpu")
+    assert run_key(make_cfg(), "cpu") == base
+    assert run_key(make_cfg(f"tracking.uri=sqlite:///{tmp_path}/other.db"), "cpu") == base
+    assert run_key(make_cfg("tracking.experiment=elsewhere"), "cpu") == base
+    assert run_key(make_cfg(f"cache_dir={tmp_path}/other-cache"), "cpu") == base
+    assert run_key(make_cfg("force=true"), "cpu") == base
+
+
+def test_the_run_key_ignores_where_the_data_files_lie(make_cfg, tmp_path):
+    fm = run_key(make_cfg("dataset=fashion_mnist"), "cpu")
+    assert run_key(make_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}"), "cpu") == fm
+    assert run_key(make_cfg("dataset=fashion_mnist", "dataset.url=null", "dataset.verify=false"), "cpu") == fm
+
+
+@pytest.mark.parametrize("change", ["ratio=0.7", "method=structured", "scope=local", "method.criterion=l2",
+                                    "finetune.epochs=2", "seed=1", "train.lr=0.01", "model=lenet300_100"])
+def test_the_run_key_changes_with_what_decides_the_result(make_cfg, change):
+    assert run_key(make_cfg(*change.split()), "cpu") != run_key(make_cfg(), "cpu")
+
+
+def test_the_run_key_depends_on_the_device_that_runs(make_cfg):
+    cfg = make_cfg()
+    assert run_key(cfg, "cpu") != run_key(cfg, "cuda")
+    assert dense_key(cfg, "cpu") != dense_key(cfg, "cuda")
+
+
+@pytest.mark.parametrize("change", ["ratio=0.7", "method=structured", "scope=local", "method.criterion=random",
+                                    "finetune.epochs=5", "finetune.lr=0.01", "force=true"])
+def test_the_dense_key_ignores_pruning_and_fine_tuning(make_cfg, change):
+    assert dense_key(make_cfg(*change.split()), "cpu") == dense_key(make_cfg(), "cpu")
+
+
+@pytest.mark.parametrize("change", ["train.lr=0.01", "train.epochs=2", "seed=1", "model=lenet300_100",
+                                    "dataset=digits"])
+def test_the_dense_key_changes_with_what_training_depends_on(make_cfg, change):
+    assert dense_key(make_cfg(*change.split()), "cpu") != dense_key(make_cfg(), "cpu")
