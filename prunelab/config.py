@@ -66,7 +66,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-3
     # A partial optimizer (torch.optim.X with _partial_: true); lr is passed separately.
-    optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True})
+    optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True})
     schedule: str = "cosine"
 
     def __post_init__(self):
@@ -76,8 +76,8 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 3
-    lr: float = 1e-3
+    epochs: int = 6
+    lr: float = 2e-3
     schedule: str = "cosine"
 
     def __post_init__(self):

@@ -57,7 +57,8 @@ def make_cfg(workdir):
 
 def cli_env(workdir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(XDG_CACHE_HOME=str(workdir / "xdg-cache"), PYTHONPATH=str(TESTS), HYDRA_FULL_ERROR="0")
+    pythonpath = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p)
+    env.update(XDG_CACHE_HOME=str(workdir / "xdg-cache"), PYTHONPATH=pythonpath, HYDRA_FULL_ERROR="0")
     env.pop("PRUNELAB_DATA", None)
     return env
 
