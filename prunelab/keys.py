@@ -13,7 +13,8 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that never change a result (dotted paths, removed before hashing).
-_IRRELEVANT = ("tracking", "cache_dir", "force", "hydra", "dataset.root", "dataset.url", "dataset.verify")
+_IRRELEVANT = ("tracking", "cache_dir", "force", "measure_latency", "hydra", "dataset.root", "dataset.url",
+               "dataset.verify")
 _DENSE_PARTS = ("model", "dataset", "train", "seed")
 
 

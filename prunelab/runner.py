@@ -7,6 +7,7 @@ composed config.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -22,10 +23,12 @@ from . import tracking
 from .config import ConfigError, validate
 from .data import Splits, cache_dir as user_cache_dir
 from .dense import DenseResult, dense_model, locked
+from .handover import handover
 from .keys import dense_key, run_key
+from .ledger import cost_ledger
 from .measure import layer_table, sparsity_summary
 from .models import build
-from .pruning import Mask
+from .pruning import Mask, shrink
 from .train import EpochResult, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         mlflow.log_params(params)
         metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy}
 
+        dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
         mask: Mask = prune_fn(model, ratio=cfg.ratio, scope=scope, seed=cfg.seed,
                               example_inputs=data.train.x[:1])
         mask.apply(model)
@@ -165,6 +169,9 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
             "test_accuracy": final_test["accuracy"], "val_accuracy": final_val["accuracy"],
             "test_loss": final_test["loss"], **sparsity_summary(table, mask),
         })
+        # Structured: cost (and hand over) the network with the channels physically removed.
+        shrunk = shrink(model, mask, data.train.x[:1]) if mask.channels else None
+        metrics.update(cost_ledger(dense_copy, model, data.train.x[:1], mask, shrunk, cfg.measure_latency))
         tracking.log_metrics(metrics)
 
         weights = io.BytesIO()
@@ -174,6 +181,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
             "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
             "layers.csv": table.to_csv(index=False),
             "model/masked_weights.pt": weights.getvalue(),
+            **handover(model, data.train.x[:1], mask, shrunk),
         })
         metrics["run_id"] = active.info.run_id
     _report(cfg, method, scope, metrics, dense.from_cache)
@@ -189,6 +197,9 @@ def _report(cfg, method, scope, m, dense_from_cache: bool) -> None:
         f"  sparsity: prunable weights {m['sparsity.prunable']:.4f} | all parameters {m['sparsity.all']:.4f}"
         + (f" | channels {m['sparsity.channels']:.4f}" if "sparsity.channels" in m else ""),
         f"  parameters: {m['params.nonzero']:,} nonzero of {m['params.total']:,}",
+        f"  cost, pruned / dense: MACs {m['cost.ratio.macs']:.3f} | nonzero MACs {m['cost.ratio.nonzero_macs']:.3f}"
+        + (f" | CPU latency batch 1 {m['cost.ratio.latency_b1']:.3f}, batch 64 {m['cost.ratio.latency_b64']:.3f}"
+           if "cost.ratio.latency_b64" in m else ""),
         f"  MLflow run {m['run_id']} in {cfg.tracking.uri}",
     ]
     log.info("\n".join(lines))

@@ -24,6 +24,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
     """Make any experiment run in seconds and write only below ``tmp``."""
     return [
         "dataset=synthetic", "train.epochs=1", "finetune.epochs=1", "train.batch_size=64",
+        "measure_latency=false",  # timing is covered by test_compression; it costs seconds a run
         f"cache_dir={tmp / 'cache'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ]
 

@@ -4,7 +4,8 @@
 * :func:`structured` keeps output channel i (a neuron or conv filter) where ||W_i||_p > theta.
   Channels are taken from Torch-Pruning's dependency graph, so channels that must go together
   (a residual addition, the BatchNorm after a conv, the next layer's inputs, the flatten->linear
-  boundary) are scored and removed as one unit. Zeroing all of a channel's parameters makes the
+  boundary) are scored and removed as one unit; a grouped convolution's channels are removed at
+  the same positions in each of its groups. Zeroing all of a channel's parameters makes the
   masked network compute exactly what the network with that channel physically removed computes
   (see ``shrink.py``).
 
@@ -80,13 +81,28 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor, ignore: Seque
     names = {m: n for n, m in model.named_modules()}
     ignored = [m for n, m in model.named_modules()
                if isinstance(m, PRUNABLE_TYPES) and any(fnmatch(n, pat) for pat in ignore)]
-    for m in model.modules():
-        if isinstance(m, PRUNABLE_TYPES[:3]) and m.groups not in (1, m.out_channels):
-            raise PruningError(f"{names[m]}: grouped convolutions (groups={m.groups}) are not "
-                               "supported by structured pruning yet; add it to method.ignore")
     graph = dependency_graph(model, example_inputs)
     groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES)
     return graph, [(names[g[0].dep.target.module], g[0].dep.target.module, g) for g in groups]
+
+
+def _blocks(root_name: str, group, n: int) -> int:
+    """Into how many equal blocks the group's ``n`` channels fall.
+
+    A grouped convolution (1 < groups, not depthwise) holds one weight slice per group, all of one
+    shape, so it can only lose the same channel positions in each of its ``groups`` blocks, on its
+    inputs as on its outputs. Such a group is pruned block-uniformly (what Torch-Pruning's
+    MetaPruner does too). Depthwise convolutions need nothing: their inputs and outputs are one
+    coupled channel set."""
+    blocks = 1
+    for item in group:
+        m = item.dep.target.module
+        if isinstance(m, PRUNABLE_TYPES[:3]) and 1 < m.groups < m.out_channels:
+            blocks = max(blocks, m.groups)
+    if n % blocks:
+        raise PruningError(f"{root_name}: its {n} channels feed a convolution with groups={blocks} "
+                           "but do not split into equal blocks; add it to method.ignore")
+    return blocks
 
 
 def _out_rows(group, graph, n: int) -> list[torch.Tensor]:
@@ -117,7 +133,9 @@ def _zero_channel_masks(masks, graph, root, idxs, param_names) -> None:
             full = param_names[id(p)]
             if isinstance(module, PRUNABLE_TYPES) and not out_fn:
                 if pname == "weight":
-                    masks[full][:, ix] = False
+                    # A grouped conv's weight holds in_channels / groups inputs per output; the
+                    # channels go at the same positions in every group (see _blocks).
+                    masks[full][:, ix % p.shape[1]] = False
             elif p.dim() >= 1:
                 masks[full][ix] = False
 
@@ -152,15 +170,21 @@ def structured(model: nn.Module, ratio: float, scope: str = "global", criterion:
     if not groups:
         raise PruningError("no prunable channel group left after method.ignore")
     by_root = {name: (module, group) for name, module, group in groups}
+    blocks = {name: _blocks(name, group, len(group[0].idxs)) for name, (_, group) in by_root.items()}
 
     def score(name):
         module, group = by_root[name]
         n = len(group[0].idxs)
         s = channel_scores(_out_rows(group, graph, n), n, criterion, name, seed)
+        if blocks[name] > 1:  # position i of every block is one unit: one shared score
+            s = s.view(blocks[name], -1).mean(0).repeat(blocks[name])
         return s / s.mean().clamp_min(1e-12) if scope == "global" and normalize == "mean" else s
 
     keep = allocate({name: len(g[0].idxs) for name, (_, g) in by_root.items()}, score, ratio, scope,
                     min_keep=1)
+    for name, b in blocks.items():
+        if b > 1:  # min_keep may have kept a position in one block only: keep it in all
+            keep[name] = keep[name].view(b, -1).any(0).repeat(b)
     masks = _full_masks(model)
     param_names = {id(p): n for n, p in model.named_parameters()}
     for name, (module, _) in by_root.items():

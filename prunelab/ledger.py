@@ -1,0 +1,143 @@
+"""The cost ledger: what the pruned model costs next to its dense original.
+
+Parameters, nonzero parameters, MACs, file size and measured CPU latency for both, plus
+pruned / dense ratios, as flat MLflow metric names (``cost.dense.macs``, ``cost.ratio.macs``, ...).
+
+* Structured pruning is costed on the physically shrunk network (:func:`prunelab.pruning.shrink`):
+  fewer channels are fewer MACs, a smaller file and, measured, a faster forward pass.
+* Unstructured pruning keeps the dense shapes, and zeros cost a dense kernel as much as any other
+  weight: its MACs and latency stay those of the dense model. What a sparse kernel could save is
+  ``nonzero_macs`` (each conv/linear layer's MACs times its weight density), and the file size is
+  that of a compressed encoding (a bitmask plus the kept values, see ``handover.sparse_file``).
+
+Latency is the median of ``torch.utils.benchmark`` measurements on the CPU with a fixed thread
+count (1 by default), the two models timed in fine alternation so that a busy machine slows both
+alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+from .handover import sparse_file
+from .pruning import Mask
+
+COUNTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+BATCH_SIZES = (1, 64)
+
+
+def param_counts(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(int((p.detach() != 0).sum()) for p in params)
+
+
+@torch.no_grad()
+def mac_counts(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(MACs, nonzero MACs) of one forward pass on ``x``.
+
+    MACs are ``torch.utils.flop_counter``'s FLOPs / 2. Nonzero MACs are what is left if every
+    conv/linear layer skipped its zero weights: the layer's MACs times its weight density (exact
+    for both: each weight is used once per output position)."""
+    counter = FlopCounterMode(display=False)
+    started, saved = {}, []
+
+    def before(module, _):
+        started[module] = counter.get_total_flops()
+
+    def after(module, _, __):
+        flops = counter.get_total_flops() - started.pop(module)
+        w = module.weight.detach()
+        saved.append(flops / 2 * float((w == 0).sum()) / w.numel())
+
+    handles = [h for m in model.modules() if isinstance(m, COUNTED_TYPES)
+               for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with counter:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    macs = counter.get_total_flops() / 2
+    return macs, macs - sum(saved)
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Size of ``torch.save(model.state_dict())``: the file a user would ship."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+@torch.no_grad()
+def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES, threads: int = 1,
+                 budget_s: float = 0.75, block_s: float = 0.01, max_rounds: int = 25
+                 ) -> dict[tuple[str, int], float]:
+    """Median CPU latency in ms of one forward pass, per (model name, batch size).
+
+    Per batch size: every model is warmed up and its block size (calls per timed block, about
+    ``block_s``) set by one short ``blocked_autorange``; then the models are timed one block each
+    in turn, the order reversed every round, for about ``budget_s`` (at least 3 rounds, at most
+    ``max_rounds``). Fine interleaving matters on a shared machine: a busy phase then slows every
+    model alike instead of whichever happened to be measured during it. The latency is the median
+    over the rounds."""
+    out = {}
+    for b in batch_sizes:
+        x = torch.randn(b, *in_shape)
+        timers = {name: Timer("model(x)", globals={"model": m, "x": x}, num_threads=threads)
+                  for name, m in models.items()}
+        number = {}
+        for name, timer in timers.items():
+            once = timer.blocked_autorange(min_run_time=block_s).median
+            number[name] = max(1, round(block_s / once))
+        times: dict[str, list[float]] = {name: [] for name in models}
+        order, start = list(timers), time.perf_counter()
+        while len(times[order[0]]) < max_rounds and (
+                len(times[order[0]]) < 3 or time.perf_counter() - start < budget_s):
+            for name in order:
+                times[name].append(timers[name].timeit(number[name]).median)
+            order.reverse()
+        out.update({(name, b): statistics.median(t) * 1e3 for name, t in times.items()})
+    return out
+
+
+def cost_ledger(dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor,
+                mask: Mask | None = None, shrunk: nn.Module | None = None, latency: bool = True,
+                threads: int = 1) -> dict[str, float]:
+    """The cost metrics of one run: ``cost.{dense,pruned}.{params,nonzero_params,macs,
+    nonzero_macs,file_bytes,latency_b1_ms,latency_b64_ms}`` and ``cost.ratio.*`` (pruned / dense).
+
+    ``pruned`` is the (masked) model as trained; ``shrunk``, for structured pruning, its physically
+    smaller twin, which is what gets costed when given. ``example_input`` fixes the input shape
+    (MACs are per sample). Latency (``latency=False`` skips it) is measured on CPU copies with
+    ``threads`` threads; none of the models passed in is changed."""
+    deployed = shrunk if shrunk is not None else pruned
+    models = {"dense": copy.deepcopy(dense).cpu().eval(), "pruned": copy.deepcopy(deployed).cpu().eval()}
+    x = example_input[:1].detach().cpu()
+    out: dict[str, float] = {}
+    for role, model in models.items():
+        out[f"cost.{role}.params"], out[f"cost.{role}.nonzero_params"] = param_counts(model)
+        out[f"cost.{role}.macs"], out[f"cost.{role}.nonzero_macs"] = mac_counts(model, x)
+        out[f"cost.{role}.file_bytes"] = state_bytes(model)
+    if shrunk is None and mask is not None:
+        # Dense shapes: what shrinks is only the encoding of the zeros.
+        out["cost.pruned.file_bytes"] = len(sparse_file(models["pruned"], mask))
+    names = ["params", "nonzero_params", "macs", "nonzero_macs", "file_bytes"]
+    if latency:
+        measured = latencies_ms(models, x.shape[1:], threads=threads)
+        for (role, b), ms in measured.items():
+            out[f"cost.{role}.latency_b{b}_ms"] = ms
+        out["cost.latency_threads"] = threads
+        names += [f"latency_b{b}" for b in BATCH_SIZES]
+    for name in names:
+        key = f"{name}_ms" if name.startswith("latency") else name
+        out[f"cost.ratio.{name}"] = out[f"cost.pruned.{key}"] / out[f"cost.dense.{key}"]
+    return {k: float(v) for k, v in out.items()}
