@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from conftest import runs
+from conftest import randomised, runs
 from prunelab import models
 from prunelab.data import synthetic
 from prunelab.handover import decode_sparse, handover, sparse_file
@@ -52,18 +52,6 @@ class DepthwiseResidualNet(nn.Module):
 MODELS = {"lenet300_100": models.lenet300_100, "lenet5": models.lenet5, "vgg_small": models.vgg_small,
           "resnet20": models.resnet20, "user_depthwise_residual": DepthwiseResidualNet}
 SHAPE = (1, 16, 16)
-
-
-def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, as after training; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 def pruned_pair(name: str, scope: str = "global", ratio: float = 0.5):

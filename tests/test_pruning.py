@@ -1,5 +1,5 @@
 """Pruning invariants: how much is removed, what separates kept from pruned, what global and local
-mean, what is never touched, and that a structured mask is the same as deleting the channels."""
+mean, what is never touched (masked == physically shrunk is in test_compression.py)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from conftest import randomised
 from prunelab import models
-from prunelab.pruning import Mask, MaskError, PruningError, prunable_layers, prune, shrink
+from prunelab.pruning import Mask, MaskError, PruningError, prunable_layers, prune
 from prunelab.train import fit
 from prunelab.data import synthetic
-
-MODELS = {"lenet300_100": models.lenet300_100, "lenet5": models.lenet5,
-          "vgg_small": models.vgg_small, "resnet20": models.resnet20}
-
-
-def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give BatchNorm layers non-trivial statistics, as after training."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
-
 
 @pytest.fixture
 def lenet5():
@@ -86,19 +71,6 @@ def test_random_criterion_keeps_the_allocation_but_not_the_choice(lenet5):
     assert any(not torch.equal(mag.masks[n], rnd.masks[n]) for n in mag.prunable)
     again = prune(lenet5, "unstructured", "local", 0.5, criterion="random")
     assert all(torch.equal(rnd.masks[n], again.masks[n]) for n in rnd.prunable)  # seeded
-
-
-@pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("scope", ["global", "local"])
-def test_masked_structured_model_equals_the_model_with_channels_removed(name, scope):
-    torch.manual_seed(0)
-    model = randomised(MODELS[name](in_shape=(1, 16, 16)))
-    x = torch.randn(8, 1, 16, 16)
-    mask = prune(model, "structured", scope, 0.5, example_inputs=x[:1])
-    masked = mask.apply(copy.deepcopy(model)).eval()
-    small = shrink(model, mask, x[:1]).eval()
-    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
-    assert (masked(x) - small(x)).abs().max() <= 1e-4
 
 
 def test_structured_local_removes_the_ratio_of_channels_in_every_layer():
