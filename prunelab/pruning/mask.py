@@ -74,8 +74,15 @@ class Mask:
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> nn.Module:
-        """Zero the pruned entries of ``model`` in place (and return it)."""
-        self.hold(model)()
+        """Zero the pruned entries of ``model`` in place (and return it).
+
+        Converts one mask at a time (unlike :meth:`hold`, which keeps them all converted for the
+        per-step calls): a one-off application then needs one layer's float mask of extra memory,
+        not a float copy of every mask."""
+        for name, p in self.validate(model).items():
+            m = self.masks[name]
+            if not bool(m.all()):
+                p.mul_(m.to(device=p.device, dtype=p.dtype))
         return model
 
     def hold(self, model: nn.Module) -> Callable[[], None]:
