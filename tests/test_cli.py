@@ -74,15 +74,19 @@ def test_bad_input_is_one_readable_line(cli, workdir, args, words):
     assert runs(workdir) == []
 
 
-def test_missing_data_is_one_line_and_no_run(cli, workdir):
-    result = cli("dataset=fashion_mnist", f"dataset.root={workdir}/nowhere", "dataset.url=null",
-                 tiny=True)
-    # tiny sets dataset=synthetic first; the later override wins.
-    if "/usr/share/datasets/fashion-mnist" in result.stderr or result.returncode == 0:
-        pytest.skip("Fashion-MNIST is installed system-wide, so it is found")
+def test_corrupted_data_is_one_line_and_leaves_no_run_running(cli, workdir):
+    # dataset.root is searched first, so these files are used (and rejected) even where the
+    # real Fashion-MNIST is installed.
+    root = workdir / "broken"
+    root.mkdir()
+    for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        (root / f"{name}-ubyte.gz").write_bytes(b"not a gzip file")
+    result = cli("dataset=fashion_mnist", f"dataset.root={root}", "dataset.url=null")
     assert result.returncode == 2
-    assert "Fashion-MNIST not found" in result.stderr and "dataset-fashion-mnist" in result.stderr
-    assert runs(workdir) == []
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error:"), result.stderr
+    assert "train-images-idx3-ubyte.gz" in lines[0] and "fetch it again" in lines[0]
+    assert all(r.info.status == "FAILED" for r in runs(workdir))  # recorded, never RUNNING
 
 
 def test_a_crash_inside_a_run_leaves_it_failed_not_running(cli, workdir):
