@@ -142,10 +142,6 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def run_status(run_id: str) -> str:
-    return MlflowClient().get_run(run_id).info.status
-
-
 def default_experiment_name(cfg: DictConfig) -> str:
     return f"{target_name(cfg.model)}-{target_name(cfg.dataset)}"
 
