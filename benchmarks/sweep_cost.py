@@ -1,29 +1,41 @@
-"""5. Sweep cost: a 10-point Fashion-MNIST LeNet-5 sweep through ``python -m prunelab -m ratio=...``
-(Hydra multirun, MLflow tracking, the dense-model cache) vs the same work by hand in one process:
-one dense training, then for each ratio prune, fine-tune and evaluate (the same validation and
-test evaluations a sweep point reports), with prunelab's own ``fit`` / ``prune`` / ``evaluate``
-and nothing else (no Hydra, no MLflow, no cache, no artifacts, no cost ledger).
+"""5. Sweep cost: a Fashion-MNIST LeNet-5 sweep through ``python -m prunelab -m ...`` (Hydra
+multirun, MLflow tracking, the dense-model cache, artifacts, the cost ledger) vs the same work by
+hand in one process: one dense training, then for each point prune, fine-tune and evaluate (the
+same validation and test evaluations a sweep point reports), with prunelab's own ``fit`` /
+``prune`` / ``evaluate`` and nothing else (no Hydra, no MLflow, no cache, no artifacts, no ledger).
 
-Not run by ``python -m benchmarks`` unless ``--sweep`` is given: it takes many minutes. Alone::
+Two presets:
 
-    python -m benchmarks.sweep_cost --train-epochs 1 --finetune-epochs 1 --repeats 1
+* the default (issue 5): 10 unstructured global ratios with 1 + 1 epochs and the ledger's latency
+  timing off (``measure_latency=false``, ``--with-latency`` turns it on): the framework's own cost
+  per point, in a few minutes;
+* ``--study`` (issue 3): the study ``-m ratio=0.1,0.3,0.5,0.7,0.9 method=structured,unstructured
+  scope=global,local`` exactly as a user runs it (configured epochs, latency timing on), against
+  one dense training + 20 fine-tunings by hand: about 45 minutes on a 2-core CPU.
+
+Not run by ``python -m benchmarks`` unless ``--sweep`` is given (the default preset). Alone::
+
+    python -m benchmarks.sweep_cost                 # default preset
+    python -m benchmarks.sweep_cost --study         # the issue-3 study
 
 Both variants run as fresh processes (interpreter start and imports count for both) with the same
 thread count, each in a fresh temporary folder (so the sweep trains its dense model once, like the
-hand-written run). The ledger's latency timing is switched off (``measure_latency=false``) unless
-``--with-latency``: it is extra measurement, not sweep overhead.
+hand-written run). The sweep's test accuracies are compared with those by hand, point by point, to
+show both did the same work.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 
 import torch
 
@@ -31,38 +43,60 @@ from .common import Section, Verdict, alternate, config, configured_optimizer, r
 
 BATCH = config().train.batch_size
 
-# Where that time goes, from a py-spy profile of a 2-point sweep (1 + 1 epochs, 1 thread) taken
-# when this benchmark was written: rerun py-spy to refresh it after the sweep code changes.
+# Where that time goes, from a py-spy profile of a 4-point sweep (1 + 1 epochs, 1 thread) taken
+# when this benchmark was last changed: rerun py-spy to refresh it after the sweep code changes.
 PROFILE = (
-    " Where it goes (py-spy profile of a 2-point sweep, 52 s in all, taken when this benchmark "
-    "was written): every point reloads Fashion-MNIST from its .gz files, checksum and "
-    "standardisation included (`prunelab.data.fashion_mnist` through `runner.run`: ~1.5 s per "
-    "point, once by hand); the sweep process imports MLflow, Hydra, `prunelab.sweep`, "
-    "`prunelab.analysis` and `prunelab.handover` and creates the MLflow SQLite store (~7 s once); "
-    "logging, artifacts and the ledger take ~0.5 s per point. Training and evaluation are the "
-    "same calls in both. With the configured epochs the same fixed costs are a far smaller "
-    "share."
+    " Where it goes (py-spy profile of a 4-point sweep, 1 + 1 epochs): the sweep process imports "
+    "MLflow, Hydra and prunelab's sweep, analysis and hand-over modules and creates the MLflow "
+    "SQLite store (~7 s once); Fashion-MNIST is read, checked and standardised once per process, "
+    "as by hand; per point, the ledger's latency timing (when on) takes ~1.5 s and logging, "
+    "artifacts, the hand-over program and the rest of the ledger ~1 s. Training and evaluation "
+    "are the same calls in both."
 )
-RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-TARGET = 1.10
+
+
+@dataclass(frozen=True)
+class Preset:
+    ratios: tuple[float, ...]
+    methods: tuple[str, ...]
+    scopes: tuple[str, ...]
+    train_epochs: int
+    finetune_epochs: int
+    with_latency: bool
+    target: float
+
+    @property
+    def points(self) -> list[tuple[str, str, float]]:
+        return list(itertools.product(self.methods, self.scopes, self.ratios))
+
+
+DEFAULT = Preset((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), ("unstructured",), ("global",),
+                 1, 1, False, 1.10)
+STUDY = Preset((0.1, 0.3, 0.5, 0.7, 0.9), ("structured", "unstructured"), ("global", "local"),
+               config().train.epochs, config().finetune.epochs, True, 1.15)
+TARGET = DEFAULT.target
 
 
 def _env(threads: int) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def sweep_command(folder: str, train_epochs: int, finetune_epochs: int, ratios_: tuple,
-                  with_latency: bool) -> list[str]:
+def sweep_command(folder: str, preset: Preset) -> list[str]:
     return [sys.executable, "-m", "prunelab", "-m", "model=lenet5", "dataset=fashion_mnist",
-            "method=unstructured", "scope=global", f"ratio={','.join(map(str, ratios_))}",
-            f"train.epochs={train_epochs}", f"finetune.epochs={finetune_epochs}",
+            f"method={','.join(preset.methods)}", f"scope={','.join(preset.scopes)}",
+            f"ratio={','.join(map(str, preset.ratios))}",
+            f"train.epochs={preset.train_epochs}", f"finetune.epochs={preset.finetune_epochs}",
             f"tracking.uri=sqlite:///{folder}/mlflow.db", f"cache_dir={folder}/dense",
-            f"hydra.sweep.dir={folder}/multirun", f"measure_latency={str(with_latency).lower()}"]
+            f"hydra.sweep.dir={folder}/multirun", f"measure_latency={str(preset.with_latency).lower()}"]
 
 
-def by_hand(train_epochs: int, finetune_epochs: int, ratios_: tuple) -> dict:
+def point_name(method: str, scope: str, ratio) -> str:
+    return f"{method}/{scope}/{float(ratio):g}"
+
+
+def by_hand(preset: Preset) -> dict[str, float]:
     """The same experiments as the sweep (conf/config.yaml's optimizer, learning rates, schedules,
-    batch size, seeds), by hand."""
+    batch size, seeds), by hand; returns the test accuracy of the dense model and of every point."""
     from prunelab import models
     from prunelab.data import fashion_mnist
     from prunelab.pruning import prune
@@ -80,68 +114,92 @@ def by_hand(train_epochs: int, finetune_epochs: int, ratios_: tuple) -> dict:
     data = fashion_mnist(seed=0)
     steps = -(-len(data.train) // BATCH)
     dense = models.lenet5(in_shape=data.in_shape, num_classes=data.num_classes)
-    opt, sched = optimizer(dense, "train", train_epochs)
-    fit(dense, data.train, data.val, opt, train_epochs, BATCH, 0, sched, desc="dense")
+    opt, sched = optimizer(dense, "train", preset.train_epochs)
+    fit(dense, data.train, data.val, opt, preset.train_epochs, BATCH, 0, sched, desc="dense")
     # The accuracies each sweep point reports: dense, right after pruning, after fine-tuning.
     evaluate(dense, data.val)
     results = {"dense": evaluate(dense, data.test)["accuracy"]}
-    for ratio in ratios_:
+    for method, scope, ratio in preset.points:
         model = copy.deepcopy(dense)
-        mask = prune(model, "unstructured", "global", ratio)
+        mask = prune(model, method, scope, ratio, example_inputs=data.train.x[:1])
         mask.apply(model)
         evaluate(model, data.test), evaluate(model, data.val)
-        opt, sched = optimizer(model, "finetune", finetune_epochs)
-        fit(model, data.train, data.val, opt, finetune_epochs, BATCH, 1, sched,
+        opt, sched = optimizer(model, "finetune", preset.finetune_epochs)
+        fit(model, data.train, data.val, opt, preset.finetune_epochs, BATCH, 1, sched,
             after_step=mask.hold(model), desc="fine-tune")
         evaluate(model, data.val)
-        results[str(ratio)] = evaluate(model, data.test)["accuracy"]
+        results[point_name(method, scope, ratio)] = evaluate(model, data.test)["accuracy"]
     return results
 
 
-def run(quick: bool = False, threads: int | None = None, train_epochs: int = 1,
-        finetune_epochs: int = 1, repeats: int = 1, with_latency: bool = False) -> Section:
+def sweep_accuracies(folder: str) -> dict[str, float]:
+    """Test accuracy of the dense model and of every point, as the sweep logged them."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    out = {}
+    for _, r in runs.iterrows():
+        if r["tags.prunelab.role"] == "dense":
+            out["dense"] = r["metrics.test_accuracy"]
+        elif r["tags.prunelab.role"] == "pruned":
+            out[point_name(r["params.method"], r["params.scope"], r["params.ratio"])] = r["metrics.test_accuracy"]
+    return out
+
+
+def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAULT, repeats: int = 1,
+        title: str = "5. Sweep cost") -> Section:
     threads = threads or torch.get_num_threads()
-    ratios_ = RATIOS[:2] if quick else RATIOS
+    if quick:
+        preset = Preset(preset.ratios[:2], preset.methods[:1], preset.scopes[:1], 1, 1,
+                        preset.with_latency, preset.target)
+    points = preset.points
     hand_cmd = [sys.executable, "-m", "benchmarks.sweep_cost", "--by-hand",
-                "--train-epochs", str(train_epochs), "--finetune-epochs", str(finetune_epochs),
-                "--ratios", ",".join(map(str, ratios_))]
-    accuracy = {}
+                "--preset", json.dumps(preset.__dict__)]
+    accuracy: dict[str, dict[str, float]] = {}
 
     def launch(name):
         with tempfile.TemporaryDirectory(prefix="prunelab-sweep-cost-") as folder:
-            cmd = hand_cmd if name == "by hand" else sweep_command(
-                folder, train_epochs, finetune_epochs, ratios_, with_latency)
+            cmd = hand_cmd if name == "by hand" else sweep_command(folder, preset)
             out = subprocess.run(cmd, cwd=folder if name != "by hand" else None, env=_env(threads),
                                  capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-            if name == "by hand":
-                accuracy.update(json.loads(out.stdout.strip().splitlines()[-1]))
+            accuracy[name] = (json.loads(out.stdout.strip().splitlines()[-1]) if name == "by hand"
+                              else sweep_accuracies(folder))
 
     times = alternate({"by hand": lambda: launch("by hand"), "sweep": lambda: launch("sweep")},
                       repeats, warmup=0)
     r = ratios(times.wall, "sweep", "by hand")
     med = statistics.median(r)
-    extra = (statistics.median(times.wall["sweep"]) - statistics.median(times.wall["by hand"])) / len(ratios_)
+    extra = (statistics.median(times.wall["sweep"]) - statistics.median(times.wall["by hand"])) / len(points)
+    hand, swept = accuracy["by hand"], accuracy["sweep"]
+    missing = sorted(set(hand) - set(swept))
+    diff = max(abs(hand[k] - swept[k]) for k in hand if k in swept)
+    sweep_args = " ".join(sweep_command("F", preset)[4:9])
     rows = [["by hand, one process", spread(times.wall["by hand"]), "reference"],
-            [f"`python -m prunelab -m ratio=...` ({len(ratios_)} points)", spread(times.wall["sweep"]),
+            [f"`python -m prunelab -m {sweep_args}` ({len(points)} points)", spread(times.wall["sweep"]),
              spread(r, "x")]]
+    configured = (preset.train_epochs, preset.finetune_epochs) == (config().train.epochs, config().finetune.epochs)
     body = (
-        f"LeNet-5 on Fashion-MNIST, global L1 unstructured at ratios {', '.join(map(str, ratios_))}: "
-        f"dense training {train_epochs} epoch(s), fine-tuning {finetune_epochs} epoch(s) per point "
-        f"(reduced from the configured {config().train.epochs} and {config().finetune.epochs} to fit a "
-        f"benchmark run), {threads} thread(s), "
-        f"{repeats} round(s) alternating by hand / sweep, each a fresh process in a fresh folder; "
-        f"the ledger's latency timing {'on' if with_latency else 'off'}.\n\n"
+        f"LeNet-5 on Fashion-MNIST, {len(points)} points ({', '.join(preset.methods)} × "
+        f"{', '.join(preset.scopes)} × ratios {', '.join(map(str, preset.ratios))}): "
+        f"dense training {preset.train_epochs} epoch(s), fine-tuning {preset.finetune_epochs} epoch(s) per point"
+        + (" (the configured defaults)" if configured else
+           f" (reduced from the configured {config().train.epochs} and {config().finetune.epochs})")
+        + f", {threads} thread(s), {repeats} round(s) alternating by hand / sweep, each a fresh "
+        f"process in a fresh folder; the ledger's latency timing {'on' if preset.with_latency else 'off'}.\n\n"
         + table(["variant", "wall time", "ratio to by hand"], rows)
-        + "\n\nTest accuracy by hand (dense, then per ratio): "
-        + ", ".join(f"{k}: {v:.3f}" for k, v in accuracy.items())
+        + f"\n\nSame work: the sweep logged {len(swept)} test accuracies (dense + points), by hand "
+        f"gave {len(hand)}; largest difference {diff:.4f}"
+        + (f"; missing in the sweep: {', '.join(missing)}" if missing else "")
+        + ". Dense test accuracy by hand " + f"{hand['dense']:.4f}."
         + f"\n\nThe sweep's extra time: {extra:.1f} s per point."
         + PROFILE
-        + f"\n\nTarget: sweep ≤ {TARGET} × by hand."
+        + f"\n\nTarget: sweep ≤ {preset.target} × by hand."
     )
-    verdicts = [Verdict("5. sweep cost", f"≤ {TARGET} × by hand", f"{med:.3f}×", med <= TARGET)]
-    return Section("5. Sweep cost", body, verdicts)
+    verdicts = [Verdict(title, f"≤ {preset.target} × by hand", f"{med:.3f}×", med <= preset.target)]
+    return Section(title, body, verdicts)
 
 
 def main() -> str:
@@ -150,19 +208,24 @@ def main() -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep_cost")
-    parser.add_argument("--train-epochs", type=int, default=1)
-    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--study", action="store_true",
+                        help="the issue-3 study: 5 ratios × 2 methods × 2 scopes, configured epochs (~45 min)")
+    parser.add_argument("--train-epochs", type=int, help="override the preset's dense epochs")
+    parser.add_argument("--finetune-epochs", type=int, help="override the preset's fine-tuning epochs")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--with-latency", action="store_true")
-    parser.add_argument("--ratios", default=",".join(map(str, RATIOS)), help=argparse.SUPPRESS)
+    parser.add_argument("--with-latency", action="store_true", help="latency timing on (the study has it on)")
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--by-hand", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.by_hand:
-        print(json.dumps(by_hand(args.train_epochs, args.finetune_epochs,
-                                 tuple(float(x) for x in args.ratios.split(",")))))
+        preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.preset).items()})
+        print(json.dumps(by_hand(preset)))
     else:
-        print(run(threads=args.threads, train_epochs=args.train_epochs,
-                  finetune_epochs=args.finetune_epochs, repeats=args.repeats,
-                  with_latency=args.with_latency).markdown())
+        preset = STUDY if args.study else DEFAULT
+        preset = Preset(preset.ratios, preset.methods, preset.scopes,
+                        args.train_epochs or preset.train_epochs, args.finetune_epochs or preset.finetune_epochs,
+                        preset.with_latency or args.with_latency, preset.target)
+        title = "5b. Study sweep cost (issue 3)" if args.study else "5. Sweep cost"
+        print(run(threads=args.threads, preset=preset, repeats=args.repeats, title=title).markdown())

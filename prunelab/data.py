@@ -8,6 +8,7 @@ standardised with statistics of the training split.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -29,7 +30,7 @@ class DataError(RuntimeError):
     """A dataset cannot be found or read; the message says what to do."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Split:
     x: torch.Tensor
     y: torch.Tensor
@@ -41,7 +42,7 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Splits:
     name: str
     train: Split
@@ -203,9 +204,19 @@ def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
 
 def fashion_mnist(root=None, val_size: int = 5000, seed: int = 0,
                   url: str | None = FASHION_MNIST_URL, verify: bool = True) -> Splits:
-    """Fashion-MNIST (60k train / 10k test, 1x28x28, 10 classes) from IDX ``.gz`` files."""
-    folder = find_fashion_mnist(root, url)
+    """Fashion-MNIST (60k train / 10k test, 1x28x28, 10 classes) from IDX ``.gz`` files.
 
+    A sweep runs its points in one process: the files are read, checked and standardised once per
+    process (and again whenever one of them changes on disk), not once per point."""
+    folder = find_fashion_mnist(root, url)
+    stamp = tuple((st.st_ino, st.st_size, st.st_mtime_ns)
+                  for st in (os.stat(folder / name) for name in FASHION_MNIST_SHA256))
+    return _fashion_mnist_splits(folder.resolve(), stamp, val_size, seed, verify)
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_mnist_splits(folder: Path, stamp: tuple, val_size: int, seed: int, verify: bool) -> Splits:
+    """The splits of the files in ``folder`` as they were at ``stamp`` (the memo's key)."""
     def load(kind):
         name = f"{kind}-ubyte.gz"
         return read_idx(folder / name, FASHION_MNIST_SHA256[name] if verify else None)

@@ -190,6 +190,23 @@ def test_train_is_standardised_and_test_uses_the_training_statistics(tmp_path):
     torch.testing.assert_close(splits.test.y, torch.from_numpy(arrays[NAMES[3]]).long())
 
 
+def test_the_files_are_read_once_per_process_until_one_changes(tmp_path, monkeypatch):
+    """Sweep points in one process share the loaded splits; a rewritten file is read again."""
+    arrays = fake_fashion_mnist(tmp_path / "fm")
+    reads = []
+    monkeypatch.setattr(data, "read_idx", lambda path, sha256=None: reads.append(path) or read_idx(path, sha256))
+
+    def load():
+        return fashion_mnist(root=tmp_path / "fm", val_size=10, url=None, verify=False)
+
+    first = load()
+    assert load() is first and len(reads) == 4
+    write_idx(tmp_path / "fm" / NAMES[3], (arrays[NAMES[3]] + 1) % 10)
+    changed = load()
+    assert len(reads) == 8
+    torch.testing.assert_close(changed.test.y, torch.from_numpy((arrays[NAMES[3]] + 1) % 10).long())
+
+
 def test_val_size_must_leave_training_images(tmp_path):
     fake_fashion_mnist(tmp_path / "fm")
     with pytest.raises(DataError, match=r"val_size=50 must be in \[0, 50\)"):
