@@ -16,7 +16,7 @@ Two presets:
 Not run by ``python -m benchmarks`` unless ``--sweep`` is given (the default preset). Alone::
 
     python -m benchmarks.sweep_cost                 # default preset
-    python -m benchmarks.sweep_cost --study         # the issue-3 study
+    python -m benchmarks.sweep_cost --study --out benchmarks/RESULTS-study.md   # the issue-3 study
 
 Both variants run as fresh processes (interpreter start and imports count for both) with the same
 thread count, each in a fresh temporary folder (so the sweep trains its dense model once, like the
@@ -31,15 +31,19 @@ import copy
 import itertools
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .common import Section, Verdict, alternate, config, configured_optimizer, ratios, spread, table
+from .common import (Section, Verdict, alternate, config, configured_optimizer, machine_facts, ratios,
+                     spread, table)
 
 BATCH = config().train.batch_size
 
@@ -213,8 +217,10 @@ if __name__ == "__main__":
     parser.add_argument("--train-epochs", type=int, help="override the preset's dense epochs")
     parser.add_argument("--finetune-epochs", type=int, help="override the preset's fine-tuning epochs")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 points, 1 + 1 epochs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--with-latency", action="store_true", help="latency timing on (the study has it on)")
+    parser.add_argument("--out", help="also write the section, with the machine facts, to this Markdown file")
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--by-hand", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -228,4 +234,11 @@ if __name__ == "__main__":
                         args.train_epochs or preset.train_epochs, args.finetune_epochs or preset.finetune_epochs,
                         preset.with_latency or args.with_latency, preset.target)
         title = "5b. Study sweep cost (issue 3)" if args.study else "5. Sweep cost"
-        print(run(threads=args.threads, preset=preset, repeats=args.repeats, title=title).markdown())
+        facts, start = machine_facts(), time.perf_counter()
+        section = run(args.quick, args.threads, preset, args.repeats, title)
+        print(section.markdown())
+        if args.out:
+            from .__main__ import report
+            command = shlex.join(["python", "-m", "benchmarks.sweep_cost", *sys.argv[1:]])
+            Path(args.out).write_text(report([section], command, time.perf_counter() - start, facts,
+                                             args.threads, args.quick))

@@ -141,3 +141,20 @@ def test_submitit_local_launcher_runs_the_points(cli, workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     (parent,), children, _ = sweep_parts(workdir)
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+
+
+@pytest.mark.slow
+def test_the_digits_smoke_study_runs_end_to_end_with_its_curves(cli, workdir):
+    """The quick named study as a user runs it: real digits, configured epochs, latency timing on."""
+    result = cli("-m", "+experiment=digits_smoke", tiny=False, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,), children, (dense,) = sweep_parts(workdir)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep.points_finished"] == 12
+    assert len(children) == 12 and all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.params["method"] for c in children} == {"unstructured", "structured"}
+    assert {c.data.params["scope"] for c in children} == {"global", "local"}
+    assert dense.data.metrics["test_accuracy"] > 0.9  # real digits, learned (chance is 0.1)
+    assert all(c.data.metrics["test_accuracy"] > 0.5 for c in children)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    artifacts = {a.path: a.file_size for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts["points.csv"] > 0 and artifacts["accuracy_vs_sparsity.png"] > 1000
