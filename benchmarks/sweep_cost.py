@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -79,7 +79,6 @@ DEFAULT = Preset((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), ("unstruct
                  1, 1, False, 1.10)
 STUDY = Preset((0.1, 0.3, 0.5, 0.7, 0.9), ("structured", "unstructured"), ("global", "local"),
                config().train.epochs, config().finetune.epochs, True, 1.15)
-TARGET = DEFAULT.target
 
 
 def _env(threads: int) -> dict:
@@ -141,23 +140,20 @@ def sweep_accuracies(folder: str) -> dict[str, float]:
     """Test accuracy of the dense model and of every point, as the sweep logged them."""
     import mlflow
 
+    from prunelab.analysis import load_runs
+
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-    runs = mlflow.search_runs(search_all_experiments=True)
-    out = {}
-    for _, r in runs.iterrows():
-        if r["tags.prunelab.role"] == "dense":
-            out["dense"] = r["metrics.test_accuracy"]
-        elif r["tags.prunelab.role"] == "pruned":
-            out[point_name(r["params.method"], r["params.scope"], r["params.ratio"])] = r["metrics.test_accuracy"]
-    return out
+    runs = load_runs(["lenet5-fashion_mnist"])  # the experiment sweep_command's points log to
+    return {"dense" if r.role == "dense" else point_name(r.method, r.scope, r.ratio): r.test_accuracy
+            for r in runs.itertuples()}
 
 
 def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAULT, repeats: int = 1,
         title: str = "5. Sweep cost") -> Section:
     threads = threads or torch.get_num_threads()
     if quick:
-        preset = Preset(preset.ratios[:2], preset.methods[:1], preset.scopes[:1], 1, 1,
-                        preset.with_latency, preset.target)
+        preset = replace(preset, ratios=preset.ratios[:2], methods=preset.methods[:1],
+                         scopes=preset.scopes[:1], train_epochs=1, finetune_epochs=1)
     points = preset.points
     hand_cmd = [sys.executable, "-m", "benchmarks.sweep_cost", "--by-hand",
                 "--preset", json.dumps(preset.__dict__)]
@@ -231,9 +227,9 @@ if __name__ == "__main__":
         print(json.dumps(by_hand(preset)))
     else:
         preset = STUDY if args.study else DEFAULT
-        preset = Preset(preset.ratios, preset.methods, preset.scopes,
-                        args.train_epochs or preset.train_epochs, args.finetune_epochs or preset.finetune_epochs,
-                        preset.with_latency or args.with_latency, preset.target)
+        preset = replace(preset, train_epochs=args.train_epochs or preset.train_epochs,
+                         finetune_epochs=args.finetune_epochs or preset.finetune_epochs,
+                         with_latency=preset.with_latency or args.with_latency)
         title = "5b. Study sweep cost (issue 3)" if args.study else "5. Sweep cost"
         facts, start = machine_facts(), time.perf_counter()
         section = run(args.quick, args.threads, preset, args.repeats, title)

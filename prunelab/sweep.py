@@ -146,7 +146,7 @@ class SweepCallback(Callback):
         """Log the sweep's points, figures and counts to the parent; return the failure count."""
         from . import analysis
 
-        points = analysis.load_runs(self.experiment_ids, sweep_id=self.parent_id, client=client)
+        points = analysis.load_runs(self.experiment_ids, sweep_id=self.parent_id)
         pruned = points[points["role"] == "pruned"]
         finished, failed = pruned[pruned["status"] == "FINISHED"], pruned[pruned["status"] == "FAILED"]
         client.log_metric(self.parent_id, "sweep.points_finished", len(finished))

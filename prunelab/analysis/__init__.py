@@ -41,14 +41,14 @@ def experiment_ids(names_or_ids: Iterable[str], client: MlflowClient | None = No
 
 
 def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
-              client: MlflowClient | None = None, include_sweeps: bool = False) -> pd.DataFrame:
-    """Every run of ``experiments`` (names or ids), one row each, params cast, prefixes dropped.
+              include_sweeps: bool = False) -> pd.DataFrame:
+    """Every run of ``experiments`` (names or ids) in the current tracking store
+    (``mlflow.set_tracking_uri``), one row each, params cast, prefixes dropped.
 
     Columns: run_id, status, role (dense / pruned / sweep), the group names, ratio, seed, every
     metric by name (test_accuracy, sparsity.prunable, ...) and error / overrides where set.
     ``sweep_id`` keeps the points of one sweep (including earlier runs it reused)."""
-    client = client or MlflowClient()
-    ids = experiment_ids(experiments, client)
+    ids = experiment_ids(experiments)
     where = f"tags.`prunelab.in_sweep.{sweep_id}` = 'true'" if sweep_id else ""
     raw = mlflow.search_runs(experiment_ids=ids, filter_string=where, output_format="pandas")
     if raw.empty:
