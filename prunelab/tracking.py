@@ -8,6 +8,7 @@ directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import subprocess
@@ -83,6 +84,12 @@ def _git_commit() -> str | None:
 
 
 def environment_tags() -> dict[str, str]:
+    """Library versions and the git commit, looked up once per process (every run carries them)."""
+    return dict(_environment_tags())
+
+
+@functools.cache
+def _environment_tags() -> dict[str, str]:
     tags = {}
     for package in ("prunelab", "torch", "mlflow", "hydra-core", "torch-pruning", "numpy"):
         try:
