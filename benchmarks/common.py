@@ -120,13 +120,11 @@ def fashion_mnist():
 
 @lru_cache(maxsize=1)
 def config():
-    """conf/config.yaml as written (no Hydra composition): the optimizer, learning rates, batch
-    size and epochs a plain ``python -m prunelab`` run uses."""
-    from omegaconf import OmegaConf
+    """The composed default config: the optimizer, learning rates, batch size and epochs a plain
+    ``python -m prunelab`` run uses (its recipe)."""
+    from prunelab.config import compose
 
-    from prunelab.paths import conf_dir
-
-    return OmegaConf.load(conf_dir() / "config.yaml")
+    return compose()
 
 
 def configured_optimizer(params, stage: str = "train") -> torch.optim.Optimizer:

@@ -21,7 +21,7 @@ from .paths import conf_dir, experiments_dir
 
 log = logging.getLogger("prunelab")
 
-GROUPS = ("model", "dataset", "method", "scope")
+GROUPS = ("model", "dataset", "method", "scope", "recipe")
 
 
 def _options(group: str) -> list[str]:

@@ -60,6 +60,8 @@ class ScopeConfig:
         check_choice("scope.name", self.name, SCOPES)
 
 
+# The values of train and finetune come from the recipe group (conf/recipe/); these defaults are only
+# the schema's fallback when a config is composed without one.
 @dataclass
 class TrainConfig:
     epochs: int = 12
@@ -106,6 +108,7 @@ class Config:
     dataset: Any = MISSING
     method: MethodConfig = MISSING
     scope: ScopeConfig = MISSING
+    recipe: Optional[str] = None  # the recipe option that set train/finetune (a label; values rule)
     ratio: float = 0.5
     seed: int = 0
     device: str = "auto"
@@ -124,6 +127,17 @@ class Config:
 
 def register() -> None:
     ConfigStore.instance().store(name="prunelab_schema", node=Config)
+
+
+def compose(*overrides: str) -> DictConfig:
+    """``conf/config.yaml`` composed with ``overrides``, as ``python -m prunelab`` would (no sweep)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from .paths import conf_dir
+
+    register()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
 
 
 def validate(cfg: DictConfig) -> None:

@@ -12,12 +12,10 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from prunelab.config import register
-from prunelab.paths import conf_dir
+from prunelab.config import compose
 
 TESTS = Path(__file__).resolve().parent
 
@@ -61,11 +59,8 @@ def workdir(tmp_path, empty_store) -> Path:
 @pytest.fixture
 def make_cfg(workdir):
     """``make_cfg("method=structured", ...)`` -> the composed, shrunk config."""
-    register()
-
     def make(*overrides: str):
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            return compose("config", overrides=[*tiny_overrides(workdir), *overrides])
+        return compose(*tiny_overrides(workdir), *overrides)
 
     return make
 

@@ -38,6 +38,8 @@ def test_every_option_composes_against_the_schema(make_cfg, group, option):
     validate(cfg)
     if group == "scope":
         assert cfg.scope.name in SCOPES
+    elif group == "recipe":  # a recipe sets the training numbers and names itself
+        assert cfg.recipe == option and callable(get_object(cfg.train.optimizer._target_))
     else:  # a model, dataset or method is a factory named by _target_
         assert callable(get_object(cfg[group]._target_))
 
@@ -91,6 +93,7 @@ def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
     (["ratio=0.1,0.5,1.2"], ["ratio=1.2", "0 <= ratio < 1"]),
     (["-m", "ratio=range(0,1.5,0.5)"], ["ratio=1.0", "0 <= ratio < 1"]),
     (["model=nope"], ["model='nope'", "lenet5", "resnet20"]),
+    (["recipe=adam"], ["recipe='adam'", "adamw", "sgd"]),
     (["model=lenet5,nope"], ["model='nope'"]),
     (["dataset=mnist"], ["dataset='mnist'", "fashion_mnist", "digits"]),
     (["method.criterion=l3"], ["method.criterion='l3'", ", ".join(CRITERIA)]),
