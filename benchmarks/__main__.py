@@ -16,6 +16,7 @@ import argparse
 import datetime
 import importlib
 import inspect
+import re
 import shlex
 import sys
 import time
@@ -31,6 +32,14 @@ SECTIONS = ("overhead", "masking", "global_threshold", "same_answer", "sweep_cos
             "structured_speedup")
 OPTIONAL = {"structured_speedup"}
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# A block that a long, separately run benchmark writes into RESULTS.md (baseline_recipes.py): kept
+# as it is when the default sections are rewritten.
+KEPT_BLOCK = re.compile(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n?", re.S)
+
+
+def with_kept_blocks(text: str, old: str) -> str:
+    blocks = [m.group(0).rstrip("\n") + "\n" for m in KEPT_BLOCK.finditer(old)]
+    return "\n".join([text.rstrip("\n") + "\n", *blocks])
 
 
 def _command() -> str:
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if out is None:
         print(text)
     else:
-        out.write_text(text)
+        out.write_text(with_kept_blocks(text, out.read_text() if out.exists() else ""))
         print(f"wrote {out}", file=sys.stderr)
     return 0
 
