@@ -82,6 +82,7 @@ def _task(cfg: DictConfig):
     from .pruning import MaskError, PruningError
     from .runner import run
     from .sweep import in_sweep_tag, job_overrides, parent_run_id
+    from .train import TrainingError
 
     parent = parent_run_id()
     if parent is not None:
@@ -96,8 +97,9 @@ def _task(cfg: DictConfig):
             return None
     try:
         return run(cfg)["test_accuracy"]
-    except (ConfigError, DataError, PruningError, MaskError, MlflowException) as e:
-        # Expected failures (bad values, missing data, impossible pruning): one line, exit 2.
+    except (ConfigError, DataError, PruningError, MaskError, MlflowException, TrainingError) as e:
+        # Expected failures (bad values, missing data, impossible pruning, a diverged training):
+        # one line, exit 2.
         # Anything else is a bug and keeps its traceback.
         log.debug("failure", exc_info=True)
         print(f"prunelab: error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ PyTorch loop (benchmarks/ compares it with a hand-written one); the only extra p
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -21,6 +22,10 @@ from tqdm.auto import tqdm
 from .data import Split
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss diverged); the message says what to change."""
 
 
 def seed_everything(seed: int) -> None:
@@ -110,6 +115,10 @@ def fit(
                              evaluate(model, val)["accuracy"] if len(val) else float("nan"))
         log.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f", desc, epoch, epochs,
                  result.loss, result.train_accuracy, result.val_accuracy)
+        if not math.isfinite(result.loss):
+            # Checked once an epoch (the epoch's loss is reduced anyway): no extra sync per step.
+            raise TrainingError(f"{desc} diverged: the loss is {result.loss} in epoch {epoch}; "
+                                "lower the learning rate (train.lr / finetune.lr) or pick another recipe")
         history.append(result)
         if on_epoch is not None:
             on_epoch(result)

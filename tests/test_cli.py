@@ -95,3 +95,19 @@ def test_a_crash_inside_a_run_leaves_it_failed_not_running(cli, workdir):
     statuses = {r.data.tags["prunelab.role"]: r.info.status for r in runs(workdir)}
     assert statuses["pruned"] == "FAILED"
     assert "RUNNING" not in statuses.values()
+
+
+@pytest.mark.parametrize("stage", ["train", "finetune"])
+def test_a_diverged_training_is_one_line_a_failed_run_and_no_cached_model(cli, workdir, stage):
+    result = cli(f"{stage}.lr=1e12", "ratio=0.5")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error:") and "diverged" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    statuses = {r.data.tags["prunelab.role"]: r.info.status for r in runs(workdir)}
+    assert statuses["pruned"] == "FAILED" and "RUNNING" not in statuses.values()
+    cached = list((workdir / "cache").glob("*.pt"))
+    if stage == "train":
+        assert cached == [] and "dense" not in statuses  # a diverged dense model is never kept
+    else:
+        assert len(cached) == 1 and statuses["dense"] == "FINISHED"
