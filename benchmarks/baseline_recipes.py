@@ -17,7 +17,7 @@ difference at 95% and 98%. Every job runs in its own process with one PyTorch th
 time (both cores). Writes its section into ``benchmarks/RESULTS.md`` (between markers, so
 ``make bench`` keeps it) unless ``--quick``::
 
-    python -m benchmarks.baseline_recipes            # the whole study (about an hour on 2 cores)
+    python -m benchmarks.baseline_recipes            # the whole study (about 1.5 h on 2 cores)
     python -m benchmarks.baseline_recipes --quick    # smoke run: 1 epoch, 1 seed, 2 ratios
 """
 
@@ -150,6 +150,7 @@ def prunelab(job: Job) -> list[Point]:
 
     from prunelab.config import compose
     from prunelab.runner import run
+    from prunelab.train import TrainingError
 
     logging.getLogger("prunelab").setLevel(logging.WARNING)
     out = []
@@ -158,7 +159,12 @@ def prunelab(job: Job) -> list[Point]:
             cfg = compose(*job.overrides, f"seed={job.seed}", f"scope={scope}", f"ratio={ratio}",
                           "measure_latency=false", f"cache_dir={job.cache or tmp + '/cache'}",
                           f"tracking.uri=sqlite:///{tmp}/mlflow.db")
-            m = run(cfg)
+            try:
+                m = run(cfg)
+            except TrainingError as e:  # kept as a point (NaN): a recipe that diverges is a finding
+                print(f"  {job.variant} seed {job.seed}: {e}", file=sys.stderr, flush=True)
+                m = dict.fromkeys(("dense.test_accuracy", "pruned.test_accuracy", "finetuned.test_accuracy"),
+                                  math.nan)
             out.append(Point(job.variant, job.seed, scope, ratio, m["dense.test_accuracy"],
                              m["pruned.test_accuracy"], m["finetuned.test_accuracy"]))
     return out
@@ -246,22 +252,30 @@ def factor_jobs(study: Study, cache: str) -> list[Job]:
             for seed in study.factor_seeds for label, overrides in FACTORS.items()]
 
 
-CAFFE = ("model=lenet5_caffe",)
 CAFFE_RATIO = round(1 - 1 / 12, 4)  # Han et al. 2015: LeNet-5 (Caffe) pruned 12x with no loss
+# The default recipe, and the same at the learning rate of Caffe's LeNet solver (base_lr 0.01): the
+# default 0.05 can diverge on this network (no activation between its convolutions).
+CAFFE = {"LeNet-5 (Caffe) | prunelab defaults": ("model=lenet5_caffe",),
+         "LeNet-5 (Caffe) | sgd_rewind at Caffe's lr 0.01": ("model=lenet5_caffe", "train.lr=0.01",
+                                                             "finetune.lr=0.01")}
 
 
 def caffe_jobs(study: Study, cache: str) -> list[Job]:
-    return [Job("LeNet-5 (Caffe) | prunelab defaults", "prunelab", (*CAFFE, *study.quick_overrides), seed,
-                (("global", CAFFE_RATIO),), cache) for seed in study.seeds]
+    return [Job(label, "prunelab", (*overrides, *study.quick_overrides), seed, (("global", CAFFE_RATIO),), cache)
+            for label, overrides in CAFFE.items() for seed in study.seeds]
 
 
 def pct(values: list[float]) -> str:
-    """Mean ± std over seeds in percent (the mean alone for one seed)."""
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+    """Mean ± std over seeds in percent (the mean alone for one seed); diverged (NaN) runs are
+    counted apart, not averaged."""
+    ok = [100 * v for v in values if math.isfinite(v)]
+    text = "–" if not ok else f"{statistics.fmean(ok):.2f}" + (
+        f" ± {statistics.stdev(ok):.2f}" if len(ok) > 1 else "")
+    return text + (f" ({len(values) - len(ok)} diverged)" if len(ok) < len(values) else "")
 
 
 def mean(values: list[float]) -> float:
+    """Mean in percent; NaN if any run diverged."""
     return 100 * statistics.fmean(values)
 
 
@@ -288,7 +302,7 @@ def main_section(study: Study, table: dict) -> tuple[str, list[Verdict]]:
                 diff = max(abs(x.finetuned - y.finetuned) for x, y in zip(a, b))
                 same_diff = max(same_diff, diff)
                 gap = mean([p.finetuned for p in c]) - mean([p.finetuned for p in a])
-                if gap < 0:
+                if not gap >= 0:  # a diverged (NaN) point counts as behind
                     behind.append(f"{label} {scope} {ratio:g} ({gap:+.2f})")
                 rows.append([scope, f"{ratio:g}", pct([p.finetuned for p in a]), pct([p.finetuned for p in b]),
                              "identical" if diff == 0 else f"{100 * diff:.2f}", pct([p.finetuned for p in c]),
@@ -309,6 +323,8 @@ def main_section(study: Study, table: dict) -> tuple[str, list[Verdict]]:
 
 
 def factor_section(study: Study, table: dict) -> str:
+    """Fine-tuned accuracy per setting (change vs the first factor), the dense accuracy, and the
+    accuracy right after pruning at the first setting (how much magnitude alone keeps)."""
     settings = [(s, r) for s in SCOPES for r in study.factor_ratios]
     base = "factor | " + next(iter(FACTORS))
     if (base, *settings[0]) not in table:
@@ -316,28 +332,41 @@ def factor_section(study: Study, table: dict) -> str:
     rows = []
     for label in FACTORS:
         v = f"factor | {label}"
+        first = table[(v, *settings[0])]
         cells = []
         for s, r in settings:
             ft = [p.finetuned for p in table[(v, s, r)]]
             delta = mean(ft) - mean([p.finetuned for p in table[(base, s, r)]])
             cells.append(f"{pct(ft)} ({delta:+.2f})" if v != base else pct(ft))
-        rows.append([label, *cells])
-    dense = {label: pct([p.dense for p in table[(f"factor | {label}", *settings[0])]]) for label in FACTORS}
-    rows = [[r[0], dense[r[0]], *r[1:]] for r in rows]
-    return table_md(["change from the old defaults", "dense", *(f"{s} {r:g}" for s, r in settings)], rows)
+        rows.append([label, pct([p.dense for p in first]), pct([p.pruned for p in first]), *cells])
+    s0, r0 = settings[0]
+    return table_md(["change from the old defaults", "dense", f"{s0} {r0:g} before fine-tuning",
+                     *(f"{s} {r:g}" for s, r in settings)], rows)
 
 
 def caffe_section(table: dict) -> tuple[str, list[Verdict]]:
-    ps = table.get(("LeNet-5 (Caffe) | prunelab defaults", "global", CAFFE_RATIO))
-    if not ps:
+    rows, verdicts = [], []
+    for label, overrides in CAFFE.items():
+        ps = table.get((label, "global", CAFFE_RATIO))
+        if not ps:
+            continue
+        # NaN: stopped as diverged; a dense model at chance level diverged before prunelab checked.
+        ps = [p if p.dense > 0.11 else replace(p, dense=math.nan, pruned=math.nan, finetuned=math.nan)
+              for p in ps]
+        diverged = sum(not math.isfinite(p.dense) for p in ps)
+        loss = statistics.fmean(100 * (p.dense - p.finetuned) for p in ps if math.isfinite(p.dense))
+        rows.append([label.split(" | ")[1], f"`{' '.join(overrides)}`", len(ps), pct([p.dense for p in ps]),
+                     pct([p.pruned for p in ps]), pct([p.finetuned for p in ps]), f"{loss:.2f}",
+                     f"{diverged} of {len(ps)}"])
+        if not diverged:
+            verdicts.append(Verdict(f"lenet5_caffe ({label.split(' | ')[1]}), global, 1/12 of the weights: "
+                                    "loss vs dense", "≤ 0.3 points", f"{loss:.2f} points", loss <= 0.3))
+    if not rows:
         return "", []
-    loss = [100 * (p.dense - p.finetuned) for p in ps]
-    text = table_md(["seeds", "weights kept", "dense", "pruned, before fine-tuning", "fine-tuned", "loss (points)"],
-                    [[len(ps), f"{1 - CAFFE_RATIO:.4f} (1/12)", pct([p.dense for p in ps]),
-                      pct([p.pruned for p in ps]), pct([p.finetuned for p in ps]),
-                      f"{statistics.fmean(loss):.2f}"]])
-    return text, [Verdict("lenet5_caffe, global 1/12 of the weights: loss vs dense", "≤ 0.3 points",
-                          f"{statistics.fmean(loss):.2f} points", statistics.fmean(loss) <= 0.3)]
+    text = (f"Weights kept: {1 - CAFFE_RATIO:.4f} (1/12), global unstructured, one-shot + 6 epochs of "
+            "fine-tuning.\n\n" + table_md(["recipe", "overrides", "seeds", "dense", "pruned, before fine-tuning",
+                                            "fine-tuned", "loss (points, seeds that trained)", "dense training diverged"], rows))
+    return text, verdicts
 
 
 def report(study: Study, points: list[Point], seconds: float, parts: list[str]) -> str:
@@ -349,9 +378,11 @@ def report(study: Study, points: list[Point], seconds: float, parts: list[str]) 
     out = [
         "## Baseline recipes: prunelab vs a plain PyTorch pruning script, 50–98% unstructured", "",
         "Written by `python -m benchmarks.baseline_recipes` (its parts can run apart: `--part main caffe "
-        "factors`; every point is kept in [baseline_recipes.csv](baseline_recipes.csv)); the last run "
-        f"({' '.join(parts) or 'report only'}) took {seconds / 60:.0f} min, two jobs at a time, one PyTorch "
-        f"thread each. {len(study.seeds)} seeds for the main tables and LeNet-5 (Caffe), "
+        "factors`; every point is kept in [baseline_recipes.csv](baseline_recipes.csv), and `--part` alone "
+        "renders this report from it); "
+        + (f"the last run ({' '.join(parts)}) took {seconds / 60:.0f} min" if parts else "rendered from the CSV")
+        + f", two jobs at a time, one PyTorch thread each. {len(study.seeds)} seeds for the main tables and "
+        "LeNet-5 (Caffe), "
         f"{len(study.factor_seeds)} for the one-factor table; fine-tuned test "
         "accuracy in %, mean ± std over seeds. Plain script: its own loop, "
         "`torch.nn.utils.prune.global_unstructured` / `l1_unstructured` over every Conv/Linear weight, "
@@ -367,7 +398,7 @@ def report(study: Study, points: list[Point], seconds: float, parts: list[str]) 
                 "",
                 factors, ""]
     if caffe_text:
-        out += ["### LeNet-5 (Caffe) at 1/12 of its weights, global, prunelab defaults", "", caffe_text, ""]
+        out += ["### LeNet-5 (Caffe) at 1/12 of its weights (Han et al. 2015: 12× with no loss)", "", caffe_text, ""]
     return "\n".join(out)
 
 

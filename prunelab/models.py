@@ -91,7 +91,9 @@ def _lenet5(in_shape, num_classes: int, conv2_padding: int) -> nn.Module:
 def lenet5_caffe(in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:
     """Caffe's LeNet (``examples/mnist/lenet.prototxt``), the "LeNet-5" of Han et al. 2015: 20 and
     50 unpadded 5x5 filters, each followed by max-pooling and no activation, then 500 ReLU units:
-    431k parameters on 28x28 inputs, 93% of them in the first fully connected layer."""
+    431k parameters on 28x28 inputs, 93% of them in the first fully connected layer. Train it at
+    Caffe's learning rate (``train.lr=0.01 finetune.lr=0.01``): at the default 0.05 its training
+    diverged for one seed in three (benchmarks/RESULTS.md, "Baseline recipes")."""
     c = in_shape[0]
     features = nn.Sequential(nn.Conv2d(c, 20, 5), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2))
     flat = _flat_size(features, in_shape, "lenet5_caffe")
