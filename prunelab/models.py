@@ -30,12 +30,12 @@ def build(factory: Callable[..., nn.Module], in_shape: Sequence[int], num_classe
 
 def _flat_size(features: nn.Module, in_shape, model: str) -> int:
     """Features per sample after ``features``; a readable error if the input is too small for it."""
-    from .config import ConfigError
-
     try:
         with torch.no_grad():
             return features(torch.zeros(1, *in_shape)).flatten(1).shape[1]
     except RuntimeError as e:
+        from .config import ConfigError  # the config layer, only on this path
+
         raise ConfigError(f"model {model} cannot take {'x'.join(map(str, in_shape))} inputs "
                           f"({str(e).splitlines()[0]})") from None
 
