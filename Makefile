@@ -1,6 +1,7 @@
 # make run  - the default experiment (LeNet-5, Fashion-MNIST, unstructured global 0.5) -> ./mlflow.db
 # make test - the test suite;  make bench - benchmarks/ -> benchmarks/RESULTS.md
-# Both create .venv and install the project on first use (torch pinned to the CPU build).
+# make ui   - the MLflow UI over ./mlflow.db on 127.0.0.1:5000 (prints the link to open)
+# Each creates .venv and installs the project on first use (torch pinned to the CPU build).
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
@@ -35,7 +36,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m prunelab.ui --store sqlite:///mlflow.db
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns mlartifacts

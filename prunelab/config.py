@@ -100,6 +100,7 @@ def _positive(prefix: str, cfg) -> None:
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: Optional[str] = None  # default: <model>-<dataset>
+    ui: Optional[str] = None  # the UI's address in printed links; default: see prunelab/ui.py
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import tracking
+from . import tracking, ui
 from .config import ConfigError, validate
 from .data import Splits, cache_dir as user_cache_dir
 from .dense import DenseResult, dense_model, locked
@@ -119,8 +119,9 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         if done is not None:
             for k, v in extra_tags.items():
                 mlflow.MlflowClient().set_tag(done.info.run_id, k, v)
-            log.info("skipped: run %s already holds this exact config (key %s); force=true reruns it",
-                     done.info.run_id, key)
+            log.info("skipped: run %s already holds this exact config (key %s); force=true reruns it\n"
+                     "  MLflow UI: %s", done.info.run_id, key,
+                     ui.run_url(ui.base_url(cfg.tracking.uri, cfg.tracking.ui), experiment_id, done.info.run_id))
             return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
 
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
@@ -184,11 +185,11 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
             **handover(model, data.train.x[:1], mask, shrunk),
         })
         metrics["run_id"] = active.info.run_id
-    _report(cfg, method, scope, metrics, dense.from_cache)
+    _report(cfg, method, scope, metrics, dense.from_cache, experiment_id)
     return metrics
 
 
-def _report(cfg, method, scope, m, dense_from_cache: bool) -> None:
+def _report(cfg, method, scope, m, dense_from_cache: bool, experiment_id: str) -> None:
     lines = [
         f"{method} / {scope} / {cfg.method.criterion}, ratio {cfg.ratio:g}"
         f" (dense model {'from cache' if dense_from_cache else 'trained'})",
@@ -200,6 +201,7 @@ def _report(cfg, method, scope, m, dense_from_cache: bool) -> None:
         f"  cost, pruned / dense: MACs {m['cost.ratio.macs']:.3f} | nonzero MACs {m['cost.ratio.nonzero_macs']:.3f}"
         + (f" | CPU latency batch 1 {m['cost.ratio.latency_b1']:.3f}, batch 64 {m['cost.ratio.latency_b64']:.3f}"
            if "cost.ratio.latency_b64" in m else ""),
-        f"  MLflow run {m['run_id']} in {cfg.tracking.uri}",
+        f"  MLflow run {m['run_id']} in {ui.mask_credentials(cfg.tracking.uri)}",
+        f"  MLflow UI: {ui.run_url(ui.base_url(cfg.tracking.uri, cfg.tracking.ui), experiment_id, m['run_id'])}",
     ]
     log.info("\n".join(lines))

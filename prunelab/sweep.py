@@ -9,8 +9,11 @@ process:
   left RUNNING by a killed process as KILLED, and (through the run keys) redoes only what is
   missing. The parent's id is written to ``<sweep dir>/parent_run_id`` where every job, on any
   launcher, finds it (:func:`parent_run_id`).
-* ``on_multirun_end``: collects the points, logs a tidy CSV and the accuracy-vs-sparsity (and
-  accuracy-vs-MACs) figures to the parent, ends it, and exits non-zero if any point failed.
+* ``on_multirun_end``: collects the points and logs to the parent what a user compares them by:
+  the curves as metric series (``accuracy_vs_sparsity/<method>-<scope>-<criterion>``, step =
+  per mille, drawn by MLflow's chart view), the summary table as the run's note (its overview
+  page), a tidy CSV and the figures as artifacts; ends the parent, prints its UI link, and exits
+  non-zero if any point failed.
 
 An interrupted launcher process (Ctrl-C, SIGTERM) ends the parent KILLED rather than RUNNING.
 """
@@ -29,11 +32,11 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from . import tracking
+from . import tracking, ui
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ class SweepCallback(Callback):
         finally:
             # Whatever happened while summarising, the parent is never left RUNNING.
             client.set_terminated(self.parent_id, RunStatus.to_string(status))
+        base = ui.base_url(config.tracking.uri, config.tracking.ui)
+        log.info("sweep results in the MLflow UI: %s", ui.run_url(base, self.experiment_ids[0], self.parent_id))
         if failed:
             raise SystemExit(1)
 
@@ -152,13 +157,24 @@ class SweepCallback(Callback):
         client.log_metric(self.parent_id, "sweep.points_finished", len(finished))
         client.log_metric(self.parent_id, "sweep.points_failed", len(failed))
         if len(finished):
+            done = points[points["status"] == "FINISHED"]
+            self._log_curves(client, analysis.curve_series(done))
+            client.set_tag(self.parent_id, tracking.TAG_NOTE, analysis.summary_note(done))
             with analysis.figures_dir() as out:
-                analysis.write_report(points[points["status"] == "FINISHED"], out)
+                analysis.write_report(done, out)
                 client.log_artifacts(self.parent_id, str(out))
         log.info("sweep %s: %d points finished, %d failed", self.parent_id, len(finished), len(failed))
         for _, row in failed.iterrows():
             log.error("failed point [%s]: %s", row.get("overrides", ""), row.get("error", ""))
         return len(failed)
+
+    def _log_curves(self, client: MlflowClient, series: dict[str, list[tuple[int, float]]]) -> None:
+        # One timestamp for every point: a resumed sweep that logs the same curve again adds
+        # nothing (the store drops exact duplicates of key, step, value and timestamp).
+        stamp = client.get_run(self.parent_id).info.start_time
+        metrics = [Metric(key, value, stamp, step) for key, points in series.items() for step, value in points]
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(self.parent_id, metrics=metrics[i:i + 1000])
 
     def _abort(self) -> None:
         """At interpreter exit: a parent still RUNNING means the launcher was interrupted."""

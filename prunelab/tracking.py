@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Tag names (the run key is what resume / skip logic searches for).
 TAG_ROLE, TAG_RUN_KEY, TAG_DENSE_KEY = "prunelab.role", "prunelab.run_key", "prunelab.dense_key"
 TAG_ERROR = "prunelab.error"
+TAG_NOTE = "mlflow.note.content"  # Markdown shown on the run's overview page in the MLflow UI
 
 
 def connect(uri: str, experiment: str) -> str:

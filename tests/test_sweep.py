@@ -28,6 +28,11 @@ def sweep_parts(workdir):
     return by_role("sweep"), by_role("pruned"), by_role("dense")
 
 
+def curve_histories(client, run_id) -> dict[str, list[tuple[int, float]]]:
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("accuracy_vs_")]
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
+
+
 def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
     result = cli("-m", "ratio=0.3,0.6", "method=unstructured,structured")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -43,10 +48,27 @@ def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
     # the dense model was trained once for all four points
     assert (result.stdout + result.stderr).count("dense epoch 1/1") == 1
 
+    # the curves are the parent's own metrics, one series per method x scope x criterion, each
+    # starting at the dense model: step = sparsity in per mille, value = test accuracy
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    curves = curve_histories(client, parent.info.run_id)
+    for method, criterion in (("unstructured", "l1"), ("structured", "l2")):
+        points = sorted((round(c.data.metrics["sparsity.prunable"] * 1000), c.data.metrics["test_accuracy"])
+                        for c in children if c.data.params["method"] == method)
+        assert curves[f"accuracy_vs_sparsity/{method}-global-{criterion}"] == [
+            (0, dense.data.metrics["test_accuracy"]), *points]
+        assert f"accuracy_vs_macs/{method}-global-{criterion}" in curves
+    dense_accuracy = dense.data.metrics["test_accuracy"]
+    assert curves["accuracy_vs_sparsity/dense"] == [(0, dense_accuracy), (1000, dense_accuracy)]
+    # the summary table is the parent's note: its overview page in the UI shows it
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| unstructured | global | l1 | 0.3000 |" in note and "| structured | global | l2 | 0.6000 |" in note
+
     again = cli("-m", "ratio=0.3,0.6", "method=unstructured,structured")
     assert again.returncode == 0
     assert len(runs(workdir)) == 6  # no new runs: same parent, every point skipped
     assert (again.stdout + again.stderr).count("skipped") == 4
+    assert curve_histories(client, parent.info.run_id) == curves  # logged again, not doubled
 
 
 def test_a_failing_point_is_a_failed_child_and_the_sweep_goes_on(cli, workdir):
@@ -121,6 +143,9 @@ def test_the_notebook_executes_on_a_generated_store(cli, workdir):
             os.environ.pop(key, None)
     table = nb.cells[4].outputs[0]["data"]["text/plain"]
     assert "0.3" in table and "0.6" in table
+    links = nb.cells[-1].outputs[0]["data"]["text/html"]  # every point links to its UI page
+    children = runs(workdir, role="pruned")
+    assert all(f"/runs/{c.info.run_id}?workflowType=machine_learning" in links for c in children)
 
 
 def test_analysis_cli_writes_figures_and_a_table(cli, workdir):

@@ -22,6 +22,8 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from .. import ui as mlflow_ui  # noqa: E402
+
 CURVE = ["model", "dataset", "method", "scope", "criterion"]
 POINT = [*CURVE, "ratio"]
 _CASTS = {"ratio": float, "seed": int, "train.epochs": int, "finetune.epochs": int}
@@ -45,7 +47,7 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
     """Every run of ``experiments`` (names or ids) in the current tracking store
     (``mlflow.set_tracking_uri``), one row each, params cast, prefixes dropped.
 
-    Columns: run_id, status, role (dense / pruned / sweep), the group names, ratio, seed, every
+    Columns: run_id, experiment_id, status, role (dense / pruned / sweep), the group names, ratio, seed, every
     metric by name (test_accuracy, sparsity.prunable, ...) and error / overrides where set.
     ``sweep_id`` keeps the points of one sweep (including earlier runs it reused)."""
     ids = experiment_ids(experiments)
@@ -53,8 +55,8 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
     raw = mlflow.search_runs(experiment_ids=ids, filter_string=where, output_format="pandas")
     if raw.empty:
         return pd.DataFrame(columns=["run_id", "status", "role", *POINT, "seed", "test_accuracy"])
-    df = pd.DataFrame({"run_id": raw["run_id"], "status": raw["status"],
-                       "start_time": raw["start_time"]})
+    df = pd.DataFrame({"run_id": raw["run_id"], "experiment_id": raw["experiment_id"],
+                       "status": raw["status"], "start_time": raw["start_time"]})
     for prefix in ("params.", "metrics."):
         for col in [c for c in raw.columns if c.startswith(prefix)]:
             df[col[len(prefix):]] = raw[col]
@@ -151,8 +153,51 @@ def plot_accuracy_vs_macs(df: pd.DataFrame, ax=None):
     return fig
 
 
+# Curve axes logged as MLflow metric series: name -> (column, the dense model's position on it).
+CURVE_AXES = {"accuracy_vs_sparsity": ("sparsity.prunable", 0.0), "accuracy_vs_macs": ("macs_fraction", 1.0)}
+
+
+def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
+    """The study's curves as MLflow metric series, so MLflow's own chart view draws them.
+
+    One series per curve (method-scope-criterion, prefixed by model and dataset when the runs
+    span several) and axis: ``accuracy_vs_sparsity/<curve>`` with step = sparsity of the prunable
+    weights in per mille, ``accuracy_vs_macs/<curve>`` with step = MACs kept in per mille; value =
+    mean test accuracy over seeds. Each curve starts at its dense model, and ``<axis>/dense`` draws
+    the dense accuracy flat across the axis. The "/" gives each axis its own section in the UI."""
+    points = aggregate_seeds(df)
+    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
+    spans = [c for c in ("model", "dataset") if points[c].nunique(dropna=True) > 1]
+    out: dict[str, list[tuple[int, float]]] = {}
+    for axis, (x, dense_x) in CURVE_AXES.items():
+        if x not in points.columns:
+            continue
+        for key, curve in points.groupby([*spans, "method", "scope", "criterion"], dropna=False):
+            curve = curve.dropna(subset=[x, "test_accuracy"])
+            if curve.empty:
+                continue
+            series = [(per_mille(v), float(a)) for v, a in zip(curve[x], curve["test_accuracy"])]
+            own_dense = dense
+            for col, value in zip(spans, key):
+                own_dense = own_dense[own_dense[col] == value]
+            if len(own_dense):
+                series.append((per_mille(dense_x), float(own_dense["test_accuracy"].mean())))
+            out[f"{axis}/{'-'.join(map(str, key))}"] = sorted(series)
+        if len(dense):
+            accuracy = float(dense["test_accuracy"].mean())
+            out[f"{axis}/dense"] = [(0, accuracy), (1000, accuracy)]
+    return out
+
+
+def per_mille(fraction: float) -> int:
+    """A point's step on a curve axis (MLflow steps are integers)."""
+    return int(round(float(fraction) * 1000))
+
+
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     def fmt(v):
+        if pd.isna(v):
+            return "–"
         return format(v, floatfmt) if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
@@ -160,12 +205,35 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines)
 
 
+def ui_links(df: pd.DataFrame, ui: str | None = None) -> pd.Series:
+    """The MLflow UI address of each run in ``df`` (from :func:`load_runs`), opened on the runs
+    ("Model training"), for the current tracking store; ``ui`` overrides where the UI is served."""
+    base = mlflow_ui.base_url(mlflow.get_tracking_uri(), ui)
+    return pd.Series([mlflow_ui.run_url(base, e, r) for e, r in zip(df["experiment_id"], df["run_id"])],
+                     index=df.index, name="mlflow_ui", dtype=object)
+
+
+def summary_note(df: pd.DataFrame) -> str:
+    """The study's table in Markdown: one row per point, seeds aggregated; model and dataset go to
+    the title when the runs share them. A sweep's parent shows it on its overview page in the UI
+    (its note) and carries it as ``summary.md``."""
+    table = aggregate_seeds(df).rename(columns={"test_accuracy_std": "± std", "test_accuracy_count": "seeds"})
+    shared = [c for c in ("model", "dataset") if table[c].nunique(dropna=False) == 1]
+    title = " on ".join(str(table[c].iloc[0]) for c in shared) if len(table) else ""
+    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]["test_accuracy"]
+    reference = f"Dense model: test accuracy {dense.mean():.4f} ({len(dense)} run(s)).\n\n" if len(dense) else ""
+    return (f"## Accuracy vs sparsity{': ' + title if title else ''}\n\n{reference}"
+            f"{markdown_table(table.drop(columns=shared))}\n\n"
+            "Curves: metrics `accuracy_vs_sparsity/*` and `accuracy_vs_macs/*` (step = per mille); "
+            "figures and `points.csv` in the artifacts.\n")
+
+
 def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
     """points.csv, summary.md and the figures for the runs in ``df``, written into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "points.csv", out / "summary.md", out / "accuracy_vs_sparsity.png"]
     df.to_csv(written[0], index=False)
-    written[1].write_text("# Accuracy vs sparsity\n\n" + markdown_table(aggregate_seeds(df)) + "\n")
+    written[1].write_text(summary_note(df))
     plot_accuracy_vs_sparsity(df).savefig(written[2], dpi=120, bbox_inches="tight")
     plt.close("all")
     if "macs_fraction" in df.columns and df["macs_fraction"].notna().any():

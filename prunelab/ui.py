@@ -1,0 +1,173 @@
+"""The MLflow UI as the way into results: the links a run, a sweep and the analysis print, and
+``python -m prunelab.ui`` (``make ui``), which serves a store and prints where to look.
+
+MLflow 3 opens an experiment on its GenAI overview (traces, tokens) unless the address says
+``workflowType=machine_learning``; every link built here says it, so a click lands on the runs,
+their charts and the parent's notes.
+
+For a tracking server the UI is the server itself (credentials in the address are dropped from
+the printed link); a SQLite store has no UI of its own, so the link points where ``make ui``
+serves it (``tracking.ui`` overrides both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
+MACHINE_LEARNING = "workflowType=machine_learning"
+
+
+def mask_credentials(uri: str) -> str:
+    """``http://user:secret@host:5000`` -> ``http://***@host:5000`` (anything else unchanged)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1]))
+
+
+def base_url(tracking_uri: str, ui: str | None = None) -> str:
+    """Where the UI for ``tracking_uri`` is served: ``ui`` if given, the server for http(s)
+    stores (without credentials), else the address ``make ui`` serves on."""
+    if ui:
+        return ui.rstrip("/")
+    parts = urlsplit(tracking_uri)
+    if parts.scheme in ("http", "https"):
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{MACHINE_LEARNING}"
+
+
+def experiment_url(base: str, experiment_id: str, view: str = "table") -> str:
+    """An experiment's runs table (``view="table"``) or its chart view (``view="chart"``)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?{MACHINE_LEARNING}&compareRunsMode={view.upper()}"
+
+
+def experiments_url(base: str) -> str:
+    return f"{base}/#/experiments?{MACHINE_LEARNING}"
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(store_uri: str, port: int | None = None, host: str = DEFAULT_HOST,
+          timeout: float = 90.0) -> Iterator[str]:
+    """``mlflow ui`` over ``store_uri`` on ``host`` in its own process group (job execution and
+    telemetry off); yields its base URL once it answers and stops the whole group by its id."""
+    port = port or free_port(host)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "true"}
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    base = f"http://{host}:{port}"
+    try:
+        _wait_until_up(base, proc, timeout)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_until_up(base: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise RuntimeError(f"mlflow ui exited ({proc.returncode}): {err[-1] if err else 'no output'}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow ui did not answer on {base} within {timeout:.0f} s")
+
+
+# Headless Chromium as this machine's network allows it: no background connections (they are
+# refused here, many at a time), no GPU, no sandbox (CI runs as root).
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# MLflow 3 opens its AI-assistant pane on a first visit; closed, the runs and charts get the width.
+_ASSISTANT_CLOSED = """
+localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
+localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+"""
+
+
+def chromium() -> str | None:
+    """Path of the Chromium binary (``PRUNELAB_CHROMIUM``, else Debian's), or None."""
+    import shutil
+
+    return os.environ.get("PRUNELAB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1600, height: int = 1000, local_storage: dict[str, str] | None = None):
+    """A Playwright page in headless Chromium (Debian's binary; Playwright downloads none), with
+    ``local_storage`` set before any page script runs (how a saved MLflow UI layout is given)."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    path = chromium()
+    if path is None:
+        raise RuntimeError("no Chromium found (Debian: apt-get install chromium; or set PRUNELAB_CHROMIUM)")
+    init = _ASSISTANT_CLOSED + "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});\n"
+                                       for k, v in (local_storage or {}).items())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height})
+            context.add_init_script(init)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def _stop(signum, frame):
+    # `kill` takes Ctrl-C's path, so the server's process group is stopped too.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m prunelab.ui",
+                                description="Serve an MLflow store's UI and print where to open it.")
+    p.add_argument("--store", default="sqlite:///mlflow.db", help="backend store URI (default: %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    with serve(args.store, args.port) as base:
+        print(f"MLflow UI for {mask_credentials(args.store)}: {experiments_url(base)}  (Ctrl-C stops it)",
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
