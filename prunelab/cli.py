@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, check_choice, check_ratio, register
 from .paths import conf_dir, experiments_dir
+from .redact import install_log_redaction, redact
 
 log = logging.getLogger("prunelab")
 
@@ -82,6 +83,7 @@ def _task(cfg: DictConfig):
     from .pruning import MaskError, PruningError
     from .runner import run
     from .sweep import in_sweep_tag, job_overrides, parent_run_id
+    from .tracking import TrackingError
     from .train import TrainingError
 
     parent = parent_run_id()
@@ -89,7 +91,7 @@ def _task(cfg: DictConfig):
         # A sweep point: a failure is recorded as a FAILED child and the sweep goes on; the
         # sweep callback reports it and exits non-zero at the end.
         tags = {"prunelab.sweep_id": parent, in_sweep_tag(parent): "true",
-                "prunelab.overrides": " ".join(job_overrides())}
+                "prunelab.overrides": redact(" ".join(job_overrides()))}
         try:
             return run(cfg, parent, tags)["test_accuracy"]
         except Exception as e:
@@ -97,21 +99,29 @@ def _task(cfg: DictConfig):
             return None
     try:
         return run(cfg)["test_accuracy"]
-    except (ConfigError, DataError, PruningError, MaskError, MlflowException, TrainingError) as e:
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the run already ended KILLED with what it had logged.
+        fail("interrupted: the run ends KILLED; the same command finishes the work", status=130)
+    except (ConfigError, DataError, PruningError, MaskError, MlflowException, TrackingError, TrainingError) as e:
         # Expected failures (bad values, missing data, impossible pruning, a diverged training):
         # one line, exit 2.
         # Anything else is a bug and keeps its traceback.
         log.debug("failure", exc_info=True)
-        print(f"prunelab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
+
+
+def fail(error: BaseException | str, status: int = 2):
+    """The one line a user sees for an expected failure (credentials masked), and the exit."""
+    print(f"prunelab: error: {redact(str(error))}", file=sys.stderr)
+    sys.exit(status)
 
 
 def main() -> None:
+    install_log_redaction()
     try:
         preflight(sys.argv[1:])
     except ConfigError as e:
-        print(f"prunelab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
     register()
     signal.signal(signal.SIGTERM, _interrupt)
     # An absolute config_path works from a checkout, from any working directory and from a wheel;

@@ -142,10 +142,32 @@ def compose(*overrides: str) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Run every ``__post_init__`` check on a composed config (raises :class:`ConfigError`)."""
+    """Run every ``__post_init__`` check on a composed config and import every ``_target_``
+    (raises :class:`ConfigError`), so a bad value or a typo in a plug-in's dotted path stops
+    before any data is loaded or any run is opened."""
     try:
         OmegaConf.to_object(cfg)
     except ConfigError:
         raise
     except Exception as e:  # OmegaConf's own type errors, e.g. from a programmatic compose
         raise ConfigError(str(e).splitlines()[0]) from None
+    check_targets(OmegaConf.to_container(cfg, resolve=True))
+
+
+def check_targets(tree, path: str = "") -> None:
+    """Every ``_target_`` in ``tree`` names something importable."""
+    from hydra._internal.utils import _locate
+
+    if isinstance(tree, dict):
+        target = tree.get("_target_")
+        if isinstance(target, str):
+            try:
+                _locate(target)
+            except Exception as e:
+                reason = str(e).splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+                raise ConfigError(f"{path}_target_={target} cannot be imported: {reason}") from None
+        for key, value in tree.items():
+            check_targets(value, f"{path}{key}.")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            check_targets(value, f"{path}{i}.")

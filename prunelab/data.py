@@ -62,8 +62,8 @@ class Splits:
 def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, seed) -> Splits:
     """Hold out ``val_size`` training samples (chosen by ``seed``) and standardise all splits with
     the mean/std of what remains for training, so no test statistic leaks into the inputs."""
-    if not 0 <= val_size < len(y_train):
-        raise DataError(f"dataset.val_size={val_size} must be in [0, {len(y_train)})")
+    if not 1 <= val_size < len(y_train):  # validation accuracy is measured every epoch
+        raise DataError(f"dataset.val_size={val_size} must be in [1, {len(y_train)})")
     perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     x_train = x_train.float()
@@ -145,13 +145,15 @@ def payload_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
-    """Where the files are looked for, in order: ``root``, ``$PRUNELAB_DATA``, the user cache,
-    then Debian/Ubuntu's ``dataset-fashion-mnist`` package."""
-    dirs = [Path(root).expanduser()] if root else []
-    if os.environ.get("PRUNELAB_DATA"):
-        dirs.append(Path(os.environ["PRUNELAB_DATA"]).expanduser())
-    dirs += [cache_dir() / "fashion-mnist", SYSTEM_DIR]
+def candidate_dirs(root: str | os.PathLike | None = None) -> list[Path]:
+    """Where the files are looked for: only ``root`` when one is given (a user who names a folder
+    must never silently train on another copy); else ``$PRUNELAB_DATA``, the user cache, then
+    Debian/Ubuntu's ``dataset-fashion-mnist`` package, in that order."""
+    if root:
+        dirs = [Path(root).expanduser()]
+    else:
+        dirs = [Path(os.environ["PRUNELAB_DATA"]).expanduser()] if os.environ.get("PRUNELAB_DATA") else []
+        dirs += [cache_dir() / "fashion-mnist", SYSTEM_DIR]
     # Accept both `<dir>/*.gz` and `<dir>/fashion-mnist/*.gz`.
     return [p for d in dirs for p in (d, d / "fashion-mnist")]
 
@@ -173,14 +175,18 @@ def download(url: str, dest: Path, sha256: str | None) -> None:
 
 def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
                        checksums: dict[str, str] | None = None) -> Path:
-    """Return a directory holding the four Fashion-MNIST files, downloading them if needed."""
+    """Return a directory holding the four Fashion-MNIST files, downloading them if needed (into
+    ``root`` when given, else the user cache)."""
     checksums = FASHION_MNIST_SHA256 if checksums is None else checksums
     names = list(checksums)
+    if root and not Path(root).expanduser().is_dir():
+        raise DataError(f"dataset.root={root} is not a folder: create it, fix the path, or leave "
+                        "dataset.root unset to use the installed or cached copy")
     for d in candidate_dirs(root):
         if all((d / n).is_file() for n in names):
             log.debug("Fashion-MNIST found in %s", d)
             return d
-    target = cache_dir() / "fashion-mnist"
+    target = Path(root).expanduser() if root else cache_dir() / "fashion-mnist"
     if url:
         try:
             for n in names:
@@ -194,7 +200,11 @@ def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
             reason = str(e)
     else:
         reason = "downloading is disabled (dataset.url=null)"
-    searched = ", ".join(str(d) for d in candidate_dirs(root)[::2])
+    if root:
+        missing = [n for n in names if not (target / n).is_file()]
+        raise DataError(f"dataset.root={root} lacks {', '.join(missing)} and {reason}: put the four "
+                        "*-ubyte.gz files there, or leave dataset.root unset")
+    searched = ", ".join(str(d) for d in candidate_dirs()[::2])
     raise DataError(
         f"Fashion-MNIST not found in {searched} and {reason}: install Debian's "
         "dataset-fashion-mnist package, or put the four *-ubyte.gz files in a folder and pass "

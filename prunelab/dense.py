@@ -1,12 +1,16 @@
 """Train the dense model once per (model, dataset, train config, seed) and cache it on disk.
 
 Several processes of a parallel sweep may ask for the same dense model at once: a file lock makes
-one of them train it while the others wait and then load it. Files are written atomically.
+one of them train it while the others wait and then load it. Files are written atomically (a
+temporary file renamed into place), and the metadata holds the key and the SHA-256 of the
+weights: a damaged, truncated or foreign cache file is never loaded, the model is retrained.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -46,8 +50,34 @@ def locked(path: Path):
 
 def _atomic_save(obj, path: Path, save: Callable) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_verified(model: nn.Module, key: str, weights: Path, meta: Path) -> dict:
+    """The cached metadata, after loading weights that match it (raises ValueError otherwise)."""
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"unreadable metadata ({e})") from None
+    if info.get("key") != key:
+        raise ValueError(f"the files belong to dense model {info.get('key')!r}")
+    if info.get("sha256") != _sha256(weights):
+        raise ValueError("the weights do not match their checksum (damaged or truncated)")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return info
 
 
 def dense_model(model: nn.Module, key: str, cache_dir: Path,
@@ -57,15 +87,24 @@ def dense_model(model: nn.Module, key: str, cache_dir: Path,
     ``train`` returns ``(history, val_accuracy, test_accuracy)``."""
     weights, meta = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
     with locked(cache_dir / f"{key}.lock"):
-        if weights.is_file() and meta.is_file():
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            info = json.loads(meta.read_text())
-            log.info("dense model %s loaded from %s (no training)", key, weights)
-            return DenseResult(key, [EpochResult(**e) for e in info["history"]],
-                               info["val_accuracy"], info["test_accuracy"], from_cache=True)
+        for stale in [*cache_dir.glob(f".{key}.pt.*.tmp"), *cache_dir.glob(f".{key}.json.*.tmp")]:
+            stale.unlink(missing_ok=True)  # a writer killed mid-write (we hold the key's lock)
+        if weights.is_file() or meta.is_file():
+            initial = copy.deepcopy(model.state_dict())  # a load that fails half-way is undone
+            try:
+                info = _load_verified(model, key, weights, meta)
+                log.info("dense model %s loaded from %s (no training)", key, weights)
+                return DenseResult(key, [EpochResult(**e) for e in info["history"]],
+                                   info["val_accuracy"], info["test_accuracy"], from_cache=True)
+            except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+                log.warning("dense model cache %s not used, retraining: %s", weights, e)
+                for path in (weights, meta):
+                    path.unlink(missing_ok=True)
+                model.load_state_dict(initial)
         history, val_acc, test_acc = train(model)
         _atomic_save(model.state_dict(), weights, torch.save)
-        info = {"history": [asdict(e) for e in history], "val_accuracy": val_acc, "test_accuracy": test_acc}
+        info = {"key": key, "sha256": _sha256(weights), "history": [asdict(e) for e in history],
+                "val_accuracy": val_acc, "test_accuracy": test_acc}
         _atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
         log.info("dense model %s trained and cached in %s", key, weights)
         return DenseResult(key, history, val_acc, test_acc, from_cache=False)

@@ -29,6 +29,7 @@ from .ledger import cost_ledger
 from .measure import layer_table, sparsity_summary
 from .models import build
 from .pruning import Mask, shrink
+from .redact import redact
 from .train import EpochResult, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,13 @@ def _steps(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits):
+def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None):
     """Dense training as configured; returns (history, val accuracy, test accuracy)."""
     t = cfg.train
     optimizer, scheduler = _optimizer(cfg, model.parameters(), t.lr, t.epochs,
                                       _steps(len(data.train), t.batch_size), t.schedule)
     history = fit(model, data.train, data.val, optimizer, t.epochs, t.batch_size, cfg.seed, scheduler,
-                  desc="dense")
+                  on_epoch=on_epoch, desc="dense")
     return history, evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
 
 
@@ -70,31 +71,57 @@ def _base_params(cfg: DictConfig) -> dict[str, str]:
     return params
 
 
-def _log_dense_run(cfg, experiment_id: str, dense: DenseResult, model, device_type: str,
-                   parent_run_id: str | None, extra_tags: dict[str, str], lock_dir: Path) -> None:
-    """The ratio-0 point of every curve: logged once per dense model and experiment (a lock keeps
-    parallel sweep workers from logging it twice)."""
-    with locked(lock_dir / f"{dense.key}.mlflow.lock"):
-        found = tracking.finished_run(experiment_id, role="dense", dense_key=dense.key)
-        if found is not None:
-            for k, v in extra_tags.items():
-                mlflow.MlflowClient().set_tag(found.info.run_id, k, v)
-            return
-        tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: dense.key,
-                tracking.TAG_DENSE_KEY: dense.key, **extra_tags, **tracking.environment_tags()}
-        params = {k: v for k, v in _base_params(cfg).items()
-                  if k.split(".")[0] in ("model", "dataset", "train", "seed")}
-        params.update(ratio="0.0", method="dense", scope="none", device=device_type)
-        table = layer_table(model)
-        with tracking.run(experiment_id, f"dense-{dense.key[:8]}", tags, parent_run_id):
-            mlflow.log_params(params)
-            for e in dense.history:
-                tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
-                                      "train.val_accuracy": e.val_accuracy}, step=e.epoch)
-            tracking.log_metrics({"test_accuracy": dense.test_accuracy, "val_accuracy": dense.val_accuracy,
-                                  "dense.test_accuracy": dense.test_accuracy,
-                                  "dense.val_accuracy": dense.val_accuracy,
-                                  **sparsity_summary(table), "sparsity.prunable": 0.0})
+class DenseRun:
+    """The dense model's MLflow run, the ratio-0 point of every curve: opened while the model
+    trains, so its epochs appear as they finish and an interrupted training leaves a KILLED run
+    holding them; or logged from the cache, once per dense model and experiment."""
+
+    def __init__(self, cfg: DictConfig, experiment_id: str, key: str, device_type: str,
+                 parent_run_id: str | None, extra_tags: dict[str, str]):
+        self.cfg, self.experiment_id, self.key = cfg, experiment_id, key
+        self.parent_run_id, self.extra_tags = parent_run_id, extra_tags
+        self.params = {k: v for k, v in _base_params(cfg).items()
+                       if k.split(".")[0] in ("model", "dataset", "train", "seed")}
+        self.params.update(ratio="0.0", method="dense", scope="none", device=device_type)
+
+    def _open(self):
+        tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: self.key, tracking.TAG_DENSE_KEY: self.key,
+                **self.extra_tags, **tracking.environment_tags()}
+        return tracking.run(self.experiment_id, f"dense-{self.key[:8]}", tags, self.parent_run_id)
+
+    @staticmethod
+    def _log_epoch(e: EpochResult) -> None:
+        tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
+                              "train.val_accuracy": e.val_accuracy}, step=e.epoch)
+
+    @staticmethod
+    def _log_result(model, val_accuracy: float, test_accuracy: float) -> None:
+        tracking.log_metrics({"test_accuracy": test_accuracy, "val_accuracy": val_accuracy,
+                              "dense.test_accuracy": test_accuracy, "dense.val_accuracy": val_accuracy,
+                              **sparsity_summary(layer_table(model)), "sparsity.prunable": 0.0})
+
+    def train(self, model, data: Splits):
+        """Train ``model`` (the dense cache calls this) with the run open."""
+        with self._open():
+            mlflow.log_params(self.params)
+            history, val_accuracy, test_accuracy = train_dense(self.cfg, model, data, on_epoch=self._log_epoch)
+            self._log_result(model, val_accuracy, test_accuracy)
+        return history, val_accuracy, test_accuracy
+
+    def log_cached(self, dense: DenseResult, model, lock_dir: Path) -> None:
+        """After the cache: tag this experiment's run of this dense model as one of the sweep's
+        points, or log it from the cached history (a lock keeps parallel workers from doing it twice)."""
+        with locked(lock_dir / f"{self.key}.mlflow.lock"):
+            found = tracking.finished_run(self.experiment_id, role="dense", dense_key=self.key)
+            if found is not None:
+                for k, v in self.extra_tags.items():
+                    mlflow.MlflowClient().set_tag(found.info.run_id, k, v)
+                return
+            with self._open():
+                mlflow.log_params(self.params)
+                for e in dense.history:
+                    self._log_epoch(e)
+                self._log_result(model, dense.val_accuracy, dense.test_accuracy)
 
 
 def run(cfg: DictConfig, parent_run_id: str | None = None,
@@ -130,10 +157,17 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         data = instantiate(cfg.dataset)(seed=cfg.seed).to(device)
         model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
         prune_fn = instantiate(cfg.method)
-        dense = dense_model(model, dense_key(cfg, device.type), cache,
-                            lambda m: train_dense(cfg, m, data))
-        _log_dense_run(cfg, experiment_id, dense, model, device.type, parent_run_id, extra_tags, cache)
-    except Exception as e:
+        # Prune an untrained copy once: a method or ratio this model cannot take (no prunable
+        # layer, only the classifier left for structured) fails now, not after dense training.
+        prune_fn(copy.deepcopy(model), ratio=cfg.ratio, scope=scope, seed=cfg.seed,
+                 example_inputs=data.train.x[:1])
+        dense_run = DenseRun(cfg, experiment_id, dense_key(cfg, device.type), device.type, parent_run_id,
+                             extra_tags)
+        dense = dense_model(model, dense_run.key, cache, lambda m: dense_run.train(m, data))
+        dense_run.log_cached(dense, model, cache)
+    except (Exception, KeyboardInterrupt) as e:
+        # The point broke (or was stopped) before its own run opened: record it, so a sweep
+        # shows every point that did not finish.
         tracking.record_failure(experiment_id, name, tags, parent_run_id, e)
         raise
 
@@ -179,7 +213,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                     "mask": mask.to_state()}, weights)
         tracking.log_artifact_files({
-            "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+            "config.yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),
             "layers.csv": table.to_csv(index=False),
             "model/masked_weights.pt": weights.getvalue(),
             **handover(model, data.train.x[:1], mask, shrunk),
@@ -201,7 +235,7 @@ def _report(cfg, method, scope, m, dense_from_cache: bool, experiment_id: str) -
         f"  cost, pruned / dense: MACs {m['cost.ratio.macs']:.3f} | nonzero MACs {m['cost.ratio.nonzero_macs']:.3f}"
         + (f" | CPU latency batch 1 {m['cost.ratio.latency_b1']:.3f}, batch 64 {m['cost.ratio.latency_b64']:.3f}"
            if "cost.ratio.latency_b64" in m else ""),
-        f"  MLflow run {m['run_id']} in {ui.mask_credentials(cfg.tracking.uri)}",
+        f"  MLflow run {m['run_id']} in {redact(cfg.tracking.uri)}",
         f"  MLflow UI: {ui.run_url(ui.base_url(cfg.tracking.uri, cfg.tracking.ui), experiment_id, m['run_id'])}",
     ]
     log.info("\n".join(lines))

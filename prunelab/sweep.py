@@ -24,7 +24,6 @@ import atexit
 import hashlib
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking, ui
+from .cli import fail
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ class SweepCallback(Callback):
         try:
             self._open_parent(config)
         except Exception as e:
-            print(f"prunelab: error: cannot start the sweep: {e}", file=sys.stderr)
-            raise SystemExit(2) from e
+            fail(f"cannot start the sweep: {e}")
 
     def _open_parent(self, config: DictConfig) -> None:
         definition = _sweep_definition(config)
@@ -114,7 +114,7 @@ class SweepCallback(Callback):
         else:
             run = client.create_run(self.experiment_ids[0], run_name=f"sweep-{key[:8]}", tags={
                 TAG_SWEEP_KEY: key, tracking.TAG_ROLE: "sweep", "prunelab.sweep_id": "",
-                "prunelab.sweep.definition": " ".join(definition), **tracking.environment_tags()})
+                "prunelab.sweep.definition": redact(" ".join(definition)), **tracking.environment_tags()})
             self.parent_id = run.info.run_id
             client.set_tag(self.parent_id, "prunelab.sweep_id", self.parent_id)
         sweep_dir = Path(config.hydra.sweep.dir)

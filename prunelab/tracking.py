@@ -11,17 +11,24 @@ import contextlib
 import functools
 import logging
 import os
+import sqlite3
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy.exc import SQLAlchemyError
+
+from .redact import redact, redact_tree
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +38,80 @@ TAG_ERROR = "prunelab.error"
 TAG_NOTE = "mlflow.note.content"  # Markdown shown on the run's overview page in the MLflow UI
 
 
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used: unreachable, malformed, or not a store."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+PROBE_TIMEOUT_S = 5.0
+# What MLflow's tracking stores accept ("" is a plain folder path).
+STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, in one sentence, on a store MLflow would retry for minutes or half-write:
+    a server that does not answer, a SQLite path that is not a database, a scheme MLflow lacks."""
+    parts = urlsplit(uri)
+    if parts.scheme.split("+")[0] not in STORE_SCHEMES:  # postgresql+psycopg: a driver after "+"
+        raise TrackingError(f"tracking.uri={redact(uri)}: unknown scheme {parts.scheme!r} (expected "
+                            "sqlite:///FILE, http(s)://HOST:PORT, a database URI or a folder)")
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise TrackingError(f"tracking.uri={redact(uri)} names no host")
+        # The health endpoint needs no credentials; urllib refuses user:password@ in a URL.
+        port = f":{parts.port}" if parts.port else ""
+        probe = urlunsplit((parts.scheme, f"{parts.hostname}{port}", parts.path.rstrip("/") + "/health", "", ""))
+        try:
+            urllib.request.urlopen(probe, timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # something answered: MLflow's own errors say more than a guess here
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"cannot reach the MLflow server at {redact(uri)}: {reason}") from None
+    elif parts.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is not None and path.is_file() and path.stat().st_size > 0:
+            _check_sqlite_store(path, uri)
+
+
+def _check_sqlite_store(path: Path, uri: str) -> None:
+    """An existing file must be an MLflow SQLite store; looked at read-only, so a damaged or
+    foreign database is refused before MLflow writes a byte into it."""
+    advice = "move it away or point tracking.uri at another file"
+    with open(path, "rb") as f:
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise TrackingError(f"{path} is not an SQLite database (tracking.uri={redact(uri)}): {advice}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise TrackingError(f"{path} is a damaged SQLite database ({e}): {advice}") from None
+    if tables and "experiments" not in tables:
+        raise TrackingError(f"{path} is an SQLite database but not an MLflow store: {advice}")
+
+
 def connect(uri: str, experiment: str) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment``, creating it if needed
-    (tolerating another process creating it at the same moment)."""
+    (tolerating another process creating it at the same moment). Raises :class:`TrackingError`
+    in one sentence when the store cannot be used."""
     for noisy in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
+    try:
+        return _experiment_id(MlflowClient(), experiment)
+    except MlflowException as e:
+        raise TrackingError(f"MLflow store {redact(uri)}: {_first_line(e)}") from None
+    except SQLAlchemyError as e:
+        raise TrackingError(f"MLflow store {redact(uri)} is damaged or unreadable: {_first_line(e.orig or e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(getattr(error, "message", None) or error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         try:
@@ -61,7 +135,8 @@ def finished_run(experiment_id: str, **tags: str):
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as ``{"train.lr": "0.002", ...}`` (MLflow params are strings)."""
+    """The resolved config as ``{"train.lr": "0.002", ...}`` (MLflow params are strings),
+    credentials in addresses masked."""
     out = {}
 
     def walk(node, prefix):
@@ -71,7 +146,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
         else:
             out[prefix[:-1]] = str(node)
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(redact_tree(OmegaConf.to_container(cfg, resolve=True)), "")
     return {k: v for k, v in out.items() if not k.endswith("._partial_")}
 
 
@@ -126,24 +201,30 @@ def describe(error: BaseException) -> str:
 
 def record_failure(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None,
                    error: BaseException) -> None:
-    """A FAILED run for a point that broke before its own run was opened (data, dense training),
-    so a sweep shows every point that did not finish."""
+    """A FAILED run (KILLED for Ctrl-C / SIGTERM) for a point that broke before its own run was
+    opened (data, dense training), so a sweep shows every point that did not finish."""
     client = MlflowClient()
-    tags = {**tags, TAG_ERROR: describe(error)}
+    killed = isinstance(error, KeyboardInterrupt)
+    tags = {**tags, TAG_ERROR: "interrupted" if killed else describe(error)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     created = client.create_run(experiment_id, run_name=name, tags=tags)
-    client.set_terminated(created.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    client.set_terminated(created.info.run_id, RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
 
 
 def log_artifact_files(files: dict[str, bytes | str]) -> None:
-    """Log ``{relative path: content}`` as artifacts of the active run, via a temporary folder."""
+    """Log ``{relative path: content}`` as artifacts of the active run, via a temporary folder.
+    A full disk (or any other write error) is a :class:`TrackingError` naming where it wrote."""
     with tempfile.TemporaryDirectory(prefix="prunelab-") as tmp:
         for rel, content in files.items():
             path = Path(tmp, rel)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content.encode() if isinstance(content, str) else content)
-        mlflow.log_artifacts(tmp)
+        try:
+            mlflow.log_artifacts(tmp)
+        except OSError as e:
+            raise TrackingError(f"cannot write the run's artifacts to {redact(mlflow.get_artifact_uri())}: "
+                                f"{e.strerror or e}") from None
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -160,3 +241,6 @@ def target_name(node) -> str:
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow prints a server's run URL as it is, credentials included; prunelab prints its own link
+# (masked, opening the runs in "Model training" mode).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

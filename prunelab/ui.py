@@ -24,16 +24,10 @@ import urllib.request
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+from .redact import redact
+
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
 MACHINE_LEARNING = "workflowType=machine_learning"
-
-
-def mask_credentials(uri: str) -> str:
-    """``http://user:secret@host:5000`` -> ``http://***@host:5000`` (anything else unchanged)."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1]))
 
 
 def base_url(tracking_uri: str, ui: str | None = None) -> str:
@@ -69,14 +63,17 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 @contextlib.contextmanager
 def serve(store_uri: str, port: int | None = None, host: str = DEFAULT_HOST,
-          timeout: float = 90.0) -> Iterator[str]:
+          timeout: float = 90.0, artifacts: str | os.PathLike | None = None) -> Iterator[str]:
     """``mlflow ui`` over ``store_uri`` on ``host`` in its own process group (job execution and
-    telemetry off); yields its base URL once it answers and stops the whole group by its id."""
+    telemetry off); yields its base URL once it answers and stops the whole group by its id.
+    ``artifacts``: where artifacts logged through it go (MLflow's default: ./mlartifacts)."""
     port = port or free_port(host)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "DO_NOT_TRACK": "true"}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri,
            "--host", host, "--port", str(port), "--workers", "1"]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", str(artifacts)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     base = f"http://{host}:{port}"
@@ -162,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     with serve(args.store, args.port) as base:
-        print(f"MLflow UI for {mask_credentials(args.store)}: {experiments_url(base)}  (Ctrl-C stops it)",
+        print(f"MLflow UI for {redact(args.store)}: {experiments_url(base)}  (Ctrl-C stops it)",
               flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:

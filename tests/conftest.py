@@ -77,10 +77,12 @@ def cli_env(workdir: Path) -> dict[str, str]:
 def cli(workdir):
     """Run ``python -m prunelab ARGS`` (tiny overrides first) in ``workdir``."""
 
-    def run(*args: str, tiny: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(*args: str, tiny: bool = True, timeout: float = 300, prefix: list[str] = ()
+            ) -> subprocess.CompletedProcess:
+        """``prefix``: a command that runs the rest (e.g. in a private mount namespace)."""
         flags = [a for a in args if a.startswith("-")]  # argparse wants -m before the overrides
         overrides = [a for a in args if not a.startswith("-")]
-        argv = [sys.executable, "-m", "prunelab", *flags, *(tiny_overrides(workdir) if tiny else []),
+        argv = [*prefix, sys.executable, "-m", "prunelab", *flags, *(tiny_overrides(workdir) if tiny else []),
                 *overrides]
         return subprocess.run(argv, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True,
                               timeout=timeout)

@@ -1,4 +1,5 @@
-"""A user model (reached through model._target_) that fails during fine-tuning."""
+"""User models reached through model._target_: one that fails during fine-tuning, and two that
+prunelab cannot prune (for the bad-input tests)."""
 
 import torch
 from torch import nn
@@ -20,3 +21,19 @@ class Exploding(nn.Module):
             if self.pruned_forwards > self.explode_after:
                 raise RuntimeError("boom: a bug in a user model")
         return self.classifier(self.net(x))
+
+
+class RawWeights(nn.Module):
+    """Logistic regression on a bare nn.Parameter: nothing prunelab can prune (no Linear/Conv)."""
+
+    def __init__(self, in_shape, num_classes):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_classes, int(torch.tensor(in_shape).prod())))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T
+
+
+def logistic_regression(in_shape, num_classes) -> nn.Module:
+    """One Linear layer, the classifier: structured pruning has nothing it may remove."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), num_classes))

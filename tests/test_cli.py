@@ -1,5 +1,5 @@
 """The real command line, end to end, on tiny settings: every group option composes and runs,
-and every run lands FINISHED in MLflow with its metrics; bad input gives one line and exit 2."""
+and every run lands FINISHED in MLflow with its metrics (bad input: tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -51,44 +51,6 @@ def test_rerunning_the_same_config_is_skipped_unless_forced(cli, workdir):
     assert len(runs(workdir, "pruned")) == 2
 
 
-@pytest.mark.parametrize("args, words", [
-    (["ratio=1.5"], ["ratio=1.5", "0 <= ratio < 1"]),
-    (["ratio=-0.1"], ["ratio=-0.1", "0 <= ratio < 1"]),
-    (["ratio=abc"], ["'abc'", "not a number"]),
-    (["ratio=0.1,2"], ["ratio=2", "0 <= ratio < 1"]),
-    (["model=nope"], ["model='nope'", "lenet5", "resnet20"]),
-    (["method=pruneall"], ["method='pruneall'", "structured", "unstructured"]),
-    (["scope=everywhere"], ["scope='everywhere'", "global", "local"]),
-    (["method.criterion=foo"], ["method.criterion='foo'", "l1", "l2", "random"]),
-    (["device=tpu"], ["device='tpu'", "auto"]),
-    (["finetune.epochs=-1"], ["finetune.epochs=-1"]),
-])
-def test_bad_input_is_one_readable_line(cli, workdir, args, words):
-    result = cli(*args)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("prunelab: error:"), result.stderr
-    for word in words:
-        assert word in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
-    assert runs(workdir) == []
-
-
-def test_corrupted_data_is_one_line_and_leaves_no_run_running(cli, workdir):
-    # dataset.root is searched first, so these files are used (and rejected) even where the
-    # real Fashion-MNIST is installed.
-    root = workdir / "broken"
-    root.mkdir()
-    for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
-        (root / f"{name}-ubyte.gz").write_bytes(b"not a gzip file")
-    result = cli("dataset=fashion_mnist", f"dataset.root={root}", "dataset.url=null")
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("prunelab: error:"), result.stderr
-    assert "train-images-idx3-ubyte.gz" in lines[0] and "fetch it again" in lines[0]
-    assert all(r.info.status == "FAILED" for r in runs(workdir))  # recorded, never RUNNING
-
-
 def test_a_crash_inside_a_run_leaves_it_failed_not_running(cli, workdir):
     result = cli("+model.explode_after=3", "model._target_=exploding.Exploding", "ratio=0.5")
     assert result.returncode != 0
@@ -108,6 +70,7 @@ def test_a_diverged_training_is_one_line_a_failed_run_and_no_cached_model(cli, w
     assert statuses["pruned"] == "FAILED" and "RUNNING" not in statuses.values()
     cached = list((workdir / "cache").glob("*.pt"))
     if stage == "train":
-        assert cached == [] and "dense" not in statuses  # a diverged dense model is never kept
+        # a diverged dense model is never kept; its run (open while it trained) ends FAILED
+        assert cached == [] and statuses["dense"] == "FAILED"
     else:
         assert len(cached) == 1 and statuses["dense"] == "FINISHED"

@@ -207,10 +207,11 @@ def test_the_files_are_read_once_per_process_until_one_changes(tmp_path, monkeyp
     torch.testing.assert_close(changed.test.y, torch.from_numpy((arrays[NAMES[3]] + 1) % 10).long())
 
 
-def test_val_size_must_leave_training_images(tmp_path):
+@pytest.mark.parametrize("val_size", [0, 50])
+def test_val_size_must_leave_training_images_and_hold_some_out(tmp_path, val_size):
     fake_fashion_mnist(tmp_path / "fm")
-    with pytest.raises(DataError, match=r"val_size=50 must be in \[0, 50\)"):
-        fashion_mnist(root=tmp_path / "fm", val_size=50, url=None, verify=False)
+    with pytest.raises(DataError, match=rf"val_size={val_size} must be in \[1, 50\)"):
+        fashion_mnist(root=tmp_path / "fm", val_size=val_size, url=None, verify=False)
 
 
 def test_verify_rejects_files_that_are_not_the_official_ones(tmp_path):
@@ -228,20 +229,31 @@ def placeholders(folder: Path, names=NAMES) -> Path:
     return folder
 
 
-def test_lookup_order_is_root_then_env_then_user_cache_then_system(tmp_path, monkeypatch):
-    root = placeholders(tmp_path / "root")
+def test_lookup_order_is_env_then_user_cache_then_system(tmp_path, monkeypatch):
     env = placeholders(tmp_path / "env")
     cache = placeholders(tmp_path / "xdg-cache" / "prunelab" / "fashion-mnist")
     system = placeholders(tmp_path / "system")
     monkeypatch.setenv("PRUNELAB_DATA", str(env))
 
     found = []
-    for folder in (root, env, cache, system):
-        found.append(find_fashion_mnist(root, url=None))
+    for folder in (env, cache, system):
+        found.append(find_fashion_mnist(url=None))
         for name in NAMES:
             (folder / name).unlink()  # remove the winner: the next location must be used
 
-    assert found == [root, env, cache, system]
+    assert found == [env, cache, system]
+
+
+def test_a_given_root_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    placeholders(tmp_path / "system")  # another complete copy that must not be used
+    monkeypatch.setenv("PRUNELAB_DATA", str(placeholders(tmp_path / "env")))
+    root = placeholders(tmp_path / "root")
+    assert find_fashion_mnist(root, url=None) == root
+    (root / NAMES[3]).unlink()
+    with pytest.raises(DataError, match=f"dataset.root={root} lacks {NAMES[3]}"):
+        find_fashion_mnist(root, url=None)
+    with pytest.raises(DataError, match="dataset.root=/nonexistent/dir is not a folder"):
+        find_fashion_mnist("/nonexistent/dir", url=None)
 
 
 def test_a_fashion_mnist_subfolder_is_accepted(tmp_path):
@@ -249,18 +261,18 @@ def test_a_fashion_mnist_subfolder_is_accepted(tmp_path):
     assert find_fashion_mnist(tmp_path / "datasets", url=None) == nested
 
 
-def test_a_folder_missing_one_file_is_passed_over(tmp_path):
-    placeholders(tmp_path / "root", NAMES[:3])
+def test_a_folder_missing_one_file_is_passed_over(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_DATA", str(placeholders(tmp_path / "env", NAMES[:3])))
     system = placeholders(tmp_path / "system")
-    assert find_fashion_mnist(tmp_path / "root", url=None) == system
+    assert find_fashion_mnist(url=None) == system
 
 
 def test_nothing_found_and_no_url_says_where_it_looked_and_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNELAB_DATA", str(tmp_path / "env"))
     with pytest.raises(DataError) as error:
-        find_fashion_mnist(tmp_path / "root", url=None)
+        find_fashion_mnist(url=None)
     message = str(error.value)
-    for place in ("root", "env", "xdg-cache/prunelab/fashion-mnist", "system"):
+    for place in ("env", "xdg-cache/prunelab/fashion-mnist", "system"):
         assert str(tmp_path / place) in message
     for advice in ("dataset-fashion-mnist", "dataset.root", "PRUNELAB_DATA", "downloading is disabled"):
         assert advice in message

@@ -1,0 +1,164 @@
+"""Bad input, as a new user types it: one readable line, exit 2, no traceback, no run left
+RUNNING, nothing written that a later run would trust, and no credential anywhere. One table:
+adding a case is one line (and, where the case needs a broken file first, a small setup)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import runs
+
+SECRET = "hunter2"
+FASHION_FILES = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+
+
+def garbage_store(workdir: Path) -> list[str]:
+    (workdir / "mlflow.db").write_bytes(b"this was a notes file, not a database\n" * 100)
+    return []
+
+
+def truncated_store(workdir: Path) -> list[str]:
+    with open(workdir / "mlflow.db", "r+b") as f:
+        f.truncate(20_000)
+    return []
+
+
+def foreign_store(workdir: Path) -> list[str]:
+    import sqlite3
+
+    (workdir / "mlflow.db").unlink()
+    with sqlite3.connect(workdir / "mlflow.db") as db:
+        db.execute("create table notes (text)")
+    return []
+
+
+def broken_fashion_files(workdir: Path) -> list[str]:
+    root = workdir / "broken"
+    root.mkdir()
+    for name in FASHION_FILES:
+        (root / f"{name}-ubyte.gz").write_bytes(b"not a gzip file")
+    return [f"dataset.root={root}"]
+
+
+def full_artifact_disk(workdir: Path) -> list[str]:
+    (workdir / "mlruns").mkdir()
+    return []  # the mount happens in the command's own mount namespace (see DISK_FULL below)
+
+
+DISK_FULL = "disk-full"
+
+CASES = [  # id, arguments, words the one line must hold, setup
+    ("ratio-high", ["ratio=1.5"], ["ratio=1.5", "0 <= ratio < 1"], None),
+    ("ratio-negative", ["ratio=-0.1"], ["ratio=-0.1", "0 <= ratio < 1"], None),
+    ("ratio-text", ["ratio=abc"], ["'abc'", "not a number"], None),
+    ("ratio-in-sweep", ["ratio=0.1,2"], ["ratio=2", "0 <= ratio < 1"], None),
+    ("model-option", ["model=nope"], ["model='nope'", "lenet5", "resnet20"], None),
+    ("method-option", ["method=pruneall"], ["method='pruneall'", "structured", "unstructured"], None),
+    ("scope-option", ["scope=everywhere"], ["scope='everywhere'", "global", "local"], None),
+    ("criterion", ["method.criterion=foo"], ["method.criterion='foo'", "l1", "l2", "random"], None),
+    ("device", ["device=tpu"], ["device='tpu'", "auto"], None),
+    ("finetune-epochs", ["finetune.epochs=-1"], ["finetune.epochs=-1"], None),
+    ("uri-unreachable", ["tracking.uri=http://127.0.0.1:9"], ["cannot reach", "http://127.0.0.1:9"], None),
+    ("uri-credentials", [f"tracking.uri=http://bob:{SECRET}@127.0.0.1:9"], ["http://***@127.0.0.1:9"], None),
+    ("uri-scheme", ["tracking.uri=htp://mlflow:5000"], ["unknown scheme 'htp'"], None),
+    ("uri-no-host", ["tracking.uri=http://"], ["names no host"], None),
+    ("store-garbage", [], ["mlflow.db is not an SQLite database"], garbage_store),
+    ("store-truncated", [], ["mlflow.db is a damaged SQLite database"], truncated_store),
+    ("store-foreign", [], ["mlflow.db is an SQLite database but not an MLflow store"], foreign_store),
+    ("target-missing", ["model._target_=nopkg.net"], ["model._target_=nopkg.net cannot be imported"], None),
+    ("target-typo", ["train.optimizer._target_=torch.optim.SDG"], ["torch.optim.SDG cannot be imported"], None),
+    ("data-root-missing", ["dataset=fashion_mnist", "dataset.root=/nonexistent/dir"],
+     ["dataset.root=/nonexistent/dir is not a folder"], None),
+    ("data-corrupt", ["dataset=fashion_mnist", "dataset.url=null"],
+     ["train-images-idx3-ubyte.gz", "fetch it again"], broken_fashion_files),
+    ("val-size-zero", ["dataset=digits", "dataset.val_size=0"], ["dataset.val_size=0 must be in [1, "], None),
+    ("no-prunable-layer", ["model._target_=exploding.RawWeights"], ["no prunable (Conv/Linear) layer"], None),
+    ("structured-classifier-only", ["model._target_=exploding.logistic_regression", "method=structured"],
+     ["would remove output classes"], None),
+    (DISK_FULL, [], ["cannot write the run's artifacts", "No space left on device"], full_artifact_disk),
+]
+
+
+def in_small_tmpfs(mountpoint: Path) -> list[str]:
+    """A command prefix that runs the rest in a private mount namespace with a 64 KiB tmpfs on
+    ``mountpoint``: a full disk for the artifacts only, gone when the command ends."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a private tmpfs")
+    namespace = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--mount"]
+    return [*namespace, "sh", "-c", f'mount -t tmpfs -o size=64k tmpfs "{mountpoint}" && exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize("case_id, args, words, setup", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_nothing_trusted(cli, workdir, case_id, args, words, setup):
+    store = workdir / "mlflow.db"
+    extra = setup(workdir) if setup else []
+    before = store.read_bytes() if store.exists() else None
+    prefix = in_small_tmpfs(workdir / "mlruns") if case_id == DISK_FULL else []
+
+    started = time.monotonic()
+    result = cli(*args, *extra, prefix=prefix)
+    elapsed = time.monotonic() - started
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error:"), result.stderr[-3000:]
+    for word in words:
+        assert word in lines[0]
+    assert "Traceback" not in output and SECRET not in output
+    if case_id.startswith("uri-"):
+        assert elapsed <= 10, f"{elapsed:.1f} s to give up on an unusable tracking URI"
+    if case_id.startswith("store-"):
+        assert store.read_bytes() == before  # refused before MLflow wrote anything into it
+        return
+    found = runs(workdir) if store.exists() else []
+    assert all(r.info.status != "RUNNING" for r in found)
+    assert not [r for r in found if r.data.tags.get("prunelab.role") == "pruned" and r.info.status == "FINISHED"]
+    if case_id == "structured-classifier-only":  # refused before any dense training
+        assert not list((workdir / "cache").glob("*.pt")) and not runs(workdir, "dense")
+    if case_id == DISK_FULL:  # the run ended FAILED, and the store still reads
+        (pruned,) = runs(workdir, "pruned")
+        assert pruned.info.status == "FAILED" and "No space left" in pruned.data.tags["prunelab.error"]
+        assert MlflowClient(f"sqlite:///{store}").search_experiments()
+
+
+def test_credentials_in_the_tracking_uri_reach_no_param_tag_artifact_or_log_line(cli, workdir, tmp_path):
+    """A server that asks for no password still gets one in the URI: everything prunelab writes
+    about the runs (params, tags, artifacts, output) shows it masked."""
+    from prunelab import ui
+
+    with ui.serve(f"sqlite:///{workdir / 'mlflow.db'}", artifacts=workdir / "mlartifacts") as base:
+        uri = base.replace("http://", f"http://bob:{SECRET}@")
+        single = cli(f"tracking.uri={uri}", "ratio=0.5", "tracking.experiment=secret")
+        sweep = cli("-m", f"tracking.uri={uri}", "ratio=0.3,0.6", "tracking.experiment=secret")
+        assert single.returncode == sweep.returncode == 0, (single.stderr + sweep.stderr)[-3000:]
+        for result in (single, sweep):
+            assert SECRET not in result.stdout + result.stderr
+            assert "http://***@127.0.0.1" in result.stdout + result.stderr
+        client = MlflowClient(base)
+        found = runs(workdir)
+        assert len(found) >= 5  # a run, a sweep parent, its two points, the dense model
+        for run in found:
+            assert SECRET not in repr(run.data.params) + repr(run.data.tags)
+            for artifact in client.list_artifacts(run.info.run_id):
+                if artifact.path.endswith((".yaml", ".md", ".csv")):
+                    local = client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))
+                    assert SECRET not in Path(local).read_text()
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("http://bob:hunter2@team:5000", "http://***@team:5000"),
+    ("tracking.uri=http\\://bob\\:hunter2@team\\:5000 ratio=0.3", "tracking.uri=http\\://***@team\\:5000 ratio=0.3"),
+    ("postgresql+psycopg://mlflow:pw@db/mlflow", "postgresql+psycopg://***@db/mlflow"),
+    ("sqlite:///mlflow.db and mail@example.org", "sqlite:///mlflow.db and mail@example.org"),
+])
+def test_redaction_masks_user_information_in_any_address(text, masked):
+    from prunelab.redact import redact
+
+    assert redact(text) == masked

@@ -1,0 +1,177 @@
+"""Faults: a damaged dense cache is never loaded, a writer killed mid-write leaves nothing a later
+run would trust, Ctrl-C / SIGTERM end runs KILLED with what they measured, and the same command
+then completes the work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import cli_env, runs, tiny_overrides
+from prunelab.dense import dense_model
+
+
+def trainer(calls: list):
+    """A stand-in for dense training: sets every weight to 0.5 and counts the calls."""
+    def train(model):
+        calls.append(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.5)
+        return [], 0.9, 0.8
+    return train
+
+
+def fresh() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(4, 2)
+
+
+def cached(cache: Path, key: str = "k") -> tuple[Path, Path]:
+    calls = []
+    dense_model(fresh(), key, cache, trainer(calls))
+    assert calls == [1]
+    return cache / f"{key}.pt", cache / f"{key}.json"
+
+
+def flip_bytes(weights, meta, cache):
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def truncate(weights, meta, cache):
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def foreign_files(weights, meta, cache):
+    """Another dense model's (valid) files under this key's names."""
+    other_weights, other_meta = cached(cache, key="other")
+    torch.save({"weight": torch.full((2, 4), 7.0), "bias": torch.full((2,), 7.0)}, other_weights)
+    info = json.loads(other_meta.read_text())
+    info["sha256"] = __import__("hashlib").sha256(other_weights.read_bytes()).hexdigest()
+    other_meta.write_text(json.dumps(info))
+    other_weights.replace(weights)
+    other_meta.replace(meta)
+
+
+def swapped_weights(weights, meta, cache):
+    """Loadable weights of the right shapes that are not the ones the checksum was taken of."""
+    torch.save({"weight": torch.full((2, 4), 7.0), "bias": torch.full((2,), 7.0)}, weights)
+
+
+def missing_metadata(weights, meta, cache):
+    meta.unlink()
+
+
+@pytest.mark.parametrize("damage", [flip_bytes, truncate, foreign_files, swapped_weights, missing_metadata])
+def test_a_damaged_dense_cache_is_never_loaded_but_retrained(tmp_path, damage):
+    weights, meta = cached(tmp_path)
+    damage(weights, meta, tmp_path)
+    calls, model = [], fresh()
+    result = dense_model(model, "k", tmp_path, trainer(calls))
+    assert calls == [1] and not result.from_cache  # retrained ...
+    assert torch.equal(model.weight, torch.full((2, 4), 0.5))  # ... and nothing of the bad file kept
+    again = dense_model(fresh(), "k", tmp_path, trainer(calls))  # the new files verify
+    assert again.from_cache and calls == [1]
+
+
+KILLED_WRITER = r"""
+import sys, time, torch
+from pathlib import Path
+from torch import nn
+from prunelab.dense import dense_model
+cache, marker = Path(sys.argv[1]), Path(sys.argv[2])
+def slow_save(obj, path):  # half a file, then hang: the test kills us here
+    with open(path, "wb") as f:
+        f.write(b"PK" + bytes(1000))
+        f.flush()
+    marker.write_text("writing")
+    time.sleep(120)
+torch.save = slow_save
+dense_model(nn.Linear(4, 2), "k", cache, lambda m: ([], 0.9, 0.8))
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_no_cache_file_and_the_next_run_trains(tmp_path):
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "cache"), str(marker)])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the writer never started writing"
+    finally:
+        proc.kill()
+        proc.wait()
+    cache = tmp_path / "cache"
+    assert not (cache / "k.pt").exists() and not (cache / "k.json").exists()
+    assert list(cache.glob(".k.pt.*.tmp"))  # the half-written file never got the real name
+    calls = []
+    assert not dense_model(fresh(), "k", cache, trainer(calls)).from_cache and calls == [1]
+    assert not list(cache.glob("*.tmp"))  # and the leftover is gone
+
+
+SLOW = ["dataset.in_shape=[1,28,28]", "dataset.train_size=6000", "train.epochs=6", "finetune.epochs=6",
+        "ratio=0.5"]  # about a second an epoch: time to stop it in the middle of a stage
+
+
+def logged_steps(workdir: Path, role: str, metric: str) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    found = [r for r in runs(workdir, role) if r.info.status == "RUNNING"]
+    return max((len(client.get_metric_history(r.info.run_id, metric)) for r in found), default=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, role, metric", [("dense", "dense", "train.loss"),
+                                                  ("fine-tuning", "pruned", "finetune.loss")])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes_it(
+        workdir, stage, role, metric, sig):
+    argv = [sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *SLOW]
+    proc = subprocess.Popen(argv, cwd=workdir, env=cli_env(workdir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (workdir / "mlflow.db").exists() and logged_steps(workdir, role, metric) >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before its {stage} could be stopped"
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1].startswith("prunelab: error: interrupted")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    stopped = runs(workdir, role)
+    assert [r.info.status for r in stopped] == ["KILLED"]
+    assert 1 <= len(client.get_metric_history(stopped[0].info.run_id, metric)) < 6  # the epochs done so far
+    assert all(r.info.status != "RUNNING" for r in runs(workdir))
+    cache = workdir / "cache"
+    if stage == "dense":  # nothing half-written, nothing cached from a stopped training
+        assert not list(cache.glob("*.pt")) and not list(cache.glob("*.tmp"))
+        assert runs(workdir, "pruned")[0].info.status == "KILLED"  # the point is recorded as stopped
+
+    again = subprocess.run(argv, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    finished = [r for r in runs(workdir, role) if r.info.status == "FINISHED"]
+    assert len(finished) == 1 and len(client.get_metric_history(finished[0].info.run_id, metric)) == 6
+    assert len([r for r in runs(workdir, "pruned") if r.info.status == "FINISHED"]) == 1
