@@ -1,6 +1,7 @@
 # make run  - the default experiment (LeNet-5, Fashion-MNIST, unstructured global 0.5) -> ./mlflow.db
 # make test - the test suite;  make bench - benchmarks/ -> benchmarks/RESULTS.md
 # make ui   - the MLflow UI over ./mlflow.db on 127.0.0.1:5000 (prints the link to open)
+# make team-server - PostgreSQL + an MLflow server on 127.0.0.1:5000 (prints the tracking.uri)
 # Each creates .venv and installs the project on first use (torch pinned to the CPU build).
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench ui clean
+.PHONY: install run test test-fast bench ui team-server clean
 
 install: $(STAMP)
 
@@ -38,5 +39,8 @@ bench: $(STAMP)
 ui: $(STAMP)
 	$(PY) -m prunelab.ui --store sqlite:///mlflow.db
 
+team-server: $(STAMP)
+	$(PY) -m prunelab.team_server --dir team-store
+
 clean:
-	rm -rf $(VENV) outputs multirun mlruns mlartifacts
+	rm -rf $(VENV) outputs multirun mlruns mlartifacts team-store

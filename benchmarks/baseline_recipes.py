@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .common import Verdict, table as table_md
+from .common import Verdict, table as table_md, write_block
 
 RATIOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 SCOPES = ("global", "local")
@@ -49,7 +49,7 @@ PLAIN = ("recipe=sgd",)
 MODELS = {"LeNet-5": "lenet5_classic", "LeNet-300-100": "lenet300_100"}
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 POINTS = Path(__file__).resolve().parent / "baseline_recipes.csv"  # every measured point, all parts
-BEGIN, END = "<!-- baseline_recipes:begin -->", "<!-- baseline_recipes:end -->"
+BLOCK = "baseline_recipes"  # its markers in RESULTS.md
 
 
 @dataclass(frozen=True)
@@ -402,17 +402,6 @@ def report(study: Study, points: list[Point], seconds: float, parts: list[str]) 
     return "\n".join(out)
 
 
-def write_block(text: str, path: Path = RESULTS) -> None:
-    """Put ``text`` between this benchmark's markers in ``path`` (``make bench`` keeps the block)."""
-    block = f"{BEGIN}\n{text.strip()}\n{END}\n"
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
-
-
 def merge_points(new: list[Point], path: Path = POINTS) -> list[Point]:
     """The points of earlier runs with this run's replacing those of the same (variant, seed)."""
     import csv
@@ -463,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(study, points, time.perf_counter() - start, args.part)
     print(text)
     if not args.quick:
-        write_block(text)
+        write_block(BLOCK, text, RESULTS)
         print(f"wrote {RESULTS}", file=sys.stderr)
     return 0
 

@@ -275,3 +275,19 @@ class Resnet50Shaped(nn.Module):
 
 def weight_count(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+# --- RESULTS.md blocks --------------------------------------------------------------------------
+
+def write_block(name: str, text: str, path: Path) -> None:
+    """Put ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path``, replacing
+    the block of an earlier run; a long benchmark run on its own writes its section this way and
+    ``make bench`` keeps it (benchmarks/__main__.py)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{text.strip()}\n{end}\n"
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.write_text(new)

@@ -85,6 +85,26 @@ def _experiment_names(config: DictConfig, definition: list[str]) -> list[str]:
     return [f"{m}-{d}" for m in choices["model"] for d in choices["dataset"]]
 
 
+def kill_open_points(config: DictConfig, jobs: dict[str, int]) -> list[int]:
+    """After the launcher lost its workers: end this sweep's RUNNING runs KILLED (their processes
+    are gone) and return the jobs (``{overrides as tagged: job index}``) whose point run was open."""
+    path = Path(config.hydra.sweep.dir) / PARENT_FILE
+    if not path.is_file():
+        return []
+    parent = path.read_text().strip()
+    names = _experiment_names(config, _sweep_definition(config))
+    client = MlflowClient()
+    ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in names) if e is not None]
+    stale = client.search_runs(ids, f"tags.`{in_sweep_tag(parent)}` = 'true' and attributes.status = 'RUNNING'")
+    killed = []
+    for run in stale:
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        client.set_tag(run.info.run_id, tracking.TAG_ERROR, "its worker process died")
+        if run.data.tags.get(tracking.TAG_ROLE) == "pruned" and run.data.tags.get("prunelab.overrides") in jobs:
+            killed.append(jobs[run.data.tags["prunelab.overrides"]])
+    return sorted(killed)
+
+
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_id: str | None = None
@@ -153,7 +173,9 @@ class SweepCallback(Callback):
 
         points = analysis.load_runs(self.experiment_ids, sweep_id=self.parent_id)
         pruned = points[points["role"] == "pruned"]
-        finished, failed = pruned[pruned["status"] == "FINISHED"], pruned[pruned["status"] == "FAILED"]
+        # A point counts once: its FINISHED run if it has one (a rerun after a failure), else its failure.
+        finished = pruned[pruned["status"] == "FINISHED"]
+        failed = pruned[pruned["status"].isin(["FAILED", "KILLED"]) & ~pruned["run_key"].isin(finished["run_key"])]
         client.log_metric(self.parent_id, "sweep.points_finished", len(finished))
         client.log_metric(self.parent_id, "sweep.points_failed", len(failed))
         if len(finished):
@@ -177,10 +199,12 @@ class SweepCallback(Callback):
             client.log_batch(self.parent_id, metrics=metrics[i:i + 1000])
 
     def _abort(self) -> None:
-        """At interpreter exit: a parent still RUNNING means the launcher was interrupted."""
+        """At interpreter exit: a parent still RUNNING means the launcher was interrupted; its
+        workers are gone with it, so their open runs end KILLED too."""
         try:
             client = MlflowClient()
             if self.parent_id and client.get_run(self.parent_id).info.status == "RUNNING":
+                self._kill_stale_children(client)
                 client.set_terminated(self.parent_id, RunStatus.to_string(RunStatus.KILLED))
         except Exception:  # best effort at exit; never mask the real error
             pass

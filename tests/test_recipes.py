@@ -73,12 +73,12 @@ def test_prunelab_with_the_plain_recipe_reproduces_the_plain_pytorch_script_exac
 
 def test_the_study_block_in_results_survives_make_bench_and_is_replaced_not_repeated(tmp_path):
     from benchmarks.__main__ import with_kept_blocks
-    from benchmarks.baseline_recipes import write_block
+    from benchmarks.common import write_block
 
     results = tmp_path / "RESULTS.md"
     results.write_text("# prunelab benchmarks\n\nold sections\n")
-    write_block("## Baseline recipes\n\nfirst", results)
-    write_block("## Baseline recipes\n\nsecond", results)
+    write_block("baseline_recipes", "## Baseline recipes\n\nfirst", results)
+    write_block("baseline_recipes", "## Baseline recipes\n\nsecond", results)
     text = results.read_text()
     assert text.count("## Baseline recipes") == 1 and "second" in text and "old sections" in text
     rewritten = with_kept_blocks("# prunelab benchmarks\n\nnew sections\n", text)

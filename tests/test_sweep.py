@@ -131,6 +131,48 @@ def test_joblib_workers_share_a_fresh_sqlite_store(cli, workdir):
     assert {r.info.experiment_id for r in [parent, *children, *dense]} == {exp}
 
 
+def worker_pids(launcher_pid: int) -> list[int]:
+    """The joblib (loky) worker processes below the launching process."""
+    found = subprocess.run(["pgrep", "-f", "-P", str(launcher_pid), "LokyProcess"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+@pytest.mark.slow
+def test_a_dead_sweep_worker_loses_only_its_points_and_a_rerun_completes_them(workdir):
+    args = [sys.executable, "-m", "prunelab", "-m", *tiny_overrides(workdir), "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2", "ratio=0.2,0.4,0.6,0.8,0.9", "finetune.epochs=30"]
+    proc = subprocess.Popen(args, cwd=workdir, env=cli_env(workdir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, killed = time.time() + 240, None
+        while time.time() < deadline and proc.poll() is None and killed is None:
+            running = [c for c in sweep_parts(workdir)[1] if c.info.status == "RUNNING"] \
+                if workdir.joinpath("mlflow.db").exists() else []
+            workers = worker_pids(proc.pid)
+            if running and workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)  # the OOM killer's way: no clean-up at all
+            time.sleep(0.3)
+        assert killed is not None, "no point was running to interrupt"
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-3000:]  # the sweep ends, summarised, and says a point failed
+    (parent,), children, _ = sweep_parts(workdir)
+    statuses = Counter(c.info.status for c in children)
+    assert statuses["RUNNING"] == 0 and statuses["KILLED"] >= 1
+    assert statuses["FINISHED"] + statuses["KILLED"] == 5  # every other point finished
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep.points_failed"] == statuses["KILLED"]
+
+    rerun = subprocess.run(args, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    (parent,), children, _ = sweep_parts(workdir)
+    finished = Counter(c.data.tags["prunelab.run_key"] for c in children if c.info.status == "FINISHED")
+    assert len(finished) == 5 and set(finished.values()) == {1}  # only the missing points were redone
+    assert parent.data.metrics["sweep.points_failed"] == 0
+
+
 def test_the_notebook_executes_on_a_generated_store(cli, workdir):
     assert cli("-m", "ratio=0.3,0.6", "tracking.experiment=nb").returncode == 0
     os.environ.update(PRUNELAB_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}", PRUNELAB_EXPERIMENT="nb")

@@ -3,91 +3,26 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
+import re
+import signal
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from prunelab.team_server import team_server
+
 pytestmark = pytest.mark.slow
-
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None) if Path("/usr/lib/postgresql").is_dir() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def as_postgres(argv: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; CI runs as root.
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} did not come up in {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    if PG_BIN is None or not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries are not installed (Debian: postgresql)")
-    pytest.importorskip("psycopg")
-    base = tmp_path_factory.mktemp("team")
-    # pytest's temporary folders are private to root; the postgres user needs its own.
-    pgdata = Path(tempfile.mkdtemp(prefix="prunelab-pgdata-"))
-    if os.geteuid() == 0:
-        shutil.chown(pgdata, "postgres", "postgres")
-    subprocess.run(as_postgres([str(PG_BIN / "initdb"), "-D", str(pgdata), "-U", "mlflow",
-                                "--auth=trust"]), check=True, capture_output=True)
-    pg_port = free_port()
-    postgres = subprocess.Popen(as_postgres([str(PG_BIN / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1",
-                                             "-p", str(pg_port), "-k", str(pgdata)]),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = None
-    try:
-        wait_for(lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg_port)],
-                                        capture_output=True).returncode == 0, 60, "PostgreSQL")
-        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "mlflow",
-                        "mlflow"], check=True)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"postgresql+psycopg://mlflow@127.0.0.1:{pg_port}/mlflow",
-             "--artifacts-destination", str(base / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base)
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            try:
-                return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 120, "the MLflow server")
-        yield url
-    finally:
-        for proc in (server, postgres):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        shutil.rmtree(pgdata, ignore_errors=True)
+    # Not skipped when PostgreSQL is missing: the team set-up is what the README promises
+    # (.ci/run installs it).
+    with team_server(tmp_path_factory.mktemp("team")) as team:
+        yield team.uri
 
 
 def test_runs_and_sweeps_log_to_a_server_on_postgresql(cli, mlflow_server):
@@ -105,3 +40,27 @@ def test_runs_and_sweeps_log_to_a_server_on_postgresql(cli, mlflow_server):
     parent = next(r for r in found if r.data.tags["prunelab.role"] == "sweep")
     # artifacts went through the server to its artifact store
     assert "accuracy_vs_sparsity.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def servers() -> set[str]:
+    found = subprocess.run(["pgrep", "-f", "postgres -D|mlflow server|mlflow.server"], capture_output=True, text=True)
+    return set(found.stdout.split())
+
+
+def test_the_team_server_helper_prints_the_uri_and_stops_both_servers(tmp_path):
+    before = servers()
+    proc = subprocess.Popen([sys.executable, "-m", "prunelab.team_server", "--dir", str(tmp_path), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the server answers
+        uri = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)
+        with urllib.request.urlopen(f"{uri}/health", timeout=5) as r:
+            assert r.status == 200
+        assert MlflowClient(uri).search_experiments()  # a working store behind it
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{uri}/health", timeout=5)
+    assert servers() <= before  # nothing it started is left (other tests' servers may run)

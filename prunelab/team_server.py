@@ -1,0 +1,160 @@
+"""The team set-up on one machine: PostgreSQL plus an MLflow tracking server on it, both bound to
+127.0.0.1, with an artifact folder. ``python -m prunelab.team_server`` (``make team-server``)
+starts them, prints the ``tracking.uri`` to pass, and stops both cleanly on Ctrl-C or SIGTERM;
+the tests and the tracking load benchmark start it the same way.
+
+Needs PostgreSQL's server programs (Debian: ``apt-get install postgresql``) and a driver
+(``pip install 'prunelab[team]'``). PostgreSQL refuses to run as root: as root the database is
+made by and run as the ``postgres`` user, in a temporary folder that goes away on stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .ui import DEFAULT_HOST, experiments_url, free_port
+
+
+class TeamServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class TeamServer:
+    uri: str           # tracking.uri=...
+    database: str      # the backend store MLflow writes to
+    artifacts: Path
+
+
+def postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL server's bin folder (Debian's layout), or None."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) if Path("/usr/lib/postgresql").is_dir() else []
+    return found[-1].parent if found else None
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def _start(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    # Own process group: stopping it stops everything it started (MLflow's workers included).
+    # Output goes to a file: a pipe nobody reads would fill up and stall a long-lived server.
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+    proc.log = log
+    return proc
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait(check, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.log.read_text(errors="replace").strip().splitlines()
+            raise TeamServerError(f"{what} exited ({proc.returncode}): {err[-1] if err else 'no output'} "
+                                  f"(log: {proc.log})")
+        if check():
+            return
+        time.sleep(0.3)
+    raise TeamServerError(f"{what} did not come up within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def team_server(folder: Path, port: int | None = None, host: str = DEFAULT_HOST) -> Iterator[TeamServer]:
+    """PostgreSQL and ``mlflow server`` on ``host``; artifacts (and, unless root, the database)
+    under ``folder``. Yields the addresses once the server answers; stops both at exit."""
+    pg = postgres_bin()
+    if pg is None:
+        raise TeamServerError("PostgreSQL's server programs are not installed (Debian: apt-get install postgresql)")
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    ephemeral = os.geteuid() == 0  # root's folders are closed to the postgres user
+    pgdata = Path(tempfile.mkdtemp(prefix="prunelab-pgdata-")) if ephemeral else folder / "pgdata"
+    if ephemeral:
+        shutil.chown(pgdata, "postgres", "postgres")
+    postgres = server = None
+    try:
+        if not (pgdata / "PG_VERSION").exists():
+            subprocess.run(_as_postgres([str(pg / "initdb"), "-D", str(pgdata), "-U", "mlflow", "--auth=trust"]),
+                           check=True, capture_output=True)
+        pg_port = free_port(host)
+        postgres = _start(_as_postgres([str(pg / "postgres"), "-D", str(pgdata), "-h", host, "-p", str(pg_port),
+                                        "-k", str(pgdata)]), folder / "postgres.log")
+        ready = [str(pg / "pg_isready"), "-q", "-h", host, "-p", str(pg_port)]
+        _wait(lambda: subprocess.run(ready).returncode == 0, postgres, 60, "PostgreSQL")
+        subprocess.run([str(pg / "createdb"), "-h", host, "-p", str(pg_port), "-U", "mlflow", "mlflow"],
+                       capture_output=True)  # exists already when the folder is reused
+        database = f"postgresql+psycopg://mlflow@{host}:{pg_port}/mlflow"
+        port = port or free_port(host)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        server = _start([sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+                         "--backend-store-uri", database, "--artifacts-destination", str(folder / "artifacts"),
+                         "--workers", "1"], folder / "mlflow-server.log", env=env, cwd=folder)
+        uri = f"http://{host}:{port}"
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        _wait(healthy, server, 120, "the MLflow server")
+        yield TeamServer(uri, database, folder / "artifacts")
+    finally:
+        _stop(server)
+        _stop(postgres)
+        if ephemeral:
+            shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m prunelab.team_server", description=__doc__.splitlines()[0])
+    p.add_argument("--dir", type=Path, default=Path("team-store"), help="artifacts (and database) folder")
+    p.add_argument("--port", type=int, default=5000)
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with team_server(args.dir, args.port) as team:
+            print(f"MLflow server on PostgreSQL: {team.uri}  (artifacts in {team.artifacts})\n"
+                  f"  python -m prunelab tracking.uri={team.uri} ...\n"
+                  f"  UI: {experiments_url(team.uri)}   Ctrl-C stops both.", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    except (TeamServerError, subprocess.CalledProcessError) as e:
+        print(f"prunelab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
