@@ -27,7 +27,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback

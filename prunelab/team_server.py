@@ -19,16 +19,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .ui import DEFAULT_HOST, experiments_url, free_port
+from .servers import HOST as DEFAULT_HOST, ServerError, free_port, mlflow_server, start, stop, wait_until
+from .ui import experiments_url
 
 
 class TeamServerError(RuntimeError):
-    pass
+    """PostgreSQL is missing."""
 
 
 @dataclass
@@ -48,41 +48,6 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-def _start(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
-    # Own process group: stopping it stops everything it started (MLflow's workers included).
-    # Output goes to a file: a pipe nobody reads would fill up and stall a long-lived server.
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
-    proc.log = log
-    return proc
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _wait(check, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.log.read_text(errors="replace").strip().splitlines()
-            raise TeamServerError(f"{what} exited ({proc.returncode}): {err[-1] if err else 'no output'} "
-                                  f"(log: {proc.log})")
-        if check():
-            return
-        time.sleep(0.3)
-    raise TeamServerError(f"{what} did not come up within {timeout:.0f} s")
-
-
 @contextlib.contextmanager
 def team_server(folder: Path, port: int | None = None, host: str = DEFAULT_HOST) -> Iterator[TeamServer]:
     """PostgreSQL and ``mlflow server`` on ``host``; artifacts (and, unless root, the database)
@@ -96,38 +61,24 @@ def team_server(folder: Path, port: int | None = None, host: str = DEFAULT_HOST)
     pgdata = Path(tempfile.mkdtemp(prefix="prunelab-pgdata-")) if ephemeral else folder / "pgdata"
     if ephemeral:
         shutil.chown(pgdata, "postgres", "postgres")
-    postgres = server = None
+    postgres = None
     try:
         if not (pgdata / "PG_VERSION").exists():
             subprocess.run(_as_postgres([str(pg / "initdb"), "-D", str(pgdata), "-U", "mlflow", "--auth=trust"]),
                            check=True, capture_output=True)
         pg_port = free_port(host)
-        postgres = _start(_as_postgres([str(pg / "postgres"), "-D", str(pgdata), "-h", host, "-p", str(pg_port),
-                                        "-k", str(pgdata)]), folder / "postgres.log")
+        postgres = start(_as_postgres([str(pg / "postgres"), "-D", str(pgdata), "-h", host, "-p", str(pg_port),
+                                       "-k", str(pgdata)]), folder / "postgres.log")
         ready = [str(pg / "pg_isready"), "-q", "-h", host, "-p", str(pg_port)]
-        _wait(lambda: subprocess.run(ready).returncode == 0, postgres, 60, "PostgreSQL")
+        wait_until(lambda: subprocess.run(ready).returncode == 0, postgres, 60, "PostgreSQL")
         subprocess.run([str(pg / "createdb"), "-h", host, "-p", str(pg_port), "-U", "mlflow", "mlflow"],
                        capture_output=True)  # exists already when the folder is reused
         database = f"postgresql+psycopg://mlflow@{host}:{pg_port}/mlflow"
-        port = port or free_port(host)
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        server = _start([sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-                         "--backend-store-uri", database, "--artifacts-destination", str(folder / "artifacts"),
-                         "--workers", "1"], folder / "mlflow-server.log", env=env, cwd=folder)
-        uri = f"http://{host}:{port}"
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        _wait(healthy, server, 120, "the MLflow server")
-        yield TeamServer(uri, database, folder / "artifacts")
+        with mlflow_server(database, port, host, artifacts=folder / "artifacts", log=folder / "mlflow-server.log",
+                           cwd=folder) as uri:
+            yield TeamServer(uri, database, folder / "artifacts")
     finally:
-        _stop(server)
-        _stop(postgres)
+        stop(postgres)
         if ephemeral:
             shutil.rmtree(pgdata, ignore_errors=True)
 
@@ -151,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(3600)
     except KeyboardInterrupt:
         print("stopped", flush=True)
-    except (TeamServerError, subprocess.CalledProcessError) as e:
+    except (TeamServerError, ServerError, subprocess.CalledProcessError) as e:
         print(f"prunelab: error: {e}", file=sys.stderr)
         sys.exit(2)
 

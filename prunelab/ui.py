@@ -16,17 +16,13 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from .redact import redact
+from .servers import HOST as DEFAULT_HOST, mlflow_server as serve
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
+DEFAULT_PORT = 5000
 MACHINE_LEARNING = "workflowType=machine_learning"
 
 
@@ -53,56 +49,6 @@ def experiment_url(base: str, experiment_id: str, view: str = "table") -> str:
 
 def experiments_url(base: str) -> str:
     return f"{base}/#/experiments?{MACHINE_LEARNING}"
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(store_uri: str, port: int | None = None, host: str = DEFAULT_HOST,
-          timeout: float = 90.0, artifacts: str | os.PathLike | None = None) -> Iterator[str]:
-    """``mlflow ui`` over ``store_uri`` on ``host`` in its own process group (job execution and
-    telemetry off); yields its base URL once it answers and stops the whole group by its id.
-    ``artifacts``: where artifacts logged through it go (MLflow's default: ./mlartifacts)."""
-    port = port or free_port(host)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri,
-           "--host", host, "--port", str(port), "--workers", "1"]
-    if artifacts is not None:
-        cmd += ["--artifacts-destination", str(artifacts)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    base = f"http://{host}:{port}"
-    try:
-        _wait_until_up(base, proc, timeout)
-        yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait_until_up(base: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            raise RuntimeError(f"mlflow ui exited ({proc.returncode}): {err[-1] if err else 'no output'}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.5)
-    raise RuntimeError(f"mlflow ui did not answer on {base} within {timeout:.0f} s")
 
 
 # Headless Chromium as this machine's network allows it: no background connections (they are

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import mlflow
 import nbclient
 import nbformat
 import pytest
