@@ -222,3 +222,14 @@ def test_a_run_logs_the_ledger_and_a_handover_that_reproduces_its_test_accuracy(
     test = synthetic(seed=0).test  # the tiny runs' dataset (conftest: dataset=synthetic, seed 0)
     out = read_in_fresh_python(folder, {"x": test.x, "y": test.y}, tmp_path)
     assert out["accuracy"] == pytest.approx(m["test_accuracy"], abs=0.5 / len(test))
+
+
+def test_the_gpu_checks_skip_clearly_without_cuda_and_dry_run_on_the_cpu(capsys):
+    from benchmarks import gpu
+
+    if not torch.cuda.is_available():
+        assert gpu.main([]) == 0
+        assert capsys.readouterr().out.startswith("skipped: PyTorch sees no CUDA device")
+    rows = gpu.measure(torch.device("cpu"), min_run_time=0.01)
+    assert [r[0] for r in rows] == ["dense"] + [f"{v}, ratio {r}" for r in gpu.RATIOS for v in ("masked", "shrunk")]
+    assert all(float(r[2]) > 0 for r in rows)
