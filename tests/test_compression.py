@@ -76,6 +76,32 @@ def test_shrunk_model_computes_what_the_masked_model_computes(name, scope):
     assert n_params(shrunk) < 0.6 * n_params(dense)
 
 
+def sgd_steps(model: nn.Module, x: torch.Tensor, steps: int = 3, after_step=None) -> None:
+    """Fine-tuning steps as the default recipe takes them: SGD, momentum, weight decay, train mode."""
+    model.train()
+    y = torch.arange(len(x)) % 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fine_tuning_the_shrunk_network_equals_fine_tuning_the_masked_one(name):
+    """Why the shrunk network can be fine-tuned instead of the masked one: the same steps leave
+    the kept weights (and BatchNorm statistics) the same, to float precision."""
+    _, masked, shrunk, mask, x = pruned_pair(name)
+    sgd_steps(masked, x, after_step=mask.hold(masked))
+    sgd_steps(shrunk, x)
+    kept = shrink(masked, mask, x[:1]).state_dict()  # the masked network's kept entries, shrunk layout
+    diffs = {k: (kept[k].double() - v.double()).abs().max().item() for k, v in shrunk.state_dict().items()
+             if v.is_floating_point()}
+    assert max(diffs.values()) <= 1e-5, {k: d for k, d in diffs.items() if d > 1e-5}
+
+
 def test_grouped_convolution_loses_the_same_positions_in_every_group():
     _, masked, shrunk, mask, _ = pruned_pair("user_depthwise_residual", "local")
     blocks = mask.channels["project.0"].view(4, -1)  # the channels feeding the groups=4 conv
