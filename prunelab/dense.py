@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -74,9 +75,10 @@ def _load_verified(model: nn.Module, key: str, weights: Path, meta: Path) -> dic
         raise ValueError(f"unreadable metadata ({e})") from None
     if info.get("key") != key:
         raise ValueError(f"the files belong to dense model {info.get('key')!r}")
-    if info.get("sha256") != _sha256(weights):
+    data = weights.read_bytes()  # read once: what is checked is what is loaded
+    if info.get("sha256") != hashlib.sha256(data).hexdigest():
         raise ValueError("the weights do not match their checksum (damaged or truncated)")
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     return info
 
 

@@ -114,8 +114,7 @@ class DenseRun:
         with locked(lock_dir / f"{self.key}.mlflow.lock"):
             found = tracking.finished_run(self.experiment_id, role="dense", dense_key=self.key)
             if found is not None:
-                for k, v in self.extra_tags.items():
-                    mlflow.MlflowClient().set_tag(found.info.run_id, k, v)
+                tracking.add_tags(found.info.run_id, self.extra_tags)
                 return
             with self._open():
                 mlflow.log_params(self.params)
@@ -144,11 +143,10 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
     if not cfg.force:
         done = tracking.finished_run(experiment_id, role="pruned", run_key=key)
         if done is not None:
-            for k, v in extra_tags.items():
-                mlflow.MlflowClient().set_tag(done.info.run_id, k, v)
+            tracking.add_tags(done.info.run_id, extra_tags)
             log.info("skipped: run %s already holds this exact config (key %s); force=true reruns it\n"
                      "  MLflow UI: %s", done.info.run_id, key,
-                     ui.run_url(ui.base_url(cfg.tracking.uri, cfg.tracking.ui), experiment_id, done.info.run_id))
+                     ui.run_link(cfg.tracking, experiment_id, done.info.run_id))
             return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
 
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
@@ -236,6 +234,6 @@ def _report(cfg, method, scope, m, dense_from_cache: bool, experiment_id: str) -
         + (f" | CPU latency batch 1 {m['cost.ratio.latency_b1']:.3f}, batch 64 {m['cost.ratio.latency_b64']:.3f}"
            if "cost.ratio.latency_b64" in m else ""),
         f"  MLflow run {m['run_id']} in {redact(cfg.tracking.uri)}",
-        f"  MLflow UI: {ui.run_url(ui.base_url(cfg.tracking.uri, cfg.tracking.ui), experiment_id, m['run_id'])}",
+        f"  MLflow UI: {ui.run_link(cfg.tracking, experiment_id, m['run_id'])}",
     ]
     log.info("\n".join(lines))

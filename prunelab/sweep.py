@@ -161,8 +161,7 @@ class SweepCallback(Callback):
         finally:
             # Whatever happened while summarising, the parent is never left RUNNING.
             client.set_terminated(self.parent_id, RunStatus.to_string(status))
-        base = ui.base_url(config.tracking.uri, config.tracking.ui)
-        log.info("sweep results in the MLflow UI: %s", ui.run_url(base, self.experiment_ids[0], self.parent_id))
+        log.info("sweep results in the MLflow UI: %s", ui.run_link(config.tracking, self.experiment_ids[0], self.parent_id))
         if failed:
             raise SystemExit(1)
 

@@ -22,7 +22,7 @@ from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -132,6 +132,12 @@ def finished_run(experiment_id: str, **tags: str):
         [experiment_id], f"{where} and attributes.status = 'FINISHED'",
         max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
+
+
+def add_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Tag an existing run (e.g. an earlier run a sweep reuses as one of its points), in one call."""
+    if tags:
+        MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:

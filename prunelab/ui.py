@@ -42,6 +42,11 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{MACHINE_LEARNING}"
 
 
+def run_link(tracking, experiment_id: str, run_id: str) -> str:
+    """The link printed for a run of a config whose ``tracking`` node has ``uri`` and ``ui``."""
+    return run_url(base_url(tracking.uri, tracking.ui), experiment_id, run_id)
+
+
 def experiment_url(base: str, experiment_id: str, view: str = "table") -> str:
     """An experiment's runs table (``view="table"``) or its chart view (``view="chart"``)."""
     return f"{base}/#/experiments/{experiment_id}/runs?{MACHINE_LEARNING}&compareRunsMode={view.upper()}"

@@ -4,6 +4,7 @@ then completes the work."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -58,7 +59,7 @@ def foreign_files(weights, meta, cache):
     other_weights, other_meta = cached(cache, key="other")
     torch.save({"weight": torch.full((2, 4), 7.0), "bias": torch.full((2,), 7.0)}, other_weights)
     info = json.loads(other_meta.read_text())
-    info["sha256"] = __import__("hashlib").sha256(other_weights.read_bytes()).hexdigest()
+    info["sha256"] = hashlib.sha256(other_weights.read_bytes()).hexdigest()
     other_meta.write_text(json.dumps(info))
     other_weights.replace(weights)
     other_meta.replace(meta)
