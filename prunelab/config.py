@@ -81,6 +81,9 @@ class FinetuneConfig:
     epochs: int = 6
     lr: float = 2e-3
     schedule: str = "cosine"
+    # Structured: fine-tune the physically shrunk network (same function, fewer channels, faster);
+    # false fine-tunes the masked full-size one. Unstructured always fine-tunes masked.
+    shrink: bool = True
 
     def __post_init__(self):
         if self.epochs < 0:
@@ -110,6 +113,8 @@ class Config:
     method: MethodConfig = MISSING
     scope: ScopeConfig = MISSING
     recipe: Optional[str] = None  # the recipe option that set train/finetune (a label; values rule)
+    quantize: Any = None  # conf/quantize/: none (empty) or a partial int8 quantizer (prunelab.deploy.int8)
+    codebook: Any = None  # conf/codebook/: shared values of the unstructured compact file (compact.py)
     ratio: float = 0.5
     seed: int = 0
     device: str = "auto"

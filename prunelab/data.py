@@ -8,6 +8,7 @@ standardised with statistics of the training split.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -49,28 +50,39 @@ class Splits:
     val: Split
     test: Split
     num_classes: int
+    # The standardisation applied to every split: x = (raw - mean) / std, raw being the inputs
+    # scaled to [0, 1] (pixels / 255); the hand-over files take raw inputs and apply it themselves.
+    mean: float = 0.0
+    std: float = 1.0
+    # The test inputs as the hand-over files take them (raw, before standardisation), on the CPU.
+    test_raw: torch.Tensor | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
     def to(self, device) -> "Splits":
-        return Splits(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
-                      self.num_classes)
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device))
 
 
-def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, seed) -> Splits:
+def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, seed,
+                scale: float = 1.0) -> Splits:
     """Hold out ``val_size`` training samples (chosen by ``seed``) and standardise all splits with
-    the mean/std of what remains for training, so no test statistic leaks into the inputs."""
+    the mean/std of what remains for training, so no test statistic leaks into the inputs.
+
+    Inputs are first divided by ``scale`` (255 for 8-bit pixels): the raw inputs a deployed model
+    takes are then [0, 1] pixels, and ``(raw - mean) / std`` in float32 gives bit for bit what the
+    model was trained and evaluated on."""
     if not 1 <= val_size < len(y_train):  # validation accuracy is measured every epoch
         raise DataError(f"dataset.val_size={val_size} must be in [1, {len(y_train)})")
     perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
-    x_train = x_train.float()
+    x_train, x_test = x_train.float() / scale, x_test.float() / scale
     mean, std = x_train[train_idx].mean(), x_train[train_idx].std().clamp_min(1e-8)
 
     def norm(x):
-        return (x.float() - mean) / std
+        return (x - mean) / std
 
     return Splits(
         name=name,
@@ -78,6 +90,7 @@ def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, s
         val=Split(norm(x_train[val_idx]), y_train[val_idx].long()),
         test=Split(norm(x_test), y_test.long()),
         num_classes=num_classes,
+        mean=mean.item(), std=std.item(), test_raw=x_test,
     )
 
 
@@ -236,7 +249,7 @@ def _fashion_mnist_splits(folder: Path, stamp: tuple, val_size: int, seed: int, 
     x_train, y_train = load("train-images-idx3"), load("train-labels-idx1")
     x_test, y_test = load("t10k-images-idx3"), load("t10k-labels-idx1")
     return make_splits("fashion_mnist", x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test,
-                       10, val_size, seed)
+                       10, val_size, seed, scale=255.0)
 
 
 # --- scikit-learn's digits and synthetic data -------------------------------------------------
@@ -255,7 +268,7 @@ def digits(val_size: int = 180, test_size: int = 360, seed: int = 0) -> Splits:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     x, y = x[order], y[order]
     return make_splits("digits", x[:-test_size], y[:-test_size], x[-test_size:], y[-test_size:],
-                       10, val_size, seed)
+                       10, val_size, seed, scale=16.0)
 
 
 def synthetic(in_shape=(1, 8, 8), num_classes: int = 10, train_size: int = 512,

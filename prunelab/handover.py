@@ -1,8 +1,11 @@
 """Hand-over: the pruned model as files anyone can load and run, without prunelab.
 
 * ``program.pt2``: a ``torch.export`` program of the network that ships (the physically shrunk
-  one for structured pruning, the masked one for unstructured), with its weights and a dynamic
-  batch dimension. ``torch.export.load(path).module()`` runs it: no Python class, no prunelab.
+  one for structured pruning, the masked one for unstructured) behind its input standardisation
+  (:class:`prunelab.deploy.Deployed`), with its weights and a dynamic batch dimension: raw [0, 1]
+  inputs in, logits out. ``torch.export.load(path).module()`` runs it: no Python class, no prunelab.
+* ``model.onnx``: the same program for ONNX Runtime (input ``pixels``, output ``logits``);
+  ``model.int8.onnx`` beside it when the run quantizes (``quantize=int8``).
 * structured: ``state_dict.pt`` + ``architecture.txt``, the shrunk weights and the printed module
   tree, as a fallback for tools that want plain tensors.
 * unstructured: ``sparse_weights.pt``, the masked weights and their masks in a compressed
@@ -15,15 +18,18 @@ The runner logs these under the run's ``model/`` artifacts.
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from .compact import decoder_source, encode
+from .deploy import INPUT, OUTPUT, Deployed, export, onnx_model, program_bytes
 from .pruning import Mask
 
 log = logging.getLogger(__name__)
@@ -64,43 +70,57 @@ def decode_sparse(saved: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch
     return state, masks
 
 
-def export_program(model: nn.Module, example_input: torch.Tensor) -> bytes | None:
-    """``model`` (eval mode, on the CPU) as ``torch.export.save`` bytes, batch size left dynamic;
-    None (with a warning) if the model cannot be exported."""
-    model = copy.deepcopy(model).cpu().eval()
-    # A batch of 2: a batch of 1 would be specialised to exactly 1.
-    x = example_input[:1].detach().cpu().expand(2, *example_input.shape[1:]).contiguous()
-    try:
-        program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    except Exception as e:  # data-dependent control flow and the like: the state dict remains
-        log.warning("the pruned model could not be exported with torch.export (%s); "
-                    "hand-over has no program.pt2", str(e).splitlines()[0])
-        return None
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    return buffer.getvalue()
-
-
 README = """# The pruned model
 
 {what}
 
-Load and run it with PyTorch alone (no prunelab):
+Inputs are raw: float32 in [0, 1] (8-bit pixels / 255), shape (batch, {shape}). Both files
+standardise them themselves, as in training: (x - {mean:.6g}) / {std:.6g} (the training split's
+mean and std).
+
+Run it with PyTorch alone (no prunelab):
 
 ```python
 import torch
 
 net = torch.export.load("program.pt2").module()   # eval mode, any batch size
 with torch.no_grad():
-    logits = net(x)                                 # x: float32, shape (batch, {shape})
+    logits = net(x)
 ```
 
-Inputs are standardised as in training (the training split's mean and std).
+or with ONNX Runtime:
 
+```python
+import onnxruntime as ort
+
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+logits, = session.run(["{output}"], {{"{input}": x.numpy()}})
+```
+{int8}
 {extra}"""
 
+COMPACT = """
+`weights.compact` is the smallest form (Deep Compression, Han et al. 2016): each pruned layer's kept
+weights share a few values per layer (a codebook), stored as one-byte codebook indices with one-byte
+relative positions, LZMA-compressed. Its weights are those shared values, so its accuracy is the
+run's `compact.test_accuracy`, not the fp32 one. Decode it with NumPy and PyTorch alone and load it
+into the program (same parameter names, standardisation included):
+
+```python
+{decoder}
+
+net = torch.export.load("program.pt2").module()
+net.load_state_dict(decode(open("weights.compact", "rb").read()))
+```
+"""
+
+INT8 = """
+`model.int8.onnx` is the same network quantized to int8 (weights per output channel, activations
+calibrated on validation batches) by ONNX Runtime; it runs the same way.
+"""
+
 STRUCTURED = """`state_dict.pt` holds the same weights as plain tensors and `architecture.txt` the module
-tree they fit (`torch.load("state_dict.pt", weights_only=True)`).
+tree they fit (`torch.load("state_dict.pt", weights_only=True)`); these take standardised inputs.
 """
 
 UNSTRUCTURED = """`sparse_weights.pt` holds the masked weights and masks, compressed (bitmask + kept values):
@@ -118,31 +138,54 @@ for name, e in saved["sparse"].items():
 """
 
 
-def handover(pruned: nn.Module, example_input: torch.Tensor, mask: Mask | None = None,
-             shrunk: nn.Module | None = None) -> dict[str, bytes]:
-    """The hand-over files as ``{"model/<name>": bytes}``: the exported program of ``shrunk``
-    (structured) or of the masked ``pruned`` model, plus the weights (see the module docstring).
-    ``example_input`` (one batch) fixes the input shape."""
-    files: dict[str, bytes] = {}
+@dataclass
+class Handover:
+    """The hand-over files (``{"model/<name>": bytes}``) and what the runner checks them with."""
+    files: dict[str, bytes] = field(default_factory=dict)
+    program: "torch.export.ExportedProgram | None" = None
+    onnx: bytes | None = None
+    int8: bytes | None = None
+    compact: bytes | None = None
+
+
+def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None = None,
+             structured: bool = False, quantize: Callable[[bytes], bytes] | None = None,
+             codebook: Callable | None = None) -> Handover:
+    """The hand-over files of ``shipped``: the network that ships (the shrunk one for structured
+    pruning, the masked one otherwise) behind its standardisation, see :func:`prunelab.deploy.deployed`.
+    ``example_input`` (one batch) fixes the input shape; ``mask`` adds the unstructured sparse
+    weights file, and with ``codebook`` (see ``compact.py``) the compact file; ``quantize`` (ONNX
+    bytes -> int8 ONNX bytes) the quantized model."""
+    out = Handover()
+    files, net = out.files, shipped.net
     shape = ", ".join(map(str, example_input.shape[1:]))
-    if shrunk is not None:
-        shipped = copy.deepcopy(shrunk).cpu().eval()
+    if structured:
         buffer = io.BytesIO()
-        torch.save(shipped.state_dict(), buffer)
+        torch.save(net.state_dict(), buffer)
         files["model/state_dict.pt"] = buffer.getvalue()
-        files["model/architecture.txt"] = f"{shipped}\n".encode()
+        files["model/architecture.txt"] = f"{net}\n".encode()
         what, extra = "Structured pruning: the channels are physically removed.", STRUCTURED
     else:
-        shipped = copy.deepcopy(pruned).cpu().eval()
         what = "Unstructured pruning: the pruned weights are zeros in dense tensors."
         extra = ""
         if mask is not None:
-            files["model/sparse_weights.pt"] = sparse_file(shipped, mask)
+            files["model/sparse_weights.pt"] = sparse_file(net, mask)
             extra = UNSTRUCTURED
-    program = export_program(shipped, example_input)
-    if program is not None:
-        files["model/program.pt2"] = program
+            if codebook is not None:
+                masks = {f"net.{n}": mask.masks[n] for n in mask.prunable}
+                out.compact = files["model/weights.compact"] = encode(shipped.state_dict(), masks, codebook)
+                extra += COMPACT.format(decoder=decoder_source())
+    out.program = export(shipped, example_input)
+    if out.program is not None:
+        files["model/program.pt2"] = program_bytes(out.program)
+        out.onnx = onnx_model(out.program)
     else:
         what += "\n\n**torch.export failed for this model: there is no program.pt2, only the weights.**"
-    files["model/README.md"] = README.format(what=what, shape=shape, extra=extra).encode()
-    return files
+    if out.onnx is not None:
+        files["model/model.onnx"] = out.onnx
+        if quantize is not None:
+            out.int8 = files["model/model.int8.onnx"] = quantize(out.onnx)
+    files["model/README.md"] = README.format(
+        what=what, shape=shape, extra=extra, mean=float(shipped.mean), std=float(shipped.std),
+        input=INPUT, output=OUTPUT, int8=INT8 if out.int8 is not None else "").encode()
+    return out

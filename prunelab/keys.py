@@ -13,9 +13,12 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that never change a result (dotted paths, removed before hashing).
-_IRRELEVANT = ("tracking", "cache_dir", "force", "measure_latency", "hydra", "dataset.root", "dataset.url",
+IRRELEVANT = ("tracking", "cache_dir", "force", "measure_latency", "hydra", "dataset.root", "dataset.url",
                "dataset.verify")
 _DENSE_PARTS = ("model", "dataset", "train", "seed")
+# Bumped when the same config starts to give different numbers or files (2: inputs scaled to [0, 1]
+# before standardisation, hand-over files take raw inputs), so no earlier run or dense model is reused.
+_FORMAT = 2
 
 
 def _digest(tree) -> str:
@@ -24,7 +27,7 @@ def _digest(tree) -> str:
 
 def _relevant(cfg: DictConfig, device_type: str) -> dict:
     tree = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in _IRRELEVANT:
+    for dotted in IRRELEVANT:
         *parents, leaf = dotted.split(".")
         node = tree
         for p in parents:
@@ -33,6 +36,7 @@ def _relevant(cfg: DictConfig, device_type: str) -> dict:
             node.pop(leaf, None)
     # "auto" means different things on different machines: key on what actually runs.
     tree["device"] = device_type
+    tree["format"] = _FORMAT
     return tree
 
 
@@ -44,4 +48,4 @@ def run_key(cfg: DictConfig, device_type: str) -> str:
 def dense_key(cfg: DictConfig, device_type: str) -> str:
     """Key of the dense model: only what training it depends on."""
     tree = _relevant(cfg, device_type)
-    return _digest({k: tree.get(k) for k in (*_DENSE_PARTS, "device")})
+    return _digest({k: tree.get(k) for k in (*_DENSE_PARTS, "device", "format")})

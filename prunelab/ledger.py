@@ -21,13 +21,13 @@ import copy
 import io
 import statistics
 import time
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from .handover import sparse_file
 from .pruning import Mask
 
 COUNTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -111,14 +111,20 @@ def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES
 
 def cost_ledger(dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor,
                 mask: Mask | None = None, shrunk: nn.Module | None = None, latency: bool = True,
-                threads: int = 1) -> dict[str, float]:
+                threads: int = 1, file_bytes: int | None = None,
+                runtimes: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] | None = None
+                ) -> dict[str, float]:
     """The cost metrics of one run: ``cost.{dense,pruned}.{params,nonzero_params,macs,
     nonzero_macs,file_bytes,latency_b1_ms,latency_b64_ms}`` and ``cost.ratio.*`` (pruned / dense).
 
     ``pruned`` is the (masked) model as trained; ``shrunk``, for structured pruning, its physically
     smaller twin, which is what gets costed when given. ``example_input`` fixes the input shape
-    (MACs are per sample). Latency (``latency=False`` skips it) is measured on CPU copies with
-    ``threads`` threads; none of the models passed in is changed."""
+    (MACs are per sample). ``file_bytes`` is the size of the pruned model's hand-over file when
+    it is not a plain state dict (unstructured: the compact file). ``runtimes`` are the pruned
+    model in other forms, ``name -> (callable, file bytes)`` (ONNX Runtime fp32 and int8): each
+    gets ``cost.<name>.file_bytes`` / ``latency_b*_ms`` and ``cost.ratio.<name>.*`` against the
+    dense PyTorch model, timed in the same alternation. Latency (``latency=False`` skips it) is
+    measured on CPU copies with ``threads`` threads; none of the models passed in is changed."""
     deployed = shrunk if shrunk is not None else pruned
     models = {"dense": copy.deepcopy(dense).cpu().eval(), "pruned": copy.deepcopy(deployed).cpu().eval()}
     x = example_input[:1].detach().cpu()
@@ -127,12 +133,15 @@ def cost_ledger(dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor
         out[f"cost.{role}.params"], out[f"cost.{role}.nonzero_params"] = param_counts(model)
         out[f"cost.{role}.macs"], out[f"cost.{role}.nonzero_macs"] = mac_counts(model, x)
         out[f"cost.{role}.file_bytes"] = state_bytes(model)
-    if shrunk is None and mask is not None:
-        # Dense shapes: what shrinks is only the encoding of the zeros.
-        out["cost.pruned.file_bytes"] = len(sparse_file(models["pruned"], mask))
+    if file_bytes is not None:
+        out["cost.pruned.file_bytes"] = file_bytes
+    runtimes = runtimes or {}
+    for role, (_, size) in runtimes.items():
+        out[f"cost.{role}.file_bytes"] = size
     names = ["params", "nonzero_params", "macs", "nonzero_macs", "file_bytes"]
     if latency:
-        measured = latencies_ms(models, x.shape[1:], threads=threads)
+        timed = {**models, **{role: fn for role, (fn, _) in runtimes.items()}}
+        measured = latencies_ms(timed, x.shape[1:], threads=threads)
         for (role, b), ms in measured.items():
             out[f"cost.{role}.latency_b{b}_ms"] = ms
         out["cost.latency_threads"] = threads
@@ -140,4 +149,7 @@ def cost_ledger(dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor
     for name in names:
         key = f"{name}_ms" if name.startswith("latency") else name
         out[f"cost.ratio.{name}"] = out[f"cost.pruned.{key}"] / out[f"cost.dense.{key}"]
+        for role in runtimes:
+            if f"cost.{role}.{key}" in out:
+                out[f"cost.ratio.{role}.{name}"] = out[f"cost.{role}.{key}"] / out[f"cost.dense.{key}"]
     return {k: float(v) for k, v in out.items()}

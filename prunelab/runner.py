@@ -23,12 +23,14 @@ from . import tracking, ui
 from .config import ConfigError, validate
 from .data import Splits, cache_dir as user_cache_dir
 from .dense import DenseResult, dense_model, locked
+from .compact import decode
+from .deploy import OnnxModel, accuracy, deployed
 from .handover import handover
 from .keys import dense_key, run_key
 from .ledger import cost_ledger
 from .measure import layer_table, sparsity_summary
 from .models import build
-from .pruning import Mask, shrink
+from .pruning import Mask, shrink, unshrink
 from .redact import redact
 from .train import EpochResult, evaluate, fit, seed_everything
 
@@ -123,6 +125,60 @@ class DenseRun:
                 self._log_result(model, dense.val_accuracy, dense.test_accuracy)
 
 
+def fine_tune(cfg: DictConfig, model: torch.nn.Module, mask: Mask, data: Splits) -> torch.nn.Module | None:
+    """Fine-tune the pruned ``model`` (mask applied) as configured; return its physically shrunk
+    twin for structured masks (None otherwise).
+
+    Structured with ``finetune.shrink`` (the default): the shrunk network is what trains, and its
+    weights are written back into ``model``'s full-size layout afterwards (the masked and shrunk
+    networks compute the same function, so this is the masked fine-tuning done with fewer
+    channels; the optimizer starts fresh either way). Otherwise the full-size ``model`` trains
+    with the mask re-applied after every step."""
+    f, x1 = cfg.finetune, data.train.x[:1]
+    shrunk = shrink(model, mask, x1) if mask.channels and f.shrink else None
+    net = shrunk if shrunk is not None else model
+    optimizer, scheduler = _optimizer(cfg, net.parameters(), f.lr, f.epochs,
+                                      _steps(len(data.train), cfg.train.batch_size), f.schedule)
+
+    def on_epoch(e: EpochResult):
+        tracking.log_metrics({"finetune.loss": e.loss, "finetune.train_accuracy": e.train_accuracy,
+                              "finetune.val_accuracy": e.val_accuracy}, step=e.epoch)
+
+    fit(net, data.train, data.val, optimizer, f.epochs, cfg.train.batch_size, cfg.seed + 1, scheduler,
+        after_step=None if shrunk is not None else mask.hold(model), on_epoch=on_epoch, desc="fine-tune")
+    if shrunk is not None:
+        unshrink(shrunk, mask, model)
+    elif mask.channels:
+        shrunk = shrink(model, mask, x1)
+    return shrunk
+
+
+def _quantizer(cfg: DictConfig, data: Splits):
+    """``quantize``'s option as ONNX bytes -> quantized ONNX bytes, calibrated on the validation
+    split's raw inputs; None for ``quantize=none``."""
+    if not cfg.quantize:
+        return None
+    quantize = instantiate(cfg.quantize)
+    raw_val = (data.val.x * data.std + data.mean).cpu()
+    return lambda onnx: quantize(onnx, raw_val)
+
+
+def _check_handover(handed, ship: torch.nn.Module, data: Splits) -> dict[str, float]:
+    """Test accuracy of each hand-over file as it is shipped, on the raw test inputs."""
+    x, y = data.test_raw, data.test.y.cpu()
+    out = {}
+    if handed.compact is not None:
+        decoded = copy.deepcopy(ship)
+        decoded.load_state_dict(decode(handed.compact))
+        out["compact.test_accuracy"] = accuracy(decoded, x, y)
+    if handed.program is not None:
+        out["handover.program.test_accuracy"] = accuracy(handed.program.module(), x, y)
+    for role, onnx in (("handover.onnx", handed.onnx), ("int8", handed.int8)):
+        if onnx is not None:
+            out[f"{role}.test_accuracy"] = accuracy(OnnxModel(onnx), x, y)
+    return out
+
+
 def run(cfg: DictConfig, parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one experiment and return its metrics (the sweeper can optimise any of them).
@@ -184,27 +240,27 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]
         tracking.log_metrics(metrics)
 
-        f = cfg.finetune
-        optimizer, scheduler = _optimizer(cfg, model.parameters(), f.lr, f.epochs,
-                                          _steps(len(data.train), cfg.train.batch_size), f.schedule)
-
-        def on_epoch(e: EpochResult):
-            tracking.log_metrics({"finetune.loss": e.loss, "finetune.train_accuracy": e.train_accuracy,
-                                  "finetune.val_accuracy": e.val_accuracy}, step=e.epoch)
-
-        fit(model, data.train, data.val, optimizer, f.epochs, cfg.train.batch_size, cfg.seed + 1,
-            scheduler, after_step=mask.hold(model), on_epoch=on_epoch, desc="fine-tune")
-
-        final_val, final_test = evaluate(model, data.val), evaluate(model, data.test)
+        shrunk = fine_tune(cfg, model, mask, data)
+        shipped = shrunk if shrunk is not None else model
+        final_val, final_test = evaluate(shipped, data.val), evaluate(shipped, data.test)
         table = layer_table(model, mask)
         metrics.update({
             "finetuned.test_accuracy": final_test["accuracy"], "finetuned.val_accuracy": final_val["accuracy"],
             "test_accuracy": final_test["accuracy"], "val_accuracy": final_val["accuracy"],
             "test_loss": final_test["loss"], **sparsity_summary(table, mask),
         })
-        # Structured: cost (and hand over) the network with the channels physically removed.
-        shrunk = shrink(model, mask, data.train.x[:1]) if mask.channels else None
-        metrics.update(cost_ledger(dense_copy, model, data.train.x[:1], mask, shrunk, cfg.measure_latency))
+        tracking.log_metrics(metrics)
+
+        ship = deployed(shipped, data.mean, data.std)
+        handed = handover(ship, data.train.x[:1], mask, structured=shrunk is not None,
+                          quantize=_quantizer(cfg, data), codebook=instantiate(cfg.codebook) if cfg.codebook else None)
+        metrics.update(_check_handover(handed, ship, data))
+        runtimes = {role: (OnnxModel(onnx), len(onnx)) for role, onnx in
+                    (("onnx", handed.onnx), ("int8", handed.int8)) if onnx is not None and handed.int8 is not None}
+        file_bytes = len(handed.compact) if handed.compact is not None else None
+        # Structured: cost the network with the channels physically removed.
+        metrics.update(cost_ledger(dense_copy, model, data.train.x[:1], mask, shrunk, cfg.measure_latency,
+                                   file_bytes=file_bytes, runtimes=runtimes))
         tracking.log_metrics(metrics)
 
         weights = io.BytesIO()
@@ -214,7 +270,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
             "config.yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),
             "layers.csv": table.to_csv(index=False),
             "model/masked_weights.pt": weights.getvalue(),
-            **handover(model, data.train.x[:1], mask, shrunk),
+            **handed.files,
         })
         metrics["run_id"] = active.info.run_id
     _report(cfg, method, scope, metrics, dense.from_cache, experiment_id)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -18,9 +19,11 @@ from torch import nn
 from conftest import randomised, runs
 from prunelab import models
 from prunelab.data import synthetic
+from prunelab.compact import decode, encode, kmeans_codebook, linear_codebook
+from prunelab.deploy import deployed
 from prunelab.handover import decode_sparse, handover, sparse_file
 from prunelab.ledger import cost_ledger, mac_counts
-from prunelab.pruning import prune, shrink
+from prunelab.pruning import prune, shrink, unshrink
 
 
 class DepthwiseResidualNet(nn.Module):
@@ -138,12 +141,14 @@ def test_ledger_nonzero_macs_follow_the_density_for_unstructured_pruning():
     dense = models.lenet5(in_shape=SHAPE)
     mask = prune(dense, "unstructured", "local", 0.7)  # every layer keeps 30% of its weights
     pruned = mask.apply(copy.deepcopy(dense))
-    ledger = cost_ledger(dense, pruned, torch.zeros(1, *SHAPE), mask, latency=False)
+    compact = encode(pruned.state_dict(), {n: mask.masks[n] for n in mask.prunable})
+    ledger = cost_ledger(dense, pruned, torch.zeros(1, *SHAPE), mask, latency=False, file_bytes=len(compact))
     assert ledger["cost.pruned.macs"] == ledger["cost.dense.macs"]  # same dense kernels
     assert ledger["cost.ratio.nonzero_macs"] == pytest.approx(0.3, abs=0.005)
     assert ledger["cost.ratio.nonzero_params"] == pytest.approx(0.3, abs=0.01)  # biases kept
-    # bitmask (1 bit per weight) + 30% of the 32-bit values, plus torch.save's headers
-    assert 0.3 < ledger["cost.ratio.file_bytes"] < 0.4
+    # the compact file: 30% of the weights, a byte of position and ~5 bits of value each
+    assert ledger["cost.pruned.file_bytes"] == len(compact)
+    assert 0.03 < ledger["cost.ratio.file_bytes"] < 0.15
 
 
 def test_latency_is_measured_at_batch_1_and_64():
@@ -171,18 +176,39 @@ def test_sparse_file_decodes_to_the_masked_weights_and_masks():
         assert torch.equal(masks[name], mask.masks[name]), name
 
 
-# The reader of the hand-over files: PyTorch only. It fails if prunelab gets imported.
+# The reader of the hand-over files: PyTorch, NumPy and ONNX Runtime only; prunelab cannot be imported.
 READER = """
-import sys, torch
+import sys
+sys.modules["prunelab"] = None  # any import of prunelab now fails
+import os, re, torch
 folder, inputs, outputs = sys.argv[1:4]
-net = torch.export.load(f"{folder}/program.pt2").module()
 data = torch.load(inputs, weights_only=True)
+os.chdir(folder)
+
+
+def accuracy(logits):
+    return (logits.argmax(1) == data["y"]).float().mean().item()
+
+
+net = torch.export.load("program.pt2").module()
 with torch.no_grad():
     out = {"logits": net(data["x"]), "one": net(data["x"][:1])}
 if "y" in data:
-    out["accuracy"] = (out["logits"].argmax(1) == data["y"]).float().mean().item()
+    out["accuracy"] = accuracy(out["logits"])
+    import onnxruntime as ort
+    for name in ("model.onnx", "model.int8.onnx"):
+        if os.path.exists(name):
+            session = ort.InferenceSession(name, providers=["CPUExecutionProvider"])
+            logits, = session.run(["logits"], {"pixels": data["x"].numpy()})
+            out[name] = accuracy(torch.from_numpy(logits))
+    if os.path.exists("weights.compact"):  # the decoder and the loading lines of README.md, as they are
+        readme = open("README.md").read()
+        code, = [c for c in re.findall(r"```python\\n(.*?)```", readme, re.S) if "def decode" in c]
+        scope = {}
+        exec(code, scope)
+        with torch.no_grad():
+            out["weights.compact"] = accuracy(scope["net"](data["x"]))
 torch.save(out, outputs)
-assert not any(m.startswith("prunelab") for m in sys.modules), "prunelab was imported"
 """
 
 
@@ -204,9 +230,11 @@ def write(files: dict[str, bytes], root: Path) -> Path:
 
 def test_structured_handover_runs_in_a_fresh_python_without_prunelab(tmp_path):
     _, masked, shrunk, mask, x = pruned_pair("user_depthwise_residual")
-    files = handover(masked, x[:1], mask, shrunk)
-    assert {"model/program.pt2", "model/state_dict.pt", "model/architecture.txt", "model/README.md"} <= set(files)
-    out = read_in_fresh_python(write(files, tmp_path), {"x": x}, tmp_path)
+    files = handover(deployed(shrunk, 0.25, 2.0), x[:1], mask, structured=True).files
+    assert {"model/program.pt2", "model/model.onnx", "model/state_dict.pt", "model/architecture.txt",
+            "model/README.md"} <= set(files)
+    raw = x * 2.0 + 0.25  # the files standardise raw inputs themselves: (raw - 0.25) / 2
+    out = read_in_fresh_python(write(files, tmp_path), {"x": raw}, tmp_path)
     with torch.no_grad():
         assert (out["logits"] - masked(x)).abs().max() <= 1e-4
         assert (out["one"] - masked(x[:1])).abs().max() <= 1e-4  # the batch size is not fixed
@@ -220,18 +248,20 @@ def test_unstructured_handover_holds_program_and_compressed_weights(tmp_path):
     mask = prune(model, "unstructured", "global", 0.8)
     mask.apply(model)
     x = torch.randn(5, *SHAPE)
-    files = handover(model, x[:1], mask)
-    assert {"model/program.pt2", "model/sparse_weights.pt", "model/README.md"} <= set(files)
+    files = handover(deployed(model, 0.0, 1.0), x[:1], mask, codebook=kmeans_codebook).files
+    assert {"model/program.pt2", "model/model.onnx", "model/sparse_weights.pt", "model/weights.compact",
+            "model/README.md"} <= set(files)
     out = read_in_fresh_python(write(files, tmp_path), {"x": x}, tmp_path)
     with torch.no_grad():
         assert (out["logits"] - model(x)).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("args", [
-    ("method=structured", "model._target_=test_compression.DepthwiseResidualNet", "measure_latency=true"),
+    ("method=structured", "model._target_=test_compression.DepthwiseResidualNet", "measure_latency=true",
+     "quantize=int8"),
     ("method=unstructured", "measure_latency=false"),
 ])
-def test_a_run_logs_the_ledger_and_a_handover_that_reproduces_its_test_accuracy(cli, workdir, tmp_path, args):
+def test_a_run_logs_the_ledger_and_hand_over_files_that_reproduce_its_test_accuracy(cli, workdir, tmp_path, args):
     result = cli(*args, "ratio=0.5")
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
@@ -240,14 +270,27 @@ def test_a_run_logs_the_ledger_and_a_handover_that_reproduces_its_test_accuracy(
     if "method=structured" in args:
         assert m["cost.ratio.macs"] < 0.6 and m["cost.ratio.params"] < 0.6
         assert m["cost.dense.latency_b1_ms"] > 0 and m["cost.pruned.latency_b64_ms"] > 0
+        for role in ("onnx", "int8"):  # ONNX Runtime fp32 and int8, against the dense PyTorch model
+            assert m[f"cost.{role}.latency_b64_ms"] > 0 and m[f"cost.{role}.file_bytes"] > 0
+            assert m[f"cost.ratio.{role}.latency_b64"] == m[f"cost.{role}.latency_b64_ms"] / m["cost.dense.latency_b64_ms"]
+        assert m["cost.int8.file_bytes"] < 0.8 * m["cost.onnx.file_bytes"]  # int8 weights (+ QDQ scales)
     else:
         assert m["cost.ratio.macs"] == 1 and m["cost.ratio.nonzero_macs"] < 1
         assert not any("latency" in k for k in m)
+        assert not any(k.startswith(("int8.", "cost.int8")) for k in m)  # quantize=none
     folder = Path(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").download_artifacts(
         run.info.run_id, "model", str(tmp_path)))
-    test = synthetic(seed=0).test  # the tiny runs' dataset (conftest: dataset=synthetic, seed 0)
-    out = read_in_fresh_python(folder, {"x": test.x, "y": test.y}, tmp_path)
-    assert out["accuracy"] == pytest.approx(m["test_accuracy"], abs=0.5 / len(test))
+    data = synthetic(seed=0)  # the tiny runs' dataset (conftest: dataset=synthetic, seed 0)
+    out = read_in_fresh_python(folder, {"x": data.test_raw, "y": data.test.y}, tmp_path)
+    # Raw inputs in, the logged accuracies out, exactly.
+    assert out["accuracy"] == m["handover.program.test_accuracy"] == m["test_accuracy"]
+    assert out["model.onnx"] == m["handover.onnx.test_accuracy"] == m["test_accuracy"]
+    if "quantize=int8" in args:
+        assert out["model.int8.onnx"] == m["int8.test_accuracy"]
+        assert abs(m["int8.test_accuracy"] - m["test_accuracy"]) <= 0.05
+    else:
+        assert out["weights.compact"] == m["compact.test_accuracy"]
+        assert m["cost.pruned.file_bytes"] == (folder / "weights.compact").stat().st_size
 
 
 def test_the_gpu_checks_skip_clearly_without_cuda_and_dry_run_on_the_cpu(capsys):
@@ -259,3 +302,70 @@ def test_the_gpu_checks_skip_clearly_without_cuda_and_dry_run_on_the_cpu(capsys)
     rows = gpu.measure(torch.device("cpu"), min_run_time=0.01)
     assert [r[0] for r in rows] == ["dense"] + [f"{v}, ratio {r}" for r in gpu.RATIOS for v in ("masked", "shrunk")]
     assert all(float(r[2]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("name", ["vgg_small", "resnet20", "user_depthwise_residual"])
+def test_unshrink_writes_the_shrunk_weights_back_into_the_full_layout(name):
+    _, masked, shrunk, mask, x = pruned_pair(name)
+    with torch.no_grad():  # give every kept entry a new value, as fine-tuning would
+        for p in shrunk.parameters():
+            p.mul_(1 + 0.1 * torch.randn_like(p))
+    full = unshrink(shrunk, mask, copy.deepcopy(masked)).eval()
+    with torch.no_grad():
+        assert (full(x) - shrunk.eval()(x)).abs().max() <= 1e-4
+    for n, p in full.named_parameters():
+        assert not bool(p[~mask.masks[n]].any()), n  # pruned entries stay zero
+
+
+def test_the_runner_fine_tunes_the_shrunk_network_to_the_masked_result(make_cfg):
+    """finetune.shrink=true trains the smaller network; written back, it is what masked fine-tuning
+    gives (one epoch of synthetic data, SGD with momentum and weight decay)."""
+    from prunelab.runner import fine_tune
+
+    results = {}
+    for shrink_it in (True, False):
+        cfg = make_cfg("method=structured", "model=vgg_small", "model.width=4", "finetune.epochs=1",
+                       f"finetune.shrink={str(shrink_it).lower()}")
+        data = synthetic(in_shape=SHAPE, seed=0)
+        torch.manual_seed(0)
+        model = models.vgg_small(in_shape=SHAPE, width=4)
+        mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1])
+        mask.apply(model)
+        mlflow.set_tracking_uri(cfg.tracking.uri)
+        with mlflow.start_run():  # fine_tune logs its epochs into the open run
+            shrunk = fine_tune(cfg, model, mask, data)
+        assert n_params(shrunk) < 0.6 * n_params(model)
+        results[shrink_it] = model.eval()
+    # Pruned channels' BatchNorm statistics differ (only the masked network updates them); they
+    # multiply zeros, so the parameters and the function are what must agree.
+    params = dict(results[True].named_parameters())
+    assert max((params[n] - p).abs().max().item() for n, p in results[False].named_parameters()) <= 1e-4
+    x = synthetic(in_shape=SHAPE, seed=0).test.x
+    with torch.no_grad():
+        assert (results[True](x) - results[False](x)).abs().max() <= 1e-3
+
+
+def test_compact_file_round_trip_codebook_and_relative_indices():
+    torch.manual_seed(0)
+    weight = torch.randn(40, 300)
+    keep = torch.rand(40, 300) < 0.1
+    keep[5, :] = False
+    keep[6, :] = False  # a gap of over 600 entries: needs filler entries
+    weight = weight * keep
+    state = {"fc.weight": weight, "fc.bias": torch.randn(40), "steps": torch.tensor(7)}
+    decoded = decode(encode(state, {"fc.weight": keep}, lambda v: kmeans_codebook(v, bits=4)))
+    assert torch.equal(decoded["fc.bias"], state["fc.bias"]) and int(decoded["steps"]) == 7
+    got = decoded["fc.weight"]
+    assert torch.equal(got != 0, keep)  # positions exact, fillers decoded as zeros
+    assert len(torch.unique(got[keep])) <= 15  # 2^4 - 1 shared values
+    assert (got - weight).abs().max() < 0.5 and (got - weight)[keep].abs().mean() < 0.1
+
+
+def test_kmeans_codebook_finds_the_clusters_and_linear_is_evenly_spaced():
+    import numpy as np
+
+    values = np.concatenate([np.full(50, -1.0), np.full(30, 0.5), np.full(20, 2.0)]).astype(np.float32)
+    centroids = kmeans_codebook(values, bits=2)  # three shared values
+    assert np.allclose(np.sort(centroids), [-1.0, 0.5, 2.0])
+    levels = linear_codebook(np.array([-1.0, 3.0], np.float32), bits=3)
+    assert np.allclose(levels, np.linspace(-1, 3, 7))

@@ -9,6 +9,7 @@ the params, and :func:`metric_history` fetches whole curves where they are neede
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -24,8 +25,13 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from .. import ui as mlflow_ui  # noqa: E402
 
-CURVE = ["model", "dataset", "method", "scope", "criterion"]
+# A curve: one line of a study's figure; a point: one position on it (seeds aggregated). "variant"
+# holds every other setting that differs between the loaded runs (see :func:`variant_of`).
+CURVE = ["model", "dataset", "method", "scope", "criterion", "variant"]
 POINT = [*CURVE, "ratio"]
+# Params that are part of a point's identity through other columns, or that never change a result.
+_NOT_VARIANT = {"seed", "ratio", "model", "dataset", "method", "scope", "scope.name", "device", "recipe",
+                "model._target_", "dataset._target_", "method._target_", "method.criterion"}
 _CASTS = {"ratio": float, "seed": int, "train.epochs": int, "finetune.epochs": int}
 
 
@@ -74,6 +80,7 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
         df = df[df["role"] != "sweep"]
     if "criterion" in df.columns:
         df.loc[df["role"] == "dense", "criterion"] = "none"
+    df["variant"] = variant_of(df, [c[len("params."):] for c in raw.columns if c.startswith("params.")])
     for col in POINT:
         if col not in df.columns:
             df[col] = pd.NA
@@ -86,10 +93,53 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
     return df.reset_index(drop=True)
 
 
+def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
+    """Per run, the settings that differ between the pruned runs of ``df`` other than seed, ratio
+    and the curve's own columns, and other than what never changes a result (``prunelab.keys``):
+    e.g. ``finetune.shrink=False`` or ``model.width=64``; a plug-in group is shown by its
+    option (``quantize=int8``, ``quantize=none``). "" where nothing else varies. Runs that differ in
+    width, epochs or quantization are then never averaged as if they were seeds."""
+    from ..keys import IRRELEVANT
+
+    pruned = df[df["role"] == "pruned"] if "role" in df.columns else df
+    plugins = {p[:-len("._target_")] for p in params if p.endswith("._target_")}
+
+    def differs(p: str) -> bool:
+        if p in _NOT_VARIANT or any(p == i or p.startswith(f"{i}.") for i in IRRELEVANT):
+            return False
+        node = next((n for n in plugins if p.startswith(f"{n}.")), None)
+        values = pruned[p]
+        if node is not None and p != f"{node}._target_":
+            values = values.dropna()  # a plug-in's argument: compared where the plug-in is set
+        return values.astype(str).nunique(dropna=False) > 1
+
+    varying = sorted(p for p in params if p in df.columns and differs(p))
+
+    def label(row) -> str:
+        parts = []
+        for p in varying:
+            if p.endswith("._target_"):
+                option = "none" if pd.isna(row[p]) else str(row[p]).rsplit(".", 1)[-1]
+                parts.append(f"{p[:-len('._target_')]}={option}")
+            elif not pd.isna(row[p]):
+                parts.append(f"{p}={row[p]}")
+        return " ".join(parts)
+
+    return pd.Series([label(row) for _, row in df.iterrows()] if varying else [""] * len(df),
+                     index=df.index, dtype=object)
+
+
+def curve_name(key) -> str:
+    """A curve's name from its key values, empty parts (no variant) left out."""
+    return "-".join(str(k) for k in key if not pd.isna(k) and str(k) != "")
+
+
 def aggregate_seeds(df: pd.DataFrame, value: str = "test_accuracy") -> pd.DataFrame:
     """Mean, std and count of ``value`` (and mean sparsity) per point across seeds, FINISHED
     pruned runs only."""
     pruned = df[(df["role"] == "pruned") & (df["status"] == "FINISHED")]
+    if "variant" not in pruned.columns:  # a frame made by hand rather than by load_runs
+        pruned = pruned.assign(variant="")
     cols = {value: ["mean", "std", "count"], "sparsity.prunable": ["mean"]}
     if "macs_fraction" in pruned.columns:
         cols["macs_fraction"] = ["mean"]
@@ -122,12 +172,12 @@ def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None):
         _, ax = plt.subplots(figsize=(7, 4.5))
     points = aggregate_seeds(df)
     x_col = x if x in points.columns else None
-    for key, curve in points.groupby(["method", "scope", "criterion"], dropna=False):
+    for key, curve in points.groupby(["method", "scope", "criterion", "variant"], dropna=False):
         if x_col is None or curve[x_col].isna().all():
             continue
         curve = curve.sort_values(x_col)
         mean, std = curve["test_accuracy"], curve["test_accuracy_std"].fillna(0)
-        line, = ax.plot(curve[x_col], mean, marker="o", label=" / ".join(map(str, key)))
+        line, = ax.plot(curve[x_col], mean, marker="o", label=curve_name(key).replace("-", " / "))
         if (curve["test_accuracy_count"] > 1).any():
             ax.fill_between(curve[x_col], mean - std, mean + std, color=line.get_color(), alpha=0.2)
     dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
@@ -153,6 +203,56 @@ def plot_accuracy_vs_macs(df: pd.DataFrame, ax=None):
     return fig
 
 
+# The forms a pruned model is timed in (cost ledger): label -> (accuracy column, latency ratio column).
+DEPLOYED_FORMS = {
+    "PyTorch fp32": ("test_accuracy", "cost.ratio.latency_b64"),
+    "ONNX Runtime fp32": ("handover.onnx.test_accuracy", "cost.ratio.onnx.latency_b64"),
+    "ONNX Runtime int8": ("int8.test_accuracy", "cost.ratio.int8.latency_b64"),
+}
+
+
+def deployment_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy vs batch-64 CPU latency (fraction of the dense PyTorch fp32 model) of every
+    point in every form it was timed in, seeds averaged: curve columns, ratio, form, accuracy,
+    latency. A ``quantize=int8`` run gives three forms, a ``quantize=none`` run one."""
+    pruned = df[(df["role"] == "pruned") & (df["status"] == "FINISHED")]
+    if "variant" not in pruned.columns:
+        pruned = pruned.assign(variant="")
+    # quantize is a form here, not a separate curve: none and int8 runs of a point share fp32 forms.
+    pruned = pruned.assign(variant=pruned["variant"].str.replace(r"\s*quantize=\w+", "", regex=True).str.strip())
+    frames = []
+    for form, (acc, lat) in DEPLOYED_FORMS.items():
+        if {acc, lat} <= set(pruned.columns):
+            rows = pruned.dropna(subset=[acc, lat])
+            frames.append(rows.groupby(POINT, dropna=False).agg(accuracy=(acc, "mean"), latency=(lat, "mean"))
+                          .reset_index().assign(form=form))
+    return pd.concat(frames).sort_values([*POINT, "form"]) if frames else pd.DataFrame()
+
+
+def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
+    """Test accuracy vs batch-64 CPU latency as a fraction of the dense fp32 model, one line per
+    curve and deployed form (pruned in PyTorch fp32, in ONNX Runtime fp32, and int8)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    points = deployment_points(df)
+    for key, curve in points.groupby(["method", "scope", "criterion", "variant", "form"], dropna=False):
+        curve = curve.sort_values("latency")
+        ax.plot(curve["latency"], curve["accuracy"], marker="o", label=curve_name(key).replace("-", " / "))
+        for _, row in curve.iterrows():
+            ax.annotate(f"{row['ratio']:g}", (row["latency"], row["accuracy"]), fontsize="x-small",
+                        textcoords="offset points", xytext=(3, 3))
+    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
+    if len(dense):
+        ax.plot([1.0], [dense["test_accuracy"].mean()], marker="*", markersize=12, color="black",
+                linestyle="none", label="dense, PyTorch fp32")
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU latency, batch 64 (fraction of dense fp32; log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return ax.figure
+
+
 # Curve axes logged as MLflow metric series: name -> (column, the dense model's position on it).
 CURVE_AXES = {"accuracy_vs_sparsity": ("sparsity.prunable", 0.0), "accuracy_vs_macs": ("macs_fraction", 1.0)}
 
@@ -172,7 +272,7 @@ def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
     for axis, (x, dense_x) in CURVE_AXES.items():
         if x not in points.columns:
             continue
-        for key, curve in points.groupby([*spans, "method", "scope", "criterion"], dropna=False):
+        for key, curve in points.groupby([*spans, "method", "scope", "criterion", "variant"], dropna=False):
             curve = curve.dropna(subset=[x, "test_accuracy"])
             if curve.empty:
                 continue
@@ -182,11 +282,15 @@ def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
                 own_dense = own_dense[own_dense[col] == value]
             if len(own_dense):
                 series.append((per_mille(dense_x), float(own_dense["test_accuracy"].mean())))
-            out[f"{axis}/{'-'.join(map(str, key))}"] = sorted(series)
+            # MLflow metric names allow letters, digits, _ - . space and /: "shrink=False" -> "shrink_False"
+            out[f"{axis}/{_METRIC_UNSAFE.sub('_', curve_name(key))}"] = sorted(series)
         if len(dense):
             accuracy = float(dense["test_accuracy"].mean())
             out[f"{axis}/dense"] = [(0, accuracy), (1000, accuracy)]
     return out
+
+
+_METRIC_UNSAFE = re.compile(r"[^\w\-. /]")
 
 
 def per_mille(fraction: float) -> int:
@@ -219,6 +323,8 @@ def summary_note(df: pd.DataFrame) -> str:
     (its note) and carries it as ``summary.md``."""
     table = aggregate_seeds(df).rename(columns={"test_accuracy_std": "± std", "test_accuracy_count": "seeds"})
     shared = [c for c in ("model", "dataset") if table[c].nunique(dropna=False) == 1]
+    if (table["variant"].fillna("") == "").all():
+        table = table.drop(columns="variant")
     title = " on ".join(str(table[c].iloc[0]) for c in shared) if len(table) else ""
     dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]["test_accuracy"]
     reference = f"Dense model: test accuracy {dense.mean():.4f} ({len(dense)} run(s)).\n\n" if len(dense) else ""
@@ -239,6 +345,10 @@ def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
     if "macs_fraction" in df.columns and df["macs_fraction"].notna().any():
         written.append(out / "accuracy_vs_macs.png")
         plot_accuracy_vs_macs(df).savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close("all")
+    if not deployment_points(df).empty:
+        written.append(out / "accuracy_vs_latency.png")
+        plot_accuracy_vs_latency(df).savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close("all")
     return written
 

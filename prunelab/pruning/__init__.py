@@ -19,7 +19,7 @@ from .allocation import SCOPES, allocate
 from .importance import CRITERIA
 from .mask import Mask, MaskError
 from .methods import PruningError, prunable_layers, structured, unstructured
-from .shrink import shrink
+from .shrink import shrink, unshrink
 
 METHODS = {"unstructured": unstructured, "structured": structured}
 
@@ -39,4 +39,4 @@ def prune(model: nn.Module, method: str = "unstructured", scope: str = "global",
 
 
 __all__ = ["CRITERIA", "METHODS", "SCOPES", "Mask", "MaskError", "PruningError", "allocate", "prunable_layers",
-           "prune", "shrink", "structured", "unstructured"]
+           "prune", "shrink", "structured", "unshrink", "unstructured"]

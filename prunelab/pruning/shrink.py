@@ -35,3 +35,30 @@ def shrink(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Mod
             pruner = graph.get_pruner_of_module(root)
             graph.get_pruning_group(root, pruner.prune_out_channels, pruned).prune()
     return shrunk.train(was_training)
+
+
+@torch.no_grad()
+def unshrink(shrunk: nn.Module, mask: Mask, into: nn.Module) -> nn.Module:
+    """Write ``shrunk``'s weights back into the full-size layout of ``into`` (in place; returned).
+
+    The inverse of :func:`shrink` on the kept entries: a structured mask keeps the cartesian product
+    of kept output and input channels, in order, so each shrunk tensor fills its full tensor's kept
+    entries in row-major order. BatchNorm statistics follow their layer's weight mask; entries the
+    mask removed are left as they are in ``into`` (zeros, for a masked model). This is how a
+    network fine-tuned physically smaller reports in the full layout (masks, ``layers.csv``)."""
+    full = into.state_dict()
+    for name, small in shrunk.state_dict().items():
+        target = full.get(name)
+        if target is None:
+            raise PruningError(f"unshrink: {name} is not in the full-size model")
+        if target.shape == small.shape:
+            target.copy_(small)
+            continue
+        keep = mask.masks.get(name)
+        if keep is None:  # a buffer (BatchNorm statistics): shaped like its layer's weight
+            keep = mask.masks.get(f"{name.rpartition('.')[0]}.weight")
+        if keep is None or keep.dim() != small.dim() or int(keep.sum()) != small.numel():
+            raise PruningError(f"unshrink: {name} has shape {tuple(small.shape)} in the shrunk model and "
+                               f"{tuple(target.shape)} in the full one, and its mask does not map one onto the other")
+        target[keep.to(target.device)] = small.flatten().to(target.dtype)
+    return into

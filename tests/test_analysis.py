@@ -1,0 +1,46 @@
+"""Reading studies back: a point is everything that decides a result but the seed, so runs that
+differ in anything else (width, fine-tuning, quantization) are never averaged as seeds."""
+
+from __future__ import annotations
+
+import mlflow
+
+from prunelab import analysis
+
+
+def log_point(seed: int, accuracy: float, **params) -> None:
+    with mlflow.start_run():
+        mlflow.set_tags({"prunelab.role": "pruned", "prunelab.criterion": "l2"})
+        mlflow.log_params({"model": "vgg_small", "dataset": "fashion_mnist", "method": "structured",
+                           "scope": "global", "ratio": 0.5, "seed": seed, "model._target_": "prunelab.models.vgg_small",
+                           "tracking.uri": f"sqlite:///{seed}.db", **params})
+        mlflow.log_metrics({"test_accuracy": accuracy, "sparsity.prunable": 0.75})
+
+
+def test_runs_differing_in_width_shrink_or_quantization_are_separate_points(workdir):
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    mlflow.set_experiment("study")
+    for seed in (0, 1):
+        log_point(seed, 0.90 + seed / 100, **{"model.width": 32, "finetune.shrink": True})
+        log_point(seed, 0.80 + seed / 100, **{"model.width": 64, "finetune.shrink": True})
+        log_point(seed, 0.70 + seed / 100, **{"model.width": 32, "finetune.shrink": False,
+                                               "quantize._target_": "prunelab.deploy.int8",
+                                               "quantize.per_channel": True})
+    points = analysis.aggregate_seeds(analysis.load_runs(["study"]))
+    got = {row.variant: (round(row.test_accuracy, 4), row.test_accuracy_count) for row in points.itertuples()}
+    assert got == {
+        "finetune.shrink=True model.width=32 quantize=none": (0.905, 2),
+        "finetune.shrink=True model.width=64 quantize=none": (0.805, 2),
+        "finetune.shrink=False model.width=32 quantize=int8": (0.705, 2),
+    }  # tracking.uri differs too, but never changes a result: not part of the point
+
+
+def test_a_study_where_only_the_seed_varies_has_no_variant(workdir):
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    mlflow.set_experiment("plain")
+    for seed in (0, 1, 2):
+        log_point(seed, 0.9, **{"model.width": 32})
+    df = analysis.load_runs(["plain"])
+    assert set(df["variant"]) == {""}
+    assert list(analysis.aggregate_seeds(df)["test_accuracy_count"]) == [3]
+    assert "variant" not in analysis.summary_note(df)
