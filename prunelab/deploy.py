@@ -88,6 +88,8 @@ def onnx_model(program: torch.export.ExportedProgram) -> bytes | None:
     None (with a warning) if a layer has no ONNX translation."""
     try:
         with _quiet("torch.onnx", "onnxscript", "onnx_ir"):
+            # The exporter's graph optimisation stays on (about a second a run): without it the
+            # graph can hold clashing value names (e.g. a BatchNorm's "mean") that ONNX Runtime rejects.
             onnx_program = torch.onnx.export(program, verbose=False, input_names=[INPUT], output_names=[OUTPUT])
     except Exception as e:
         log.warning("the pruned model could not be translated to ONNX (%s); hand-over has no model.onnx",

@@ -8,9 +8,10 @@
   ``model.int8.onnx`` beside it when the run quantizes (``quantize=int8``).
 * structured: ``state_dict.pt`` + ``architecture.txt``, the shrunk weights and the printed module
   tree, as a fallback for tools that want plain tensors.
-* unstructured: ``sparse_weights.pt``, the masked weights and their masks in a compressed
-  encoding (a bitmask plus the kept values, :func:`sparse_file`); :func:`decode_sparse` shows the
-  ten lines that read it back.
+* unstructured: ``sparse_weights.pt``, the masked weights and their masks in a lossless compressed
+  encoding (a bitmask plus the kept values, :func:`sparse_file`; :func:`decode_sparse` shows the
+  ten lines that read it back), and ``weights.compact``, the smallest, Deep-Compression file
+  (``compact.py``: shared values per layer, its decoder in the README).
 * ``README.md``: how to do all that.
 
 The runner logs these under the run's ``model/`` artifacts.

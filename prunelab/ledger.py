@@ -8,10 +8,13 @@ pruned / dense ratios, as flat MLflow metric names (``cost.dense.macs``, ``cost.
 * Unstructured pruning keeps the dense shapes, and zeros cost a dense kernel as much as any other
   weight: its MACs and latency stay those of the dense model. What a sparse kernel could save is
   ``nonzero_macs`` (each conv/linear layer's MACs times its weight density), and the file size is
-  that of a compressed encoding (a bitmask plus the kept values, see ``handover.sparse_file``).
+  that of its compact hand-over file (``compact.py``: a shared-value codebook, relative indices,
+  LZMA), which the runner passes in.
+* The runtimes the pruned model ships to (ONNX Runtime fp32 and int8, ``deploy.py``) are timed in the
+  same alternation when given, against the same dense PyTorch model.
 
 Latency is the median of ``torch.utils.benchmark`` measurements on the CPU with a fixed thread
-count (1 by default), the two models timed in fine alternation so that a busy machine slows both
+count (1 by default), the models timed in fine alternation so that a busy machine slows both
 alike.
 """
 

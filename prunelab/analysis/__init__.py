@@ -236,7 +236,7 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
         _, ax = plt.subplots(figsize=(7, 4.5))
     points = deployment_points(df)
     for key, curve in points.groupby(["method", "scope", "criterion", "variant", "form"], dropna=False):
-        curve = curve.sort_values("latency")
+        curve = curve.sort_values("ratio")
         ax.plot(curve["latency"], curve["accuracy"], marker="o", label=curve_name(key).replace("-", " / "))
         for _, row in curve.iterrows():
             ax.annotate(f"{row['ratio']:g}", (row["latency"], row["accuracy"]), fontsize="x-small",
@@ -328,10 +328,23 @@ def summary_note(df: pd.DataFrame) -> str:
     title = " on ".join(str(table[c].iloc[0]) for c in shared) if len(table) else ""
     dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]["test_accuracy"]
     reference = f"Dense model: test accuracy {dense.mean():.4f} ({len(dense)} run(s)).\n\n" if len(dense) else ""
-    return (f"## Accuracy vs sparsity{': ' + title if title else ''}\n\n{reference}"
+    note = (f"## Accuracy vs sparsity{': ' + title if title else ''}\n\n{reference}"
             f"{markdown_table(table.drop(columns=shared))}\n\n"
             "Curves: metrics `accuracy_vs_sparsity/*` and `accuracy_vs_macs/*` (step = per mille); "
             "figures and `points.csv` in the artifacts.\n")
+    deployment = deployment_points(df)
+    if not deployment.empty and deployment["form"].nunique() > 1:
+        wide = deployment.pivot_table(index=[c for c in POINT if c not in shared], columns="form",
+                                      values=["accuracy", "latency"], dropna=False)
+        wide = wide.dropna(axis=1, how="all")
+        wide.columns = [f"{'test accuracy' if v == 'accuracy' else 'latency b64'}, {form}" for v, form in wide.columns]
+        wide = wide.reset_index()
+        if (wide["variant"].fillna("") == "").all():
+            wide = wide.drop(columns="variant")
+        note += ("\n## Accuracy vs CPU latency\n\nBatch-64 latency as a fraction of the dense PyTorch fp32 "
+                 "model (cost ledger, timed in one alternation per run), seeds averaged.\n\n"
+                 f"{markdown_table(wide)}\n")
+    return note
 
 
 def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
