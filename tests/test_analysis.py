@@ -44,3 +44,16 @@ def test_a_study_where_only_the_seed_varies_has_no_variant(workdir):
     assert set(df["variant"]) == {""}
     assert list(analysis.aggregate_seeds(df)["test_accuracy_count"]) == [3]
     assert "variant" not in analysis.summary_note(df)
+
+
+def test_a_method_sweep_is_not_split_by_each_methods_own_options(workdir):
+    """Structured runs carry method.ignore / method.normalize that unstructured runs do not: that
+    is the method column's difference, not a variant."""
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    mlflow.set_experiment("methods")
+    for seed in (0, 1):
+        log_point(seed, 0.9, **{"method": "unstructured", "method.ignore": "[]"})
+        log_point(seed, 0.8, **{"method": "structured", "method.ignore": "['classifier']", "method.normalize": "mean"})
+    df = analysis.load_runs(["methods"])
+    assert set(df["variant"]) == {""}
+    assert sorted(analysis.aggregate_seeds(df)["test_accuracy_count"]) == [2, 2]

@@ -299,6 +299,7 @@ def test_the_runner_fine_tunes_the_shrunk_network_to_the_masked_result(make_cfg)
         mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1])
         mask.apply(model)
         mlflow.set_tracking_uri(cfg.tracking.uri)
+        mlflow.set_experiment("fine-tune")
         with mlflow.start_run():  # fine_tune logs its epochs into the open run
             shrunk = fine_tune(cfg, model, mask, data)
         assert n_params(shrunk) < 0.6 * n_params(model)

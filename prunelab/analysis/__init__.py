@@ -104,14 +104,19 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
     pruned = df[df["role"] == "pruned"] if "role" in df.columns else df
     plugins = {p[:-len("._target_")] for p in params if p.endswith("._target_")}
 
+    # Compared within runs of one model, dataset, method, scope and criterion: a structured run's
+    # own method options (ignore, normalize) are not a variant of the unstructured curve.
+    named = [c for c in CURVE if c != "variant" and c in pruned.columns]
+
     def differs(p: str) -> bool:
         if p in _NOT_VARIANT or any(p == i or p.startswith(f"{i}.") for i in IRRELEVANT):
             return False
         node = next((n for n in plugins if p.startswith(f"{n}.")), None)
-        values = pruned[p]
+        frame = pruned[named].assign(value=pruned[p])
         if node is not None and p != f"{node}._target_":
-            values = values.dropna()  # a plug-in's argument: compared where the plug-in is set
-        return values.astype(str).nunique(dropna=False) > 1
+            frame = frame.dropna(subset=["value"])  # a plug-in's argument: compared where the plug-in is set
+        frame["value"] = frame["value"].map(lambda v: "<unset>" if pd.isna(v) else str(v))
+        return bool((frame.groupby(named, dropna=False)["value"].nunique() > 1).any())
 
     varying = sorted(p for p in params if p in df.columns and differs(p))
 
