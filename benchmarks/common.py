@@ -144,6 +144,27 @@ def vgg_small_one_epoch() -> nn.Module:
     return model.eval()
 
 
+def vgg_small_pruned(ratio: float, trained: bool = True):
+    """(dense, masked, mask, shrunk): VGG-small (width 32), after one dense epoch unless
+    ``trained=False`` (a quick run: the channel counts matter, not their accuracy), pruned
+    structured global L2 at ``ratio``; fresh copies, free to change."""
+    import copy
+
+    from prunelab import models
+    from prunelab.pruning import prune, shrink
+
+    data = fashion_mnist()
+    if trained:
+        dense = copy.deepcopy(vgg_small_one_epoch())
+    else:
+        torch.manual_seed(0)
+        dense = models.vgg_small(in_shape=data.in_shape, width=32).eval()
+    masked = copy.deepcopy(dense)
+    mask = prune(masked, "structured", "global", ratio, criterion="l2", example_inputs=data.train.x[:1])
+    mask.apply(masked)
+    return dense, masked, mask, shrink(masked, mask, data.train.x[:1])
+
+
 def configured_optimizer(params, stage: str = "train") -> torch.optim.Optimizer:
     """The configured optimizer (``train.optimizer``) at ``stage``'s learning rate."""
     from hydra.utils import instantiate

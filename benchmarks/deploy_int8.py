@@ -11,17 +11,13 @@ alternation, median of rounds) with 1 thread for PyTorch and for ONNX Runtime al
 
 from __future__ import annotations
 
-import copy
-
-import torch
 
 from prunelab.deploy import OnnxModel, accuracy, deployed, export, int8, onnx_model
 from prunelab.ledger import latencies_ms
-from prunelab.pruning import prune, shrink
 from prunelab.train import fit
 
 from .common import (Section, Verdict, config, configured_optimizer, fashion_mnist, num, table,
-                     vgg_small_one_epoch)
+                     vgg_small_pruned)
 
 TARGET_LATENCY, TARGET_ACCURACY = 0.30, 1.0
 RATIO = 0.5
@@ -29,16 +25,7 @@ RATIO = 0.5
 
 def run(quick: bool = False, threads: int = 1) -> Section:
     data = fashion_mnist()
-    dense = copy.deepcopy(vgg_small_one_epoch()) if not quick else None
-    if dense is None:
-        from prunelab import models
-
-        torch.manual_seed(0)
-        dense = models.vgg_small(in_shape=data.in_shape, width=32).eval()
-    masked = copy.deepcopy(dense)
-    mask = prune(masked, "structured", "global", RATIO, criterion="l2", example_inputs=data.train.x[:1])
-    mask.apply(masked)
-    shrunk = shrink(masked, mask, data.train.x[:1])
+    dense, _, _, shrunk = vgg_small_pruned(RATIO, trained=not quick)
     if not quick:
         fit(shrunk, data.train, data.val, configured_optimizer(shrunk.parameters(), "finetune"), 1,
             config().train.batch_size, 1, desc="fine-tune shrunk (benchmark)")

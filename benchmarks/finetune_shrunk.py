@@ -12,31 +12,17 @@ per layer are those of a trained network, not of a random one.
 
 from __future__ import annotations
 
-import copy
 import statistics
 
-import torch
-
-from prunelab import models
 from prunelab.data import Split
-from prunelab.pruning import prune, shrink
 from prunelab.train import fit
 
 from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist, optimizer_name,
-                     ratios, spread, table, vgg_small_one_epoch)
+                     ratios, spread, table, vgg_small_pruned)
 
 TARGET = 0.5
 RATIO = 0.5
 STEPS, VAL, ROUNDS = 40, 500, 3
-
-
-def _models(data):
-    """(dense, masked, mask, shrunk): VGG-small after one dense epoch, pruned structured 0.5."""
-    dense = copy.deepcopy(vgg_small_one_epoch())
-    masked = copy.deepcopy(dense)
-    mask = prune(masked, "structured", "global", RATIO, criterion="l2", example_inputs=data.train.x[:1])
-    mask.apply(masked)
-    return dense, masked, mask, shrink(masked, mask, data.train.x[:1])
 
 
 def run(quick: bool = False) -> Section:
@@ -45,15 +31,7 @@ def run(quick: bool = False) -> Section:
     batch = config().train.batch_size
     train = Split(data.train.x[:steps * batch], data.train.y[:steps * batch])
     val = Split(data.val.x[:VAL], data.val.y[:VAL])
-    if quick:  # no dense epoch first: the channel counts matter, not their accuracy
-        torch.manual_seed(0)
-        dense = models.vgg_small(in_shape=data.in_shape, width=32)
-        masked = copy.deepcopy(dense)
-        mask = prune(masked, "structured", "global", RATIO, example_inputs=data.train.x[:1])
-        mask.apply(masked)
-        shrunk = shrink(masked, mask, data.train.x[:1])
-    else:
-        dense, masked, mask, shrunk = _models(data)
+    dense, masked, mask, shrunk = vgg_small_pruned(RATIO, trained=not quick)
     variants = {
         "dense": (dense, None),
         "masked (mask held)": (masked, mask.hold(masked)),

@@ -143,7 +143,6 @@ for name, e in saved["sparse"].items():
 class Handover:
     """The hand-over files (``{"model/<name>": bytes}``) and what the runner checks them with."""
     files: dict[str, bytes] = field(default_factory=dict)
-    program: "torch.export.ExportedProgram | None" = None
     onnx: bytes | None = None
     int8: bytes | None = None
     compact: bytes | None = None
@@ -176,10 +175,10 @@ def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None =
                 masks = {f"net.{n}": mask.masks[n] for n in mask.prunable}
                 out.compact = files["model/weights.compact"] = encode(shipped.state_dict(), masks, codebook)
                 extra += COMPACT.format(decoder=decoder_source())
-    out.program = export(shipped, example_input)
-    if out.program is not None:
-        files["model/program.pt2"] = program_bytes(out.program)
-        out.onnx = onnx_model(out.program)
+    program = export(shipped, example_input)
+    if program is not None:
+        files["model/program.pt2"] = program_bytes(program)
+        out.onnx = onnx_model(program)
     else:
         what += "\n\n**torch.export failed for this model: there is no program.pt2, only the weights.**"
     if out.onnx is not None:
