@@ -29,7 +29,7 @@ from .common import Section, Verdict, machine_facts, table
 
 # In report order; sweep_cost only with --sweep; structured_speedup is optional (another module).
 SECTIONS = ("overhead", "masking", "global_threshold", "same_answer", "sweep_cost", "scaling",
-            "structured_speedup", "finetune_shrunk", "deploy_int8", "compact_files")
+            "structured_speedup", "finetune_shrunk", "deploy_int8", "compact_files", "sensitivity_scan")
 OPTIONAL = {"structured_speedup"}
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 # A block that a long, separately run benchmark writes into RESULTS.md (baseline_recipes.py): kept

@@ -1,74 +1,132 @@
 """The command line: ``python -m prunelab [overrides]`` (one run) or ``-m`` (a sweep).
 
-A thin Hydra wrapper around :func:`prunelab.runner.run`. Before Hydra composes anything, the
-overrides are checked here against the config groups and value ranges, so a typo gives one
-readable line (``prunelab: error: ...``) and exit status 2 instead of Hydra's multi-line report,
-and no MLflow run is ever opened for a bad input.
+A thin Hydra wrapper around :func:`prunelab.runner.run`. Before Hydra starts the app, the config
+of every swept value is composed with Hydra's public API and checked by the schema (the only
+validator), so a typo gives one readable line (``prunelab: error: ...``) and exit status 2
+instead of Hydra's multi-line report, and no MLflow run is ever opened for a bad input.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, check_choice, check_ratio, register
-from .paths import conf_dir, experiments_dir
+from .config import ConfigError, register
+from .paths import conf_dir
 from .redact import install_log_redaction, redact
 
 log = logging.getLogger("prunelab")
 
-GROUPS = ("model", "dataset", "method", "scope", "recipe")
+GROUPS = ("model", "dataset", "method", "criterion", "scope", "recipe", "quantize", "codebook")
 
 
-def _options(group: str) -> list[str]:
-    folder = experiments_dir() / "experiment" if group == "experiment" else conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def _values(override, own_sweeper: bool) -> list[str]:
+def _values(override, own_sweeper: bool) -> list[str] | None:
+    """The values a sweep override takes (None: an optimising sweeper picks them)."""
     if override.is_sweep_override():
         if not override.is_discrete_sweep():
             if not own_sweeper:
                 raise ConfigError(f"{override.input_line}: the default sweeper takes lists (a,b,c) or "
                                   "range(...); interval(...) needs an optimising hydra/sweeper")
-            return []  # an optimising sweeper picks the values; each job is validated instead
+            return None  # an optimising sweeper picks the values; each job is validated instead
         return [str(v) for v in override.sweep_string_iterator()]
     return [override.get_value_element_as_str()]
 
 
+def _as_override(o, value: str) -> str:
+    prefix = "~" if o.is_delete() else "++" if o.is_force_add() else "+" if o.is_add() else ""
+    key = o.key_or_group + (f"@{o.package}" if o.package else "")
+    return f"{prefix}{key}={value}"
+
+
+def _jobs(parsed, own_sweeper: bool) -> list[list[str]]:
+    """Override lists that between them use every swept value once: the first value of each
+    sweep, then each other value of one sweep at a time (not the whole product)."""
+    base, alternatives = [], []
+    for i, o in enumerate(parsed):
+        values = None if o.is_delete() else _values(o, own_sweeper)
+        base.append(o.input_line if o.is_delete() else _as_override(o, values[0]) if values else None)
+        alternatives += [(i, _as_override(o, v)) for v in (values or [])[1:]]
+    jobs = [base]
+    for i, line in alternatives:
+        jobs.append(base[:i] + [line] + base[i + 1:])
+    return [[line for line in job if line is not None] for job in jobs]
+
+
+def _compose(overrides: list[str]):
+    """The config Hydra will run, composed with its public API on the real search path (a user's
+    own hydra.searchpath folder included), checked by the schema; ConfigError in one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import validate
+    from .keys import with_choices
+
+    register()  # the schema, as Hydra will compose against it
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as e:
+        raise ConfigError(_missing_option(e)) from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_first_lines(e)) from None
+    params = cfg.hydra.sweeper.get("params")
+    sweeps = OmegaConf.to_container(params, resolve=False) if params else {}
+    validate(with_choices(cfg))
+    return sweeps
+
+
+def _first_lines(e: BaseException) -> str:
+    """The first line of an error and of what caused it (Hydra wraps OmegaConf's reason)."""
+    lines = []
+    while e is not None and len(lines) < 2:
+        text = str(e).strip()
+        if text:
+            lines.append(text.splitlines()[0].rstrip("."))
+        e = e.__cause__
+    return ": ".join(lines) or "the config cannot be composed"
+
+
+def _missing_option(e) -> str:
+    """Hydra's "Could not find 'model/foo'" (options listed below it) as one sentence."""
+    text = str(e)
+    found = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if not found:
+        return text.strip().splitlines()[0]
+    group, value = found.groups()
+    options = (getattr(e, "options", None) or
+               re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1], flags=re.M))
+    return f"{group}={value!r} is not allowed: expected one of {', '.join(options) or '(none found)'}"
+
+
 def preflight(args: list[str]) -> None:
-    """Reject bad group options and values in the command-line overrides (raises ConfigError)."""
+    """Compose the config of every swept value (and of an experiment's own sweep) and check it
+    with the schema before Hydra starts the app: ConfigError in one line, no run opened."""
     from hydra._internal.utils import get_args_parser
 
     try:
         overrides = get_args_parser().parse_args(args).overrides
     except SystemExit:  # argparse already printed its usage message
         raise ConfigError("cannot parse the command line (see usage above)") from None
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except Exception as e:  # Hydra's grammar errors
         raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
     own_sweeper = any(o.key_or_group == "hydra/sweeper" for o in parsed)
-    for o in parsed:
-        if o.is_delete():
-            continue
-        key = o.key_or_group
-        for value in _values(o, own_sweeper):
-            if key in (*GROUPS, "experiment"):
-                check_choice(key, value, _options(key))
-            elif key == "ratio":
-                check_ratio(value)
-            elif key == "method.criterion":
-                from .pruning import CRITERIA
-                check_choice(key, value, CRITERIA)
-            elif key == "scope.name":
-                from .pruning import SCOPES
-                check_choice(key, value, SCOPES)
+    for job in _jobs(parsed, own_sweeper):
+        sweeps = _compose(job)
+        if sweeps:  # an experiment's hydra.sweeper.params: its values, each in turn
+            given = {o.key_or_group for o in parsed}
+            extra = parser.parse_overrides([f"{k}={v}" for k, v in sweeps.items() if k not in given])
+            for more in _jobs(extra, own_sweeper)[1:]:
+                _compose(job + more)
 
 
 def _interrupt(signum, frame):
@@ -86,6 +144,9 @@ def _task(cfg: DictConfig):
     from .tracking import TrackingError
     from .train import TrainingError
 
+    from .keys import with_choices
+
+    cfg = with_choices(cfg)
     parent = parent_run_id()
     if parent is not None:
         # A sweep point: a failure is recorded as a FAILED child and the sweep goes on; the

@@ -1,9 +1,11 @@
 """The typed config schema, registered in Hydra's ConfigStore, and its early validation.
 
-``conf/config.yaml`` pulls ``prunelab_schema`` in first, so every YAML value is type-checked against
-these dataclasses while Hydra composes. Range and choice checks that types cannot express live in
-``__post_init__`` (run by :func:`validate`) and in the ``check_*`` functions that the command line
-also uses before Hydra starts (``cli.py``): one readable sentence, raised as :class:`ConfigError`.
+``conf/config.yaml`` pulls ``prunelab_schema`` in first (and each ``conf/method/`` option its own
+method schema), so every YAML value is type-checked against these dataclasses while Hydra
+composes. Range and choice checks that types cannot express live in ``__post_init__`` (run by
+:func:`validate`): the schema is the only validator. The command line composes and validates every
+swept config before Hydra starts (``cli.py``); the pruning API shares the ratio and normalize
+checks (``prunelab.pruning``). One readable sentence, raised as :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .pruning import CRITERIA, SCOPES
+from .pruning.errors import PruningError, check_ratio as pruning_check_ratio
+from .pruning.methods import check_normalize
 
 
 class ConfigError(ValueError):
@@ -24,12 +27,9 @@ class ConfigError(ValueError):
 
 def check_ratio(value: Any) -> float:
     try:
-        ratio = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"ratio={value!r} is not a number: expected a float with 0 <= ratio < 1") from None
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"ratio={value} is out of range: expected 0 <= ratio < 1")
-    return ratio
+        return pruning_check_ratio(value)
+    except PruningError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_choice(key: str, value: Any, allowed) -> None:
@@ -38,26 +38,49 @@ def check_choice(key: str, value: Any, allowed) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: expected one of {options}")
 
 
+# Each method option has its own schema (conf/method/<option>.yaml pulls it in), so a field one
+# method has and another lacks composes where it belongs and is an error elsewhere.
 @dataclass
 class MethodConfig:
     _target_: str = MISSING
     _partial_: bool = True
-    criterion: str = "l1"
     ignore: list[str] = field(default_factory=list)
-    normalize: Optional[str] = None
-
-    def __post_init__(self):
-        check_choice("method.criterion", self.criterion, CRITERIA)
-        if self.normalize is not None:
-            check_choice("method.normalize", self.normalize, ("mean", "none"))
 
 
 @dataclass
-class ScopeConfig:
-    name: str = MISSING
+class UnstructuredConfig(MethodConfig):
+    pass
+
+
+@dataclass
+class StructuredConfig(MethodConfig):
+    normalize: str = "mean"
 
     def __post_init__(self):
-        check_choice("scope.name", self.name, SCOPES)
+        try:
+            check_normalize(self.normalize)
+        except PruningError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass
+class NMConfig(MethodConfig):
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self):
+        if not 0 < self.n < self.m:
+            raise ConfigError(f"method.n={self.n}, method.m={self.m}: expected 0 < n < m")
+
+
+@dataclass
+class BudgetConfig:
+    # Prune to at most this fraction of the dense model's MACs: the ratio is searched (any scope).
+    macs: Optional[float] = None
+
+    def __post_init__(self):
+        if self.macs is not None and not 0 < self.macs <= 1:
+            raise ConfigError(f"budget.macs={self.macs} is out of range: expected 0 < budget.macs <= 1")
 
 
 # The values of train and finetune come from the recipe group (conf/recipe/); these defaults are only
@@ -110,8 +133,14 @@ class TrackingConfig:
 class Config:
     model: Any = MISSING
     dataset: Any = MISSING
-    method: MethodConfig = MISSING
-    scope: ScopeConfig = MISSING
+    method: Any = MISSING  # one of the method schemas above, by option
+    criterion: Any = MISSING  # conf/criterion/: the importance plug-in
+    scope: Any = MISSING  # conf/scope/: the allocation plug-in
+    plan: Optional[str] = None  # scope=plan: a plan.json file or runs:/RUN_ID/plan.json
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # The option chosen in each config group (model=lenet5 ...), filled in from Hydra when the
+    # config is composed (prunelab.keys.with_choices); names experiments, runs and params.
+    choices: dict[str, str] = field(default_factory=dict)
     recipe: Optional[str] = None  # the recipe option that set train/finetune (a label; values rule)
     quantize: Any = None  # conf/quantize/: none (empty) or a partial int8 quantizer (prunelab.deploy.int8)
     codebook: Any = None  # conf/codebook/: shared values of the unstructured compact file (compact.py)
@@ -132,7 +161,10 @@ class Config:
 
 
 def register() -> None:
-    ConfigStore.instance().store(name="prunelab_schema", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="prunelab_schema", node=Config)
+    for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig)):
+        store.store(group="method", name=f"{name}_schema", node=node)
 
 
 def compose(*overrides: str) -> DictConfig:
@@ -141,9 +173,11 @@ def compose(*overrides: str) -> DictConfig:
 
     from .paths import conf_dir
 
+    from .keys import with_choices
+
     register()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        return with_choices(hydra_compose("config", overrides=list(overrides), return_hydra_config=True))
 
 
 def validate(cfg: DictConfig) -> None:

@@ -23,7 +23,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .train import EpochResult
+import mlflow
+from omegaconf import DictConfig
+
+from . import keys, tracking
+from .data import Splits
+from .measure import layer_table, sparsity_summary
+from .train import EpochResult, train_dense
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +116,56 @@ def dense_model(model: nn.Module, key: str, cache_dir: Path,
         _atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
         log.info("dense model %s trained and cached in %s", key, weights)
         return DenseResult(key, history, val_acc, test_acc, from_cache=False)
+
+
+class DenseRun:
+    """The dense model's MLflow run, the ratio-0 point of every curve: opened while the model
+    trains, so its epochs appear as they finish and an interrupted training leaves a KILLED run
+    holding them; or logged from the cache, once per dense model and experiment."""
+
+    def __init__(self, cfg: DictConfig, experiment_id: str, key: str, device_type: str,
+                 parent_run_id: str | None, extra_tags: dict[str, str]):
+        self.cfg, self.experiment_id, self.key = cfg, experiment_id, key
+        self.point_key = keys.dense_point_key(cfg, device_type)
+        self.parent_run_id, self.extra_tags = parent_run_id, extra_tags
+        self.params = {k: v for k, v in tracking.params(cfg).items()
+                       if k.split(".")[0] in ("model", "dataset", "train", "seed")}
+        self.params.update(ratio="0.0", method="dense", scope="none", device=device_type)
+
+    def _open(self):
+        tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: self.key, tracking.TAG_DENSE_KEY: self.key,
+                tracking.TAG_POINT_KEY: self.point_key, **self.extra_tags, **tracking.environment_tags()}
+        return tracking.run(self.experiment_id, f"dense-{self.key[:8]}", tags, self.parent_run_id)
+
+    @staticmethod
+    def _log_epoch(e: EpochResult) -> None:
+        tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
+                              "train.val_accuracy": e.val_accuracy}, step=e.epoch)
+
+    @staticmethod
+    def _log_result(model, val_accuracy: float, test_accuracy: float) -> None:
+        tracking.log_metrics({"test_accuracy": test_accuracy, "val_accuracy": val_accuracy,
+                              "dense.test_accuracy": test_accuracy, "dense.val_accuracy": val_accuracy,
+                              **sparsity_summary(layer_table(model)), "sparsity.prunable": 0.0})
+
+    def train(self, model, data: Splits):
+        """Train ``model`` (the dense cache calls this) with the run open."""
+        with self._open():
+            mlflow.log_params(self.params)
+            history, val_accuracy, test_accuracy = train_dense(self.cfg, model, data, on_epoch=self._log_epoch)
+            self._log_result(model, val_accuracy, test_accuracy)
+        return history, val_accuracy, test_accuracy
+
+    def log_cached(self, dense: DenseResult, model, lock_dir: Path) -> None:
+        """After the cache: tag this experiment's run of this dense model as one of the sweep's
+        points, or log it from the cached history (a lock keeps parallel workers from doing it twice)."""
+        with locked(lock_dir / f"{self.key}.mlflow.lock"):
+            found = tracking.finished_run(self.experiment_id, role="dense", dense_key=self.key)
+            if found is not None:
+                tracking.add_tags(found.info.run_id, self.extra_tags)
+                return
+            with self._open():
+                mlflow.log_params(self.params)
+                for e in dense.history:
+                    self._log_epoch(e)
+                self._log_result(model, dense.val_accuracy, dense.test_accuracy)

@@ -1,5 +1,8 @@
-"""One experiment, top to bottom: config -> data + model -> dense (trained or cached) -> prune ->
-fine-tune with the mask held -> evaluate -> measure -> log to MLflow. Returns the metrics.
+"""One experiment, top to bottom: config -> data + model -> dense (trained or cached) -> rounds of
+prune -> fine-tune with the mask held -> evaluate -> measure -> log to MLflow. Returns the metrics.
+
+Identity (keys, names) lives in ``keys.py``, the dense model's cache and run in ``dense.py``, the
+skip policy in ``tracking.py``; the runner only puts them in order.
 
 ``run(cfg)`` is pure of Hydra: the command line (``cli.py``), sweeps and tests call it with a
 composed config.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import math
 from pathlib import Path
@@ -19,20 +23,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import tracking, ui
+from . import keys, tracking, ui
 from .config import ConfigError, validate
 from .data import Splits, cache_dir as user_cache_dir
-from .dense import DenseResult, dense_model, locked
+from .dense import DenseRun, dense_model
 from .compact import decode
 from .deploy import OnnxModel, accuracy, deployed
 from .handover import handover
-from .keys import dense_key, run_key
 from .ledger import cost_ledger
 from .measure import layer_table, sparsity_summary
 from .models import build
-from .pruning import Mask, shrink, unshrink
+from .pruning import Local, Mask, PruneData, prune, shrink, unshrink
 from .redact import redact
-from .train import EpochResult, evaluate, fit, seed_everything
+from .train import EpochResult, evaluate, fit, optimizer_for, seed_everything, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -43,86 +46,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} was asked for but PyTorch sees no CUDA device")
     return torch.device(name)
-
-
-def _optimizer(cfg: DictConfig, params, lr: float, epochs: int, steps_per_epoch: int, schedule: str):
-    optimizer = instantiate(cfg.train.optimizer)(params, lr=lr)
-    scheduler = None
-    if schedule == "cosine" and epochs > 0:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
-    return optimizer, scheduler
-
-
-def _steps(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
-def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None):
-    """Dense training as configured; returns (history, val accuracy, test accuracy)."""
-    t = cfg.train
-    optimizer, scheduler = _optimizer(cfg, model.parameters(), t.lr, t.epochs,
-                                      _steps(len(data.train), t.batch_size), t.schedule)
-    history = fit(model, data.train, data.val, optimizer, t.epochs, t.batch_size, cfg.seed, scheduler,
-                  on_epoch=on_epoch, desc="dense")
-    return history, evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
-
-
-def _base_params(cfg: DictConfig) -> dict[str, str]:
-    params = tracking.flatten(cfg)
-    params.update(model=tracking.target_name(cfg.model), dataset=tracking.target_name(cfg.dataset))
-    return params
-
-
-class DenseRun:
-    """The dense model's MLflow run, the ratio-0 point of every curve: opened while the model
-    trains, so its epochs appear as they finish and an interrupted training leaves a KILLED run
-    holding them; or logged from the cache, once per dense model and experiment."""
-
-    def __init__(self, cfg: DictConfig, experiment_id: str, key: str, device_type: str,
-                 parent_run_id: str | None, extra_tags: dict[str, str]):
-        self.cfg, self.experiment_id, self.key = cfg, experiment_id, key
-        self.parent_run_id, self.extra_tags = parent_run_id, extra_tags
-        self.params = {k: v for k, v in _base_params(cfg).items()
-                       if k.split(".")[0] in ("model", "dataset", "train", "seed")}
-        self.params.update(ratio="0.0", method="dense", scope="none", device=device_type)
-
-    def _open(self):
-        tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: self.key, tracking.TAG_DENSE_KEY: self.key,
-                **self.extra_tags, **tracking.environment_tags()}
-        return tracking.run(self.experiment_id, f"dense-{self.key[:8]}", tags, self.parent_run_id)
-
-    @staticmethod
-    def _log_epoch(e: EpochResult) -> None:
-        tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
-                              "train.val_accuracy": e.val_accuracy}, step=e.epoch)
-
-    @staticmethod
-    def _log_result(model, val_accuracy: float, test_accuracy: float) -> None:
-        tracking.log_metrics({"test_accuracy": test_accuracy, "val_accuracy": val_accuracy,
-                              "dense.test_accuracy": test_accuracy, "dense.val_accuracy": val_accuracy,
-                              **sparsity_summary(layer_table(model)), "sparsity.prunable": 0.0})
-
-    def train(self, model, data: Splits):
-        """Train ``model`` (the dense cache calls this) with the run open."""
-        with self._open():
-            mlflow.log_params(self.params)
-            history, val_accuracy, test_accuracy = train_dense(self.cfg, model, data, on_epoch=self._log_epoch)
-            self._log_result(model, val_accuracy, test_accuracy)
-        return history, val_accuracy, test_accuracy
-
-    def log_cached(self, dense: DenseResult, model, lock_dir: Path) -> None:
-        """After the cache: tag this experiment's run of this dense model as one of the sweep's
-        points, or log it from the cached history (a lock keeps parallel workers from doing it twice)."""
-        with locked(lock_dir / f"{self.key}.mlflow.lock"):
-            found = tracking.finished_run(self.experiment_id, role="dense", dense_key=self.key)
-            if found is not None:
-                tracking.add_tags(found.info.run_id, self.extra_tags)
-                return
-            with self._open():
-                mlflow.log_params(self.params)
-                for e in dense.history:
-                    self._log_epoch(e)
-                self._log_result(model, dense.val_accuracy, dense.test_accuracy)
 
 
 def fine_tune(cfg: DictConfig, model: torch.nn.Module, mask: Mask, data: Splits) -> torch.nn.Module | None:
@@ -137,8 +60,8 @@ def fine_tune(cfg: DictConfig, model: torch.nn.Module, mask: Mask, data: Splits)
     f, x1 = cfg.finetune, data.train.x[:1]
     shrunk = shrink(model, mask, x1) if mask.channels and f.shrink else None
     net = shrunk if shrunk is not None else model
-    optimizer, scheduler = _optimizer(cfg, net.parameters(), f.lr, f.epochs,
-                                      _steps(len(data.train), cfg.train.batch_size), f.schedule)
+    optimizer, scheduler = optimizer_for(cfg, net.parameters(), f.lr, f.epochs,
+                                         steps_per_epoch(len(data.train), cfg.train.batch_size), f.schedule)
 
     def on_epoch(e: EpochResult):
         tracking.log_metrics({"finetune.loss": e.loss, "finetune.train_accuracy": e.train_accuracy,
@@ -182,6 +105,35 @@ def _check_handover(handed, ship: torch.nn.Module, sessions: dict[str, OnnxModel
     return out
 
 
+class Pruner:
+    """The configured method x criterion x scope (and MACs budget), as one call per round:
+    ``pruner(model, ratio, mask)`` -> the new mask, starting from ``mask``."""
+
+    def __init__(self, cfg: DictConfig, data: Splits):
+        self.method, self.criterion = instantiate(cfg.method), instantiate(cfg.criterion)
+        self.scope = instantiate(cfg.scope)
+        self.data = PruneData(data.train, data.val, cfg.train.batch_size, cfg.seed)
+        self.example, self.seed, self.budget, self.ratio = data.train.x[:1], cfg.seed, cfg.budget.macs, cfg.ratio
+
+    def __call__(self, model, ratio: float, mask: Mask | None = None, scope=None, budget=True) -> Mask:
+        return prune(model, self.method, scope or self.scope, ratio, self.criterion, seed=self.seed,
+                     example_inputs=self.example, data=self.data, mask=mask,
+                     budget_macs=self.budget if budget else None)
+
+    def check(self, model) -> None:
+        """Prune an untrained copy once: a method, criterion, scope or plan this model cannot take
+        fails now, not after dense training (a measuring scope is stood in for by local: its scan
+        would cost a second time and say nothing on random weights)."""
+        scope = Local() if getattr(self.scope, "measures", False) else None
+        self(copy.deepcopy(model), self.ratio, scope=scope, budget=False)
+
+
+def rounds(cfg: DictConfig) -> list[float]:
+    """The overall target of each prune -> fine-tune round: one round today (the schedules of
+    issue 10 return more, ending at ``ratio``)."""
+    return [cfg.ratio]
+
+
 def run(cfg: DictConfig, parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one experiment and return its metrics (the sweeper can optimise any of them).
@@ -191,18 +143,14 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
     validate(cfg)
     device = resolve_device(cfg.device)
     extra_tags = dict(extra_tags or {})
-    experiment = cfg.tracking.experiment or tracking.default_experiment_name(cfg)
-    experiment_id = tracking.connect(cfg.tracking.uri, experiment)
-    key = run_key(cfg, device.type)
-    method, scope = tracking.target_name(cfg.method), cfg.scope.name
-    name = f"{method}-{scope}-{cfg.ratio:g}"
+    experiment_id = tracking.connect(cfg.tracking.uri, keys.experiment_name(cfg))
+    key, name, chosen = keys.run_key(cfg, device.type), keys.run_name(cfg), keys.names(cfg)
     tags = {tracking.TAG_ROLE: "pruned", tracking.TAG_RUN_KEY: key,
-            "prunelab.method": method, "prunelab.scope": scope,
-            "prunelab.criterion": cfg.method.criterion, **extra_tags}
+            tracking.TAG_POINT_KEY: keys.point_key(cfg, device.type),
+            **{f"prunelab.{g}": chosen[g] for g in ("method", "scope", "criterion")}, **extra_tags}
     if not cfg.force:
-        done = tracking.finished_run(experiment_id, role="pruned", run_key=key)
+        done = tracking.reuse_finished(experiment_id, key, extra_tags)
         if done is not None:
-            tracking.add_tags(done.info.run_id, extra_tags)
             log.info("skipped: run %s already holds this exact config (key %s); force=true reruns it\n"
                      "  MLflow UI: %s", done.info.run_id, key,
                      ui.run_link(cfg.tracking, experiment_id, done.info.run_id))
@@ -213,12 +161,9 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         seed_everything(cfg.seed)
         data = instantiate(cfg.dataset)(seed=cfg.seed).to(device)
         model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
-        prune_fn = instantiate(cfg.method)
-        # Prune an untrained copy once: a method or ratio this model cannot take (no prunable
-        # layer, only the classifier left for structured) fails now, not after dense training.
-        prune_fn(copy.deepcopy(model), ratio=cfg.ratio, scope=scope, seed=cfg.seed,
-                 example_inputs=data.train.x[:1])
-        dense_run = DenseRun(cfg, experiment_id, dense_key(cfg, device.type), device.type, parent_run_id,
+        pruner = Pruner(cfg, data)
+        pruner.check(model)
+        dense_run = DenseRun(cfg, experiment_id, keys.dense_key(cfg, device.type), device.type, parent_run_id,
                              extra_tags)
         dense = dense_model(model, dense_run.key, cache, lambda m: dense_run.train(m, data))
         dense_run.log_cached(dense, model, cache)
@@ -230,20 +175,24 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
 
     tags.update({tracking.TAG_DENSE_KEY: dense.key, **tracking.environment_tags()})
     with tracking.run(experiment_id, name, tags, parent_run_id) as active:
-        params = _base_params(cfg)
-        params.update(method=method, scope=scope, ratio=str(cfg.ratio))
-        mlflow.log_params(params)
+        # Under a MACs budget the ratio is searched (metric budget.ratio; it differs by seed, so a
+        # point is the budget, not a ratio).
+        budget = cfg.budget.macs is not None
+        mlflow.log_params({**tracking.params(cfg), **({"ratio": "budget"} if budget else {})})
         metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy}
 
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
-        mask: Mask = prune_fn(model, ratio=cfg.ratio, scope=scope, seed=cfg.seed,
-                              example_inputs=data.train.x[:1])
-        mask.apply(model)
-        metrics["pruned.test_accuracy"] = evaluate(model, data.test)["accuracy"]
-        metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]
-        tracking.log_metrics(metrics)
+        mask: Mask | None = None
+        for target in rounds(cfg):
+            mask = pruner(model, target, mask)
+            mask.apply(model)
+            metrics["pruned.test_accuracy"] = evaluate(model, data.test)["accuracy"]
+            metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]
+            if budget:
+                metrics["budget.ratio"] = mask.plan["ratio"]
+            tracking.log_metrics(metrics)
+            shrunk = fine_tune(cfg, model, mask, data)
 
-        shrunk = fine_tune(cfg, model, mask, data)
         shipped = shrunk if shrunk is not None else model
         final_val, final_test = evaluate(shipped, data.val), evaluate(shipped, data.test)
         table = layer_table(model, mask)
@@ -272,14 +221,18 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         weights = io.BytesIO()
         torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                     "mask": mask.to_state()}, weights)
+        plan = {**mask.plan, "computed_on": {**chosen, "seed": cfg.seed, "ratio": cfg.ratio, "run_key": key,
+                                             "run_id": active.info.run_id}}
         tracking.log_artifact_files({
             "config.yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),
             "layers.csv": table.to_csv(index=False),
+            "plan.json": json.dumps(plan, indent=1),
             "model/masked_weights.pt": weights.getvalue(),
+            **mask.report,
             **handed.files,
         })
         metrics["run_id"] = active.info.run_id
-    _report(cfg, method, scope, metrics, dense.from_cache, experiment_id)
+    _report(cfg, chosen, metrics, dense.from_cache, experiment_id)
     return metrics
 
 
@@ -296,9 +249,10 @@ def _handover_lines(m) -> list[str]:
     return lines
 
 
-def _report(cfg, method, scope, m, dense_from_cache: bool, experiment_id: str) -> None:
+def _report(cfg, chosen, m, dense_from_cache: bool, experiment_id: str) -> None:
     lines = [
-        f"{method} / {scope} / {cfg.method.criterion}, ratio {cfg.ratio:g}"
+        f"{chosen['method']} / {chosen['scope']} / {chosen['criterion']}, ratio "
+        f"{m.get('budget.ratio', cfg.ratio):.4g}" + (f" (budget.macs={cfg.budget.macs:g})" if cfg.budget.macs else "") +
         f" (dense model {'from cache' if dense_from_cache else 'trained'})",
         f"  test accuracy: dense {m['dense.test_accuracy']:.4f} | pruned {m['pruned.test_accuracy']:.4f}"
         f" | fine-tuned {m['finetuned.test_accuracy']:.4f}",

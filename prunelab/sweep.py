@@ -34,7 +34,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from . import tracking, ui
+from . import keys, tracking, ui
 from .cli import fail
 from .redact import redact
 
@@ -76,7 +76,8 @@ def _experiment_names(config: DictConfig, definition: list[str]) -> list[str]:
     """Every experiment the sweep's points will log to (model and dataset may be swept)."""
     if config.tracking.experiment:
         return [config.tracking.experiment]
-    choices = {"model": [tracking.target_name(config.model)], "dataset": [tracking.target_name(config.dataset)]}
+    # The options' names, as every run of the sweep names its experiment (prunelab.keys).
+    choices = {"model": [keys.choice(config, "model")], "dataset": [keys.choice(config, "dataset")]}
     for o in OverridesParser.create().parse_overrides(definition):
         if o.key_or_group in choices:
             values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Tag names (the run key is what resume / skip logic searches for).
 TAG_ROLE, TAG_RUN_KEY, TAG_DENSE_KEY = "prunelab.role", "prunelab.run_key", "prunelab.dense_key"
+TAG_POINT_KEY = "prunelab.point_key"  # the run key without the seed: the seeds of one point share it
 TAG_ERROR = "prunelab.error"
 TAG_NOTE = "mlflow.note.content"  # Markdown shown on the run's overview page in the MLflow UI
 
@@ -237,13 +238,22 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def default_experiment_name(cfg: DictConfig) -> str:
-    return f"{target_name(cfg.model)}-{target_name(cfg.dataset)}"
+def params(cfg: DictConfig) -> dict[str, str]:
+    """A run's params: the flattened config, with the chosen options as ``model``, ``dataset``,
+    ``method``, ``criterion`` and ``scope`` (prunelab.keys names them)."""
+    from .keys import names
+
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith("choices.")}
+    return {**flat, **names(cfg)}
 
 
-def target_name(node) -> str:
-    """``prunelab.models.lenet5`` -> ``lenet5``: the name a group option is logged under."""
-    return str(node["_target_"]).rsplit(".", 1)[-1]
+def reuse_finished(experiment_id: str, key: str, extra_tags: dict[str, str]):
+    """The FINISHED run holding this run key, tagged as one of the current sweep's points; None
+    if there is none (the skip policy: a finished point is never run twice unless forced)."""
+    done = finished_run(experiment_id, role="pruned", run_key=key)
+    if done is not None:
+        add_tags(done.info.run_id, extra_tags)
+    return done
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from .data import Split
+from .data import Split, Splits
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +125,25 @@ def fit(
         if on_epoch is not None:
             on_epoch(result)
     return history
+
+
+def optimizer_for(cfg: DictConfig, params, lr: float, epochs: int, steps_per_epoch: int, schedule: str):
+    optimizer = instantiate(cfg.train.optimizer)(params, lr=lr)
+    scheduler = None
+    if schedule == "cosine" and epochs > 0:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    return optimizer, scheduler
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None):
+    """Dense training as configured; returns (history, val accuracy, test accuracy)."""
+    t = cfg.train
+    optimizer, scheduler = optimizer_for(cfg, model.parameters(), t.lr, t.epochs,
+                                         steps_per_epoch(len(data.train), t.batch_size), t.schedule)
+    history = fit(model, data.train, data.val, optimizer, t.epochs, t.batch_size, cfg.seed, scheduler,
+                  on_epoch=on_epoch, desc="dense")
+    return history, evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]

@@ -53,8 +53,8 @@ def test_global_allocation_does_not_depend_on_how_scores_are_split():
     x = torch.from_numpy(_scores("mostly zeros"))
     cuts = [0, 7, 1000, N // 2, N]
     parts = {f"layer{i}": x[a:b] for i, (a, b) in enumerate(zip(cuts, cuts[1:]))}
-    keep = allocation.allocate({n: p.numel() for n, p in parts.items()}, lambda n: parts[n], 0.95,
-                               "global")
+    units = allocation.Units({n: p.numel() for n, p in parts.items()}, lambda n: parts[n])
+    keep = allocation.allocate(units, 0.95, allocation.Global(), min_keep=0)
     theta = np.sort(x.numpy())[round(0.95 * N) - 1]
     for n, p in parts.items():
         assert torch.equal(keep[n], p > theta), n
@@ -63,4 +63,4 @@ def test_global_allocation_does_not_depend_on_how_scores_are_split():
 def test_wrong_sizes_are_refused():
     scores = {"a": torch.rand(N)}
     with pytest.raises(ValueError, match="expected"):
-        allocation.allocate({"a": N + 1}, lambda n: scores[n], 0.5, "global")
+        allocation.allocate(allocation.Units({"a": N + 1}, lambda n: scores[n]), 0.5, allocation.Global())

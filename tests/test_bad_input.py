@@ -4,6 +4,7 @@ adding a case is one line (and, where the case needs a broken file first, a smal
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -51,17 +52,29 @@ def full_artifact_disk(workdir: Path) -> list[str]:
     return []  # the mount happens in the command's own mount namespace (see DISK_FULL below)
 
 
+def foreign_plan(workdir: Path) -> list[str]:
+    """A plan saved from another model: layer names the default model lacks."""
+    sets = {"nothere.weight": {"units": 4, "kept": 2, "shape": [2, 2], "ratio": 0.5}}
+    (workdir / "plan.json").write_text(json.dumps({"format": 1, "unit": "weights", "sets": sets}))
+    return [f"plan={workdir / 'plan.json'}"]
+
+
 DISK_FULL = "disk-full"
 
 CASES = [  # id, arguments, words the one line must hold, setup
     ("ratio-high", ["ratio=1.5"], ["ratio=1.5", "0 <= ratio < 1"], None),
     ("ratio-negative", ["ratio=-0.1"], ["ratio=-0.1", "0 <= ratio < 1"], None),
-    ("ratio-text", ["ratio=abc"], ["'abc'", "not a number"], None),
+    ("ratio-text", ["ratio=abc"], ["ratio=abc", "'abc'", "could not be converted to Float"], None),
     ("ratio-in-sweep", ["ratio=0.1,2"], ["ratio=2", "0 <= ratio < 1"], None),
     ("model-option", ["model=nope"], ["model='nope'", "lenet5", "resnet20"], None),
     ("method-option", ["method=pruneall"], ["method='pruneall'", "structured", "unstructured"], None),
     ("scope-option", ["scope=everywhere"], ["scope='everywhere'", "global", "local"], None),
-    ("criterion", ["method.criterion=foo"], ["method.criterion='foo'", "l1", "l2", "random"], None),
+    ("criterion", ["criterion=foo"], ["criterion='foo'", "l1", "l2", "random", "taylor"], None),
+    ("method-field", ["method.normalize=max"], ["method.normalize", "UnstructuredConfig"], None),
+    ("nm-ratio", ["method=nm", "ratio=0.7"], ["ratio must be 0.5"], None),
+    ("plan-missing", ["scope=plan"], ["scope=plan needs the plan"], None),
+    ("plan-misfit", ["scope=plan"], ["the plan does not fit", "not cover: classifier.weight", "nothere.weight"],
+     foreign_plan),
     ("device", ["device=tpu"], ["device='tpu'", "auto"], None),
     ("finetune-epochs", ["finetune.epochs=-1"], ["finetune.epochs=-1"], None),
     ("uri-unreachable", ["tracking.uri=http://127.0.0.1:9"], ["cannot reach", "http://127.0.0.1:9"], None),
@@ -120,7 +133,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_trusted(cli, workdir, case_id,
     found = runs(workdir) if store.exists() else []
     assert all(r.info.status != "RUNNING" for r in found)
     assert not [r for r in found if r.data.tags.get("prunelab.role") == "pruned" and r.info.status == "FINISHED"]
-    if case_id == "structured-classifier-only":  # refused before any dense training
+    if case_id in ("structured-classifier-only", "plan-misfit"):  # refused before any dense training
         assert not list((workdir / "cache").glob("*.pt")) and not runs(workdir, "dense")
     if case_id == DISK_FULL:  # the run ended FAILED, and the store still reads
         (pruned,) = runs(workdir, "pruned")

@@ -14,8 +14,9 @@ METRICS = ("dense.test_accuracy", "pruned.test_accuracy", "finetuned.test_accura
 @pytest.mark.parametrize("option", [
     "model=lenet300_100", "model=lenet5", "model=vgg_small model.width=4", "model=resnet20 model.width=4",
     "dataset=digits", "method=structured", "method=unstructured scope=local",
-    "method=structured scope=local method.criterion=l1", "method.criterion=random",
-    "method=structured method.criterion=random", "method.criterion=l2",
+    "method=structured scope=local criterion=l1", "criterion=random", "method=structured criterion=random",
+    "criterion=taylor", "method=structured criterion=fpgm", "method=nm", "scope=lamp",
+    "method=structured scope=sensitivity scope.samples=128",
 ])
 def test_every_option_runs_end_to_end(cli, workdir, option):
     result = cli(*option.split(), "ratio=0.5")
@@ -28,6 +29,9 @@ def test_every_option_runs_end_to_end(cli, workdir, option):
     assert dense.data.params["ratio"] == "0.0"
     assert pruned.data.params["method"] in option or "method=" not in option
     assert pruned.data.tags["prunelab.run_key"] and pruned.data.tags["prunelab.criterion"]
+    for group in ("method", "criterion", "scope"):  # the chosen option names the run
+        chosen = next((o.split("=")[1] for o in option.split() if o.startswith(f"{group}=")), None)
+        assert chosen is None or pruned.data.params[group] == pruned.data.tags[f"prunelab.{group}"] == chosen
     assert "fine-tuned" in result.stdout + result.stderr  # the summary was printed
 
 

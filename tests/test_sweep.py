@@ -51,7 +51,7 @@ def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
     # starting at the dense model: step = sparsity in per mille, value = test accuracy
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     curves = curve_histories(client, parent.info.run_id)
-    for method, criterion in (("unstructured", "l1"), ("structured", "l2")):
+    for method, criterion in (("unstructured", "l2"), ("structured", "l2")):
         points = sorted((round(c.data.metrics["sparsity.prunable"] * 1000), c.data.metrics["test_accuracy"])
                         for c in children if c.data.params["method"] == method)
         assert curves[f"accuracy_vs_sparsity/{method}-global-{criterion}"] == [
@@ -61,7 +61,7 @@ def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
     assert curves["accuracy_vs_sparsity/dense"] == [(0, dense_accuracy), (1000, dense_accuracy)]
     # the summary table is the parent's note: its overview page in the UI shows it
     note = parent.data.tags["mlflow.note.content"]
-    assert "| unstructured | global | l1 | 0.3000 |" in note and "| structured | global | l2 | 0.6000 |" in note
+    assert "| unstructured | global | l2 | 0.3000 |" in note and "| structured | global | l2 | 0.6000 |" in note
 
     again = cli("-m", "ratio=0.3,0.6", "method=unstructured,structured")
     assert again.returncode == 0

@@ -125,7 +125,7 @@ def test_a_sweep_reads_in_the_mlflow_ui_in_a_real_browser(cli, workdir, tmp_path
         page.screenshot(path=shots / "parent.png")
         assert nav_mode(page) == "machine_learning"
         body = page.inner_text("body")
-        assert re.search(r"unstructured\s+global\s+l1\s+0\.3000", body)  # a row of the note's table
+        assert re.search(r"unstructured\s+global\s+l2\s+0\.3000", body)  # a row of the note's table
         assert "accuracy_vs_sparsity/structured-local-l2" in body          # a curve among its metrics
 
         # The experiment's chart view: a section per curve axis, a chart per (method, scope) series.
@@ -134,7 +134,7 @@ def test_a_sweep_reads_in_the_mlflow_ui_in_a_real_browser(cli, workdir, tmp_path
         page.wait_for_timeout(1500)
         page.screenshot(path=shots / "charts.png", full_page=True)
         charts = page.inner_text("body")
-        for series in ("unstructured-global-l1", "unstructured-local-l1", "structured-global-l2",
+        for series in ("unstructured-global-l2", "unstructured-local-l2", "structured-global-l2",
                        "structured-local-l2", "dense"):
             assert series in charts
         assert "accuracy_vs_macs" in charts

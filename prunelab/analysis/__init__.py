@@ -30,8 +30,8 @@ from .. import ui as mlflow_ui  # noqa: E402
 CURVE = ["model", "dataset", "method", "scope", "criterion", "variant"]
 POINT = [*CURVE, "ratio"]
 # Params that are part of a point's identity through other columns, or that never change a result.
-_NOT_VARIANT = {"seed", "ratio", "model", "dataset", "method", "scope", "scope.name", "device", "recipe",
-                "model._target_", "dataset._target_", "method._target_", "method.criterion"}
+_NOT_VARIANT = {"seed", "ratio", "model", "dataset", "method", "scope", "criterion", "device", "recipe",
+                "model._target_", "dataset._target_", "method._target_", "criterion._target_", "scope._target_"}
 _CASTS = {"ratio": float, "seed": int, "train.epochs": int, "finetune.epochs": int}
 
 
@@ -68,7 +68,7 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
             df[col[len(prefix):]] = raw[col]
     for tag, name in (("prunelab.role", "role"), ("prunelab.criterion", "criterion"),
                       ("prunelab.error", "error"), ("prunelab.overrides", "overrides"),
-                      ("prunelab.run_key", "run_key")):
+                      ("prunelab.run_key", "run_key"), ("prunelab.point_key", "point_key")):
         if f"tags.{tag}" in raw.columns:
             df[name] = raw[f"tags.{tag}"]
     for col, cast in _CASTS.items():
@@ -99,7 +99,7 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
     e.g. ``finetune.shrink=False`` or ``model.width=64``; a plug-in group is shown by its
     option (``quantize=int8``, ``quantize=none``). "" where nothing else varies. Runs that differ in
     width, epochs or quantization are then never averaged as if they were seeds."""
-    from ..keys import IRRELEVANT
+    from ..keys import LOCATION, RESULT_PARTS
 
     pruned = df[df["role"] == "pruned"] if "role" in df.columns else df
     plugins = {p[:-len("._target_")] for p in params if p.endswith("._target_")}
@@ -109,7 +109,8 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
     named = [c for c in CURVE if c != "variant" and c in pruned.columns]
 
     def differs(p: str) -> bool:
-        if p in _NOT_VARIANT or any(p == i or p.startswith(f"{i}.") for i in IRRELEVANT):
+        if p in _NOT_VARIANT or p.split(".")[0] not in RESULT_PARTS or any(
+                p == i or p.startswith(f"{i}.") for i in LOCATION):
             return False
         node = next((n for n in plugins if p.startswith(f"{n}.")), None)
         frame = pruned[named].assign(value=pruned[p])
@@ -141,16 +142,19 @@ def curve_name(key) -> str:
 
 def aggregate_seeds(df: pd.DataFrame, value: str = "test_accuracy") -> pd.DataFrame:
     """Mean, std and count of ``value`` (and mean sparsity) per point across seeds, FINISHED
-    pruned runs only."""
+    pruned runs only. Only seeds of one point are averaged: runs that share the point key
+    (``prunelab.keys.point_key``: everything in the run key but the seed)."""
     pruned = df[(df["role"] == "pruned") & (df["status"] == "FINISHED")]
     if "variant" not in pruned.columns:  # a frame made by hand rather than by load_runs
         pruned = pruned.assign(variant="")
+    # Runs logged before the point key existed fall back to the point's columns alone.
+    pruned = pruned.assign(point_key=pruned["point_key"].fillna("") if "point_key" in pruned.columns else "")
     cols = {value: ["mean", "std", "count"], "sparsity.prunable": ["mean"]}
     if "macs_fraction" in pruned.columns:
         cols["macs_fraction"] = ["mean"]
-    out = pruned.groupby(POINT, dropna=False).agg(cols)
+    out = pruned.groupby([*POINT, "point_key"], dropna=False).agg(cols)
     out.columns = [a if b == "mean" else f"{a}_{b}" for a, b in out.columns]
-    return out.reset_index().sort_values(POINT)
+    return out.reset_index().sort_values(POINT).drop(columns="point_key")
 
 
 def pareto_front(df: pd.DataFrame, x: str = "sparsity.prunable", y: str = "test_accuracy") -> pd.DataFrame:

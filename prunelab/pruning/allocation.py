@@ -1,9 +1,17 @@
-"""Allocation (the scope): how many entries to cut where, given importance scores.
+"""Allocation (the scope): how many units to cut where, given their importance scores.
 
-* ``global``: one threshold theta over all scores at once; keep entries with score > theta.
-* ``local``: the same ratio in every layer/group: theta is found per entry.
+A method hands its scope :class:`Units`: named sets of scored units (a layer's weights, a channel
+group's channels), scores recomputable by name, entries pruned earlier scored ``-inf`` (so they
+stay pruned and count towards the ratio). A scope is a ``scope._target_`` plug-in
+(``conf/scope/``): ``scope(units, ratio) -> {name: bool tensor}`` (True = kept), at an overall
+``ratio`` of all units. :func:`allocate` calls it and then makes sure no set is emptied.
 
-Both find theta as the exact k-th smallest score (k = round(ratio * n)), never by sorting every
+* :class:`Global`: one threshold theta over all scores at once; keep entries with score > theta.
+* :class:`Local`: the same ratio in every set: theta is found per set.
+* :class:`Lamp`: layer-adaptive magnitude scores (Lee et al. 2021), then one global threshold.
+* ``Sensitivity`` (``sensitivity.py``) and ``FromPlan`` (``plan.py``): a ratio per set.
+
+Thresholds are as the exact k-th smallest score (k = round(ratio * n)), never by sorting every
 score or gathering them in a Python list: see :func:`kth_smallest`. The global pass does not even
 gather them in one buffer: a network's weight scores are streamed layer by layer (for ResNet-50's
 25M weights, merely allocating and first touching a 100 MB buffer cost ~90 ms on the benchmark
@@ -13,12 +21,11 @@ machine, and the buffer doubled the memory the call needs).
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-
-SCOPES = ("global", "local")
 
 # Below this many scores a plain sort is cheapest; above it, the k-th smallest is bracketed from a
 # sample first. Sort rather than np.partition: NumPy's partition slows down 30x and more on many
@@ -104,40 +111,102 @@ def _threshold(parts: Callable[[], Iterable[np.ndarray]], n: int, ratio: float) 
     return -float("inf") if k == 0 else _kth_smallest_streamed(parts, n, k)
 
 
-def allocate(
-    sizes: dict[str, int],
-    score: Callable[[str], torch.Tensor],
-    ratio: float,
-    scope: str,
-    min_keep: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Decide which scored entries survive.
+@dataclass
+class Units:
+    """What a method asks its scope to allocate.
 
-    ``sizes`` gives each entry's number of scores and ``score(name)`` recomputes them (same values
-    every call), so the global pass never holds every score at once: it streams them, name by
-    name, through the selection (three passes) and once more to build the masks. Returns
-    ``name -> bool tensor`` shaped like the scores. ``min_keep`` entries per name always survive
-    (the highest-scored ones): structured pruning never empties a layer."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)}")
-    if scope == "global":
-        total = sum(sizes.values())
-        if total < _KEEP_SCORES_BELOW:
-            # Few scores (channels): compute once; recomputing means re-reading whole filters.
-            scores = {name: score(name) for name in sizes}
-            theta = _threshold(lambda: (_flat(scores[name]) for name in sizes), total, ratio)
-            keep = {name: s > theta for name, s in scores.items()}
-        else:
-            theta = _threshold(lambda: (_flat(score(name)) for name in sizes), total, ratio)
-            keep = {name: score(name) > theta for name in sizes}
-    else:
-        keep = {}
-        for name in sizes:
-            s = score(name)
-            keep[name] = s > _threshold(lambda: [_flat(s)], s.numel(), ratio)
-    if min_keep:
-        for name, k in keep.items():
-            if int(k.sum()) < min_keep:
-                s = score(name).flatten()
-                k.view(-1)[s.topk(min(min_keep, s.numel())).indices] = True
+    ``sizes``: units per set; ``score(name)``: the set's scores (the same values on every call;
+    pruned units ``-inf``); ``trial(keeps)``: validation accuracy of the model with only the given
+    sets pruned as ``keeps`` says (for scopes that measure, like the sensitivity scan);
+    ``report``: files a scope leaves for the run (``sensitivity.csv``), name -> str or bytes."""
+    sizes: dict[str, int]
+    score: Callable[[str], torch.Tensor]
+    kind: str = "weights"
+    trial: Callable[..., float] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def allocate(units: Units, ratio: float, scope, min_keep: int = 1) -> dict[str, torch.Tensor]:
+    """``scope``'s decision (``name -> bool tensor`` shaped like the scores, True = kept), with at
+    least ``min_keep`` units kept in every set (its highest-scored ones): no layer is emptied."""
+    keep = scope(units, ratio)
+    missing = set(units.sizes) - set(keep)
+    if missing:
+        raise ValueError(f"scope {type(scope).__name__} decided nothing for {', '.join(sorted(missing))}")
+    for name, k in keep.items():
+        if min_keep and int(k.sum()) < min_keep:
+            s = units.score(name).flatten()
+            k.view(-1)[s.topk(min(min_keep, s.numel())).indices] = True
     return keep
+
+
+@dataclass
+class Global:
+    """One threshold over every score: the ``ratio`` lowest-scored units of the whole model go.
+
+    The scores stream name by name through the selection (three passes) and once more to build
+    the masks, so the global pass never holds every score at once."""
+
+    def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
+        return threshold_all(units.sizes, units.score, ratio)
+
+
+def threshold_all(sizes: dict[str, int], score: Callable[[str], torch.Tensor], ratio: float
+                  ) -> dict[str, torch.Tensor]:
+    total = sum(sizes.values())
+    if total < _KEEP_SCORES_BELOW:
+        # Few scores (channels): compute once; recomputing means re-reading whole filters.
+        scores = {name: score(name) for name in sizes}
+        theta = _threshold(lambda: (_flat(scores[name]) for name in sizes), total, ratio)
+        return {name: s > theta for name, s in scores.items()}
+    theta = _threshold(lambda: (_flat(score(name)) for name in sizes), total, ratio)
+    return {name: score(name) > theta for name in sizes}
+
+
+def keep_ratio(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Keep all but the ``ratio`` lowest of one set's scores."""
+    return scores > _threshold(lambda: [_flat(scores)], scores.numel(), ratio)
+
+
+def keep_count(scores: torch.Tensor, kept: int) -> torch.Tensor:
+    """Keep exactly the ``kept`` highest of one set's scores (ties broken by position)."""
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    if kept > 0:
+        keep[scores.flatten().cpu().float().topk(kept, sorted=False).indices] = True
+    return keep.view(scores.shape)
+
+
+@dataclass
+class Local:
+    """The same ratio in every set."""
+
+    def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
+        return {name: keep_ratio(units.score(name), ratio) for name in units.sizes}
+
+
+@dataclass
+class Lamp:
+    """Layer-adaptive magnitude-based pruning (Lee et al. 2021), then one global threshold.
+
+    In each set, with the scores sorted ascending (s_1 <= ... <= s_n), unit u scores
+    ``s_u / sum_{v >= u} s_v``: a weight's share of what is at least as large in its own layer.
+    With ``criterion=l2`` (s = w^2, the default) this is the paper's formula. Every set's largest
+    unit scores 1, so a set is emptied only if all of the model's remaining units go. Pruned
+    units (``-inf``) keep their score and count as zero in the sums."""
+
+    def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
+        scores = {name: lamp_scores(units.score(name)) for name in units.sizes}
+        return threshold_all(units.sizes, scores.__getitem__, ratio)
+
+
+def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
+    s = scores.detach().flatten().cpu().double()
+    alive = torch.isfinite(s)
+    values = torch.where(alive, s, torch.zeros_like(s))
+    order = values.argsort(stable=True)
+    sorted_ = values[order]
+    tail = sorted_.flip(0).cumsum(0).flip(0)  # sum_{v >= u} s_v
+    out = torch.empty_like(s)
+    out[order] = sorted_ / tail.clamp_min(torch.finfo(torch.float64).tiny)
+    out[~alive] = -math.inf
+    return out.float().view(scores.shape)

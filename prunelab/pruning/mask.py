@@ -26,6 +26,10 @@ class Mask:
     prunable: tuple[str, ...] = ()
     # Structured pruning only: per pruned layer, which output channels were kept.
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
+    # How much of each set (layer / channel group) was kept, for plan.json (``plan.py``).
+    plan: dict = field(default_factory=dict, compare=False)
+    # Files the scope left for the run (e.g. the sensitivity scan's table and heatmap).
+    report: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         for name, m in self.masks.items():

@@ -1,35 +1,46 @@
-"""The pruning methods: what a "unit" is, how it is scored, and what zeroing it means.
+"""The pruning methods (patterns): what a unit is, and what removing it zeroes.
 
-* :func:`unstructured` keeps W_ij where score(W_ij) > theta.
-* :func:`structured` keeps output channel i (a neuron or conv filter) where ||W_i||_p > theta.
-  Channels are taken from Torch-Pruning's dependency graph, so channels that must go together
-  (a residual addition, the BatchNorm after a conv, the next layer's inputs, the flatten->linear
-  boundary) are scored and removed as one unit; a grouped convolution's channels are removed at
-  the same positions in each of its groups. Zeroing all of a channel's parameters makes the
-  masked network compute exactly what the network with that channel physically removed computes
-  (see ``shrink.py``).
+* :func:`unstructured`: a unit is one weight; keep W_ij where score(W_ij) > theta.
+* :func:`structured`: a unit is an output channel (a neuron or conv filter), keep channel i where
+  its score (||W_i||_p for magnitude) > theta. Channels come from Torch-Pruning's dependency
+  graph, so channels that must go together (a residual addition, the BatchNorm after a conv, the
+  next layer's inputs, the flatten->linear boundary) are scored and removed as one unit; a grouped
+  convolution's channels go at the same positions in each of its groups. Zeroing all of a
+  channel's parameters makes the masked network compute exactly what the network with the channel
+  physically removed computes (``shrink.py``).
+* :func:`nm`: semi-structured N:M: in every group of M consecutive input weights of a row, the N
+  highest-scored survive.
 
-Both return a :class:`~prunelab.pruning.mask.Mask`; neither modifies the model.
+Every method takes the criterion (``criteria.py``) and the scope (``allocation.py``) as names or
+objects, and the current ``mask``: entries it pruned score ``-inf``, so they stay pruned and count
+towards ``ratio``, the overall target (not a fraction of what is left). A schedule can call a
+method again and again. None modifies the model; each returns a :class:`Mask` with the per-set
+plan (``plan.py``) and what its scope reported.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import math
 from fnmatch import fnmatch
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from .allocation import allocate
-from .importance import channel_scores, weight_scores
+from . import criteria
+from .allocation import Units, allocate
+from .errors import PruningError, check_ratio
 from .mask import Mask
+from .plan import plan_of
+from .plugins import resolve
+
+log = logging.getLogger(__name__)
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-class PruningError(ValueError):
-    """The requested pruning cannot be done on this model; the message says why."""
+_INF = float("inf")
 
 
 def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, nn.Module]:
@@ -38,35 +49,130 @@ def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, n
             if isinstance(m, PRUNABLE_TYPES) and not any(fnmatch(name, pat) for pat in ignore)}
 
 
-def _check_ratio(ratio: float) -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise PruningError(f"ratio={ratio} is out of range: expected 0 <= ratio < 1")
+def check_normalize(value) -> None:
+    if value not in ("mean", "none"):
+        raise PruningError(f"method.normalize={value!r} is not allowed: expected one of mean, none")
 
 
 def _full_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in model.named_parameters()}
 
 
-def unstructured(model: nn.Module, ratio: float, scope: str = "global", criterion: str = "l1",
-                 ignore: Sequence[str] = (), seed: int = 0, **_) -> Mask:
+def _alive(mask: Mask | None, name: str, like: torch.Tensor) -> torch.Tensor | None:
+    """The current mask's entries for ``name`` (None: nothing pruned yet)."""
+    if mask is None or name not in mask.masks:
+        return None
+    m = mask.masks[name]
+    if m.shape != like.shape:
+        raise PruningError(f"the current mask for {name} has shape {tuple(m.shape)}, the model's is {tuple(like.shape)}")
+    return None if bool(m.all()) else m.cpu()
+
+
+def _without_pruned(scores: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
+    scores = scores.detach().cpu()
+    return scores if alive is None else scores.float().masked_fill(~alive, -_INF)
+
+
+def _setup(model, ratio, criterion, scope, data, seed):
+    check_ratio(ratio)
+    criterion, scope = resolve("criterion", criterion), resolve("scope", scope)
+    if data is not None and not isinstance(data, criteria.PruneData):
+        data = criteria.PruneData(data, seed=seed)
+    return criteria.prepare(criterion, model, data, seed), scope, data
+
+
+def _prober(model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.Tensor]]):
+    """``trial(keeps, samples)`` for measuring scopes: validation accuracy of a copy of ``model``
+    with only ``keeps`` applied (the copy made on the first trial, its weights restored before
+    every trial; scopes that do not measure never pay for it)."""
+    if data is None:
+        return None
+    probe = {}
+
+    @torch.no_grad()
+    def trial(keeps: dict[str, torch.Tensor], samples: int | None = None) -> float:
+        if not probe:
+            probe["model"] = copy.deepcopy(model)
+            probe["params"] = dict(probe["model"].named_parameters())
+            probe["original"] = {n: p.detach().clone() for n, p in probe["params"].items()}
+        masks = masks_of(keeps)
+        for n, p in probe["params"].items():
+            p.copy_(probe["original"][n])
+            if n in masks:
+                p.mul_(masks[n].to(p.device, p.dtype))
+        return data.accuracy(probe["model"], samples)
+
+    return trial
+
+
+def _finish(keep, units: Units, masks, prunable, channels=None) -> Mask:
+    out = Mask(masks, prunable=tuple(prunable), channels=channels or {})
+    out.plan = plan_of(units.kind, {n: (units.sizes[n], int(k.sum()), tuple(k.shape)) for n, k in keep.items()})
+    out.report = dict(units.report)
+    return out
+
+
+def unstructured(model: nn.Module, ratio: float, scope="global", criterion="l2",
+                 ignore: Sequence[str] = (), seed: int = 0, mask: Mask | None = None, data=None, **_) -> Mask:
     """Mask the lowest-scored ``ratio`` of the weights of all prunable layers.
 
     >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> round(unstructured(net, 0.5).sparsity, 3)
     0.5
     """
-    _check_ratio(ratio)
+    scorer, scope, data = _setup(model, ratio, criterion, scope, data, seed)
     layers = prunable_layers(model, ignore)
     if not layers:
         raise PruningError("no prunable (Conv/Linear) layer left after method.ignore")
     weights = {f"{name}.weight": m.weight for name, m in layers.items()}
-    keep = allocate(
-        {n: w.numel() for n, w in weights.items()},
-        lambda n: weight_scores(weights[n], criterion, n, seed).cpu(),
-        ratio, scope,
-    )
-    masks = {n: k for n, k in keep.items()}
-    return Mask(masks, prunable=tuple(weights))
+    alive = {n: _alive(mask, n, w) for n, w in weights.items()}
+    units = Units({n: w.numel() for n, w in weights.items()},
+                  lambda n: _without_pruned(scorer.weights(n, weights[n]), alive[n]),
+                  trial=_prober(model, data, lambda keeps: keeps))
+    keep = allocate(units, ratio, scope)
+    masks = {n: (k & alive[n]) if alive[n] is not None else k for n, k in keep.items()}
+    return _finish(keep, units, masks, weights)
+
+
+def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope="global", criterion="l2",
+       ignore: Sequence[str] = (), seed: int = 0, mask: Mask | None = None, data=None, **_) -> Mask:
+    """Semi-structured N:M: in every group of ``m`` consecutive weights along a layer's inputs
+    (for a convolution: along its input channels, at each kernel position), the ``n``
+    highest-scored survive. A layer whose inputs do not divide by ``m`` is left dense and named in
+    a warning. ``ratio`` must be ``(m - n) / m``: the pattern fixes it. The scope has nothing to
+    allocate (each group decides alone); it is accepted so every scope composes.
+
+    >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    >>> round(nm(net, 0.5, n=2, m=4).sparsity, 3)
+    0.5
+    """
+    if not 0 < n < m:
+        raise PruningError(f"method.n={n}, method.m={m}: expected 0 < n < m")
+    if not math.isclose(check_ratio(ratio), (m - n) / m, abs_tol=1e-9):
+        raise PruningError(f"method=nm keeps {n} of every {m} weights: ratio must be {(m - n) / m:g}, got {ratio:g}")
+    scorer, _, _ = _setup(model, ratio, criterion, scope, data, seed)
+    candidates = prunable_layers(model, ignore)
+    layers = {name: layer for name, layer in candidates.items() if layer.weight.shape[1] % m == 0}
+    skipped = [name for name in candidates if name not in layers]
+    if skipped:
+        log.warning("method=nm: %s left dense: input size not divisible by m=%d", ", ".join(skipped), m)
+    if not layers:
+        raise PruningError(f"method=nm: no prunable layer has an input size divisible by m={m}")
+    masks = _full_masks(model)
+    keep = {}
+    for name, layer in layers.items():
+        pname, w = f"{name}.weight", layer.weight
+        alive = _alive(mask, pname, w)
+        s = _without_pruned(scorer.weights(pname, w), alive)
+        # Inputs last, then groups of m: (out, in, *k) -> (out, *k, in) -> (-1, m).
+        moved = s.movedim(1, -1)
+        groups = moved.reshape(-1, m)
+        k = torch.zeros_like(groups, dtype=torch.bool)
+        k.scatter_(1, groups.topk(n, dim=1).indices, True)
+        k = k.view(moved.shape).movedim(-1, 1).contiguous()
+        keep[pname] = k
+        masks[pname] = k & alive if alive is not None else k
+    return _finish(keep, Units({p: k.numel() for p, k in keep.items()}, keep.__getitem__), masks, keep)
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -105,17 +211,21 @@ def _blocks(root_name: str, group, n: int) -> int:
     return blocks
 
 
-def _out_rows(group, graph, n: int) -> list[torch.Tensor]:
-    """Each coupled layer's weight rows, placed at the root channel index they belong to."""
+def _coupled(group, graph, n: int, param_names) -> list[criteria.Coupled]:
+    """The layers whose output channels the group's channels are, each with its row placement."""
     rows = []
     for item in group:
         module = item.dep.target.module
         if isinstance(module, PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(item.dep.handler):
-            w = module.weight.detach()
-            w = w.reshape(w.shape[0], -1)
-            placed = w.new_zeros(n, w.shape[1])
-            placed[torch.as_tensor(item.root_idxs)] = w[torch.as_tensor(item.idxs)]
-            rows.append(placed)
+            src, dst = torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs)
+
+            def place(t, src=src, dst=dst):
+                t = t.reshape(t.shape[0], -1).cpu()
+                placed = t.new_zeros(n, t.shape[1])
+                placed[dst] = t[src]
+                return placed
+
+            rows.append(criteria.Coupled(param_names[id(module.weight)], module.weight, place))
     return rows
 
 
@@ -140,27 +250,28 @@ def _zero_channel_masks(masks, graph, root, idxs, param_names) -> None:
                 masks[full][ix] = False
 
 
-def structured(model: nn.Module, ratio: float, scope: str = "global", criterion: str = "l2",
+def structured(model: nn.Module, ratio: float, scope="global", criterion="l2",
                ignore: Sequence[str] = ("classifier",), seed: int = 0,
-               example_inputs: torch.Tensor | None = None, normalize: str = "mean", **_) -> Mask:
+               example_inputs: torch.Tensor | None = None, normalize: str = "mean",
+               mask: Mask | None = None, data=None, **_) -> Mask:
     """Mask the lowest-scored ``ratio`` of the output channels of all prunable layers.
 
-    Global scope compares channels across layers after dividing each group's scores by their mean
-    (``normalize="mean"``, Torch-Pruning's default group normaliser): raw filter norms grow with
-    fan-in, so unnormalised scores would strip the widest-input layers first. Every group keeps
-    at least one channel, so no layer is ever emptied. ``example_inputs`` (one batch) is needed to
+    Each group's channel scores are divided by their mean (``normalize="mean"``, Torch-Pruning's
+    default group normaliser) before a global threshold compares them: raw filter norms grow with
+    fan-in, so unnormalised scores would strip the widest-input layers first (within one layer
+    the order is unchanged, so local and per-layer scopes are unaffected). Every group keeps at
+    least one channel, so no layer is ever emptied. ``example_inputs`` (one batch) is needed to
     trace the dependency graph.
     """
-    _check_ratio(ratio)
     if example_inputs is None:
         raise PruningError("structured pruning needs example_inputs to trace the model")
-    if normalize not in ("mean", "none"):
-        raise PruningError(f"normalize={normalize!r}: expected 'mean' or 'none'")
+    check_normalize(normalize)
     layers = prunable_layers(model, ignore)
     last = list(prunable_layers(model))[-1]
     if last in layers:
         raise PruningError(f"structured pruning would remove output classes of {last!r}: "
                            f"add it to method.ignore (now {list(ignore)})")
+    scorer, scope, data = _setup(model, ratio, criterion, scope, data, seed)
     was_training = model.training
     model.eval()
     try:
@@ -169,26 +280,36 @@ def structured(model: nn.Module, ratio: float, scope: str = "global", criterion:
         model.train(was_training)
     if not groups:
         raise PruningError("no prunable channel group left after method.ignore")
+    param_names = {id(p): n for n, p in model.named_parameters()}
     by_root = {name: (module, group) for name, module, group in groups}
     blocks = {name: _blocks(name, group, len(group[0].idxs)) for name, (_, group) in by_root.items()}
+    alive = {name: mask.channels[name].cpu() if mask is not None and name in mask.channels else None
+             for name in by_root}
 
     def score(name):
         module, group = by_root[name]
         n = len(group[0].idxs)
-        s = channel_scores(_out_rows(group, graph, n), n, criterion, name, seed)
+        s = criteria.channel_scores(scorer, name, _coupled(group, graph, n, param_names), n)
         if blocks[name] > 1:  # position i of every block is one unit: one shared score
             s = s.view(blocks[name], -1).mean(0).repeat(blocks[name])
-        return s / s.mean().clamp_min(1e-12) if scope == "global" and normalize == "mean" else s
+        if normalize == "mean":
+            s = s / s.mean().clamp_min(1e-12) if alive[name] is None else s / s[alive[name]].mean().clamp_min(1e-12)
+        return _without_pruned(s, alive[name])
 
-    keep = allocate({name: len(g[0].idxs) for name, (_, g) in by_root.items()}, score, ratio, scope,
-                    min_keep=1)
+    def masks_of(keeps):
+        masks = _full_masks(model)
+        for name, k in keeps.items():
+            _zero_channel_masks(masks, graph, by_root[name][0], (~k).nonzero().flatten().tolist(), param_names)
+        return masks
+
+    cached = {}
+    units = Units({name: len(g[0].idxs) for name, (_, g) in by_root.items()},
+                  lambda name: cached[name] if name in cached else cached.setdefault(name, score(name)),
+                  kind="channels", trial=_prober(model, data, masks_of))
+    keep = allocate(units, ratio, scope)
     for name, b in blocks.items():
         if b > 1:  # min_keep may have kept a position in one block only: keep it in all
             keep[name] = keep[name].view(b, -1).any(0).repeat(b)
-    masks = _full_masks(model)
-    param_names = {id(p): n for n, p in model.named_parameters()}
-    for name, (module, _) in by_root.items():
-        pruned = (~keep[name]).nonzero().flatten().tolist()
-        _zero_channel_masks(masks, graph, module, pruned, param_names)
-    prunable = tuple(f"{n}.weight" for n in layers)
-    return Mask(masks, prunable=prunable, channels=keep)
+        if alive[name] is not None:
+            keep[name] = keep[name] & alive[name]
+    return _finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), channels=keep)

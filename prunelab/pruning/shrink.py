@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .mask import Mask
-from .methods import PruningError, dependency_graph
+from .errors import PruningError
+from .methods import dependency_graph
 
 
 def shrink(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Module:

@@ -1,0 +1,158 @@
+"""Automatic per-layer ratios from a sensitivity scan (``scope=sensitivity``).
+
+The scan (Distiller's sensitivity analysis, NNI's sensitivity pruner): each set (layer, or
+channel group) is pruned alone at every ratio of a grid, by the run's criterion, and the model is
+evaluated on a bounded subset of the validation split, with no fine-tuning. A set's predicted loss
+at ratio r is the accuracy drop, made non-decreasing in r and linear between grid points.
+
+The choice: for a tolerated loss tau every set takes the largest ratio whose predicted loss stays
+within tau; tau is bisected until the sets together remove the requested overall ``ratio``. (The
+cheapest units are cut first everywhere: no set is cut past the loss another set is spared.) Where
+several sets reach tau at once, the step is shared in proportion, so the overall ratio is met
+exactly. The scan is logged as ``sensitivity.csv`` and ``sensitivity.png`` (a heatmap); the choice
+is the run's ``plan.json``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .allocation import Units, keep_count, keep_ratio
+from .errors import PruningError
+
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+@dataclass
+class Sensitivity:
+    grid: list[float] = field(default_factory=lambda: list(GRID))
+    samples: int = 1000  # validation examples per evaluation
+    measures = True  # it evaluates the model: pointless on untrained weights (runner's pre-check)
+
+    def __post_init__(self):
+        self._scans: dict = {}
+
+    def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
+        table = self.scan(units)
+        units.report["sensitivity.csv"] = table.to_csv(index=False)
+        units.report["sensitivity.png"] = heatmap(table)
+        ratios = choose(table, units.sizes, ratio)
+        kept = counts(ratios, units.sizes, ratio)
+        return {name: keep_count(units.score(name), kept[name]) for name in units.sizes}
+
+    def scan(self, units: Units) -> pd.DataFrame:
+        """Accuracy with each set pruned alone at each grid ratio (one row per set and ratio,
+        ratio 0 = the unpruned model). Kept per model state: a budget search that prunes the same
+        model at many ratios scans it once."""
+        if units.trial is None:
+            raise PruningError("scope=sensitivity evaluates on validation data: pass data=PruneData(train, val)")
+        scores = {name: units.score(name) for name in units.sizes}
+        key = tuple((n, s.shape, float(s[torch.isfinite(s)].double().sum())) for n, s in scores.items())
+        if key not in self._scans:
+            base = units.trial({}, self.samples)
+            rows = [{"set": name, "units": units.sizes[name], "ratio": 0.0, "accuracy": base} for name in units.sizes]
+            for name, s in scores.items():
+                for r in self.grid:
+                    rows.append({"set": name, "units": units.sizes[name], "ratio": float(r),
+                                 "accuracy": units.trial({name: _at_least_one(keep_ratio(s, r), s)}, self.samples)})
+            table = pd.DataFrame(rows)
+            table["loss"] = base - table["accuracy"]
+            self._scans = {key: table}  # one model state at a time
+        return self._scans[key]
+
+
+def _at_least_one(keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    return keep if bool(keep.any()) else keep_count(scores, 1)
+
+
+def _envelopes(table: pd.DataFrame, sizes: dict[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per set: grid ratios (from 0, capped so one unit is left) and the non-decreasing loss."""
+    out = {}
+    for name, n in sizes.items():
+        rows = table[table["set"] == name].sort_values("ratio")
+        r = np.minimum(rows["ratio"].to_numpy(float), (n - 1) / n)
+        loss = np.maximum.accumulate(np.maximum(rows["loss"].to_numpy(float), 0.0))
+        out[name] = (r, loss)
+    return out
+
+
+def _ratio_at(r: np.ndarray, loss: np.ndarray, tau: float) -> float:
+    """The largest ratio whose predicted loss is within ``tau`` (linear between grid points)."""
+    j = int(np.searchsorted(loss, tau, side="right")) - 1  # last grid point with loss <= tau
+    if j < 0:  # tau below zero: nothing is tolerated
+        return 0.0
+    if j >= len(r) - 1:
+        return float(r[-1])
+    if loss[j + 1] == loss[j]:
+        return float(r[j])
+    return float(r[j] + (tau - loss[j]) / (loss[j + 1] - loss[j]) * (r[j + 1] - r[j]))
+
+
+def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float) -> dict[str, float]:
+    """Per-set ratios that remove ``ratio`` of all units with the least tolerated loss."""
+    env = _envelopes(table, sizes)
+    total = sum(sizes.values())
+
+    def at(tau):
+        ratios = {name: _ratio_at(r, loss, tau) for name, (r, loss) in env.items()}
+        return ratios, sum(sizes[n] * x for n, x in ratios.items()) / total
+
+    top, reach = at(np.inf)
+    if ratio > reach + 1e-12:
+        raise PruningError(f"scope=sensitivity: the scan's grid (up to {max(table['ratio']):g} per layer) "
+                           f"removes at most {reach:.4f} of the units, below ratio={ratio:g}")
+    # tau = -1 prunes nothing; the top of the losses prunes everything the grid allows.
+    lo, hi = -1.0, max(float(loss[-1]) for _, loss in env.values()) + 1e-9
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if at(mid)[1] >= ratio:
+            hi = mid
+        else:
+            lo = mid
+    (low, below), (high, above) = at(lo), at(hi)
+    share = 0.0 if above <= below else (ratio - below) / (above - below)
+    return {name: low[name] + min(max(share, 0.0), 1.0) * (high[name] - low[name]) for name in sizes}
+
+
+def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float) -> dict[str, int]:
+    """Units kept per set: each set's ratio rounded, then the total matched to round(ratio * all)
+    one unit at a time on the sets with the largest rounding error."""
+    pruned = {n: min(round(ratios[n] * sizes[n]), sizes[n] - 1) for n in sizes}
+    short = round(ratio * sum(sizes.values())) - sum(pruned.values())
+    order = sorted(sizes, key=lambda n: (ratios[n] * sizes[n] - pruned[n]) * (1 if short > 0 else -1), reverse=True)
+    i = 0
+    while short and i < 10 * len(order) + abs(short):
+        n = order[i % len(order)]
+        step = 1 if short > 0 else -1
+        if 0 <= pruned[n] + step <= sizes[n] - 1:
+            pruned[n] += step
+            short -= step
+        i += 1
+    return {n: sizes[n] - pruned[n] for n in sizes}
+
+
+def heatmap(table: pd.DataFrame) -> bytes:
+    """The scan as a PNG: accuracy drop per set (rows) and ratio (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = table[table["ratio"] > 0].pivot(index="set", columns="ratio", values="loss")
+    grid = grid.reindex(list(dict.fromkeys(table["set"])))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * grid.shape[1], 1.2 + 0.4 * grid.shape[0]))
+    image = ax.imshow(grid.to_numpy() * 100, cmap="magma_r", aspect="auto", vmin=0)
+    ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    ax.set_xlabel("ratio pruned in this set alone")
+    fig.colorbar(image, ax=ax, label="validation accuracy drop (points)")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=110)
+    plt.close(fig)
+    return out.getvalue()
