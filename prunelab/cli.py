@@ -12,6 +12,7 @@ import logging
 import re
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -27,7 +28,12 @@ GROUPS = ("model", "dataset", "method", "criterion", "scope", "recipe", "quantiz
 
 
 def _values(override, own_sweeper: bool) -> list[str] | None:
-    """The values a sweep override takes (None: an optimising sweeper picks them)."""
+    """The values a sweep override takes (None: an optimising sweeper picks them, or a glob
+    over a group's options, which Hydra expands against the options that exist)."""
+    from hydra.core.override_parser.types import Glob
+
+    if isinstance(override.value(), Glob):
+        return None
     if override.is_sweep_override():
         if not override.is_discrete_sweep():
             if not own_sweeper:
@@ -58,9 +64,10 @@ def _jobs(parsed, own_sweeper: bool) -> list[list[str]]:
     return [[line for line in job if line is not None] for job in jobs]
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str], config_dir: str, config_name: str):
     """The config Hydra will run, composed with its public API on the real search path (a user's
-    own hydra.searchpath folder included), checked by the schema; ConfigError in one line."""
+    own hydra.searchpath folder included) and checked by the schema (ConfigError in one line);
+    returns its own sweep (hydra.sweeper.params) and sweeper."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
@@ -70,16 +77,17 @@ def _compose(overrides: list[str]):
 
     register()  # the schema, as Hydra will compose against it
     try:
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     except MissingConfigException as e:
         raise ConfigError(_missing_option(e)) from None
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_first_lines(e)) from None
     params = cfg.hydra.sweeper.get("params")
     sweeps = OmegaConf.to_container(params, resolve=False) if params else {}
+    sweeper = str(cfg.hydra.runtime.choices.get("hydra/sweeper", "basic"))
     validate(with_choices(cfg))
-    return sweeps
+    return sweeps, sweeper
 
 
 def _first_lines(e: BaseException) -> str:
@@ -107,26 +115,32 @@ def _missing_option(e) -> str:
 
 def preflight(args: list[str]) -> None:
     """Compose the config of every swept value (and of an experiment's own sweep) and check it
-    with the schema before Hydra starts the app: ConfigError in one line, no run opened."""
+    with the schema before Hydra starts the app: ConfigError in one line, no run opened.
+
+    ``-cd``/``-cn`` (another config folder / primary config) are honoured; with ``-cp`` (a path
+    relative to a Python module) Hydra checks on its own."""
     from hydra._internal.utils import get_args_parser
 
     try:
-        overrides = get_args_parser().parse_args(args).overrides
+        parsed_args = get_args_parser().parse_args(args)
     except SystemExit:  # argparse already printed its usage message
         raise ConfigError("cannot parse the command line (see usage above)") from None
+    if parsed_args.config_path:
+        return
+    primary = (parsed_args.config_dir or str(conf_dir()), parsed_args.config_name or "config")
     parser = OverridesParser.create()
     try:
-        parsed = parser.parse_overrides(overrides)
+        parsed = parser.parse_overrides(parsed_args.overrides)
     except Exception as e:  # Hydra's grammar errors
         raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
     own_sweeper = any(o.key_or_group == "hydra/sweeper" for o in parsed)
     for job in _jobs(parsed, own_sweeper):
-        sweeps = _compose(job)
-        if sweeps:  # an experiment's hydra.sweeper.params: its values, each in turn
+        sweeps, sweeper = _compose(job, *primary)
+        if sweeps:  # an experiment's hydra.sweeper.params: each of its values in turn
             given = {o.key_or_group for o in parsed}
             extra = parser.parse_overrides([f"{k}={v}" for k, v in sweeps.items() if k not in given])
-            for more in _jobs(extra, own_sweeper)[1:]:
-                _compose(job + more)
+            for more in _jobs(extra, own_sweeper or sweeper != "basic"):
+                _compose(job + more, *primary)
 
 
 def _interrupt(signum, frame):

@@ -87,6 +87,15 @@ def run_name(cfg: DictConfig) -> str:
     return f"{choice(cfg, 'method')}-{choice(cfg, 'scope')}-{at}"
 
 
+def run_tags(cfg: DictConfig, device_type: str) -> dict[str, str]:
+    """The tags that identify a pruned run: its keys and the options it was run with."""
+    from .tracking import TAG_POINT_KEY, TAG_ROLE, TAG_RUN_KEY
+
+    chosen = names(cfg)
+    return {TAG_ROLE: "pruned", TAG_RUN_KEY: run_key(cfg, device_type), TAG_POINT_KEY: point_key(cfg, device_type),
+            **{f"prunelab.{g}": chosen[g] for g in ("method", "scope", "criterion")}}
+
+
 def _digest(tree) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -98,6 +107,13 @@ def _relevant(cfg: DictConfig, device_type: str) -> dict:
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):
             tree[parent].pop(leaf, None)
+    if tree.get("plan"):  # a plan by its contents: the same path may hold another plan later
+        from .pruning.plan import load_plan
+
+        digest = "sets:" + _digest(load_plan(tree["plan"])["sets"])
+        tree["plan"] = digest
+        if isinstance(tree.get("scope"), dict) and "source" in tree["scope"]:
+            tree["scope"]["source"] = digest
     # "auto" means different things on different machines: key on what actually runs.
     tree["device"] = device_type
     tree["format"] = _FORMAT

@@ -34,6 +34,7 @@ from .ledger import cost_ledger
 from .measure import layer_table, sparsity_summary
 from .models import build
 from .pruning import Local, Mask, PruneData, prune, shrink, unshrink
+from .pruning.budget import check_reachable
 from .redact import redact
 from .train import EpochResult, evaluate, fit, optimizer_for, seed_everything, steps_per_epoch
 
@@ -125,7 +126,10 @@ class Pruner:
         fails now, not after dense training (a measuring scope is stood in for by local: its scan
         would cost a second time and say nothing on random weights)."""
         scope = Local() if getattr(self.scope, "measures", False) else None
-        self(copy.deepcopy(model), self.ratio, scope=scope, budget=False)
+        probe = copy.deepcopy(model)
+        self(probe, self.ratio, scope=scope, budget=False)
+        if self.budget is not None:  # a budget this method cannot meet, or nm's fixed ratio
+            check_reachable(lambda r: self(probe, r, scope=scope, budget=False), probe, self.example, self.budget)
 
 
 def rounds(cfg: DictConfig) -> list[float]:
@@ -144,10 +148,9 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
     device = resolve_device(cfg.device)
     extra_tags = dict(extra_tags or {})
     experiment_id = tracking.connect(cfg.tracking.uri, keys.experiment_name(cfg))
-    key, name, chosen = keys.run_key(cfg, device.type), keys.run_name(cfg), keys.names(cfg)
-    tags = {tracking.TAG_ROLE: "pruned", tracking.TAG_RUN_KEY: key,
-            tracking.TAG_POINT_KEY: keys.point_key(cfg, device.type),
-            **{f"prunelab.{g}": chosen[g] for g in ("method", "scope", "criterion")}, **extra_tags}
+    name, chosen = keys.run_name(cfg), keys.names(cfg)
+    tags = {**keys.run_tags(cfg, device.type), **extra_tags}
+    key = tags[tracking.TAG_RUN_KEY]
     if not cfg.force:
         done = tracking.reuse_finished(experiment_id, key, extra_tags)
         if done is not None:
@@ -221,14 +224,14 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         weights = io.BytesIO()
         torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                     "mask": mask.to_state()}, weights)
-        plan = {**mask.plan, "computed_on": {**chosen, "seed": cfg.seed, "ratio": cfg.ratio, "run_key": key,
+        plan = {**mask.plan, "computed_on": {**chosen, "seed": cfg.seed, "ratio": mask.plan["ratio"], "run_key": key,
                                              "run_id": active.info.run_id}}
         tracking.log_artifact_files({
             "config.yaml": redact(OmegaConf.to_yaml(cfg, resolve=True)),
             "layers.csv": table.to_csv(index=False),
             "plan.json": json.dumps(plan, indent=1),
             "model/masked_weights.pt": weights.getvalue(),
-            **mask.report,
+            **{name: made() if callable(made) else made for name, made in mask.report.items()},
             **handed.files,
         })
         metrics["run_id"] = active.info.run_id

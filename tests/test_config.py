@@ -184,3 +184,11 @@ def test_a_config_folder_on_hydra_searchpath_brings_its_own_model(tmp_path):
     preflight([f"hydra.searchpath=[file://{tmp_path}]", "model=mynet"])
     assert "mynet" in refused(preflight, [f"hydra.searchpath=[file://{tmp_path}]", "model=mynet2"])
     assert "model='mynet'" in refused(preflight, ["model=mynet"])  # not without the folder
+
+
+def test_every_value_of_an_experiments_own_sweep_is_checked(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    for name, values in (("first_bad", "1.5,0.5"), ("last_bad", "0.5,1.5")):
+        (tmp_path / "experiment" / f"{name}.yaml").write_text(
+            f"# @package _global_\nhydra:\n  sweeper:\n    params:\n      ratio: {values}\n")
+        assert "ratio=1.5" in refused(preflight, ["-m", f"hydra.searchpath=[file://{tmp_path}]", f"+experiment={name}"])

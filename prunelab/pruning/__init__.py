@@ -34,23 +34,23 @@ from .shrink import shrink, unshrink
 def prune(model: nn.Module, method="unstructured", scope="global", ratio: float = 0.5,
           criterion="l2", ignore: Sequence[str] | None = None, seed: int = 0,
           example_inputs: torch.Tensor | None = None, data=None, mask: Mask | None = None,
-          budget_macs: float | None = None, **options) -> Mask:
+          budget_macs: float | None = None, **method_options) -> Mask:
     """Compute the mask for pruning ``ratio`` of ``model`` (the model is not modified).
 
     ``data``: ``(x, y)`` training batches, or a :class:`PruneData` (with a validation split for
     ``scope="sensitivity"``). ``ignore`` defaults to the method's own default (nothing for
-    unstructured, the ``classifier`` layer for structured). ``options`` go to the method
+    unstructured, the ``classifier`` layer for structured). ``method_options`` go to the method
     (``n=2, m=4`` for ``nm``, ``normalize`` for structured)."""
     fn = resolve("method", method)
     if ignore is not None:
-        options["ignore"] = ignore
+        method_options["ignore"] = ignore
     if data is not None and not isinstance(data, PruneData):
         data = PruneData(data, seed=seed)
     criterion, scope = resolve("criterion", criterion), resolve("scope", scope)
 
     def at(r: float) -> Mask:
         out = fn(model, ratio=r, scope=scope, criterion=criterion, seed=seed, example_inputs=example_inputs,
-                 data=data, mask=mask, **options)
+                 data=data, mask=mask, **method_options)
         out.plan["ratio"] = r  # the overall ratio asked for (a budget search finds it)
         return out
 

@@ -118,7 +118,8 @@ class Units:
     ``sizes``: units per set; ``score(name)``: the set's scores (the same values on every call;
     pruned units ``-inf``); ``trial(keeps)``: validation accuracy of the model with only the given
     sets pruned as ``keeps`` says (for scopes that measure, like the sensitivity scan);
-    ``report``: files a scope leaves for the run (``sensitivity.csv``), name -> str or bytes."""
+    ``report``: files a scope leaves for the run (``sensitivity.csv``), name -> str, bytes or a
+    function returning them (made only when the run logs it, e.g. a figure)."""
     sizes: dict[str, int]
     score: Callable[[str], torch.Tensor]
     kind: str = "weights"
@@ -202,6 +203,10 @@ class Lamp:
 def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
     s = scores.detach().flatten().cpu().double()
     alive = torch.isfinite(s)
+    if bool((s[alive] < 0).any()):
+        from .errors import PruningError
+
+        raise PruningError("scope=lamp needs scores >= 0 (a magnitude): this criterion gave negative ones")
     values = torch.where(alive, s, torch.zeros_like(s))
     order = values.argsort(stable=True)
     sorted_ = values[order]

@@ -27,17 +27,13 @@ def macs_fraction(model: nn.Module, mask: Mask, example_inputs: torch.Tensor, de
     return mac_counts(pruned, example_inputs)[1] / dense_macs
 
 
-def to_macs_budget(prune_at: Callable[[float], Mask], model: nn.Module, example_inputs: torch.Tensor,
-                   budget: float, steps: int = 16) -> tuple[Mask, float]:
-    """The mask of the smallest ratio (within 2^-steps) whose MACs fraction is <= ``budget``,
-    and that ratio."""
+def _top(prune_at: Callable[[float], Mask], model: nn.Module, x: torch.Tensor, budget: float):
+    """(mask, ratio, dense MACs) at the highest ratio the scope reaches, checked to meet ``budget``."""
     from ..ledger import mac_counts
 
     if not 0 < budget <= 1:
         raise PruningError(f"budget.macs={budget} is out of range: expected 0 < budget.macs <= 1")
-    x = example_inputs[:1]
     dense = mac_counts(model, x)[0]
-    lo, hi = 0.0, MAX_RATIO
     for hi in (MAX_RATIO, 0.98, 0.95, 0.9):  # a scope may not reach the top (a scan's grid)
         try:
             best = prune_at(hi)
@@ -49,6 +45,22 @@ def to_macs_budget(prune_at: Callable[[float], Mask], model: nn.Module, example_
     if reached > budget:
         raise PruningError(f"budget.macs={budget:g} cannot be reached: at ratio {hi} the model keeps "
                            f"{reached:.3f} of its MACs")
+    return best, hi, dense
+
+
+def check_reachable(prune_at: Callable[[float], Mask], model: nn.Module, example_inputs: torch.Tensor,
+                    budget: float) -> None:
+    """Raise :class:`PruningError` now if ``budget`` cannot be met (before any training)."""
+    _top(prune_at, model, example_inputs[:1], budget)
+
+
+def to_macs_budget(prune_at: Callable[[float], Mask], model: nn.Module, example_inputs: torch.Tensor,
+                   budget: float, steps: int = 16) -> tuple[Mask, float]:
+    """The mask of the smallest ratio (within 2^-steps) whose MACs fraction is <= ``budget``,
+    and that ratio."""
+    x = example_inputs[:1]
+    best, hi, dense = _top(prune_at, model, x, budget)
+    lo = 0.0
     for _ in range(steps):
         mid = (lo + hi) / 2
         mask = prune_at(mid)

@@ -69,8 +69,9 @@ def _alive(mask: Mask | None, name: str, like: torch.Tensor) -> torch.Tensor | N
 
 
 def _without_pruned(scores: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
-    scores = scores.detach().cpu()
-    return scores if alive is None else scores.float().masked_fill(~alive, -_INF)
+    # float32, as the threshold is: a float64 score could round past it
+    scores = scores.detach().cpu().float()
+    return scores if alive is None else scores.masked_fill(~alive, -_INF)
 
 
 def _setup(model, ratio, criterion, scope, data, seed):
@@ -105,7 +106,12 @@ def _prober(model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.T
     return trial
 
 
-def _finish(keep, units: Units, masks, prunable, channels=None) -> Mask:
+def _finish(keep, units: Units, masks, prunable, current: Mask | None, channels=None) -> Mask:
+    """The new mask: this method's choice, AND-ed with the current mask everywhere (whatever
+    method made it, biases and ignored layers included: nothing it pruned comes back)."""
+    if current is not None:
+        for name, old in current.masks.items():
+            masks[name] = masks[name] & old.cpu() if name in masks else old.cpu()
     out = Mask(masks, prunable=tuple(prunable), channels=channels or {})
     out.plan = plan_of(units.kind, {n: (units.sizes[n], int(k.sum()), tuple(k.shape)) for n, k in keep.items()})
     out.report = dict(units.report)
@@ -131,7 +137,7 @@ def unstructured(model: nn.Module, ratio: float, scope="global", criterion="l2",
                   trial=_prober(model, data, lambda keeps: keeps))
     keep = allocate(units, ratio, scope)
     masks = {n: (k & alive[n]) if alive[n] is not None else k for n, k in keep.items()}
-    return _finish(keep, units, masks, weights)
+    return _finish(dict(masks), units, masks, weights, mask)
 
 
 def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope="global", criterion="l2",
@@ -172,7 +178,8 @@ def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope="global", c
         k = k.view(moved.shape).movedim(-1, 1).contiguous()
         keep[pname] = k
         masks[pname] = k & alive if alive is not None else k
-    return _finish(keep, Units({p: k.numel() for p, k in keep.items()}, keep.__getitem__), masks, keep)
+    final = {p: masks[p] for p in keep}
+    return _finish(final, Units({p: k.numel() for p, k in final.items()}, final.__getitem__), masks, final, mask)
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -293,6 +300,9 @@ def structured(model: nn.Module, ratio: float, scope="global", criterion="l2",
         if blocks[name] > 1:  # position i of every block is one unit: one shared score
             s = s.view(blocks[name], -1).mean(0).repeat(blocks[name])
         if normalize == "mean":
+            if bool((s < 0).any()):
+                raise PruningError(f"{name}: the criterion gave negative channel scores, which normalize=mean "
+                                   "cannot compare across layers; use method.normalize=none")
             s = s / s.mean().clamp_min(1e-12) if alive[name] is None else s / s[alive[name]].mean().clamp_min(1e-12)
         return _without_pruned(s, alive[name])
 
@@ -312,4 +322,4 @@ def structured(model: nn.Module, ratio: float, scope="global", criterion="l2",
             keep[name] = keep[name].view(b, -1).any(0).repeat(b)
         if alive[name] is not None:
             keep[name] = keep[name] & alive[name]
-    return _finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), channels=keep)
+    return _finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), mask, channels=keep)

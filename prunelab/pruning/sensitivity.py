@@ -5,16 +5,17 @@ channel group) is pruned alone at every ratio of a grid, by the run's criterion,
 evaluated on a bounded subset of the validation split, with no fine-tuning. A set's predicted loss
 at ratio r is the accuracy drop, made non-decreasing in r and linear between grid points.
 
-The choice: for a tolerated loss tau every set takes the largest ratio whose predicted loss stays
-within tau; tau is bisected until the sets together remove the requested overall ``ratio``. (The
-cheapest units are cut first everywhere: no set is cut past the loss another set is spared.) Where
-several sets reach tau at once, the step is shared in proportion, so the overall ratio is met
-exactly. The scan is logged as ``sensitivity.csv`` and ``sensitivity.png`` (a heatmap); the choice
+The choice: the per-set ratios that remove the requested overall ``ratio`` of all units with the
+least summed predicted loss (each set's loss curve taken as its lower convex hull over the units
+it removes, then the Lagrangian solution: every set removes units while one more costs at most
+lambda, lambda bisected). Where sets reach lambda together, the step is shared in proportion, so
+the overall ratio is met exactly. The scan is logged as ``sensitivity.csv`` and ``sensitivity.png`` (a heatmap); the choice
 is the run's ``plan.json``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ import torch
 from .allocation import Units, keep_count, keep_ratio
 from .errors import PruningError
 
-GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Sensitivity:
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
         table = self.scan(units)
         units.report["sensitivity.csv"] = table.to_csv(index=False)
-        units.report["sensitivity.png"] = heatmap(table)
+        units.report["sensitivity.png"] = functools.partial(heatmap, table)  # drawn when logged, not in the scan
         ratios = choose(table, units.sizes, ratio)
         kept = counts(ratios, units.sizes, ratio)
         return {name: keep_count(units.score(name), kept[name]) for name in units.sizes}
@@ -81,34 +82,46 @@ def _envelopes(table: pd.DataFrame, sizes: dict[str, int]) -> dict[str, tuple[np
     return out
 
 
-def _ratio_at(r: np.ndarray, loss: np.ndarray, tau: float) -> float:
-    """The largest ratio whose predicted loss is within ``tau`` (linear between grid points)."""
-    j = int(np.searchsorted(loss, tau, side="right")) - 1  # last grid point with loss <= tau
-    if j < 0:  # tau below zero: nothing is tolerated
-        return 0.0
-    if j >= len(r) - 1:
-        return float(r[-1])
-    if loss[j + 1] == loss[j]:
-        return float(r[j])
-    return float(r[j] + (tau - loss[j]) / (loss[j + 1] - loss[j]) * (r[j + 1] - r[j]))
+def _hull(r: np.ndarray, loss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lower convex hull of (units removed, predicted loss), from (0, 0): along it each
+    further unit costs at least as much as the one before (increasing slopes)."""
+    hull: list[tuple[float, float]] = []
+    for x, y in zip(r * n, loss):
+        if hull and x <= hull[-1][0]:
+            continue
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (x - hull[-1][0]) >= \
+                (y - hull[-1][1]) * (hull[-1][0] - hull[-2][0]):
+            hull.pop()
+        hull.append((float(x), float(y)))
+    xs, ys = np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
+    return xs, np.diff(ys) / np.diff(xs)
 
 
 def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float) -> dict[str, float]:
-    """Per-set ratios that remove ``ratio`` of all units with the least tolerated loss."""
+    """Per-set ratios that remove ``ratio`` of all units with the least summed predicted loss.
+
+    Each set's predicted loss, as a function of the units it removes, is replaced by its lower
+    convex hull; then every set removes units while the next one costs at most lambda (accuracy
+    per unit), and lambda is bisected until the sets together remove ``ratio`` of all units (the
+    Lagrangian solution, optimal for the hulls). Where sets reach lambda at once, the step is
+    shared in proportion, so the overall ratio is met exactly."""
     env = _envelopes(table, sizes)
+    hulls = {name: _hull(r, loss, sizes[name]) for name, (r, loss) in env.items()}
     total = sum(sizes.values())
 
-    def at(tau):
-        ratios = {name: _ratio_at(r, loss, tau) for name, (r, loss) in env.items()}
+    def at(lam):
+        # a set takes its hull's vertices up to the last whose segment costs <= lam per unit
+        ratios = {name: float(xs[int(np.searchsorted(slopes, lam, side="right"))] / sizes[name])
+                  for name, (xs, slopes) in hulls.items()}
         return ratios, sum(sizes[n] * x for n, x in ratios.items()) / total
 
-    top, reach = at(np.inf)
+    _, reach = at(np.inf)
     if ratio > reach + 1e-12:
         raise PruningError(f"scope=sensitivity: the scan's grid (up to {max(table['ratio']):g} per layer) "
                            f"removes at most {reach:.4f} of the units, below ratio={ratio:g}")
-    # tau = -1 prunes nothing; the top of the losses prunes everything the grid allows.
-    lo, hi = -1.0, max(float(loss[-1]) for _, loss in env.values()) + 1e-9
-    for _ in range(60):
+    top = max((float(sl.max()) for _, sl in hulls.values() if len(sl)), default=0.0)
+    lo, hi = -1.0, top + 1.0  # lambda < 0 removes nothing; above every slope, all the grid allows
+    for _ in range(100):
         mid = (lo + hi) / 2
         if at(mid)[1] >= ratio:
             hi = mid
