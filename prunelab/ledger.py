@@ -73,6 +73,17 @@ def mac_counts(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     return macs, macs - sum(saved)
 
 
+@torch.no_grad()
+def layer_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """MACs of one forward pass on ``x`` per conv/linear layer, by module name."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    counts = {key.split(".", 1)[1]: sum(ops.values()) / 2 for key, ops in counter.get_flop_counts().items()
+              if "." in key}
+    return {name: counts.get(name, 0.0) for name, m in model.named_modules() if isinstance(m, COUNTED_TYPES)}
+
+
 def state_bytes(model: nn.Module) -> int:
     """Size of ``torch.save(model.state_dict())``: the file a user would ship."""
     buffer = io.BytesIO()

@@ -267,3 +267,13 @@ def test_a_run_with_the_nm_pattern_ships_exactly_n_of_m(make_cfg):
 
     metrics = run(make_cfg("method=nm", "method.n=1", "ratio=0.75", "model=lenet300_100"))
     assert abs(metrics["sparsity.prunable"] - 0.75) < 1e-9  # every layer of it groups by 4
+
+
+def test_under_a_macs_budget_the_sensitivity_choice_spends_its_loss_on_macs():
+    """Two layers with the same predicted loss per channel; one channel of the first costs 10x
+    the MACs: to remove MACs, the choice cuts the first; to remove channels, either."""
+    import pandas as pd
+
+    table = pd.DataFrame([{"set": s, "ratio": r, "loss": 0.1 * r} for s in ("costly", "cheap") for r in (0.0, 0.5, 0.9)])
+    by_macs = choose(table, {"costly": 10, "cheap": 10}, 0.45, weights={"costly": 10.0, "cheap": 1.0})
+    assert by_macs["costly"] > 0.45 and by_macs["cheap"] < 0.1

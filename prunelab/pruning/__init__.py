@@ -14,6 +14,7 @@ the ratio that keeps that fraction of the MACs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -56,6 +57,8 @@ def prune(model: nn.Module, method="unstructured", scope="global", ratio: float 
 
     if budget_macs is None:
         return at(ratio)
+    if getattr(scope, "cost", None) == "auto":  # a scope that can spend its choice on MACs does
+        scope = dataclasses.replace(scope, cost="macs")
     if example_inputs is None:
         raise PruningError("budget_macs needs example_inputs to count MACs")
     return to_macs_budget(at, model, example_inputs, budget_macs)[0]

@@ -116,7 +116,8 @@ class Units:
     """What a method asks its scope to allocate.
 
     ``sizes``: units per set; ``score(name)``: the set's scores (the same values on every call;
-    pruned units ``-inf``); ``trial(keeps)``: validation accuracy of the model with only the given
+    pruned units ``-inf``); ``cost(name)``: MACs one unit of the set accounts for (for scopes that
+    trade accuracy against MACs); ``trial(keeps)``: validation accuracy of the model with only the given
     sets pruned as ``keeps`` says (for scopes that measure, like the sensitivity scan);
     ``report``: files a scope leaves for the run (``sensitivity.csv``), name -> str, bytes or a
     function returning them (made only when the run logs it, e.g. a figure)."""
@@ -124,6 +125,7 @@ class Units:
     score: Callable[[str], torch.Tensor]
     kind: str = "weights"
     trial: Callable[..., float] | None = None
+    cost: Callable[[str], float] | None = None
     report: dict[str, Any] = field(default_factory=dict)
 
 

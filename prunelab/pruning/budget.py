@@ -34,12 +34,13 @@ def _top(prune_at: Callable[[float], Mask], model: nn.Module, x: torch.Tensor, b
     if not 0 < budget <= 1:
         raise PruningError(f"budget.macs={budget} is out of range: expected 0 < budget.macs <= 1")
     dense = mac_counts(model, x)[0]
-    for hi in (MAX_RATIO, 0.98, 0.95, 0.9):  # a scope may not reach the top (a scan's grid)
+    tops = (MAX_RATIO, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5)
+    for hi in tops:  # a scope may not reach the top (a scan's grid)
         try:
             best = prune_at(hi)
             break
         except PruningError:
-            if hi == 0.9:
+            if hi == tops[-1]:
                 raise
     reached = macs_fraction(model, best, x, dense)
     if reached > budget:

@@ -106,6 +106,25 @@ def _prober(model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.T
     return trial
 
 
+def _costs(model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]],
+           example_inputs: torch.Tensor | None = None):
+    """``cost(name)``: the MACs one unit of set ``name`` accounts for (counted on first use, from
+    one forward pass of one example)."""
+    found = {}
+
+    def cost(name: str) -> float:
+        if not found:
+            from ..ledger import layer_macs  # the ledger imports the pruning package
+
+            x = example_inputs if example_inputs is not None else (data.train[0][:1] if data is not None else None)
+            if x is None:
+                raise PruningError("MACs per unit need example_inputs or data")
+            found.update(per_unit(layer_macs(model, x[:1])))
+        return found[name]
+
+    return cost
+
+
 def _finish(keep, units: Units, masks, prunable, current: Mask | None, channels=None) -> Mask:
     """The new mask: this method's choice, AND-ed with the current mask everywhere (whatever
     method made it, biases and ignored layers included: nothing it pruned comes back)."""
@@ -134,7 +153,9 @@ def unstructured(model: nn.Module, ratio: float, scope="global", criterion="l2",
     alive = {n: _alive(mask, n, w) for n, w in weights.items()}
     units = Units({n: w.numel() for n, w in weights.items()},
                   lambda n: _without_pruned(scorer.weights(n, weights[n]), alive[n]),
-                  trial=_prober(model, data, lambda keeps: keeps))
+                  trial=_prober(model, data, lambda keeps: keeps),
+                  cost=_costs(model, data, lambda macs: {f"{n}.weight": macs[n] / m.weight.numel()
+                                                        for n, m in layers.items()}))
     keep = allocate(units, ratio, scope)
     masks = {n: (k & alive[n]) if alive[n] is not None else k for n, k in keep.items()}
     return _finish(dict(masks), units, masks, weights, mask)
@@ -312,10 +333,31 @@ def structured(model: nn.Module, ratio: float, scope="global", criterion="l2",
             _zero_channel_masks(masks, graph, by_root[name][0], (~k).nonzero().flatten().tolist(), param_names)
         return masks
 
+    module_names = {m: n for n, m in model.named_modules()}
+
+    def per_channel(macs):
+        """A channel's MACs: its share of every layer it is an output of or an input to."""
+        out = {}
+        for name, (_, group) in by_root.items():
+            total, seen = 0.0, set()
+            for item in group:
+                module = item.dep.target.module
+                is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+                if isinstance(module, PRUNABLE_TYPES) and (module, is_out) not in seen:
+                    seen.add((module, is_out))
+                    width = module.weight.shape[0] if is_out else module.weight.shape[1] * getattr(module, "groups", 1)
+                    # entries of this layer per root channel (a conv channel is 49 inputs of the
+                    # linear layer after a 7x7 flatten)
+                    per_root = len(item.idxs) / max(len(group[0].idxs), 1)
+                    total += macs[module_names[module]] * per_root / width
+            out[name] = total
+        return out
+
     cached = {}
     units = Units({name: len(g[0].idxs) for name, (_, g) in by_root.items()},
                   lambda name: cached[name] if name in cached else cached.setdefault(name, score(name)),
-                  kind="channels", trial=_prober(model, data, masks_of))
+                  kind="channels", trial=_prober(model, data, masks_of),
+                  cost=_costs(model, data, per_channel, example_inputs))
     keep = allocate(units, ratio, scope)
     for name, b in blocks.items():
         if b > 1:  # min_keep may have kept a position in one block only: keep it in all

@@ -33,17 +33,24 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.
 class Sensitivity:
     grid: list[float] = field(default_factory=lambda: list(GRID))
     samples: int = 1000  # validation examples per evaluation
+    # What `ratio` is a fraction of, and what the choice spends the predicted loss on: "units"
+    # (weights or channels, like every other scope) or "macs" (a unit weighs the MACs it accounts
+    # for); "auto": macs under a MACs budget (budget.macs), units otherwise.
+    cost: str = "auto"
     measures = True  # it evaluates the model: pointless on untrained weights (runner's pre-check)
 
     def __post_init__(self):
+        if self.cost not in ("auto", "units", "macs"):
+            raise PruningError(f"scope.cost={self.cost!r} is not allowed: expected one of auto, units, macs")
         self._scans: dict = {}
 
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
         table = self.scan(units)
         units.report["sensitivity.csv"] = table.to_csv(index=False)
         units.report["sensitivity.png"] = functools.partial(heatmap, table)  # drawn when logged, not in the scan
-        ratios = choose(table, units.sizes, ratio)
-        kept = counts(ratios, units.sizes, ratio)
+        weights = {n: units.cost(n) for n in units.sizes} if self.cost == "macs" else None
+        ratios = choose(table, units.sizes, ratio, weights)
+        kept = counts(ratios, units.sizes, None if weights else ratio)
         return {name: keep_count(units.score(name), kept[name]) for name in units.sizes}
 
     def scan(self, units: Units) -> pd.DataFrame:
@@ -97,8 +104,10 @@ def _hull(r: np.ndarray, loss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     return xs, np.diff(ys) / np.diff(xs)
 
 
-def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float) -> dict[str, float]:
-    """Per-set ratios that remove ``ratio`` of all units with the least summed predicted loss.
+def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float,
+           weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Per-set ratios that remove ``ratio`` of all units with the least summed predicted loss
+    (with ``weights``, a cost per unit of each set: ``ratio`` of the total cost).
 
     Each set's predicted loss, as a function of the units it removes, is replaced by its lower
     convex hull; then every set removes units while the next one costs at most lambda (accuracy
@@ -106,14 +115,16 @@ def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float) -> dict[str
     Lagrangian solution, optimal for the hulls). Where sets reach lambda at once, the step is
     shared in proportion, so the overall ratio is met exactly."""
     env = _envelopes(table, sizes)
-    hulls = {name: _hull(r, loss, sizes[name]) for name, (r, loss) in env.items()}
-    total = sum(sizes.values())
+    weights = weights or {name: 1.0 for name in sizes}
+    size = {name: sizes[name] * weights[name] for name in sizes}  # a set's total cost
+    hulls = {name: _hull(r, loss, size[name]) for name, (r, loss) in env.items()}
+    total = sum(size.values())
 
     def at(lam):
-        # a set takes its hull's vertices up to the last whose segment costs <= lam per unit
-        ratios = {name: float(xs[int(np.searchsorted(slopes, lam, side="right"))] / sizes[name])
+        # a set takes its hull's vertices up to the last whose segment costs <= lam per unit of cost
+        ratios = {name: float(xs[int(np.searchsorted(slopes, lam, side="right"))] / size[name]) if size[name] else 0.0
                   for name, (xs, slopes) in hulls.items()}
-        return ratios, sum(sizes[n] * x for n, x in ratios.items()) / total
+        return ratios, sum(size[n] * x for n, x in ratios.items()) / total
 
     _, reach = at(np.inf)
     if ratio > reach + 1e-12:
@@ -132,10 +143,12 @@ def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float) -> dict[str
     return {name: low[name] + min(max(share, 0.0), 1.0) * (high[name] - low[name]) for name in sizes}
 
 
-def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float) -> dict[str, int]:
-    """Units kept per set: each set's ratio rounded, then the total matched to round(ratio * all)
-    one unit at a time on the sets with the largest rounding error."""
+def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float | None) -> dict[str, int]:
+    """Units kept per set: each set's ratio rounded, then (``ratio`` given) the total matched to
+    round(ratio * all) one unit at a time on the sets with the largest rounding error."""
     pruned = {n: min(round(ratios[n] * sizes[n]), sizes[n] - 1) for n in sizes}
+    if ratio is None:
+        return {n: sizes[n] - pruned[n] for n in sizes}
     short = round(ratio * sum(sizes.values())) - sum(pruned.values())
     order = sorted(sizes, key=lambda n: (ratios[n] * sizes[n] - pruned[n]) * (1 if short > 0 else -1), reverse=True)
     i = 0
