@@ -158,9 +158,9 @@ def test_structured_taylor_removes_the_channels_with_the_smallest_summed_scores(
 
 def test_lamp_scores_follow_the_paper_on_a_hand_made_layer():
     # w^2 = 1, 2, 3, 4 (any order): score(u) = w_u^2 / sum of w_v^2 over v >= u in sorted order
-    scores = torch.tensor([3.0, 1.0, 4.0, 2.0])
+    scores = torch.tensor([3.0, 1.0, 4.0, 2.0]).sqrt()  # what the magnitude criterion gives: |w|
     assert torch.allclose(lamp_scores(scores), torch.tensor([3 / 7, 1 / 10, 4 / 4, 2 / 9]))
-    pruned = torch.tensor([3.0, -float("inf"), 4.0, 2.0])  # a pruned entry counts as zero
+    pruned = torch.tensor([3.0, -float("inf"), 4.0, 2.0]).sqrt()  # a pruned entry counts as zero
     assert torch.allclose(lamp_scores(pruned)[[0, 2, 3]], torch.tensor([3 / 7, 1.0, 2 / 9]))
 
 

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from .mask import count
+
 # Below this many scores a plain sort is cheapest; above it, the k-th smallest is bracketed from a
 # sample first. Sort rather than np.partition: NumPy's partition slows down 30x and more on many
 # equal values (the zeros of an already pruned model); its sort does not.
@@ -137,9 +139,11 @@ def allocate(units: Units, ratio: float, scope, min_keep: int = 1) -> dict[str, 
     if missing:
         raise ValueError(f"scope {type(scope).__name__} decided nothing for {', '.join(sorted(missing))}")
     for name, k in keep.items():
-        if min_keep and int(k.sum()) < min_keep:
+        if min_keep and count(k) < min_keep:  # count: torch's bool sum would copy the mask to int64
             s = units.score(name).flatten()
-            k.view(-1)[s.topk(min(min_keep, s.numel())).indices] = True
+            # argmax for one: topk over a large layer allocates several copies of its scores
+            best = s.argmax() if min_keep == 1 else s.topk(min(min_keep, s.numel())).indices
+            k.view(-1)[best] = True
     return keep
 
 
@@ -191,9 +195,9 @@ class Local:
 class Lamp:
     """Layer-adaptive magnitude-based pruning (Lee et al. 2021), then one global threshold.
 
-    In each set, with the scores sorted ascending (s_1 <= ... <= s_n), unit u scores
-    ``s_u / sum_{v >= u} s_v``: a weight's share of what is at least as large in its own layer.
-    With ``criterion=l2`` (s = w^2, the default) this is the paper's formula. Every set's largest
+    In each set, with the squared scores sorted ascending (s_1 <= ... <= s_n), unit u scores
+    ``s_u / sum_{v >= u} s_v``: its share of what is at least as large in its own layer. With a
+    magnitude criterion (score |w|, so s = w^2) this is the paper's formula. Every set's largest
     unit scores 1, so a set is emptied only if all of the model's remaining units go. Pruned
     units (``-inf``) keep their score and count as zero in the sums."""
 
@@ -209,7 +213,7 @@ def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
         from .errors import PruningError
 
         raise PruningError("scope=lamp needs scores >= 0 (a magnitude): this criterion gave negative ones")
-    values = torch.where(alive, s, torch.zeros_like(s))
+    values = torch.where(alive, s, torch.zeros_like(s)).square()  # float64: no ties made by squaring
     order = values.argsort(stable=True)
     sorted_ = values[order]
     tail = sorted_.flip(0).cumsum(0).flip(0)  # sum_{v >= u} s_v

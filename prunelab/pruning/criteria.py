@@ -128,16 +128,16 @@ def channel_scores(scorer, name: str, rows: list[Coupled], n: int) -> torch.Tens
 
 @dataclass
 class Magnitude:
-    """|w|^p per weight; ||W_i||_p per channel (l1: p=1, l2: p=2). l1 and l2 keep the same
-    weights (|w| and w^2 rank alike); per channel the norms differ."""
+    """|w| per weight, for every p: |w|^p ranks weights alike, and squaring in float32 would tie
+    weights that differ (l1 and l2 keep the same weights, exactly those of
+    ``torch.nn.utils.prune``'s L1). ||W_i||_p per channel (l1: p=1, l2: p=2): there p matters."""
     p: float = 2
 
     def prepare(self, model, data, seed):
         return self
 
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        w = weight.detach()
-        return w.abs() if self.p == 1 else w.square() if self.p == 2 else w.abs().pow(self.p)
+        return weight.detach().abs()
 
     def channels(self, name: str, rows, n: int) -> torch.Tensor:
         total = torch.zeros(n, dtype=torch.float64)
@@ -154,10 +154,10 @@ def _generator(name: str, seed: int) -> torch.Generator:
 @dataclass
 class Random:
     """The baseline: the scope's allocation with a random choice (seeded, per layer)."""
+    seed: int = 0  # set by prepare() from the run's seed
 
     def prepare(self, model, data, seed):
-        self.seed = seed
-        return self
+        return Random(seed)
 
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return torch.rand(weight.shape, generator=_generator(name, self.seed)).to(weight.device)

@@ -11,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def count(keep: torch.Tensor) -> int:
+    """True entries of a bool tensor, counted by NumPy in place (torch's sum copies to int64)."""
+    return int(np.count_nonzero(keep.detach().cpu().numpy()))
 
 
 class MaskError(ValueError):
@@ -41,7 +47,7 @@ class Mask:
 
     # --- figures ---------------------------------------------------------------------------
     def _count(self, names) -> tuple[int, int]:
-        kept = sum(int(self.masks[n].sum()) for n in names)
+        kept = sum(count(self.masks[n]) for n in names)
         return kept, sum(self.masks[n].numel() for n in names)
 
     @property
@@ -60,7 +66,7 @@ class Mask:
         """Fraction of output channels removed (structured masks only)."""
         if not self.channels:
             return None
-        kept = sum(int(c.sum()) for c in self.channels.values())
+        kept = sum(count(c) for c in self.channels.values())
         return 1.0 - kept / sum(c.numel() for c in self.channels.values())
 
     # --- using it on a model -------------------------------------------------------------------

@@ -31,9 +31,9 @@ import torch_pruning as tp
 from torch import nn
 
 from . import criteria
-from .allocation import Units, allocate
+from .allocation import Global, Units, allocate
 from .errors import PruningError, check_ratio
-from .mask import Mask
+from .mask import Mask, count
 from .plan import plan_of
 from .plugins import resolve
 
@@ -132,12 +132,17 @@ def _finish(keep, units: Units, masks, prunable, current: Mask | None, channels=
         for name, old in current.masks.items():
             masks[name] = masks[name] & old.cpu() if name in masks else old.cpu()
     out = Mask(masks, prunable=tuple(prunable), channels=channels or {})
-    out.plan = plan_of(units.kind, {n: (units.sizes[n], int(k.sum()), tuple(k.shape)) for n, k in keep.items()})
+    out.plan = plan_of(units.kind, {n: (units.sizes[n], count(k), tuple(k.shape)) for n, k in keep.items()})
     out.report = dict(units.report)
     return out
 
 
-def unstructured(model: nn.Module, ratio: float, scope="global", criterion="l2",
+# The defaults as objects (what conf/scope/global.yaml and conf/criterion/l2.yaml make): a call
+# that names nothing reads no YAML.
+_GLOBAL, _L2 = Global(), criteria.Magnitude(2)
+
+
+def unstructured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
                  ignore: Sequence[str] = (), seed: int = 0, mask: Mask | None = None, data=None, **_) -> Mask:
     """Mask the lowest-scored ``ratio`` of the weights of all prunable layers.
 
@@ -161,7 +166,7 @@ def unstructured(model: nn.Module, ratio: float, scope="global", criterion="l2",
     return _finish(dict(masks), units, masks, weights, mask)
 
 
-def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope="global", criterion="l2",
+def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope=_GLOBAL, criterion=_L2,
        ignore: Sequence[str] = (), seed: int = 0, mask: Mask | None = None, data=None, **_) -> Mask:
     """Semi-structured N:M: in every group of ``m`` consecutive weights along a layer's inputs
     (for a convolution: along its input channels, at each kernel position), the ``n``
@@ -278,7 +283,7 @@ def _zero_channel_masks(masks, graph, root, idxs, param_names) -> None:
                 masks[full][ix] = False
 
 
-def structured(model: nn.Module, ratio: float, scope="global", criterion="l2",
+def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
                ignore: Sequence[str] = ("classifier",), seed: int = 0,
                example_inputs: torch.Tensor | None = None, normalize: str = "mean",
                mask: Mask | None = None, data=None, **_) -> Mask:
