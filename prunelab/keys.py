@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -64,6 +65,7 @@ def choice(cfg: DictConfig, group: str) -> str:
     return str(target).rsplit(".", 1)[-1] if target else "none"
 
 
+@functools.lru_cache(maxsize=None)
 def _shipped_target(group: str, option: str) -> str | None:
     """The ``_target_`` of prunelab's own ``conf/<group>/<option>.yaml`` (None: not one of ours)."""
     from .paths import conf_dir
@@ -92,7 +94,8 @@ def run_tags(cfg: DictConfig, device_type: str) -> dict[str, str]:
     from .tracking import TAG_POINT_KEY, TAG_ROLE, TAG_RUN_KEY
 
     chosen = names(cfg)
-    return {TAG_ROLE: "pruned", TAG_RUN_KEY: run_key(cfg, device_type), TAG_POINT_KEY: point_key(cfg, device_type),
+    tree = _relevant(cfg, device_type)  # once: a plan's contents may be a download
+    return {TAG_ROLE: "pruned", TAG_RUN_KEY: _digest(tree), TAG_POINT_KEY: _digest(_without_seed(tree)),
             **{f"prunelab.{g}": chosen[g] for g in ("method", "scope", "criterion")}}
 
 
@@ -100,9 +103,13 @@ def _digest(tree) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _relevant(cfg: DictConfig, device_type: str) -> dict:
+def _without_seed(tree: dict) -> dict:
+    return {k: v for k, v in tree.items() if k != "seed"}
+
+
+def _relevant(cfg: DictConfig, device_type: str, parts=RESULT_PARTS) -> dict:
     full = OmegaConf.to_container(cfg, resolve=True)
-    tree = {k: full.get(k) for k in RESULT_PARTS}
+    tree = {k: full.get(k) for k in parts}
     for dotted in LOCATION:
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):
@@ -127,17 +134,19 @@ def run_key(cfg: DictConfig, device_type: str) -> str:
 
 def point_key(cfg: DictConfig, device_type: str) -> str:
     """The run key without the seed: what the seeds of one point share."""
-    tree = _relevant(cfg, device_type)
-    tree.pop("seed")
-    return _digest(tree)
+    return _digest(_without_seed(_relevant(cfg, device_type)))
+
+
+def _dense_tree(cfg: DictConfig, device_type: str) -> dict:
+    # Only what dense training reads (no plan to load), under the dense models' own format number.
+    return {**_relevant(cfg, device_type, _DENSE_PARTS), "format": _DENSE_FORMAT}
 
 
 def dense_key(cfg: DictConfig, device_type: str) -> str:
     """Key of the dense model: only what training it depends on."""
-    tree = _relevant(cfg, device_type)
-    return _digest({**{k: tree.get(k) for k in (*_DENSE_PARTS, "device")}, "format": _DENSE_FORMAT})
+    return _digest(_dense_tree(cfg, device_type))
 
 
 def dense_point_key(cfg: DictConfig, device_type: str) -> str:
-    tree = _relevant(cfg, device_type)
-    return _digest({**{k: tree.get(k) for k in (*_DENSE_PARTS, "device") if k != "seed"}, "format": _DENSE_FORMAT})
+    """The dense key without the seed (the dense runs' point)."""
+    return _digest(_without_seed(_dense_tree(cfg, device_type)))
