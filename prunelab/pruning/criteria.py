@@ -52,21 +52,28 @@ class PruneData:
             idx = order[start:start + self.batch_size]
             yield x[idx], y[idx]
 
-    @torch.no_grad()
-    def accuracy(self, model: nn.Module, samples: int | None = None) -> float:
-        """Accuracy of ``model`` (eval mode) on the first ``samples`` validation examples."""
+    def chunks(self, samples: int | None = None, size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``samples`` validation examples (all: None), ``size`` at a time."""
         if self.val is None:
             raise PruningError("this needs validation data: pass data=PruneData(train, val)")
         x, y = self.val
         x, y = (x[:samples], y[:samples]) if samples else (x, y)
+        for i in range(0, len(y), size):
+            yield x[i:i + size], y[i:i + size]
+
+    @torch.no_grad()
+    def accuracy(self, model: nn.Module, samples: int | None = None) -> float:
+        """Accuracy of ``model`` (eval mode) on the first ``samples`` validation examples."""
         was_training = model.training
         model.eval()
+        correct = total = 0
         try:
-            correct = sum(int((model(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
-                          for i in range(0, len(y), 1000))
+            for x, y in self.chunks(samples):
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
         finally:
             model.train(was_training)
-        return correct / max(len(y), 1)
+        return correct / max(total, 1)
 
 
 def _pair(split) -> tuple[torch.Tensor, torch.Tensor]:

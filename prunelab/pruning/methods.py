@@ -20,7 +20,6 @@ plan (``plan.py``) and what its scope reported.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from fnmatch import fnmatch
@@ -36,6 +35,7 @@ from .errors import PruningError, check_ratio
 from .mask import Mask, count
 from .plan import plan_of
 from .plugins import resolve
+from .probe import Probe
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +83,8 @@ def _setup(model, ratio, criterion, scope, data, seed):
 
 
 def _prober(model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.Tensor]]):
-    """``trial(keeps, samples)`` for measuring scopes: validation accuracy of a copy of ``model``
-    with only ``keeps`` applied (the copy made on the first trial, its weights restored before
-    every trial; scopes that do not measure never pay for it)."""
-    if data is None:
-        return None
-    probe = {}
-
-    @torch.no_grad()
-    def trial(keeps: dict[str, torch.Tensor], samples: int | None = None) -> float:
-        if not probe:
-            probe["model"] = copy.deepcopy(model)
-            probe["params"] = dict(probe["model"].named_parameters())
-            probe["original"] = {n: p.detach().clone() for n, p in probe["params"].items()}
-        masks = masks_of(keeps)
-        for n, p in probe["params"].items():
-            p.copy_(probe["original"][n])
-            if n in masks:
-                p.mul_(masks[n].to(p.device, p.dtype))
-        return data.accuracy(probe["model"], samples)
-
-    return trial
+    """``trial(keeps, samples)`` for measuring scopes (``probe.py``); None without data."""
+    return None if data is None else Probe(model, data, masks_of)
 
 
 def _costs(model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]],

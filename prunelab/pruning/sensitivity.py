@@ -2,7 +2,8 @@
 
 The scan (Distiller's sensitivity analysis, NNI's sensitivity pruner): each set (layer, or
 channel group) is pruned alone at every ratio of a grid, by the run's criterion, and the model is
-evaluated on a bounded subset of the validation split, with no fine-tuning. A set's predicted loss
+evaluated on a bounded subset of the validation split, with no fine-tuning (each trial replays
+what the forward pass computes before the set instead of recomputing it: ``probe.py``). A set's predicted loss
 at ratio r is the accuracy drop, made non-decreasing in r and linear between grid points.
 
 The choice: the per-set ratios that remove the requested overall ``ratio`` of all units with the
