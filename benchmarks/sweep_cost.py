@@ -6,9 +6,11 @@ same validation and test evaluations a sweep point reports), with prunelab's own
 
 Two presets:
 
-* the default (issue 5): 10 unstructured global ratios with 1 + 1 epochs and the ledger's latency
-  timing off (``measure_latency=false``, ``--with-latency`` turns it on): the framework's own cost
-  per point, in a few minutes;
+* the default (issue 5): 10 unstructured global ratios with 1 + 1 epochs, the ledger's latency
+  timing and the hand-over files off (``measure_latency=false handover=false``; ``--with-latency``
+  turns the timing on): the framework's own cost per point, in a few minutes. The same sweep with
+  the hand-over files (the default of a run) is timed beside it and reported, without a target:
+  exporting, translating and checking them is deployment work a run does on top;
 * ``--study`` (issue 3): the study ``-m ratio=0.1,0.3,0.5,0.7,0.9 method=structured,unstructured
   scope=global,local`` exactly as a user runs it (configured epochs, latency timing on), against
   one dense training + 20 fine-tunings by hand: about 45 minutes on a 2-core CPU.
@@ -50,12 +52,14 @@ BATCH = config().train.batch_size
 # Where that time goes, from a py-spy profile taken when this benchmark was last changed: rerun
 # py-spy to refresh it after the sweep code changes.
 PROFILE = (
-    " Where it goes (py-spy profile of a 2-point sweep, structured and unstructured at 0.5, "
-    "1 + 1 epochs, latency timing on): once per sweep, creating the MLflow SQLite store (~1.7 s) "
-    "and importing MLflow, Hydra and prunelab's sweep, analysis and hand-over modules; per point, the "
-    "ledger's latency timing ~1.5 s when on, the hand-over program (`torch.export`) ~0.4 s, logging "
-    "and artifacts less. Fashion-MNIST is read, checked and standardised once per process, as by "
-    "hand (before, every point reloaded it: ~1.2 s a point). Training and evaluation are the same "
+    " Where it goes (py-spy profiles of a 2-point sweep with the hand-over files and a 5-point sweep "
+    "without, 1 + 1 epochs, latency timing off): once per sweep, importing MLflow and Hydra and "
+    "prunelab's sweep module (~1.5 s), creating the MLflow SQLite store (~1.3 s), the preflight "
+    "compose of every point (~0.6 s) and the sweep's summary (~0.7 s); per point, logging and "
+    "artifacts ~0.2 s. The hand-over files, per point: checking the decoded compact file's test "
+    "accuracy ~0.8 s, translating to ONNX ~0.9 s (half of it the exporter building its operator "
+    "registry), `torch.export` ~0.45 s, ONNX Runtime's test accuracy ~0.4 s. Fashion-MNIST is read, "
+    "checked and standardised once per process, as by hand. Training and evaluation are the same "
     "calls in both."
 )
 
@@ -69,6 +73,7 @@ class Preset:
     finetune_epochs: int
     with_latency: bool
     target: float
+    with_handover: bool = True
 
     @property
     def points(self) -> list[tuple[str, str, float]]:
@@ -76,7 +81,7 @@ class Preset:
 
 
 DEFAULT = Preset((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), ("unstructured",), ("global",),
-                 1, 1, False, 1.10)
+                 1, 1, False, 1.10, with_handover=False)
 STUDY = Preset((0.1, 0.3, 0.5, 0.7, 0.9), ("structured", "unstructured"), ("global", "local"),
                config().train.epochs, config().finetune.epochs, True, 1.15)
 
@@ -85,13 +90,14 @@ def _env(threads: int) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def sweep_command(folder: str, preset: Preset) -> list[str]:
+def sweep_command(folder: str, preset: Preset, handover: bool | None = None) -> list[str]:
     return [sys.executable, "-m", "prunelab", "-m", "model=lenet5", "dataset=fashion_mnist",
             f"method={','.join(preset.methods)}", f"scope={','.join(preset.scopes)}",
             f"ratio={','.join(map(str, preset.ratios))}",
             f"train.epochs={preset.train_epochs}", f"finetune.epochs={preset.finetune_epochs}",
             f"tracking.uri=sqlite:///{folder}/mlflow.db", f"cache_dir={folder}/dense",
-            f"hydra.sweep.dir={folder}/multirun", f"measure_latency={str(preset.with_latency).lower()}"]
+            f"hydra.sweep.dir={folder}/multirun", f"measure_latency={str(preset.with_latency).lower()}",
+            f"handover={str(preset.with_handover if handover is None else handover).lower()}"]
 
 
 def point_name(method: str, scope: str, ratio) -> str:
@@ -159,9 +165,11 @@ def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAUL
                 "--preset", json.dumps(preset.__dict__)]
     accuracy: dict[str, dict[str, float]] = {}
 
+    handed = "sweep, hand-over files on"  # timed beside the target's sweep when that has them off
+
     def launch(name):
         with tempfile.TemporaryDirectory(prefix="prunelab-sweep-cost-") as folder:
-            cmd = hand_cmd if name == "by hand" else sweep_command(folder, preset)
+            cmd = hand_cmd if name == "by hand" else sweep_command(folder, preset, True if name == handed else None)
             out = subprocess.run(cmd, cwd=folder if name != "by hand" else None, env=_env(threads),
                                  capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -169,18 +177,22 @@ def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAUL
             accuracy[name] = (json.loads(out.stdout.strip().splitlines()[-1]) if name == "by hand"
                               else sweep_accuracies(folder))
 
-    times = alternate({"by hand": lambda: launch("by hand"), "sweep": lambda: launch("sweep")},
-                      repeats, warmup=0)
+    variants = ["by hand", "sweep"] + ([] if preset.with_handover else [handed])
+    times = alternate({v: (lambda v=v: launch(v)) for v in variants}, repeats, warmup=0)
     r = ratios(times.wall, "sweep", "by hand")
     med = statistics.median(r)
     extra = (statistics.median(times.wall["sweep"]) - statistics.median(times.wall["by hand"])) / len(points)
     hand, swept = accuracy["by hand"], accuracy["sweep"]
     missing = sorted(set(hand) - set(swept))
-    diff = max(abs(hand[k] - swept[k]) for k in hand if k in swept)
+    diff = max(abs(hand[k] - other[k]) for v in variants[1:] for other in [accuracy[v]] for k in hand if k in other)
     sweep_args = " ".join(sweep_command("F", preset)[4:9])
     rows = [["by hand, one process", spread(times.wall["by hand"]), "reference"],
             [f"`python -m prunelab -m {sweep_args}` ({len(points)} points)", spread(times.wall["sweep"]),
              spread(r, "x")]]
+    if handed in times.wall:
+        rows.append([f"the same with `handover=true` (the default of a run; no target)", spread(times.wall[handed]),
+                     spread(ratios(times.wall, handed, "by hand"), "x")])
+        per_file = (statistics.median(times.wall[handed]) - statistics.median(times.wall["sweep"])) / len(points)
     configured = (preset.train_epochs, preset.finetune_epochs) == (config().train.epochs, config().finetune.epochs)
     body = (
         f"LeNet-5 on Fashion-MNIST, {len(points)} points ({', '.join(preset.methods)} × "
@@ -189,13 +201,16 @@ def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAUL
         + (" (the configured defaults)" if configured else
            f" (reduced from the configured {config().train.epochs} and {config().finetune.epochs})")
         + f", {threads} thread(s), {repeats} round(s) alternating by hand / sweep, each a fresh "
-        f"process in a fresh folder; the ledger's latency timing {'on' if preset.with_latency else 'off'}.\n\n"
+        f"process in a fresh folder; the ledger's latency timing {'on' if preset.with_latency else 'off'}, the "
+        f"hand-over files {'on' if preset.with_handover else 'off'}.\n\n"
         + table(["variant", "wall time", "ratio to by hand"], rows)
         + f"\n\nSame work: the sweep logged {len(swept)} test accuracies (dense + points), by hand "
         f"gave {len(hand)}; largest difference {diff:.4f}"
         + (f"; missing in the sweep: {', '.join(missing)}" if missing else "")
         + ". Dense test accuracy by hand " + f"{hand['dense']:.4f}."
-        + f"\n\nThe sweep's extra time: {extra:.1f} s per point."
+        + f"\n\nThe sweep's extra time: {extra:.1f} s per point"
+        + (f"; the hand-over files (program.pt2, model.onnx, the compact file, and their accuracy checks) "
+           f"add {per_file:.1f} s per point." if handed in times.wall else ".")
         + PROFILE
         + f"\n\nTarget: sweep ≤ {preset.target} × by hand."
     )

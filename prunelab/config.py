@@ -153,9 +153,12 @@ class Config:
     cache_dir: Optional[str] = None  # dense-model cache; default: ~/.cache/prunelab/dense
     force: bool = False  # rerun a point even if a FINISHED run with its key exists
     measure_latency: bool = True  # time dense and pruned forward passes on the CPU (cost ledger)
+    handover: bool = True  # write the deployment files (model/: program.pt2, model.onnx, ...) and check them
 
     def __post_init__(self):
         check_ratio(self.ratio)
+        if self.quantize and not self.handover:
+            raise ConfigError("quantize=int8 quantizes the hand-over's ONNX model: it needs handover=true")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"device={self.device!r} is not allowed: expected auto, cpu, cuda, cuda:N or mps")
 

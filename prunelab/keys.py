@@ -21,10 +21,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Config groups whose chosen option names a run.
 GROUPS = ("model", "dataset", "method", "criterion", "scope", "recipe", "quantize", "codebook")
-# What decides a run's result or its metrics (measure_latency: a run without timings lacks
-# metrics a run with them has). Everything else (tracking, cache, force, hydra, labels) does not.
+# What decides a run's result or its metrics (measure_latency, handover: a run without timings
+# or hand-over files lacks metrics a run with them has). Everything else (tracking, cache, force, hydra, labels) does not.
 RESULT_PARTS = ("model", "dataset", "method", "criterion", "scope", "ratio", "seed", "train", "finetune",
-                "quantize", "codebook", "budget", "plan", "measure_latency")
+                "quantize", "codebook", "budget", "plan", "measure_latency", "handover")
+# Parts added since format 3, keyed only when they differ from what every format-3 run did: the
+# keys of runs already in a store stay valid.
+_ADDED = {"handover": True}
 # Where the data lie, not what they are (the loaders check contents by checksum).
 LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
 _DENSE_PARTS = ("model", "dataset", "train", "seed")
@@ -109,7 +112,7 @@ def _without_seed(tree: dict) -> dict:
 
 def _relevant(cfg: DictConfig, device_type: str, parts=RESULT_PARTS) -> dict:
     full = OmegaConf.to_container(cfg, resolve=True)
-    tree = {k: full.get(k) for k in parts}
+    tree = {k: full.get(k) for k in parts if not (k in _ADDED and full.get(k, _ADDED[k]) == _ADDED[k])}
     for dotted in LOCATION:
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):

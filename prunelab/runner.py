@@ -206,16 +206,19 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         })
         tracking.log_metrics(metrics)
 
-        ship = deployed(shipped, data.mean, data.std)
-        handed = handover(ship, data.train.x[:1], mask, structured=shrunk is not None,
-                          quantize=_quantizer(cfg, data), codebook=instantiate(cfg.codebook) if cfg.codebook else None)
-        # One ONNX Runtime session per file, for its accuracy check and for the ledger's timing
-        # (which times the ONNX forms when the run quantizes: fp32 and int8 side by side).
-        onnx_files = {role: b for role, b in (("onnx", handed.onnx), ("int8", handed.int8)) if b is not None}
-        sessions = {role: OnnxModel(b) for role, b in onnx_files.items()}
-        metrics.update(_check_handover(handed, ship, sessions, data))
-        runtimes = {role: (sessions[role], len(b)) for role, b in onnx_files.items()} if "int8" in onnx_files else {}
-        file_bytes = len(handed.compact) if handed.compact is not None else None
+        handed, runtimes, file_bytes = None, {}, None
+        if cfg.handover:
+            ship = deployed(shipped, data.mean, data.std)
+            handed = handover(ship, data.train.x[:1], mask, structured=shrunk is not None, quantize=_quantizer(cfg, data),
+                              codebook=instantiate(cfg.codebook) if cfg.codebook else None)
+            # One ONNX Runtime session per file, for its accuracy check and for the ledger's timing
+            # (which times the ONNX forms when the run quantizes: fp32 and int8 side by side).
+            onnx_files = {role: b for role, b in (("onnx", handed.onnx), ("int8", handed.int8)) if b is not None}
+            sessions = {role: OnnxModel(b) for role, b in onnx_files.items()}
+            metrics.update(_check_handover(handed, ship, sessions, data))
+            if "int8" in onnx_files:
+                runtimes = {role: (sessions[role], len(b)) for role, b in onnx_files.items()}
+            file_bytes = len(handed.compact) if handed.compact is not None else None
         # Structured: cost the network with the channels physically removed.
         metrics.update(cost_ledger(dense_copy, model, data.train.x[:1], mask, shrunk, cfg.measure_latency,
                                    file_bytes=file_bytes, runtimes=runtimes))
@@ -232,7 +235,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
             "plan.json": json.dumps(plan, indent=1),
             "model/masked_weights.pt": weights.getvalue(),
             **{name: made() if callable(made) else made for name, made in mask.report.items()},
-            **handed.files,
+            **(handed.files if handed is not None else {}),
         })
         metrics["run_id"] = active.info.run_id
     _report(cfg, chosen, metrics, dense.from_cache, experiment_id)

@@ -75,6 +75,7 @@ CASES = [  # id, arguments, words the one line must hold, setup
     ("plan-missing", ["scope=plan"], ["scope=plan needs the plan"], None),
     ("plan-misfit", ["scope=plan"], ["the plan does not fit", "not cover: classifier.weight", "nothere.weight"],
      foreign_plan),
+    ("int8-without-handover", ["quantize=int8", "handover=false"], ["quantize=int8", "needs handover=true"], None),
     ("device", ["device=tpu"], ["device='tpu'", "auto"], None),
     ("finetune-epochs", ["finetune.epochs=-1"], ["finetune.epochs=-1"], None),
     ("uri-unreachable", ["tracking.uri=http://127.0.0.1:9"], ["cannot reach", "http://127.0.0.1:9"], None),

@@ -24,6 +24,18 @@ def test_a_rerun_that_asks_for_latency_is_not_skipped_after_one_without(make_cfg
     assert timed["cost.pruned.latency_b1_ms"] > 0
 
 
+def test_a_run_without_the_handover_logs_no_files_and_a_rerun_asking_for_them_is_not_skipped(make_cfg):
+    bare = run(make_cfg("handover=false"))
+    assert not any(k.startswith(("handover.", "compact.")) for k in bare)
+    # the masked weights are the run's own record, not a hand-over file
+    assert [a.path for a in MlflowClient().list_artifacts(bare["run_id"], "model")] == ["model/masked_weights.pt"]
+    handed = run(make_cfg("handover=true"))
+    assert not handed.get("skipped") and handed["run_id"] != bare["run_id"]
+    assert handed["handover.onnx.test_accuracy"] == handed["test_accuracy"]
+    assert {a.path for a in MlflowClient().list_artifacts(handed["run_id"], "model")} >= {"model/model.onnx",
+                                                                                          "model/program.pt2"}
+
+
 def test_runs_differing_only_in_width_are_never_averaged_as_seeds(make_cfg, workdir):
     for width in (4, 8):
         for seed in (0, 1):
