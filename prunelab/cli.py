@@ -24,8 +24,6 @@ from .redact import install_log_redaction, redact
 
 log = logging.getLogger("prunelab")
 
-GROUPS = ("model", "dataset", "method", "criterion", "scope", "recipe", "quantize", "codebook")
-
 
 def _values(override, own_sweeper: bool) -> list[str] | None:
     """The values a sweep override takes (None: an optimising sweeper picks them, or a glob

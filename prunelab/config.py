@@ -73,6 +73,40 @@ class NMConfig(MethodConfig):
             raise ConfigError(f"method.n={self.n}, method.m={self.m}: expected 0 < n < m")
 
 
+# The shipped schedules' schemas: their own classes check the values (one home), at compose time.
+def _schedule_checked(cls, **values) -> None:
+    try:
+        cls(**values)
+    except PruningError as e:
+        raise ConfigError(str(e)) from None
+
+
+@dataclass
+class IterativeConfig:
+    _target_: str = MISSING
+    rounds: int = 3
+    epochs_per_round: Optional[int] = None
+
+    def __post_init__(self):
+        from .schedules import Iterative
+
+        _schedule_checked(Iterative, rounds=self.rounds, epochs_per_round=self.epochs_per_round)
+
+
+@dataclass
+class GradualConfig:
+    _target_: str = MISSING
+    initial: float = 0.0
+    start: float = 0.0
+    end: float = 0.75
+    every: int = 100
+
+    def __post_init__(self):
+        from .schedules import Gradual
+
+        _schedule_checked(Gradual, initial=self.initial, start=self.start, end=self.end, every=self.every)
+
+
 @dataclass
 class BudgetConfig:
     # Prune to at most this fraction of the dense model's MACs: the ratio is searched (any scope).
@@ -136,6 +170,7 @@ class Config:
     method: Any = MISSING  # one of the method schemas above, by option
     criterion: Any = MISSING  # conf/criterion/: the importance plug-in
     scope: Any = MISSING  # conf/scope/: the allocation plug-in
+    schedule: Any = MISSING  # conf/schedule/: when to prune and how to train in between
     plan: Optional[str] = None  # scope=plan: a plan.json file or runs:/RUN_ID/plan.json
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     # The option chosen in each config group (model=lenet5 ...), filled in from Hydra when the
@@ -157,6 +192,10 @@ class Config:
 
     def __post_init__(self):
         check_ratio(self.ratio)
+        node = self.schedule or {}
+        target = str(node.get("_target_", "") if isinstance(node, dict) else getattr(node, "_target_", ""))
+        if self.budget.macs is not None and target and not target.endswith(".Oneshot"):
+            raise ConfigError(f"budget.macs works with schedule=oneshot only (the schedule is {target})")
         if self.quantize and not self.handover:
             raise ConfigError("quantize=int8 quantizes the hand-over's ONNX model: it needs handover=true")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device)):
@@ -168,6 +207,8 @@ def register() -> None:
     store.store(name="prunelab_schema", node=Config)
     for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig)):
         store.store(group="method", name=f"{name}_schema", node=node)
+    for name, node in (("iterative", IterativeConfig), ("gradual", GradualConfig)):
+        store.store(group="schedule", name=f"{name}_schema", node=node)
 
 
 def compose(*overrides: str) -> DictConfig:

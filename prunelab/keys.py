@@ -20,14 +20,14 @@ import json
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Config groups whose chosen option names a run.
-GROUPS = ("model", "dataset", "method", "criterion", "scope", "recipe", "quantize", "codebook")
+GROUPS = ("model", "dataset", "method", "criterion", "scope", "schedule", "recipe", "quantize", "codebook")
 # What decides a run's result or its metrics (measure_latency, handover: a run without timings
 # or hand-over files lacks metrics a run with them has). Everything else (tracking, cache, force, hydra, labels) does not.
-RESULT_PARTS = ("model", "dataset", "method", "criterion", "scope", "ratio", "seed", "train", "finetune",
+RESULT_PARTS = ("model", "dataset", "method", "criterion", "scope", "schedule", "ratio", "seed", "train", "finetune",
                 "quantize", "codebook", "budget", "plan", "measure_latency", "handover")
 # Parts added since format 3, keyed only when they differ from what every format-3 run did: the
 # keys of runs already in a store stay valid.
-_ADDED = {"handover": True}
+_ADDED = {"handover": True, "schedule": {"_target_": "prunelab.schedules.Oneshot"}}
 # Where the data lie, not what they are (the loaders check contents by checksum).
 LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
 _DENSE_PARTS = ("model", "dataset", "train", "seed")
@@ -79,7 +79,7 @@ def _shipped_target(group: str, option: str) -> str | None:
 
 def names(cfg: DictConfig) -> dict[str, str]:
     """The chosen options that name a run (params and tags)."""
-    return {g: choice(cfg, g) for g in ("model", "dataset", "method", "criterion", "scope")}
+    return {g: choice(cfg, g) for g in ("model", "dataset", "method", "criterion", "scope", "schedule")}
 
 
 def experiment_name(cfg: DictConfig) -> str:

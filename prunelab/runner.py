@@ -36,6 +36,7 @@ from .models import build
 from .pruning import Local, Mask, PruneData, prune, shrink, unshrink
 from .pruning.budget import check_reachable
 from .redact import redact
+from .schedules import Session
 from .train import EpochResult, evaluate, fit, optimizer_for, seed_everything, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fine_tune(cfg: DictConfig, model: torch.nn.Module, mask: Mask, data: Splits) -> torch.nn.Module | None:
-    """Fine-tune the pruned ``model`` (mask applied) as configured; return its physically shrunk
-    twin for structured masks (None otherwise).
+def fine_tune(cfg: DictConfig, model: torch.nn.Module, mask: Mask | None, data: Splits, epochs: int | None = None,
+              after_step=None, first_epoch: int = 0, seed: int = 1) -> torch.nn.Module | None:
+    """Fine-tune the pruned ``model`` (mask applied) as configured (``epochs`` of them, default
+    ``finetune.epochs``); return its physically shrunk twin for structured masks (None otherwise).
+    A schedule's ``after_step`` holds its own, changing mask (``mask`` None): the model trains
+    full-size. Epochs are logged as steps ``first_epoch + 1 ...``; batches are shuffled by
+    ``cfg.seed + seed``.
 
     Structured with ``finetune.shrink`` (the default): the shrunk network is what trains, and its
     weights are written back into ``model``'s full-size layout afterwards (the masked and shrunk
@@ -59,20 +64,23 @@ def fine_tune(cfg: DictConfig, model: torch.nn.Module, mask: Mask, data: Splits)
     channels; the optimizer starts fresh either way). Otherwise the full-size ``model`` trains
     with the mask re-applied after every step."""
     f, x1 = cfg.finetune, data.train.x[:1]
-    shrunk = shrink(model, mask, x1) if mask.channels and f.shrink else None
+    epochs = f.epochs if epochs is None else epochs
+    shrunk = shrink(model, mask, x1) if mask is not None and mask.channels and f.shrink else None
     net = shrunk if shrunk is not None else model
-    optimizer, scheduler = optimizer_for(cfg, net.parameters(), f.lr, f.epochs,
+    optimizer, scheduler = optimizer_for(cfg, net.parameters(), f.lr, epochs,
                                          steps_per_epoch(len(data.train), cfg.train.batch_size), f.schedule)
 
     def on_epoch(e: EpochResult):
         tracking.log_metrics({"finetune.loss": e.loss, "finetune.train_accuracy": e.train_accuracy,
-                              "finetune.val_accuracy": e.val_accuracy}, step=e.epoch)
+                              "finetune.val_accuracy": e.val_accuracy}, step=first_epoch + e.epoch)
 
-    fit(net, data.train, data.val, optimizer, f.epochs, cfg.train.batch_size, cfg.seed + 1, scheduler,
-        after_step=None if shrunk is not None else mask.hold(model), on_epoch=on_epoch, desc="fine-tune")
+    if after_step is None and shrunk is None:
+        after_step = mask.hold(model)
+    fit(net, data.train, data.val, optimizer, epochs, cfg.train.batch_size, cfg.seed + seed, scheduler,
+        after_step=after_step, on_epoch=on_epoch, desc="fine-tune")
     if shrunk is not None:
         unshrink(shrunk, mask, model)
-    elif mask.channels:
+    elif mask is not None and mask.channels:
         shrunk = shrink(model, mask, x1)
     return shrunk
 
@@ -121,21 +129,51 @@ class Pruner:
                      example_inputs=self.example, data=self.data, mask=mask,
                      budget_macs=self.budget if budget else None)
 
-    def check(self, model) -> None:
-        """Prune an untrained copy once: a method, criterion, scope or plan this model cannot take
-        fails now, not after dense training (a measuring scope is stood in for by local: its scan
-        would cost a second time and say nothing on random weights)."""
+    def check(self, model, first: float | None = None) -> None:
+        """Prune an untrained copy to the ratio (and to a schedule's ``first`` target): a method,
+        criterion, scope, plan or schedule this model cannot take fails now, not after dense
+        training (a measuring scope is stood in for by local: its scan would cost a second time
+        and say nothing on random weights)."""
         scope = Local() if getattr(self.scope, "measures", False) else None
         probe = copy.deepcopy(model)
-        self(probe, self.ratio, scope=scope, budget=False)
+        for ratio in dict.fromkeys([first if first is not None else self.ratio, self.ratio]):
+            self(probe, ratio, scope=scope, budget=False)
         if self.budget is not None:  # a budget this method cannot meet, or nm's fixed ratio
             check_reachable(lambda r: self(probe, r, scope=scope, budget=False), probe, self.example, self.budget)
 
 
-def rounds(cfg: DictConfig) -> list[float]:
-    """The overall target of each prune -> fine-tune round: one round today (the schedules of
-    issue 10 return more, ending at ``ratio``)."""
-    return [cfg.ratio]
+def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Splits, metrics: dict) -> Session:
+    """The run as a schedule sees it (``schedules.py``): pruning and fine-tuning ``model`` in place,
+    each logged with a step; ``metrics`` gets the latest ``pruned.*``."""
+    budget = cfg.budget.macs is not None
+    done = {"epochs": 0, "calls": 0, "mask": None}
+
+    def prune_to(ratio: float, mask: Mask | None, step: int | None = None, target: float | None = None) -> Mask:
+        new = pruner(model, ratio, mask)
+        new.apply(model)
+        metrics["pruned.test_accuracy"] = evaluate(model, data.test)["accuracy"]
+        metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]
+        if budget:
+            metrics["budget.ratio"] = new.plan["ratio"]
+        if step is None:
+            tracking.log_metrics(metrics)
+        else:  # a schedule's trajectory: one point per update
+            last = done["mask"]  # the mask of the previous update, whatever the schedule passed
+            changed = sum(int((new.masks[n] != last.masks[n]).sum()) for n in new.prunable) if last else 0
+            tracking.log_metrics({**metrics, "schedule.sparsity": new.sparsity, "schedule.changed": changed,
+                                  **({"schedule.channels": new.channel_sparsity} if new.channels else {}),
+                                  **({"schedule.target": target} if target is not None else {})}, step=step)
+        done["mask"] = new
+        return new
+
+    def tune(mask: Mask | None, epochs: int, after_step=None) -> torch.nn.Module | None:
+        done["calls"] += 1
+        shrunk = fine_tune(cfg, model, mask, data, epochs, after_step, first_epoch=done["epochs"], seed=done["calls"])
+        done["epochs"] += epochs
+        return shrunk
+
+    return Session(model, cfg.ratio, cfg.finetune.epochs, steps_per_epoch(len(data.train), cfg.train.batch_size),
+                   prune_to, tune, lambda mask: shrink(model, mask, data.train.x[:1]) if mask.channels else None)
 
 
 def run(cfg: DictConfig, parent_run_id: str | None = None,
@@ -164,8 +202,8 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         seed_everything(cfg.seed)
         data = instantiate(cfg.dataset)(seed=cfg.seed).to(device)
         model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
-        pruner = Pruner(cfg, data)
-        pruner.check(model)
+        pruner, schedule = Pruner(cfg, data), instantiate(cfg.schedule)
+        pruner.check(model, schedule.first(cfg.ratio) if hasattr(schedule, "first") else None)
         dense_run = DenseRun(cfg, experiment_id, keys.dense_key(cfg, device.type), device.type, parent_run_id,
                              extra_tags)
         dense = dense_model(model, dense_run.key, cache, lambda m: dense_run.train(m, data))
@@ -185,16 +223,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy}
 
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
-        mask: Mask | None = None
-        for target in rounds(cfg):
-            mask = pruner(model, target, mask)
-            mask.apply(model)
-            metrics["pruned.test_accuracy"] = evaluate(model, data.test)["accuracy"]
-            metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]
-            if budget:
-                metrics["budget.ratio"] = mask.plan["ratio"]
-            tracking.log_metrics(metrics)
-            shrunk = fine_tune(cfg, model, mask, data)
+        mask, shrunk = schedule(session(cfg, model, pruner, data, metrics))
 
         shipped = shrunk if shrunk is not None else model
         final_val, final_test = evaluate(shipped, data.val), evaluate(shipped, data.test)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from hydra.utils import get_object
 
-from prunelab.cli import GROUPS, preflight
+from prunelab.cli import preflight
 from prunelab.config import ConfigError, validate
-from prunelab.keys import dense_key, run_key
+from prunelab.keys import GROUPS, dense_key, run_key
 from prunelab.paths import conf_dir, experiments_dir
 from prunelab.pruning import options
 

@@ -1,0 +1,145 @@
+"""Schedules (``conf/schedule/``): when to prune and how to train in between.
+
+A schedule is a ``schedule._target_`` plug-in called with a :class:`Session`, the run's model
+after dense training, and returns the final mask and the shrunk network (structured) or None. It
+prunes through ``session.prune(ratio, mask)`` (the run's method, criterion and scope, starting
+from ``mask``, so nothing pruned is revived and ``ratio`` is the overall target) and trains through
+``session.fine_tune``; both log to the run with a step, so its trajectory is one MLflow chart.
+
+* :class:`Oneshot` (the default): prune to ``ratio``, fine-tune ``finetune.epochs``.
+* :class:`Iterative`: ``rounds`` of prune -> fine-tune; every round removes the same fraction of
+  what remains (Han et al. 2015; open_lth), the last reaching ``ratio``.
+* :class:`Gradual`: automated gradual pruning during fine-tuning (Zhu & Gupta 2017): the target
+  rises along ``torch.ao.pruning``'s cubic schedule and the mask is recomputed every ``every`` steps.
+
+A user's own schedule is a function or class with the same call, given by ``schedule._target_``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
+
+from .pruning import Mask
+from .pruning.errors import PruningError
+
+
+@dataclass
+class Session:
+    """What a schedule may do with the run: the model (trained dense, modified in place), the
+    overall ``ratio``, the configured fine-tuning ``epochs`` and ``steps_per_epoch``, and:
+
+    * ``prune(ratio, mask, step, target)`` -> the new mask, applied to the model; logs ``pruned.*``,
+      ``schedule.sparsity`` (of the weights), ``schedule.channels`` (structured), ``schedule.changed``
+      (weights whose mask flipped) and ``schedule.target`` (if given) at ``step``;
+    * ``fine_tune(mask, epochs, after_step=None)`` -> the shrunk network or None: trains for
+      ``epochs`` with ``mask`` held (``after_step`` instead, when given: it holds the mask itself),
+      logging ``finetune.*`` per epoch, numbered on from the previous call;
+    * ``shrunk(mask)`` -> the physically shrunk twin of the model (structured), else None."""
+
+    model: nn.Module
+    ratio: float
+    epochs: int
+    steps_per_epoch: int
+    prune: Callable[..., Mask]
+    fine_tune: Callable[..., nn.Module | None]
+    shrunk: Callable[[Mask], nn.Module | None]
+
+
+# A schedule may have ``first(ratio)``: its first target, which the runner tries on an untrained
+# copy before dense training (N:M, whose ratio is fixed, cannot step through others).
+
+
+@dataclass
+class Oneshot:
+    def __call__(self, s: Session):
+        mask = s.prune(s.ratio, None)
+        return mask, s.fine_tune(mask, s.epochs)
+
+
+def _check_epochs(value: int | None, name: str) -> None:
+    if value is not None and value < 0:
+        raise PruningError(f"schedule.{name}={value} must be >= 0")
+
+
+@dataclass
+class Iterative:
+    rounds: int = 3
+    # fine-tuning epochs after each round; None: finetune.epochs spread over the rounds (the same
+    # total as oneshot, the last rounds taking the remainder)
+    epochs_per_round: int | None = None
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise PruningError(f"schedule.rounds={self.rounds} must be >= 1")
+        _check_epochs(self.epochs_per_round, "epochs_per_round")
+
+    def first(self, ratio: float) -> float:
+        return self.targets(ratio)[0]
+
+    def targets(self, ratio: float) -> list[float]:
+        """Overall ratio after each round: each keeps the same fraction of what was left."""
+        return [1 - (1 - ratio) ** (k / self.rounds) for k in range(1, self.rounds + 1)]
+
+    def epochs(self, total: int) -> list[int]:
+        if self.epochs_per_round is not None:
+            return [self.epochs_per_round] * self.rounds
+        base, extra = divmod(total, self.rounds)
+        return [base + (1 if k >= self.rounds - extra else 0) for k in range(self.rounds)]
+
+    def __call__(self, s: Session):
+        mask = shrunk = None
+        for k, (target, epochs) in enumerate(zip(self.targets(s.ratio), self.epochs(s.epochs)), start=1):
+            mask = s.prune(target, mask, step=k)
+            shrunk = s.fine_tune(mask, epochs)
+        return mask, shrunk
+
+
+@dataclass
+class Gradual:
+    initial: float = 0.0  # s_i, the sparsity of the first update
+    start: float = 0.0  # t_0, as a fraction of the fine-tuning steps
+    end: float = 0.75  # the fraction of the fine-tuning steps by which the target reaches ratio
+    every: int = 100  # delta t: steps between mask updates
+
+    def __post_init__(self):
+        if not 0 <= self.initial < 1:
+            raise PruningError(f"schedule.initial={self.initial} is out of range: expected 0 <= initial < 1")
+        if not 0 <= self.start < self.end <= 1:
+            raise PruningError(f"schedule.start={self.start}, schedule.end={self.end}: expected 0 <= start < end <= 1")
+        if self.every < 1:
+            raise PruningError(f"schedule.every={self.every} must be >= 1")
+
+    def first(self, ratio: float) -> float:
+        return self.initial
+
+    def updates(self, ratio: float, total_steps: int) -> dict[int, float]:
+        """Step -> target sparsity: s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(n dt))^3 at
+        t = t_0, t_0 + dt, ..., t_0 + n dt (the last at or before ``end``)."""
+        t0 = int(self.start * total_steps)
+        n = (min(int(self.end * total_steps), total_steps - 1) - t0) // self.every  # steps run 0 .. total - 1
+        if n < 1:
+            raise PruningError(f"schedule=gradual: {total_steps} fine-tuning steps leave no room for an update every "
+                               f"{self.every} steps between start={self.start} and end={self.end}; lower schedule.every")
+        steps = [t0 + j * self.every for j in range(n + 1)]
+        return {t: CubicSL.sparsity_compute_fn(self.initial, ratio, t, t0, self.every, n) for t in steps}
+
+    def __call__(self, s: Session):
+        updates = self.updates(s.ratio, s.epochs * s.steps_per_epoch)
+        state: dict = {"step": 0, "mask": None, "hold": None}
+
+        def after_step():
+            t = state["step"]
+            state["step"] += 1
+            if t in updates:
+                state["mask"] = s.prune(updates[t], state["mask"], step=t, target=updates[t])
+                state["hold"] = state["mask"].hold(s.model)
+            elif state["hold"] is not None:
+                state["hold"]()
+
+        s.fine_tune(None, s.epochs, after_step=after_step)
+        return state["mask"], s.shrunk(state["mask"])
+
