@@ -108,6 +108,19 @@ class GradualConfig:
 
 
 @dataclass
+class LotteryConfig:
+    _target_: str = MISSING
+    fraction: float = 0.2
+    rewind: int = 0
+    control: str = "ticket"
+
+    def __post_init__(self):
+        from .schedules import Lottery
+
+        _schedule_checked(Lottery, fraction=self.fraction, rewind=self.rewind, control=self.control)
+
+
+@dataclass
 class BudgetConfig:
     # Prune to at most this fraction of the dense model's MACs: the ratio is searched (any scope).
     macs: Optional[float] = None
@@ -207,7 +220,7 @@ def register() -> None:
     store.store(name="prunelab_schema", node=Config)
     for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig)):
         store.store(group="method", name=f"{name}_schema", node=node)
-    for name, node in (("iterative", IterativeConfig), ("gradual", GradualConfig)):
+    for name, node in (("iterative", IterativeConfig), ("gradual", GradualConfig), ("lottery", LotteryConfig)):
         store.store(group="schedule", name=f"{name}_schema", node=node)
 
 

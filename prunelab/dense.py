@@ -55,7 +55,7 @@ def locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _atomic_save(obj, path: Path, save: Callable) -> None:
+def atomic_save(obj, path: Path, save: Callable) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save(obj, tmp)
@@ -110,10 +110,10 @@ def dense_model(model: nn.Module, key: str, cache_dir: Path,
                     path.unlink(missing_ok=True)
                 model.load_state_dict(initial)
         history, val_acc, test_acc = train(model)
-        _atomic_save(model.state_dict(), weights, torch.save)
+        atomic_save(model.state_dict(), weights, torch.save)
         info = {"key": key, "sha256": _sha256(weights), "history": [asdict(e) for e in history],
                 "val_accuracy": val_acc, "test_accuracy": test_acc}
-        _atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
+        atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
         log.info("dense model %s trained and cached in %s", key, weights)
         return DenseResult(key, history, val_acc, test_acc, from_cache=False)
 

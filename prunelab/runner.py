@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import keys, tracking, ui
 from .config import ConfigError, validate
 from .data import Splits, cache_dir as user_cache_dir
-from .dense import DenseRun, dense_model
+from .dense import DenseRun, atomic_save, dense_model
 from .compact import decode
 from .deploy import OnnxModel, accuracy, deployed
 from .handover import handover
@@ -142,9 +143,11 @@ class Pruner:
             check_reachable(lambda r: self(probe, r, scope=scope, budget=False), probe, self.example, self.budget)
 
 
-def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Splits, metrics: dict) -> Session:
+def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Splits, metrics: dict,
+            init: dict, checkpoints: Path) -> Session:
     """The run as a schedule sees it (``schedules.py``): pruning and fine-tuning ``model`` in place,
-    each logged with a step; ``metrics`` gets the latest ``pruned.*``."""
+    each logged with a step; ``metrics`` gets the latest ``pruned.*``. ``init``: the weights before
+    dense training; ``checkpoints``: the folder of this run key's resumable state."""
     budget = cfg.budget.macs is not None
     done = {"epochs": 0, "calls": 0, "mask": None}
 
@@ -158,7 +161,7 @@ def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Split
         if step is None:
             tracking.log_metrics(metrics)
         else:  # a schedule's trajectory: one point per update
-            last = done["mask"]  # the mask of the previous update, whatever the schedule passed
+            last = done["mask"] or mask  # the previous update's mask, whatever the schedule passed
             changed = sum(int((new.masks[n] != last.masks[n]).sum()) for n in new.prunable) if last else 0
             tracking.log_metrics({**metrics, "schedule.sparsity": new.sparsity, "schedule.changed": changed,
                                   **({"schedule.channels": new.channel_sparsity} if new.channels else {}),
@@ -172,8 +175,26 @@ def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Split
         done["epochs"] += epochs
         return shrunk
 
-    return Session(model, cfg.ratio, cfg.finetune.epochs, steps_per_epoch(len(data.train), cfg.train.batch_size),
-                   prune_to, tune, lambda mask: shrink(model, mask, data.train.x[:1]) if mask.channels else None)
+    t, per_epoch = cfg.train, steps_per_epoch(len(data.train), cfg.train.batch_size)
+
+    def train(net: torch.nn.Module, mask: Mask | None, seed: int, epochs: int | None = None, desc: str = "train"):
+        optimizer, scheduler = optimizer_for(cfg, net.parameters(), t.lr, t.epochs, per_epoch, t.schedule)
+        fit(net, data.train, data.val, optimizer, t.epochs if epochs is None else epochs, t.batch_size,
+            cfg.seed + seed, scheduler, after_step=mask.hold(net) if mask is not None else None, desc=desc)
+
+    def fresh(seed: int) -> dict:
+        torch.manual_seed(cfg.seed + 10_000 + seed)
+        return build(instantiate(cfg.model), data.in_shape, data.num_classes).to(data.train.x.device).state_dict()
+
+    path = checkpoints / "schedule.pt"
+    return Session(
+        model, cfg.ratio, cfg.finetune.epochs, per_epoch, prune_to, tune,
+        shrunk=lambda mask: shrink(model, mask, data.train.x[:1]) if mask.channels else None,
+        train=train, init=init, fresh=fresh,
+        evaluate=lambda net: (evaluate(net, data.val)["accuracy"], evaluate(net, data.test)["accuracy"]),
+        log=lambda m, step: tracking.log_metrics(m, step=step),
+        resume=lambda: torch.load(path, map_location=data.train.x.device, weights_only=True) if path.is_file() else None,
+        checkpoint=lambda state: (path.parent.mkdir(parents=True, exist_ok=True), atomic_save(state, path, torch.save)))
 
 
 def run(cfg: DictConfig, parent_run_id: str | None = None,
@@ -204,6 +225,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
         pruner, schedule = Pruner(cfg, data), instantiate(cfg.schedule)
         pruner.check(model, schedule.first(cfg.ratio) if hasattr(schedule, "first") else None)
+        init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
         dense_run = DenseRun(cfg, experiment_id, keys.dense_key(cfg, device.type), device.type, parent_run_id,
                              extra_tags)
         dense = dense_model(model, dense_run.key, cache, lambda m: dense_run.train(m, data))
@@ -223,7 +245,8 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy}
 
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
-        mask, shrunk = schedule(session(cfg, model, pruner, data, metrics))
+        checkpoints = cache / "schedules" / key
+        mask, shrunk = schedule(session(cfg, model, pruner, data, metrics, init, checkpoints))
 
         shipped = shrunk if shrunk is not None else model
         final_val, final_test = evaluate(shipped, data.val), evaluate(shipped, data.test)
@@ -267,6 +290,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
             **(handed.files if handed is not None else {}),
         })
         metrics["run_id"] = active.info.run_id
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the FINISHED run holds it all now
     _report(cfg, chosen, metrics, dense.from_cache, experiment_id)
     return metrics
 

@@ -11,14 +11,20 @@ from ``mask``, so nothing pruned is revived and ``ratio`` is the overall target)
   what remains (Han et al. 2015; open_lth), the last reaching ``ratio``.
 * :class:`Gradual`: automated gradual pruning during fine-tuning (Zhu & Gupta 2017): the target
   rises along ``torch.ao.pruning``'s cubic schedule and the mask is recomputed every ``every`` steps.
+* :class:`Lottery`: iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et
+  al. 2020): every level prunes ``fraction`` of the remaining weights of the trained network,
+  rewinds the survivors to their initial values (or to those after ``rewind`` epochs of dense
+  training) and retrains them with the dense recipe; ``control=reinit`` also trains each level's
+  mask from a fresh random initialisation. Levels are checkpointed: a killed run, rerun, resumes.
 
 A user's own schedule is a function or class with the same call, given by ``schedule._target_``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
@@ -38,7 +44,14 @@ class Session:
     * ``fine_tune(mask, epochs, after_step=None)`` -> the shrunk network or None: trains for
       ``epochs`` with ``mask`` held (``after_step`` instead, when given: it holds the mask itself),
       logging ``finetune.*`` per epoch, numbered on from the previous call;
-    * ``shrunk(mask)`` -> the physically shrunk twin of the model (structured), else None."""
+    * ``shrunk(mask)`` -> the physically shrunk twin of the model (structured), else None;
+    * ``train(model, mask, seed, epochs=None, desc)``: the dense-training recipe (``train.*``) on
+      ``model`` from its current weights, ``mask`` held (None: dense), stopped after ``epochs``
+      (default all; batches shuffled by ``cfg.seed + seed``: seed 0 is dense training's order);
+    * ``init``: the model's weights before dense training; ``fresh(seed)``: another initialisation;
+    * ``evaluate(model)`` -> (validation, test) accuracy; ``log(metrics, step)``;
+    * ``resume()`` -> the last checkpoint of this run's key (None: start afresh) and
+      ``checkpoint(state)``, which writes one atomically (``torch.save``-able values)."""
 
     model: nn.Module
     ratio: float
@@ -47,6 +60,13 @@ class Session:
     prune: Callable[..., Mask]
     fine_tune: Callable[..., nn.Module | None]
     shrunk: Callable[[Mask], nn.Module | None]
+    train: Callable[..., Any] | None = None
+    init: dict | None = None
+    fresh: Callable[[int], dict] | None = None
+    evaluate: Callable[[nn.Module], tuple[float, float]] | None = None
+    log: Callable[[dict, int], None] | None = None
+    resume: Callable[[], dict | None] | None = None
+    checkpoint: Callable[[dict], None] | None = None
 
 
 # A schedule may have ``first(ratio)``: its first target, which the runner tries on an untrained
@@ -142,4 +162,76 @@ class Gradual:
 
         s.fine_tune(None, s.epochs, after_step=after_step)
         return state["mask"], s.shrunk(state["mask"])
+
+
+@dataclass
+class Lottery:
+    fraction: float = 0.2  # of the remaining weights, pruned at every level
+    rewind: int = 0  # the dense-training epoch the survivors restart from (0: the initialisation)
+    control: str = "ticket"  # ticket | reinit: each level's mask also trained from a fresh initialisation
+
+    def __post_init__(self):
+        if not 0 < self.fraction < 1:
+            raise PruningError(f"schedule.fraction={self.fraction} is out of range: expected 0 < fraction < 1")
+        _check_epochs(self.rewind, "rewind")
+        if self.control not in ("ticket", "reinit"):
+            raise PruningError(f"schedule.control={self.control!r} is not allowed: expected one of ticket, reinit")
+
+    def targets(self, ratio: float) -> list[float]:
+        """Overall ratio after each level: ``fraction`` of what is left, until ``ratio`` (the last
+        level stops there): 0.2 a level reaches 3.6% of the weights at level 15."""
+        if ratio <= 0:
+            return [0.0]
+        levels = max(1, math.ceil(math.log(1 - ratio) / math.log(1 - self.fraction) - 1e-9))
+        return [min(1 - (1 - self.fraction) ** k, ratio) for k in range(1, levels + 1)]
+
+    def first(self, ratio: float) -> float:
+        return self.targets(ratio)[0]
+
+    def __call__(self, s: Session):
+        import copy
+
+        targets = self.targets(s.ratio)
+        saved = s.resume()
+        if saved is None:
+            if self.rewind:
+                rewound = copy.deepcopy(s.model)
+                rewound.load_state_dict(s.init)
+                # dense training's first epochs again (the same seed, batches and schedule)
+                s.train(rewound, None, seed=0, epochs=self.rewind, desc=f"lottery: rewind point, epoch {self.rewind}")
+                rewind = copy.deepcopy(rewound.state_dict())
+            else:
+                rewind = copy.deepcopy(s.init)
+            val, test = s.evaluate(s.model)
+            saved = {"level": 0, "rewind": rewind, "mask": None, "weights": None, "reinit": None,
+                     "history": [(0, {"level.test_accuracy": test, "level.val_accuracy": val, "level.remaining": 1.0})]}
+        else:
+            s.model.load_state_dict(saved["weights"])
+            s.log({"schedule.resumed_after": saved["level"]}, saved["level"])
+        for step, metrics in saved["history"]:  # a resumed run shows the levels done before, too
+            s.log(metrics, step)
+        mask = Mask.from_state(saved["mask"]) if saved["mask"] is not None else None
+        reinit = saved["reinit"]
+        for level in range(saved["level"] + 1, len(targets) + 1):
+            mask = s.prune(targets[level - 1], mask, step=level)  # the trained weights' magnitudes
+            s.model.load_state_dict(saved["rewind"])
+            mask.apply(s.model)
+            s.train(s.model, mask, seed=level, desc=f"lottery level {level}/{len(targets)}")
+            val, test = s.evaluate(s.model)
+            metrics = {"level.test_accuracy": test, "level.val_accuracy": val, "level.remaining": 1 - mask.sparsity}
+            if self.control == "reinit":
+                control = copy.deepcopy(s.model)
+                control.load_state_dict(s.fresh(level))
+                mask.apply(control)
+                s.train(control, mask, seed=level, desc=f"lottery level {level}/{len(targets)}, reinit")
+                reinit = copy.deepcopy(control.state_dict())
+                val, test = s.evaluate(control)
+                metrics.update({"reinit.test_accuracy": test, "reinit.val_accuracy": val})
+            s.log(metrics, level)
+            saved.update(level=level, mask=mask.to_state(), weights=copy.deepcopy(s.model.state_dict()),
+                         reinit=reinit, history=[*saved["history"], (level, metrics)])
+            s.checkpoint(saved)
+        if self.control == "reinit":  # the run's result is the control's
+            s.model.load_state_dict(reinit)
+        return mask, s.shrunk(mask)
 

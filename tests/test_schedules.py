@@ -3,20 +3,28 @@ pruned entry, and leaves its trajectory in the run's metric history."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_env, runs, tiny_overrides
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from prunelab.pruning import PruningError
 from prunelab.runner import run
-from prunelab.schedules import Gradual
+from prunelab import runner
+from prunelab.schedules import Gradual, Lottery
 from prunelab.train import steps_per_epoch
 
 SCHEDULES = {"iterative": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=2"],
-             "gradual": ["schedule=gradual", "schedule.every=1", "finetune.epochs=1"]}
+             "gradual": ["schedule=gradual", "schedule.every=1", "finetune.epochs=1"],
+             "lottery": ["schedule=lottery", "schedule.fraction=0.5"]}
 RATIO = 0.7
 
 
@@ -89,9 +97,97 @@ def test_gradual_sparsity_follows_the_cubic_formula_at_every_update(make_cfg):
         assert target[t] == pytest.approx(s_t) and abs(sparsity[t] - s_t) < 1e-3
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("schedule", ["iterative", "gradual", "lottery"])
 def test_a_schedule_that_nm_cannot_step_through_fails_before_dense_training(make_cfg, schedule):
-    cfg = make_cfg(*SCHEDULES[schedule], "method=nm", "ratio=0.5")
+    cfg = make_cfg(f"schedule={schedule}", "method=nm", "ratio=0.5")  # N:M prunes 1 - n/m = 0.5 or nothing
     with pytest.raises(PruningError, match="ratio"):
         run(cfg)
     assert not [p for p in Path(cfg.cache_dir).rglob("*") if p.is_file()]  # no dense model was trained
+
+
+# --- lottery tickets --------------------------------------------------------------------------
+
+def test_lottery_levels_prune_a_fraction_of_what_is_left_down_to_the_ratio():
+    targets = Lottery(fraction=0.2).targets(0.964)
+    assert len(targets) == 15 and targets[-1] == 0.964  # 0.8 ** 15 = 3.5% left: the last level stops at 3.6%
+    assert targets[:3] == pytest.approx([0.2, 0.36, 0.488])
+
+
+@pytest.mark.parametrize("rewind, control", [(0, "ticket"), (1, "reinit")])
+def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_pruned_at_zero(
+        make_cfg, monkeypatch, rewind, control):
+    seen = {"levels": 0}
+    real_session = runner.session
+
+    def watched(*args, **kwargs):
+        s = real_session(*args, **kwargs)
+        train = s.train
+
+        def checked_train(net, mask, seed, epochs=None, desc=""):
+            if mask is None:  # the rewind point: dense training's first epoch(s), again
+                train(net, mask, seed, epochs, desc)
+                seen["rewind"] = {k: v.clone() for k, v in net.state_dict().items()}
+                return
+            start = seen["rewind"] if net is s.model else s.fresh(seed)  # the control: a fresh init
+            for name, p in net.named_parameters():
+                m = mask.masks.get(name)
+                expected = start[name] * m if m is not None else start[name]
+                assert torch.equal(p.detach(), expected), name  # exactly the rewound survivors
+            train(net, mask, seed, epochs, desc)
+            for name in mask.prunable:
+                assert not bool(dict(net.named_parameters())[name][~mask.masks[name]].any())  # pruned stay zero
+            seen["levels"] += net is s.model
+
+        s.train = checked_train
+        if rewind == 0:
+            seen["rewind"] = s.init
+        return s
+
+    monkeypatch.setattr(runner, "session", watched)
+    m = run(make_cfg("schedule=lottery", f"schedule.rewind={rewind}", f"schedule.control={control}",
+                     "ratio=0.75", "schedule.fraction=0.5", "train.epochs=2", "handover=false"))
+    assert seen["levels"] == 2
+    remaining = _history(m["run_id"], "level.remaining")
+    assert [s for s, _ in remaining] == [0, 1, 2] and [v for _, v in remaining] == pytest.approx([1, 0.5, 0.25], abs=1e-3)
+    if control == "reinit":
+        assert [s for s, _ in _history(m["run_id"], "reinit.test_accuracy")] == [1, 2]
+        assert m["test_accuracy"] == _history(m["run_id"], "reinit.test_accuracy")[-1][1]  # the control ships
+
+
+@pytest.mark.slow
+def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_uninterrupted_mask(cli, workdir, tmp_path):
+    args = ["schedule=lottery", "schedule.fraction=0.5", "ratio=0.9", "train.epochs=10", "handover=false",
+            "dataset.train_size=2048"]  # 4 levels: 0.5, 0.75, 0.875, 0.9
+    folder = workdir / "cache" / "schedules"
+    child = subprocess.Popen([sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *args], cwd=workdir,
+                             env=cli_env(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    level, deadline = 0, time.time() + 300
+    while level < 2 and child.poll() is None and time.time() < deadline:
+        for path in folder.glob("*/schedule.pt"):
+            level = torch.load(path, weights_only=True)["level"]
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert level >= 2, "the run ended before a second level was checkpointed"
+
+    assert cli(*args).returncode == 0  # rerun: resumes
+    (resumed,) = [r for r in runs(workdir, "pruned") if r.info.status == "FINISHED"]
+    assert resumed.data.metrics["schedule.resumed_after"] == level
+    assert not list(folder.glob("*/schedule.pt"))  # a finished run leaves no checkpoint
+
+    fresh = tmp_path / "uninterrupted"
+    fresh.mkdir()
+    shutil.copy(workdir / "mlflow.db", fresh / "mlflow.db")
+    done = subprocess.run([sys.executable, "-m", "prunelab", *tiny_overrides(fresh), *args, "force=true"], cwd=fresh,
+                          env=cli_env(fresh), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (whole,) = [r for r in runs(fresh, "pruned") if r.info.status == "FINISHED" and r.info.run_id != resumed.info.run_id]
+
+    def final_mask(run_id, uri):
+        path = MlflowClient(uri).download_artifacts(run_id, "model/masked_weights.pt", str(tmp_path / run_id))
+        return torch.load(path, weights_only=True)["mask"]["masks"]
+
+    a = final_mask(resumed.info.run_id, f"sqlite:///{workdir / 'mlflow.db'}")
+    b = final_mask(whole.info.run_id, f"sqlite:///{fresh / 'mlflow.db'}")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "schedule.resumed_after" not in whole.data.metrics
