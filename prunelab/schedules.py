@@ -213,7 +213,8 @@ class Lottery:
         mask = Mask.from_state(saved["mask"]) if saved["mask"] is not None else None
         reinit = saved["reinit"]
         for level in range(saved["level"] + 1, len(targets) + 1):
-            mask = s.prune(targets[level - 1], mask, step=level)  # the trained weights' magnitudes
+            # by the trained weights (magnitude, or the run's criterion)
+            mask = s.prune(targets[level - 1], mask, step=level, target=targets[level - 1])
             s.model.load_state_dict(saved["rewind"])
             mask.apply(s.model)
             s.train(s.model, mask, seed=level, desc=f"lottery level {level}/{len(targets)}")

@@ -3,6 +3,7 @@ pruned entry, and leaves its trajectory in the run's metric history."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -10,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
+import nbclient
+import nbformat
 import pytest
 import torch
 from conftest import cli_env, runs, tiny_overrides
@@ -18,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from prunelab.pruning import PruningError
 from prunelab.runner import run
-from prunelab import runner
+from prunelab import analysis, runner
 from prunelab.schedules import Gradual, Lottery
 from prunelab.train import steps_per_epoch
 
@@ -191,3 +195,30 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
     b = final_mask(whole.info.run_id, f"sqlite:///{fresh / 'mlflow.db'}")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "schedule.resumed_after" not in whole.data.metrics
+
+
+def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draws_the_figure(cli, workdir):
+    done = cli("-m", "schedule=lottery", "schedule.fraction=0.5", "ratio=0.75", "seed=0,1",
+               "schedule.control=ticket,reinit", "tracking.experiment=lt", "handover=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    frame = analysis.load_runs(["lt"])
+    levels = frame[frame["level"].notna()]
+    assert len(levels) == 4 * 2 and set(levels["ratio"]) == {0.5, 0.75}  # 4 runs x levels 1, 2
+    for _, row in levels.iterrows():  # a control run's points are its control's
+        branch = "reinit" if row["variant"] == "schedule.control=reinit" else "level"
+        logged = dict(_history(row["run_id"], f"{branch}.test_accuracy"))
+        assert row["test_accuracy"] == logged[row["level"]]
+    points = analysis.aggregate_seeds(frame)
+    assert sorted(points["variant"]) == ["schedule.control=reinit"] * 2 + ["schedule.control=ticket"] * 2
+    assert list(points["test_accuracy_count"]) == [2, 2, 2, 2]  # only seeds of one level are averaged
+
+    os.environ.update(PRUNELAB_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}", PRUNELAB_EXPERIMENT="lt")
+    try:
+        nb = nbformat.read(Path(__file__).resolve().parents[1] / "analysis" / "lottery.ipynb", as_version=4)
+        assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs not stripped"
+        nbclient.NotebookClient(nb, timeout=180, resources={"metadata": {"path": str(workdir)}}).execute()
+    finally:
+        for key in ("PRUNELAB_TRACKING_URI", "PRUNELAB_EXPERIMENT"):
+            os.environ.pop(key, None)
+    assert "image/png" in nb.cells[-1].outputs[0]["data"]

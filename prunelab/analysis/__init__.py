@@ -90,7 +90,33 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
             df["macs_fraction"] = df["macs_fraction"].fillna(df["cost.ratio.macs"])
     elif "cost.ratio.macs" in df.columns:
         df["macs_fraction"] = df["cost.ratio.macs"]
-    return df.reset_index(drop=True)
+    return expand_levels(df.reset_index(drop=True))
+
+
+def expand_levels(df: pd.DataFrame, client: MlflowClient | None = None) -> pd.DataFrame:
+    """A schedule's points inside one run as rows of their own: a lottery run (``level.*``
+    metrics, step = level) becomes one row per level >= 1, with ``level``, ``ratio`` (the level's
+    target), ``sparsity.prunable`` and the level's test / validation accuracy (the control's,
+    ``reinit.*``, in a ``schedule.control=reinit`` run: that run's result). Level 0 is the dense
+    model, the curve's left end already. Costs are measured for the final level only."""
+    if "level.test_accuracy" not in df.columns or df["level.test_accuracy"].isna().all():
+        return df
+    client = client or MlflowClient()
+    runs, rows = df[df["level.test_accuracy"].notna()], []
+    for _, run in runs.iterrows():
+        series = {key: {m.step: m.value for m in client.get_metric_history(run["run_id"], key)}
+                  for key in ("schedule.target", "level.remaining", "level.test_accuracy", "level.val_accuracy",
+                              "reinit.test_accuracy", "reinit.val_accuracy")}
+        branch = "reinit" if series["reinit.test_accuracy"] else "level"
+        for level in sorted(series[f"{branch}.test_accuracy"]):
+            if level == 0 or level not in series["schedule.target"]:
+                continue
+            rows.append({**run.to_dict(), "level": level, "ratio": series["schedule.target"][level],
+                         "sparsity.prunable": 1 - series["level.remaining"][level],
+                         "test_accuracy": series[f"{branch}.test_accuracy"][level],
+                         "val_accuracy": series[f"{branch}.val_accuracy"].get(level, float("nan")),
+                         "macs_fraction": float("nan")})
+    return pd.concat([df.drop(index=runs.index), pd.DataFrame(rows)], ignore_index=True)
 
 
 def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
@@ -154,6 +180,7 @@ def aggregate_seeds(df: pd.DataFrame, value: str = "test_accuracy") -> pd.DataFr
         cols["macs_fraction"] = ["mean"]
     out = pruned.groupby([*POINT, "point_key"], dropna=False).agg(cols)
     out.columns = [a if b == "mean" else f"{a}_{b}" for a, b in out.columns]
+    out["remaining"] = 1 - out["sparsity.prunable"]
     return out.reset_index().sort_values(POINT).drop(columns="point_key")
 
 
@@ -203,6 +230,17 @@ def plot_accuracy_vs_sparsity(df: pd.DataFrame, ax=None):
     """Test accuracy vs achieved sparsity of the prunable weights, one line per
     method x scope x criterion, mean +- std band over seeds, dense accuracy as reference."""
     return _plot_curves(df, "sparsity.prunable", "sparsity of prunable weights", ax)
+
+
+def plot_accuracy_vs_remaining(df: pd.DataFrame, ax=None):
+    """Test accuracy vs the fraction of prunable weights remaining, log scale from 100% down
+    (the lottery-ticket figure of Frankle & Carbin 2019), mean +- std band over seeds."""
+    fig = _plot_curves(df, "remaining", "prunable weights remaining (log scale)", ax)
+    ax = fig.axes[0]
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    return fig
 
 
 def plot_accuracy_vs_macs(df: pd.DataFrame, ax=None):
@@ -367,6 +405,10 @@ def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
     if "macs_fraction" in df.columns and df["macs_fraction"].notna().any():
         written.append(out / "accuracy_vs_macs.png")
         plot_accuracy_vs_macs(df).savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close("all")
+    if "level" in df.columns and df["level"].notna().any():
+        written.append(out / "accuracy_vs_remaining.png")
+        plot_accuracy_vs_remaining(df).savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close("all")
     if not deployment_points(df).empty:
         written.append(out / "accuracy_vs_latency.png")
