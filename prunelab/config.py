@@ -121,6 +121,20 @@ class LotteryConfig:
 
 
 @dataclass
+class DynamicConfig:
+    _target_: str = MISSING
+    every: int = 100
+    fraction: float = 0.3
+    end: float = 0.75
+    static: bool = False
+
+    def __post_init__(self):
+        from .schedules import Dynamic
+
+        _schedule_checked(Dynamic, every=self.every, fraction=self.fraction, end=self.end, static=self.static)
+
+
+@dataclass
 class BudgetConfig:
     # Prune to at most this fraction of the dense model's MACs: the ratio is searched (any scope).
     macs: Optional[float] = None
@@ -220,7 +234,8 @@ def register() -> None:
     store.store(name="prunelab_schema", node=Config)
     for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig)):
         store.store(group="method", name=f"{name}_schema", node=node)
-    for name, node in (("iterative", IterativeConfig), ("gradual", GradualConfig), ("lottery", LotteryConfig)):
+    for name, node in (("iterative", IterativeConfig), ("gradual", GradualConfig), ("lottery", LotteryConfig),
+                       ("dynamic", DynamicConfig)):
         store.store(group="schedule", name=f"{name}_schema", node=node)
 
 

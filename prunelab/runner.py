@@ -138,9 +138,10 @@ class Pruner:
         scope = Local() if getattr(self.scope, "measures", False) else None
         probe = copy.deepcopy(model)
         for ratio in dict.fromkeys([first if first is not None else self.ratio, self.ratio]):
-            self(probe, ratio, scope=scope, budget=False)
+            mask = self(probe, ratio, scope=scope, budget=False)
         if self.budget is not None:  # a budget this method cannot meet, or nm's fixed ratio
             check_reachable(lambda r: self(probe, r, scope=scope, budget=False), probe, self.example, self.budget)
+        return mask
 
 
 def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Splits, metrics: dict,
@@ -224,7 +225,9 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         data = instantiate(cfg.dataset)(seed=cfg.seed).to(device)
         model = build(instantiate(cfg.model), data.in_shape, data.num_classes).to(device)
         pruner, schedule = Pruner(cfg, data), instantiate(cfg.schedule)
-        pruner.check(model, schedule.first(cfg.ratio) if hasattr(schedule, "first") else None)
+        checked = pruner.check(model, schedule.first(cfg.ratio) if hasattr(schedule, "first") else None)
+        if hasattr(schedule, "check"):  # e.g. a schedule that moves single weights refuses channels
+            schedule.check(checked)
         init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
         dense_run = DenseRun(cfg, experiment_id, keys.dense_key(cfg, device.type), device.type, parent_run_id,
                              extra_tags)

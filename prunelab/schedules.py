@@ -16,6 +16,11 @@ from ``mask``, so nothing pruned is revived and ``ratio`` is the overall target)
   rewinds the survivors to their initial values (or to those after ``rewind`` epochs of dense
   training) and retrains them with the dense recipe; ``control=reinit`` also trains each level's
   mask from a fresh random initialisation. Levels are checkpointed: a killed run, rerun, resumes.
+* :class:`Dynamic`: dynamic sparse training at a fixed sparsity (RigL, Evci et al. 2020) during
+  fine-tuning: every ``every`` steps each layer drops the lowest-magnitude ``f_t`` of its surviving
+  weights and regrows as many where the dense gradient is largest (zero-initialised), ``f_t``
+  cosine-decayed from ``fraction`` to 0 at ``end``; ``static=true`` is the control (the same
+  initial mask, never updated). ``scope=erk criterion=random`` gives RigL's ERK initialisation.
 
 A user's own schedule is a function or class with the same call, given by ``schedule._target_``.
 """
@@ -70,7 +75,8 @@ class Session:
 
 
 # A schedule may have ``first(ratio)``: its first target, which the runner tries on an untrained
-# copy before dense training (N:M, whose ratio is fixed, cannot step through others).
+# copy before dense training (N:M, whose ratio is fixed, cannot step through others); and
+# ``check(mask)``, given that trial's mask, to refuse a pattern it cannot work with, also then.
 
 
 @dataclass
@@ -235,4 +241,72 @@ class Lottery:
         if self.control == "reinit":  # the run's result is the control's
             s.model.load_state_dict(reinit)
         return mask, s.shrunk(mask)
+
+
+@dataclass
+class Dynamic:
+    every: int = 100  # delta T: steps between mask updates
+    fraction: float = 0.3  # alpha: the share of each layer's surviving weights moved at the first update
+    end: float = 0.75  # T_end, a fraction of the fine-tuning steps: no update after it
+    static: bool = False  # the control: the same initial mask, never updated
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise PruningError(f"schedule.fraction={self.fraction} is out of range: expected 0 < fraction <= 1")
+        if not 0 < self.end <= 1:
+            raise PruningError(f"schedule.end={self.end} is out of range: expected 0 < end <= 1")
+        if self.every < 1:
+            raise PruningError(f"schedule.every={self.every} must be >= 1")
+
+    def moved(self, t: int, t_end: int) -> float:
+        """f_t = alpha / 2 (1 + cos(pi t / T_end)): the share moved at step t (0 from T_end on)."""
+        return self.fraction / 2 * (1 + math.cos(math.pi * t / t_end)) if t < t_end else 0.0
+
+    @staticmethod
+    def check(mask: Mask) -> None:
+        if mask.channels:
+            raise PruningError("schedule=dynamic moves single weights: use method=unstructured")
+
+    def __call__(self, s: Session):
+        mask = s.prune(s.ratio, None)
+        self.check(mask)
+        t_end = int(self.end * s.epochs * s.steps_per_epoch)
+        params = dict(s.model.named_parameters())
+        state = {"step": 0, "mask": mask, "hold": mask.hold(s.model)}
+
+        def after_step():
+            t = state["step"]
+            state["step"] += 1
+            if not self.static and t > 0 and t % self.every == 0 and t < t_end:
+                f = self.moved(t, t_end)
+                new = regrow(state["mask"], params, f)
+                changed = sum(int((new.masks[n] != state["mask"].masks[n]).sum()) for n in new.prunable)
+                state.update(mask=new, hold=new.hold(s.model))
+                s.log({"schedule.sparsity": new.sparsity, "schedule.changed": changed, "schedule.fraction": f}, t)
+            state["hold"]()
+
+        s.fine_tune(None, s.epochs, after_step=after_step)
+        return state["mask"], None
+
+
+def regrow(mask: Mask, params: dict, fraction: float) -> Mask:
+    """RigL's update of every prunable layer: drop the ``fraction`` of its surviving weights with
+    the smallest magnitude, then grow as many where the last backward pass's gradient is largest
+    in magnitude among the weights now off (a dropped one may come back). Counts are unchanged."""
+    import torch
+
+    masks = dict(mask.masks)
+    for name in mask.prunable:
+        w, keep = params[name], mask.masks[name]
+        alive = int(keep.sum())
+        k = int(fraction * alive)
+        if k == 0 or w.grad is None:
+            continue
+        flat = keep.flatten().clone()
+        magnitude = w.detach().abs().flatten().cpu().masked_fill(~flat, float("inf"))
+        flat[magnitude.topk(k, largest=False).indices] = False
+        gradient = w.grad.detach().abs().flatten().cpu().masked_fill(flat, -1.0)
+        flat[gradient.topk(k).indices] = True
+        masks[name] = flat.view_as(keep).to(keep.device)
+    return Mask(masks, mask.prunable, mask.channels, dict(mask.plan))
 

@@ -16,6 +16,7 @@ import nbclient
 import nbformat
 import pytest
 import torch
+from torch import nn
 from conftest import cli_env, runs, tiny_overrides
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
@@ -23,7 +24,9 @@ from mlflow.tracking import MlflowClient
 from prunelab.pruning import PruningError
 from prunelab.runner import run
 from prunelab import analysis, runner
-from prunelab.schedules import Gradual, Lottery
+from prunelab.pruning import Mask
+from prunelab.pruning.allocation import erk_ratios
+from prunelab.schedules import Gradual, Lottery, regrow
 from prunelab.train import steps_per_epoch
 
 SCHEDULES = {"iterative": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=2"],
@@ -222,3 +225,51 @@ def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draw
         for key in ("PRUNELAB_TRACKING_URI", "PRUNELAB_EXPERIMENT"):
             os.environ.pop(key, None)
     assert "image/png" in nb.cells[-1].outputs[0]["data"]
+
+
+# --- dynamic sparse training -------------------------------------------------------------------
+
+DYNAMIC = ["schedule=dynamic", "schedule.every=2", "finetune.epochs=2", "handover=false"]
+
+
+@pytest.mark.parametrize("scope, criterion", [("global", "l2"), ("local", "l2"), ("lamp", "l2"), ("erk", "random")])
+def test_dynamic_training_holds_the_sparsity_to_the_weight_while_its_mask_moves(make_cfg, scope, criterion):
+    m = run(make_cfg(*DYNAMIC, f"scope={scope}", f"criterion={criterion}", f"ratio={RATIO}"))
+    sparsity, changed = _history(m["run_id"], "schedule.sparsity"), _history(m["run_id"], "schedule.changed")
+    moved = dict(_history(m["run_id"], "schedule.fraction"))
+    assert len(sparsity) >= 3
+    pruned = round(sparsity[0][1] * m["params.prunable"])
+    assert abs(pruned / m["params.prunable"] - RATIO) < 1e-3
+    assert all(round(v * m["params.prunable"]) == pruned for _, v in sparsity)  # the same count, every update
+    assert all(flipped > 0 for _, flipped in changed)  # the mask moves at every update
+    steps = [t for t, _ in changed]
+    assert [moved[t] for t in steps] == sorted((moved[t] for t in steps), reverse=True)  # the fraction decays
+
+
+def test_the_static_control_keeps_its_first_mask(make_cfg):
+    m = run(make_cfg(*DYNAMIC, "schedule.static=true", f"ratio={RATIO}"))
+    assert not _history(m["run_id"], "schedule.changed") and abs(m["sparsity.prunable"] - RATIO) < 1e-3
+
+
+def test_dynamic_training_refuses_channels_before_dense_training(make_cfg):
+    cfg = make_cfg(*DYNAMIC, "method=structured")
+    with pytest.raises(PruningError, match="use method=unstructured"):
+        run(cfg)
+    assert not [p for p in Path(cfg.cache_dir).rglob("*") if p.is_file()]
+
+
+def test_regrow_drops_the_smallest_survivors_and_grows_the_largest_gradients():
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.1, 0.0, 0.3]]))
+    layer.weight.grad = torch.tensor([[0.0, 0.0, -0.9, 0.1]])
+    mask = Mask({"weight": torch.tensor([[True, True, False, True]])}, ("weight",))
+    moved = regrow(mask, dict(layer.named_parameters()), 1 / 3)  # one of three survivors moves
+    assert moved.masks["weight"].tolist() == [[True, False, True, True]]  # -0.1 out, the -0.9 gradient in
+
+
+def test_erk_densities_follow_the_formula_on_hand_made_shapes():
+    ratios = erk_ratios({"a": (10, 100), "b": (10, 10)}, 0.9)  # keep 110 of 1,100
+    scale = 110 / (0.11 * 1000 + 0.2 * 100)  # density = scale * (n_in + n_out) / (n_in * n_out)
+    assert ratios == pytest.approx({"a": 1 - 0.11 * scale, "b": 1 - 0.2 * scale})
+    assert erk_ratios({"small": (2, 2), "big": (100, 100)}, 0.5)["small"] == 0.0  # full: left dense

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .allocation import Global, Lamp, Local, Units, allocate
+from .allocation import Erk, Global, Lamp, Local, Units, allocate
 from .budget import to_macs_budget
 from .criteria import FPGM, Magnitude, PruneData, Random, Taylor
 from .errors import PruningError, check_ratio
@@ -64,7 +64,7 @@ def prune(model: nn.Module, method="unstructured", scope="global", ratio: float 
     return to_macs_budget(at, model, example_inputs, budget_macs)[0]
 
 
-__all__ = ["FPGM", "FromPlan", "Global", "Lamp", "Local", "Magnitude", "Mask", "MaskError", "PruneData",
+__all__ = ["Erk", "FPGM", "FromPlan", "Global", "Lamp", "Local", "Magnitude", "Mask", "MaskError", "PruneData",
            "PruningError", "Random", "Sensitivity", "Taylor", "Units", "allocate", "check_ratio", "load_plan",
            "nm", "options", "prunable_layers", "prune", "resolve", "shrink", "structured", "unshrink",
            "unstructured"]

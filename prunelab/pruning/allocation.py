@@ -9,6 +9,7 @@ stay pruned and count towards the ratio). A scope is a ``scope._target_`` plug-i
 * :class:`Global`: one threshold theta over all scores at once; keep entries with score > theta.
 * :class:`Local`: the same ratio in every set: theta is found per set.
 * :class:`Lamp`: layer-adaptive magnitude scores (Lee et al. 2021), then one global threshold.
+* :class:`Erk`: Erdős–Rényi-Kernel layer densities (RigL, Evci et al. 2020), the best-scored kept.
 * ``Sensitivity`` (``sensitivity.py``) and ``FromPlan`` (``plan.py``): a ratio per set.
 
 Thresholds are as the exact k-th smallest score (k = round(ratio * n)), never by sorting every
@@ -221,3 +222,39 @@ def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
     out[order] = sorted_ / tail.clamp_min(torch.finfo(torch.float64).tiny)
     out[~alive] = -math.inf
     return out.float().view(scores.shape)
+
+
+@dataclass
+class Erk:
+    """Erdős–Rényi-Kernel densities (Evci et al. 2020): a layer keeps in proportion to the sum of
+    its weight's dimensions over their product ((n_in + n_out + k_h + k_w) / (n_in n_out k_h k_w)
+    for a convolution), scaled so that the model keeps ``1 - ratio`` of its weights; a layer the
+    scale would fill is left dense and the others rescaled. Within a layer the highest-scored
+    weights stay: with ``criterion=random``, RigL's random ERK initialisation."""
+
+    def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
+        from .errors import PruningError
+        from .sensitivity import counts
+
+        if units.kind != "weights":
+            raise PruningError("scope=erk sets layer densities of single weights: use method=unstructured")
+        scores = {name: units.score(name) for name in units.sizes}
+        return {name: keep_count(scores[name], kept)
+                for name, kept in counts(erk_ratios({n: tuple(s.shape) for n, s in scores.items()}, ratio),
+                                         units.sizes, ratio).items()}
+
+
+def erk_ratios(shapes: dict[str, tuple[int, ...]], ratio: float) -> dict[str, float]:
+    """Per layer, the ratio pruned under ERK densities that keep ``1 - ratio`` of all weights."""
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    raw = {n: sum(s) / sizes[n] for n, s in shapes.items()}
+    keep_total, dense = (1 - ratio) * sum(sizes.values()), set()
+    while True:
+        rest = [n for n in sizes if n not in dense]
+        scale = (keep_total - sum(sizes[n] for n in dense)) / sum(raw[n] * sizes[n] for n in rest)
+        full = {n for n in rest if scale * raw[n] >= 1}
+        if not full:
+            break
+        dense |= full
+    return {n: 0.0 if n in dense else 1 - scale * raw[n] for n in sizes}
+
