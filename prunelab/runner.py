@@ -38,7 +38,7 @@ from .pruning import Local, Mask, PruneData, prune, shrink, unshrink
 from .pruning.budget import check_reachable
 from .redact import redact
 from .schedules import Session
-from .train import EpochResult, evaluate, fit, optimizer_for, seed_everything, steps_per_epoch
+from .train import EpochResult, evaluate, fit, optimizer_for, seed_everything, steps_per_epoch, train_recipe
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,11 @@ class Pruner:
                      example_inputs=self.example, data=self.data, mask=mask,
                      budget_macs=self.budget if budget else None)
 
-    def check(self, model, first: float | None = None) -> None:
+    def check(self, model, first: float | None = None) -> Mask:
         """Prune an untrained copy to the ratio (and to a schedule's ``first`` target): a method,
         criterion, scope, plan or schedule this model cannot take fails now, not after dense
         training (a measuring scope is stood in for by local: its scan would cost a second time
-        and say nothing on random weights)."""
+        and say nothing on random weights). Returns the mask at ``ratio``."""
         scope = Local() if getattr(self.scope, "measures", False) else None
         probe = copy.deepcopy(model)
         for ratio in dict.fromkeys([first if first is not None else self.ratio, self.ratio]):
@@ -176,12 +176,9 @@ def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Split
         done["epochs"] += epochs
         return shrunk
 
-    t, per_epoch = cfg.train, steps_per_epoch(len(data.train), cfg.train.batch_size)
-
     def train(net: torch.nn.Module, mask: Mask | None, seed: int, epochs: int | None = None, desc: str = "train"):
-        optimizer, scheduler = optimizer_for(cfg, net.parameters(), t.lr, t.epochs, per_epoch, t.schedule)
-        fit(net, data.train, data.val, optimizer, t.epochs if epochs is None else epochs, t.batch_size,
-            cfg.seed + seed, scheduler, after_step=mask.hold(net) if mask is not None else None, desc=desc)
+        train_recipe(cfg, net, data, epochs=epochs, after_step=mask.hold(net) if mask is not None else None,
+                     seed=seed, desc=desc)
 
     def fresh(seed: int) -> dict:
         torch.manual_seed(cfg.seed + 10_000 + seed)
@@ -189,7 +186,7 @@ def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Split
 
     path = checkpoints / "schedule.pt"
     return Session(
-        model, cfg.ratio, cfg.finetune.epochs, per_epoch, prune_to, tune,
+        model, cfg.ratio, cfg.finetune.epochs, steps_per_epoch(len(data.train), cfg.train.batch_size), prune_to, tune,
         shrunk=lambda mask: shrink(model, mask, data.train.x[:1]) if mask.channels else None,
         train=train, init=init, fresh=fresh,
         evaluate=lambda net: (evaluate(net, data.val)["accuracy"], evaluate(net, data.test)["accuracy"]),

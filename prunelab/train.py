@@ -139,11 +139,19 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None):
-    """Dense training as configured; returns (history, val accuracy, test accuracy)."""
+def train_recipe(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None, epochs: int | None = None,
+                 after_step=None, seed: int = 0, desc: str = "dense") -> list[EpochResult]:
+    """The dense-training recipe (``train.*``: optimizer, learning rate and its schedule over
+    ``train.epochs``), stopped after ``epochs`` (default all); batches shuffled by
+    ``cfg.seed + seed`` (0: dense training's own order). A lottery level retrains with it."""
     t = cfg.train
     optimizer, scheduler = optimizer_for(cfg, model.parameters(), t.lr, t.epochs,
                                          steps_per_epoch(len(data.train), t.batch_size), t.schedule)
-    history = fit(model, data.train, data.val, optimizer, t.epochs, t.batch_size, cfg.seed, scheduler,
-                  on_epoch=on_epoch, desc="dense")
+    return fit(model, data.train, data.val, optimizer, t.epochs if epochs is None else epochs, t.batch_size,
+               cfg.seed + seed, scheduler, after_step=after_step, on_epoch=on_epoch, desc=desc)
+
+
+def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None):
+    """Dense training as configured; returns (history, val accuracy, test accuracy)."""
+    history = train_recipe(cfg, model, data, on_epoch)
     return history, evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]

@@ -3,6 +3,7 @@ pruned entry, and leaves its trajectory in the run's metric history."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -273,3 +274,19 @@ def test_erk_densities_follow_the_formula_on_hand_made_shapes():
     scale = 110 / (0.11 * 1000 + 0.2 * 100)  # density = scale * (n_in + n_out) / (n_in * n_out)
     assert ratios == pytest.approx({"a": 1 - 0.11 * scale, "b": 1 - 0.2 * scale})
     assert erk_ratios({"small": (2, 2), "big": (100, 100)}, 0.5)["small"] == 0.0  # full: left dense
+
+
+def test_the_rewind_point_is_dense_trainings_own_state_after_that_epoch(make_cfg):
+    from prunelab.models import build
+    from prunelab.train import seed_everything, train_recipe
+
+    cfg = make_cfg("train.epochs=3")
+    seed_everything(cfg.seed)
+    data = instantiate(cfg.dataset)(seed=cfg.seed)
+    model = build(instantiate(cfg.model), data.in_shape, data.num_classes)
+    again = copy.deepcopy(model)
+    after = {}
+    train_recipe(cfg, model, data, on_epoch=lambda e: after.setdefault(e.epoch, copy.deepcopy(model.state_dict())))
+    train_recipe(cfg, again, data, epochs=1)  # what a lottery with rewind=1 recomputes
+    assert all(torch.equal(after[1][k], v) for k, v in again.state_dict().items())
+    assert not all(torch.equal(after[3][k], v) for k, v in again.state_dict().items())
