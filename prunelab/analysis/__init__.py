@@ -239,7 +239,9 @@ def plot_accuracy_vs_remaining(df: pd.DataFrame, ax=None):
     ax = fig.axes[0]
     ax.set_xscale("log")
     ax.invert_xaxis()
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005]))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     return fig
 
 
