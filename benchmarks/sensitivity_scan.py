@@ -78,8 +78,8 @@ def run(quick: bool = False) -> Section:
     grid = ", ".join(f"{g:g}" for g in Sensitivity().grid)
     body = (
         f"Scan: every prunable layer (unstructured) or channel group (structured) pruned alone at each of "
-        f"the grid's ratios ({grid}), each evaluated on the first {samples} validation images, then the "
-        f"per-layer choice; timed as the whole `prune(..., scope=Sensitivity())` call (unstructured at "
+        f"the grid's ratios ({grid}), each evaluated on the first {samples} validation images (replaying the "
+        f"outputs of what runs before the pruned set: `prunelab/pruning/probe.py`), then the per-layer choice; timed as the whole `prune(..., scope=Sensitivity())` call (unstructured at "
         f"{RATIO}, structured at 0.5). Epoch: `fit` over {len(train):,} training and {len(val):,} validation "
         f"images, batch {batch}, the mask held. Scan and epoch alternated, 3 rounds (LeNet-5) or 1 (VGG-small).\n\n"
         + table(["model", "method", "sets scanned", "scan", "fine-tuning epoch", "scan / epoch"], rows)
