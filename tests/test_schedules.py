@@ -33,6 +33,7 @@ from prunelab.train import steps_per_epoch
 SCHEDULES = {"iterative": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=2"],
              "gradual": ["schedule=gradual", "schedule.every=1", "finetune.epochs=1"],
              "lottery": ["schedule=lottery", "schedule.fraction=0.5"]}
+DYNAMIC = ["schedule=dynamic", "schedule.every=2", "finetune.epochs=2", "handover=false"]
 RATIO = 0.7
 
 
@@ -58,6 +59,25 @@ def test_every_schedule_method_and_scope_reach_the_target(make_cfg, schedule, me
         assert _history(m["run_id"], "schedule.channels")[-1][1] == m["sparsity.channels"]
     sparsity = [v for _, v in _history(m["run_id"], "schedule.sparsity")]
     assert len(sparsity) > 1 and sparsity == sorted(sparsity) and sparsity[-1] == pytest.approx(m["sparsity.prunable"])
+
+
+@pytest.mark.parametrize("schedule", [*SCHEDULES, "dynamic"])
+@pytest.mark.parametrize("method, scope", [("unstructured", "sensitivity"), ("structured", "sensitivity"),
+                                           ("unstructured", "erk"), ("unstructured", "plan"), ("structured", "plan")])
+def test_every_schedule_takes_the_measuring_the_erk_and_the_planned_scopes(make_cfg, schedule, method, scope):
+    if schedule == "dynamic" and method == "structured":
+        return  # refused: tested below
+    extra = {"sensitivity": ["scope.samples=32", "scope.grid=[0.5,0.9,0.95]"], "erk": ["criterion=random"],
+             "plan": []}[scope]
+    if scope == "plan":  # a plan saved by a oneshot run of the same method and ratio
+        saved = run(make_cfg(f"method={method}", f"ratio={RATIO}", "handover=false"))
+        extra = [f"plan=runs:/{saved['run_id']}/plan.json"]
+    args = DYNAMIC if schedule == "dynamic" else SCHEDULES[schedule]
+    m = run(make_cfg(*args, f"method={method}", f"scope={scope}", *extra, f"ratio={RATIO}", "handover=false"))
+    if method == "unstructured":
+        assert abs(m["sparsity.prunable"] - RATIO) < 1e-3
+    else:
+        assert abs(m["sparsity.channels"] - RATIO) < 1e-2
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -230,7 +250,6 @@ def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draw
 
 # --- dynamic sparse training -------------------------------------------------------------------
 
-DYNAMIC = ["schedule=dynamic", "schedule.every=2", "finetune.epochs=2", "handover=false"]
 
 
 @pytest.mark.parametrize("scope, criterion", [("global", "l2"), ("local", "l2"), ("lamp", "l2"), ("erk", "random")])

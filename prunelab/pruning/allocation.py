@@ -251,6 +251,8 @@ def erk_ratios(shapes: dict[str, tuple[int, ...]], ratio: float) -> dict[str, fl
     keep_total, dense = (1 - ratio) * sum(sizes.values()), set()
     while True:
         rest = [n for n in sizes if n not in dense]
+        if not rest:  # ratio 0: everything stays
+            break
         scale = (keep_total - sum(sizes[n] for n in dense)) / sum(raw[n] * sizes[n] for n in rest)
         full = {n for n in rest if scale * raw[n] >= 1}
         if not full:

@@ -50,8 +50,10 @@ class Sensitivity:
         units.report["sensitivity.csv"] = table.to_csv(index=False)
         units.report["sensitivity.png"] = functools.partial(heatmap, table)  # drawn when logged, not in the scan
         weights = {n: units.cost(n) for n in units.sizes} if self.cost == "macs" else None
-        ratios = choose(table, units.sizes, ratio, weights)
-        kept = counts(ratios, units.sizes, None if weights else ratio)
+        # units pruned before (a schedule's earlier rounds) stay pruned: each set's floor
+        done = {n: int((~torch.isfinite(units.score(n))).sum()) for n in units.sizes}
+        ratios = choose(table, units.sizes, ratio, weights, {n: done[n] / units.sizes[n] for n in units.sizes})
+        kept = counts(ratios, units.sizes, None if weights else ratio, done)
         return {name: keep_count(units.score(name), kept[name]) for name in units.sizes}
 
     def scan(self, units: Units) -> pd.DataFrame:
@@ -106,9 +108,10 @@ def _hull(r: np.ndarray, loss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
 
 
 def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float,
-           weights: dict[str, float] | None = None) -> dict[str, float]:
+           weights: dict[str, float] | None = None, floor: dict[str, float] | None = None) -> dict[str, float]:
     """Per-set ratios that remove ``ratio`` of all units with the least summed predicted loss
-    (with ``weights``, a cost per unit of each set: ``ratio`` of the total cost).
+    (with ``weights``, a cost per unit of each set: ``ratio`` of the total cost), none below its
+    ``floor`` (the fraction of the set already pruned).
 
     Each set's predicted loss, as a function of the units it removes, is replaced by its lower
     convex hull; then every set removes units while the next one costs at most lambda (accuracy
@@ -117,13 +120,15 @@ def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float,
     shared in proportion, so the overall ratio is met exactly."""
     env = _envelopes(table, sizes)
     weights = weights or {name: 1.0 for name in sizes}
+    floor = floor or {}
     size = {name: sizes[name] * weights[name] for name in sizes}  # a set's total cost
     hulls = {name: _hull(r, loss, size[name]) for name, (r, loss) in env.items()}
     total = sum(size.values())
 
     def at(lam):
         # a set takes its hull's vertices up to the last whose segment costs <= lam per unit of cost
-        ratios = {name: float(xs[int(np.searchsorted(slopes, lam, side="right"))] / size[name]) if size[name] else 0.0
+        ratios = {name: max(float(xs[int(np.searchsorted(slopes, lam, side="right"))] / size[name]) if size[name] else 0.0,
+                            floor.get(name, 0.0))
                   for name, (xs, slopes) in hulls.items()}
         return ratios, sum(size[n] * x for n, x in ratios.items()) / total
 
@@ -144,10 +149,13 @@ def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float,
     return {name: low[name] + min(max(share, 0.0), 1.0) * (high[name] - low[name]) for name in sizes}
 
 
-def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float | None) -> dict[str, int]:
+def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float | None,
+           done: dict[str, int] | None = None) -> dict[str, int]:
     """Units kept per set: each set's ratio rounded, then (``ratio`` given) the total matched to
-    round(ratio * all) one unit at a time on the sets with the largest rounding error."""
-    pruned = {n: min(round(ratios[n] * sizes[n]), sizes[n] - 1) for n in sizes}
+    round(ratio * all) one unit at a time on the sets with the largest rounding error; never
+    fewer pruned than ``done`` (pruned before)."""
+    done = done or {}
+    pruned = {n: max(min(round(ratios[n] * sizes[n]), sizes[n] - 1), done.get(n, 0)) for n in sizes}
     if ratio is None:
         return {n: sizes[n] - pruned[n] for n in sizes}
     short = round(ratio * sum(sizes.values())) - sum(pruned.values())
@@ -156,7 +164,7 @@ def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float | None)
     while short and i < 10 * len(order) + abs(short):
         n = order[i % len(order)]
         step = 1 if short > 0 else -1
-        if 0 <= pruned[n] + step <= sizes[n] - 1:
+        if done.get(n, 0) <= pruned[n] + step <= sizes[n] - 1:
             pruned[n] += step
             short -= step
         i += 1
