@@ -31,7 +31,8 @@ CURVE = ["model", "dataset", "method", "scope", "criterion", "variant"]
 POINT = [*CURVE, "ratio"]
 # Params that are part of a point's identity through other columns, or that never change a result.
 _NOT_VARIANT = {"seed", "ratio", "model", "dataset", "method", "scope", "criterion", "device", "recipe",
-                "model._target_", "dataset._target_", "method._target_", "criterion._target_", "scope._target_"}
+                "model._target_", "dataset._target_", "method._target_", "criterion._target_", "scope._target_",
+                "schedule._target_"}  # the schedule shows by its option (schedule=gradual)
 _CASTS = {"ratio": float, "seed": int, "train.epochs": int, "finetune.epochs": int}
 
 
