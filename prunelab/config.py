@@ -10,7 +10,9 @@ checks (``prunelab.pruning``). One readable sentence, raised as :class:`ConfigEr
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -73,65 +75,20 @@ class NMConfig(MethodConfig):
             raise ConfigError(f"method.n={self.n}, method.m={self.m}: expected 0 < n < m")
 
 
-# The shipped schedules' schemas: their own classes check the values (one home), at compose time.
-def _schedule_checked(cls, **values) -> None:
-    try:
-        cls(**values)
-    except PruningError as e:
-        raise ConfigError(str(e)) from None
-
-
-@dataclass
-class IterativeConfig:
-    _target_: str = MISSING
-    rounds: int = 3
-    epochs_per_round: Optional[int] = None
-
+# The shipped schedules' schemas: each schedule's own dataclass fields (one home for their names,
+# types and defaults) plus ``_target_``; composing checks the values with the class itself.
+def _schedule_schema(cls):
     def __post_init__(self):
-        from .schedules import Iterative
+        try:
+            cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+        except PruningError as e:
+            raise ConfigError(str(e)) from None
 
-        _schedule_checked(Iterative, rounds=self.rounds, epochs_per_round=self.epochs_per_round)
-
-
-@dataclass
-class GradualConfig:
-    _target_: str = MISSING
-    initial: float = 0.0
-    start: float = 0.0
-    end: float = 0.75
-    every: int = 100
-
-    def __post_init__(self):
-        from .schedules import Gradual
-
-        _schedule_checked(Gradual, initial=self.initial, start=self.start, end=self.end, every=self.every)
-
-
-@dataclass
-class LotteryConfig:
-    _target_: str = MISSING
-    fraction: float = 0.2
-    rewind: int = 0
-    control: str = "ticket"
-
-    def __post_init__(self):
-        from .schedules import Lottery
-
-        _schedule_checked(Lottery, fraction=self.fraction, rewind=self.rewind, control=self.control)
-
-
-@dataclass
-class DynamicConfig:
-    _target_: str = MISSING
-    every: int = 100
-    fraction: float = 0.3
-    end: float = 0.75
-    static: bool = False
-
-    def __post_init__(self):
-        from .schedules import Dynamic
-
-        _schedule_checked(Dynamic, every=self.every, fraction=self.fraction, end=self.end, static=self.static)
+    hints = typing.get_type_hints(cls)
+    return dataclasses.make_dataclass(
+        f"{cls.__name__}Config", [("_target_", str, MISSING)] + [(f.name, hints[f.name], f.default)
+                                                                  for f in dataclasses.fields(cls)],
+        namespace={"__post_init__": __post_init__})
 
 
 @dataclass
@@ -234,9 +191,10 @@ def register() -> None:
     store.store(name="prunelab_schema", node=Config)
     for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig)):
         store.store(group="method", name=f"{name}_schema", node=node)
-    for name, node in (("iterative", IterativeConfig), ("gradual", GradualConfig), ("lottery", LotteryConfig),
-                       ("dynamic", DynamicConfig)):
-        store.store(group="schedule", name=f"{name}_schema", node=node)
+    from .schedules import Dynamic, Gradual, Iterative, Lottery
+
+    for cls in (Iterative, Gradual, Lottery, Dynamic):
+        store.store(group="schedule", name=f"{cls.__name__.lower()}_schema", node=_schedule_schema(cls))
 
 
 def compose(*overrides: str) -> DictConfig:
