@@ -11,8 +11,11 @@ global pruning at channel ratios 0.3 / 0.5 / 0.7 (the classifier kept), one SGD 
 ``torch.utils.benchmark`` (which synchronises CUDA) on random inputs and seeded random weights:
 the time of a step does not depend on the weight values.
 
-Not here yet: 2:4 semi-structured sparsity (``torch.sparse.to_sparse_semi_structured``) needs the
-N:M method of the "composable pruning" issue; the script says so when it runs.
+Then 2:4 semi-structured sparsity: prunelab's ``nm`` method (2 of every 4 along the input) on the
+linear layers of a transformer MLP block (d 4096 -> 16384 -> 4096, 4096 tokens, fp16, inference),
+the weights handed to ``torch.sparse.to_sparse_semi_structured`` (which refuses a mask that is not
+exactly 2:4), dense vs sparse forward timed side by side, and the outputs compared. CUDA only
+(compute capability 8.0 or newer); the CPU dry run says so.
 """
 
 from __future__ import annotations
@@ -75,6 +78,37 @@ def measure(device: torch.device, min_run_time: float) -> list[list[str]]:
     return rows
 
 
+D_MODEL, D_HIDDEN, TOKENS = 4096, 16384, 4096
+
+
+def semi_structured(device: torch.device, min_run_time: float) -> tuple[list[list[str]], str]:
+    """Dense vs 2:4 forward of an MLP block pruned by prunelab's ``nm`` method: (rows, note)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return [], "2:4 semi-structured: not measured (needs CUDA with compute capability 8.0 or newer)."
+    from torch.sparse import to_sparse_semi_structured
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(D_MODEL, D_HIDDEN), nn.GELU(), nn.Linear(D_HIDDEN, D_MODEL))
+    mask = prune(dense, "nm", "local", 0.5, n=2, m=4)
+    mask.apply(dense)
+    dense = dense.half().to(device).eval()
+    sparse = copy.deepcopy(dense)
+    for layer in (sparse[0], sparse[2]):
+        layer.weight = nn.Parameter(to_sparse_semi_structured(layer.weight), requires_grad=False)
+    x = torch.randn(TOKENS, D_MODEL, device=device, dtype=torch.half)
+    with torch.no_grad():
+        err = ((sparse(x) - dense(x)).abs().max() / dense(x).abs().max()).item()
+        times = {}
+        for name, model in (("dense (2:4 zeros stored)", dense), ("2:4 semi-structured", sparse)):
+            model(x)
+            times[name] = benchmark.Timer("m(x)", globals={"m": model, "x": x}).blocked_autorange(
+                min_run_time=min_run_time).median * 1e3
+    base = times["dense (2:4 zeros stored)"]
+    rows = [[name, f"{t:.3f}", f"{t / base:.2f}"] for name, t in times.items()]
+    return rows, (f"MLP block {D_MODEL}->{D_HIDDEN}->{D_MODEL}, {TOKENS} tokens, fp16, forward; "
+                  f"max |sparse - dense| / max |dense| = {err:.1e}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
@@ -86,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rows = measure(device, args.min_run_time)
+    nm_rows, nm_note = semi_structured(device, args.min_run_time)
     print("\n".join([
         HEADING, "",
         f"`python -m benchmarks.gpu --device {args.device}` on {name}: VGG-small (w=32), batch {BATCH} of "
         f"1x28x28, one SGD step (forward + backward + step; masked: + mask re-applied), median ms.", "",
         table(["variant", "channel ratio", "ms / step", "vs dense"], rows), "",
-        "2:4 semi-structured (torch.sparse.to_sparse_semi_structured): not measured, the N:M method "
-        "(issue \"composable pruning\") has not landed.", "",
+        "### 2:4 semi-structured (prunelab `method=nm`, `torch.sparse.to_sparse_semi_structured`)", "",
+        nm_note, "",
+        *([table(["variant", "ms / forward", "vs dense"], nm_rows), ""] if nm_rows else []),
         table(["fact", "value"], machine_facts()),
     ]))
     return 0
