@@ -34,7 +34,7 @@ from .handover import handover
 from .ledger import cost_ledger
 from .measure import layer_table, sparsity_summary
 from .models import build
-from .pruning import Local, Mask, PruneData, prune, shrink, unshrink
+from .pruning import Local, Mask, PruneData, PruningError, prunable_layers, prune, shrink, unshrink
 from .pruning.budget import check_reachable
 from .redact import redact
 from .schedules import Session
@@ -125,10 +125,34 @@ class Pruner:
         self.data = PruneData(data.train, data.val, cfg.train.batch_size, cfg.seed)
         self.example, self.seed, self.budget, self.ratio = data.train.x[:1], cfg.seed, cfg.budget.macs, cfg.ratio
 
-    def __call__(self, model, ratio: float, mask: Mask | None = None, scope=None, budget=True) -> Mask:
+    def __call__(self, model, ratio: float, mask: Mask | None = None, scope=None, budget=True,
+                 last: float | None = None) -> Mask:
+        """``last``: the output layer (the last prunable one) is pruned on its own to this ratio of
+        its weights, the other layers by the scope to ``ratio`` of theirs."""
+        if last is not None:
+            return self._apart(model, ratio, mask, scope, budget, last)
+        return self._prune(model, ratio, mask, scope, budget)
+
+    def _prune(self, model, ratio, mask, scope, budget, ignore=None) -> Mask:
         return prune(model, self.method, scope or self.scope, ratio, self.criterion, seed=self.seed,
-                     example_inputs=self.example, data=self.data, mask=mask,
+                     example_inputs=self.example, data=self.data, mask=mask, ignore=ignore,
                      budget_macs=self.budget if budget else None)
+
+    def _apart(self, model, ratio, mask, scope, budget, last: float) -> Mask:
+        ignore = list(getattr(self.method, "keywords", {}).get("ignore", ()))
+        layers = list(prunable_layers(model))
+        output, kept = layers[-1], list(prunable_layers(model, ignore))
+        if output not in kept:
+            raise PruningError(f"the output layer {output} is pruned on its own (schedule.output_fraction) "
+                               f"but method.ignore leaves it dense; drop one of the two")
+        if len(kept) < 2:
+            raise PruningError(f"pruning the output layer {output} on its own needs another prunable layer")
+        rest = self._prune(model, ratio, mask, scope, budget, ignore=[*ignore, output])
+        alone = self._prune(model, last, rest, Local(), False, ignore=[*ignore, *kept[:-1]])
+        out = Mask(alone.masks, prunable=(*rest.prunable, *alone.prunable), channels={**rest.channels, **alone.channels})
+        out.plan = {**rest.plan, "sets": {**rest.plan["sets"], **alone.plan["sets"]}}
+        out.report = rest.report
+        return out
 
     def check(self, model, first: float | None = None) -> Mask:
         """Prune an untrained copy to the ratio (and to a schedule's ``first`` target): a method,
@@ -152,8 +176,9 @@ def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Split
     budget = cfg.budget.macs is not None
     done = {"epochs": 0, "calls": 0, "mask": None}
 
-    def prune_to(ratio: float, mask: Mask | None, step: int | None = None, target: float | None = None) -> Mask:
-        new = pruner(model, ratio, mask)
+    def prune_to(ratio: float, mask: Mask | None, step: int | None = None, target: float | None = None,
+                 last: float | None = None) -> Mask:
+        new = pruner(model, ratio, mask, last=last)
         new.apply(model)
         metrics["pruned.test_accuracy"] = evaluate(model, data.test)["accuracy"]
         metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]

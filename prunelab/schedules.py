@@ -43,7 +43,8 @@ class Session:
     """What a schedule may do with the run: the model (trained dense, modified in place), the
     overall ``ratio``, the configured fine-tuning ``epochs`` and ``steps_per_epoch``, and:
 
-    * ``prune(ratio, mask, step, target)`` -> the new mask, applied to the model; logs ``pruned.*``,
+    * ``prune(ratio, mask, step, target, last)`` -> the new mask, applied to the model (``last``:
+      the output layer pruned on its own to that ratio, the rest to ``ratio``); logs ``pruned.*``,
       ``schedule.sparsity`` (of the weights), ``schedule.channels`` (structured), ``schedule.changed``
       (weights whose mask flipped) and ``schedule.target`` (if given) at ``step``;
     * ``fine_tune(mask, epochs, after_step=None)`` -> the shrunk network or None: trains for
@@ -175,10 +176,15 @@ class Lottery:
     fraction: float = 0.2  # of the remaining weights, pruned at every level
     rewind: int = 0  # the dense-training epoch the survivors restart from (0: the initialisation)
     control: str = "ticket"  # ticket | reinit: each level's mask also trained from a fresh initialisation
+    # the output layer's own fraction per level (Frankle & Carbin: half the others'); None: it is
+    # pruned with the other layers by the scope
+    output_fraction: float | None = None
 
     def __post_init__(self):
-        if not 0 < self.fraction < 1:
-            raise PruningError(f"schedule.fraction={self.fraction} is out of range: expected 0 < fraction < 1")
+        for name in ("fraction", "output_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise PruningError(f"schedule.{name}={value} is out of range: expected 0 < {name} < 1")
         _check_epochs(self.rewind, "rewind")
         if self.control not in ("ticket", "reinit"):
             raise PruningError(f"schedule.control={self.control!r} is not allowed: expected one of ticket, reinit")
@@ -220,7 +226,8 @@ class Lottery:
         reinit = saved["reinit"]
         for level in range(saved["level"] + 1, len(targets) + 1):
             # by the trained weights (magnitude, or the run's criterion)
-            mask = s.prune(targets[level - 1], mask, step=level, target=targets[level - 1])
+            last = None if self.output_fraction is None else 1 - (1 - self.output_fraction) ** level
+            mask = s.prune(targets[level - 1], mask, step=level, target=targets[level - 1], last=last)
             s.model.load_state_dict(saved["rewind"])
             mask.apply(s.model)
             s.train(s.model, mask, seed=level, desc=f"lottery level {level}/{len(targets)}")

@@ -66,6 +66,12 @@ def test_ignored_layers_are_untouched(lenet5):
     assert bool(smask.masks["classifier.bias"].all())
 
 
+def test_an_ignore_pattern_that_matches_no_layer_is_named_in_a_warning(lenet5):
+    with pytest.warns(UserWarning, match=r"'head\.4' matches no prunable layer.*classifier"):
+        mask = prune(lenet5, "unstructured", "global", 0.9, ignore=["head.4"])
+    assert "classifier.weight" in mask.prunable  # the misspelt layer was pruned: hence the warning
+
+
 def test_random_criterion_keeps_the_allocation_but_not_the_choice(lenet5):
     mag = prune(lenet5, "unstructured", "local", 0.5)
     rnd = prune(lenet5, "unstructured", "local", 0.5, criterion="random")

@@ -182,6 +182,23 @@ def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_
         assert m["test_accuracy"] == _history(m["run_id"], "reinit.test_accuracy")[-1][1]  # the control ships
 
 
+def test_the_output_layer_can_be_pruned_at_its_own_rate_per_level(make_cfg):
+    m = run(make_cfg("schedule=lottery", "schedule.fraction=0.5", "schedule.output_fraction=0.25", "ratio=0.75",
+                     "model=lenet300_100", "handover=false"))
+    sets = mlflow.artifacts.load_dict(f"runs:/{m['run_id']}/plan.json")["sets"]
+    *rest, output = sets  # in layer order: the output layer last
+    assert sets[output]["ratio"] == pytest.approx(1 - 0.75 ** 2, abs=1 / sets[output]["units"])  # 2 levels of 25%
+    kept, units = (sum(sets[n][k] for n in rest) for k in ("kept", "units"))
+    assert 1 - kept / units == pytest.approx(0.75, abs=1e-3)  # the others by the scope, to the ratio
+    remaining = _history(m["run_id"], "level.remaining")[-1][1]  # of all the weights, the output layer's too
+    assert remaining == pytest.approx((kept + sets[output]["kept"]) / (units + sets[output]["units"]))
+
+
+def test_an_output_layer_pruned_apart_and_ignored_at_once_is_refused_in_one_line(cli):
+    result = cli("schedule=lottery", "schedule.output_fraction=0.1", "model=lenet300_100", "method.ignore=[classifier]")
+    assert result.returncode != 0 and "method.ignore leaves it dense" in result.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_uninterrupted_mask(cli, workdir, tmp_path):
     args = ["schedule=lottery", "schedule.fraction=0.5", "ratio=0.9", "train.epochs=10", "handover=false",

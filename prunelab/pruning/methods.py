@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from fnmatch import fnmatch
 from typing import Callable, Sequence
 
@@ -44,9 +45,14 @@ _INF = float("inf")
 
 
 def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, nn.Module]:
-    """Conv/Linear layers by name, minus those matching an ``ignore`` pattern (fnmatch-style)."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, PRUNABLE_TYPES) and not any(fnmatch(name, pat) for pat in ignore)}
+    """Conv/Linear layers by name, minus those matching an ``ignore`` pattern (fnmatch-style). A
+    pattern that matches no layer is warned about: a misspelt name would leave the layer pruned."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    for pat in ignore:
+        if not any(fnmatch(name, pat) for name in layers):
+            warnings.warn(f"method.ignore: {pat!r} matches no prunable layer (they are: {', '.join(layers)})",
+                          stacklevel=2)
+    return {name: m for name, m in layers.items() if not any(fnmatch(name, pat) for pat in ignore)}
 
 
 def check_normalize(value) -> None:
