@@ -75,6 +75,33 @@ class NMConfig(MethodConfig):
             raise ConfigError(f"method.n={self.n}, method.m={self.m}: expected 0 < n < m")
 
 
+@dataclass
+class LayerwiseConfig(MethodConfig):
+    """Wanda and SparseGPT (``pruning/layerwise.py``): unstructured, or N:M when n and m are set."""
+    ignore: list[str] = field(default_factory=lambda: ["classifier"])
+    n: Optional[int] = None
+    m: Optional[int] = None
+    samples: int = 128  # calibration sequences from the training split
+    calibration_seed: Optional[int] = None  # None: the run's seed
+
+    def __post_init__(self):
+        if (self.n is None) != (self.m is None) or (self.n is not None and not 0 < self.n < self.m):
+            raise ConfigError(f"method.n={self.n}, method.m={self.m}: expected both unset, or 0 < n < m")
+        if self.samples < 1:
+            raise ConfigError(f"method.samples={self.samples} must be >= 1")
+
+
+@dataclass
+class SparseGPTConfig(LayerwiseConfig):
+    blocksize: Optional[int] = 128  # lazy update (and mask selection) block; None: whole rows
+    damp: float = 0.01  # of the mean Hessian diagonal, added to it
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.damp < 0:
+            raise ConfigError(f"method.damp={self.damp} must be >= 0")
+
+
 # The shipped schedules' schemas: each schedule's own dataclass fields (one home for their names,
 # types and defaults) plus ``_target_``; composing checks the values with the class itself.
 def _schedule_schema(cls):
@@ -189,7 +216,8 @@ class Config:
 def register() -> None:
     store = ConfigStore.instance()
     store.store(name="prunelab_schema", node=Config)
-    for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig)):
+    for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig),
+                       ("wanda", LayerwiseConfig), ("sparsegpt", SparseGPTConfig)):
         store.store(group="method", name=f"{name}_schema", node=node)
     from .schedules import Dynamic, Gradual, Iterative, Lottery
 

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from . import keys, tracking
 from .data import Splits
 from .measure import layer_table, sparsity_summary
-from .train import EpochResult, train_dense
+from .train import EpochResult, scores, train_dense
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,11 @@ class DenseRun:
                               "train.val_accuracy": e.val_accuracy}, step=e.epoch)
 
     @staticmethod
-    def _log_result(model, val_accuracy: float, test_accuracy: float) -> None:
+    def _log_result(model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
+        perplexity = {k: v for k, v in scores(model, data.test, "test_").items() if "perplexity" in k}
         tracking.log_metrics({"test_accuracy": test_accuracy, "val_accuracy": val_accuracy,
                               "dense.test_accuracy": test_accuracy, "dense.val_accuracy": val_accuracy,
+                              **perplexity, **{f"dense.{k}": v for k, v in perplexity.items()},
                               **sparsity_summary(layer_table(model)), "sparsity.prunable": 0.0})
 
     def train(self, model, data: Splits):
@@ -153,10 +155,10 @@ class DenseRun:
         with self._open():
             mlflow.log_params(self.params)
             history, val_accuracy, test_accuracy = train_dense(self.cfg, model, data, on_epoch=self._log_epoch)
-            self._log_result(model, val_accuracy, test_accuracy)
+            self._log_result(model, data, val_accuracy, test_accuracy)
         return history, val_accuracy, test_accuracy
 
-    def log_cached(self, dense: DenseResult, model, lock_dir: Path) -> None:
+    def log_cached(self, dense: DenseResult, model, data: Splits, lock_dir: Path) -> None:
         """After the cache: tag this experiment's run of this dense model as one of the sweep's
         points, or log it from the cached history (a lock keeps parallel workers from doing it twice)."""
         with locked(lock_dir / f"{self.key}.mlflow.lock"):
@@ -168,4 +170,4 @@ class DenseRun:
                 mlflow.log_params(self.params)
                 for e in dense.history:
                     self._log_epoch(e)
-                self._log_result(model, dense.val_accuracy, dense.test_accuracy)
+                self._log_result(model, data, dense.val_accuracy, dense.test_accuracy)

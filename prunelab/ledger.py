@@ -93,8 +93,8 @@ def state_bytes(model: nn.Module) -> int:
 
 @torch.no_grad()
 def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES, threads: int = 1,
-                 budget_s: float = 0.75, block_s: float = 0.01, max_rounds: int = 25
-                 ) -> dict[tuple[str, int], float]:
+                 budget_s: float = 0.75, block_s: float = 0.01, max_rounds: int = 25,
+                 example: torch.Tensor | None = None) -> dict[tuple[str, int], float]:
     """Median CPU latency in ms of one forward pass, per (model name, batch size).
 
     Per batch size: every model is warmed up and its block size (calls per timed block, about
@@ -102,10 +102,14 @@ def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES
     in turn, the order reversed every round, for about ``budget_s`` (at least 3 rounds, at most
     ``max_rounds``). Fine interleaving matters on a shared machine: a busy phase then slows every
     model alike instead of whichever happened to be measured during it. The latency is the median
-    over the rounds."""
+    over the rounds. Inputs are random, or ``example`` repeated when it is not floating point
+    (token ids, which must stay valid ids)."""
     out = {}
     for b in batch_sizes:
-        x = torch.randn(b, *in_shape)
+        if example is not None and not example.is_floating_point():
+            x = example[:1].repeat(b, *[1] * (example.dim() - 1))
+        else:
+            x = torch.randn(b, *in_shape)
         timers = {name: Timer("model(x)", globals={"model": m, "x": x}, num_threads=threads)
                   for name, m in models.items()}
         number = {}
@@ -155,13 +159,19 @@ def cost_ledger(dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor
     names = ["params", "nonzero_params", "macs", "nonzero_macs", "file_bytes"]
     if latency:
         timed = {**models, **{role: fn for role, (fn, _) in runtimes.items()}}
-        measured = latencies_ms(timed, x.shape[1:], threads=threads)
+        measured = latencies_ms(timed, x.shape[1:], threads=threads, example=x)
         for (role, b), ms in measured.items():
             out[f"cost.{role}.latency_b{b}_ms"] = ms
+            if not x.is_floating_point() and b == BATCH_SIZES[-1]:  # a language model: tokens in, a logit each
+                out[f"cost.{role}.tokens_per_s"] = b * x[0].numel() / (ms / 1e3)
         out["cost.latency_threads"] = threads
         names += [f"latency_b{b}" for b in BATCH_SIZES]
+        if not x.is_floating_point():
+            names.append("tokens_per_s")
     for name in names:
         key = f"{name}_ms" if name.startswith("latency") else name
+        if f"cost.pruned.{key}" not in out:
+            continue
         out[f"cost.ratio.{name}"] = out[f"cost.pruned.{key}"] / out[f"cost.dense.{key}"]
         for role in runtimes:
             if f"cost.{role}.{key}" in out:

@@ -38,7 +38,7 @@ from .pruning import Local, Mask, PruneData, PruningError, prunable_layers, prun
 from .pruning.budget import check_reachable
 from .redact import redact
 from .schedules import Session
-from .train import EpochResult, evaluate, fit, optimizer_for, seed_everything, steps_per_epoch, train_recipe
+from .train import EpochResult, evaluate, fit, optimizer_for, scores, seed_everything, steps_per_epoch, train_recipe
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Split
                  last: float | None = None) -> Mask:
         new = pruner(model, ratio, mask, last=last)
         new.apply(model)
-        metrics["pruned.test_accuracy"] = evaluate(model, data.test)["accuracy"]
+        metrics.update(scores(model, data.test, "pruned.test_"))
         metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]
         if budget:
             metrics["budget.ratio"] = new.plan["ratio"]
@@ -254,7 +254,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         dense_run = DenseRun(cfg, experiment_id, keys.dense_key(cfg, device.type), device.type, parent_run_id,
                              extra_tags)
         dense = dense_model(model, dense_run.key, cache, lambda m: dense_run.train(m, data))
-        dense_run.log_cached(dense, model, cache)
+        dense_run.log_cached(dense, model, data, cache)
     except (Exception, KeyboardInterrupt) as e:
         # The point broke (or was stopped) before its own run opened: record it, so a sweep
         # shows every point that did not finish.
@@ -267,7 +267,8 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         # point is the budget, not a ratio).
         budget = cfg.budget.macs is not None
         mlflow.log_params({**tracking.params(cfg), **({"ratio": "budget"} if budget else {})})
-        metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy}
+        metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy,
+                   **{k: v for k, v in scores(model, data.test, "dense.test_").items() if "perplexity" in k}}
 
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
         checkpoints = cache / "schedules" / key
@@ -276,10 +277,12 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         shipped = shrunk if shrunk is not None else model
         final_val, final_test = evaluate(shipped, data.val), evaluate(shipped, data.test)
         table = layer_table(model, mask)
+        final = scores(shipped, data.test, "test_")
         metrics.update({
             "finetuned.test_accuracy": final_test["accuracy"], "finetuned.val_accuracy": final_val["accuracy"],
             "test_accuracy": final_test["accuracy"], "val_accuracy": final_val["accuracy"],
             "test_loss": final_test["loss"], **sparsity_summary(table, mask),
+            **final, **{f"finetuned.{k}": v for k, v in final.items() if "perplexity" in k},
         })
         tracking.log_metrics(metrics)
 
@@ -340,6 +343,8 @@ def _report(cfg, chosen, m, dense_from_cache: bool, experiment_id: str) -> None:
         f" (dense model {'from cache' if dense_from_cache else 'trained'})",
         f"  test accuracy: dense {m['dense.test_accuracy']:.4f} | pruned {m['pruned.test_accuracy']:.4f}"
         f" | fine-tuned {m['finetuned.test_accuracy']:.4f}",
+        *([f"  test perplexity: dense {m['dense.test_perplexity']:.3f} | pruned {m['pruned.test_perplexity']:.3f}"
+           f" | fine-tuned {m['finetuned.test_perplexity']:.3f}"] if "test_perplexity" in m else []),
         f"  sparsity: prunable weights {m['sparsity.prunable']:.4f} | all parameters {m['sparsity.all']:.4f}"
         + (f" | channels {m['sparsity.channels']:.4f}" if "sparsity.channels" in m else ""),
         f"  parameters: {m['params.nonzero']:,} nonzero of {m['params.total']:,}",

@@ -61,7 +61,18 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
         loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    return {"loss": loss.item() / len(split), "accuracy": correct.item() / len(split)}
+    n = split.y.numel()  # samples, or tokens for a language model (one label per position)
+    return {"loss": loss.item() / n, "accuracy": correct.item() / n}
+
+
+def scores(model: nn.Module, split: Split, prefix: str = "") -> dict[str, float]:
+    """``{prefix}accuracy``, and ``{prefix}perplexity`` (exp of the mean loss per token) where
+    ``split`` has a label per position (a language model's): the figures a run logs."""
+    result = evaluate(model, split)
+    out = {f"{prefix}accuracy": result["accuracy"]}
+    if split.y.dim() > 1:
+        out[f"{prefix}perplexity"] = math.exp(min(result["loss"], 700.0))
+    return out
 
 
 @dataclass
@@ -110,10 +121,10 @@ def fit(
             losses.append(loss.detach())
             predictions.append(logits.detach().argmax(1))
             labels.append(y)
-        sizes = torch.tensor([len(y) for y in labels], dtype=torch.float32, device=train.x.device)
+        sizes = torch.tensor([y.numel() for y in labels], dtype=torch.float32, device=train.x.device)
         total_loss = torch.stack(losses).float() @ sizes
         correct = (torch.cat(predictions) == torch.cat(labels)).sum()
-        result = EpochResult(epoch, total_loss.item() / len(train), correct.item() / len(train),
+        result = EpochResult(epoch, total_loss.item() / train.y.numel(), correct.item() / train.y.numel(),
                              evaluate(model, val)["accuracy"] if len(val) else float("nan"))
         log.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f", desc, epoch, epochs,
                  result.loss, result.train_accuracy, result.val_accuracy)

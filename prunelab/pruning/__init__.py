@@ -25,6 +25,7 @@ from .budget import to_macs_budget
 from .criteria import FPGM, Magnitude, PruneData, Random, Taylor
 from .errors import PruningError, check_ratio
 from .mask import Mask, MaskError
+from .layerwise import sparsegpt, wanda
 from .methods import nm, prunable_layers, structured, unstructured
 from .plan import FromPlan, load_plan
 from .plugins import options, resolve
@@ -66,5 +67,5 @@ def prune(model: nn.Module, method="unstructured", scope="global", ratio: float 
 
 __all__ = ["Erk", "FPGM", "FromPlan", "Global", "Lamp", "Local", "Magnitude", "Mask", "MaskError", "PruneData",
            "PruningError", "Random", "Sensitivity", "Taylor", "Units", "allocate", "check_ratio", "load_plan",
-           "nm", "options", "prunable_layers", "prune", "resolve", "shrink", "structured", "unshrink",
-           "unstructured"]
+           "nm", "options", "prunable_layers", "prune", "resolve", "shrink", "sparsegpt", "structured", "unshrink",
+           "unstructured", "wanda"]

@@ -1,0 +1,131 @@
+"""Language models: a small decoder-only transformer, and a user's Hugging Face causal LM.
+
+Both take token ids ``(batch, seq_len)`` and return logits ``(batch, vocab, seq_len)``: the class
+dimension second, as ``F.cross_entropy`` wants it, so training, evaluation and every pruning
+method treat a language model like any other classifier (``text.py`` says why). Every projection
+is an ``nn.Linear``; the layer that produces the logits is ``classifier``, as in ``models.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with separate q / k / v / o projections."""
+
+    def __init__(self, d_model: int, heads: int):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"model.d_model={d_model} does not split into model.heads={heads}")
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, heads: int, hidden: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, heads)
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyGPT(nn.Module):
+    """A GPT-2-style decoder (pre-norm blocks, learned positions), untied output layer."""
+
+    def __init__(self, vocab: int, seq_len: int, d_model: int, layers: int, heads: int, hidden: int):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, d_model), nn.Embedding(seq_len, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, heads, hidden) for _ in range(layers))
+        self.ln = nn.LayerNorm(d_model)
+        self.classifier = nn.Linear(d_model, vocab)
+        self.apply(_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tokens(x) + self.positions(torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks:
+            h = block(h)
+        return self.classifier(self.ln(h)).transpose(1, 2)
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=0.02)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+def tiny_gpt(in_shape: Sequence[int] = (128,), num_classes: int = 256, d_model: int = 192, layers: int = 4,
+             heads: int = 6, mlp_ratio: int = 4) -> TinyGPT:
+    """``in_shape``: ``(seq_len,)``; ``num_classes``: the vocabulary (both from the dataset)."""
+    if len(in_shape) != 1:
+        raise ValueError(f"tiny_gpt reads token sequences (batch, seq_len), not inputs of shape {tuple(in_shape)}: "
+                         "use a text dataset (dataset=fortunes)")
+    return TinyGPT(num_classes, in_shape[0], d_model, layers, heads, mlp_ratio * d_model)
+
+
+class CausalLM(nn.Module):
+    """A Hugging Face causal LM as a prunelab model: token ids in, ``(batch, vocab, seq)`` out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=x).logits.transpose(1, 2)
+
+
+def hf_causal_lm(num_classes: int = 256, pretrained: str | None = None, config: dict | None = None) -> CausalLM:
+    """A ``transformers`` causal LM (``pip install prunelab[llm]``): ``pretrained`` (a hub name or a
+    folder) or a fresh one from ``config`` (``model_type`` and its options, e.g. ``{model_type:
+    gpt2, n_layer: 2, ...}``). GPT-2's ``Conv1D`` projections become the ``nn.Linear`` they are
+    (weight transposed), so every method prunes them. The vocabulary must hold the dataset's tokens
+    (the text datasets here are bytes: ``num_classes`` = 256)."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError as e:
+        raise ImportError("model=hf_causal_lm needs transformers: pip install 'prunelab[llm]'") from e
+    if (pretrained is None) == (config is None):
+        raise ValueError("hf_causal_lm needs exactly one of model.pretrained and model.config")
+    if pretrained is not None:
+        model = AutoModelForCausalLM.from_pretrained(pretrained)
+    else:
+        options = dict(config)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
+    vocab = model.get_input_embeddings().num_embeddings
+    if vocab < num_classes:
+        raise ValueError(f"the model's vocabulary ({vocab}) is smaller than the dataset's ({num_classes} tokens)")
+    linearize(model)
+    return CausalLM(model)
+
+
+def linearize(model: nn.Module) -> int:
+    """Replace ``transformers``' ``Conv1D`` layers (``y = x W + b``, weight ``(in, out)``) by the
+    equal ``nn.Linear``; returns how many. Anything else that is not Linear/Conv stays unpruned."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return 0
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name, m in found:
+        linear = nn.Linear(*m.weight.shape, device=m.weight.device, dtype=m.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(m.weight.T)
+            linear.bias.copy_(m.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+    return len(found)

@@ -1,0 +1,227 @@
+"""Post-training pruning layer by layer from calibration data: Wanda and SparseGPT.
+
+Both walk the prunable ``nn.Linear`` layers in the order the model runs them. For each, the
+calibration inputs are run through the model *as pruned so far* and the layer's inputs ``X``
+(tokens x in_features) are summed into ``XᵀX`` (a hook that stops the forward pass at that layer);
+then the layer is pruned, in place, before the next one sees its outputs. That is the papers'
+sequential order, one layer at a time.
+
+* Wanda (Sun et al. 2024): score ``|W_ij| * ||X_j||_2``, the lowest ``ratio`` of every output row
+  pruned (its comparison group); no weight update.
+* SparseGPT (Frantar & Alistarh 2023): for each row, the weights are pruned column by column and
+  the error of each is spread onto the columns not yet visited through the inverse Hessian
+  ``H = XᵀX + λI`` (``λ = damp * mean(diag H)``), in lazy blocks of ``blocksize`` columns; the mask
+  of a block is chosen when the block starts (adaptive mask selection), by ``w² / [H⁻¹]_jj²``, per
+  row within the block (``blocksize=None``: the whole row at once).
+
+``n`` / ``m`` give the N:M pattern instead (``n`` kept of every ``m`` consecutive inputs, as
+``method=nm``); ``ratio`` must then be ``(m - n) / m``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .allocation import Local, Units
+from .errors import PruningError
+from .mask import Mask
+from .methods import _finish, prunable_layers
+
+
+class _Stop(Exception):
+    """Raised by the input hook: the rest of the forward pass is not needed."""
+
+
+def calibration(data, samples: int, seed: int) -> torch.Tensor:
+    """``samples`` training inputs drawn by ``seed`` (for text: ``samples x seq_len`` tokens)."""
+    if data is None:
+        raise PruningError("this method needs calibration data (the run passes the training split)")
+    x = data.train[0]
+    if samples < 1:
+        raise PruningError(f"method.samples={samples} must be >= 1")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]
+    return x[order.to(x.device)]
+
+
+@torch.no_grad()
+def input_gram(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, int]:
+    """``(XᵀX, rows)`` of ``layer``'s inputs when ``model`` runs on ``x`` (float64 sums)."""
+    found = {"gram": None, "rows": 0}
+
+    def hook(_module, args):
+        inp = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        found["gram"] = inp.T @ inp if found["gram"] is None else found["gram"] + inp.T @ inp
+        found["rows"] += inp.shape[0]
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(x), batch_size):
+            try:
+                model(x[start:start + batch_size])
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if found["gram"] is None:
+        raise PruningError("a prunable layer was never run by the model's forward pass: add it to method.ignore")
+    return found["gram"], found["rows"]
+
+
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A bool mask of the ``k`` lowest scores of every row (True: pruned)."""
+    pruned = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        pruned.scatter_(1, scores.topk(k, dim=1, largest=False).indices, True)
+    return pruned
+
+
+def _nm_lowest(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Pruned: the ``m - n`` lowest of every ``m`` consecutive columns of every row."""
+    rows, cols = scores.shape
+    groups = scores.reshape(rows, cols // m, m)
+    pruned = torch.zeros_like(groups, dtype=torch.bool)
+    pruned.scatter_(2, groups.topk(m - n, dim=2, largest=False).indices, True)
+    return pruned.reshape(rows, cols)
+
+
+def wanda_mask(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: int | None = None,
+               m: int | None = None, alive: torch.Tensor | None = None) -> torch.Tensor:
+    """Kept entries (bool) of ``weight`` by ``|W_ij| * ||X_j||``, per row (or N:M)."""
+    scores = weight.abs().double() * gram.diagonal().clamp_min(0).sqrt()
+    if alive is not None:
+        scores = scores.masked_fill(~alive, -float("inf"))
+    pruned = _nm_lowest(scores, n, m) if n else _lowest(scores, round(ratio * weight.shape[1]))
+    return ~pruned
+
+
+def sparsegpt_update(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: int | None = None,
+                     m: int | None = None, blocksize: int | None = 128, damp: float = 0.01,
+                     alive: torch.Tensor | None = None, name: str = "layer") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(new weight, kept)``: SparseGPT's reconstruction of ``weight`` (rows x columns) from the
+    input Gram matrix ``gram`` (columns x columns)."""
+    w = weight.detach().double().clone()
+    rows, cols = w.shape
+    h = gram.double().clone()
+    dead = h.diagonal() == 0  # inputs that are always zero: their weights do nothing
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += damp * h.diagonal().mean() * torch.eye(cols, dtype=h.dtype, device=h.device)
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError as e:  # torch.linalg.LinAlgError
+        raise PruningError(f"SparseGPT: the calibration Hessian of {name} is not positive definite; "
+                           f"raise method.damp (now {damp})") from e
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    width = blocksize or cols
+    for i1 in range(0, cols, width):
+        i2 = min(i1 + width, cols)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        d = hinv1.diagonal()
+        if not n:
+            scores = w1 ** 2 / d ** 2
+            if alive is not None:
+                scores = scores.masked_fill(~alive[:, i1:i2], -float("inf"))
+            mask1 = _lowest(scores, round(ratio * (i2 - i1)))
+        else:
+            mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if n and i % m == 0:
+                scores = w1[:, i:i + m] ** 2 / d[i:i + m] ** 2
+                if alive is not None:
+                    scores = scores.masked_fill(~alive[:, i1 + i:i1 + i + m], -float("inf"))
+                mask1[:, i:i + m] = _nm_lowest(scores, n, m)
+            q = w1[:, i].masked_fill(mask1[:, i], 0)
+            e = (w1[:, i] - q) / d[i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            w1[:, i] = q
+            err1[:, i] = e
+        w[:, i1:i2] = w1
+        pruned[:, i1:i2] = mask1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w.to(weight.dtype), ~pruned
+
+
+def _check_pattern(ratio: float, n: int | None, m: int | None, cols: dict[str, int], method: str) -> None:
+    if (n is None) != (m is None):
+        raise PruningError(f"method={method}: give both method.n and method.m (N:M), or neither")
+    if n is None:
+        return
+    if not 0 < n < m:
+        raise PruningError(f"method.n={n}, method.m={m}: expected 0 < n < m")
+    if abs(ratio - (m - n) / m) > 1e-9:
+        raise PruningError(f"ratio={ratio} but {n}:{m} prunes {(m - n) / m}: set ratio={(m - n) / m}")
+    odd = [name for name, c in cols.items() if c % m]
+    if odd:
+        raise PruningError(f"{n}:{m} needs input sizes divisible by {m}: {', '.join(odd)} are not; "
+                           "add them to method.ignore")
+
+
+def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callable, scope, ignore: Sequence[str],
+               data, samples: int, calibration_seed: int | None, seed: int, mask: Mask | None,
+               n: int | None, m: int | None) -> Mask:
+    if not isinstance(scope, Local):
+        raise PruningError(f"method={method} prunes every layer to the ratio, row by row, as the paper does: "
+                           "use scope=local")
+    layers = prunable_layers(model, ignore)
+    if not layers:
+        raise PruningError("no prunable layer left after method.ignore")
+    other = [name for name, layer in layers.items() if not isinstance(layer, nn.Linear)]
+    if other:
+        raise PruningError(f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: "
+                           "add them to method.ignore")
+    _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in layers.items()}, method)
+    x = calibration(data, samples, seed if calibration_seed is None else calibration_seed)
+    keep = {}
+    for name, layer in layers.items():
+        key = f"{name}.weight"
+        alive = mask.masks[key].to(layer.weight.device) if mask is not None and key in mask.masks else None
+        if alive is not None:
+            with torch.no_grad():
+                layer.weight.mul_(alive)
+        gram, _ = input_gram(model, layer, x)
+        new, kept = prune_layer(layer.weight, gram.to(layer.weight.device), alive, name)
+        if alive is not None:
+            kept &= alive
+        with torch.no_grad():
+            layer.weight.copy_(new * kept)
+        keep[key] = kept.cpu()
+    weights = {f"{name}.weight": layer.weight for name, layer in layers.items()}
+    units = Units({k: w.numel() for k, w in weights.items()}, lambda k: weights[k].abs())
+    return _finish(keep, units, dict(keep), weights, mask)
+
+
+def wanda(model: nn.Module, ratio: float, scope=None, n: int | None = None, m: int | None = None,
+          samples: int = 128, calibration_seed: int | None = None, ignore: Sequence[str] = ("classifier",),
+          seed: int = 0, data=None, mask: Mask | None = None, **_) -> Mask:
+    """Wanda, layer by layer (the module docstring). Zeroes the pruned weights in place."""
+
+    def prune_layer(weight, gram, alive, name):
+        return weight.detach(), wanda_mask(weight.detach(), gram, ratio, n, m, alive)
+
+    return _layerwise(model, ratio, "wanda", prune_layer, scope if scope is not None else Local(), ignore, data,
+                      samples, calibration_seed, seed, mask, n, m)
+
+
+def sparsegpt(model: nn.Module, ratio: float, scope=None, n: int | None = None, m: int | None = None,
+              samples: int = 128, calibration_seed: int | None = None, blocksize: int | None = 128,
+              damp: float = 0.01, ignore: Sequence[str] = ("classifier",), seed: int = 0, data=None,
+              mask: Mask | None = None, **_) -> Mask:
+    """SparseGPT, layer by layer (the module docstring). Updates the surviving weights in place:
+    the model it returns the mask of is the reconstructed one."""
+
+    def prune_layer(weight, gram, alive, name):
+        return sparsegpt_update(weight, gram, ratio, n, m, blocksize, damp, alive, name)
+
+    return _layerwise(model, ratio, "sparsegpt", prune_layer, scope if scope is not None else Local(), ignore,
+                      data, samples, calibration_seed, seed, mask, n, m)
+
+
+__all__ = ["wanda", "sparsegpt", "wanda_mask", "sparsegpt_update", "input_gram", "calibration"]

@@ -1,0 +1,258 @@
+"""Language models: byte-level text data, the transformer models, and post-training pruning (Wanda,
+SparseGPT) layer by layer from calibration data."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import zipfile
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import runs
+from prunelab import lm
+from prunelab.data import DataError
+from prunelab.pruning import Local, PruneData, PruningError, prune, sparsegpt, wanda
+from prunelab.pruning.layerwise import sparsegpt_update, wanda_mask
+from prunelab.text import fortunes, unigram_perplexity, wikitext2, windows
+from prunelab.train import evaluate, scores
+
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 3).encode()
+
+
+def per_row_magnitude(weight: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Kept: all but the round(ratio * columns) smallest |w| of every row."""
+    k = round(ratio * weight.shape[1])
+    kept = torch.ones_like(weight, dtype=torch.bool)
+    kept.scatter_(1, weight.abs().topk(k, dim=1, largest=False).indices, False)
+    return kept
+
+
+def correlated_inputs(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """Inputs with unequal scales and correlated features, as a layer inside a network sees them."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(cols, cols, generator=g) / math.sqrt(cols) + torch.eye(cols)
+    return (torch.randn(rows, cols, generator=g) * torch.rand(cols, generator=g) * 3) @ mix
+
+
+# --- text data ------------------------------------------------------------------------------
+
+def test_windows_pair_each_byte_with_the_next():
+    split = windows(b"abcdefg", 3)
+    assert split.x.tolist() == [list(b"abc"), list(b"def")]
+    assert split.y.tolist() == [list(b"bcd"), list(b"efg")]
+
+
+def write_fortunes(folder, count: int = 60):
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [f"fortune number {i}: {TEXT.decode()}" for i in range(count)]
+    split = count * 2 // 3
+    (folder / "jokes").write_text("\n%\n".join(records[:split]) + "\n%\n")
+    (folder / "jokes.dat").write_bytes(b"\x00index")  # strfile's index: not text
+    (folder / "quotes").write_text("\n%\n".join(records[split:]) + "\n")
+    (folder / "quotes.u8").symlink_to(folder / "quotes")  # the package's links: read once
+
+
+def test_fortunes_are_split_by_position_every_20th_to_test_the_next_to_validation(tmp_path):
+    write_fortunes(tmp_path / "fortunes")
+    splits = fortunes(root=tmp_path / "fortunes", seq_len=16)
+    text = {name: bytes(s.x.flatten().tolist()) for name, s in
+            (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    assert text["test"].startswith(b"fortune number 0:") and b"fortune number 20:" in text["test"]
+    assert text["val"].startswith(b"fortune number 1:") and b"fortune number 41:" in text["val"]
+    assert text["train"].startswith(b"fortune number 2:") and b"fortune number 59:" in text["train"]
+    assert b"fortune number 0:" not in text["train"] and b"index" not in text["train"]  # no .dat file
+    assert text["train"].count(b"fortune number 45:") == 1  # the .u8 link is not read twice
+    assert splits.num_classes == 256 and splits.in_shape == (16,)
+
+
+def test_fortunes_missing_say_how_to_get_them(tmp_path):
+    with pytest.raises(DataError, match="apt-get install fortunes"):
+        fortunes(root=tmp_path)
+
+
+def wikitext_zip(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in (("train", TEXT * 4), ("valid", TEXT), ("test", TEXT * 2)):
+            z.writestr(f"wikitext-2-raw/wiki.{name}.raw", text)
+    path = tmp_path / "served" / "wikitext-2-raw-v1.zip"
+    path.parent.mkdir()
+    path.write_bytes(buf.getvalue())
+    return path, hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def test_wikitext2_is_downloaded_once_checked_and_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PRUNELAB_DATA", raising=False)
+    served, digest = wikitext_zip(tmp_path)
+    splits = wikitext2(seq_len=32, url=served.as_uri(), sha256=digest)
+    assert len(splits.train) == (len(TEXT * 4) - 1) // 32 and len(splits.test) == (len(TEXT * 2) - 1) // 32
+    served.unlink()  # a second load needs no download
+    assert torch.equal(wikitext2(seq_len=32, url=served.as_uri(), sha256=digest).test.x, splits.test.x)
+
+
+def test_a_corrupted_wikitext2_download_is_refused_and_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PRUNELAB_DATA", raising=False)
+    served, _ = wikitext_zip(tmp_path)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        wikitext2(url=served.as_uri(), sha256="0" * 64)
+    assert not list((tmp_path / "cache").rglob("*.raw")) and not list((tmp_path / "cache").rglob("*.zip"))
+
+
+# --- models and metrics ---------------------------------------------------------------------
+
+def test_a_language_model_is_scored_per_token_and_its_perplexity_is_exp_of_the_loss():
+    torch.manual_seed(0)
+    split = windows(TEXT * 8, 16)
+    model = lm.tiny_gpt((16,), 256, d_model=32, layers=1, heads=2)
+    out = model(split.x)
+    assert out.shape == (len(split), 256, 16)
+    loss = nn.functional.cross_entropy(out, split.y).item()
+    result = evaluate(model, split)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["accuracy"] == pytest.approx((out.argmax(1) == split.y).float().mean().item())
+    assert scores(model, split)["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert math.exp(loss) == pytest.approx(256, rel=0.05)  # an untrained LM: about uniform over bytes
+
+
+def test_the_unigram_baseline_is_the_byte_frequency_perplexity():
+    split = windows(b"aab" * 100_000, 30)  # long enough for add-one smoothing over 256 bytes not to matter
+    entropy = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))  # nats per byte
+    assert unigram_perplexity(SimpleNamespace(train=split, test=split)) == pytest.approx(math.exp(entropy), rel=2e-3)
+
+
+# --- Wanda and SparseGPT: the maths ---------------------------------------------------------
+
+def test_wanda_with_equal_input_norms_selects_magnitude_per_row():
+    weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(wanda_mask(weight, 3.0 * torch.eye(64, dtype=torch.float64), 0.5),
+                       per_row_magnitude(weight, 0.5))
+
+
+def test_sparsegpt_with_an_identity_hessian_is_per_row_magnitude_without_update():
+    weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(2))
+    new, kept = sparsegpt_update(weight, torch.eye(64, dtype=torch.float64), 0.5, blocksize=None, damp=0.0)
+    assert torch.equal(kept, per_row_magnitude(weight, 0.5))
+    assert torch.equal(new[kept], weight[kept])  # no survivor moved
+
+
+@pytest.mark.parametrize("pattern", [dict(ratio=0.5), dict(ratio=0.5, n=2, m=4), dict(ratio=0.5, n=4, m=8)])
+def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda_at_the_same_density(pattern):
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(48, 64, generator=g)
+    x = correlated_inputs(2048, 64)
+    gram = x.double().T @ x.double()
+    ratio, n, m = pattern["ratio"], pattern.get("n"), pattern.get("m")
+    new, kept = sparsegpt_update(weight, gram, ratio, n, m)
+    candidates = {"sparsegpt": new * kept,
+                  "wanda": weight * wanda_mask(weight, gram, ratio, n, m),
+                  "magnitude": weight * (wanda_mask(weight, torch.eye(64, dtype=torch.float64), ratio, n, m))}
+    errors = {name: (x @ weight.T - x @ w.T).norm().item() for name, w in candidates.items()}
+    assert {name: int((w != 0).sum()) for name, w in candidates.items()} == dict.fromkeys(candidates, 48 * 32)
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8)])
+def test_n_m_masks_keep_n_of_every_m_inputs(n, m):
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(4))
+    gram = correlated_inputs(512, 32).double().T @ correlated_inputs(512, 32).double()
+    for kept in (wanda_mask(weight, gram, (m - n) / m, n, m), sparsegpt_update(weight, gram, (m - n) / m, n, m)[1]):
+        assert kept.view(16, -1, m).sum(-1).eq(n).all()
+
+
+# --- layer by layer, on a model -------------------------------------------------------------
+
+def two_layers():
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+def test_each_layer_sees_its_inputs_through_the_layers_already_pruned():
+    model, fresh, x = two_layers(), two_layers(), correlated_inputs(64, 16)
+    mask = wanda(model, 0.5, scope=Local(), ignore=[], data=PruneData((x, torch.zeros(64, dtype=torch.long))),
+                 samples=64)
+    assert torch.equal(mask.masks["0.weight"], wanda_mask(fresh[0].weight, x.double().T @ x.double(), 0.5))
+    hidden = torch.relu(model[0](x))  # through the first layer as pruned (in place)
+    assert torch.equal(mask.masks["2.weight"], wanda_mask(fresh[2].weight, hidden.double().T @ hidden.double(), 0.5))
+    dense_hidden = torch.relu(fresh[0](x))  # what a one-shot (not sequential) pass would have used
+    assert not torch.equal(mask.masks["2.weight"], wanda_mask(fresh[2].weight, dense_hidden.double().T @ dense_hidden.double(), 0.5))
+    assert all(bool((p[~mask.masks[n]] == 0).all()) for n, p in model.named_parameters() if n in mask.prunable)
+
+
+def test_sparsegpt_updates_the_survivors_and_continues_from_a_mask_without_reviving():
+    model, x = two_layers(), correlated_inputs(64, 16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = PruneData((x, torch.zeros(64, dtype=torch.long)))
+    first = sparsegpt(model, 0.5, scope=Local(), ignore=[], data=data, samples=64)
+    kept = first.masks["0.weight"]
+    assert not torch.equal(model[0].weight[kept], before["0.weight"][kept])  # reconstructed, not just masked
+    again = sparsegpt(model, 0.75, scope=Local(), ignore=[], data=data, samples=64, mask=first)
+    for name in first.prunable:
+        assert not bool((again.masks[name] & ~first.masks[name]).any())  # nothing revived
+    assert again.sparsity == pytest.approx(0.75, abs=1e-3)
+
+
+def test_post_training_methods_refuse_a_global_scope_and_a_wrong_n_m_ratio_in_one_line():
+    data = PruneData((correlated_inputs(8, 16), torch.zeros(8, dtype=torch.long)))
+    with pytest.raises(PruningError, match="use scope=local"):
+        prune(two_layers(), "wanda", "global", 0.5, data=data, ignore=[])
+    with pytest.raises(PruningError, match="set ratio=0.5"):
+        prune(two_layers(), "sparsegpt", "local", 0.7, data=data, n=2, m=4, ignore=[])
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+LM_RUN = ["model=tiny_gpt", "model.d_model=32", "model.layers=1", "model.heads=2", "dataset=fortunes",
+          "dataset.seq_len=32", "train.epochs=1", "finetune.epochs=0", "scope=local", "handover=false"]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_post_training_prune_of_the_lm_logs_perplexity_before_and_after(cli, workdir, method):
+    write_fortunes(workdir / "fortunes", count=400)
+    result = cli(*LM_RUN, f"dataset.root={workdir / 'fortunes'}", f"method={method}", "method.samples=8",
+                 "ratio=0.5", tiny=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(workdir, "pruned")
+    m = run.data.metrics
+    assert m["sparsity.prunable"] == pytest.approx(0.5, abs=1e-3)
+    assert m["dense.test_perplexity"] < 256 and m["pruned.test_perplexity"] >= 1
+    assert m["test_perplexity"] == m["finetuned.test_perplexity"] == m["pruned.test_perplexity"]  # no fine-tuning
+    (dense,) = runs(workdir, "dense")
+    assert dense.data.metrics["test_perplexity"] == pytest.approx(m["dense.test_perplexity"])
+
+
+def test_a_transformers_causal_lm_is_pruned_by_target_end_to_end(cli, workdir):
+    pytest.importorskip("transformers")
+    write_fortunes(workdir / "fortunes", count=400)
+    result = cli(*[a for a in LM_RUN if not a.startswith("model")], "model=hf_causal_lm",
+                 "model.config.n_positions=32", "model.config.n_embd=32", "model.config.n_layer=1",
+                 "model.config.n_head=2", "method=sparsegpt", "method.ignore=[model.lm_head]", "method.samples=8",
+                 "method.n=2", "method.m=4", "ratio=0.5", f"dataset.root={workdir / 'fortunes'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(workdir, "pruned")
+    assert run.data.metrics["sparsity.prunable"] == pytest.approx(0.5, abs=1e-3)
+    assert math.isfinite(run.data.metrics["test_perplexity"])
+
+
+def test_gpt2_conv1d_layers_become_equal_linears():
+    pytest.importorskip("transformers")
+    model = lm.hf_causal_lm(config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16,
+                                    "n_layer": 1, "n_head": 2})
+    assert not [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    raw = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", vocab_size=256, n_positions=16, n_embd=16,
+                                                                n_layer=1, n_head=2)).eval()
+    assert any(isinstance(m, Conv1D) for m in raw.modules())
+    x = torch.randint(256, (2, 16))
+    expected = raw(input_ids=x).logits.transpose(1, 2)
+    lm.linearize(raw)
+    assert torch.allclose(lm.CausalLM(raw)(x), expected, atol=1e-5)
