@@ -81,8 +81,7 @@ class LayerwiseConfig(MethodConfig):
     ignore: list[str] = field(default_factory=lambda: ["classifier"])
     n: Optional[int] = None
     m: Optional[int] = None
-    samples: int = 128  # calibration sequences from the training split
-    calibration_seed: Optional[int] = None  # None: the run's seed
+    samples: int = 128  # calibration sequences from the training split (drawn by calibration_seed)
 
     def __post_init__(self):
         if (self.n is None) != (self.m is None) or (self.n is not None and not 0 < self.n < self.m):
@@ -192,6 +191,9 @@ class Config:
     codebook: Any = None  # conf/codebook/: shared values of the unstructured compact file (compact.py)
     ratio: float = 0.5
     seed: int = 0
+    # The seed of the data pruning looks at (calibration samples, a criterion's batches) and of its
+    # random choices; None: the run's seed. Like seed, it tells seeds of one point apart.
+    calibration_seed: Optional[int] = None
     device: str = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

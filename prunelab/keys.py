@@ -4,7 +4,8 @@
   allow-list, :data:`RESULT_PARTS`): the same experiment run from another folder or against
   another MLflow store has the same key, and a rerun is recognised and skipped. The dense model's
   key hashes only what its training depends on, so every ratio / method / scope reuses it.
-* The **point key** is the run key without the seed: runs that share it are seeds of one point,
+* The **point key** is the run key without the seeds (``seed``, ``calibration_seed``): runs that
+  share it are seeds of one point,
   and only those are averaged (``prunelab.analysis``).
 * **Names** come from the option chosen in each config group (``model=lenet5``), in single runs
   and sweeps alike: the experiment ``<model>-<dataset>``, the run ``<method>-<scope>-<ratio>``,
@@ -24,10 +25,10 @@ GROUPS = ("model", "dataset", "method", "criterion", "scope", "schedule", "recip
 # What decides a run's result or its metrics (measure_latency, handover: a run without timings
 # or hand-over files lacks metrics a run with them has). Everything else (tracking, cache, force, hydra, labels) does not.
 RESULT_PARTS = ("model", "dataset", "method", "criterion", "scope", "schedule", "ratio", "seed", "train", "finetune",
-                "quantize", "codebook", "budget", "plan", "measure_latency", "handover")
+                "quantize", "codebook", "budget", "plan", "measure_latency", "handover", "calibration_seed")
 # Parts added since format 3, keyed only when they differ from what every format-3 run did: the
 # keys of runs already in a store stay valid.
-_ADDED = {"handover": True, "schedule": {"_target_": "prunelab.schedules.Oneshot"}}
+_ADDED = {"handover": True, "schedule": {"_target_": "prunelab.schedules.Oneshot"}, "calibration_seed": None}
 # Where the data lie, not what they are (the loaders check contents by checksum).
 LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
 _DENSE_PARTS = ("model", "dataset", "train", "seed")
@@ -107,7 +108,7 @@ def _digest(tree) -> str:
 
 
 def _without_seed(tree: dict) -> dict:
-    return {k: v for k, v in tree.items() if k != "seed"}
+    return {k: v for k, v in tree.items() if k not in ("seed", "calibration_seed")}
 
 
 def _relevant(cfg: DictConfig, device_type: str, parts=RESULT_PARTS) -> dict:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,9 @@ class Pruner:
     def __init__(self, cfg: DictConfig, data: Splits):
         self.method, self.criterion = instantiate(cfg.method), instantiate(cfg.criterion)
         self.scope = instantiate(cfg.scope)
-        self.data = PruneData(data.train, data.val, cfg.train.batch_size, cfg.seed)
-        self.example, self.seed, self.budget, self.ratio = data.train.x[:1], cfg.seed, cfg.budget.macs, cfg.ratio
+        self.seed = cfg.seed if cfg.calibration_seed is None else cfg.calibration_seed
+        self.data = PruneData(data.train, data.val, cfg.train.batch_size, self.seed)
+        self.example, self.budget, self.ratio = data.train.x[:1], cfg.budget.macs, cfg.ratio
 
     def __call__(self, model, ratio: float, mask: Mask | None = None, scope=None, budget=True,
                  last: float | None = None) -> Mask:
@@ -178,7 +180,9 @@ def session(cfg: DictConfig, model: torch.nn.Module, pruner: Pruner, data: Split
 
     def prune_to(ratio: float, mask: Mask | None, step: int | None = None, target: float | None = None,
                  last: float | None = None) -> Mask:
+        start = time.perf_counter()
         new = pruner(model, ratio, mask, last=last)
+        metrics["time.prune_s"] = time.perf_counter() - start  # the mask (and SparseGPT's update), no evaluation
         new.apply(model)
         metrics.update(scores(model, data.test, "pruned.test_"))
         metrics["pruned.val_accuracy"] = evaluate(model, data.val)["accuracy"]

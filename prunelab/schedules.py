@@ -242,8 +242,10 @@ class Lottery:
                 val, test = s.evaluate(control)
                 metrics.update({"reinit.test_accuracy": test, "reinit.val_accuracy": val})
             s.log(metrics, level)
+            # a resumed run logs the history again, the level's target too (the analysis reads it)
+            done = {**metrics, "schedule.target": targets[level - 1]}
             saved.update(level=level, mask=mask.to_state(), weights=copy.deepcopy(s.model.state_dict()),
-                         reinit=reinit, history=[*saved["history"], (level, metrics)])
+                         reinit=reinit, history=[*saved["history"], (level, done)])
             s.checkpoint(saved)
         if self.control == "reinit":  # the run's result is the control's
             s.model.load_state_dict(reinit)

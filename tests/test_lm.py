@@ -9,15 +9,16 @@ import math
 import zipfile
 from types import SimpleNamespace
 
+import mlflow
 import pytest
 import torch
+from conftest import runs
 from torch import nn
 
-from conftest import runs
-from prunelab import lm
+from prunelab import analysis, keys, lm
 from prunelab.data import DataError
 from prunelab.pruning import Local, PruneData, PruningError, prune, sparsegpt, wanda
-from prunelab.pruning.layerwise import sparsegpt_update, wanda_mask
+from prunelab.pruning.layerwise import calibration, sparsegpt_update, wanda_mask
 from prunelab.text import fortunes, unigram_perplexity, wikitext2, windows
 from prunelab.train import evaluate, scores
 
@@ -212,19 +213,51 @@ LM_RUN = ["model=tiny_gpt", "model.d_model=32", "model.layers=1", "model.heads=2
           "dataset.seq_len=32", "train.epochs=1", "finetune.epochs=0", "scope=local", "handover=false"]
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_a_post_training_prune_of_the_lm_logs_perplexity_before_and_after(cli, workdir, method):
+def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_its_curves(cli, workdir):
     write_fortunes(workdir / "fortunes", count=400)
-    result = cli(*LM_RUN, f"dataset.root={workdir / 'fortunes'}", f"method={method}", "method.samples=8",
-                 "ratio=0.5", tiny=True)
+    result = cli("-m", *LM_RUN, f"dataset.root={workdir / 'fortunes'}", "method=wanda,sparsegpt", "method.samples=8",
+                 "ratio=0.5", "calibration_seed=0,1", "measure_latency=true", "tracking.experiment=lm")
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = runs(workdir, "pruned")
-    m = run.data.metrics
-    assert m["sparsity.prunable"] == pytest.approx(0.5, abs=1e-3)
-    assert m["dense.test_perplexity"] < 256 and m["pruned.test_perplexity"] >= 1
-    assert m["test_perplexity"] == m["finetuned.test_perplexity"] == m["pruned.test_perplexity"]  # no fine-tuning
-    (dense,) = runs(workdir, "dense")
-    assert dense.data.metrics["test_perplexity"] == pytest.approx(m["dense.test_perplexity"])
+    pruned, (dense,) = runs(workdir, "pruned"), runs(workdir, "dense")
+    assert len(pruned) == 4
+    for run in pruned:
+        m = run.data.metrics
+        assert m["sparsity.prunable"] == pytest.approx(0.5, abs=1e-3)
+        assert m["dense.test_perplexity"] == pytest.approx(dense.data.metrics["test_perplexity"])
+        assert 1 <= m["dense.test_perplexity"] < 256  # trained a little: better than uniform over bytes
+        assert m["test_perplexity"] == m["finetuned.test_perplexity"] == m["pruned.test_perplexity"]  # no fine-tuning
+        assert m["cost.dense.tokens_per_s"] > 0 and m["cost.ratio.tokens_per_s"] > 0
+        assert 0 < m["time.prune_s"] < 60  # measured: the one-shot prune alone
+    by_seed = {(r.data.params["method"], r.data.params["calibration_seed"]): r.data.metrics["test_perplexity"]
+               for r in pruned}
+    assert by_seed[("sparsegpt", "0")] != by_seed[("sparsegpt", "1")]  # other calibration samples, other result
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    df = analysis.load_runs(["lm"])
+    points = analysis.aggregate_seeds(df, "test_perplexity")
+    assert sorted(points["method"]) == ["sparsegpt", "wanda"] and set(points["test_perplexity_count"]) == {2}
+    series = analysis.curve_series(df)
+    assert series["perplexity_vs_sparsity/dense"][0][1] == pytest.approx(dense.data.metrics["test_perplexity"])
+    assert {k for k in series if k.startswith("perplexity_vs_sparsity/")} >= {
+        "perplexity_vs_sparsity/sparsegpt-local-l2", "perplexity_vs_sparsity/wanda-local-l2"}
+    written = analysis.write_report(df, workdir / "report")
+    assert workdir / "report" / "perplexity_vs_sparsity.png" in written
+    assert "## Perplexity vs sparsity" in (workdir / "report" / "summary.md").read_text()
+
+
+def test_calibration_seeds_are_seeds_of_one_point_over_one_dense_model(make_cfg):
+    a, b = make_cfg("calibration_seed=0"), make_cfg("calibration_seed=1")
+    assert keys.run_key(a, "cpu") != keys.run_key(b, "cpu")
+    assert keys.point_key(a, "cpu") == keys.point_key(b, "cpu")  # averaged together, like seeds
+    assert keys.dense_key(a, "cpu") == keys.dense_key(b, "cpu")  # and pruned from the same dense model
+    assert keys.run_key(make_cfg(), "cpu") == keys.run_key(make_cfg("calibration_seed=null"), "cpu")
+
+
+def test_the_calibration_draw_depends_on_its_seed_only():
+    data = PruneData((torch.arange(100).view(50, 2), torch.zeros(50, dtype=torch.long)))
+    assert torch.equal(calibration(data, 8, 0), calibration(data, 8, 0))
+    assert not torch.equal(calibration(data, 8, 0), calibration(data, 8, 1))
+    assert len(calibration(data, 8, 0).unique(dim=0)) == 8  # without replacement
 
 
 def test_a_transformers_causal_lm_is_pruned_by_target_end_to_end(cli, workdir):

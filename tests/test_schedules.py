@@ -219,6 +219,10 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
     (resumed,) = [r for r in runs(workdir, "pruned") if r.info.status == "FINISHED"]
     assert resumed.data.metrics["schedule.resumed_after"] == level
     assert not list(folder.glob("*/schedule.pt"))  # a finished run leaves no checkpoint
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    frame = analysis.load_runs([resumed.info.experiment_id])
+    levels = frame[frame["run_id"] == resumed.info.run_id]["level"]
+    assert sorted(levels) == [1, 2, 3, 4]  # the levels done before the kill are points of the resumed run too
 
     fresh = tmp_path / "uninterrupted"
     fresh.mkdir()

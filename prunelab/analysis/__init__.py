@@ -30,7 +30,7 @@ from .. import ui as mlflow_ui  # noqa: E402
 CURVE = ["model", "dataset", "method", "scope", "criterion", "variant"]
 POINT = [*CURVE, "ratio"]
 # Params that are part of a point's identity through other columns, or that never change a result.
-_NOT_VARIANT = {"seed", "ratio", "model", "dataset", "method", "scope", "criterion", "device", "recipe",
+_NOT_VARIANT = {"seed", "calibration_seed", "ratio", "model", "dataset", "method", "scope", "criterion", "device", "recipe",
                 "model._target_", "dataset._target_", "method._target_", "criterion._target_", "scope._target_",
                 "schedule._target_"}  # the schedule shows by its option (schedule=gradual)
 _CASTS = {"ratio": float, "seed": int, "train.epochs": int, "finetune.epochs": int}
@@ -204,24 +204,24 @@ def metric_history(run_ids: Iterable[str], key: str, client: MlflowClient | None
     return pd.DataFrame(rows, columns=["run_id", "step", "value"])
 
 
-def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None):
+def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None, y: str = "test_accuracy"):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
-    points = aggregate_seeds(df)
+    points = aggregate_seeds(df, y)
     x_col = x if x in points.columns else None
     for key, curve in points.groupby(["method", "scope", "criterion", "variant"], dropna=False):
         if x_col is None or curve[x_col].isna().all():
             continue
         curve = curve.sort_values(x_col)
-        mean, std = curve["test_accuracy"], curve["test_accuracy_std"].fillna(0)
+        mean, std = curve[y], curve[f"{y}_std"].fillna(0)
         line, = ax.plot(curve[x_col], mean, marker="o", label=curve_name(key).replace("-", " / "))
-        if (curve["test_accuracy_count"] > 1).any():
+        if (curve[f"{y}_count"] > 1).any():
             ax.fill_between(curve[x_col], mean - std, mean + std, color=line.get_color(), alpha=0.2)
     dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
     if len(dense):
-        ax.axhline(dense["test_accuracy"].mean(), color="black", linestyle="--", label="dense")
+        ax.axhline(dense[y].mean(), color="black", linestyle="--", label="dense")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(y.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return ax.figure
@@ -231,6 +231,14 @@ def plot_accuracy_vs_sparsity(df: pd.DataFrame, ax=None):
     """Test accuracy vs achieved sparsity of the prunable weights, one line per
     method x scope x criterion, mean +- std band over seeds, dense accuracy as reference."""
     return _plot_curves(df, "sparsity.prunable", "sparsity of prunable weights", ax)
+
+
+def plot_perplexity_vs_sparsity(df: pd.DataFrame, ax=None):
+    """Test perplexity (log scale) vs sparsity of the prunable weights, for language models: one
+    line per method x scope x criterion (x variant), mean +- std band over seeds, dense as reference."""
+    fig = _plot_curves(df, "sparsity.prunable", "sparsity of prunable weights", ax, y="test_perplexity")
+    fig.axes[0].set_yscale("log")
+    return fig
 
 
 def plot_accuracy_vs_remaining(df: pd.DataFrame, ax=None):
@@ -304,7 +312,10 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
 
 
 # Curve axes logged as MLflow metric series: name -> (column, the dense model's position on it).
-CURVE_AXES = {"accuracy_vs_sparsity": ("sparsity.prunable", 0.0), "accuracy_vs_macs": ("macs_fraction", 1.0)}
+# Each axis plots a value: test accuracy, or test perplexity for language models.
+CURVE_AXES = {"accuracy_vs_sparsity": ("sparsity.prunable", 0.0, "test_accuracy"),
+              "accuracy_vs_macs": ("macs_fraction", 1.0, "test_accuracy"),
+              "perplexity_vs_sparsity": ("sparsity.prunable", 0.0, "test_perplexity")}
 
 
 def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
@@ -313,30 +324,33 @@ def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
     One series per curve (method-scope-criterion, prefixed by model and dataset when the runs
     span several) and axis: ``accuracy_vs_sparsity/<curve>`` with step = sparsity of the prunable
     weights in per mille, ``accuracy_vs_macs/<curve>`` with step = MACs kept in per mille; value =
-    mean test accuracy over seeds. Each curve starts at its dense model, and ``<axis>/dense`` draws
-    the dense accuracy flat across the axis. The "/" gives each axis its own section in the UI."""
-    points = aggregate_seeds(df)
+    mean test accuracy over seeds (``perplexity_vs_sparsity/<curve>``: mean test perplexity, for
+    language models). Each curve starts at its dense model, and ``<axis>/dense`` draws the dense
+    value flat across the axis. The "/" gives each axis its own section in the UI."""
     dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
-    spans = [c for c in ("model", "dataset") if points[c].nunique(dropna=True) > 1]
     out: dict[str, list[tuple[int, float]]] = {}
-    for axis, (x, dense_x) in CURVE_AXES.items():
+    for axis, (x, dense_x, y) in CURVE_AXES.items():
+        if y not in df.columns or df[y].isna().all():
+            continue
+        points = aggregate_seeds(df, y)
         if x not in points.columns:
             continue
+        spans = [c for c in ("model", "dataset") if points[c].nunique(dropna=True) > 1]
         for key, curve in points.groupby([*spans, "method", "scope", "criterion", "variant"], dropna=False):
-            curve = curve.dropna(subset=[x, "test_accuracy"])
+            curve = curve.dropna(subset=[x, y])
             if curve.empty:
                 continue
-            series = [(per_mille(v), float(a)) for v, a in zip(curve[x], curve["test_accuracy"])]
+            series = [(per_mille(v), float(a)) for v, a in zip(curve[x], curve[y])]
             own_dense = dense
             for col, value in zip(spans, key):
                 own_dense = own_dense[own_dense[col] == value]
-            if len(own_dense):
-                series.append((per_mille(dense_x), float(own_dense["test_accuracy"].mean())))
+            if len(own_dense) and own_dense[y].notna().any():
+                series.append((per_mille(dense_x), float(own_dense[y].mean())))
             # MLflow metric names allow letters, digits, _ - . space and /: "shrink=False" -> "shrink_False"
             out[f"{axis}/{_METRIC_UNSAFE.sub('_', curve_name(key))}"] = sorted(series)
-        if len(dense):
-            accuracy = float(dense["test_accuracy"].mean())
-            out[f"{axis}/dense"] = [(0, accuracy), (1000, accuracy)]
+        if len(dense) and dense[y].notna().any():
+            value = float(dense[y].mean())
+            out[f"{axis}/dense"] = [(0, value), (1000, value)]
     return out
 
 
@@ -382,6 +396,14 @@ def summary_note(df: pd.DataFrame) -> str:
             f"{markdown_table(table.drop(columns=shared))}\n\n"
             "Curves: metrics `accuracy_vs_sparsity/*` and `accuracy_vs_macs/*` (step = per mille); "
             "figures and `points.csv` in the artifacts.\n")
+    if "test_perplexity" in df.columns and df["test_perplexity"].notna().any():
+        ppl = aggregate_seeds(df, "test_perplexity").rename(
+            columns={"test_perplexity_std": "± std", "test_perplexity_count": "seeds"})
+        if (ppl["variant"].fillna("") == "").all():
+            ppl = ppl.drop(columns="variant")
+        dense_ppl = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]["test_perplexity"]
+        note += (f"\n## Perplexity vs sparsity\n\nDense model: test perplexity {dense_ppl.mean():.3f}.\n\n"
+                 f"{markdown_table(ppl.drop(columns=[c for c in shared if c in ppl.columns]), floatfmt='.3f')}\n")
     deployment = deployment_points(df)
     if not deployment.empty and deployment["form"].nunique() > 1:
         wide = deployment.pivot_table(index=[c for c in POINT if c not in shared], columns="form",
@@ -412,6 +434,10 @@ def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
     if "level" in df.columns and df["level"].notna().any():
         written.append(out / "accuracy_vs_remaining.png")
         plot_accuracy_vs_remaining(df).savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close("all")
+    if "test_perplexity" in df.columns and df["test_perplexity"].notna().any():
+        written.append(out / "perplexity_vs_sparsity.png")
+        plot_perplexity_vs_sparsity(df).savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close("all")
     if not deployment_points(df).empty:
         written.append(out / "accuracy_vs_latency.png")

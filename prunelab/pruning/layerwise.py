@@ -165,7 +165,7 @@ def _check_pattern(ratio: float, n: int | None, m: int | None, cols: dict[str, i
 
 
 def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callable, scope, ignore: Sequence[str],
-               data, samples: int, calibration_seed: int | None, seed: int, mask: Mask | None,
+               data, samples: int, seed: int, mask: Mask | None,
                n: int | None, m: int | None) -> Mask:
     if not isinstance(scope, Local):
         raise PruningError(f"method={method} prunes every layer to the ratio, row by row, as the paper does: "
@@ -178,7 +178,7 @@ def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callabl
         raise PruningError(f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: "
                            "add them to method.ignore")
     _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in layers.items()}, method)
-    x = calibration(data, samples, seed if calibration_seed is None else calibration_seed)
+    x = calibration(data, samples, seed)
     keep = {}
     for name, layer in layers.items():
         key = f"{name}.weight"
@@ -199,7 +199,7 @@ def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callabl
 
 
 def wanda(model: nn.Module, ratio: float, scope=None, n: int | None = None, m: int | None = None,
-          samples: int = 128, calibration_seed: int | None = None, ignore: Sequence[str] = ("classifier",),
+          samples: int = 128, ignore: Sequence[str] = ("classifier",),
           seed: int = 0, data=None, mask: Mask | None = None, **_) -> Mask:
     """Wanda, layer by layer (the module docstring). Zeroes the pruned weights in place."""
 
@@ -207,11 +207,11 @@ def wanda(model: nn.Module, ratio: float, scope=None, n: int | None = None, m: i
         return weight.detach(), wanda_mask(weight.detach(), gram, ratio, n, m, alive)
 
     return _layerwise(model, ratio, "wanda", prune_layer, scope if scope is not None else Local(), ignore, data,
-                      samples, calibration_seed, seed, mask, n, m)
+                      samples, seed, mask, n, m)
 
 
 def sparsegpt(model: nn.Module, ratio: float, scope=None, n: int | None = None, m: int | None = None,
-              samples: int = 128, calibration_seed: int | None = None, blocksize: int | None = 128,
+              samples: int = 128, blocksize: int | None = 128,
               damp: float = 0.01, ignore: Sequence[str] = ("classifier",), seed: int = 0, data=None,
               mask: Mask | None = None, **_) -> Mask:
     """SparseGPT, layer by layer (the module docstring). Updates the surviving weights in place:
@@ -221,7 +221,7 @@ def sparsegpt(model: nn.Module, ratio: float, scope=None, n: int | None = None, 
         return sparsegpt_update(weight, gram, ratio, n, m, blocksize, damp, alive, name)
 
     return _layerwise(model, ratio, "sparsegpt", prune_layer, scope if scope is not None else Local(), ignore,
-                      data, samples, calibration_seed, seed, mask, n, m)
+                      data, samples, seed, mask, n, m)
 
 
 __all__ = ["wanda", "sparsegpt", "wanda_mask", "sparsegpt_update", "input_gram", "calibration"]
