@@ -150,12 +150,17 @@ def cache_dir() -> Path:
     return Path(base) / "prunelab"
 
 
-def payload_sha256(path: Path) -> str:
+def file_sha256(path: Path, opener=open) -> str:
+    """SHA-256 of a file's bytes (as ``opener`` reads them: ``gzip.open`` for the payload)."""
     digest = hashlib.sha256()
-    with gzip.open(path, "rb") as f:
+    with opener(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def payload_sha256(path: Path) -> str:
+    return file_sha256(path, gzip.open)
 
 
 def candidate_dirs(root: str | os.PathLike | None = None) -> list[Path]:

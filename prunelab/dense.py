@@ -27,7 +27,7 @@ import mlflow
 from omegaconf import DictConfig
 
 from . import keys, tracking
-from .data import Splits
+from .data import Splits, file_sha256
 from .measure import layer_table, sparsity_summary
 from .train import EpochResult, scores, train_dense
 
@@ -63,14 +63,6 @@ def atomic_save(obj, path: Path, save: Callable) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_verified(model: nn.Module, key: str, weights: Path, meta: Path) -> dict:
@@ -111,7 +103,7 @@ def dense_model(model: nn.Module, key: str, cache_dir: Path,
                 model.load_state_dict(initial)
         history, val_acc, test_acc = train(model)
         atomic_save(model.state_dict(), weights, torch.save)
-        info = {"key": key, "sha256": _sha256(weights), "history": [asdict(e) for e in history],
+        info = {"key": key, "sha256": file_sha256(weights), "history": [asdict(e) for e in history],
                 "val_accuracy": val_acc, "test_accuracy": test_acc}
         atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
         log.info("dense model %s trained and cached in %s", key, weights)

@@ -19,14 +19,13 @@ classifier whose class dimension is 1 (``logits: (batch, 256, seq_len)``) and ``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from pathlib import Path
 
 import torch
 
-from .data import DataError, Split, Splits, cache_dir, download
+from .data import DataError, Split, Splits, cache_dir, download, file_sha256
 
 VOCAB = 256
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -104,14 +103,6 @@ def find_wikitext2(root=None, url: str | None = WIKITEXT2_URL, sha256: str | Non
     if missing:
         raise DataError(f"the WikiText-2 archive from {url} lacks {', '.join(missing)}")
     return target
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def wikitext2(root=None, seq_len: int = 128, url: str | None = WIKITEXT2_URL,
