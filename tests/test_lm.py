@@ -207,6 +207,12 @@ def test_post_training_methods_refuse_a_global_scope_and_a_wrong_n_m_ratio_in_on
         prune(two_layers(), "sparsegpt", "local", 0.7, data=data, n=2, m=4, ignore=[])
 
 
+def test_structured_pruning_of_a_language_model_is_refused_in_one_line():
+    model = lm.tiny_gpt((16,), 256, d_model=32, layers=1, heads=2)
+    with pytest.raises(PruningError, match="token models .* not supported yet"):
+        prune(model, "structured", "local", 0.5, example_inputs=torch.randint(256, (1, 16)))
+
+
 # --- end to end -----------------------------------------------------------------------------
 
 LM_RUN = ["model=tiny_gpt", "model.d_model=32", "model.layers=1", "model.heads=2", "dataset=fortunes",

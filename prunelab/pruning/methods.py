@@ -285,6 +285,9 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
     """
     if example_inputs is None:
         raise PruningError("structured pruning needs example_inputs to trace the model")
+    if not example_inputs.is_floating_point():
+        raise PruningError("structured pruning of token models (embeddings, attention heads) is not supported "
+                           "yet: use method=unstructured, nm, wanda or sparsegpt")
     check_normalize(normalize)
     layers = prunable_layers(model, ignore)
     last = list(prunable_layers(model))[-1]
