@@ -281,7 +281,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         shipped = shrunk if shrunk is not None else model
         final_val, final_test = evaluate(shipped, data.val), evaluate(shipped, data.test)
         table = layer_table(model, mask)
-        final = scores(shipped, data.test, "test_")
+        final = scores(shipped, data.test, "test_", result=final_test)
         metrics.update({
             "finetuned.test_accuracy": final_test["accuracy"], "finetuned.val_accuracy": final_val["accuracy"],
             "test_accuracy": final_test["accuracy"], "val_accuracy": final_val["accuracy"],

@@ -65,10 +65,11 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
     return {"loss": loss.item() / n, "accuracy": correct.item() / n}
 
 
-def scores(model: nn.Module, split: Split, prefix: str = "") -> dict[str, float]:
+def scores(model: nn.Module, split: Split, prefix: str = "", result: dict | None = None) -> dict[str, float]:
     """``{prefix}accuracy``, and ``{prefix}perplexity`` (exp of the mean loss per token) where
-    ``split`` has a label per position (a language model's): the figures a run logs."""
-    result = evaluate(model, split)
+    ``split`` has a label per position (a language model's): the figures a run logs. ``result``:
+    ``evaluate(model, split)`` when the caller has it already (an LM's test pass costs seconds)."""
+    result = evaluate(model, split) if result is None else result
     out = {f"{prefix}accuracy": result["accuracy"]}
     if split.y.dim() > 1:
         out[f"{prefix}perplexity"] = math.exp(min(result["loss"], 700.0))
