@@ -221,7 +221,7 @@ LM_RUN = ["model=tiny_gpt", "model.d_model=32", "model.layers=1", "model.heads=2
 
 def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_its_curves(cli, workdir):
     write_fortunes(workdir / "fortunes", count=400)
-    result = cli("-m", *LM_RUN, f"dataset.root={workdir / 'fortunes'}", "method=wanda,sparsegpt", "method.samples=8",
+    result = cli("-m", *LM_RUN, f"dataset.root={workdir / 'fortunes'}", "method=wanda,sparsegpt",
                  "ratio=0.5", "calibration_seed=0,1", "measure_latency=true", "tracking.experiment=lm")
     assert result.returncode == 0, result.stderr[-3000:]
     pruned, (dense,) = runs(workdir, "pruned"), runs(workdir, "dense")

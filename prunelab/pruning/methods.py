@@ -46,10 +46,12 @@ _INF = float("inf")
 
 def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, nn.Module]:
     """Conv/Linear layers by name, minus those matching an ``ignore`` pattern (fnmatch-style). A
-    pattern that matches no layer is warned about: a misspelt name would leave the layer pruned."""
+    pattern that matches no layer is warned about (a misspelt name would leave the layer pruned),
+    except ``classifier``: the default of the methods that keep the logits layer, which a user's
+    own model may name otherwise."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     for pat in ignore:
-        if not any(fnmatch(name, pat) for name in layers):
+        if pat != "classifier" and not any(fnmatch(name, pat) for name in layers):
             warnings.warn(f"method.ignore: {pat!r} matches no prunable layer (they are: {', '.join(layers)})",
                           stacklevel=2)
     return {name: m for name, m in layers.items() if not any(fnmatch(name, pat) for pat in ignore)}
