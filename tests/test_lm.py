@@ -199,6 +199,19 @@ def test_sparsegpt_updates_the_survivors_and_continues_from_a_mask_without_reviv
     assert again.sparsity == pytest.approx(0.75, abs=1e-3)
 
 
+@pytest.mark.parametrize("first", ["unstructured", "nm", "wanda"])
+@pytest.mark.parametrize("then", ["wanda", "sparsegpt"])
+def test_a_mask_made_by_another_method_survives_a_layerwise_prune_on_top(first, then):
+    model, x = two_layers(), correlated_inputs(64, 16)
+    data = PruneData((x, torch.zeros(64, dtype=torch.long)))
+    mask = prune(model, first, "local", 0.5, ignore=[], data=data, **({"n": 2, "m": 4} if first == "nm" else {}))
+    mask.apply(model)
+    again = prune(model, then, "local", 0.75, ignore=[], data=data, mask=mask)
+    for name, keep in mask.masks.items():
+        assert not (again.masks[name] & ~keep).any(), f"{first} then {then}: {name} revived"
+    assert again.sparsity == pytest.approx(0.75, abs=1e-3)
+
+
 def test_post_training_methods_refuse_a_global_scope_and_a_wrong_n_m_ratio_in_one_line():
     data = PruneData((correlated_inputs(8, 16), torch.zeros(8, dtype=torch.long)))
     with pytest.raises(PruningError, match="use scope=local"):
