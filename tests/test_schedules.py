@@ -96,7 +96,8 @@ def test_a_schedule_never_revives_a_pruned_weight(make_cfg, schedule, method):
 def test_iterative_with_one_round_is_oneshot_exactly(make_cfg):
     oneshot = run(make_cfg("ratio=0.6", "handover=false"))
     one_round = run(make_cfg("ratio=0.6", "schedule=iterative", "schedule.rounds=1", "handover=false"))
-    same = {k: v for k, v in oneshot.items() if k != "run_id" and isinstance(v, float)}
+    same = {k: v for k, v in oneshot.items()
+            if k != "run_id" and isinstance(v, float) and not k.startswith("time.")}  # wall times differ
     assert same == {k: one_round[k] for k in same}
 
 
