@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from . import keys, tracking
 from .data import Splits, file_sha256
 from .measure import layer_table, sparsity_summary
-from .train import EpochResult, scores, train_dense
+from .train import EpochResult, perplexity, train_dense
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,10 @@ class DenseRun:
 
     @staticmethod
     def _log_result(model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
-        perplexity = {k: v for k, v in scores(model, data.test, "test_").items() if "perplexity" in k}
+        ppl = perplexity(model, data.test, "test_")
         tracking.log_metrics({"test_accuracy": test_accuracy, "val_accuracy": val_accuracy,
                               "dense.test_accuracy": test_accuracy, "dense.val_accuracy": val_accuracy,
-                              **perplexity, **{f"dense.{k}": v for k, v in perplexity.items()},
+                              **ppl, **{f"dense.{k}": v for k, v in ppl.items()},
                               **sparsity_summary(layer_table(model)), "sparsity.prunable": 0.0})
 
     def train(self, model, data: Splits):

@@ -39,7 +39,7 @@ from .pruning import Local, Mask, PruneData, PruningError, prunable_layers, prun
 from .pruning.budget import check_reachable
 from .redact import redact
 from .schedules import Session
-from .train import EpochResult, evaluate, fit, optimizer_for, scores, seed_everything, steps_per_epoch, train_recipe
+from .train import EpochResult, evaluate, fit, optimizer_for, perplexity, scores, seed_everything, steps_per_epoch, train_recipe
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def run(cfg: DictConfig, parent_run_id: str | None = None,
         budget = cfg.budget.macs is not None
         mlflow.log_params({**tracking.params(cfg), **({"ratio": "budget"} if budget else {})})
         metrics = {"dense.test_accuracy": dense.test_accuracy, "dense.val_accuracy": dense.val_accuracy,
-                   **{k: v for k, v in scores(model, data.test, "dense.test_").items() if "perplexity" in k}}
+                   **perplexity(model, data.test, "dense.test_")}
 
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
         checkpoints = cache / "schedules" / key

@@ -70,10 +70,16 @@ def scores(model: nn.Module, split: Split, prefix: str = "", result: dict | None
     ``split`` has a label per position (a language model's): the figures a run logs. ``result``:
     ``evaluate(model, split)`` when the caller has it already (an LM's test pass costs seconds)."""
     result = evaluate(model, split) if result is None else result
-    out = {f"{prefix}accuracy": result["accuracy"]}
-    if split.y.dim() > 1:
-        out[f"{prefix}perplexity"] = math.exp(min(result["loss"], 700.0))
-    return out
+    return {f"{prefix}accuracy": result["accuracy"], **perplexity(model, split, prefix, result)}
+
+
+def perplexity(model: nn.Module, split: Split, prefix: str = "", result: dict | None = None) -> dict[str, float]:
+    """``{prefix}perplexity`` where ``split`` has a label per position (a language model's), else
+    nothing, and no evaluation spent on it."""
+    if split.y.dim() <= 1:
+        return {}
+    result = evaluate(model, split) if result is None else result
+    return {f"{prefix}perplexity": math.exp(min(result["loss"], 700.0))}
 
 
 @dataclass
