@@ -32,7 +32,8 @@ INPUT, OUTPUT = "pixels", "logits"
 
 
 class Deployed(nn.Module):
-    """``net`` behind its input standardisation: raw [0, 1] inputs in, logits out."""
+    """``net`` behind its input standardisation: raw [0, 1] inputs in, logits out. Token ids
+    (integer inputs, a language model's) go to ``net`` as they are."""
 
     def __init__(self, net: nn.Module, mean: float, std: float):
         super().__init__()
@@ -41,7 +42,7 @@ class Deployed(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net((x - self.mean) / self.std if x.is_floating_point() else x)
 
 
 def deployed(net: nn.Module, mean: float, std: float) -> Deployed:
@@ -118,12 +119,13 @@ class OnnxModel:
 @torch.no_grad()
 def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
              batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` (any callable: module, exported program, :class:`OnnxModel`)."""
+    """Top-1 accuracy of ``model`` (any callable: module, exported program, :class:`OnnxModel`),
+    per label: per token for a language model (one label per position), as ``train.evaluate``."""
     correct = 0
     for start in range(0, len(y), batch_size):
         logits = model(x[start:start + batch_size])
         correct += int((logits.argmax(1).cpu() == y[start:start + batch_size].cpu()).sum())
-    return correct / len(y)
+    return correct / y.numel()
 
 
 def int8(model: bytes, calibration: torch.Tensor, per_channel: bool = True, calibration_batches: int = 8,

@@ -3,6 +3,7 @@ SparseGPT) layer by layer from calibration data."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import math
@@ -17,7 +18,7 @@ from torch import nn
 
 from prunelab import analysis, keys, lm
 from prunelab.data import DataError
-from prunelab.pruning import Local, PruneData, PruningError, prune, sparsegpt, wanda
+from prunelab.pruning import Local, PruneData, PruningError, prune, shrink, sparsegpt, wanda
 from prunelab.pruning.layerwise import calibration, sparsegpt_update, wanda_mask
 from prunelab.text import fortunes, unigram_perplexity, wikitext2, windows
 from prunelab.train import evaluate, scores
@@ -220,10 +221,47 @@ def test_post_training_methods_refuse_a_global_scope_and_a_wrong_n_m_ratio_in_on
         prune(two_layers(), "sparsegpt", "local", 0.7, data=data, n=2, m=4, ignore=[])
 
 
-def test_structured_pruning_of_a_language_model_is_refused_in_one_line():
-    model = lm.tiny_gpt((16,), 256, d_model=32, layers=1, heads=2)
-    with pytest.raises(PruningError, match="token models .* not supported yet"):
-        prune(model, "structured", "local", 0.5, example_inputs=torch.randint(256, (1, 16)))
+def randomised_gpt(heads: int = 4) -> nn.Module:
+    """A tiny_gpt with large random weights, so that every head and neuron matters to the output."""
+    torch.manual_seed(0)
+    model = lm.tiny_gpt((16,), 256, d_model=32, layers=2, heads=heads, mlp_ratio=2)
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_structured_pruning_of_the_lm_removes_whole_heads_and_mlp_neurons_and_masked_equals_shrunk(scope):
+    model, x = randomised_gpt(), torch.randint(256, (4, 16))
+    mask = prune(model, "structured", scope, 0.5, example_inputs=x[:1])
+    # One unit set per block for the heads (q, k, v and the output projection's inputs, coupled by the
+    # dependency graph through the attention op) and one for the MLP neurons; the residual stream,
+    # which goes through LayerNorms, is left whole.
+    attention = {n: k for n, k in mask.channels.items() if ".attn." in n}
+    assert sorted(mask.channels) == sorted([*attention, "blocks.0.mlp.0", "blocks.1.mlp.0"]) and len(attention) == 2
+    for keep in attention.values():
+        per_head = keep.view(4, 8)  # 4 heads of 32 / 4 channels: each kept or removed whole
+        assert bool((per_head.all(1) | ~per_head.any(1)).all()) and 0 < int(per_head.all(1).sum()) < 4
+    masked = mask.apply(copy.deepcopy(model)).eval()
+    shrunk = shrink(masked, mask, x[:1]).eval()
+    with torch.no_grad():
+        assert (masked(x) - shrunk(x)).abs().max() <= 1e-5
+        assert (model(x) - masked(x)).abs().max() > 0.1  # the pruning did change the model
+    for i, block in enumerate(shrunk.blocks):
+        kept_heads = int(mask.channels[next(n for n in attention if n.startswith(f"blocks.{i}."))].sum()) // 8
+        assert block.attn.heads == kept_heads and block.attn.q.out_features == block.attn.o.in_features == 8 * kept_heads
+        assert block.mlp[0].out_features == int(mask.channels[f"blocks.{i}.mlp.0"].sum())
+    assert mask.channel_sparsity == pytest.approx(0.5, abs=0.06)  # within a head of the ratio
+
+
+def test_structured_pruning_of_a_transformers_model_is_refused_in_one_line():
+    pytest.importorskip("transformers")
+    model = lm.hf_causal_lm(config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16,
+                                    "n_layer": 1, "n_head": 2})
+    with pytest.raises(PruningError, match="transformers model is not supported") as e:
+        prune(model, "structured", "local", 0.5, example_inputs=torch.randint(256, (1, 16)),
+              ignore=["model.lm_head"])
+    assert "\n" not in str(e.value)
 
 
 # --- end to end -----------------------------------------------------------------------------
@@ -262,6 +300,20 @@ def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_i
     written = analysis.write_report(df, workdir / "report")
     assert workdir / "report" / "perplexity_vs_sparsity.png" in written
     assert "## Perplexity vs sparsity" in (workdir / "report" / "summary.md").read_text()
+
+
+def test_a_structured_lm_run_fine_tunes_the_shrunk_model_and_its_hand_over_files_score_per_token(cli, workdir):
+    write_fortunes(workdir / "fortunes", count=400)
+    run_args = [a for a in LM_RUN if a not in ("finetune.epochs=0", "handover=false")]
+    result = cli(*run_args, f"dataset.root={workdir / 'fortunes'}", "method=structured", "ratio=0.5",
+                 "finetune.epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(workdir, "pruned")
+    m = run.data.metrics
+    assert m["sparsity.channels"] == pytest.approx(0.5, abs=1e-3)  # local: 1 of 2 heads, half the neurons
+    assert m["cost.ratio.macs"] < 0.9 and m["finetuned.test_perplexity"] < m["pruned.test_perplexity"]
+    # The exported ONNX file (token ids in, no standardisation) scores what the fine-tuned network does.
+    assert m["handover.onnx.test_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-4) and m["test_accuracy"] <= 1
 
 
 def test_calibration_seeds_are_seeds_of_one_point_over_one_dense_model(make_cfg):

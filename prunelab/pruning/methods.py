@@ -5,7 +5,9 @@
   its score (||W_i||_p for magnitude) > theta. Channels come from Torch-Pruning's dependency
   graph, so channels that must go together (a residual addition, the BatchNorm after a conv, the
   next layer's inputs, the flatten->linear boundary) are scored and removed as one unit; a grouped
-  convolution's channels go at the same positions in each of its groups. Zeroing all of a
+  convolution's channels go at the same positions in each of its groups, and an attention
+  module's (one that declares ``heads``) in whole heads; groups through a LayerNorm (a
+  transformer's residual stream) are left whole. Zeroing all of a
   channel's parameters makes the masked network compute exactly what the network with the channel
   physically removed computes (``shrink.py``).
 * :func:`nm`: semi-structured N:M: in every group of M consecutive input weights of a row, the N
@@ -198,20 +200,62 @@ def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope=_GLOBAL, cr
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    """Torch-Pruning's dependency graph of ``model``, traced on ``example_inputs``.
+
+    ``transformers`` models are refused: Torch-Pruning cannot trace GPT-2's attention, and their own
+    RMSNorm classes would let the residual stream be masked where removing it changes the result."""
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        raise PruningError("structured pruning of a transformers model is not supported: use method=unstructured, "
+                           "nm, wanda or sparsegpt (model=tiny_gpt loses whole heads and MLP neurons)")
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except Exception as e:  # noqa: BLE001 - the tracer's failures are many; the user needs one line
+        raise PruningError(f"Torch-Pruning could not trace the model for structured pruning "
+                           f"({type(e).__name__}: {e})") from e
+
+
+# Normalisations whose statistics span the channels: a zeroed channel still counts in the mean and
+# variance, so masking it is not removing it. Groups through them are left whole.
+_ACROSS_CHANNELS = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None)) if t)
 
 
 def channel_groups(model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str] = ()):
     """Torch-Pruning's groups of coupled output channels, one per independent channel set.
 
     Returns ``(graph, [(root_name, root_module, group)])``. A group that contains an ignored layer's
-    outputs is skipped entirely (its channels cannot go without changing that layer)."""
+    outputs is skipped entirely (its channels cannot go without changing that layer), and so is a
+    group that passes a LayerNorm / GroupNorm / RMSNorm (a transformer's residual stream): there
+    the masked network would not compute what the shrunk one does."""
     names = {m: n for n, m in model.named_modules()}
     ignored = [m for n, m in model.named_modules()
                if isinstance(m, PRUNABLE_TYPES) and any(fnmatch(n, pat) for pat in ignore)]
     graph = dependency_graph(model, example_inputs)
-    groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES)
+    groups = [g for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES)
+              if not any(isinstance(item.dep.target.module, _ACROSS_CHANNELS) for item in g)]
     return graph, [(names[g[0].dep.target.module], g[0].dep.target.module, g) for g in groups]
+
+
+def head_count(model: nn.Module, graph, group) -> tuple[nn.Module, str, int] | None:
+    """The attention module whose heads the group's channels are: ``(module, attribute, heads)``.
+
+    An attention module declares its heads as an int attribute ``heads`` or ``num_heads`` and holds
+    its projections as child layers; when those layers' outputs are in the group (the dependency
+    graph couples q, k, v and the output projection's inputs through the attention op), the group's
+    channels go in whole heads of ``channels / heads`` consecutive ones, and the count is updated
+    when the network shrinks. A zeroed head attends to zeros, so it adds nothing: masked == shrunk."""
+    parents = {id(child): m for m in model.modules() for child in m.children()}
+    found = set()
+    for item in group:
+        parent = parents.get(id(item.dep.target.module))
+        if isinstance(item.dep.target.module, PRUNABLE_TYPES) and parent is not None \
+                and graph.is_out_channel_pruning_fn(item.dep.handler):
+            attr = next((a for a in ("heads", "num_heads") if isinstance(getattr(parent, a, None), int)), None)
+            if attr is not None:
+                found.add((parent, attr, getattr(parent, attr)))
+    if len(found) > 1:
+        raise PruningError("one channel group spans the heads of several attention modules; "
+                           "add their projections to method.ignore")
+    return found.pop() if found else None
 
 
 def _blocks(root_name: str, group, n: int) -> int:
@@ -231,6 +275,18 @@ def _blocks(root_name: str, group, n: int) -> int:
         raise PruningError(f"{root_name}: its {n} channels feed a convolution with groups={blocks} "
                            "but do not split into equal blocks; add it to method.ignore")
     return blocks
+
+
+def _heads(model: nn.Module, graph, root_name: str, group, blocks: int) -> int:
+    """Into how many attention heads the group's channels fall (1: not an attention group)."""
+    found = head_count(model, graph, group)
+    if found is None:
+        return 1
+    n, heads = len(group[0].idxs), found[2]
+    if n % heads or blocks > 1:
+        raise PruningError(f"{root_name}: its {n} channels do not split into {heads} equal attention heads; "
+                           "add the attention projections to method.ignore")
+    return heads
 
 
 def _coupled(group, graph, n: int, param_names) -> list[criteria.Coupled]:
@@ -287,9 +343,6 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
     """
     if example_inputs is None:
         raise PruningError("structured pruning needs example_inputs to trace the model")
-    if not example_inputs.is_floating_point():
-        raise PruningError("structured pruning of token models (embeddings, attention heads) is not supported "
-                           "yet: use method=unstructured, nm, wanda or sparsegpt")
     check_normalize(normalize)
     layers = prunable_layers(model, ignore)
     last = list(prunable_layers(model))[-1]
@@ -308,6 +361,7 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
     param_names = {id(p): n for n, p in model.named_parameters()}
     by_root = {name: (module, group) for name, module, group in groups}
     blocks = {name: _blocks(name, group, len(group[0].idxs)) for name, (_, group) in by_root.items()}
+    heads = {name: _heads(model, graph, name, group, blocks[name]) for name, (_, group) in by_root.items()}
     alive = {name: mask.channels[name].cpu() if mask is not None and name in mask.channels else None
              for name in by_root}
 
@@ -317,6 +371,8 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
         s = criteria.channel_scores(scorer, name, _coupled(group, graph, n, param_names), n)
         if blocks[name] > 1:  # position i of every block is one unit: one shared score
             s = s.view(blocks[name], -1).mean(0).repeat(blocks[name])
+        if heads[name] > 1:  # a head is one unit: its channels share their mean score
+            s = s.view(heads[name], -1).mean(1).repeat_interleave(n // heads[name])
         if normalize == "mean":
             if bool((s < 0).any()):
                 raise PruningError(f"{name}: the criterion gave negative channel scores, which normalize=mean "
@@ -359,6 +415,8 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
     for name, b in blocks.items():
         if b > 1:  # min_keep may have kept a position in one block only: keep it in all
             keep[name] = keep[name].view(b, -1).any(0).repeat(b)
+        if heads[name] > 1:  # a head partly kept (a tie, min_keep) is kept whole
+            keep[name] = keep[name].view(heads[name], -1).any(1).repeat_interleave(len(keep[name]) // heads[name])
         if alive[name] is not None:
             keep[name] = keep[name] & alive[name]
     return _finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), mask, channels=keep)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .mask import Mask
 from .errors import PruningError
-from .methods import dependency_graph
+from .methods import dependency_graph, head_count
 
 
 def shrink(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Module:
@@ -34,7 +34,12 @@ def shrink(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Mod
         if pruned:
             root = shrunk.get_submodule(name)
             pruner = graph.get_pruner_of_module(root)
-            graph.get_pruning_group(root, pruner.prune_out_channels, pruned).prune()
+            group = graph.get_pruning_group(root, pruner.prune_out_channels, pruned)
+            attention = head_count(shrunk, graph, group)
+            group.prune()
+            if attention is not None:  # whole heads went: the module splits its projections into fewer
+                module, attr, heads = attention
+                setattr(module, attr, heads * int(keep.sum()) // len(keep))
     return shrunk.train(was_training)
 
 
