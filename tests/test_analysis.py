@@ -57,3 +57,16 @@ def test_a_method_sweep_is_not_split_by_each_methods_own_options(workdir):
     df = analysis.load_runs(["methods"])
     assert set(df["variant"]) == {""}
     assert sorted(analysis.aggregate_seeds(df)["test_accuracy_count"]) == [2, 2]
+
+
+def test_an_unset_method_option_is_no_part_of_the_variant_but_a_set_one_is(workdir):
+    """SparseGPT runs, unstructured (method.n logged as "None") and 2:4: two curves, the
+    unstructured one named by its method alone."""
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    mlflow.set_experiment("nm")
+    for seed in (0, 1):
+        log_point(seed, 0.9, **{"method": "sparsegpt", "method.n": "None", "method.m": "None"})
+        log_point(seed, 0.8, **{"method": "sparsegpt", "method.n": 2, "method.m": 4})
+    points = analysis.aggregate_seeds(analysis.load_runs(["nm"]))
+    got = {row.variant: (round(row.test_accuracy, 4), row.test_accuracy_count) for row in points.itertuples()}
+    assert got == {"": (0.9, 2), "method.m=4 method.n=2": (0.8, 2)}

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files, not windows; notebooks still display the returned figures
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -154,7 +155,7 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
             if p.endswith("._target_"):
                 option = "none" if pd.isna(row[p]) else str(row[p]).rsplit(".", 1)[-1]
                 parts.append(f"{p[:-len('._target_')]}={option}")
-            elif not pd.isna(row[p]):
+            elif not pd.isna(row[p]) and str(row[p]) != "None":  # MLflow logs an unset option as "None"
                 parts.append(f"{p}={row[p]}")
         return " ".join(parts)
 
@@ -237,7 +238,11 @@ def plot_perplexity_vs_sparsity(df: pd.DataFrame, ax=None):
     """Test perplexity (log scale) vs sparsity of the prunable weights, for language models: one
     line per method x scope x criterion (x variant), mean +- std band over seeds, dense as reference."""
     fig = _plot_curves(df, "sparsity.prunable", "sparsity of prunable weights", ax, y="test_perplexity")
-    fig.axes[0].set_yscale("log")
+    ax = fig.axes[0]
+    ax.set_yscale("log")
+    # plain numbers (7, 10, 20), not 7x10^0: perplexities span a decade or two at most
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
     return fig
 
 
