@@ -67,6 +67,8 @@ def test_an_unset_method_option_is_no_part_of_the_variant_but_a_set_one_is(workd
     for seed in (0, 1):
         log_point(seed, 0.9, **{"method": "sparsegpt", "method.n": "None", "method.m": "None"})
         log_point(seed, 0.8, **{"method": "sparsegpt", "method.n": 2, "method.m": 4})
-    points = analysis.aggregate_seeds(analysis.load_runs(["nm"]))
+    runs = analysis.load_runs(["nm"])
+    assert runs["method.n"].isna().sum() == 2 and set(runs["method.n"].dropna()) == {"2"}
+    points = analysis.aggregate_seeds(runs)
     got = {row.variant: (round(row.test_accuracy, 4), row.test_accuracy_count) for row in points.itertuples()}
     assert got == {"": (0.9, 2), "method.m=4 method.n=2": (0.8, 2)}

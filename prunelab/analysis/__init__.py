@@ -68,6 +68,8 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
     for prefix in ("params.", "metrics."):
         for col in [c for c in raw.columns if c.startswith(prefix)]:
             df[col[len(prefix):]] = raw[col]
+    for col in [c[len("params."):] for c in raw.columns if c.startswith("params.")]:
+        df[col] = df[col].mask(df[col] == "None")  # MLflow logs an unset option as "None": unset here
     for tag, name in (("prunelab.role", "role"), ("prunelab.criterion", "criterion"),
                       ("prunelab.error", "error"), ("prunelab.overrides", "overrides"),
                       ("prunelab.run_key", "run_key"), ("prunelab.point_key", "point_key")):
@@ -155,7 +157,7 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
             if p.endswith("._target_"):
                 option = "none" if pd.isna(row[p]) else str(row[p]).rsplit(".", 1)[-1]
                 parts.append(f"{p[:-len('._target_')]}={option}")
-            elif not pd.isna(row[p]) and str(row[p]) != "None":  # MLflow logs an unset option as "None"
+            elif not pd.isna(row[p]):
                 parts.append(f"{p}={row[p]}")
         return " ".join(parts)
 
