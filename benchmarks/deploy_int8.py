@@ -30,7 +30,7 @@ def run(quick: bool = False, threads: int = 1) -> Section:
         fit(shrunk, data.train, data.val, configured_optimizer(shrunk.parameters(), "finetune"), 1,
             config().train.batch_size, 1, desc="fine-tune shrunk (benchmark)")
     shrunk.eval()
-    raw_val = data.val.x * data.std + data.mean
+    raw_val = data.raw(data.val.x)
     forms = {}
     for name, net in (("dense", dense), ("pruned", shrunk)):
         ship = deployed(net, data.mean, data.std)

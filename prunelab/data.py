@@ -61,6 +61,12 @@ class Splits:
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs ``x`` of a split as the hand-over files take them, on the CPU: the
+        standardisation undone; token ids (integers) as they are."""
+        x = x.cpu()
+        return x * self.std + self.mean if x.is_floating_point() else x
+
     def to(self, device) -> "Splits":
         return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
                                    test=self.test.to(device))

@@ -28,7 +28,13 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-INPUT, OUTPUT = "pixels", "logits"
+PIXELS, TOKENS, OUTPUT = "pixels", "tokens", "logits"
+
+
+def input_name(x: torch.Tensor) -> str:
+    """The hand-over files' input name for inputs like ``x``: ``tokens`` for token ids (a language
+    model's integer inputs, which go in as they are), ``pixels`` for raw [0, 1] floats."""
+    return PIXELS if x.is_floating_point() else TOKENS
 
 
 class Deployed(nn.Module):
@@ -84,14 +90,14 @@ def _quiet(*loggers: str):
             logger.setLevel(level)
 
 
-def onnx_model(program: torch.export.ExportedProgram) -> bytes | None:
-    """The exported program as an ONNX model (input ``pixels``, output ``logits``, dynamic batch);
-    None (with a warning) if a layer has no ONNX translation."""
+def onnx_model(program: torch.export.ExportedProgram, input: str = PIXELS) -> bytes | None:
+    """The exported program as an ONNX model (input named ``input``, see :func:`input_name`,
+    output ``logits``, dynamic batch); None (with a warning) if a layer has no ONNX translation."""
     try:
         with _quiet("torch.onnx", "onnxscript", "onnx_ir"):
             # The exporter's graph optimisation stays on (about a second a run): without it the
             # graph can hold clashing value names (e.g. a BatchNorm's "mean") that ONNX Runtime rejects.
-            onnx_program = torch.onnx.export(program, verbose=False, input_names=[INPUT], output_names=[OUTPUT])
+            onnx_program = torch.onnx.export(program, verbose=False, input_names=[input], output_names=[OUTPUT])
     except Exception as e:
         log.warning("the pruned model could not be translated to ONNX (%s); hand-over has no model.onnx",
                     str(e).splitlines()[0])
@@ -110,9 +116,10 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out, = self.session.run([OUTPUT], {INPUT: x.detach().cpu().numpy()})
+        out, = self.session.run([OUTPUT], {self.input: x.detach().cpu().numpy()})
         return torch.from_numpy(out)
 
 
@@ -137,8 +144,11 @@ def int8(model: bytes, calibration: torch.Tensor, per_channel: bool = True, cali
 
     This is the quantizer interface of ``conf/quantize/``: ONNX bytes and raw inputs in, ONNX bytes
     out; a user's own quantizer plugs in through ``quantize._target_``."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = onnx.load_model_from_string(model).graph.input[0].name
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -147,7 +157,10 @@ def int8(model: bytes, calibration: torch.Tensor, per_channel: bool = True, cali
 
         def get_next(self):
             x = next(self.batches, None)
-            return None if x is None else {INPUT: x.detach().cpu().numpy().astype(np.float32)}
+            if x is None:
+                return None
+            x = x.detach().cpu().numpy()
+            return {name: x.astype(np.float32) if name == PIXELS else x}  # token ids stay integers
 
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as tmp, _quiet("root"):
         fp32, prepared, quantized = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))

@@ -4,7 +4,8 @@
   one for structured pruning, the masked one for unstructured) behind its input standardisation
   (:class:`prunelab.deploy.Deployed`), with its weights and a dynamic batch dimension: raw [0, 1]
   inputs in, logits out. ``torch.export.load(path).module()`` runs it: no Python class, no prunelab.
-* ``model.onnx``: the same program for ONNX Runtime (input ``pixels``, output ``logits``);
+* ``model.onnx``: the same program for ONNX Runtime (input ``pixels``, or ``tokens`` for a language
+  model, output ``logits``);
   ``model.int8.onnx`` beside it when the run quantizes (``quantize=int8``).
 * structured: ``state_dict.pt`` + ``architecture.txt``, the shrunk weights and the printed module
   tree, as a fallback for tools that want plain tensors.
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from .compact import decoder_source, encode
-from .deploy import INPUT, OUTPUT, Deployed, export, onnx_model, program_bytes
+from .deploy import OUTPUT, PIXELS, TOKENS, Deployed, export, input_name, onnx_model, program_bytes
 from .pruning import Mask
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,7 @@ README = """# The pruned model
 
 {what}
 
-Inputs are raw: float32 in [0, 1] (8-bit pixels / 255), shape (batch, {shape}). Both files
-standardise them themselves, as in training: (x - {mean:.6g}) / {std:.6g} (the training split's
-mean and std).
+{inputs}
 
 Run it with PyTorch alone (no prunelab):
 
@@ -114,6 +113,14 @@ net = torch.export.load("program.pt2").module()
 net.load_state_dict(decode(open("weights.compact", "rb").read()))
 ```
 """
+
+INPUTS = {
+    PIXELS: """Inputs are raw: float32 in [0, 1] (8-bit pixels / 255), shape (batch, {shape}). Both files
+standardise them themselves, as in training: (x - {mean:.6g}) / {std:.6g} (the training split's
+mean and std).""",
+    TOKENS: """Inputs are token ids: int64, shape (batch, {shape}), as they are (no standardisation).
+The logits have shape (batch, vocabulary, {shape}): one prediction per position.""",
+}
 
 INT8 = """
 `model.int8.onnx` is the same network quantized to int8 (weights per output channel, activations
@@ -178,14 +185,15 @@ def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None =
     program = export(shipped, example_input)
     if program is not None:
         files["model/program.pt2"] = program_bytes(program)
-        out.onnx = onnx_model(program)
+        out.onnx = onnx_model(program, input_name(example_input))
     else:
         what += "\n\n**torch.export failed for this model: there is no program.pt2, only the weights.**"
     if out.onnx is not None:
         files["model/model.onnx"] = out.onnx
         if quantize is not None:
             out.int8 = files["model/model.int8.onnx"] = quantize(out.onnx)
-    files["model/README.md"] = README.format(
-        what=what, shape=shape, extra=extra, mean=float(shipped.mean), std=float(shipped.std),
-        input=INPUT, output=OUTPUT, int8=INT8 if out.int8 is not None else "").encode()
+    name = input_name(example_input)
+    inputs = INPUTS[name].format(shape=shape, mean=float(shipped.mean), std=float(shipped.std))
+    files["model/README.md"] = README.format(what=what, inputs=inputs, extra=extra, input=name, output=OUTPUT,
+                                             int8=INT8 if out.int8 is not None else "").encode()
     return out

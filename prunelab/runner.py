@@ -93,7 +93,7 @@ def _quantizer(cfg: DictConfig, data: Splits):
     if not cfg.quantize:
         return None
     quantize = instantiate(cfg.quantize)
-    raw_val = (data.val.x * data.std + data.mean).cpu()
+    raw_val = data.raw(data.val.x)
     return lambda onnx: quantize(onnx, raw_val)
 
 

@@ -11,9 +11,11 @@ import zipfile
 from types import SimpleNamespace
 
 import mlflow
+import onnx
 import pytest
 import torch
 from conftest import runs
+from mlflow import MlflowClient
 from torch import nn
 
 from prunelab import analysis, keys, lm
@@ -306,14 +308,21 @@ def test_a_structured_lm_run_fine_tunes_the_shrunk_model_and_its_hand_over_files
     write_fortunes(workdir / "fortunes", count=400)
     run_args = [a for a in LM_RUN if a not in ("finetune.epochs=0", "handover=false")]
     result = cli(*run_args, f"dataset.root={workdir / 'fortunes'}", "method=structured", "ratio=0.5",
-                 "finetune.epochs=1")
+                 "finetune.epochs=1", "quantize=int8")
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     m = run.data.metrics
     assert m["sparsity.channels"] == pytest.approx(0.5, abs=1e-3)  # local: 1 of 2 heads, half the neurons
     assert m["cost.ratio.macs"] < 0.9 and m["finetuned.test_perplexity"] < m["pruned.test_perplexity"]
-    # The exported ONNX file (token ids in, no standardisation) scores what the fine-tuned network does.
+    # The exported ONNX file (token ids in, no standardisation) scores what the fine-tuned network does,
+    # and its int8 form (calibrated on token ids) about as well.
     assert m["handover.onnx.test_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-4) and m["test_accuracy"] <= 1
+    assert m["int8.test_accuracy"] == pytest.approx(m["test_accuracy"], abs=0.05)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for name in ("model.onnx", "model.int8.onnx"):
+        path = client.download_artifacts(run.info.run_id, f"model/{name}", str(workdir))
+        (graph_input,) = onnx.load(path).graph.input
+        assert graph_input.name == "tokens" and graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64
 
 
 def test_calibration_seeds_are_seeds_of_one_point_over_one_dense_model(make_cfg):
