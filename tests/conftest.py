@@ -37,6 +37,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
     return [
         "dataset=synthetic", "train.epochs=1", "finetune.epochs=1", "train.batch_size=64",
         "measure_latency=false",  # timing is covered by test_compression; it costs seconds a run
+        "handover=false",  # export, ONNX and the compact file: about 6 s a run; the tests of it ask for it
         f"cache_dir={tmp / 'cache'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ]
 

@@ -12,7 +12,9 @@ METRICS = ("dense.test_accuracy", "pruned.test_accuracy", "finetuned.test_accura
 
 
 @pytest.mark.parametrize("option", [
-    "model=lenet300_100", "model=lenet5", "model=vgg_small model.width=4", "model=resnet20 model.width=4",
+    # each model also through its hand-over (export, ONNX, compact file), which tiny runs skip
+    "model=lenet300_100 handover=true", "model=lenet5 handover=true", "model=vgg_small model.width=4 handover=true",
+    "model=resnet20 model.width=4 handover=true",
     "dataset=digits", "method=structured", "method=unstructured scope=local",
     "method=structured scope=local criterion=l1", "criterion=random", "method=structured criterion=random",
     "criterion=taylor", "method=structured criterion=fpgm", "method=nm", "scope=lamp",

@@ -225,8 +225,8 @@ def test_unstructured_handover_holds_program_and_compressed_weights(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ("method=structured", "model._target_=test_compression.DepthwiseResidualNet", "measure_latency=true",
-     "quantize=int8"),
-    ("method=unstructured", "measure_latency=false"),
+     "quantize=int8", "handover=true"),
+    ("method=unstructured", "measure_latency=false", "handover=true"),
 ])
 def test_a_run_logs_the_ledger_and_hand_over_files_that_reproduce_its_test_accuracy(cli, workdir, tmp_path, args):
     result = cli(*args, "ratio=0.5")

@@ -269,7 +269,7 @@ def test_structured_pruning_of_a_transformers_model_is_refused_in_one_line():
 # --- end to end -----------------------------------------------------------------------------
 
 LM_RUN = ["model=tiny_gpt", "model.d_model=32", "model.layers=1", "model.heads=2", "dataset=fortunes",
-          "dataset.seq_len=32", "train.epochs=1", "finetune.epochs=0", "scope=local", "handover=false"]
+          "dataset.seq_len=32", "train.epochs=1", "finetune.epochs=0", "scope=local"]
 
 
 def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_its_curves(cli, workdir):
@@ -306,9 +306,9 @@ def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_i
 
 def test_a_structured_lm_run_fine_tunes_the_shrunk_model_and_its_hand_over_files_score_per_token(cli, workdir):
     write_fortunes(workdir / "fortunes", count=400)
-    run_args = [a for a in LM_RUN if a not in ("finetune.epochs=0", "handover=false")]
+    run_args = [a for a in LM_RUN if a != "finetune.epochs=0"]
     result = cli(*run_args, f"dataset.root={workdir / 'fortunes'}", "method=structured", "ratio=0.5",
-                 "finetune.epochs=1", "quantize=int8")
+                 "finetune.epochs=1", "quantize=int8", "handover=true")
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     m = run.data.metrics

@@ -33,7 +33,7 @@ from prunelab.train import steps_per_epoch
 SCHEDULES = {"iterative": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=2"],
              "gradual": ["schedule=gradual", "schedule.every=1", "finetune.epochs=1"],
              "lottery": ["schedule=lottery", "schedule.fraction=0.5"]}
-DYNAMIC = ["schedule=dynamic", "schedule.every=2", "finetune.epochs=2", "handover=false"]
+DYNAMIC = ["schedule=dynamic", "schedule.every=2", "finetune.epochs=2"]
 RATIO = 0.7
 
 
@@ -50,8 +50,7 @@ def _history(run_id: str, key: str) -> list[tuple[int, float]]:
 @pytest.mark.parametrize("method", ["unstructured", "structured"])
 @pytest.mark.parametrize("scope", ["global", "local", "lamp"])
 def test_every_schedule_method_and_scope_reach_the_target(make_cfg, schedule, method, scope):
-    m = run(make_cfg(*SCHEDULES[schedule], f"method={method}", f"scope={scope}", f"ratio={RATIO}",
-                     "handover=false"))
+    m = run(make_cfg(*SCHEDULES[schedule], f"method={method}", f"scope={scope}", f"ratio={RATIO}"))
     if method == "unstructured":
         assert abs(m["sparsity.prunable"] - RATIO) < 1e-3
     else:
@@ -70,10 +69,10 @@ def test_every_schedule_takes_the_measuring_the_erk_and_the_planned_scopes(make_
     extra = {"sensitivity": ["scope.samples=32", "scope.grid=[0.5,0.9,0.95]"], "erk": ["criterion=random"],
              "plan": []}[scope]
     if scope == "plan":  # a plan saved by a oneshot run of the same method and ratio
-        saved = run(make_cfg(f"method={method}", f"ratio={RATIO}", "handover=false"))
+        saved = run(make_cfg(f"method={method}", f"ratio={RATIO}"))
         extra = [f"plan=runs:/{saved['run_id']}/plan.json"]
     args = DYNAMIC if schedule == "dynamic" else SCHEDULES[schedule]
-    m = run(make_cfg(*args, f"method={method}", f"scope={scope}", *extra, f"ratio={RATIO}", "handover=false"))
+    m = run(make_cfg(*args, f"method={method}", f"scope={scope}", *extra, f"ratio={RATIO}"))
     if method == "unstructured":
         assert abs(m["sparsity.prunable"] - RATIO) < 1e-3
     else:
@@ -84,7 +83,7 @@ def test_every_schedule_takes_the_measuring_the_erk_and_the_planned_scopes(make_
 @pytest.mark.parametrize("method", ["unstructured", "structured"])
 def test_a_schedule_never_revives_a_pruned_weight(make_cfg, schedule, method):
     # fresh scores at every call: pruning afresh each time would pick other weights
-    m = run(make_cfg(*SCHEDULES[schedule], f"method={method}", f"ratio={RATIO}", "handover=false",
+    m = run(make_cfg(*SCHEDULES[schedule], f"method={method}", f"ratio={RATIO}",
                      "criterion=random", "criterion._target_=test_schedules.reshuffled", "+criterion._partial_=true"))
     sparsity = _history(m["run_id"], "schedule.sparsity")
     changed = _history(m["run_id"], "schedule.changed")
@@ -94,15 +93,15 @@ def test_a_schedule_never_revives_a_pruned_weight(make_cfg, schedule, method):
 
 
 def test_iterative_with_one_round_is_oneshot_exactly(make_cfg):
-    oneshot = run(make_cfg("ratio=0.6", "handover=false"))
-    one_round = run(make_cfg("ratio=0.6", "schedule=iterative", "schedule.rounds=1", "handover=false"))
+    oneshot = run(make_cfg("ratio=0.6"))
+    one_round = run(make_cfg("ratio=0.6", "schedule=iterative", "schedule.rounds=1"))
     same = {k: v for k, v in oneshot.items()
             if k != "run_id" and isinstance(v, float) and not k.startswith("time.")}  # wall times differ
     assert same == {k: one_round[k] for k in same}
 
 
 def test_iterative_removes_the_same_fraction_of_what_is_left_each_round(make_cfg):
-    m = run(make_cfg("schedule=iterative", "schedule.rounds=3", "ratio=0.875", "finetune.epochs=3", "handover=false"))
+    m = run(make_cfg("schedule=iterative", "schedule.rounds=3", "ratio=0.875", "finetune.epochs=3"))
     steps, sparsity = zip(*_history(m["run_id"], "schedule.sparsity"))
     assert steps == (1, 2, 3)
     assert sparsity == pytest.approx([0.5, 0.75, 0.875], abs=1e-3)  # keep 1/2 of what is left, each round
@@ -111,8 +110,7 @@ def test_iterative_removes_the_same_fraction_of_what_is_left_each_round(make_cfg
 
 
 def test_gradual_sparsity_follows_the_cubic_formula_at_every_update(make_cfg):
-    cfg = make_cfg("schedule=gradual", "schedule.every=1", "schedule.end=1.0", "ratio=0.8", "finetune.epochs=2",
-                   "handover=false")
+    cfg = make_cfg("schedule=gradual", "schedule.every=1", "schedule.end=1.0", "ratio=0.8", "finetune.epochs=2")
     m = run(cfg)
     target = dict(_history(m["run_id"], "schedule.target"))
     sparsity = dict(_history(m["run_id"], "schedule.sparsity"))
@@ -174,7 +172,7 @@ def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_
 
     monkeypatch.setattr(runner, "session", watched)
     m = run(make_cfg("schedule=lottery", f"schedule.rewind={rewind}", f"schedule.control={control}",
-                     "ratio=0.75", "schedule.fraction=0.5", "train.epochs=2", "handover=false"))
+                     "ratio=0.75", "schedule.fraction=0.5", "train.epochs=2"))
     assert seen["levels"] == 2
     remaining = _history(m["run_id"], "level.remaining")
     assert [s for s, _ in remaining] == [0, 1, 2] and [v for _, v in remaining] == pytest.approx([1, 0.5, 0.25], abs=1e-3)
@@ -185,7 +183,7 @@ def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_
 
 def test_the_output_layer_can_be_pruned_at_its_own_rate_per_level(make_cfg):
     m = run(make_cfg("schedule=lottery", "schedule.fraction=0.5", "schedule.output_fraction=0.25", "ratio=0.75",
-                     "model=lenet300_100", "handover=false"))
+                     "model=lenet300_100"))
     sets = mlflow.artifacts.load_dict(f"runs:/{m['run_id']}/plan.json")["sets"]
     *rest, output = sets  # in layer order: the output layer last
     assert sets[output]["ratio"] == pytest.approx(1 - 0.75 ** 2, abs=1 / sets[output]["units"])  # 2 levels of 25%
@@ -202,7 +200,7 @@ def test_an_output_layer_pruned_apart_and_ignored_at_once_is_refused_in_one_line
 
 @pytest.mark.slow
 def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_uninterrupted_mask(cli, workdir, tmp_path):
-    args = ["schedule=lottery", "schedule.fraction=0.5", "ratio=0.9", "train.epochs=10", "handover=false",
+    args = ["schedule=lottery", "schedule.fraction=0.5", "ratio=0.9", "train.epochs=10",
             "dataset.train_size=2048"]  # 4 levels: 0.5, 0.75, 0.875, 0.9
     folder = workdir / "cache" / "schedules"
     child = subprocess.Popen([sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *args], cwd=workdir,
@@ -245,7 +243,7 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
 
 def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draws_the_figure(cli, workdir):
     done = cli("-m", "schedule=lottery", "schedule.fraction=0.5", "ratio=0.75", "seed=0,1",
-               "schedule.control=ticket,reinit", "tracking.experiment=lt", "handover=false")
+               "schedule.control=ticket,reinit", "tracking.experiment=lt")
     assert done.returncode == 0, done.stderr[-2000:]
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     frame = analysis.load_runs(["lt"])
