@@ -126,6 +126,7 @@ class Pruner:
         self.seed = cfg.seed if cfg.calibration_seed is None else cfg.calibration_seed
         self.data = PruneData(data.train, data.val, cfg.train.batch_size, self.seed)
         self.example, self.budget, self.ratio = data.train.x[:1], cfg.budget.macs, cfg.ratio
+        self.ignore = list(cfg.method.get("ignore") or ())  # the layers the method leaves dense
 
     def __call__(self, model, ratio: float, mask: Mask | None = None, scope=None, budget=True,
                  last: float | None = None) -> Mask:
@@ -141,16 +142,15 @@ class Pruner:
                      budget_macs=self.budget if budget else None)
 
     def _apart(self, model, ratio, mask, scope, budget, last: float) -> Mask:
-        ignore = list(getattr(self.method, "keywords", {}).get("ignore", ()))
         layers = list(prunable_layers(model))
-        output, kept = layers[-1], list(prunable_layers(model, ignore))
+        output, kept = layers[-1], list(prunable_layers(model, self.ignore))
         if output not in kept:
             raise PruningError(f"the output layer {output} is pruned on its own (schedule.output_fraction) "
                                f"but method.ignore leaves it dense; drop one of the two")
         if len(kept) < 2:
             raise PruningError(f"pruning the output layer {output} on its own needs another prunable layer")
-        rest = self._prune(model, ratio, mask, scope, budget, ignore=[*ignore, output])
-        alone = self._prune(model, last, rest, Local(), False, ignore=[*ignore, *kept[:-1]])
+        rest = self._prune(model, ratio, mask, scope, budget, ignore=[*self.ignore, output])
+        alone = self._prune(model, last, rest, Local(), False, ignore=[*self.ignore, *kept[:-1]])
         out = Mask(alone.masks, prunable=(*rest.prunable, *alone.prunable), channels={**rest.channels, **alone.channels})
         out.plan = {**rest.plan, "sets": {**rest.plan["sets"], **alone.plan["sets"]}}
         out.report = rest.report
