@@ -160,7 +160,7 @@ def int8(model: bytes, calibration: torch.Tensor, per_channel: bool = True, cali
             if x is None:
                 return None
             x = x.detach().cpu().numpy()
-            return {name: x.astype(np.float32) if name == PIXELS else x}  # token ids stay integers
+            return {name: x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x}  # token ids stay integers
 
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as tmp, _quiet("root"):
         fp32, prepared, quantized = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))

@@ -164,7 +164,7 @@ def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None =
     weights file, and with ``codebook`` (see ``compact.py``) the compact file; ``quantize`` (ONNX
     bytes -> int8 ONNX bytes) the quantized model."""
     out = Handover()
-    files, net = out.files, shipped.net
+    files, net, name = out.files, shipped.net, input_name(example_input)
     shape = ", ".join(map(str, example_input.shape[1:]))
     if structured:
         buffer = io.BytesIO()
@@ -185,14 +185,13 @@ def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None =
     program = export(shipped, example_input)
     if program is not None:
         files["model/program.pt2"] = program_bytes(program)
-        out.onnx = onnx_model(program, input_name(example_input))
+        out.onnx = onnx_model(program, name)
     else:
         what += "\n\n**torch.export failed for this model: there is no program.pt2, only the weights.**"
     if out.onnx is not None:
         files["model/model.onnx"] = out.onnx
         if quantize is not None:
             out.int8 = files["model/model.int8.onnx"] = quantize(out.onnx)
-    name = input_name(example_input)
     inputs = INPUTS[name].format(shape=shape, mean=float(shipped.mean), std=float(shipped.std))
     files["model/README.md"] = README.format(what=what, inputs=inputs, extra=extra, input=name, output=OUTPUT,
                                              int8=INT8 if out.int8 is not None else "").encode()
