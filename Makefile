@@ -37,10 +37,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 ui: $(STAMP)
-	$(PY) -m prunelab.ui --store sqlite:///mlflow.db
+	$(PY) -m prunelab.tracking.ui --store sqlite:///mlflow.db
 
 team-server: $(STAMP)
-	$(PY) -m prunelab.team_server --dir team-store
+	$(PY) -m prunelab.tracking.team_server --dir team-store
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns mlartifacts team-store

@@ -7,7 +7,7 @@ Three variants per (model, seed), on the same Fashion-MNIST split:
   ``torch.nn.utils.prune.global_unstructured`` / ``l1_unstructured`` over every Conv/Linear weight,
   fine-tuning with the pruning hooks in place. Its numbers (optimizer, learning rates, epochs)
   are those of a composed prunelab config, so "the same recipe" means the same numbers.
-* **prunelab, same recipe**: ``prunelab.runner.run`` (MLflow store, dense cache, everything) with
+* **prunelab, same recipe**: ``prunelab.experiment.runner.run`` (MLflow store, dense cache, everything) with
   the overrides that give that recipe. Same seeds and batch order: the two should agree exactly.
 * **prunelab, defaults**: ``python -m prunelab`` as shipped, with only ``ratio`` / ``scope`` /
   ``seed`` set.
@@ -145,12 +145,12 @@ def plain(job: Job) -> list[Point]:
 # --- prunelab ---------------------------------------------------------------------------------
 
 def prunelab(job: Job) -> list[Point]:
-    """``prunelab.runner.run`` per point, against a fresh store and dense cache of its own."""
+    """``prunelab.experiment.runner.run`` per point, against a fresh store and dense cache of its own."""
     import logging
 
     from prunelab.config import compose
-    from prunelab.runner import run
-    from prunelab.train import TrainingError
+    from prunelab.experiment.runner import run
+    from prunelab.experiment.train import TrainingError
 
     logging.getLogger("prunelab").setLevel(logging.WARNING)
     out = []

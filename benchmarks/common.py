@@ -134,7 +134,7 @@ def vgg_small_one_epoch() -> nn.Module:
     Shared by the sections that need it; copy it before changing it."""
     from prunelab import models
     from prunelab.data import Split
-    from prunelab.train import fit
+    from prunelab.experiment.train import fit
 
     data = fashion_mnist()
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def vgg_small_pruned(ratio: float, trained: bool = True):
         torch.manual_seed(0)
         dense = models.vgg_small(in_shape=data.in_shape, width=32).eval()
     masked = copy.deepcopy(dense)
-    mask = prune(masked, "structured", "global", ratio, criterion="l2", example_inputs=data.train.x[:1])
+    mask = prune(masked, "structured", "global", ratio, criterion="l2", example_inputs=data.train.x[:1]).mask
     mask.apply(masked)
     return dense, masked, mask, shrink(masked, mask, data.train.x[:1])
 

@@ -1,7 +1,7 @@
 """9. Deep-Compression-grade files for unstructured pruning: each model trained, pruned and
 fine-tuned by the runner itself (``prunelab.runner.run``, default recipe, seed 0, Fashion-MNIST),
 its ``model/weights.compact`` (k-means codebook of 31 shared values per layer, one-byte relative
-indices, LZMA; see ``prunelab/compact.py``) against the dense fp32 state dict, and the accuracy
+indices, LZMA; see ``prunelab/deploy/compact.py``) against the dense fp32 state dict, and the accuracy
 of the decoded weights against the dense model. The decoder is then run from the run's
 ``model/README.md`` in a fresh process where prunelab cannot be imported
 (``scripts/read_handover.py``), on the raw test images.
@@ -20,7 +20,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from prunelab.config import compose
-from prunelab.runner import run as run_experiment
+from prunelab.experiment.runner import run as run_experiment
 
 from .common import Section, Verdict, fashion_mnist, table
 

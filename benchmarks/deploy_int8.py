@@ -12,9 +12,9 @@ alternation, median of rounds) with 1 thread for PyTorch and for ONNX Runtime al
 from __future__ import annotations
 
 
-from prunelab.deploy import OnnxModel, accuracy, deployed, export, int8, onnx_model
-from prunelab.ledger import latencies_ms
-from prunelab.train import fit
+from prunelab.deploy.onnx import OnnxModel, accuracy, deployed, export, int8, onnx_model
+from prunelab.deploy.ledger import latencies_ms
+from prunelab.experiment.train import fit
 
 from .common import (Section, Verdict, config, configured_optimizer, fashion_mnist, num, table,
                      vgg_small_pruned)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 
 from prunelab.data import Split
-from prunelab.train import fit
+from prunelab.experiment.train import fit
 
 from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist, optimizer_name,
                      ratios, spread, table, vgg_small_pruned)

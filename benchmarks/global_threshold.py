@@ -1,6 +1,6 @@
 """3. Global threshold: global unstructured selection at ratio 0.9 over ResNet-50-shaped weights.
 
-prunelab (``prunelab.pruning.unstructured``: scores, the global k-th smallest, the masks) vs
+prunelab (``prunelab.pruning.Unstructured``: scores, the global k-th smallest, the masks) vs
 ``torch.nn.utils.prune.global_unstructured(L1Unstructured)`` vs the seed notes' recipe (every
 magnitude into a Python list, then ``np.percentile``), plus two threshold-only primitives for
 scale. Times alternate in this process; each peak memory comes from a fresh process per variant
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from prunelab.pruning import prunable_layers, unstructured
+from prunelab.pruning import Unstructured, prunable_layers
 
 from .common import (FIXED_MMAP_THRESHOLD, Resnet50Shaped, Section, Verdict, alternate, num, peak_rss_bytes, peaks_mib,
                      ratios, reset_peak, rss_bytes, spread, table, weight_count)
@@ -37,7 +37,7 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
 
 
 def prunelab_masks(model: nn.Module, ratio: float = RATIO):
-    return unstructured(model, ratio).masks
+    return Unstructured()(model, ratio).mask.masks
 
 
 def torch_global_unstructured(model: nn.Module, ratio: float = RATIO):
@@ -70,7 +70,7 @@ def partition_only(model: nn.Module, ratio: float = RATIO) -> float:
 
 
 VARIANTS = {
-    "prunelab `unstructured(model, ratio)`": prunelab_masks,
+    "prunelab `Unstructured()(model, ratio)`": prunelab_masks,
     "torch `global_unstructured(L1Unstructured)`": torch_global_unstructured,
     "seed notes: Python list + `np.percentile`": seed_notes,
     "threshold only: `torch.kthvalue` of the concatenated magnitudes": kthvalue_only,
@@ -84,7 +84,7 @@ def model(pruned: bool = False) -> nn.Module:
     torch.manual_seed(0)
     net = Resnet50Shaped()
     if pruned:  # an already pruned model: 90% of the weights are exactly zero
-        unstructured(net, RATIO).apply(net)
+        Unstructured()(net, RATIO).mask.apply(net)
     return net
 
 

@@ -68,7 +68,7 @@ def measure(device: torch.device, min_run_time: float) -> list[list[str]]:
     rows = [["dense", "–", f"{dense_ms:.2f}", "1.00"]]
     for ratio in RATIOS:
         masked = copy.deepcopy(dense)
-        mask = prune(masked, "structured", "global", ratio, criterion="l2", example_inputs=x[:1])
+        mask = prune(masked, "structured", "global", ratio, criterion="l2", example_inputs=x[:1]).mask
         mask.apply(masked)
         shrunk = shrink(masked, mask, x[:1]).train()
         masked_ms = ms(step_fn(masked, x, y, after_step=mask.hold(masked)))
@@ -89,7 +89,7 @@ def semi_structured(device: torch.device, min_run_time: float) -> tuple[list[lis
 
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Linear(D_MODEL, D_HIDDEN), nn.GELU(), nn.Linear(D_HIDDEN, D_MODEL))
-    mask = prune(dense, "nm", "local", 0.5, n=2, m=4)
+    mask = prune(dense, "nm", "local", 0.5, n=2, m=4).mask
     mask.apply(dense)
     dense = dense.half().to(device).eval()
     sparse = copy.deepcopy(dense)

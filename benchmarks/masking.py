@@ -44,7 +44,7 @@ def compare(name: str, steps: int, repeats: int, data) -> tuple[list, list[float
 
     dense = copy.deepcopy(template)
     held = copy.deepcopy(template)
-    mask = prune(held, "unstructured", "global", 0.9)
+    mask = prune(held, "unstructured", "global", 0.9).mask
     mask.apply(held)
     hold = mask.hold(held)
     hooked = copy.deepcopy(template)

@@ -20,7 +20,7 @@ from torch import nn
 from prunelab import models
 from prunelab.data import Split
 from prunelab.pruning import prune
-from prunelab.train import fit
+from prunelab.experiment.train import fit
 
 from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist,
                      optimizer_name, ratios, spread, table)
@@ -62,7 +62,7 @@ def compare(name: str, mode: str, repeats: int, train: Split, val: Split) -> lis
     template = getattr(models, name)(in_shape=tuple(train.x.shape[1:]))
     mask = None
     if mode == "fine-tune":
-        mask = prune(template, "unstructured", "global", 0.9)
+        mask = prune(template, "unstructured", "global", 0.9).mask
         mask.apply(template)
     state: dict[str, tuple] = {}
 

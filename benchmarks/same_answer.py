@@ -18,7 +18,7 @@ from torch.nn.utils import prune as torch_prune
 from prunelab import models
 from prunelab.data import Split
 from prunelab.pruning import prunable_layers, prune
-from prunelab.train import fit
+from prunelab.experiment.train import fit
 
 from .common import Section, Verdict, fashion_mnist, table
 
@@ -39,7 +39,7 @@ def global_l1(model: nn.Module, ratio: float) -> list:
 
 def local_l2_structured(model: nn.Module, ratio: float, in_shape) -> list:
     mask = prune(model, "structured", "local", ratio, criterion="l2",
-                 example_inputs=torch.zeros(1, *in_shape))
+                 example_inputs=torch.zeros(1, *in_shape)).mask
     same = 0
     layers = prunable_layers(model, ignore=["classifier"])
     for name, module in layers.items():

@@ -36,7 +36,7 @@ def build(factor: int) -> torch.nn.Module:
 
 def prune_and_apply(model: torch.nn.Module, method: str) -> None:
     kind, ratio = METHODS[method]
-    prune(model, kind, "global", ratio, example_inputs=torch.zeros(1, *IN_SHAPE)).apply(model)
+    prune(model, kind, "global", ratio, example_inputs=torch.zeros(1, *IN_SHAPE)).mask.apply(model)
 
 
 def peak(factor: int, method: str) -> dict:

@@ -19,7 +19,7 @@ import torch
 from prunelab import models
 from prunelab.data import Split
 from prunelab.pruning import PruneData, Sensitivity, prune
-from prunelab.train import fit
+from prunelab.experiment.train import fit
 
 from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist, ratios, spread, table,
                      vgg_small_one_epoch)
@@ -56,7 +56,7 @@ def run(quick: bool = False) -> Section:
             dense = copy.deepcopy(make())
         for method, ratio in (("unstructured", RATIO), ("structured", 0.5)):
             model = copy.deepcopy(dense)
-            mask = prune(model, method, "global", ratio, example_inputs=x1)
+            mask = prune(model, method, "global", ratio, example_inputs=x1).mask
             mask.apply(model)
             hold = mask.hold(model)
 

@@ -32,7 +32,8 @@ from torch import nn
 
 from benchmarks.common import machine_facts, table
 from prunelab import models
-from prunelab.ledger import latencies_ms, mac_counts, param_counts
+from prunelab.deploy.ledger import latencies_ms
+from prunelab.pruning.macs import mac_counts, param_counts
 from prunelab.pruning import prune, shrink
 
 HEADING = "## Structured pruning: measured CPU speed-up vs MACs (prunelab vs Torch-Pruning)"
@@ -49,7 +50,7 @@ BUDGET_S = 4.0  # timing rounds per model and batch size (at least 3 rounds)
 
 
 def prunelab_variant(model: nn.Module, x: torch.Tensor, ratio: float, scope: str) -> nn.Module:
-    mask = prune(model, "structured", scope, ratio, criterion="l2", example_inputs=x)
+    mask = prune(model, "structured", scope, ratio, criterion="l2", example_inputs=x).mask
     return shrink(model, mask, x).eval()
 
 

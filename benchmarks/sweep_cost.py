@@ -110,7 +110,7 @@ def by_hand(preset: Preset) -> dict[str, float]:
     from prunelab import models
     from prunelab.data import fashion_mnist
     from prunelab.pruning import prune
-    from prunelab.train import evaluate, fit, seed_everything
+    from prunelab.experiment.train import evaluate, fit, seed_everything
 
     cfg = config()
 
@@ -131,7 +131,7 @@ def by_hand(preset: Preset) -> dict[str, float]:
     results = {"dense": evaluate(dense, data.test)["accuracy"]}
     for method, scope, ratio in preset.points:
         model = copy.deepcopy(dense)
-        mask = prune(model, method, scope, ratio, example_inputs=data.train.x[:1])
+        mask = prune(model, method, scope, ratio, example_inputs=data.train.x[:1]).mask
         mask.apply(model)
         evaluate(model, data.test), evaluate(model, data.val)
         opt, sched = optimizer(model, "finetune", preset.finetune_epochs)

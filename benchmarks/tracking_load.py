@@ -1,6 +1,6 @@
 """Load on the tracking store, as several studies running at once put it: P processes x R runs x
 M metrics with S-step histories, against the team set-up (an MLflow server on PostgreSQL, started
-here by ``prunelab.team_server``) and against the default SQLite file, side by side in one run.
+here by ``prunelab.tracking.team_server``) and against the default SQLite file, side by side in one run.
 
     python -m benchmarks.tracking_load            # 4 x 50 x 30, 10 steps; a few minutes
     python -m benchmarks.tracking_load --quick    # 2 x 5 x 30, 3 steps: a smoke run
@@ -96,7 +96,7 @@ def check(uri: str, experiment: str, load: Load) -> dict:
 
 
 def measure(name: str, uri: str, load: Load) -> dict:
-    from prunelab import tracking
+    from prunelab.tracking import store as tracking
 
     experiment = f"load-{int(time.time())}"
     tracking.connect(uri, experiment)  # created once, before any worker starts (as a sweep does)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = p.parse_args(argv)
     load = Load(2, 5, 30, 3) if args.quick else Load(4, 50, 30, 10)
-    from prunelab.team_server import team_server
+    from prunelab.tracking.team_server import team_server
 
     results = []
     with tempfile.TemporaryDirectory(prefix="prunelab-load-") as tmp:

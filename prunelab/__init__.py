@@ -3,18 +3,23 @@
 Command line: ``python -m prunelab method=structured ratio=0.5`` (see README). In Python::
 
     import prunelab
-    mask = prunelab.prune(model, method="unstructured", scope="global", ratio=0.9)
-    mask.apply(model)
+    pruned = prunelab.prune(model, method="unstructured", scope="global", ratio=0.9)
+    pruned.mask.apply(model)
+
+The package, bottom to top (a module imports only from its own floor or below; tests/test_imports.py
+checks it): ``names``, ``errors``, ``paths``, ``redact``, ``plugins`` -> ``pruning`` -> ``data``,
+``models`` -> ``deploy``, ``tracking`` -> ``config`` -> ``experiment`` (the runner and its stages)
+-> ``analysis`` -> ``sweep``, ``cli``.
 """
 
-from .pruning import Mask, prune, shrink
+from .pruning import Mask, Pruned, Pruner, prune, shrink
 
 __version__ = "0.1.0"
-__all__ = ["Mask", "prune", "shrink", "run", "__version__"]
+__all__ = ["Mask", "Pruned", "Pruner", "__version__", "prune", "run", "shrink"]
 
 
 def run(cfg):
-    """Run one experiment from a composed config (see prunelab.runner.run)."""
-    from .runner import run as _run
+    """Run one experiment from a composed config (see :func:`prunelab.experiment.runner.run`)."""
+    from .experiment.runner import run as _run
 
     return _run(cfg)

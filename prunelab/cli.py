@@ -1,6 +1,6 @@
 """The command line: ``python -m prunelab [overrides]`` (one run) or ``-m`` (a sweep).
 
-A thin Hydra wrapper around :func:`prunelab.runner.run`. Before Hydra starts the app, the config
+A thin Hydra wrapper around :func:`prunelab.experiment.runner.run`. Before Hydra starts the app, the config
 of every swept value is composed with Hydra's public API and checked by the schema (the only
 validator), so a typo gives one readable line (``prunelab: error: ...``) and exit status 2
 instead of Hydra's multi-line report, and no MLflow run is ever opened for a bad input.
@@ -18,7 +18,8 @@ import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, register
+from .config import ConfigError, not_an_option, register, validate, with_choices
+from .errors import UserError, fail
 from .paths import conf_dir
 from .redact import install_log_redaction, redact
 
@@ -70,9 +71,6 @@ def _compose(overrides: list[str], config_dir: str, config_name: str):
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import validate
-    from .keys import with_choices
-
     register()  # the schema, as Hydra will compose against it
     try:
         with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
@@ -80,12 +78,33 @@ def _compose(overrides: list[str], config_dir: str, config_name: str):
     except MissingConfigException as e:
         raise ConfigError(_missing_option(e)) from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_first_lines(e)) from None
+        raise ConfigError(_not_an_option(e, overrides, config_dir, config_name) or _first_lines(e)) from None
     params = cfg.hydra.sweeper.get("params")
     sweeps = OmegaConf.to_container(params, resolve=False) if params else {}
     sweeper = str(cfg.hydra.runtime.choices.get("hydra/sweeper", "basic"))
     validate(with_choices(cfg))
     return sweeps, sweeper
+
+
+def _not_an_option(e: BaseException, overrides: list[str], config_dir: str, config_name: str) -> str | None:
+    """An option a plug-in does not take (Hydra: "Key 'x' not in ..."), as one sentence naming the
+    options it does take (the config composed without that override says which plug-in it is)."""
+    from hydra import compose, initialize_config_dir
+
+    found = None
+    while e is not None and found is None:
+        found = re.search(r"Key '\w+' (?:is )?not in .*\n\s*full_key: (\S+)", str(e))
+        e = e.__cause__
+    if found is None:
+        return None
+    key = found.group(1)
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name, overrides=rest, return_hydra_config=True)
+    except Exception:  # the rest does not compose either: Hydra's own message says more
+        return None
+    return not_an_option(with_choices(cfg), key)
 
 
 def _first_lines(e: BaseException) -> str:
@@ -108,6 +127,7 @@ def _missing_option(e) -> str:
     group, value = found.groups()
     options = (getattr(e, "options", None) or
                re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1], flags=re.M))
+    options = [o for o in options if not o.endswith("_schema")]  # the plug-ins' schemas are no options
     return f"{group}={value!r} is not allowed: expected one of {', '.join(options) or '(none found)'}"
 
 
@@ -149,24 +169,16 @@ def _interrupt(signum, frame):
 def _task(cfg: DictConfig):
     from mlflow.exceptions import MlflowException
 
-    from .data import DataError
-    from .pruning import MaskError, PruningError
-    from .runner import run
-    from .sweep import in_sweep_tag, job_overrides, parent_run_id
-    from .tracking import TrackingError
-    from .train import TrainingError
-
-    from .keys import with_choices
+    from .experiment.runner import run
+    from .sweep import job_overrides, parent_run_id, point_tags
 
     cfg = with_choices(cfg)
     parent = parent_run_id()
     if parent is not None:
         # A sweep point: a failure is recorded as a FAILED child and the sweep goes on; the
         # sweep callback reports it and exits non-zero at the end.
-        tags = {"prunelab.sweep_id": parent, in_sweep_tag(parent): "true",
-                "prunelab.overrides": redact(" ".join(job_overrides()))}
         try:
-            return run(cfg, parent, tags)["test_accuracy"]
+            return run(cfg, parent, point_tags(parent))["test_accuracy"]
         except Exception as e:
             log.error("point %s failed: %s", " ".join(job_overrides()), e, exc_info=True)
             return None
@@ -175,18 +187,11 @@ def _task(cfg: DictConfig):
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the run already ended KILLED with what it had logged.
         fail("interrupted: the run ends KILLED; the same command finishes the work", status=130)
-    except (ConfigError, DataError, PruningError, MaskError, MlflowException, TrackingError, TrainingError) as e:
-        # Expected failures (bad values, missing data, impossible pruning, a diverged training):
-        # one line, exit 2.
-        # Anything else is a bug and keeps its traceback.
+    except (UserError, MlflowException) as e:
+        # Expected failures (bad values, missing data, impossible pruning, a diverged training,
+        # an unusable store): one line, exit 2. Anything else is a bug and keeps its traceback.
         log.debug("failure", exc_info=True)
         fail(e)
-
-
-def fail(error: BaseException | str, status: int = 2):
-    """The one line a user sees for an expected failure (credentials masked), and the exit."""
-    print(f"prunelab: error: {redact(str(error))}", file=sys.stderr)
-    sys.exit(status)
 
 
 def main() -> None:

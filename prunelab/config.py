@@ -1,37 +1,46 @@
 """The typed config schema, registered in Hydra's ConfigStore, and its early validation.
 
-``conf/config.yaml`` pulls ``prunelab_schema`` in first (and each ``conf/method/`` option its own
-method schema), so every YAML value is type-checked against these dataclasses while Hydra
-composes. Range and choice checks that types cannot express live in ``__post_init__`` (run by
-:func:`validate`): the schema is the only validator. The command line composes and validates every
-swept config before Hydra starts (``cli.py``); the pruning API shares the ratio and normalize
-checks (``prunelab.pruning``). One readable sentence, raised as :class:`ConfigError`.
+``conf/config.yaml`` pulls ``prunelab_schema`` in first, and each shipped plug-in option
+(``conf/{method,criterion,scope,schedule}/<option>.yaml``) the schema of its class: the class's
+own fields, with their types and defaults (:func:`schema_of`), so a plug-in's options, defaults
+and checks have one home, the class. Every YAML value is type-checked while Hydra composes; range
+and choice checks that types cannot express run in ``__post_init__`` (by :func:`validate`), and
+every plug-in's options are checked against its ``_target_``'s signature (``prunelab.plugins``).
+The command line composes and validates every swept config before Hydra starts (``cli.py``). One
+readable sentence, raised as a :class:`~prunelab.errors.UserError`.
+
+Nothing here imports the pruning code at load time: the plug-ins' schemas are derived when
+:func:`register` runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from .pruning.errors import PruningError, check_ratio as pruning_check_ratio
-from .pruning.methods import check_normalize
+from .errors import UserError
+from .paths import conf_dir
+from .plugins import check_options, locate
+
+# Config groups whose chosen option names a run (the experiment, the run, its params).
+GROUPS = ("model", "dataset", "method", "criterion", "scope", "schedule", "recipe", "quantize", "codebook")
+# Groups whose shipped options compose against a schema derived from their class.
+TYPED_GROUPS = ("method", "criterion", "scope", "schedule")
+# Plug-in nodes whose options are checked against their _target_ (group -> where it sits).
+PLUGIN_NODES = {"model": "model", "dataset": "dataset", "method": "method", "criterion": "criterion",
+                "scope": "scope", "schedule": "schedule", "quantize": "quantize", "codebook": "codebook",
+                "optimizer": "train.optimizer"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is out of range or not one of the allowed options."""
-
-
-def check_ratio(value: Any) -> float:
-    try:
-        return pruning_check_ratio(value)
-    except PruningError as e:
-        raise ConfigError(str(e)) from None
 
 
 def check_choice(key: str, value: Any, allowed) -> None:
@@ -40,81 +49,10 @@ def check_choice(key: str, value: Any, allowed) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: expected one of {options}")
 
 
-# Each method option has its own schema (conf/method/<option>.yaml pulls it in), so a field one
-# method has and another lacks composes where it belongs and is an error elsewhere.
-@dataclass
-class MethodConfig:
-    _target_: str = MISSING
-    _partial_: bool = True
-    ignore: list[str] = field(default_factory=list)
+def _ratio(value: Any) -> None:
+    from .pruning.errors import check_ratio
 
-
-@dataclass
-class UnstructuredConfig(MethodConfig):
-    pass
-
-
-@dataclass
-class StructuredConfig(MethodConfig):
-    normalize: str = "mean"
-
-    def __post_init__(self):
-        try:
-            check_normalize(self.normalize)
-        except PruningError as e:
-            raise ConfigError(str(e)) from None
-
-
-@dataclass
-class NMConfig(MethodConfig):
-    n: int = 2
-    m: int = 4
-
-    def __post_init__(self):
-        if not 0 < self.n < self.m:
-            raise ConfigError(f"method.n={self.n}, method.m={self.m}: expected 0 < n < m")
-
-
-@dataclass
-class LayerwiseConfig(MethodConfig):
-    """Wanda and SparseGPT (``pruning/layerwise.py``): unstructured, or N:M when n and m are set."""
-    ignore: list[str] = field(default_factory=lambda: ["classifier"])
-    n: Optional[int] = None
-    m: Optional[int] = None
-    samples: int = 128  # calibration sequences from the training split (drawn by calibration_seed)
-
-    def __post_init__(self):
-        if (self.n is None) != (self.m is None) or (self.n is not None and not 0 < self.n < self.m):
-            raise ConfigError(f"method.n={self.n}, method.m={self.m}: expected both unset, or 0 < n < m")
-        if self.samples < 1:
-            raise ConfigError(f"method.samples={self.samples} must be >= 1")
-
-
-@dataclass
-class SparseGPTConfig(LayerwiseConfig):
-    blocksize: Optional[int] = 128  # lazy update (and mask selection) block; None: whole rows
-    damp: float = 0.01  # of the mean Hessian diagonal, added to it
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.damp < 0:
-            raise ConfigError(f"method.damp={self.damp} must be >= 0")
-
-
-# The shipped schedules' schemas: each schedule's own dataclass fields (one home for their names,
-# types and defaults) plus ``_target_``; composing checks the values with the class itself.
-def _schedule_schema(cls):
-    def __post_init__(self):
-        try:
-            cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
-        except PruningError as e:
-            raise ConfigError(str(e)) from None
-
-    hints = typing.get_type_hints(cls)
-    return dataclasses.make_dataclass(
-        f"{cls.__name__}Config", [("_target_", str, MISSING)] + [(f.name, hints[f.name], f.default)
-                                                                  for f in dataclasses.fields(cls)],
-        namespace={"__post_init__": __post_init__})
+    check_ratio(value)
 
 
 @dataclass
@@ -123,8 +61,10 @@ class BudgetConfig:
     macs: Optional[float] = None
 
     def __post_init__(self):
-        if self.macs is not None and not 0 < self.macs <= 1:
-            raise ConfigError(f"budget.macs={self.macs} is out of range: expected 0 < budget.macs <= 1")
+        if self.macs is not None:
+            from .pruning.budget import check_budget
+
+            check_budget(self.macs)
 
 
 # The values of train and finetune come from the recipe group (conf/recipe/); these defaults are only
@@ -139,7 +79,9 @@ class TrainConfig:
     schedule: str = "cosine"
 
     def __post_init__(self):
-        _positive("train", self)
+        for key in ("epochs", "batch_size", "lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be > 0")
         check_choice("train.schedule", self.schedule, ("cosine", "constant"))
 
 
@@ -160,35 +102,29 @@ class FinetuneConfig:
         check_choice("finetune.schedule", self.schedule, ("cosine", "constant"))
 
 
-def _positive(prefix: str, cfg) -> None:
-    for key in ("epochs", "batch_size", "lr"):
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"{prefix}.{key}={getattr(cfg, key)} must be > 0")
-
-
 @dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: Optional[str] = None  # default: <model>-<dataset>
-    ui: Optional[str] = None  # the UI's address in printed links; default: see prunelab/ui.py
+    ui: Optional[str] = None  # the UI's address in printed links; default: see prunelab/tracking/ui.py
 
 
 @dataclass
 class Config:
     model: Any = MISSING
     dataset: Any = MISSING
-    method: Any = MISSING  # one of the method schemas above, by option
+    method: Any = MISSING  # conf/method/: the pattern plug-in
     criterion: Any = MISSING  # conf/criterion/: the importance plug-in
     scope: Any = MISSING  # conf/scope/: the allocation plug-in
     schedule: Any = MISSING  # conf/schedule/: when to prune and how to train in between
     plan: Optional[str] = None  # scope=plan: a plan.json file or runs:/RUN_ID/plan.json
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     # The option chosen in each config group (model=lenet5 ...), filled in from Hydra when the
-    # config is composed (prunelab.keys.with_choices); names experiments, runs and params.
+    # config is composed (with_choices); names experiments, runs and params.
     choices: dict[str, str] = field(default_factory=dict)
     recipe: Optional[str] = None  # the recipe option that set train/finetune (a label; values rule)
     quantize: Any = None  # conf/quantize/: none (empty) or a partial int8 quantizer (prunelab.deploy.int8)
-    codebook: Any = None  # conf/codebook/: shared values of the unstructured compact file (compact.py)
+    codebook: Any = None  # conf/codebook/: shared values of the unstructured compact file
     ratio: float = 0.5
     seed: int = 0
     # The seed of the data pruning looks at (calibration samples, a criterion's batches) and of its
@@ -204,7 +140,7 @@ class Config:
     handover: bool = True  # write the deployment files (model/: program.pt2, model.onnx, ...) and check them
 
     def __post_init__(self):
-        check_ratio(self.ratio)
+        _ratio(self.ratio)
         node = self.schedule or {}
         target = str(node.get("_target_", "") if isinstance(node, dict) else getattr(node, "_target_", ""))
         if self.budget.macs is not None and target and not target.endswith(".Oneshot"):
@@ -215,25 +151,99 @@ class Config:
             raise ConfigError(f"device={self.device!r} is not allowed: expected auto, cpu, cuda, cuda:N or mps")
 
 
+# --- the plug-ins' schemas, derived from their classes ----------------------------------------
+
+def schema_of(cls: type) -> type:
+    """A structured-config dataclass with ``cls``'s fields (names, types, defaults) plus
+    ``_target_`` and ``_partial_``; composing runs ``cls``'s own checks on the values (for a
+    ``_target_`` overridden to another plug-in, that one's options are checked by :func:`validate`)."""
+    target = f"{cls.__module__}.{cls.__qualname__}"
+
+    def __post_init__(self):
+        if self._target_ in (target, _public_path(cls)):
+            cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+    hints = typing.get_type_hints(cls)
+    own = [(f.name, hints[f.name], field(default=f.default) if f.default is not dataclasses.MISSING
+            else field(default_factory=f.default_factory)) for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(f"{cls.__name__}Config",
+                                      [("_target_", str, field(default=MISSING)),
+                                       ("_partial_", bool, field(default=False)), *own],
+                                      namespace={"__post_init__": __post_init__})
+
+
+def _public_path(cls: type) -> str:
+    """``prunelab.pruning.Structured``: the path the shipped YAML names (the package re-exports)."""
+    return f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__qualname__}"
+
+
+def schema_name(cls: type) -> str:
+    """The ConfigStore name a YAML option pulls its class's schema in by (``structured_schema``)."""
+    return f"{cls.__name__.lower()}_schema"
+
+
+@functools.lru_cache(maxsize=None)
+def plugin_schemas() -> dict[tuple[str, str], tuple[type, type]]:
+    """(group, schema name) -> (plug-in class, schema) for every shipped option's class."""
+    found = {}
+    for group in TYPED_GROUPS:
+        for path in sorted((conf_dir() / group).glob("*.yaml")):
+            cls = locate(OmegaConf.load(path)["_target_"])
+            found[(group, schema_name(cls))] = (cls, schema_of(cls))
+    return found
+
+
 def register() -> None:
+    """Store the schema and the plug-ins' schemas in Hydra's ConfigStore (before composing)."""
     store = ConfigStore.instance()
     store.store(name="prunelab_schema", node=Config)
-    for name, node in (("unstructured", UnstructuredConfig), ("structured", StructuredConfig), ("nm", NMConfig),
-                       ("wanda", LayerwiseConfig), ("sparsegpt", SparseGPTConfig)):
-        store.store(group="method", name=f"{name}_schema", node=node)
-    from .schedules import Dynamic, Gradual, Iterative, Lottery
+    for (group, name), (_, schema) in plugin_schemas().items():
+        store.store(group=group, name=name, node=schema)
 
-    for cls in (Iterative, Gradual, Lottery, Dynamic):
-        store.store(group="schedule", name=f"{cls.__name__.lower()}_schema", node=_schedule_schema(cls))
+
+def not_an_option(cfg: DictConfig, full_key: str) -> str | None:
+    """Why ``full_key`` (``method.normalise``) cannot be set in ``cfg`` (composed without it), in
+    the sentence :func:`prunelab.plugins.check_options` says, naming the options the plug-in takes;
+    None when ``full_key`` is not an option of a plug-in."""
+    for group, where in PLUGIN_NODES.items():
+        if full_key.startswith(f"{where}.") and "." not in full_key[len(where) + 1:]:
+            node = OmegaConf.select(cfg, where)
+            target = node.get("_target_") if isinstance(node, DictConfig) else None
+            if target is None:
+                return None
+            chosen = (cfg.get("choices") or {}).get(group)
+            label = f"{group}={chosen}" if chosen else f"{where}._target_={target}"
+            try:
+                check_options(group, label, locate(target), [full_key[len(where) + 1:]])
+            except UserError as e:
+                return str(e)
+            except ImportError:
+                return None
+    return None
+
+
+# --- composing and validating -----------------------------------------------------------------
+
+def with_choices(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``choices`` filled in from Hydra's runtime choices (a config composed with
+    ``return_hydra_config=True``, or the running Hydra app's), the ``hydra`` node dropped."""
+    from hydra.core.hydra_config import HydraConfig
+
+    runtime = None
+    if "hydra" in cfg:
+        runtime = cfg.hydra.runtime.choices
+    elif HydraConfig.initialized():
+        runtime = HydraConfig.get().runtime.choices
+    with open_dict(cfg):
+        if runtime is not None:
+            cfg.choices = {g: str(runtime[g]) for g in GROUPS if runtime.get(g) is not None}
+        cfg.pop("hydra", None)
+    return cfg
 
 
 def compose(*overrides: str) -> DictConfig:
     """``conf/config.yaml`` composed with ``overrides``, as ``python -m prunelab`` would (no sweep)."""
     from hydra import compose as hydra_compose, initialize_config_dir
-
-    from .paths import conf_dir
-
-    from .keys import with_choices
 
     register()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -241,27 +251,41 @@ def compose(*overrides: str) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Run every ``__post_init__`` check on a composed config and import every ``_target_``
-    (raises :class:`ConfigError`), so a bad value or a typo in a plug-in's dotted path stops
-    before any data is loaded or any run is opened."""
+    """Run every ``__post_init__`` check on a composed config, import every ``_target_`` and check
+    every plug-in's options against it (raises :class:`~prunelab.errors.UserError`), so a bad
+    value, an option a plug-in does not take or a typo in a plug-in's dotted path stops before any
+    data is loaded or any run is opened."""
     try:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+        check_targets(tree)
+        _check_plugin_options(tree)
         OmegaConf.to_object(cfg)
     except ConfigError:
         raise
+    except UserError as e:  # a plug-in's own check (its class's __post_init__), or an option it lacks
+        raise ConfigError(str(e)) from None
     except Exception as e:  # OmegaConf's own type errors, e.g. from a programmatic compose
+        if isinstance(e.__cause__, UserError):
+            raise ConfigError(str(e.__cause__)) from None
         raise ConfigError(str(e).splitlines()[0]) from None
-    check_targets(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _check_plugin_options(tree: dict) -> None:
+    choices = tree.get("choices") or {}
+    for group, where in PLUGIN_NODES.items():
+        node = functools.reduce(lambda n, k: n.get(k) if isinstance(n, dict) else None, where.split("."), tree)
+        if isinstance(node, dict) and isinstance(node.get("_target_"), str):
+            label = f"{group}={choices[group]}" if group in choices else f"{where}._target_={node['_target_']}"
+            check_options(group, label, locate(node["_target_"]), list(node))
 
 
 def check_targets(tree, path: str = "") -> None:
     """Every ``_target_`` in ``tree`` names something importable."""
-    from hydra._internal.utils import _locate
-
     if isinstance(tree, dict):
         target = tree.get("_target_")
         if isinstance(target, str):
             try:
-                _locate(target)
+                locate(target)
             except Exception as e:
                 reason = str(e).splitlines()[-1].strip() if str(e).strip() else type(e).__name__
                 raise ConfigError(f"{path}_target_={target} cannot be imported: {reason}") from None

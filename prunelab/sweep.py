@@ -30,23 +30,20 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric as MlflowMetric, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from . import keys, tracking, ui
-from .cli import fail
+from .errors import fail
+from .experiment.keys import choice
+from .names import Metric, Role, Tag
 from .redact import redact
+from .tracking import store
+from .tracking.ui import run_link
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "parent_run_id"
-TAG_SWEEP_KEY = "prunelab.sweep_key"
-
-
-def in_sweep_tag(sweep_id: str) -> str:
-    """Tag carried by every point of a sweep, including points reused from earlier runs."""
-    return f"prunelab.in_sweep.{sweep_id}"
 
 
 def parent_run_id() -> str | None:
@@ -64,6 +61,11 @@ def job_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def point_tags(parent: str) -> dict[str, str]:
+    """The tags that file the current job's run (and a reused earlier one) under its sweep."""
+    return {Tag.SWEEP_ID: parent, Tag.in_sweep(parent): "true", Tag.OVERRIDES: redact(" ".join(job_overrides()))}
+
+
 def _sweep_definition(config: DictConfig) -> list[str]:
     """The sweep as the user asked for it: command-line overrides plus hydra.sweeper.params."""
     task = [str(o) for o in config.hydra.overrides.task]
@@ -76,8 +78,8 @@ def _experiment_names(config: DictConfig, definition: list[str]) -> list[str]:
     """Every experiment the sweep's points will log to (model and dataset may be swept)."""
     if config.tracking.experiment:
         return [config.tracking.experiment]
-    # The options' names, as every run of the sweep names its experiment (prunelab.keys).
-    choices = {"model": [keys.choice(config, "model")], "dataset": [keys.choice(config, "dataset")]}
+    # The options' names, as every run of the sweep names its experiment (prunelab.experiment.keys).
+    choices = {"model": [choice(config, "model")], "dataset": [choice(config, "dataset")]}
     for o in OverridesParser.create().parse_overrides(definition):
         if o.key_or_group in choices:
             values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
@@ -95,13 +97,13 @@ def kill_open_points(config: DictConfig, jobs: dict[str, int]) -> list[int]:
     names = _experiment_names(config, _sweep_definition(config))
     client = MlflowClient()
     ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in names) if e is not None]
-    stale = client.search_runs(ids, f"tags.`{in_sweep_tag(parent)}` = 'true' and attributes.status = 'RUNNING'")
+    stale = client.search_runs(ids, f"tags.`{Tag.in_sweep(parent)}` = 'true' and attributes.status = 'RUNNING'")
     killed = []
     for run in stale:
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-        client.set_tag(run.info.run_id, tracking.TAG_ERROR, "its worker process died")
-        if run.data.tags.get(tracking.TAG_ROLE) == "pruned" and run.data.tags.get("prunelab.overrides") in jobs:
-            killed.append(jobs[run.data.tags["prunelab.overrides"]])
+        client.set_tag(run.info.run_id, Tag.ERROR, "its worker process died")
+        if run.data.tags.get(Tag.ROLE) == Role.PRUNED and run.data.tags.get(Tag.OVERRIDES) in jobs:
+            killed.append(jobs[run.data.tags[Tag.OVERRIDES]])
     return sorted(killed)
 
 
@@ -121,10 +123,10 @@ class SweepCallback(Callback):
     def _open_parent(self, config: DictConfig) -> None:
         definition = _sweep_definition(config)
         names = _experiment_names(config, definition)
-        self.experiment_ids = [tracking.connect(config.tracking.uri, n) for n in names]
+        self.experiment_ids = [store.connect(config.tracking.uri, n) for n in names]
         key = hashlib.sha256(json.dumps(definition).encode()).hexdigest()[:16]
         client = MlflowClient()
-        found = client.search_runs(self.experiment_ids[:1], f"tags.`{TAG_SWEEP_KEY}` = '{key}'",
+        found = client.search_runs(self.experiment_ids[:1], f"tags.`{Tag.SWEEP_KEY}` = '{key}'",
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:
             self.parent_id = found[0].info.run_id
@@ -133,10 +135,10 @@ class SweepCallback(Callback):
             log.info("resuming sweep %s (parent run %s)", key, self.parent_id)
         else:
             run = client.create_run(self.experiment_ids[0], run_name=f"sweep-{key[:8]}", tags={
-                TAG_SWEEP_KEY: key, tracking.TAG_ROLE: "sweep", "prunelab.sweep_id": "",
-                "prunelab.sweep.definition": redact(" ".join(definition)), **tracking.environment_tags()})
+                Tag.SWEEP_KEY: key, Tag.ROLE: Role.SWEEP, Tag.SWEEP_ID: "",
+                Tag.SWEEP_DEFINITION: redact(" ".join(definition)), **store.environment_tags()})
             self.parent_id = run.info.run_id
-            client.set_tag(self.parent_id, "prunelab.sweep_id", self.parent_id)
+            client.set_tag(self.parent_id, Tag.SWEEP_ID, self.parent_id)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_id)
@@ -146,7 +148,7 @@ class SweepCallback(Callback):
         # This sweep is not running anywhere else (we are its launcher): RUNNING children are
         # leftovers of a killed process.
         stale = client.search_runs(self.experiment_ids,
-                                   f"tags.`{in_sweep_tag(self.parent_id)}` = 'true' and "
+                                   f"tags.`{Tag.in_sweep(self.parent_id)}` = 'true' and "
                                    "attributes.status = 'RUNNING'")
         for run in stale:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
@@ -162,27 +164,30 @@ class SweepCallback(Callback):
         finally:
             # Whatever happened while summarising, the parent is never left RUNNING.
             client.set_terminated(self.parent_id, RunStatus.to_string(status))
-        log.info("sweep results in the MLflow UI: %s", ui.run_link(config.tracking, self.experiment_ids[0], self.parent_id))
+        log.info("sweep results in the MLflow UI: %s",
+                 run_link(config.tracking.uri, config.tracking.ui, self.experiment_ids[0], self.parent_id))
         if failed:
             raise SystemExit(1)
 
     def _summarise(self, client: MlflowClient) -> int:
         """Log the sweep's points, figures and counts to the parent; return the failure count."""
-        from . import analysis
+        # Imported here, not at the top: Hydra makes this callback for every run, and the analysis
+        # (pandas, matplotlib) is only needed at a sweep's end.
+        from .analysis import curve_series, figures_dir, load_runs, summary_note, write_report
 
-        points = analysis.load_runs(self.experiment_ids, sweep_id=self.parent_id)
-        pruned = points[points["role"] == "pruned"]
+        points = load_runs(self.experiment_ids, sweep_id=self.parent_id)
+        pruned = points[points["role"] == Role.PRUNED]
         # A point counts once: its FINISHED run if it has one (a rerun after a failure), else its failure.
         finished = pruned[pruned["status"] == "FINISHED"]
         failed = pruned[pruned["status"].isin(["FAILED", "KILLED"]) & ~pruned["run_key"].isin(finished["run_key"])]
-        client.log_metric(self.parent_id, "sweep.points_finished", len(finished))
-        client.log_metric(self.parent_id, "sweep.points_failed", len(failed))
+        client.log_metric(self.parent_id, Metric.SWEEP_FINISHED, len(finished))
+        client.log_metric(self.parent_id, Metric.SWEEP_FAILED, len(failed))
         if len(finished):
             done = points[points["status"] == "FINISHED"]
-            self._log_curves(client, analysis.curve_series(done))
-            client.set_tag(self.parent_id, tracking.TAG_NOTE, analysis.summary_note(done))
-            with analysis.figures_dir() as out:
-                analysis.write_report(done, out)
+            self._log_curves(client, curve_series(done))
+            client.set_tag(self.parent_id, Tag.NOTE, summary_note(done))
+            with figures_dir() as out:
+                write_report(done, out)
                 client.log_artifacts(self.parent_id, str(out))
         log.info("sweep %s: %d points finished, %d failed", self.parent_id, len(finished), len(failed))
         for _, row in failed.iterrows():
@@ -193,7 +198,7 @@ class SweepCallback(Callback):
         # One timestamp for every point: a resumed sweep that logs the same curve again adds
         # nothing (the store drops exact duplicates of key, step, value and timestamp).
         stamp = client.get_run(self.parent_id).info.start_time
-        metrics = [Metric(key, value, stamp, step) for key, points in series.items() for step, value in points]
+        metrics = [MlflowMetric(key, value, stamp, step) for key, points in series.items() for step, value in points]
         for i in range(0, len(metrics), 1000):  # MLflow's batch limit
             client.log_batch(self.parent_id, metrics=metrics[i:i + 1000])
 

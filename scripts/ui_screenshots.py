@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prunelab import ui  # noqa: E402
+from prunelab.tracking import ui  # noqa: E402
 
 EXPERIMENT = "digits_smoke"
 COLUMNS = ["params.`ratio`", "metrics.`sparsity.prunable`", "metrics.`test_accuracy`",

@@ -70,7 +70,8 @@ CASES = [  # id, arguments, words the one line must hold, setup
     ("method-option", ["method=pruneall"], ["method='pruneall'", "structured", "unstructured"], None),
     ("scope-option", ["scope=everywhere"], ["scope='everywhere'", "global", "local"], None),
     ("criterion", ["criterion=foo"], ["criterion='foo'", "l1", "l2", "random", "taylor"], None),
-    ("method-field", ["method.normalize=max"], ["method.normalize", "UnstructuredConfig"], None),
+    ("method-field", ["method.normalize=max"], ["method=unstructured takes no option 'normalize'"], None),
+    ("method-option-typo", ["method=structured", "method.normalise=none"], ["'normalise'", "normalize"], None),
     ("nm-ratio", ["method=nm", "ratio=0.7"], ["ratio must be 0.5"], None),
     ("plan-missing", ["scope=plan"], ["scope=plan needs the plan"], None),
     ("plan-misfit", ["scope=plan"], ["the plan does not fit", "not cover: classifier.weight", "nothere.weight"],
@@ -148,7 +149,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_trusted(cli, workdir, case_id,
 def test_credentials_in_the_tracking_uri_reach_no_param_tag_artifact_or_log_line(cli, workdir, tmp_path):
     """A server that asks for no password still gets one in the URI: everything prunelab writes
     about the runs (params, tags, artifacts, output) shows it masked."""
-    from prunelab import ui
+    from prunelab.tracking import ui
 
     with ui.serve(f"sqlite:///{workdir / 'mlflow.db'}", artifacts=workdir / "mlartifacts") as base:
         uri = base.replace("http://", f"http://bob:{SECRET}@")

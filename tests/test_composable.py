@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -15,11 +16,14 @@ from torch import nn
 
 from prunelab import models
 from prunelab.data import synthetic
-from prunelab.ledger import mac_counts
-from prunelab.pruning import (FromPlan, Lamp, PruneData, PruningError, Sensitivity, Taylor, options, prune,
+from prunelab.pruning.macs import mac_counts
+from prunelab.errors import UserError
+from prunelab.plugins import options, resolve
+from prunelab.pruning import (NM, FromPlan, Lamp, Lottery, PruneData, PruningError, Sensitivity, Structured, Taylor,
+                              Wanda, prune,
                               prunable_layers)
 from prunelab.pruning.allocation import Units, lamp_scores
-from prunelab.pruning.criteria import Coupled, channel_scores, prepare
+from prunelab.pruning import Coupled
 from prunelab.pruning.sensitivity import choose
 
 CRITERIA, SCOPES, METHODS = options("criterion"), options("scope"), options("method")
@@ -69,7 +73,7 @@ def test_every_criterion_scope_and_method_compose(net, data, method, criterion, 
         with pytest.raises(PruningError, match=_cannot(method, criterion, scope)):
             _prune(net, data, method, criterion, scope)
         return
-    mask = _prune(net, data, method, criterion, scope)
+    mask = _prune(net, data, method, criterion, scope).mask
     mask.validate(net)
     if method == "structured":
         assert abs(mask.channel_sparsity - RATIO) < 0.05  # channels come in whole counts per layer
@@ -82,16 +86,16 @@ def test_every_criterion_scope_and_method_compose(net, data, method, criterion, 
 @pytest.mark.parametrize("scope", ["global", "local", "lamp", "sensitivity"])
 @pytest.mark.parametrize("ratio", [0.5, 0.9, 0.98])
 def test_unstructured_sparsity_is_the_ratio_in_every_scope(net, data, scope, ratio):
-    mask = _prune(net, data, "unstructured", "l2", scope, ratio)
+    mask = _prune(net, data, "unstructured", "l2", scope, ratio).mask
     assert abs(mask.sparsity - ratio) < 1e-3
 
 
 @pytest.mark.parametrize("method, criterion", [(m, c) for m in GLOBAL_METHODS for c in CRITERIA if not _cannot(m, c)])
 def test_pruning_again_from_the_current_mask_never_revives_an_entry(net, data, method, criterion):
-    first = _prune(net, data, method, criterion, "global", 0.5 if method != "nm" else RATIO)
+    first = _prune(net, data, method, criterion, "global", 0.5 if method != "nm" else RATIO).mask
     masked = first.apply(copy.deepcopy(net))
     for ratio in ((0.3, 0.8) if method != "nm" else (RATIO,)):
-        again = _prune(masked, data, method, criterion, "global", ratio, mask=first)
+        again = _prune(masked, data, method, criterion, "global", ratio, mask=first).mask
         for name, keep in first.masks.items():  # every entry the first mask pruned, biases included
             assert not (again.masks[name] & ~keep).any(), f"{name} revived at ratio {ratio}"
         if method == "unstructured":  # the ratio is the overall target, not a share of what is left
@@ -100,11 +104,36 @@ def test_pruning_again_from_the_current_mask_never_revives_an_entry(net, data, m
 
 @pytest.mark.parametrize("first_method, then", [(a, b) for a in GLOBAL_METHODS for b in GLOBAL_METHODS if a != b])
 def test_a_mask_made_by_one_method_survives_another_method_on_top(net, data, first_method, then):
-    first = _prune(net, data, first_method, "random", "global", RATIO if first_method == "nm" else 0.5)
+    first = _prune(net, data, first_method, "random", "global", RATIO if first_method == "nm" else 0.5).mask
     again = _prune(first.apply(copy.deepcopy(net)), data, then, "random", "global",
-                   RATIO if then == "nm" else 0.8, mask=first)
+                   RATIO if then == "nm" else 0.8, mask=first).mask
     for name, keep in first.masks.items():
         assert not (again.masks[name] & ~keep).any(), f"{first_method} then {then}: {name} revived"
+
+
+# --- options ----------------------------------------------------------------------------------------
+
+def test_an_option_a_method_does_not_take_is_one_line_naming_the_ones_it_does(net, data):
+    with pytest.raises(UserError) as error:
+        prune(net, method="structured", normalise="none", example_inputs=data.train.x[:1])
+    assert str(error.value) == "method=structured takes no option 'normalise': its options are ignore, normalize"
+    # the same for an object, and for the other plug-in kinds
+    with pytest.raises(UserError, match="takes no option 'normalise'"):
+        prune(net, method=Structured(), normalise="none", example_inputs=data.train.x[:1])
+    with pytest.raises(UserError, match="scope=sensitivity takes no option 'sample'.*samples"):
+        resolve("scope", "sensitivity", sample=10)
+    # a good one is used: normalize=none changes which channels the global scope keeps here
+    kept = {normalize: prune(net, method="structured", normalize=normalize, ratio=0.5,
+                             example_inputs=data.train.x[:1]).mask.channels for normalize in ("mean", "none")}
+    assert any(not torch.equal(kept["mean"][n], kept["none"][n]) for n in kept["mean"])
+
+
+def test_a_plug_ins_own_check_runs_when_it_is_made_from_python_as_from_the_config():
+    for make, words in ((lambda: NM(n=4, m=4), "0 < n < m"), (lambda: Wanda(samples=0), "method.samples=0"),
+                        (lambda: Lottery(fraction=1.5), "schedule.fraction=1.5"),
+                        (lambda: Sensitivity(cost="flops"), "scope.cost='flops'")):
+        with pytest.raises(PruningError, match=re.escape(words)):
+            make()
 
 
 # --- N:M ------------------------------------------------------------------------------------------
@@ -114,7 +143,7 @@ def test_nm_keeps_exactly_n_of_every_m_and_names_the_layers_it_cannot_group(data
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 16, 6),
                         nn.ReLU(), nn.Linear(6, 10))
     with caplog.at_level(logging.WARNING, "prunelab"):
-        mask = prune(net, "nm", ratio=0.5, n=2, m=4)
+        mask = prune(net, "nm", ratio=0.5, n=2, m=4).mask
     assert "0, 6 left dense" in caplog.text  # 1 input channel, 6 inputs: not divisible by 4
     assert mask.masks["0.weight"].all() and mask.masks["6.weight"].all()
     assert set(mask.prunable) == {"2.weight", "4.weight"}
@@ -129,7 +158,7 @@ def test_nm_keeps_exactly_n_of_every_m_and_names_the_layers_it_cannot_group(data
 def test_nm_keeps_the_n_largest_of_each_group():
     layer = nn.Linear(8, 1, bias=False)
     layer.weight.data = torch.tensor([[0.1, -0.9, 0.5, 0.2, 3.0, 0.0, -2.0, 1.0]])
-    mask = prune(nn.Sequential(layer), "nm", ratio=0.5, n=2, m=4)
+    mask = prune(nn.Sequential(layer), "nm", ratio=0.5, n=2, m=4).mask
     assert mask.masks["0.weight"].tolist() == [[False, True, True, False, True, False, True, False]]
 
 
@@ -141,7 +170,7 @@ def test_taylor_scores_are_w_times_the_gradient_summed_over_batches():
     net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)).double()
     x, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 2, (12,))
     data = PruneData((x, y), batch_size=4, seed=0)
-    scorer = prepare(Taylor(batches=3), net, data, seed=0)
+    scorer = Taylor(batches=3).prepare(net, data, seed=0)
     w1, w2 = net[0].weight.detach(), net[1].weight.detach()
     expected = {"0.weight": torch.zeros_like(w1), "1.weight": torch.zeros_like(w2)}
     for xb, yb in data.batches(3):
@@ -153,13 +182,13 @@ def test_taylor_scores_are_w_times_the_gradient_summed_over_batches():
         assert torch.allclose(scorer.weights(name, w), expected[name], rtol=1e-12, atol=0)
     # Structured: a channel's score is the sum of its weights' scores.
     rows = [Coupled("0.weight", w1, lambda t: t.reshape(t.shape[0], -1))]
-    assert torch.allclose(channel_scores(scorer, "0", rows, 3).double(), expected["0.weight"].sum(1), rtol=1e-6)
+    assert torch.allclose(scorer.channels("0", rows, 3).double(), expected["0.weight"].sum(1), rtol=1e-6)
 
 
 def test_structured_taylor_removes_the_channels_with_the_smallest_summed_scores(net, data):
     prune_data = PruneData(data.train, batch_size=64)
-    mask = prune(net, "structured", "local", 0.5, "taylor", example_inputs=data.train.x[:1], data=prune_data)
-    per_weight = prepare(Taylor(), net, prune_data, 0).weights("features.0.weight", net.features[0].weight)
+    mask = prune(net, "structured", "local", 0.5, "taylor", example_inputs=data.train.x[:1], data=prune_data).mask
+    per_weight = Taylor().prepare(net, prune_data, 0).weights("features.0.weight", net.features[0].weight)
     sums = per_weight.reshape(per_weight.shape[0], -1).double().sum(1)
     kept = mask.channels["features.0"]
     assert sums[kept].min() > sums[~kept].max()
@@ -181,7 +210,7 @@ def test_lamp_cuts_one_global_threshold_through_the_lamp_scores():
     a.weight.data = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).sqrt()
     b.weight.data = torch.tensor([[0.1, 0.2]]).sqrt()
     net = nn.ModuleDict({"a": a, "b": b})
-    mask = prune(net, "unstructured", Lamp(), ratio=0.5)  # 3 of 6 go
+    mask = prune(net, "unstructured", Lamp(), ratio=0.5).mask  # 3 of 6 go
     # LAMP: a = 1/10, 2/9, 3/7, 1; b = 0.1/0.3, 1 -> the three lowest: a1 (0.1), a2 (0.22), b1 (0.33)
     assert mask.masks["a.weight"].tolist() == [[False, False, True, True]]
     assert mask.masks["b.weight"].tolist() == [[False, True]]
@@ -194,7 +223,7 @@ def test_a_plan_reproduces_every_layers_count_and_a_misfit_is_one_line_naming_th
     plan = json.loads(json.dumps(saved))  # what plan.json holds
     torch.manual_seed(5)
     other = models.lenet5(in_shape=data.in_shape, num_classes=10)  # another seed
-    again = prune(other, "unstructured", FromPlan(plan), 0.0, "random")
+    again = prune(other, "unstructured", FromPlan(plan), 0.0, "random").mask
     for name, entry in plan["sets"].items():
         assert int(again.masks[name].sum()) == entry["kept"]
     smaller = models.lenet300_100(in_shape=data.in_shape, num_classes=10)
@@ -216,18 +245,18 @@ def test_sensitivity_chooses_more_where_the_loss_is_small():
 
 def test_the_sensitivity_scan_is_reported_and_its_choice_is_the_plan(net, data):
     scope = Sensitivity(grid=[0.5, 0.9], samples=64)
-    mask = _prune(net, data, "unstructured", "l2", scope, 0.8)
-    table = mask.report["sensitivity.csv"]
+    pruned = _prune(net, data, "unstructured", "l2", scope, 0.8)
+    mask, table = pruned.mask, pruned.report["sensitivity.csv"]
     assert table.count("\n") == 1 + len(mask.prunable) * 3  # header + ratio 0 and the grid, per layer
-    assert mask.report["sensitivity.png"]().startswith(b"\x89PNG")
+    assert pruned.report["sensitivity.png"]().startswith(b"\x89PNG")
     assert abs(mask.sparsity - 0.8) < 1e-3
-    assert {n: e["kept"] for n, e in mask.plan["sets"].items()} == {n: int(mask.masks[n].sum()) for n in mask.prunable}
+    assert {n: e["kept"] for n, e in pruned.plan["sets"].items()} == {n: int(mask.masks[n].sum()) for n in mask.prunable}
 
 
 @pytest.mark.parametrize("scope", ["global", "local", "sensitivity"])
 def test_a_macs_budget_is_met_by_every_scope(net, data, scope):
     x = data.train.x[:1]
-    mask = _prune(net, data, "structured", "l2", scope, 0.5, budget_macs=0.4)
+    mask = _prune(net, data, "structured", "l2", scope, 0.5, budget_macs=0.4).mask
     dense = mac_counts(net, x)[0]
     kept = mac_counts(mask.apply(copy.deepcopy(net)), x)[1] / dense
     assert 0.3 < kept <= 0.4
@@ -237,7 +266,7 @@ def test_fpgm_drops_the_filter_nearest_to_the_others():
     conv = nn.Conv2d(1, 5, 1, bias=False)
     conv.weight.data = torch.tensor([0.0, 1.0, 2.0, 6.0, 10.0]).view(5, 1, 1, 1)
     net = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 2))
-    mask = prune(net, "structured", "local", 0.2, "fpgm", ignore=["3"], example_inputs=torch.zeros(1, 1, 4, 4))
+    mask = prune(net, "structured", "local", 0.2, "fpgm", ignore=["3"], example_inputs=torch.zeros(1, 1, 4, 4)).mask
     # summed distances to the others: 19, 16, 15, 23, 35: the filter at 2.0 is the geometric median
     assert mask.channels["0"].tolist() == [True, True, False, True, True]
 
@@ -250,10 +279,10 @@ def largest_last(weight, name):
 def test_a_users_own_criterion_plugs_in_by_target_end_to_end(make_cfg):
     import mlflow
 
-    from prunelab.runner import run
+    from prunelab.experiment.runner import run
 
     metrics = run(make_cfg("criterion=random", "criterion._target_=test_composable.largest_last",
-                           "+criterion._partial_=true", "ratio=0.5"))
+                           "criterion._partial_=true", "ratio=0.5"))
     plan = json.loads(open(mlflow.artifacts.download_artifacts(run_id=metrics["run_id"], artifact_path="plan.json")).read())
     assert abs(metrics["sparsity.prunable"] - 0.5) < 1e-3
     assert plan["computed_on"]["criterion"] == "largest_last"  # named by what ran, not the option it replaced
@@ -264,7 +293,7 @@ def test_a_users_own_criterion_plugs_in_by_target_end_to_end(make_cfg):
 def test_a_run_with_the_sensitivity_scope_at_a_macs_budget_logs_its_scan_and_plan(make_cfg):
     import mlflow
 
-    from prunelab.runner import run
+    from prunelab.experiment.runner import run
 
     metrics = run(make_cfg("method=structured", "scope=sensitivity", "scope.samples=128", "budget.macs=0.5"))
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(metrics["run_id"])}
@@ -274,7 +303,7 @@ def test_a_run_with_the_sensitivity_scope_at_a_macs_budget_logs_its_scan_and_pla
 
 
 def test_a_run_with_the_nm_pattern_ships_exactly_n_of_m(make_cfg):
-    from prunelab.runner import run
+    from prunelab.experiment.runner import run
 
     metrics = run(make_cfg("method=nm", "method.n=1", "ratio=0.75", "model=lenet300_100"))
     assert abs(metrics["sparsity.prunable"] - 0.75) < 1e-9  # every layer of it groups by 4

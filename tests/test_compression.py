@@ -19,10 +19,11 @@ from torch import nn
 from conftest import randomised, runs
 from prunelab import models
 from prunelab.data import synthetic
-from prunelab.compact import decode, encode, kmeans_codebook, linear_codebook
-from prunelab.deploy import deployed
-from prunelab.handover import decode_sparse, handover, sparse_file
-from prunelab.ledger import cost_ledger, mac_counts
+from prunelab.deploy.compact import decode, encode, kmeans_codebook, linear_codebook
+from prunelab.deploy.onnx import deployed
+from prunelab.deploy.handover import decode_sparse, handover, sparse_file
+from prunelab.deploy.ledger import cost_ledger
+from prunelab.pruning.macs import mac_counts
 from prunelab.pruning import prune, shrink, unshrink
 
 
@@ -61,7 +62,7 @@ def pruned_pair(name: str, scope: str = "global", ratio: float = 0.5):
     torch.manual_seed(0)
     dense = randomised(MODELS[name](in_shape=SHAPE))
     x = torch.randn(8, *SHAPE)
-    mask = prune(dense, "structured", scope, ratio, example_inputs=x[:1])
+    mask = prune(dense, "structured", scope, ratio, example_inputs=x[:1]).mask
     masked = mask.apply(copy.deepcopy(dense)).eval()
     return dense, masked, shrink(masked, mask, x[:1]).eval(), mask, x
 
@@ -95,14 +96,17 @@ def sgd_steps(model: nn.Module, x: torch.Tensor, steps: int = 3, after_step=None
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fine_tuning_the_shrunk_network_equals_fine_tuning_the_masked_one(name):
     """Why the shrunk network can be fine-tuned instead of the masked one: the same steps leave
-    the kept weights (and BatchNorm statistics) the same, to float precision."""
+    the kept weights (and BatchNorm statistics) the same, to rounding (in float64, so that the
+    summation order of the two networks' kernels, which differs with their widths, does not
+    grow through the steps into a difference of its own)."""
     _, masked, shrunk, mask, x = pruned_pair(name)
+    masked, shrunk, x = masked.double(), shrunk.double(), x.double()
     sgd_steps(masked, x, after_step=mask.hold(masked))
     sgd_steps(shrunk, x)
     kept = shrink(masked, mask, x[:1]).state_dict()  # the masked network's kept entries, shrunk layout
     diffs = {k: (kept[k].double() - v.double()).abs().max().item() for k, v in shrunk.state_dict().items()
              if v.is_floating_point()}
-    assert max(diffs.values()) <= 1e-5, {k: d for k, d in diffs.items() if d > 1e-5}
+    assert max(diffs.values()) <= 1e-10, {k: d for k, d in diffs.items() if d > 1e-10}
 
 
 def test_grouped_convolution_loses_the_same_positions_in_every_group():
@@ -139,7 +143,7 @@ def test_macs_are_the_textbook_count():
 def test_ledger_nonzero_macs_follow_the_density_for_unstructured_pruning():
     torch.manual_seed(0)
     dense = models.lenet5(in_shape=SHAPE)
-    mask = prune(dense, "unstructured", "local", 0.7)  # every layer keeps 30% of its weights
+    mask = prune(dense, "unstructured", "local", 0.7).mask  # every layer keeps 30% of its weights
     pruned = mask.apply(copy.deepcopy(dense))
     compact = encode(pruned.state_dict(), {n: mask.masks[n] for n in mask.prunable})
     ledger = cost_ledger(dense, pruned, torch.zeros(1, *SHAPE), mask, latency=False, file_bytes=len(compact))
@@ -153,7 +157,7 @@ def test_ledger_nonzero_macs_follow_the_density_for_unstructured_pruning():
 
 def test_latency_is_measured_at_batch_1_and_64():
     dense = models.lenet5()
-    mask = prune(dense, "structured", "global", 0.5, example_inputs=torch.zeros(1, 1, 28, 28))
+    mask = prune(dense, "structured", "global", 0.5, example_inputs=torch.zeros(1, 1, 28, 28)).mask
     masked = mask.apply(copy.deepcopy(dense))
     # (how cheap this is, is a matter for benchmarks/, not for a timed test)
     ledger = cost_ledger(dense, masked, torch.zeros(1, 1, 28, 28), mask, shrink(masked, mask, torch.zeros(1, 1, 28, 28)))
@@ -166,7 +170,7 @@ def test_latency_is_measured_at_batch_1_and_64():
 def test_sparse_file_decodes_to_the_masked_weights_and_masks():
     torch.manual_seed(0)
     model = models.lenet5(in_shape=SHAPE)
-    mask = prune(model, "unstructured", "global", 0.8)
+    mask = prune(model, "unstructured", "global", 0.8).mask
     mask.apply(model)
     state, masks = decode_sparse(torch.load(io.BytesIO(sparse_file(model, mask)), weights_only=True))
     assert set(masks) == set(mask.prunable)
@@ -212,7 +216,7 @@ def test_structured_handover_runs_in_a_fresh_python_without_prunelab(tmp_path):
 def test_unstructured_handover_holds_program_and_compressed_weights(tmp_path):
     torch.manual_seed(0)
     model = models.lenet5(in_shape=SHAPE)
-    mask = prune(model, "unstructured", "global", 0.8)
+    mask = prune(model, "unstructured", "global", 0.8).mask
     mask.apply(model)
     x = torch.randn(5, *SHAPE)
     files = handover(deployed(model, 0.0, 1.0), x[:1], mask, codebook=kmeans_codebook).files
@@ -287,21 +291,26 @@ def test_unshrink_writes_the_shrunk_weights_back_into_the_full_layout(name):
 def test_the_runner_fine_tunes_the_shrunk_network_to_the_masked_result(make_cfg):
     """finetune.shrink=true trains the smaller network; written back, it is what masked fine-tuning
     gives (one epoch of synthetic data, SGD with momentum and weight decay)."""
-    from prunelab.runner import fine_tune
+    from prunelab.experiment.session import RunSession
+    from prunelab.experiment.settings import Settings
+    from prunelab.pruning import Pruner
 
     results = {}
     for shrink_it in (True, False):
         cfg = make_cfg("method=structured", "model=vgg_small", "model.width=4", "finetune.epochs=1",
                        f"finetune.shrink={str(shrink_it).lower()}")
+        s = Settings.from_config(cfg)
         data = synthetic(in_shape=SHAPE, seed=0)
         torch.manual_seed(0)
         model = models.vgg_small(in_shape=SHAPE, width=4)
-        mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1])
+        mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1]).mask
         mask.apply(model)
+        session = RunSession(model, 0.5, Pruner(s.method, s.criterion, s.scope), data, s.train, s.finetune, s.shrink,
+                             s.seed, model.state_dict(), s.model, s.cache)
         mlflow.set_tracking_uri(cfg.tracking.uri)
         mlflow.set_experiment("fine-tune")
-        with mlflow.start_run():  # fine_tune logs its epochs into the open run
-            shrunk = fine_tune(cfg, model, mask, data)
+        with mlflow.start_run():  # fine-tuning logs its epochs into the open run
+            shrunk = session.fine_tune(mask, s.finetune.epochs)
         assert n_params(shrunk) < 0.6 * n_params(model)
         results[shrink_it] = model.eval()
     # Pruned channels' BatchNorm statistics differ (only the masked network updates them); they

@@ -8,10 +8,10 @@ import pytest
 from hydra.utils import get_object
 
 from prunelab.cli import preflight
-from prunelab.config import ConfigError, validate
-from prunelab.keys import GROUPS, dense_key, run_key
+from prunelab.config import GROUPS, ConfigError, validate
+from prunelab.experiment.keys import identity
 from prunelab.paths import conf_dir, experiments_dir
-from prunelab.pruning import options
+from prunelab.plugins import options
 
 CRITERIA, SCOPES = ", ".join(options("criterion")), ", ".join(options("scope"))
 
@@ -100,7 +100,10 @@ def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
     (["criterion=l3"], ["criterion='l3'", CRITERIA]),
     (["-m", "criterion=l1,l3"], ["criterion='l3'", CRITERIA]),
     (["scope=everywhere"], ["scope='everywhere'", SCOPES]),
-    (["method.normalize=mean"], ["method.normalize", "UnstructuredConfig"]),  # a structured-only field
+    (["method.normalize=mean"], ["method=unstructured takes no option 'normalize'", "ignore"]),  # structured's
+    (["method=structured", "method.normalise=none"], ["no option 'normalise'", "ignore, normalize"]),  # a typo
+    (["dataset.valsize=3"], ["dataset=fashion_mnist takes no option 'valsize'", "val_size"]),  # any plug-in
+    (["criterion=taylor", "criterion.batch=3"], ["criterion=taylor takes no option 'batch'", "batches"]),
     (["method=structured", "device=tpu"], ["device='tpu'"]),
     (["+experiment=surely_not_an_experiment"], ["experiment='surely_not_an_experiment'"]),
     (["ratio=[0.1"], ["cannot parse the overrides"]),
@@ -138,43 +141,43 @@ def test_an_interval_sweep_needs_an_optimising_sweeper():
 # --- run identity ------------------------------------------------------------------------------
 
 def test_the_run_key_ignores_where_results_and_caches_go(make_cfg, tmp_path):
-    base = run_key(make_cfg(), "cpu")
-    assert run_key(make_cfg(), "cpu") == base
-    assert run_key(make_cfg(f"tracking.uri=sqlite:///{tmp_path}/other.db"), "cpu") == base
-    assert run_key(make_cfg("tracking.experiment=elsewhere"), "cpu") == base
-    assert run_key(make_cfg(f"cache_dir={tmp_path}/other-cache"), "cpu") == base
-    assert run_key(make_cfg("force=true"), "cpu") == base
+    base = identity(make_cfg(), "cpu").run
+    assert identity(make_cfg(), "cpu").run == base
+    assert identity(make_cfg(f"tracking.uri=sqlite:///{tmp_path}/other.db"), "cpu").run == base
+    assert identity(make_cfg("tracking.experiment=elsewhere"), "cpu").run == base
+    assert identity(make_cfg(f"cache_dir={tmp_path}/other-cache"), "cpu").run == base
+    assert identity(make_cfg("force=true"), "cpu").run == base
 
 
 def test_the_run_key_ignores_where_the_data_files_lie(make_cfg, tmp_path):
-    fm = run_key(make_cfg("dataset=fashion_mnist"), "cpu")
-    assert run_key(make_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}"), "cpu") == fm
-    assert run_key(make_cfg("dataset=fashion_mnist", "dataset.url=null", "dataset.verify=false"), "cpu") == fm
+    fm = identity(make_cfg("dataset=fashion_mnist"), "cpu").run
+    assert identity(make_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}"), "cpu").run == fm
+    assert identity(make_cfg("dataset=fashion_mnist", "dataset.url=null", "dataset.verify=false"), "cpu").run == fm
 
 
 @pytest.mark.parametrize("change", ["ratio=0.7", "method=structured", "scope=local", "criterion=random",
                                     "measure_latency=true", "budget.macs=0.5", "quantize=int8",
                                     "finetune.epochs=2", "seed=1", "train.lr=0.01", "model=lenet300_100"])
 def test_the_run_key_changes_with_what_decides_the_result(make_cfg, change):
-    assert run_key(make_cfg(*change.split()), "cpu") != run_key(make_cfg(), "cpu")
+    assert identity(make_cfg(*change.split()), "cpu").run != identity(make_cfg(), "cpu").run
 
 
 def test_the_run_key_depends_on_the_device_that_runs(make_cfg):
     cfg = make_cfg()
-    assert run_key(cfg, "cpu") != run_key(cfg, "cuda")
-    assert dense_key(cfg, "cpu") != dense_key(cfg, "cuda")
+    assert identity(cfg, "cpu").run != identity(cfg, "cuda").run
+    assert identity(cfg, "cpu").dense != identity(cfg, "cuda").dense
 
 
 @pytest.mark.parametrize("change", ["ratio=0.7", "method=structured", "scope=local", "criterion=random",
                                     "finetune.epochs=5", "finetune.lr=0.01", "force=true"])
 def test_the_dense_key_ignores_pruning_and_fine_tuning(make_cfg, change):
-    assert dense_key(make_cfg(*change.split()), "cpu") == dense_key(make_cfg(), "cpu")
+    assert identity(make_cfg(*change.split()), "cpu").dense == identity(make_cfg(), "cpu").dense
 
 
 @pytest.mark.parametrize("change", ["train.lr=0.01", "train.epochs=2", "seed=1", "model=lenet300_100",
                                     "dataset=digits"])
 def test_the_dense_key_changes_with_what_training_depends_on(make_cfg, change):
-    assert dense_key(make_cfg(*change.split()), "cpu") != dense_key(make_cfg(), "cpu")
+    assert identity(make_cfg(*change.split()), "cpu").dense != identity(make_cfg(), "cpu").dense
 
 
 def test_a_config_folder_on_hydra_searchpath_brings_its_own_model(tmp_path):

@@ -12,7 +12,7 @@ from conftest import runs
 from prunelab import models
 from prunelab.data import synthetic
 from prunelab.pruning import prune, shrink
-from prunelab.train import fit
+from prunelab.experiment.train import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -38,7 +38,7 @@ def test_auto_picks_the_gpu(cli, workdir):
 def test_the_mask_holds_on_the_gpu_and_shrinking_matches():
     data = synthetic().to("cuda")
     model = models.vgg_small(in_shape=data.in_shape, width=8).cuda()
-    mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1])
+    mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1]).mask
     mask.apply(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     fit(model, data.train, data.val, opt, 1, 32, 0, after_step=mask.hold(model))

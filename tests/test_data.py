@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-import prunelab.data as data
-from prunelab.data import DataError, digits, fashion_mnist, find_fashion_mnist, read_idx, synthetic
+import prunelab.data.images as data
+from prunelab.data import DataError, digits, fashion_mnist, synthetic
+from prunelab.data.images import find_fashion_mnist, read_idx
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
              np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from conftest import cli_env, runs, tiny_overrides
-from prunelab.dense import dense_model
+from prunelab.experiment.dense import dense_model
 
 
 def trainer(calls: list):
@@ -90,7 +90,7 @@ KILLED_WRITER = r"""
 import sys, time, torch
 from pathlib import Path
 from torch import nn
-from prunelab.dense import dense_model
+from prunelab.experiment.dense import dense_model
 cache, marker = Path(sys.argv[1]), Path(sys.argv[2])
 def slow_save(obj, path):  # half a file, then hang: the test kills us here
     with open(path, "wb") as f:
@@ -176,3 +176,89 @@ def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes
     finished = [r for r in runs(workdir, role) if r.info.status == "FINISHED"]
     assert len(finished) == 1 and len(client.get_metric_history(finished[0].info.run_id, metric)) == 6
     assert len([r for r in runs(workdir, "pruned") if r.info.status == "FINISHED"]) == 1
+
+
+# --- a process killed outright (SIGKILL, the OOM killer) -------------------------------------------
+
+def start_slow_run(workdir: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *SLOW, *extra]
+    return subprocess.Popen(argv, cwd=workdir, env=cli_env(workdir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for_fine_tuning(proc: subprocess.Popen, workdir: Path) -> None:
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (workdir / "mlflow.db").exists() and logged_steps(workdir, "pruned", "finetune.loss") >= 1:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the run ended (or never started fine-tuning) before it could be caught in it")
+
+
+@pytest.mark.slow
+def test_a_run_killed_outright_is_ended_killed_by_the_next_run_of_its_key_which_finishes_the_point(
+        workdir, make_cfg):
+    from prunelab.experiment.runner import run
+
+    proc = start_slow_run(workdir)
+    try:
+        wait_for_fine_tuning(proc, workdir)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (dead,) = runs(workdir, "pruned")
+    assert dead.info.status == "RUNNING"  # nothing could end it
+
+    again = run(make_cfg(*SLOW))  # the same command, in another process
+    after = {r.info.run_id: r for r in runs(workdir)}
+    assert after[dead.info.run_id].info.status == "KILLED" and after[again["run_id"]].info.status == "FINISHED"
+    assert "process died" in after[dead.info.run_id].data.tags["prunelab.error"]
+    assert all(r.info.status != "RUNNING" for r in after.values())
+
+
+@pytest.mark.slow
+def test_a_run_of_the_same_key_in_a_live_process_is_never_ended(workdir, make_cfg):
+    from prunelab.experiment.runner import run
+
+    proc = start_slow_run(workdir)
+    try:
+        wait_for_fine_tuning(proc, workdir)
+        (other,) = runs(workdir, "pruned")
+        mine = run(make_cfg(*SLOW))  # the same key at the same time, here
+        assert {r.info.run_id: r.info.status for r in runs(workdir)}[other.info.run_id] == "RUNNING"
+        assert proc.wait(timeout=240) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    statuses = {r.info.run_id: r.info.status for r in runs(workdir, "pruned")}
+    assert statuses == {other.info.run_id: "FINISHED", mine["run_id"]: "FINISHED"}
+
+
+def test_only_a_dead_process_on_this_host_loses_its_running_run(workdir):
+    """What the next run of a key looks at: the host, pid and start time each run is tagged with."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from prunelab.names import Tag
+    from prunelab.tracking import store
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = store.connect(f"sqlite:///{workdir / 'mlflow.db'}", "dead-runs")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here, client = store.process_tags(), MlflowClient()
+    cases = {
+        "alive": here,
+        "dead": {**here, Tag.PID: finished.stdout.strip()},
+        "pid reused": {**here, Tag.PID_STARTED: "12.34"},  # this pid, but not the process that ran it
+        "elsewhere": {**here, Tag.HOST: "another-machine", Tag.PID: finished.stdout.strip()},
+        "untagged": {},  # from before these tags: not ours to judge
+    }
+    ids = {name: client.create_run(experiment, tags={Tag.RUN_KEY: "k", **tags}).info.run_id
+           for name, tags in cases.items()}
+    ended = store.end_dead_runs(experiment, {Tag.RUN_KEY: "k"})
+    assert sorted(ended) == sorted([ids["dead"], ids["pid reused"]])
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"alive": "RUNNING", "dead": "KILLED", "pid reused": "KILLED", "elsewhere": "RUNNING",
+                      "untagged": "RUNNING"}

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import runs
 from prunelab import analysis
-from prunelab.runner import run
+from prunelab.experiment.runner import run
 
 
 def test_a_rerun_that_asks_for_latency_is_not_skipped_after_one_without(make_cfg):

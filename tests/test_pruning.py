@@ -13,7 +13,7 @@ from torch.nn.utils import prune as torch_prune
 from conftest import randomised
 from prunelab import models
 from prunelab.pruning import Mask, MaskError, PruningError, prunable_layers, prune
-from prunelab.train import fit
+from prunelab.experiment.train import fit
 from prunelab.data import synthetic
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def weights(model, mask):
 
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9, 0.98])
 def test_unstructured_global_hits_the_ratio_and_one_threshold_separates(lenet5, ratio):
-    mask = prune(lenet5, "unstructured", "global", ratio)
+    mask = prune(lenet5, "unstructured", "global", ratio).mask
     assert abs(mask.sparsity - ratio) < 1e-3
     w = weights(lenet5, mask)
     # A layer the threshold would empty keeps its one largest weight (no layer is ever emptied).
@@ -41,7 +41,7 @@ def test_unstructured_global_hits_the_ratio_and_one_threshold_separates(lenet5, 
 
 
 def test_unstructured_local_prunes_every_layer_to_the_ratio(lenet5):
-    mask = prune(lenet5, "unstructured", "local", 0.7)
+    mask = prune(lenet5, "unstructured", "local", 0.7).mask
     w = weights(lenet5, mask)
     for n, m in ((n, mask.masks[n]) for n in w):
         assert abs((~m).float().mean().item() - 0.7) < 1 / m.numel() + 1e-6
@@ -49,8 +49,8 @@ def test_unstructured_local_prunes_every_layer_to_the_ratio(lenet5):
 
 
 def test_global_and_local_allocate_differently(lenet5):
-    glob = prune(lenet5, "unstructured", "global", 0.7)
-    loc = prune(lenet5, "unstructured", "local", 0.7)
+    glob = prune(lenet5, "unstructured", "global", 0.7).mask
+    loc = prune(lenet5, "unstructured", "local", 0.7).mask
     per_layer = lambda m: [(~m.masks[n]).float().mean().item() for n in m.prunable]
     assert max(per_layer(glob)) - min(per_layer(glob)) > 0.1  # global: layers differ
     assert max(per_layer(loc)) - min(per_layer(loc)) < 0.01   # local: same ratio everywhere
@@ -58,33 +58,33 @@ def test_global_and_local_allocate_differently(lenet5):
 
 
 def test_ignored_layers_are_untouched(lenet5):
-    mask = prune(lenet5, "unstructured", "global", 0.9, ignore=["head.*"])
+    mask = prune(lenet5, "unstructured", "global", 0.9, ignore=["head.*"]).mask
     assert all(not n.startswith("head.") for n in mask.prunable)
     assert all(bool(m.all()) for n, m in mask.masks.items() if n.startswith("head."))
-    smask = prune(lenet5, "structured", "global", 0.5, example_inputs=torch.zeros(1, 1, 28, 28))
+    smask = prune(lenet5, "structured", "global", 0.5, example_inputs=torch.zeros(1, 1, 28, 28)).mask
     assert bool(smask.masks["classifier.weight"].any(1).all())  # every class keeps its row
     assert bool(smask.masks["classifier.bias"].all())
 
 
 def test_an_ignore_pattern_that_matches_no_layer_is_named_in_a_warning(lenet5):
     with pytest.warns(UserWarning, match=r"'head\.4' matches no prunable layer.*classifier"):
-        mask = prune(lenet5, "unstructured", "global", 0.9, ignore=["head.4"])
+        mask = prune(lenet5, "unstructured", "global", 0.9, ignore=["head.4"]).mask
     assert "classifier.weight" in mask.prunable  # the misspelt layer was pruned: hence the warning
 
 
 def test_random_criterion_keeps_the_allocation_but_not_the_choice(lenet5):
-    mag = prune(lenet5, "unstructured", "local", 0.5)
-    rnd = prune(lenet5, "unstructured", "local", 0.5, criterion="random")
+    mag = prune(lenet5, "unstructured", "local", 0.5).mask
+    rnd = prune(lenet5, "unstructured", "local", 0.5, criterion="random").mask
     for n in mag.prunable:
         assert mag.masks[n].sum() == rnd.masks[n].sum()
     assert any(not torch.equal(mag.masks[n], rnd.masks[n]) for n in mag.prunable)
-    again = prune(lenet5, "unstructured", "local", 0.5, criterion="random")
+    again = prune(lenet5, "unstructured", "local", 0.5, criterion="random").mask
     assert all(torch.equal(rnd.masks[n], again.masks[n]) for n in rnd.prunable)  # seeded
 
 
 def test_structured_local_removes_the_ratio_of_channels_in_every_layer():
     model = models.vgg_small(in_shape=(1, 16, 16), width=8)
-    mask = prune(model, "structured", "local", 0.5, example_inputs=torch.zeros(1, 1, 16, 16))
+    mask = prune(model, "structured", "local", 0.5, example_inputs=torch.zeros(1, 1, 16, 16)).mask
     for layer, keep in mask.channels.items():
         assert keep.sum() == keep.numel() - round(0.5 * keep.numel()), layer
     # the pruned filters have the smallest L2 norms of their layer
@@ -97,14 +97,14 @@ def test_structured_global_never_empties_a_layer():
     model = models.lenet300_100(in_shape=(1, 8, 8))
     with torch.no_grad():
         model.head[0].weight.mul_(1e-3)  # one layer far less important than the rest
-    mask = prune(model, "structured", "global", 0.95, example_inputs=torch.zeros(1, 1, 8, 8))
+    mask = prune(model, "structured", "global", 0.95, example_inputs=torch.zeros(1, 1, 8, 8)).mask
     assert all(int(keep.sum()) >= 1 for keep in mask.channels.values())
     assert abs(mask.channel_sparsity - 0.95) < 0.02
 
 
 def test_structured_masks_bias_and_batchnorm_of_removed_filters():
     model = randomised(models.vgg_small(in_shape=(1, 8, 8), width=4))
-    mask = prune(model, "structured", "local", 0.5, example_inputs=torch.zeros(1, 1, 8, 8))
+    mask = prune(model, "structured", "local", 0.5, example_inputs=torch.zeros(1, 1, 8, 8)).mask
     removed = ~mask.channels["features.0"]
     assert not mask.masks["features.1.weight"][removed].any()  # BatchNorm after the conv
     assert not mask.masks["features.1.bias"][removed].any()
@@ -126,7 +126,7 @@ def test_ratio_out_of_range_is_refused(lenet5, ratio):
 def test_fine_tuning_keeps_pruned_weights_exactly_zero():
     data = synthetic()
     model = models.lenet5(in_shape=data.in_shape)
-    mask = prune(model, "unstructured", "global", 0.8)
+    mask = prune(model, "unstructured", "global", 0.8).mask
     mask.apply(model)
     # Momentum and weight decay would revive pruned weights if the mask were not held.
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -138,7 +138,7 @@ def test_fine_tuning_keeps_pruned_weights_exactly_zero():
 
 
 def test_mask_is_checked_against_the_model(lenet5):
-    mask = prune(lenet5, "unstructured", "global", 0.5)
+    mask = prune(lenet5, "unstructured", "global", 0.5).mask
     bad = Mask({**mask.masks, "features.0.weight": torch.ones(3, 3, dtype=torch.bool)}, mask.prunable)
     with pytest.raises(MaskError, match="shape"):
         bad.apply(lenet5)
@@ -147,7 +147,7 @@ def test_mask_is_checked_against_the_model(lenet5):
 
 
 def test_same_global_l1_mask_as_torch_global_unstructured(lenet5):
-    mask = prune(lenet5, "unstructured", "global", 0.8)
+    mask = prune(lenet5, "unstructured", "global", 0.8).mask
     layers = prunable_layers(lenet5)
     ref = copy.deepcopy(lenet5)
     ref_layers = prunable_layers(ref)
@@ -160,7 +160,7 @@ def test_same_global_l1_mask_as_torch_global_unstructured(lenet5):
 def test_same_local_l2_structured_choice_as_torch_ln_structured():
     torch.manual_seed(1)
     model = models.vgg_small(in_shape=(1, 8, 8), width=8)
-    mask = prune(model, "structured", "local", 0.5, criterion="l2", example_inputs=torch.zeros(1, 1, 8, 8))
+    mask = prune(model, "structured", "local", 0.5, criterion="l2", example_inputs=torch.zeros(1, 1, 8, 8)).mask
     for name, module in prunable_layers(model, ignore=["classifier"]).items():
         ref = torch_prune.ln_structured(copy.deepcopy(module), "weight", amount=0.5, n=2, dim=0)
         ref_keep = ref.weight_mask.flatten(1).any(1)

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from benchmarks.baseline_recipes import Job, plain, prunelab
 from prunelab import models
-from prunelab.keys import dense_key, run_key
+from prunelab.experiment.keys import identity
 
 
 def test_a_recipe_sets_the_optimizer_rates_and_epochs_in_one_word(make_cfg):
@@ -35,8 +35,8 @@ def test_an_override_on_top_of_a_recipe_wins(make_cfg):
 
 def test_the_run_key_and_the_dense_key_carry_the_recipe(make_cfg):
     sgd, adamw = make_cfg("recipe=sgd"), make_cfg("recipe=adamw")
-    assert run_key(sgd, "cpu") != run_key(adamw, "cpu")
-    assert dense_key(sgd, "cpu") != dense_key(adamw, "cpu")
+    assert identity(sgd, "cpu").run != identity(adamw, "cpu").run
+    assert identity(sgd, "cpu").dense != identity(adamw, "cpu").dense
 
 
 @pytest.mark.parametrize("factory, params, weights", [
@@ -53,9 +53,9 @@ def test_the_lenet5_variants_have_their_published_sizes(factory, params, weights
 
 
 def test_a_model_too_large_for_the_input_says_so_in_one_line():
-    from prunelab.config import ConfigError
+    from prunelab.models import ModelError
 
-    with pytest.raises(ConfigError, match="lenet5_classic cannot take 1x8x8 inputs"):
+    with pytest.raises(ModelError, match="lenet5_classic cannot take 1x8x8 inputs"):
         models.lenet5_classic(in_shape=(1, 8, 8))
 
 

@@ -23,12 +23,14 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from prunelab.pruning import PruningError
-from prunelab.runner import run
-from prunelab import analysis, runner
+from prunelab.experiment.runner import run
+from prunelab import analysis
+from prunelab.experiment import runner
+from prunelab.experiment.session import RunSession
 from prunelab.pruning import Mask
 from prunelab.pruning.allocation import erk_ratios
-from prunelab.schedules import Gradual, Lottery, regrow
-from prunelab.train import steps_per_epoch
+from prunelab.pruning.schedules import Gradual, Lottery, regrow
+from prunelab.experiment.train import steps_per_epoch
 
 SCHEDULES = {"iterative": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=2"],
              "gradual": ["schedule=gradual", "schedule.every=1", "finetune.epochs=1"],
@@ -84,7 +86,7 @@ def test_every_schedule_takes_the_measuring_the_erk_and_the_planned_scopes(make_
 def test_a_schedule_never_revives_a_pruned_weight(make_cfg, schedule, method):
     # fresh scores at every call: pruning afresh each time would pick other weights
     m = run(make_cfg(*SCHEDULES[schedule], f"method={method}", f"ratio={RATIO}",
-                     "criterion=random", "criterion._target_=test_schedules.reshuffled", "+criterion._partial_=true"))
+                     "criterion=random", "criterion._target_=test_schedules.reshuffled", "criterion._partial_=true"))
     sparsity = _history(m["run_id"], "schedule.sparsity")
     changed = _history(m["run_id"], "schedule.changed")
     # every flipped entry is a newly pruned one: the flips are exactly the rise in pruned weights
@@ -144,33 +146,31 @@ def test_lottery_levels_prune_a_fraction_of_what_is_left_down_to_the_ratio():
 def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_pruned_at_zero(
         make_cfg, monkeypatch, rewind, control):
     seen = {"levels": 0}
-    real_session = runner.session
 
-    def watched(*args, **kwargs):
-        s = real_session(*args, **kwargs)
-        train = s.train
+    class Watched(RunSession):
+        """The runner's session, checking what every lottery level trains from."""
 
-        def checked_train(net, mask, seed, epochs=None, desc=""):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if rewind == 0:
+                seen["rewind"] = self.init
+
+        def train(self, net, mask, seed, epochs=None, desc=""):
             if mask is None:  # the rewind point: dense training's first epoch(s), again
-                train(net, mask, seed, epochs, desc)
+                super().train(net, mask, seed, epochs, desc)
                 seen["rewind"] = {k: v.clone() for k, v in net.state_dict().items()}
                 return
-            start = seen["rewind"] if net is s.model else s.fresh(seed)  # the control: a fresh init
+            start = seen["rewind"] if net is self.model else self.fresh(seed)  # the control: a fresh init
             for name, p in net.named_parameters():
                 m = mask.masks.get(name)
                 expected = start[name] * m if m is not None else start[name]
                 assert torch.equal(p.detach(), expected), name  # exactly the rewound survivors
-            train(net, mask, seed, epochs, desc)
+            super().train(net, mask, seed, epochs, desc)
             for name in mask.prunable:
                 assert not bool(dict(net.named_parameters())[name][~mask.masks[name]].any())  # pruned stay zero
-            seen["levels"] += net is s.model
+            seen["levels"] += net is self.model
 
-        s.train = checked_train
-        if rewind == 0:
-            seen["rewind"] = s.init
-        return s
-
-    monkeypatch.setattr(runner, "session", watched)
+    monkeypatch.setattr(runner, "RunSession", Watched)
     m = run(make_cfg("schedule=lottery", f"schedule.rewind={rewind}", f"schedule.control={control}",
                      "ratio=0.75", "schedule.fraction=0.5", "train.epochs=2"))
     assert seen["levels"] == 2
@@ -214,7 +214,12 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
     child.wait()
     assert level >= 2, "the run ended before a second level was checkpointed"
 
-    assert cli(*args).returncode == 0  # rerun: resumes
+    (killed,) = runs(workdir, "pruned")
+    assert killed.info.status == "RUNNING"  # SIGKILL: nothing could end it
+
+    assert cli(*args).returncode == 0  # rerun: ends the dead run KILLED, then resumes
+    statuses = {r.info.run_id: r.info.status for r in runs(workdir)}
+    assert statuses[killed.info.run_id] == "KILLED" and "RUNNING" not in statuses.values()
     (resumed,) = [r for r in runs(workdir, "pruned") if r.info.status == "FINISHED"]
     assert resumed.data.metrics["schedule.resumed_after"] == level
     assert not list(folder.glob("*/schedule.pt"))  # a finished run leaves no checkpoint
@@ -316,16 +321,17 @@ def test_erk_densities_follow_the_formula_on_hand_made_shapes():
 
 
 def test_the_rewind_point_is_dense_trainings_own_state_after_that_epoch(make_cfg):
+    from prunelab.experiment.settings import Settings
+    from prunelab.experiment.train import seed_everything, train
     from prunelab.models import build
-    from prunelab.train import seed_everything, train_recipe
 
-    cfg = make_cfg("train.epochs=3")
-    seed_everything(cfg.seed)
-    data = instantiate(cfg.dataset)(seed=cfg.seed)
-    model = build(instantiate(cfg.model), data.in_shape, data.num_classes)
+    s = Settings.from_config(make_cfg("train.epochs=3"))
+    seed_everything(s.seed)
+    data = s.dataset(seed=s.seed)
+    model = build(s.model, data.in_shape, data.num_classes)
     again = copy.deepcopy(model)
     after = {}
-    train_recipe(cfg, model, data, on_epoch=lambda e: after.setdefault(e.epoch, copy.deepcopy(model.state_dict())))
-    train_recipe(cfg, again, data, epochs=1)  # what a lottery with rewind=1 recomputes
+    train(model, data, s.train, s.seed, on_epoch=lambda e: after.setdefault(e.epoch, copy.deepcopy(model.state_dict())))
+    train(again, data, s.train, s.seed, epochs=1)  # what a lottery with rewind=1 recomputes
     assert all(torch.equal(after[1][k], v) for k, v in again.state_dict().items())
     assert not all(torch.equal(after[3][k], v) for k, v in again.state_dict().items())

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prunelab.team_server import postgres_bin, team_server
+from prunelab.tracking.team_server import postgres_bin, team_server
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def servers() -> set[str]:
 
 def test_the_team_server_helper_prints_the_uri_and_stops_both_servers(tmp_path):
     before = servers()
-    proc = subprocess.Popen([sys.executable, "-m", "prunelab.team_server", "--dir", str(tmp_path), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "prunelab.tracking.team_server", "--dir", str(tmp_path), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # printed once the server answers

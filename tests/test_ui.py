@@ -13,7 +13,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from prunelab import analysis, servers, ui
+from prunelab import analysis
+from prunelab.tracking import servers, ui
 
 
 def test_links_open_the_runs_in_model_training_mode():
@@ -69,7 +70,7 @@ def test_analysis_links_each_run_to_its_ui_page():
 
 def test_make_ui_serves_the_store_prints_its_link_and_stops_with_its_server(workdir):
     port = servers.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "prunelab.ui", "--store", f"sqlite:///{workdir / 'mlflow.db'}",
+    proc = subprocess.Popen([sys.executable, "-m", "prunelab.tracking.ui", "--store", f"sqlite:///{workdir / 'mlflow.db'}",
                              "--port", str(port)], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # printed once the server answers

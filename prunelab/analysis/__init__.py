@@ -24,7 +24,8 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from .. import ui as mlflow_ui  # noqa: E402
+from ..names import Artifact, Metric, Role, Tag  # noqa: E402
+from ..tracking import ui as mlflow_ui  # noqa: E402
 
 # A curve: one line of a study's figure; a point: one position on it (seeds aggregated). "variant"
 # holds every other setting that differs between the loaded runs (see :func:`variant_of`).
@@ -62,7 +63,7 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
     where = f"tags.`prunelab.in_sweep.{sweep_id}` = 'true'" if sweep_id else ""
     raw = mlflow.search_runs(experiment_ids=ids, filter_string=where, output_format="pandas")
     if raw.empty:
-        return pd.DataFrame(columns=["run_id", "status", "role", *POINT, "seed", "test_accuracy"])
+        return pd.DataFrame(columns=["run_id", "status", "role", *POINT, "seed", Metric.TEST_ACCURACY])
     df = pd.DataFrame({"run_id": raw["run_id"], "experiment_id": raw["experiment_id"],
                        "status": raw["status"], "start_time": raw["start_time"]})
     for prefix in ("params.", "metrics."):
@@ -70,9 +71,8 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
             df[col[len(prefix):]] = raw[col]
     for col in [c[len("params."):] for c in raw.columns if c.startswith("params.")]:
         df[col] = df[col].mask(df[col] == "None")  # MLflow logs an unset option as "None": unset here
-    for tag, name in (("prunelab.role", "role"), ("prunelab.criterion", "criterion"),
-                      ("prunelab.error", "error"), ("prunelab.overrides", "overrides"),
-                      ("prunelab.run_key", "run_key"), ("prunelab.point_key", "point_key")):
+    for tag, name in ((Tag.ROLE, "role"), (Tag.group("criterion"), "criterion"), (Tag.ERROR, "error"),
+                      (Tag.OVERRIDES, "overrides"), (Tag.RUN_KEY, "run_key"), (Tag.POINT_KEY, "point_key")):
         if f"tags.{tag}" in raw.columns:
             df[name] = raw[f"tags.{tag}"]
     for col, cast in _CASTS.items():
@@ -81,19 +81,19 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
             if cast is int:
                 df[col] = df[col].astype("Int64")
     if not include_sweeps and "role" in df.columns:
-        df = df[df["role"] != "sweep"]
+        df = df[df["role"] != Role.SWEEP]
     if "criterion" in df.columns:
-        df.loc[df["role"] == "dense", "criterion"] = "none"
+        df.loc[df["role"] == Role.DENSE, "criterion"] = "none"
     df["variant"] = variant_of(df, [c[len("params."):] for c in raw.columns if c.startswith("params.")])
     for col in POINT:
         if col not in df.columns:
             df[col] = pd.NA
-    if {"cost.pruned.nonzero_macs", "cost.dense.macs"} <= set(df.columns):
-        df["macs_fraction"] = df["cost.pruned.nonzero_macs"] / df["cost.dense.macs"]
-        if "cost.ratio.macs" in df.columns:
-            df["macs_fraction"] = df["macs_fraction"].fillna(df["cost.ratio.macs"])
-    elif "cost.ratio.macs" in df.columns:
-        df["macs_fraction"] = df["cost.ratio.macs"]
+    if {Metric.cost("pruned", "nonzero_macs"), Metric.cost("dense", "macs")} <= set(df.columns):
+        df["macs_fraction"] = df[Metric.cost("pruned", "nonzero_macs")] / df[Metric.cost("dense", "macs")]
+        if Metric.cost_ratio("macs") in df.columns:
+            df["macs_fraction"] = df["macs_fraction"].fillna(df[Metric.cost_ratio("macs")])
+    elif Metric.cost_ratio("macs") in df.columns:
+        df["macs_fraction"] = df[Metric.cost_ratio("macs")]
     return expand_levels(df.reset_index(drop=True))
 
 
@@ -103,35 +103,37 @@ def expand_levels(df: pd.DataFrame, client: MlflowClient | None = None) -> pd.Da
     target), ``sparsity.prunable`` and the level's test / validation accuracy (the control's,
     ``reinit.*``, in a ``schedule.control=reinit`` run: that run's result). Level 0 is the dense
     model, the curve's left end already. Costs are measured for the final level only."""
-    if "level.test_accuracy" not in df.columns or df["level.test_accuracy"].isna().all():
+    if Metric.LEVEL_TEST_ACCURACY not in df.columns or df[Metric.LEVEL_TEST_ACCURACY].isna().all():
         return df
     client = client or MlflowClient()
-    runs, rows = df[df["level.test_accuracy"].notna()], []
+    runs, rows = df[df[Metric.LEVEL_TEST_ACCURACY].notna()], []
     for _, run in runs.iterrows():
         series = {key: {m.step: m.value for m in client.get_metric_history(run["run_id"], key)}
-                  for key in ("schedule.target", "level.remaining", "level.test_accuracy", "level.val_accuracy",
-                              "reinit.test_accuracy", "reinit.val_accuracy")}
-        branch = "reinit" if series["reinit.test_accuracy"] else "level"
-        for level in sorted(series[f"{branch}.test_accuracy"]):
-            if level == 0 or level not in series["schedule.target"]:
+                  for key in (Metric.SCHEDULE_TARGET, Metric.LEVEL_REMAINING, Metric.LEVEL_TEST_ACCURACY, Metric.LEVEL_VAL_ACCURACY,
+                              Metric.REINIT_TEST_ACCURACY, Metric.REINIT_VAL_ACCURACY)}
+        # the control's levels are the run's result in a schedule.control=reinit run
+        test, val = ((Metric.REINIT_TEST_ACCURACY, Metric.REINIT_VAL_ACCURACY) if series[Metric.REINIT_TEST_ACCURACY]
+                     else (Metric.LEVEL_TEST_ACCURACY, Metric.LEVEL_VAL_ACCURACY))
+        for level in sorted(series[test]):
+            if level == 0 or level not in series[Metric.SCHEDULE_TARGET]:
                 continue
-            rows.append({**run.to_dict(), "level": level, "ratio": series["schedule.target"][level],
-                         "sparsity.prunable": 1 - series["level.remaining"][level],
-                         "test_accuracy": series[f"{branch}.test_accuracy"][level],
-                         "val_accuracy": series[f"{branch}.val_accuracy"].get(level, float("nan")),
+            rows.append({**run.to_dict(), "level": level, "ratio": series[Metric.SCHEDULE_TARGET][level],
+                         Metric.SPARSITY_PRUNABLE: 1 - series[Metric.LEVEL_REMAINING][level],
+                         Metric.TEST_ACCURACY: series[test][level],
+                         Metric.VAL_ACCURACY: series[val].get(level, float("nan")),
                          "macs_fraction": float("nan")})
     return pd.concat([df.drop(index=runs.index), pd.DataFrame(rows)], ignore_index=True)
 
 
 def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
     """Per run, the settings that differ between the pruned runs of ``df`` other than seed, ratio
-    and the curve's own columns, and other than what never changes a result (``prunelab.keys``):
+    and the curve's own columns, and other than what never changes a result (``prunelab.experiment.keys``):
     e.g. ``finetune.shrink=False`` or ``model.width=64``; a plug-in group is shown by its
     option (``quantize=int8``, ``quantize=none``). "" where nothing else varies. Runs that differ in
     width, epochs or quantization are then never averaged as if they were seeds."""
-    from ..keys import LOCATION, RESULT_PARTS
+    from ..experiment.keys import LOCATION, RESULT_PARTS
 
-    pruned = df[df["role"] == "pruned"] if "role" in df.columns else df
+    pruned = df[df["role"] == Role.PRUNED] if "role" in df.columns else df
     plugins = {p[:-len("._target_")] for p in params if p.endswith("._target_")}
 
     # Compared within runs of one model, dataset, method, scope and criterion: a structured run's
@@ -170,25 +172,25 @@ def curve_name(key) -> str:
     return "-".join(str(k) for k in key if not pd.isna(k) and str(k) != "")
 
 
-def aggregate_seeds(df: pd.DataFrame, value: str = "test_accuracy") -> pd.DataFrame:
+def aggregate_seeds(df: pd.DataFrame, value: str = Metric.TEST_ACCURACY) -> pd.DataFrame:
     """Mean, std and count of ``value`` (and mean sparsity) per point across seeds, FINISHED
     pruned runs only. Only seeds of one point are averaged: runs that share the point key
     (``prunelab.keys.point_key``: everything in the run key but the seed)."""
-    pruned = df[(df["role"] == "pruned") & (df["status"] == "FINISHED")]
+    pruned = df[(df["role"] == Role.PRUNED) & (df["status"] == "FINISHED")]
     if "variant" not in pruned.columns:  # a frame made by hand rather than by load_runs
         pruned = pruned.assign(variant="")
     # Runs logged before the point key existed fall back to the point's columns alone.
     pruned = pruned.assign(point_key=pruned["point_key"].fillna("") if "point_key" in pruned.columns else "")
-    cols = {value: ["mean", "std", "count"], "sparsity.prunable": ["mean"]}
+    cols = {value: ["mean", "std", "count"], Metric.SPARSITY_PRUNABLE: ["mean"]}
     if "macs_fraction" in pruned.columns:
         cols["macs_fraction"] = ["mean"]
     out = pruned.groupby([*POINT, "point_key"], dropna=False).agg(cols)
     out.columns = [a if b == "mean" else f"{a}_{b}" for a, b in out.columns]
-    out["remaining"] = 1 - out["sparsity.prunable"]
+    out["remaining"] = 1 - out[Metric.SPARSITY_PRUNABLE]
     return out.reset_index().sort_values(POINT).drop(columns="point_key")
 
 
-def pareto_front(df: pd.DataFrame, x: str = "sparsity.prunable", y: str = "test_accuracy") -> pd.DataFrame:
+def pareto_front(df: pd.DataFrame, x: str = Metric.SPARSITY_PRUNABLE, y: str = Metric.TEST_ACCURACY) -> pd.DataFrame:
     """Points not beaten on both axes (higher ``x`` and higher ``y`` are better)."""
     ranked = df.dropna(subset=[x, y]).sort_values([x, y], ascending=[False, False])
     best, keep = float("-inf"), []
@@ -207,7 +209,7 @@ def metric_history(run_ids: Iterable[str], key: str, client: MlflowClient | None
     return pd.DataFrame(rows, columns=["run_id", "step", "value"])
 
 
-def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None, y: str = "test_accuracy"):
+def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None, y: str = Metric.TEST_ACCURACY):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
     points = aggregate_seeds(df, y)
@@ -220,7 +222,7 @@ def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None, y: str = "test_
         line, = ax.plot(curve[x_col], mean, marker="o", label=curve_name(key).replace("-", " / "))
         if (curve[f"{y}_count"] > 1).any():
             ax.fill_between(curve[x_col], mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
+    dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")]
     if len(dense):
         ax.axhline(dense[y].mean(), color="black", linestyle="--", label="dense")
     ax.set_xlabel(xlabel)
@@ -233,13 +235,13 @@ def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None, y: str = "test_
 def plot_accuracy_vs_sparsity(df: pd.DataFrame, ax=None):
     """Test accuracy vs achieved sparsity of the prunable weights, one line per
     method x scope x criterion, mean +- std band over seeds, dense accuracy as reference."""
-    return _plot_curves(df, "sparsity.prunable", "sparsity of prunable weights", ax)
+    return _plot_curves(df, Metric.SPARSITY_PRUNABLE, "sparsity of prunable weights", ax)
 
 
 def plot_perplexity_vs_sparsity(df: pd.DataFrame, ax=None):
     """Test perplexity (log scale) vs sparsity of the prunable weights, for language models: one
     line per method x scope x criterion (x variant), mean +- std band over seeds, dense as reference."""
-    fig = _plot_curves(df, "sparsity.prunable", "sparsity of prunable weights", ax, y="test_perplexity")
+    fig = _plot_curves(df, Metric.SPARSITY_PRUNABLE, "sparsity of prunable weights", ax, y=Metric.TEST_PERPLEXITY)
     ax = fig.axes[0]
     ax.set_yscale("log")
     # plain numbers (7, 10, 20), not 7x10^0: perplexities span a decade or two at most
@@ -270,9 +272,9 @@ def plot_accuracy_vs_macs(df: pd.DataFrame, ax=None):
 
 # The forms a pruned model is timed in (cost ledger): label -> (accuracy column, latency ratio column).
 DEPLOYED_FORMS = {
-    "PyTorch fp32": ("test_accuracy", "cost.ratio.latency_b64"),
-    "ONNX Runtime fp32": ("handover.onnx.test_accuracy", "cost.ratio.onnx.latency_b64"),
-    "ONNX Runtime int8": ("int8.test_accuracy", "cost.ratio.int8.latency_b64"),
+    "PyTorch fp32": (Metric.TEST_ACCURACY, Metric.cost_ratio("latency_b64")),
+    "ONNX Runtime fp32": (Metric.HANDOVER_ONNX_ACCURACY, Metric.cost_ratio("latency_b64", "onnx")),
+    "ONNX Runtime int8": (Metric.INT8_ACCURACY, Metric.cost_ratio("latency_b64", "int8")),
 }
 
 
@@ -280,7 +282,7 @@ def deployment_points(df: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy vs batch-64 CPU latency (fraction of the dense PyTorch fp32 model) of every
     point in every form it was timed in, seeds averaged: curve columns, ratio, form, accuracy,
     latency. A ``quantize=int8`` run gives three forms, a ``quantize=none`` run one."""
-    pruned = df[(df["role"] == "pruned") & (df["status"] == "FINISHED")]
+    pruned = df[(df["role"] == Role.PRUNED) & (df["status"] == "FINISHED")]
     if "variant" not in pruned.columns:
         pruned = pruned.assign(variant="")
     # quantize is a form here, not a separate curve: none and int8 runs of a point share fp32 forms.
@@ -306,9 +308,9 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
         for _, row in curve.iterrows():
             ax.annotate(f"{row['ratio']:g}", (row["latency"], row["accuracy"]), fontsize="x-small",
                         textcoords="offset points", xytext=(3, 3))
-    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
+    dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")]
     if len(dense):
-        ax.plot([1.0], [dense["test_accuracy"].mean()], marker="*", markersize=12, color="black",
+        ax.plot([1.0], [dense[Metric.TEST_ACCURACY].mean()], marker="*", markersize=12, color="black",
                 linestyle="none", label="dense, PyTorch fp32")
     ax.set_xscale("log")
     ax.set_xlabel("CPU latency, batch 64 (fraction of dense fp32; log scale)")
@@ -320,9 +322,9 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
 
 # Curve axes logged as MLflow metric series: name -> (column, the dense model's position on it).
 # Each axis plots a value: test accuracy, or test perplexity for language models.
-CURVE_AXES = {"accuracy_vs_sparsity": ("sparsity.prunable", 0.0, "test_accuracy"),
-              "accuracy_vs_macs": ("macs_fraction", 1.0, "test_accuracy"),
-              "perplexity_vs_sparsity": ("sparsity.prunable", 0.0, "test_perplexity")}
+CURVE_AXES = {"accuracy_vs_sparsity": (Metric.SPARSITY_PRUNABLE, 0.0, Metric.TEST_ACCURACY),
+              "accuracy_vs_macs": ("macs_fraction", 1.0, Metric.TEST_ACCURACY),
+              "perplexity_vs_sparsity": (Metric.SPARSITY_PRUNABLE, 0.0, Metric.TEST_PERPLEXITY)}
 
 
 def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
@@ -334,7 +336,7 @@ def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
     mean test accuracy over seeds (``perplexity_vs_sparsity/<curve>``: mean test perplexity, for
     language models). Each curve starts at its dense model, and ``<axis>/dense`` draws the dense
     value flat across the axis. The "/" gives each axis its own section in the UI."""
-    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]
+    dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")]
     out: dict[str, list[tuple[int, float]]] = {}
     for axis, (x, dense_x, y) in CURVE_AXES.items():
         if y not in df.columns or df[y].isna().all():
@@ -397,18 +399,18 @@ def summary_note(df: pd.DataFrame) -> str:
     if (table["variant"].fillna("") == "").all():
         table = table.drop(columns="variant")
     title = " on ".join(str(table[c].iloc[0]) for c in shared) if len(table) else ""
-    dense = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]["test_accuracy"]
+    dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")][Metric.TEST_ACCURACY]
     reference = f"Dense model: test accuracy {dense.mean():.4f} ({len(dense)} run(s)).\n\n" if len(dense) else ""
     note = (f"## Accuracy vs sparsity{': ' + title if title else ''}\n\n{reference}"
             f"{markdown_table(table.drop(columns=shared))}\n\n"
             "Curves: metrics `accuracy_vs_sparsity/*` and `accuracy_vs_macs/*` (step = per mille); "
             "figures and `points.csv` in the artifacts.\n")
-    if "test_perplexity" in df.columns and df["test_perplexity"].notna().any():
-        ppl = aggregate_seeds(df, "test_perplexity").rename(
+    if Metric.TEST_PERPLEXITY in df.columns and df[Metric.TEST_PERPLEXITY].notna().any():
+        ppl = aggregate_seeds(df, Metric.TEST_PERPLEXITY).rename(
             columns={"test_perplexity_std": "± std", "test_perplexity_count": "seeds"})
         if (ppl["variant"].fillna("") == "").all():
             ppl = ppl.drop(columns="variant")
-        dense_ppl = df[(df["role"] == "dense") & (df["status"] == "FINISHED")]["test_perplexity"]
+        dense_ppl = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")][Metric.TEST_PERPLEXITY]
         note += (f"\n## Perplexity vs sparsity\n\nDense model: test perplexity {dense_ppl.mean():.3f}.\n\n"
                  f"{markdown_table(ppl.drop(columns=[c for c in shared if c in ppl.columns]), floatfmt='.3f')}\n")
     deployment = deployment_points(df)
@@ -429,7 +431,7 @@ def summary_note(df: pd.DataFrame) -> str:
 def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
     """points.csv, summary.md and the figures for the runs in ``df``, written into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "points.csv", out / "summary.md", out / "accuracy_vs_sparsity.png"]
+    written = [out / Artifact.POINTS, out / Artifact.SUMMARY, out / "accuracy_vs_sparsity.png"]
     df.to_csv(written[0], index=False)
     written[1].write_text(summary_note(df))
     plot_accuracy_vs_sparsity(df).savefig(written[2], dpi=120, bbox_inches="tight")
@@ -442,7 +444,7 @@ def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
         written.append(out / "accuracy_vs_remaining.png")
         plot_accuracy_vs_remaining(df).savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close("all")
-    if "test_perplexity" in df.columns and df["test_perplexity"].notna().any():
+    if Metric.TEST_PERPLEXITY in df.columns and df[Metric.TEST_PERPLEXITY].notna().any():
         written.append(out / "perplexity_vs_sparsity.png")
         plot_perplexity_vs_sparsity(df).savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close("all")

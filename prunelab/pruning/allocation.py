@@ -1,10 +1,10 @@
 """Allocation (the scope): how many units to cut where, given their importance scores.
 
-A method hands its scope :class:`Units`: named sets of scored units (a layer's weights, a channel
-group's channels), scores recomputable by name, entries pruned earlier scored ``-inf`` (so they
-stay pruned and count towards the ratio). A scope is a ``scope._target_`` plug-in
-(``conf/scope/``): ``scope(units, ratio) -> {name: bool tensor}`` (True = kept), at an overall
-``ratio`` of all units. :func:`allocate` calls it and then makes sure no set is emptied.
+A method hands its scope :class:`~.contracts.Units`: named sets of scored units (a layer's
+weights, a channel group's channels), scores recomputable by name, entries pruned earlier scored
+``-inf`` (so they stay pruned and count towards the ratio). A scope (``conf/scope/``, the contract
+:class:`~.contracts.Scope`) returns ``{name: bool tensor}`` (True = kept) at an overall ``ratio``
+of all units. :func:`allocate` calls it and then makes sure no set is emptied.
 
 * :class:`Global`: one threshold theta over all scores at once; keep entries with score > theta.
 * :class:`Local`: the same ratio in every set: theta is found per set.
@@ -22,12 +22,14 @@ machine, and the buffer doubled the memory the call needs).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
+from .contracts import Scope, Units
+from .errors import PruningError
 from .mask import count
 
 # Below this many scores a plain sort is cheapest; above it, the k-th smallest is bracketed from a
@@ -114,25 +116,26 @@ def _threshold(parts: Callable[[], Iterable[np.ndarray]], n: int, ratio: float) 
     return -float("inf") if k == 0 else _kth_smallest_streamed(parts, n, k)
 
 
-@dataclass
-class Units:
-    """What a method asks its scope to allocate.
-
-    ``sizes``: units per set; ``score(name)``: the set's scores (the same values on every call;
-    pruned units ``-inf``); ``cost(name)``: MACs one unit of the set accounts for (for scopes that
-    trade accuracy against MACs); ``trial(keeps)``: validation accuracy of the model with only the given
-    sets pruned as ``keeps`` says (for scopes that measure, like the sensitivity scan);
-    ``report``: files a scope leaves for the run (``sensitivity.csv``), name -> str, bytes or a
-    function returning them (made only when the run logs it, e.g. a figure)."""
-    sizes: dict[str, int]
-    score: Callable[[str], torch.Tensor]
-    kind: str = "weights"
-    trial: Callable[..., float] | None = None
-    cost: Callable[[str], float] | None = None
-    report: dict[str, Any] = field(default_factory=dict)
+def as_scope(scope) -> Scope:
+    """``scope`` itself, or a plain function ``fn(units, ratio) -> keeps`` as a
+    :class:`~.contracts.Scope`."""
+    if isinstance(scope, Scope):
+        return scope
+    if not callable(scope):
+        raise PruningError(f"scope {scope!r} is neither a Scope nor a function of (units, ratio)")
+    return FunctionScope(scope)
 
 
-def allocate(units: Units, ratio: float, scope, min_keep: int = 1) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class FunctionScope(Scope):
+    """A plain function ``fn(units, ratio) -> {name: bool tensor}``."""
+    fn: Callable[[Units, float], dict[str, torch.Tensor]]
+
+    def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
+        return self.fn(units, ratio)
+
+
+def allocate(units: Units, ratio: float, scope: Scope, min_keep: int = 1) -> dict[str, torch.Tensor]:
     """``scope``'s decision (``name -> bool tensor`` shaped like the scores, True = kept), with at
     least ``min_keep`` units kept in every set (its highest-scored ones): no layer is emptied."""
     keep = scope(units, ratio)
@@ -148,8 +151,8 @@ def allocate(units: Units, ratio: float, scope, min_keep: int = 1) -> dict[str, 
     return keep
 
 
-@dataclass
-class Global:
+@dataclass(frozen=True)
+class Global(Scope):
     """One threshold over every score: the ``ratio`` lowest-scored units of the whole model go.
 
     The scores stream name by name through the selection (three passes) and once more to build
@@ -184,16 +187,16 @@ def keep_count(scores: torch.Tensor, kept: int) -> torch.Tensor:
     return keep.view(scores.shape)
 
 
-@dataclass
-class Local:
+@dataclass(frozen=True)
+class Local(Scope):
     """The same ratio in every set."""
 
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
         return {name: keep_ratio(units.score(name), ratio) for name in units.sizes}
 
 
-@dataclass
-class Lamp:
+@dataclass(frozen=True)
+class Lamp(Scope):
     """Layer-adaptive magnitude-based pruning (Lee et al. 2021), then one global threshold.
 
     In each set, with the squared scores sorted ascending (s_1 <= ... <= s_n), unit u scores
@@ -211,8 +214,6 @@ def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
     s = scores.detach().flatten().cpu().double()
     alive = torch.isfinite(s)
     if bool((s[alive] < 0).any()):
-        from .errors import PruningError
-
         raise PruningError("scope=lamp needs scores >= 0 (a magnitude): this criterion gave negative ones")
     values = torch.where(alive, s, torch.zeros_like(s)).square()  # float64: no ties made by squaring
     order = values.argsort(stable=True)
@@ -224,8 +225,8 @@ def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
     return out.float().view(scores.shape)
 
 
-@dataclass
-class Erk:
+@dataclass(frozen=True)
+class Erk(Scope):
     """Erdős–Rényi-Kernel densities (Evci et al. 2020): a layer keeps in proportion to the sum of
     its weight's dimensions over their product ((n_in + n_out + k_h + k_w) / (n_in n_out k_h k_w)
     for a convolution), scaled so that the model keeps ``1 - ratio`` of its weights; a layer the
@@ -233,9 +234,6 @@ class Erk:
     weights stay: with ``criterion=random``, RigL's random ERK initialisation."""
 
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
-        from .errors import PruningError
-        from .sensitivity import counts
-
         if units.kind != "weights":
             raise PruningError("scope=erk sets layer densities of single weights: use method=unstructured")
         scores = {name: units.score(name) for name in units.sizes}
@@ -260,3 +258,24 @@ def erk_ratios(shapes: dict[str, tuple[int, ...]], ratio: float) -> dict[str, fl
         dense |= full
     return {n: 0.0 if n in dense else 1 - scale * raw[n] for n in sizes}
 
+
+def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float | None,
+           done: dict[str, int] | None = None) -> dict[str, int]:
+    """Units kept per set: each set's ratio rounded, then (``ratio`` given) the total matched to
+    round(ratio * all) one unit at a time on the sets with the largest rounding error; never
+    fewer pruned than ``done`` (pruned before)."""
+    done = done or {}
+    pruned = {n: max(min(round(ratios[n] * sizes[n]), sizes[n] - 1), done.get(n, 0)) for n in sizes}
+    if ratio is None:
+        return {n: sizes[n] - pruned[n] for n in sizes}
+    short = round(ratio * sum(sizes.values())) - sum(pruned.values())
+    order = sorted(sizes, key=lambda n: (ratios[n] * sizes[n] - pruned[n]) * (1 if short > 0 else -1), reverse=True)
+    i = 0
+    while short and i < 10 * len(order) + abs(short):
+        n = order[i % len(order)]
+        step = 1 if short > 0 else -1
+        if done.get(n, 0) <= pruned[n] + step <= sizes[n] - 1:
+            pruned[n] += step
+            short -= step
+        i += 1
+    return {n: sizes[n] - pruned[n] for n in sizes}

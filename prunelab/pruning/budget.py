@@ -15,24 +15,28 @@ import torch
 from torch import nn
 
 from .errors import PruningError
+from .macs import mac_counts
+from .contracts import Pruned
 from .mask import Mask
 
 MAX_RATIO = 0.995
 
 
 def macs_fraction(model: nn.Module, mask: Mask, example_inputs: torch.Tensor, dense_macs: float) -> float:
-    from ..ledger import mac_counts  # the ledger imports the pruning package: import on use
-
     pruned = mask.apply(copy.deepcopy(model))
     return mac_counts(pruned, example_inputs)[1] / dense_macs
 
 
-def _top(prune_at: Callable[[float], Mask], model: nn.Module, x: torch.Tensor, budget: float):
-    """(mask, ratio, dense MACs) at the highest ratio the scope reaches, checked to meet ``budget``."""
-    from ..ledger import mac_counts
-
+def check_budget(budget: float) -> float:
+    """A MACs budget: a fraction in (0, 1]."""
     if not 0 < budget <= 1:
         raise PruningError(f"budget.macs={budget} is out of range: expected 0 < budget.macs <= 1")
+    return budget
+
+
+def _top(prune_at: Callable[[float], Pruned], model: nn.Module, x: torch.Tensor, budget: float):
+    """(result, dense MACs) at the highest ratio the scope reaches, checked to meet ``budget``."""
+    check_budget(budget)
     dense = mac_counts(model, x)[0]
     tops = (MAX_RATIO, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5)
     for hi in tops:  # a scope may not reach the top (a scan's grid)
@@ -42,31 +46,31 @@ def _top(prune_at: Callable[[float], Mask], model: nn.Module, x: torch.Tensor, b
         except PruningError:
             if hi == tops[-1]:
                 raise
-    reached = macs_fraction(model, best, x, dense)
+    reached = macs_fraction(model, best.mask, x, dense)
     if reached > budget:
-        raise PruningError(f"budget.macs={budget:g} cannot be reached: at ratio {hi} the model keeps "
+        raise PruningError(f"budget.macs={budget:g} cannot be reached: at ratio {best.ratio} the model keeps "
                            f"{reached:.3f} of its MACs")
-    return best, hi, dense
+    return best, dense
 
 
-def check_reachable(prune_at: Callable[[float], Mask], model: nn.Module, example_inputs: torch.Tensor,
+def check_reachable(prune_at: Callable[[float], Pruned], model: nn.Module, example_inputs: torch.Tensor,
                     budget: float) -> None:
     """Raise :class:`PruningError` now if ``budget`` cannot be met (before any training)."""
     _top(prune_at, model, example_inputs[:1], budget)
 
 
-def to_macs_budget(prune_at: Callable[[float], Mask], model: nn.Module, example_inputs: torch.Tensor,
-                   budget: float, steps: int = 16) -> tuple[Mask, float]:
-    """The mask of the smallest ratio (within 2^-steps) whose MACs fraction is <= ``budget``,
-    and that ratio."""
+def to_macs_budget(prune_at: Callable[[float], Pruned], model: nn.Module, example_inputs: torch.Tensor,
+                   budget: float, steps: int = 16) -> Pruned:
+    """The pruning at the smallest ratio (within 2^-steps) whose MACs fraction is <= ``budget``
+    (its ``ratio`` says which)."""
     x = example_inputs[:1]
-    best, hi, dense = _top(prune_at, model, x, budget)
-    lo = 0.0
+    best, dense = _top(prune_at, model, x, budget)
+    lo, hi = 0.0, best.ratio
     for _ in range(steps):
         mid = (lo + hi) / 2
-        mask = prune_at(mid)
-        if macs_fraction(model, mask, x, dense) <= budget:
-            hi, best = mid, mask
+        pruned = prune_at(mid)
+        if macs_fraction(model, pruned.mask, x, dense) <= budget:
+            hi, best = mid, pruned
         else:
             lo = mid
-    return best, hi
+    return best

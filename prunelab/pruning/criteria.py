@@ -1,22 +1,13 @@
 """Criteria (importance): how much each weight, or each output channel, matters.
 
-A criterion only scores; how many entries to cut and where is the scope's job (``scopes.py``).
-It is a ``criterion._target_`` plug-in (``conf/criterion/``) of one of two shapes:
-
-* a plain function ``fn(weight) -> scores`` shaped like ``weight`` (it may also take ``name=`` and
-  ``seed=``), e.g. ``criterion._target_=mypkg.my_score criterion._partial_=true``;
-* an object with ``prepare(model, data, seed) -> scorer`` for criteria that look at the network
-  or at data first (Taylor runs a few training batches). The scorer has
-  ``weights(name, weight) -> scores`` and may have ``channels(name, rows) -> per-channel scores``.
-
-Data reach a criterion through one interface only, :class:`PruneData`: ``data.batches(n)`` yields
-``n`` seeded mini-batches ``(x, y)`` of the training split.
+A criterion only scores; how many entries to cut and where is the scope's job
+(``allocation.py``). The contract (``contracts.py``): a :class:`~.contracts.Criterion` prepares a
+:class:`~.contracts.Scorer` for the model, or a plain function ``fn(weight) -> scores`` shaped like
+``weight`` (it may also take ``name=`` and ``seed=``), e.g. ``criterion._target_=mypkg.my_score
++criterion._partial_=true``, which :func:`as_criterion` wraps.
 
 Structured methods score a channel from every layer whose output channel it is (a residual
-addition couples several): ``rows`` lists one :class:`Coupled` per such layer, whose ``place(t)``
-turns a tensor shaped like that layer's weight into rows indexed by the group's channels,
-``(channels, -1)``. Without a ``channels`` method a channel's score is the sum of its weights'
-scores (Taylor's "summed over the channel group").
+addition couples several): see :class:`~.contracts.Coupled` and ``Scorer.channels``.
 """
 
 from __future__ import annotations
@@ -24,76 +15,36 @@ from __future__ import annotations
 import inspect
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import PruningError
+from .contracts import Coupled, Criterion, Scorer
+from .data import PruneData
+from .errors import PruningError, check_positive
 
 
-class PruneData:
-    """The data a criterion or a scope may look at: seeded mini-batches of the training split
-    (criteria) and accuracy on a bounded subset of the validation split (the sensitivity scan).
-
-    ``train`` and ``val`` are ``(x, y)`` pairs or anything with ``.x`` and ``.y``."""
-
-    def __init__(self, train, val=None, batch_size: int = 128, seed: int = 0):
-        self.train = _pair(train)
-        self.val = _pair(val) if val is not None else None
-        self.batch_size, self.seed = batch_size, seed
-
-    def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The first ``n`` mini-batches of one seeded shuffle of the training split."""
-        x, y = self.train
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed)).to(x.device)
-        for start in range(0, min(n * self.batch_size, len(y)), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            yield x[idx], y[idx]
-
-    def chunks(self, samples: int | None = None, size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The first ``samples`` validation examples (all: None), ``size`` at a time."""
-        if self.val is None:
-            raise PruningError("this needs validation data: pass data=PruneData(train, val)")
-        x, y = self.val
-        x, y = (x[:samples], y[:samples]) if samples else (x, y)
-        for i in range(0, len(y), size):
-            yield x[i:i + size], y[i:i + size]
-
-    @torch.no_grad()
-    def accuracy(self, model: nn.Module, samples: int | None = None) -> float:
-        """Accuracy of ``model`` (eval mode) on the first ``samples`` validation examples."""
-        was_training = model.training
-        model.eval()
-        correct = total = 0
-        try:
-            for x, y in self.chunks(samples):
-                correct += int((model(x).argmax(1) == y).sum())
-                total += len(y)
-        finally:
-            model.train(was_training)
-        return correct / max(total, 1)
-
-
-def _pair(split) -> tuple[torch.Tensor, torch.Tensor]:
-    return (split.x, split.y) if hasattr(split, "x") else tuple(split)
-
-
-class Scorer(Protocol):
-    def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor: ...
-
-
-def prepare(criterion, model: nn.Module, data: PruneData | None, seed: int):
-    """The scorer of ``criterion`` (either shape above) for ``model``."""
-    if hasattr(criterion, "prepare"):
-        return criterion.prepare(model, data, seed)
+def as_criterion(criterion) -> Criterion:
+    """``criterion`` itself, or a plain scoring function as a :class:`~.contracts.Criterion`."""
+    if isinstance(criterion, Criterion):
+        return criterion
     if not callable(criterion):
-        raise PruningError(f"criterion {criterion!r} is neither a function nor has prepare()")
-    return _FunctionScorer(criterion, seed)
+        raise PruningError(f"criterion {criterion!r} is neither a Criterion nor a function of a weight")
+    return FunctionCriterion(criterion)
 
 
-class _FunctionScorer:
+@dataclass(frozen=True)
+class FunctionCriterion(Criterion):
+    """A plain function ``fn(weight, [name=, seed=]) -> scores shaped like weight``."""
+    fn: Callable[..., torch.Tensor]
+
+    def prepare(self, model, data, seed):
+        return _FunctionScorer(self.fn, seed)
+
+
+class _FunctionScorer(Scorer):
     def __init__(self, fn: Callable, seed: int):
         try:
             params = inspect.signature(fn).parameters
@@ -113,32 +64,18 @@ class _FunctionScorer:
         return scores
 
 
-@dataclass(frozen=True)
-class Coupled:
-    """One layer of a channel group: its weight's name, the weight, and ``place``."""
-    name: str
-    weight: torch.Tensor
-    place: Callable[[torch.Tensor], torch.Tensor]
-
-
-def channel_scores(scorer, name: str, rows: list[Coupled], n: int) -> torch.Tensor:
-    """Per-channel scores of the channel group rooted at layer ``name`` (module docstring)."""
-    if hasattr(scorer, "channels"):
-        return scorer.channels(name, rows, n)
-    total = torch.zeros(n, dtype=torch.float64)
-    for c in rows:
-        total += c.place(scorer.weights(c.name, c.weight).double()).sum(dim=1).cpu()
-    return total.float()
-
-
 # --- the built-in criteria -------------------------------------------------------------------
 
-@dataclass
-class Magnitude:
+@dataclass(frozen=True)
+class Magnitude(Criterion, Scorer):
     """|w| per weight, for every p: |w|^p ranks weights alike, and squaring in float32 would tie
     weights that differ (l1 and l2 keep the same weights, exactly those of
     ``torch.nn.utils.prune``'s L1). ||W_i||_p per channel (l1: p=1, l2: p=2): there p matters."""
     p: float = 2
+
+    def __post_init__(self):
+        if not self.p > 0:
+            raise PruningError(f"criterion.p={self.p} must be > 0")
 
     def prepare(self, model, data, seed):
         return self
@@ -146,7 +83,7 @@ class Magnitude:
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().abs()
 
-    def channels(self, name: str, rows, n: int) -> torch.Tensor:
+    def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
         total = torch.zeros(n, dtype=torch.float64)
         for c in rows:
             total += c.place(c.weight.detach().double()).abs().pow(self.p).sum(dim=1).cpu()
@@ -158,27 +95,35 @@ def _generator(name: str, seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
 
 
-@dataclass
-class Random:
-    """The baseline: the scope's allocation with a random choice (seeded, per layer)."""
-    seed: int = 0  # set by prepare() from the run's seed
+@dataclass(frozen=True)
+class Random(Criterion):
+    """The baseline: the scope's allocation with a random choice (seeded by the run's calibration
+    seed, per layer)."""
 
     def prepare(self, model, data, seed):
-        return Random(seed)
+        return _RandomScores(seed)
+
+
+@dataclass(frozen=True)
+class _RandomScores(Scorer):
+    seed: int
 
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return torch.rand(weight.shape, generator=_generator(name, self.seed)).to(weight.device)
 
-    def channels(self, name: str, rows, n: int) -> torch.Tensor:
+    def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
         return torch.rand(n, generator=_generator(name, self.seed))
 
 
-@dataclass
-class Taylor:
+@dataclass(frozen=True)
+class Taylor(Criterion):
     """First-order Taylor importance (Molchanov et al. 2019): |w * dL/dw| per weight, summed over
     ``batches`` training mini-batches (the loss is the mean cross-entropy of each batch, the model
     in eval mode so BatchNorm statistics are left alone); per channel, the sum over its weights."""
     batches: int = 8
+
+    def __post_init__(self):
+        check_positive(self.batches, "criterion.batches")
 
     def prepare(self, model: nn.Module, data: PruneData | None, seed: int):
         if data is None:
@@ -207,7 +152,7 @@ class Taylor:
         return _TaylorScores(scores)
 
 
-class _TaylorScores:
+class _TaylorScores(Scorer):
     def __init__(self, scores: dict[str, torch.Tensor]):
         self.scores = scores
 
@@ -217,8 +162,8 @@ class _TaylorScores:
         return self.scores[name].to(weight.device)
 
 
-@dataclass
-class FPGM:
+@dataclass(frozen=True)
+class FPGM(Criterion, Scorer):
     """Filter pruning via geometric median (He et al. 2019): a filter close to all the others
     (small summed Euclidean distance to them) is redundant. Filters only: structured methods."""
 
@@ -228,6 +173,6 @@ class FPGM:
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         raise PruningError("criterion fpgm compares whole filters: use it with method=structured")
 
-    def channels(self, name: str, rows, n: int) -> torch.Tensor:
+    def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
         w = torch.cat([c.place(c.weight.detach().double()).cpu() for c in rows], dim=1)
         return torch.cdist(w, w).sum(dim=1).float()

@@ -20,15 +20,18 @@ sequential order, one layer at a time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .allocation import Local, Units
-from .errors import PruningError
+from .allocation import Local, as_scope
+from .contracts import Criterion, Method, Pruned, Scope, Units
+from .data import PruneData
+from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
-from .methods import _finish, prunable_layers
+from .methods import finish, prunable_layers
 
 
 class _Stop(Exception):
@@ -40,8 +43,7 @@ def calibration(data, samples: int, seed: int) -> torch.Tensor:
     if data is None:
         raise PruningError("this method needs calibration data (the run passes the training split)")
     x = data.train[0]
-    if samples < 1:
-        raise PruningError(f"method.samples={samples} must be >= 1")
+    check_positive(samples, "method.samples")
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]
     return x[order.to(x.device)]
 
@@ -149,25 +151,22 @@ def sparsegpt_update(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: 
     return w.to(weight.dtype), ~pruned
 
 
-def _check_pattern(ratio: float, n: int | None, m: int | None, cols: dict[str, int], method: str) -> None:
-    if (n is None) != (m is None):
-        raise PruningError(f"method={method}: give both method.n and method.m (N:M), or neither")
-    if n is None:
+def _check_pattern(ratio: float, n: int | None, m: int | None, cols: dict[str, int]) -> None:
+    check_nm(n, m, ratio, optional=True)
+    if n is None or m is None:
         return
-    if not 0 < n < m:
-        raise PruningError(f"method.n={n}, method.m={m}: expected 0 < n < m")
-    if abs(ratio - (m - n) / m) > 1e-9:
-        raise PruningError(f"ratio={ratio} but {n}:{m} prunes {(m - n) / m}: set ratio={(m - n) / m}")
     odd = [name for name, c in cols.items() if c % m]
     if odd:
         raise PruningError(f"{n}:{m} needs input sizes divisible by {m}: {', '.join(odd)} are not; "
                            "add them to method.ignore")
 
 
-def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callable, scope, ignore: Sequence[str],
-               data, samples: int, seed: int, mask: Mask | None,
-               n: int | None, m: int | None) -> Mask:
-    if not isinstance(scope, Local):
+def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callable, scope: Scope,
+               ignore: Sequence[str], data, samples: int, seed: int, mask: Mask | None,
+               n: int | None, m: int | None) -> Pruned:
+    if data is not None and not isinstance(data, PruneData):
+        data = PruneData(data, seed=seed)
+    if not isinstance(as_scope(scope), Local):
         raise PruningError(f"method={method} prunes every layer to the ratio, row by row, as the paper does: "
                            "use scope=local")
     layers = prunable_layers(model, ignore)
@@ -177,7 +176,7 @@ def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callabl
     if other:
         raise PruningError(f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: "
                            "add them to method.ignore")
-    _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in layers.items()}, method)
+    _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in layers.items()})
     x = calibration(data, samples, seed)
     keep = {}
     for name, layer in layers.items():
@@ -195,33 +194,63 @@ def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callabl
         keep[key] = kept.cpu()
     weights = {f"{name}.weight": layer.weight for name, layer in layers.items()}
     units = Units({k: w.numel() for k, w in weights.items()}, lambda k: weights[k].abs())
-    return _finish(keep, units, dict(keep), weights, mask)
+    return finish(keep, units, dict(keep), weights, mask, ratio)
 
 
-def wanda(model: nn.Module, ratio: float, scope=None, n: int | None = None, m: int | None = None,
-          samples: int = 128, ignore: Sequence[str] = ("classifier",),
-          seed: int = 0, data=None, mask: Mask | None = None, **_) -> Mask:
+@dataclass
+class LayerByLayer(Method):
+    """What Wanda and SparseGPT share: their options, the calibration data and the walk through
+    the layers; a subclass provides ``prune_layer``."""
+    # the logits layer (the papers prune the blocks' linear layers only)
+    ignore: list[str] = field(default_factory=lambda: ["classifier"])
+    n: int | None = None  # N:M: n kept of every m inputs (both unset: unstructured)
+    m: int | None = None
+    samples: int = 128  # calibration sequences from the training split (drawn by calibration_seed)
+
+    def __post_init__(self):
+        check_nm(self.n, self.m, optional=True)
+        check_positive(self.samples, "method.samples")
+
+    def prune_layer(self, ratio: float) -> Callable:
+        """``(weight, gram, alive, name) -> (new weight, kept)`` for one layer."""
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope | None = None,
+                 criterion: Criterion | None = None, seed: int = 0, example_inputs: torch.Tensor | None = None,
+                 data: PruneData | None = None, mask: Mask | None = None) -> Pruned:
+        return _layerwise(model, ratio, type(self).__name__.lower(), self.prune_layer(ratio),
+                          scope if scope is not None else Local(), self.ignore, data, self.samples, seed, mask,
+                          self.n, self.m)
+
+
+@dataclass
+class Wanda(LayerByLayer):
     """Wanda, layer by layer (the module docstring). Zeroes the pruned weights in place."""
 
-    def prune_layer(weight, gram, alive, name):
-        return weight.detach(), wanda_mask(weight.detach(), gram, ratio, n, m, alive)
+    def prune_layer(self, ratio: float) -> Callable:
+        def prune_layer(weight, gram, alive, name):
+            return weight.detach(), wanda_mask(weight.detach(), gram, ratio, self.n, self.m, alive)
+        return prune_layer
 
-    return _layerwise(model, ratio, "wanda", prune_layer, scope if scope is not None else Local(), ignore, data,
-                      samples, seed, mask, n, m)
 
-
-def sparsegpt(model: nn.Module, ratio: float, scope=None, n: int | None = None, m: int | None = None,
-              samples: int = 128, blocksize: int | None = 128,
-              damp: float = 0.01, ignore: Sequence[str] = ("classifier",), seed: int = 0, data=None,
-              mask: Mask | None = None, **_) -> Mask:
+@dataclass
+class SparseGPT(LayerByLayer):
     """SparseGPT, layer by layer (the module docstring). Updates the surviving weights in place:
     the model it returns the mask of is the reconstructed one."""
+    blocksize: int | None = 128  # lazy update (and mask selection) block; None: whole rows
+    damp: float = 0.01  # of the mean Hessian diagonal, added to it
 
-    def prune_layer(weight, gram, alive, name):
-        return sparsegpt_update(weight, gram, ratio, n, m, blocksize, damp, alive, name)
+    def __post_init__(self):
+        super().__post_init__()
+        if self.damp < 0:
+            raise PruningError(f"method.damp={self.damp} must be >= 0")
+        if self.blocksize is not None:
+            check_positive(self.blocksize, "method.blocksize")
 
-    return _layerwise(model, ratio, "sparsegpt", prune_layer, scope if scope is not None else Local(), ignore,
-                      data, samples, seed, mask, n, m)
+    def prune_layer(self, ratio: float) -> Callable:
+        def prune_layer(weight, gram, alive, name):
+            return sparsegpt_update(weight, gram, ratio, self.n, self.m, self.blocksize, self.damp, alive, name)
+        return prune_layer
 
 
-__all__ = ["wanda", "sparsegpt", "wanda_mask", "sparsegpt_update", "input_gram", "calibration"]
+__all__ = ["SparseGPT", "Wanda", "calibration", "input_gram", "sparsegpt_update", "wanda_mask"]

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 
 def count(keep: torch.Tensor) -> int:
     """True entries of a bool tensor, counted by NumPy in place (torch's sum copies to int64)."""
     return int(np.count_nonzero(keep.detach().cpu().numpy()))
 
 
-class MaskError(ValueError):
+class MaskError(UserError, ValueError):
     """A mask does not fit the model it is applied to."""
 
 
@@ -32,10 +34,6 @@ class Mask:
     prunable: tuple[str, ...] = ()
     # Structured pruning only: per pruned layer, which output channels were kept.
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
-    # How much of each set (layer / channel group) was kept, for plan.json (``plan.py``).
-    plan: dict = field(default_factory=dict, compare=False)
-    # Files the scope left for the run (e.g. the sensitivity scan's table and heatmap).
-    report: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         for name, m in self.masks.items():

@@ -1,7 +1,7 @@
 """The pruning methods (patterns): what a unit is, and what removing it zeroes.
 
-* :func:`unstructured`: a unit is one weight; keep W_ij where score(W_ij) > theta.
-* :func:`structured`: a unit is an output channel (a neuron or conv filter), keep channel i where
+* :class:`Unstructured`: a unit is one weight; keep W_ij where score(W_ij) > theta.
+* :class:`Structured`: a unit is an output channel (a neuron or conv filter), keep channel i where
   its score (||W_i||_p for magnitude) > theta. Channels come from Torch-Pruning's dependency
   graph, so channels that must go together (a residual addition, the BatchNorm after a conv, the
   next layer's inputs, the flatten->linear boundary) are scored and removed as one unit; a grouped
@@ -10,21 +10,22 @@
   transformer's residual stream) are left whole. Zeroing all of a
   channel's parameters makes the masked network compute exactly what the network with the channel
   physically removed computes (``shrink.py``).
-* :func:`nm`: semi-structured N:M: in every group of M consecutive input weights of a row, the N
+* :class:`NM`: semi-structured N:M: in every group of M consecutive input weights of a row, the N
   highest-scored survive.
 
-Every method takes the criterion (``criteria.py``) and the scope (``allocation.py``) as names or
-objects, and the current ``mask``: entries it pruned score ``-inf``, so they stay pruned and count
-towards ``ratio``, the overall target (not a fraction of what is left). A schedule can call a
-method again and again. None modifies the model; each returns a :class:`Mask` with the per-set
-plan (``plan.py``) and what its scope reported.
+Each is a :class:`~.contracts.Method`: its options are its fields (``conf/method/<option>.yaml``
+sets them), and calling it with the model, the ratio, the criterion (``criteria.py``), the scope
+(``allocation.py``) and the current ``mask`` returns :class:`~.contracts.Pruned`. Entries the
+current mask pruned score ``-inf``, so they stay pruned and count towards ``ratio``, the overall
+target (not a fraction of what is left): a schedule can call a method again and again. None
+modifies the model.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Callable, Sequence
 
@@ -32,12 +33,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import criteria
-from .allocation import Global, Units, allocate
-from .errors import PruningError, check_ratio
+from .allocation import Global, allocate, as_scope
+from .contracts import Coupled, Criterion, Method, Pruned, Scope, Scorer, Units
+from .criteria import Magnitude, as_criterion
+from .data import PruneData
+from .errors import PruningError, check_nm, check_ratio
+from .macs import layer_macs
 from .mask import Mask, count
 from .plan import plan_of
-from .plugins import resolve
 from .probe import Probe
 
 log = logging.getLogger(__name__)
@@ -57,11 +60,6 @@ def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, n
             warnings.warn(f"method.ignore: {pat!r} matches no prunable layer (they are: {', '.join(layers)})",
                           stacklevel=2)
     return {name: m for name, m in layers.items() if not any(fnmatch(name, pat) for pat in ignore)}
-
-
-def check_normalize(value) -> None:
-    if value not in ("mean", "none"):
-        raise PruningError(f"method.normalize={value!r} is not allowed: expected one of mean, none")
 
 
 def _full_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -84,12 +82,13 @@ def _without_pruned(scores: torch.Tensor, alive: torch.Tensor | None) -> torch.T
     return scores if alive is None else scores.masked_fill(~alive, -_INF)
 
 
-def _setup(model, ratio, criterion, scope, data, seed):
+def _setup(model: nn.Module, ratio: float, criterion, scope, data, seed: int
+           ) -> tuple[Scorer, Scope, PruneData | None]:
+    """The criterion's scorer for ``model``, the scope, and the data as :class:`PruneData`."""
     check_ratio(ratio)
-    criterion, scope = resolve("criterion", criterion), resolve("scope", scope)
-    if data is not None and not isinstance(data, criteria.PruneData):
-        data = criteria.PruneData(data, seed=seed)
-    return criteria.prepare(criterion, model, data, seed), scope, data
+    if data is not None and not isinstance(data, PruneData):
+        data = PruneData(data, seed=seed)
+    return as_criterion(criterion).prepare(model, data, seed), as_scope(scope), data
 
 
 def _prober(model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.Tensor]]):
@@ -105,8 +104,6 @@ def _costs(model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]],
 
     def cost(name: str) -> float:
         if not found:
-            from ..ledger import layer_macs  # the ledger imports the pruning package
-
             x = example_inputs if example_inputs is not None else (data.train[0][:1] if data is not None else None)
             if x is None:
                 raise PruningError("MACs per unit need example_inputs or data")
@@ -116,31 +113,40 @@ def _costs(model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]],
     return cost
 
 
-def _finish(keep, units: Units, masks, prunable, current: Mask | None, channels=None) -> Mask:
-    """The new mask: this method's choice, AND-ed with the current mask everywhere (whatever
-    method made it, biases and ignored layers included: nothing it pruned comes back)."""
+def finish(keep: dict[str, torch.Tensor], units: Units, masks: dict[str, torch.Tensor], prunable,
+           current: Mask | None, ratio: float, channels: dict[str, torch.Tensor] | None = None) -> Pruned:
+    """The result: this method's choice (``keep`` per set of ``units``; ``masks`` per parameter),
+    AND-ed with the current mask everywhere (whatever method made it, biases and ignored layers
+    included: nothing it pruned comes back), with its plan and what the scope reported."""
     if current is not None:
         for name, old in current.masks.items():
             masks[name] = masks[name] & old.cpu() if name in masks else old.cpu()
-    out = Mask(masks, prunable=tuple(prunable), channels=channels or {})
-    out.plan = plan_of(units.kind, {n: (units.sizes[n], count(k), tuple(k.shape)) for n, k in keep.items()})
-    out.report = dict(units.report)
-    return out
+    mask = Mask(masks, prunable=tuple(prunable), channels=channels or {})
+    plan = plan_of(units.kind, {n: (units.sizes[n], count(k), tuple(k.shape)) for n, k in keep.items()})
+    return Pruned(mask, plan, dict(units.report), ratio)
 
 
-# The defaults as objects (what conf/scope/global.yaml and conf/criterion/l2.yaml make): a call
-# that names nothing reads no YAML.
-_GLOBAL, _L2 = Global(), criteria.Magnitude(2)
+# The defaults as objects (what conf/scope/global.yaml and conf/criterion/l2.yaml make).
+GLOBAL, L2 = Global(), Magnitude(2)
 
 
-def unstructured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
-                 ignore: Sequence[str] = (), seed: int = 0, mask: Mask | None = None, data=None, **_) -> Mask:
+@dataclass
+class Unstructured(Method):
     """Mask the lowest-scored ``ratio`` of the weights of all prunable layers.
 
     >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> round(unstructured(net, 0.5).sparsity, 3)
+    >>> round(Unstructured()(net, 0.5).mask.sparsity, 3)
     0.5
     """
+    ignore: list[str] = field(default_factory=list)  # layer names (fnmatch patterns) never pruned
+
+    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope = GLOBAL, criterion: Criterion = L2,
+                 seed: int = 0, example_inputs: torch.Tensor | None = None, data: PruneData | None = None,
+                 mask: Mask | None = None) -> Pruned:
+        return _unstructured(model, ratio, scope, criterion, self.ignore, seed, mask, data)
+
+
+def _unstructured(model, ratio, scope, criterion, ignore, seed, mask, data) -> Pruned:
     scorer, scope, data = _setup(model, ratio, criterion, scope, data, seed)
     layers = prunable_layers(model, ignore)
     if not layers:
@@ -154,11 +160,11 @@ def unstructured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
                                                         for n, m in layers.items()}))
     keep = allocate(units, ratio, scope)
     masks = {n: (k & alive[n]) if alive[n] is not None else k for n, k in keep.items()}
-    return _finish(dict(masks), units, masks, weights, mask)
+    return finish(dict(masks), units, masks, weights, mask, ratio)
 
 
-def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope=_GLOBAL, criterion=_L2,
-       ignore: Sequence[str] = (), seed: int = 0, mask: Mask | None = None, data=None, **_) -> Mask:
+@dataclass
+class NM(Method):
     """Semi-structured N:M: in every group of ``m`` consecutive weights along a layer's inputs
     (for a convolution: along its input channels, at each kernel position), the ``n``
     highest-scored survive. A layer whose inputs do not divide by ``m`` is left dense and named in
@@ -166,13 +172,24 @@ def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope=_GLOBAL, cr
     allocate (each group decides alone); it is accepted so every scope composes.
 
     >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-    >>> round(nm(net, 0.5, n=2, m=4).sparsity, 3)
+    >>> round(NM(n=2, m=4)(net, 0.5).mask.sparsity, 3)
     0.5
     """
-    if not 0 < n < m:
-        raise PruningError(f"method.n={n}, method.m={m}: expected 0 < n < m")
-    if not math.isclose(check_ratio(ratio), (m - n) / m, abs_tol=1e-9):
-        raise PruningError(f"method=nm keeps {n} of every {m} weights: ratio must be {(m - n) / m:g}, got {ratio:g}")
+    n: int = 2
+    m: int = 4
+    ignore: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        check_nm(self.n, self.m)
+
+    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope = GLOBAL, criterion: Criterion = L2,
+                 seed: int = 0, example_inputs: torch.Tensor | None = None, data: PruneData | None = None,
+                 mask: Mask | None = None) -> Pruned:
+        return _nm(model, ratio, self.n, self.m, scope, criterion, self.ignore, seed, mask, data)
+
+
+def _nm(model, ratio, n, m, scope, criterion, ignore, seed, mask, data) -> Pruned:
+    check_nm(n, m, ratio)
     scorer, _, _ = _setup(model, ratio, criterion, scope, data, seed)
     candidates = prunable_layers(model, ignore)
     layers = {name: layer for name, layer in candidates.items() if layer.weight.shape[1] % m == 0}
@@ -196,7 +213,7 @@ def nm(model: nn.Module, ratio: float, n: int = 2, m: int = 4, scope=_GLOBAL, cr
         keep[pname] = k
         masks[pname] = k & alive if alive is not None else k
     final = {p: masks[p] for p in keep}
-    return _finish(final, Units({p: k.numel() for p, k in final.items()}, final.__getitem__), masks, final, mask)
+    return finish(final, Units({p: k.numel() for p, k in final.items()}, final.__getitem__), masks, final, mask, ratio)
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -289,7 +306,7 @@ def _heads(model: nn.Module, graph, root_name: str, group, blocks: int) -> int:
     return heads
 
 
-def _coupled(group, graph, n: int, param_names) -> list[criteria.Coupled]:
+def _coupled(group, graph, n: int, param_names) -> list[Coupled]:
     """The layers whose output channels the group's channels are, each with its row placement."""
     rows = []
     for item in group:
@@ -303,7 +320,7 @@ def _coupled(group, graph, n: int, param_names) -> list[criteria.Coupled]:
                 placed[dst] = t[src]
                 return placed
 
-            rows.append(criteria.Coupled(param_names[id(module.weight)], module.weight, place))
+            rows.append(Coupled(param_names[id(module.weight)], module.weight, place))
     return rows
 
 
@@ -328,10 +345,8 @@ def _zero_channel_masks(masks, graph, root, idxs, param_names) -> None:
                 masks[full][ix] = False
 
 
-def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
-               ignore: Sequence[str] = ("classifier",), seed: int = 0,
-               example_inputs: torch.Tensor | None = None, normalize: str = "mean",
-               mask: Mask | None = None, data=None, **_) -> Mask:
+@dataclass
+class Structured(Method):
     """Mask the lowest-scored ``ratio`` of the output channels of all prunable layers.
 
     Each group's channel scores are divided by their mean (``normalize="mean"``, Torch-Pruning's
@@ -341,9 +356,24 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
     least one channel, so no layer is ever emptied. ``example_inputs`` (one batch) is needed to
     trace the dependency graph.
     """
+    # the logits layer: removing its outputs would remove classes
+    ignore: list[str] = field(default_factory=lambda: ["classifier"])
+    normalize: str = "mean"  # divide each group's channel scores by their mean, or "none"
+
+    def __post_init__(self):
+        if self.normalize not in ("mean", "none"):
+            raise PruningError(f"method.normalize={self.normalize!r} is not allowed: expected one of mean, none")
+
+    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope = GLOBAL, criterion: Criterion = L2,
+                 seed: int = 0, example_inputs: torch.Tensor | None = None, data: PruneData | None = None,
+                 mask: Mask | None = None) -> Pruned:
+        return _structured(model, ratio, scope, criterion, self.ignore, seed, example_inputs, self.normalize,
+                           mask, data)
+
+
+def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, normalize, mask, data) -> Pruned:
     if example_inputs is None:
         raise PruningError("structured pruning needs example_inputs to trace the model")
-    check_normalize(normalize)
     layers = prunable_layers(model, ignore)
     last = list(prunable_layers(model))[-1]
     if last in layers:
@@ -368,7 +398,7 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
     def score(name):
         module, group = by_root[name]
         n = len(group[0].idxs)
-        s = criteria.channel_scores(scorer, name, _coupled(group, graph, n, param_names), n)
+        s = scorer.channels(name, _coupled(group, graph, n, param_names), n)
         if blocks[name] > 1:  # position i of every block is one unit: one shared score
             s = s.view(blocks[name], -1).mean(0).repeat(blocks[name])
         if heads[name] > 1:  # a head is one unit: its channels share their mean score
@@ -419,4 +449,4 @@ def structured(model: nn.Module, ratio: float, scope=_GLOBAL, criterion=_L2,
             keep[name] = keep[name].view(heads[name], -1).any(1).repeat_interleave(len(keep[name]) // heads[name])
         if alive[name] is not None:
             keep[name] = keep[name] & alive[name]
-    return _finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), mask, channels=keep)
+    return finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), mask, ratio, channels=keep)

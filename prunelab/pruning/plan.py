@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .allocation import Units, keep_count
+from .allocation import keep_count
+from .contracts import Scope, Units
 from .errors import PruningError
 
 FORMAT = 1
@@ -52,7 +53,7 @@ def load_plan(source: str | Path | dict) -> dict:
 
 
 @dataclass
-class FromPlan:
+class FromPlan(Scope):
     """Keep in every set exactly the plan's count (the run's ``ratio`` is not used: the plan
     decides). A plan that does not fit the model is one error naming every misfit."""
     source: Any = None

@@ -16,6 +16,7 @@ is the run's ``plan.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 from dataclasses import dataclass, field
@@ -24,14 +25,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .allocation import Units, keep_count, keep_ratio
-from .errors import PruningError
+from .allocation import counts, keep_count, keep_ratio
+from .contracts import Scope, Units
+from .errors import PruningError, check_positive
 
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998)
 
 
 @dataclass
-class Sensitivity:
+class Sensitivity(Scope):
     grid: list[float] = field(default_factory=lambda: list(GRID))
     samples: int = 1000  # validation examples per evaluation
     # What `ratio` is a fraction of, and what the choice spends the predicted loss on: "units"
@@ -43,7 +45,15 @@ class Sensitivity:
     def __post_init__(self):
         if self.cost not in ("auto", "units", "macs"):
             raise PruningError(f"scope.cost={self.cost!r} is not allowed: expected one of auto, units, macs")
+        if not self.grid or not all(0 < r < 1 for r in self.grid):
+            raise PruningError(f"scope.grid={list(self.grid)}: expected ratios in (0, 1)")
+        check_positive(self.samples, "scope.samples")
+        self.grid = [float(r) for r in self.grid]
         self._scans: dict = {}
+
+    def for_budget(self) -> Sensitivity:
+        """Under a MACs budget, ``cost=auto`` spends the predicted loss on MACs."""
+        return dataclasses.replace(self, cost="macs") if self.cost == "auto" else self
 
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
         table = self.scan(units)
@@ -147,28 +157,6 @@ def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float,
     (low, below), (high, above) = at(lo), at(hi)
     share = 0.0 if above <= below else (ratio - below) / (above - below)
     return {name: low[name] + min(max(share, 0.0), 1.0) * (high[name] - low[name]) for name in sizes}
-
-
-def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float | None,
-           done: dict[str, int] | None = None) -> dict[str, int]:
-    """Units kept per set: each set's ratio rounded, then (``ratio`` given) the total matched to
-    round(ratio * all) one unit at a time on the sets with the largest rounding error; never
-    fewer pruned than ``done`` (pruned before)."""
-    done = done or {}
-    pruned = {n: max(min(round(ratios[n] * sizes[n]), sizes[n] - 1), done.get(n, 0)) for n in sizes}
-    if ratio is None:
-        return {n: sizes[n] - pruned[n] for n in sizes}
-    short = round(ratio * sum(sizes.values())) - sum(pruned.values())
-    order = sorted(sizes, key=lambda n: (ratios[n] * sizes[n] - pruned[n]) * (1 if short > 0 else -1), reverse=True)
-    i = 0
-    while short and i < 10 * len(order) + abs(short):
-        n = order[i % len(order)]
-        step = 1 if short > 0 else -1
-        if done.get(n, 0) <= pruned[n] + step <= sizes[n] - 1:
-            pruned[n] += step
-            short -= step
-        i += 1
-    return {n: sizes[n] - pruned[n] for n in sizes}
 
 
 def heatmap(table: pd.DataFrame) -> bytes:

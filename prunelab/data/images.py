@@ -1,103 +1,23 @@
-"""Datasets as in-memory tensors.
-
-Every dataset here is small enough to live in memory, so batches are taken by indexing with a
-permutation (see ``train.batches``) instead of a per-sample Python ``Dataset``. Each loader returns
-:class:`Splits`: train / validation (for choices) / test (for reported numbers), already
-standardised with statistics of the training split.
-"""
+"""Image datasets: Fashion-MNIST (IDX files, found, or downloaded and verified), scikit-learn's
+digits, and synthetic class prototypes for tests."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gzip
 import hashlib
 import logging
 import os
-import shutil
 import struct
-import tempfile
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .files import DataError, cache_dir, download, file_sha256
+from .splits import Splits, make_splits
+
 log = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """A dataset cannot be found or read; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Split:
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
-
-
-@dataclass(frozen=True)
-class Splits:
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-    # The standardisation applied to every split: x = (raw - mean) / std, raw being the inputs
-    # scaled to [0, 1] (pixels / 255); the hand-over files take raw inputs and apply it themselves.
-    mean: float = 0.0
-    std: float = 1.0
-    # The test inputs as the hand-over files take them (raw, before standardisation), on the CPU.
-    test_raw: torch.Tensor | None = None
-
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
-
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs ``x`` of a split as the hand-over files take them, on the CPU: the
-        standardisation undone; token ids (integers) as they are."""
-        x = x.cpu()
-        return x * self.std + self.mean if x.is_floating_point() else x
-
-    def to(self, device) -> "Splits":
-        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
-                                   test=self.test.to(device))
-
-
-def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, seed,
-                scale: float = 1.0) -> Splits:
-    """Hold out ``val_size`` training samples (chosen by ``seed``) and standardise all splits with
-    the mean/std of what remains for training, so no test statistic leaks into the inputs.
-
-    Inputs are first divided by ``scale`` (255 for 8-bit pixels): the raw inputs a deployed model
-    takes are then [0, 1] pixels, and ``(raw - mean) / std`` in float32 gives bit for bit what the
-    model was trained and evaluated on."""
-    if not 1 <= val_size < len(y_train):  # validation accuracy is measured every epoch
-        raise DataError(f"dataset.val_size={val_size} must be in [1, {len(y_train)})")
-    perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:val_size], perm[val_size:]
-    x_train, x_test = x_train.float() / scale, x_test.float() / scale
-    mean, std = x_train[train_idx].mean(), x_train[train_idx].std().clamp_min(1e-8)
-
-    def norm(x):
-        return (x - mean) / std
-
-    return Splits(
-        name=name,
-        train=Split(norm(x_train[train_idx]), y_train[train_idx].long()),
-        val=Split(norm(x_train[val_idx]), y_train[val_idx].long()),
-        test=Split(norm(x_test), y_test.long()),
-        num_classes=num_classes,
-        mean=mean.item(), std=std.item(), test_raw=x_test,
-    )
 
 
 # --- IDX files (the MNIST family's format) ---------------------------------------------------
@@ -150,21 +70,6 @@ FASHION_MNIST_SHA256 = {
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def cache_dir() -> Path:
-    """The user cache (``$XDG_CACHE_HOME/prunelab`` or ``~/.cache/prunelab``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "prunelab"
-
-
-def file_sha256(path: Path, opener=open) -> str:
-    """SHA-256 of a file's bytes (as ``opener`` reads them: ``gzip.open`` for the payload)."""
-    digest = hashlib.sha256()
-    with opener(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def payload_sha256(path: Path) -> str:
     return file_sha256(path, gzip.open)
 
@@ -181,20 +86,6 @@ def candidate_dirs(root: str | os.PathLike | None = None) -> list[Path]:
     # Accept both `<dir>/*.gz` and `<dir>/fashion-mnist/*.gz`.
     return [p for d in dirs for p in (d, d / "fashion-mnist")]
 
-
-def download(url: str, dest: Path, sha256: str | None) -> None:
-    """Fetch ``url`` to ``dest`` atomically, verifying the uncompressed payload's checksum."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        if sha256 is not None and payload_sha256(Path(tmp)) != sha256:
-            raise DataError(f"checksum mismatch for {url}: the download is corrupted, try again")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
@@ -216,7 +107,7 @@ def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
             for n in names:
                 if not (target / n).is_file():
                     log.info("downloading %s%s", url, n)
-                    download(url + n, target / n, checksums.get(n))
+                    download(url + n, target / n, checksums.get(n), gzip.open)
             return target
         except (OSError, ValueError) as e:
             reason = f"download from {url} failed ({e})"

@@ -2,7 +2,12 @@
 
 Runs are always opened with ``with`` (a crash ends them FAILED, Ctrl-C / SIGTERM KILLED, never
 RUNNING), artifacts are written to a temporary folder and then logged, never to the working
-directory.
+directory. A process killed outright (SIGKILL, the OOM killer) cannot end its run: every run
+carries its process (host, pid, start time), and the next run of the same key ends such a run
+KILLED once its process is gone (:func:`end_dead_runs`); a run whose process lives is never
+touched.
+
+Everything here takes values (a URI, names, tags, metrics), never the config.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -25,21 +31,16 @@ import mlflow
 from mlflow.entities import RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.exc import SQLAlchemyError
 
-from .redact import redact, redact_tree
+from ..errors import UserError
+from ..names import Role, Tag
+from ..redact import redact
 
 log = logging.getLogger(__name__)
 
-# Tag names (the run key is what resume / skip logic searches for).
-TAG_ROLE, TAG_RUN_KEY, TAG_DENSE_KEY = "prunelab.role", "prunelab.run_key", "prunelab.dense_key"
-TAG_POINT_KEY = "prunelab.point_key"  # the run key without the seed: the seeds of one point share it
-TAG_ERROR = "prunelab.error"
-TAG_NOTE = "mlflow.note.content"  # Markdown shown on the run's overview page in the MLflow UI
 
-
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The MLflow store cannot be used: unreachable, malformed, or not a store."""
 
 
@@ -126,12 +127,14 @@ def _experiment_id(client: MlflowClient, experiment: str) -> str:
     return found.experiment_id
 
 
-def finished_run(experiment_id: str, **tags: str):
-    """The newest FINISHED run carrying all ``tags`` (``role="dense"`` means ``prunelab.role``)."""
-    where = " and ".join(f"tags.`prunelab.{k}` = '{v}'" for k, v in tags.items())
-    runs = MlflowClient().search_runs(
-        [experiment_id], f"{where} and attributes.status = 'FINISHED'",
-        max_results=1, order_by=["attributes.start_time DESC"])
+def _where(tags: dict[str, str], status: str) -> str:
+    return " and ".join([*(f"tags.`{k}` = '{v}'" for k, v in tags.items()), f"attributes.status = '{status}'"])
+
+
+def finished_run(experiment_id: str, tags: dict[str, str]):
+    """The newest FINISHED run carrying all ``tags``."""
+    runs = MlflowClient().search_runs([experiment_id], _where(tags, "FINISHED"), max_results=1,
+                                      order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
 
@@ -139,22 +142,6 @@ def add_tags(run_id: str, tags: dict[str, str]) -> None:
     """Tag an existing run (e.g. an earlier run a sweep reuses as one of its points), in one call."""
     if tags:
         MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
-
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as ``{"train.lr": "0.002", ...}`` (MLflow params are strings),
-    credentials in addresses masked."""
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = str(node)
-
-    walk(redact_tree(OmegaConf.to_container(cfg, resolve=True)), "")
-    return {k: v for k, v in out.items() if not k.endswith("._partial_")}
 
 
 def _git_commit() -> str | None:
@@ -176,13 +163,53 @@ def _environment_tags() -> dict[str, str]:
     tags = {}
     for package in ("prunelab", "torch", "mlflow", "hydra-core", "torch-pruning", "numpy"):
         try:
-            tags[f"prunelab.version.{package}"] = version(package)
+            tags[Tag.version(package)] = version(package)
         except PackageNotFoundError:
             pass
     commit = _git_commit()
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[Tag.GIT_COMMIT] = commit
     return tags
+
+
+# --- runs whose process died --------------------------------------------------------------------
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (a stamp that tells it from a later process with the same
+    pid), or None if there is no such process."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """The tags naming this process: its host, pid and start time."""
+    return {Tag.HOST: socket.gethostname(), Tag.PID: str(os.getpid()), Tag.PID_STARTED: _started(os.getpid()) or ""}
+
+
+def _dead(run) -> bool:
+    """Whether a RUNNING run's process is gone: known only on its own host, from its tags."""
+    tags = run.data.tags
+    if tags.get(Tag.HOST) != socket.gethostname() or not tags.get(Tag.PID, "").isdigit():
+        return False  # another machine's run, or one from before these tags: not ours to judge
+    return _started(int(tags[Tag.PID])) != tags.get(Tag.PID_STARTED)
+
+
+def end_dead_runs(experiment_id: str, tags: dict[str, str]) -> list[str]:
+    """End KILLED every RUNNING run carrying ``tags`` whose process is gone (SIGKILL, the OOM
+    killer, a power cut: nothing could end it); returns their ids. A run whose process is alive
+    (another process running the same key right now) is left alone."""
+    client, ended = MlflowClient(), []
+    for run in client.search_runs([experiment_id], _where(tags, "RUNNING"), max_results=1000):
+        if _dead(run):
+            client.set_tag(run.info.run_id, Tag.ERROR, "its process died (killed outright: SIGKILL or out of memory)")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            ended.append(run.info.run_id)
+            log.warning("run %s of this key was left RUNNING by a process that died: ended KILLED", run.info.run_id)
+    return ended
 
 
 @contextlib.contextmanager
@@ -190,7 +217,7 @@ def run(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str 
         ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED (exception, with the error as a tag) or KILLED
     (Ctrl-C / SIGTERM)."""
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags,
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, **process_tags()},
                           parent_run_id=parent_run_id) as active:
         try:
             yield active
@@ -198,7 +225,7 @@ def run(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str 
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
         except Exception as e:
-            mlflow.set_tag(TAG_ERROR, describe(e))
+            mlflow.set_tag(Tag.ERROR, describe(e))
             raise
 
 
@@ -212,9 +239,9 @@ def record_failure(experiment_id: str, name: str, tags: dict[str, str], parent_r
     opened (data, dense training), so a sweep shows every point that did not finish."""
     client = MlflowClient()
     killed = isinstance(error, KeyboardInterrupt)
-    tags = {**tags, TAG_ERROR: "interrupted" if killed else describe(error)}
+    tags = {**tags, Tag.ERROR: "interrupted" if killed else describe(error)}
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[Tag.PARENT] = parent_run_id
     created = client.create_run(experiment_id, run_name=name, tags=tags)
     client.set_terminated(created.info.run_id, RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
 
@@ -238,19 +265,10 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def params(cfg: DictConfig) -> dict[str, str]:
-    """A run's params: the flattened config, with the chosen options as ``model``, ``dataset``,
-    ``method``, ``criterion`` and ``scope`` (prunelab.keys names them)."""
-    from .keys import names
-
-    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith("choices.")}
-    return {**flat, **names(cfg)}
-
-
 def reuse_finished(experiment_id: str, key: str, extra_tags: dict[str, str]):
     """The FINISHED run holding this run key, tagged as one of the current sweep's points; None
     if there is none (the skip policy: a finished point is never run twice unless forced)."""
-    done = finished_run(experiment_id, role="pruned", run_key=key)
+    done = finished_run(experiment_id, {Tag.ROLE: Role.PRUNED, Tag.RUN_KEY: key})
     if done is not None:
         add_tags(done.info.run_id, extra_tags)
     return done

@@ -1,5 +1,5 @@
 """The MLflow UI as the way into results: the links a run, a sweep and the analysis print, and
-``python -m prunelab.ui`` (``make ui``), which serves a store and prints where to look.
+``python -m prunelab.tracking.ui`` (``make ui``), which serves a store and prints where to look.
 
 MLflow 3 opens an experiment on its GenAI overview (traces, tokens) unless the address says
 ``workflowType=machine_learning``; every link built here says it, so a click lands on the runs,
@@ -19,7 +19,7 @@ import signal
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from .redact import redact
+from ..redact import redact
 from .servers import HOST as DEFAULT_HOST, mlflow_server as serve
 
 DEFAULT_PORT = 5000
@@ -42,9 +42,9 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{MACHINE_LEARNING}"
 
 
-def run_link(tracking, experiment_id: str, run_id: str) -> str:
-    """The link printed for a run of a config whose ``tracking`` node has ``uri`` and ``ui``."""
-    return run_url(base_url(tracking.uri, tracking.ui), experiment_id, run_id)
+def run_link(uri: str, ui: str | None, experiment_id: str, run_id: str) -> str:
+    """The link printed for a run in the store at ``uri`` (``ui``: where its UI is served, if set)."""
+    return run_url(base_url(uri, ui), experiment_id, run_id)
 
 
 def experiment_url(base: str, experiment_id: str, view: str = "table") -> str:
@@ -103,7 +103,7 @@ def _stop(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m prunelab.ui",
+    p = argparse.ArgumentParser(prog="python -m prunelab.tracking.ui",
                                 description="Serve an MLflow store's UI and print where to open it.")
     p.add_argument("--store", default="sqlite:///mlflow.db", help="backend store URI (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)

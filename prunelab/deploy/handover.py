@@ -2,7 +2,7 @@
 
 * ``program.pt2``: a ``torch.export`` program of the network that ships (the physically shrunk
   one for structured pruning, the masked one for unstructured) behind its input standardisation
-  (:class:`prunelab.deploy.Deployed`), with its weights and a dynamic batch dimension: raw [0, 1]
+  (:class:`prunelab.deploy.onnx.Deployed`), with its weights and a dynamic batch dimension: raw [0, 1]
   inputs in, logits out. ``torch.export.load(path).module()`` runs it: no Python class, no prunelab.
 * ``model.onnx``: the same program for ONNX Runtime (input ``pixels``, or ``tokens`` for a language
   model, output ``logits``);
@@ -15,11 +15,14 @@
   (``compact.py``: shared values per layer, its decoder in the README).
 * ``README.md``: how to do all that.
 
-The runner logs these under the run's ``model/`` artifacts.
+:func:`hand_over` makes them for the run and checks them: the test accuracy of every file that does
+not run the fine-tuned network's own PyTorch operations. The runner logs them under the run's
+``model/`` artifacts.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -30,9 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compact import decoder_source, encode
-from .deploy import OUTPUT, PIXELS, TOKENS, Deployed, export, input_name, onnx_model, program_bytes
-from .pruning import Mask
+from ..names import Metric
+from ..pruning.mask import Mask
+from .compact import decode, decoder_source, encode
+from .onnx import (OUTPUT, PIXELS, TOKENS, Deployed, OnnxModel, accuracy, deployed, export, input_name,
+                   onnx_model, program_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +164,7 @@ def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None =
              structured: bool = False, quantize: Callable[[bytes], bytes] | None = None,
              codebook: Callable | None = None) -> Handover:
     """The hand-over files of ``shipped``: the network that ships (the shrunk one for structured
-    pruning, the masked one otherwise) behind its standardisation, see :func:`prunelab.deploy.deployed`.
+    pruning, the masked one otherwise) behind its standardisation, see :func:`prunelab.deploy.onnx.deployed`.
     ``example_input`` (one batch) fixes the input shape; ``mask`` adds the unstructured sparse
     weights file, and with ``codebook`` (see ``compact.py``) the compact file; ``quantize`` (ONNX
     bytes -> int8 ONNX bytes) the quantized model."""
@@ -196,3 +201,42 @@ def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None =
     files["model/README.md"] = README.format(what=what, inputs=inputs, extra=extra, input=name, output=OUTPUT,
                                              int8=INT8 if out.int8 is not None else "").encode()
     return out
+
+
+@dataclass
+class HandedOver:
+    """The run's hand-over: its files (``{"model/<name>": bytes}``), the test accuracy of each file
+    that runs on its own (``handover.onnx.test_accuracy``, ``int8.*``, ``compact.*``), and the ONNX
+    models the cost ledger times when the run quantizes."""
+    files: dict[str, bytes]
+    accuracies: dict[str, float]
+    onnx: bytes | None = None
+    int8: bytes | None = None
+    compact_bytes: int | None = None
+
+
+def hand_over(net: nn.Module, mean: float, std: float, example_input: torch.Tensor, mask: Mask | None,
+              structured: bool, test: tuple[torch.Tensor, torch.Tensor],
+              quantize: Callable[[bytes, torch.Tensor], bytes] | None = None,
+              calibration: torch.Tensor | None = None, codebook: Callable | None = None) -> HandedOver:
+    """The hand-over files of ``net`` (the network that ships: shrunk, or masked) behind its input
+    standardisation (``mean``, ``std``), checked on the raw ``test`` inputs and labels:
+    ``quantize`` (ONNX bytes and raw ``calibration`` inputs -> int8 ONNX bytes) adds the int8
+    model, ``codebook`` the compact file of an unstructured ``mask``. Takes and returns plain
+    values, so it can run in another process."""
+    ship = deployed(net, mean, std)
+    made = handover(ship, example_input, mask, structured=structured,
+                    quantize=(lambda onnx: quantize(onnx, calibration)) if quantize is not None else None,
+                    codebook=codebook)
+    x, y = test
+    checked = {}
+    if made.compact is not None:  # the shared values change the weights: its own accuracy
+        decoded = copy.deepcopy(ship)
+        decoded.load_state_dict(decode(made.compact))
+        checked[Metric.COMPACT_ACCURACY] = accuracy(decoded, x, y)
+    for role, model in (("onnx", made.onnx), ("int8", made.int8)):
+        if model is not None:
+            name = Metric.HANDOVER_ONNX_ACCURACY if role == "onnx" else Metric.INT8_ACCURACY
+            checked[name] = accuracy(OnnxModel(model), x, y)
+    return HandedOver(made.files, checked, made.onnx, made.int8,
+                      len(made.compact) if made.compact is not None else None)

@@ -20,16 +20,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import mlflow
 import torch
 from torch import nn
 
-import mlflow
-from omegaconf import DictConfig
-
-from . import keys, tracking
-from .data import Splits, file_sha256
+from ..data.files import file_sha256
+from ..data.splits import Splits
+from ..names import Metric, Role, Tag
+from ..tracking import store
+from .keys import RunKey, dense_tags
 from .measure import layer_table, sparsity_summary
-from .train import EpochResult, perplexity, train_dense
+from .train import EpochResult, Recipe, evaluate, perplexity, train
 
 log = logging.getLogger(__name__)
 
@@ -115,48 +116,46 @@ class DenseRun:
     trains, so its epochs appear as they finish and an interrupted training leaves a KILLED run
     holding them; or logged from the cache, once per dense model and experiment."""
 
-    def __init__(self, cfg: DictConfig, experiment_id: str, key: str, device_type: str,
-                 parent_run_id: str | None, extra_tags: dict[str, str]):
-        self.cfg, self.experiment_id, self.key = cfg, experiment_id, key
-        self.point_key = keys.dense_point_key(cfg, device_type)
-        self.parent_run_id, self.extra_tags = parent_run_id, extra_tags
-        self.params = {k: v for k, v in tracking.params(cfg).items()
-                       if k.split(".")[0] in ("model", "dataset", "train", "seed")}
-        self.params.update(ratio="0.0", method="dense", scope="none", device=device_type)
+    def __init__(self, experiment_id: str, key: RunKey, params: dict[str, str], parent_run_id: str | None = None,
+                 sweep_tags: dict[str, str] | None = None):
+        self.experiment_id, self.key, self.params = experiment_id, key, params
+        self.parent_run_id, self.sweep_tags = parent_run_id, dict(sweep_tags or {})
 
     def _open(self):
-        tags = {tracking.TAG_ROLE: "dense", tracking.TAG_RUN_KEY: self.key, tracking.TAG_DENSE_KEY: self.key,
-                tracking.TAG_POINT_KEY: self.point_key, **self.extra_tags, **tracking.environment_tags()}
-        return tracking.run(self.experiment_id, f"dense-{self.key[:8]}", tags, self.parent_run_id)
+        tags = {**dense_tags(self.key), **self.sweep_tags, **store.environment_tags()}
+        return store.run(self.experiment_id, f"dense-{self.key.dense[:8]}", tags, self.parent_run_id)
 
     @staticmethod
     def _log_epoch(e: EpochResult) -> None:
-        tracking.log_metrics({"train.loss": e.loss, "train.train_accuracy": e.train_accuracy,
-                              "train.val_accuracy": e.val_accuracy}, step=e.epoch)
+        store.log_metrics({Metric.TRAIN_LOSS: e.loss, Metric.TRAIN_ACCURACY: e.train_accuracy,
+                           Metric.TRAIN_VAL_ACCURACY: e.val_accuracy}, step=e.epoch)
 
     @staticmethod
     def _log_result(model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
         ppl = perplexity(model, data.test, "test_")
-        tracking.log_metrics({"test_accuracy": test_accuracy, "val_accuracy": val_accuracy,
-                              "dense.test_accuracy": test_accuracy, "dense.val_accuracy": val_accuracy,
-                              **ppl, **{f"dense.{k}": v for k, v in ppl.items()},
-                              **sparsity_summary(layer_table(model)), "sparsity.prunable": 0.0})
+        store.log_metrics({Metric.TEST_ACCURACY: test_accuracy, Metric.VAL_ACCURACY: val_accuracy,
+                           Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): test_accuracy,
+                           Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): val_accuracy,
+                           **ppl, **{Metric.at(Metric.DENSE, k): v for k, v in ppl.items()},
+                           **sparsity_summary(layer_table(model)), Metric.SPARSITY_PRUNABLE: 0.0})
 
-    def train(self, model, data: Splits):
-        """Train ``model`` (the dense cache calls this) with the run open."""
+    def train(self, model, data: Splits, recipe: Recipe, seed: int) -> tuple[list[EpochResult], float, float]:
+        """Train ``model`` (the dense cache calls this) with the run open; returns its history and
+        validation and test accuracy."""
         with self._open():
             mlflow.log_params(self.params)
-            history, val_accuracy, test_accuracy = train_dense(self.cfg, model, data, on_epoch=self._log_epoch)
+            history = train(model, data, recipe, seed, on_epoch=self._log_epoch, desc="dense")
+            val_accuracy, test_accuracy = evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
             self._log_result(model, data, val_accuracy, test_accuracy)
         return history, val_accuracy, test_accuracy
 
     def log_cached(self, dense: DenseResult, model, data: Splits, lock_dir: Path) -> None:
         """After the cache: tag this experiment's run of this dense model as one of the sweep's
         points, or log it from the cached history (a lock keeps parallel workers from doing it twice)."""
-        with locked(lock_dir / f"{self.key}.mlflow.lock"):
-            found = tracking.finished_run(self.experiment_id, role="dense", dense_key=self.key)
+        with locked(lock_dir / f"{self.key.dense}.mlflow.lock"):
+            found = store.finished_run(self.experiment_id, {Tag.ROLE: Role.DENSE, Tag.DENSE_KEY: self.key.dense})
             if found is not None:
-                tracking.add_tags(found.info.run_id, self.extra_tags)
+                store.add_tags(found.info.run_id, self.sweep_tags)
                 return
             with self._open():
                 mlflow.log_params(self.params)

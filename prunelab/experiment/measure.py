@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from torch import nn
 
-from .pruning import Mask
+from ..names import Metric
+from ..pruning.mask import Mask
 
 
 def layer_table(model: nn.Module, mask: Mask | None = None) -> pd.DataFrame:
@@ -27,15 +28,13 @@ def layer_table(model: nn.Module, mask: Mask | None = None) -> pd.DataFrame:
 def sparsity_summary(table: pd.DataFrame, mask: Mask | None = None) -> dict[str, float]:
     """Totals for the run: counts over all parameters and over the prunable weights."""
     pr = table[table["prunable"]]
-    summary = {
-        "params.total": int(table["total"].sum()),
-        "params.nonzero": int(table["nonzero"].sum()),
-        "params.prunable": int(pr["total"].sum()),
-        "params.prunable_nonzero": int(pr["nonzero"].sum()),
-    }
-    summary["sparsity.all"] = 1 - summary["params.nonzero"] / summary["params.total"]
-    if summary["params.prunable"]:
-        summary["sparsity.prunable"] = 1 - summary["params.prunable_nonzero"] / summary["params.prunable"]
+    total, nonzero = int(table["total"].sum()), int(table["nonzero"].sum())
+    prunable, prunable_nonzero = int(pr["total"].sum()), int(pr["nonzero"].sum())
+    summary: dict[str, float] = {Metric.PARAMS_TOTAL: total, Metric.PARAMS_NONZERO: nonzero,
+                                 Metric.PARAMS_PRUNABLE: prunable, Metric.PARAMS_PRUNABLE_NONZERO: prunable_nonzero,
+                                 Metric.SPARSITY_ALL: 1 - nonzero / total}
+    if prunable:
+        summary[Metric.SPARSITY_PRUNABLE] = 1 - prunable_nonzero / prunable
     if mask is not None and mask.channel_sparsity is not None:
-        summary["sparsity.channels"] = mask.channel_sparsity
+        summary[Metric.SPARSITY_CHANNELS] = mask.channel_sparsity
     return summary

@@ -1,5 +1,5 @@
 """The team set-up on one machine: PostgreSQL plus an MLflow tracking server on it, both bound to
-127.0.0.1, with an artifact folder. ``python -m prunelab.team_server`` (``make team-server``)
+127.0.0.1, with an artifact folder. ``python -m prunelab.tracking.team_server`` (``make team-server``)
 starts them, prints the ``tracking.uri`` to pass, and stops both cleanly on Ctrl-C or SIGTERM;
 the tests and the tracking load benchmark start it the same way.
 
@@ -88,7 +88,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m prunelab.team_server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m prunelab.tracking.team_server", description=__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, default=Path("team-store"), help="artifacts (and database) folder")
     p.add_argument("--port", type=int, default=5000)
     args = p.parse_args(argv)

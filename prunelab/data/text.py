@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, Split, Splits, cache_dir, download, file_sha256
+from .files import DataError, cache_dir, download, file_sha256
+from .splits import Split, Splits
 
 VOCAB = 256
 FORTUNES_DIR = Path("/usr/share/games/fortunes")

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .build import ModelError
+
 
 class Attention(nn.Module):
     """Causal multi-head self-attention with separate q / k / v / o projections."""
@@ -21,7 +23,7 @@ class Attention(nn.Module):
     def __init__(self, d_model: int, heads: int):
         super().__init__()
         if d_model % heads:
-            raise ValueError(f"model.d_model={d_model} does not split into model.heads={heads}")
+            raise ModelError(f"model.d_model={d_model} does not split into model.heads={heads}")
         self.heads = heads
         self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model) for _ in range(4))
 
@@ -73,7 +75,7 @@ def tiny_gpt(in_shape: Sequence[int] = (128,), num_classes: int = 256, d_model: 
              heads: int = 6, mlp_ratio: int = 4) -> TinyGPT:
     """``in_shape``: ``(seq_len,)``; ``num_classes``: the vocabulary (both from the dataset)."""
     if len(in_shape) != 1:
-        raise ValueError(f"tiny_gpt reads token sequences (batch, seq_len), not inputs of shape {tuple(in_shape)}: "
+        raise ModelError(f"tiny_gpt reads token sequences (batch, seq_len), not inputs of shape {tuple(in_shape)}: "
                          "use a text dataset (dataset=fortunes)")
     return TinyGPT(num_classes, in_shape[0], d_model, layers, heads, mlp_ratio * d_model)
 
@@ -98,9 +100,9 @@ def hf_causal_lm(num_classes: int = 256, pretrained: str | None = None, config: 
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
-        raise ImportError("model=hf_causal_lm needs transformers: pip install 'prunelab[llm]'") from e
+        raise ModelError("model=hf_causal_lm needs transformers: pip install 'prunelab[llm]'") from e
     if (pretrained is None) == (config is None):
-        raise ValueError("hf_causal_lm needs exactly one of model.pretrained and model.config")
+        raise ModelError("hf_causal_lm needs exactly one of model.pretrained and model.config")
     if pretrained is not None:
         model = AutoModelForCausalLM.from_pretrained(pretrained)
     else:
@@ -108,7 +110,7 @@ def hf_causal_lm(num_classes: int = 256, pretrained: str | None = None, config: 
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < num_classes:
-        raise ValueError(f"the model's vocabulary ({vocab}) is smaller than the dataset's ({num_classes} tokens)")
+        raise ModelError(f"the model's vocabulary ({vocab}) is smaller than the dataset's ({num_classes} tokens)")
     linearize(model)
     return CausalLM(model)
 

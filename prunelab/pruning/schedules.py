@@ -1,8 +1,8 @@
 """Schedules (``conf/schedule/``): when to prune and how to train in between.
 
-A schedule is a ``schedule._target_`` plug-in called with a :class:`Session`, the run's model
-after dense training, and returns the final mask and the shrunk network (structured) or None. It
-prunes through ``session.prune(ratio, mask)`` (the run's method, criterion and scope, starting
+A schedule is a ``schedule._target_`` plug-in (the contract: :class:`~.contracts.Schedule`)
+called with a :class:`~.contracts.Session`, the run's model after dense training, and returns the
+final mask and the shrunk network (structured) or None. It prunes through ``session.prune(ratio, mask)`` (the run's method, criterion and scope, starting
 from ``mask``, so nothing pruned is revived and ``ratio`` is the overall target) and trains through
 ``session.fine_tune``; both log to the run with a step, so its trajectory is one MLflow chart.
 
@@ -22,66 +22,47 @@ from ``mask``, so nothing pruned is revived and ``ratio`` is the overall target)
   cosine-decayed from ``fraction`` to 0 at ``end``; ``static=true`` is the control (the same
   initial mask, never updated). ``scope=erk criterion=random`` gives RigL's ERK initialisation.
 
-A user's own schedule is a function or class with the same call, given by ``schedule._target_``.
+A user's own schedule is a :class:`~.contracts.Schedule` subclass (or a plain function of the
+session) given by ``schedule._target_``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
+import torch
 from torch import nn
 from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
 
-from .pruning import Mask
-from .pruning.errors import PruningError
+from ..names import Metric
+from .contracts import Schedule, Session
+from .errors import PruningError, check_positive
+from .mask import Mask
+
+
+def as_schedule(schedule) -> Schedule:
+    """``schedule`` itself, or a plain function ``fn(session) -> (mask, shrunk)`` as a
+    :class:`~.contracts.Schedule` (no first target of its own, nothing it refuses)."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if not callable(schedule):
+        raise PruningError(f"schedule {schedule!r} is neither a Schedule nor a function of a session")
+    return FunctionSchedule(schedule)
+
+
+@dataclass(frozen=True)
+class FunctionSchedule(Schedule):
+    fn: Callable[[Session], tuple[Mask, nn.Module | None]]
+
+    def __call__(self, s: Session):
+        return self.fn(s)
 
 
 @dataclass
-class Session:
-    """What a schedule may do with the run: the model (trained dense, modified in place), the
-    overall ``ratio``, the configured fine-tuning ``epochs`` and ``steps_per_epoch``, and:
-
-    * ``prune(ratio, mask, step, target, last)`` -> the new mask, applied to the model (``last``:
-      the output layer pruned on its own to that ratio, the rest to ``ratio``); logs ``pruned.*``,
-      ``schedule.sparsity`` (of the weights), ``schedule.channels`` (structured), ``schedule.changed``
-      (weights whose mask flipped) and ``schedule.target`` (if given) at ``step``;
-    * ``fine_tune(mask, epochs, after_step=None)`` -> the shrunk network or None: trains for
-      ``epochs`` with ``mask`` held (``after_step`` instead, when given: it holds the mask itself),
-      logging ``finetune.*`` per epoch, numbered on from the previous call;
-    * ``shrunk(mask)`` -> the physically shrunk twin of the model (structured), else None;
-    * ``train(model, mask, seed, epochs=None, desc)``: the dense-training recipe (``train.*``) on
-      ``model`` from its current weights, ``mask`` held (None: dense), stopped after ``epochs``
-      (default all; batches shuffled by ``cfg.seed + seed``: seed 0 is dense training's order);
-    * ``init``: the model's weights before dense training; ``fresh(seed)``: another initialisation;
-    * ``evaluate(model)`` -> (validation, test) accuracy; ``log(metrics, step)``;
-    * ``resume()`` -> the last checkpoint of this run's key (None: start afresh) and
-      ``checkpoint(state)``, which writes one atomically (``torch.save``-able values)."""
-
-    model: nn.Module
-    ratio: float
-    epochs: int
-    steps_per_epoch: int
-    prune: Callable[..., Mask]
-    fine_tune: Callable[..., nn.Module | None]
-    shrunk: Callable[[Mask], nn.Module | None]
-    train: Callable[..., Any] | None = None
-    init: dict | None = None
-    fresh: Callable[[int], dict] | None = None
-    evaluate: Callable[[nn.Module], tuple[float, float]] | None = None
-    log: Callable[[dict, int], None] | None = None
-    resume: Callable[[], dict | None] | None = None
-    checkpoint: Callable[[dict], None] | None = None
-
-
-# A schedule may have ``first(ratio)``: its first target, which the runner tries on an untrained
-# copy before dense training (N:M, whose ratio is fixed, cannot step through others); and
-# ``check(mask)``, given that trial's mask, to refuse a pattern it cannot work with, also then.
-
-
-@dataclass
-class Oneshot:
+class Oneshot(Schedule):
     def __call__(self, s: Session):
         mask = s.prune(s.ratio, None)
         return mask, s.fine_tune(mask, s.epochs)
@@ -93,15 +74,14 @@ def _check_epochs(value: int | None, name: str) -> None:
 
 
 @dataclass
-class Iterative:
+class Iterative(Schedule):
     rounds: int = 3
     # fine-tuning epochs after each round; None: finetune.epochs spread over the rounds (the same
     # total as oneshot, the last rounds taking the remainder)
     epochs_per_round: int | None = None
 
     def __post_init__(self):
-        if self.rounds < 1:
-            raise PruningError(f"schedule.rounds={self.rounds} must be >= 1")
+        check_positive(self.rounds, "schedule.rounds")
         _check_epochs(self.epochs_per_round, "epochs_per_round")
 
     def first(self, ratio: float) -> float:
@@ -126,7 +106,7 @@ class Iterative:
 
 
 @dataclass
-class Gradual:
+class Gradual(Schedule):
     initial: float = 0.0  # s_i, the sparsity of the first update
     start: float = 0.0  # t_0, as a fraction of the fine-tuning steps
     end: float = 0.75  # the fraction of the fine-tuning steps by which the target reaches ratio
@@ -137,8 +117,7 @@ class Gradual:
             raise PruningError(f"schedule.initial={self.initial} is out of range: expected 0 <= initial < 1")
         if not 0 <= self.start < self.end <= 1:
             raise PruningError(f"schedule.start={self.start}, schedule.end={self.end}: expected 0 <= start < end <= 1")
-        if self.every < 1:
-            raise PruningError(f"schedule.every={self.every} must be >= 1")
+        check_positive(self.every, "schedule.every")
 
     def first(self, ratio: float) -> float:
         return self.initial
@@ -172,7 +151,7 @@ class Gradual:
 
 
 @dataclass
-class Lottery:
+class Lottery(Schedule):
     fraction: float = 0.2  # of the remaining weights, pruned at every level
     rewind: int = 0  # the dense-training epoch the survivors restart from (0: the initialisation)
     control: str = "ticket"  # ticket | reinit: each level's mask also trained from a fresh initialisation
@@ -201,8 +180,6 @@ class Lottery:
         return self.targets(ratio)[0]
 
     def __call__(self, s: Session):
-        import copy
-
         targets = self.targets(s.ratio)
         saved = s.resume()
         if saved is None:
@@ -216,10 +193,10 @@ class Lottery:
                 rewind = copy.deepcopy(s.init)
             val, test = s.evaluate(s.model)
             saved = {"level": 0, "rewind": rewind, "mask": None, "weights": None, "reinit": None,
-                     "history": [(0, {"level.test_accuracy": test, "level.val_accuracy": val, "level.remaining": 1.0})]}
+                     "history": [(0, {Metric.LEVEL_TEST_ACCURACY: test, Metric.LEVEL_VAL_ACCURACY: val, Metric.LEVEL_REMAINING: 1.0})]}
         else:
             s.model.load_state_dict(saved["weights"])
-            s.log({"schedule.resumed_after": saved["level"]}, saved["level"])
+            s.log({Metric.SCHEDULE_RESUMED_AFTER: saved["level"]}, saved["level"])
         for step, metrics in saved["history"]:  # a resumed run shows the levels done before, too
             s.log(metrics, step)
         mask = Mask.from_state(saved["mask"]) if saved["mask"] is not None else None
@@ -232,7 +209,7 @@ class Lottery:
             mask.apply(s.model)
             s.train(s.model, mask, seed=level, desc=f"lottery level {level}/{len(targets)}")
             val, test = s.evaluate(s.model)
-            metrics = {"level.test_accuracy": test, "level.val_accuracy": val, "level.remaining": 1 - mask.sparsity}
+            metrics = {Metric.LEVEL_TEST_ACCURACY: test, Metric.LEVEL_VAL_ACCURACY: val, Metric.LEVEL_REMAINING: 1 - mask.sparsity}
             if self.control == "reinit":
                 control = copy.deepcopy(s.model)
                 control.load_state_dict(s.fresh(level))
@@ -240,10 +217,10 @@ class Lottery:
                 s.train(control, mask, seed=level, desc=f"lottery level {level}/{len(targets)}, reinit")
                 reinit = copy.deepcopy(control.state_dict())
                 val, test = s.evaluate(control)
-                metrics.update({"reinit.test_accuracy": test, "reinit.val_accuracy": val})
+                metrics.update({Metric.REINIT_TEST_ACCURACY: test, Metric.REINIT_VAL_ACCURACY: val})
             s.log(metrics, level)
             # a resumed run logs the history again, the level's target too (the analysis reads it)
-            done = {**metrics, "schedule.target": targets[level - 1]}
+            done = {**metrics, Metric.SCHEDULE_TARGET: targets[level - 1]}
             saved.update(level=level, mask=mask.to_state(), weights=copy.deepcopy(s.model.state_dict()),
                          reinit=reinit, history=[*saved["history"], (level, done)])
             s.checkpoint(saved)
@@ -253,7 +230,7 @@ class Lottery:
 
 
 @dataclass
-class Dynamic:
+class Dynamic(Schedule):
     every: int = 100  # delta T: steps between mask updates
     fraction: float = 0.3  # alpha: the share of each layer's surviving weights moved at the first update
     end: float = 0.75  # T_end, a fraction of the fine-tuning steps: no update after it
@@ -264,15 +241,13 @@ class Dynamic:
             raise PruningError(f"schedule.fraction={self.fraction} is out of range: expected 0 < fraction <= 1")
         if not 0 < self.end <= 1:
             raise PruningError(f"schedule.end={self.end} is out of range: expected 0 < end <= 1")
-        if self.every < 1:
-            raise PruningError(f"schedule.every={self.every} must be >= 1")
+        check_positive(self.every, "schedule.every")
 
     def moved(self, t: int, t_end: int) -> float:
         """f_t = alpha / 2 (1 + cos(pi t / T_end)): the share moved at step t (0 from T_end on)."""
         return self.fraction / 2 * (1 + math.cos(math.pi * t / t_end)) if t < t_end else 0.0
 
-    @staticmethod
-    def check(mask: Mask) -> None:
+    def check(self, mask: Mask) -> None:
         if mask.channels:
             raise PruningError("schedule=dynamic moves single weights: use method=unstructured")
 
@@ -291,7 +266,7 @@ class Dynamic:
                 new = regrow(state["mask"], params, f)
                 changed = sum(int((new.masks[n] != state["mask"].masks[n]).sum()) for n in new.prunable)
                 state.update(mask=new, hold=new.hold(s.model))
-                s.log({"schedule.sparsity": new.sparsity, "schedule.changed": changed, "schedule.fraction": f}, t)
+                s.log({Metric.SCHEDULE_SPARSITY: new.sparsity, Metric.SCHEDULE_CHANGED: changed, Metric.SCHEDULE_FRACTION: f}, t)
             state["hold"]()
 
         s.fine_tune(None, s.epochs, after_step=after_step)
@@ -302,8 +277,6 @@ def regrow(mask: Mask, params: dict, fraction: float) -> Mask:
     """RigL's update of every prunable layer: drop the ``fraction`` of its surviving weights with
     the smallest magnitude, then grow as many where the last backward pass's gradient is largest
     in magnitude among the weights now off (a dropped one may come back). Counts are unchanged."""
-    import torch
-
     masks = dict(mask.masks)
     for name in mask.prunable:
         w, keep = params[name], mask.masks[name]
@@ -317,5 +290,5 @@ def regrow(mask: Mask, params: dict, fraction: float) -> Mask:
         gradient = w.grad.detach().abs().flatten().cpu().masked_fill(flat, -1.0)
         flat[gradient.topk(k).indices] = True
         masks[name] = flat.view_as(keep).to(keep.device)
-    return Mask(masks, mask.prunable, mask.channels, dict(mask.plan))
+    return Mask(masks, mask.prunable, mask.channels)
 

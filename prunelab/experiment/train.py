@@ -2,7 +2,8 @@
 
 Data are in-memory tensors, batched by indexing with a seeded permutation. The loop is the plain
 PyTorch loop (benchmarks/ compares it with a hand-written one); the only extra per step is
-``after_step`` (the mask re-zeroing during fine-tuning).
+``after_step`` (the mask re-zeroing during fine-tuning). A :class:`Recipe` says how a network is
+trained (the ``train`` and ``finetune`` values of the config).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from .data import Split, Splits
+from ..data.splits import Split, Splits
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (the loss diverged); the message says what to change."""
 
 
@@ -145,31 +145,37 @@ def fit(
     return history
 
 
-def optimizer_for(cfg: DictConfig, params, lr: float, epochs: int, steps_per_epoch: int, schedule: str):
-    optimizer = instantiate(cfg.train.optimizer)(params, lr=lr)
-    scheduler = None
-    if schedule == "cosine" and epochs > 0:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
-    return optimizer, scheduler
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def train_recipe(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None, epochs: int | None = None,
-                 after_step=None, seed: int = 0, desc: str = "dense") -> list[EpochResult]:
-    """The dense-training recipe (``train.*``: optimizer, learning rate and its schedule over
-    ``train.epochs``), stopped after ``epochs`` (default all); batches shuffled by
-    ``cfg.seed + seed`` (0: dense training's own order). A lottery level retrains with it."""
-    t = cfg.train
-    optimizer, scheduler = optimizer_for(cfg, model.parameters(), t.lr, t.epochs,
-                                         steps_per_epoch(len(data.train), t.batch_size), t.schedule)
-    return fit(model, data.train, data.val, optimizer, t.epochs if epochs is None else epochs, t.batch_size,
-               cfg.seed + seed, scheduler, after_step=after_step, on_epoch=on_epoch, desc=desc)
+@dataclass(frozen=True)
+class Recipe:
+    """How a network is trained: ``epochs`` of mini-batches of ``batch_size``, ``optimizer`` (a
+    partial ``torch.optim`` class, given the parameters and ``lr``), the learning rate decayed per
+    step (``schedule="cosine"``) or not (``"constant"``)."""
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: Callable[..., torch.optim.Optimizer]
+    schedule: str = "cosine"
+
+    def optimizer_for(self, params, steps: int):
+        """The optimizer and, for a cosine schedule, its per-step scheduler over ``epochs`` of
+        ``steps`` steps."""
+        optimizer = self.optimizer(params, lr=self.lr)
+        scheduler = None
+        if self.schedule == "cosine" and self.epochs > 0:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.epochs * steps)
+        return optimizer, scheduler
 
 
-def train_dense(cfg: DictConfig, model: torch.nn.Module, data: Splits, on_epoch=None):
-    """Dense training as configured; returns (history, val accuracy, test accuracy)."""
-    history = train_recipe(cfg, model, data, on_epoch)
-    return history, evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
+def train(model: nn.Module, data: Splits, recipe: Recipe, seed: int, epochs: int | None = None,
+          after_step: Callable[[], None] | None = None, on_epoch: Callable[[EpochResult], None] | None = None,
+          desc: str = "train") -> list[EpochResult]:
+    """``recipe`` on ``model`` from its current weights (its learning-rate schedule over
+    ``recipe.epochs``), stopped after ``epochs`` (default all); batches shuffled by ``seed``. Dense
+    training, a lottery level's retraining and fine-tuning all train through here."""
+    optimizer, scheduler = recipe.optimizer_for(model.parameters(), steps_per_epoch(len(data.train), recipe.batch_size))
+    return fit(model, data.train, data.val, optimizer, recipe.epochs if epochs is None else epochs, recipe.batch_size,
+               seed, scheduler, after_step=after_step, on_epoch=on_epoch, desc=desc)

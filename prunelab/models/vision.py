@@ -1,31 +1,19 @@
-"""The built-in models.
+"""The built-in vision models: LeNets, a small VGG and a CIFAR-style ResNet.
 
 Each factory takes the input shape and class count from the dataset, so every model runs on every
 dataset (LeNet-300-100 on 8x8 digits gets 64 inputs). The layer that produces the logits is always
 called ``classifier``: structured pruning ignores it by default (removing its outputs would remove
-classes). Any other ``nn.Module`` can be used through ``model._target_``; :func:`build` passes it
-``in_shape`` / ``num_classes`` only if its signature asks for them.
+classes).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-
-def build(factory: Callable[..., nn.Module], in_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """Call a model factory (or class), passing the dataset facts it accepts."""
-    params = inspect.signature(factory).parameters
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    facts = {"in_shape": tuple(in_shape), "num_classes": num_classes}
-    model = factory(**{k: v for k, v in facts.items() if takes_all or k in params})
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model._target_ returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+from .build import ModelError
 
 
 def _flat_size(features: nn.Module, in_shape, model: str) -> int:
@@ -34,9 +22,7 @@ def _flat_size(features: nn.Module, in_shape, model: str) -> int:
         with torch.no_grad():
             return features(torch.zeros(1, *in_shape)).flatten(1).shape[1]
     except RuntimeError as e:
-        from .config import ConfigError  # the config layer, only on this path
-
-        raise ConfigError(f"model {model} cannot take {'x'.join(map(str, in_shape))} inputs "
+        raise ModelError(f"model {model} cannot take {'x'.join(map(str, in_shape))} inputs "
                           f"({str(e).splitlines()[0]})") from None
 
 

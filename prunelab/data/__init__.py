@@ -1,0 +1,13 @@
+"""Datasets as in-memory :class:`Splits`: images (``images.py``) and text as tokens (``text.py``).
+
+A dataset is a ``dataset._target_`` plug-in (``conf/dataset/``): a function called with its
+options and the run's ``seed`` that returns :class:`Splits`.
+"""
+
+from .files import DataError, cache_dir, file_sha256
+from .images import digits, fashion_mnist, synthetic
+from .splits import Split, Splits, make_splits
+from .text import fortunes, wikitext2
+
+__all__ = ["DataError", "Split", "Splits", "cache_dir", "digits", "fashion_mnist", "file_sha256", "fortunes",
+           "make_splits", "synthetic", "wikitext2"]

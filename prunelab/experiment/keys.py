@@ -1,0 +1,161 @@
+"""Run identity, in one place: what a run is, what it is called, where it is filed.
+
+* :func:`identity` gives a run's :class:`RunKey`. The **run key** hashes the config parts that
+  change a run's result or its recorded metrics (an allow-list, :data:`RESULT_PARTS`): the same
+  experiment run from another folder or against another MLflow store has the same key, and a
+  rerun is recognised and skipped. The **point key** is the run key without the seeds (``seed``,
+  ``calibration_seed``): runs that share it are seeds of one point, and only those are averaged
+  (``prunelab.analysis``). The **dense key** hashes only what dense training depends on, so every
+  ratio / method / scope reuses one dense model.
+* **Names** come from the option chosen in each config group (``model=lenet5``), in single runs
+  and sweeps alike: the experiment ``<model>-<dataset>``, the run ``<method>-<scope>-<ratio>``,
+  the ``model`` / ``dataset`` / ``method`` / ``criterion`` / ``scope`` params and tags.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..names import Role, Tag
+from ..paths import conf_dir
+from ..redact import redact_tree
+
+# The groups whose chosen option names a run (params and tags).
+NAMED = ("model", "dataset", "method", "criterion", "scope", "schedule")
+# What decides a run's result or its metrics (measure_latency, handover: a run without timings
+# or hand-over files lacks metrics a run with them has). Everything else (tracking, cache, force,
+# hydra, labels) does not.
+RESULT_PARTS = ("model", "dataset", "method", "criterion", "scope", "schedule", "ratio", "seed", "train", "finetune",
+                "quantize", "codebook", "budget", "plan", "measure_latency", "handover", "calibration_seed")
+SEEDS = ("seed", "calibration_seed")
+# Where the data lie, not what they are (the loaders check contents by checksum).
+LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
+DENSE_PARTS = ("model", "dataset", "train", "seed")
+# Bumped when the same config starts to give different numbers or files, or is written differently
+# (2: inputs scaled to [0, 1] before standardisation; 3: criteria, scopes and methods as plug-ins,
+# unstructured keeps one weight per layer; 4: every plug-in a class whose schema is its fields), so
+# no earlier run is reused.
+FORMAT = 4
+DENSE_FORMAT = 2  # dense training has not changed since format 2: cached dense models stay valid
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """A run's identity: its result (``run``), its point (``point``: no seeds), and the dense
+    model it starts from (``dense``; ``dense_point``: no seed)."""
+    run: str
+    point: str
+    dense: str
+    dense_point: str
+
+
+def identity(cfg: DictConfig, device_type: str) -> RunKey:
+    """The keys of the run ``cfg`` describes, on a device of ``device_type`` ("auto" means
+    different things on different machines: the key says what actually runs)."""
+    tree = _relevant(cfg, device_type, RESULT_PARTS)  # once: a plan's contents may be a download
+    dense = {**_relevant(cfg, device_type, DENSE_PARTS), "format": DENSE_FORMAT}
+    return RunKey(_digest(tree), _digest(_without_seeds(tree)), _digest(dense), _digest(_without_seeds(dense)))
+
+
+def _digest(tree) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _without_seeds(tree: dict) -> dict:
+    return {k: v for k, v in tree.items() if k not in SEEDS}
+
+
+def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
+    full = OmegaConf.to_container(cfg, resolve=True)
+    tree = {k: full.get(k) for k in parts}
+    for dotted in LOCATION:
+        parent, leaf = dotted.split(".")
+        if isinstance(tree.get(parent), dict):
+            tree[parent].pop(leaf, None)
+    if tree.get("plan"):  # a plan by its contents: the same path may hold another plan later
+        from ..pruning.plan import load_plan
+
+        digest = "sets:" + _digest(load_plan(tree["plan"])["sets"])
+        tree["plan"] = digest
+        if isinstance(tree.get("scope"), dict) and "source" in tree["scope"]:
+            tree["scope"]["source"] = digest
+    tree["device"] = device_type
+    tree["format"] = FORMAT
+    return tree
+
+
+# --- names ------------------------------------------------------------------------------------
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The option chosen for ``group``, or the plug-in's name where there is none (a config built
+    by hand) or its ``_target_`` was overridden (``criterion._target_=pkg.fn``)."""
+    chosen = (cfg.get("choices") or {}).get(group)
+    if not chosen and "hydra" in cfg:  # a config Hydra composed, its choices not yet copied
+        chosen = cfg.hydra.runtime.choices.get(group)
+    node = cfg.get(group)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if chosen and (target is None or _shipped_target(group, chosen) in (None, target)):
+        return str(chosen)
+    return str(target).rsplit(".", 1)[-1] if target else "none"
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_target(group: str, option: str) -> str | None:
+    """The ``_target_`` of prunelab's own ``conf/<group>/<option>.yaml`` (None: not one of ours)."""
+    path = conf_dir() / group / f"{option}.yaml"
+    return OmegaConf.load(path).get("_target_") if path.is_file() else None
+
+
+def names(cfg: DictConfig) -> dict[str, str]:
+    """The chosen options that name a run (params and tags)."""
+    return {g: choice(cfg, g) for g in NAMED}
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    return cfg.tracking.experiment or f"{choice(cfg, 'model')}-{choice(cfg, 'dataset')}"
+
+
+def run_name(cfg: DictConfig) -> str:
+    budget = cfg.get("budget") or {}
+    at = f"macs{budget.macs:g}" if budget.get("macs") is not None else f"{cfg.ratio:g}"
+    return f"{choice(cfg, 'method')}-{choice(cfg, 'scope')}-{at}"
+
+
+def run_tags(key: RunKey, chosen: dict[str, str]) -> dict[str, str]:
+    """The tags that identify a pruned run: its keys and the options it was run with."""
+    return {Tag.ROLE: Role.PRUNED, Tag.RUN_KEY: key.run, Tag.POINT_KEY: key.point, Tag.DENSE_KEY: key.dense,
+            **{Tag.group(g): chosen[g] for g in Tag.GROUPS}}
+
+
+def dense_tags(key: RunKey) -> dict[str, str]:
+    """The tags that identify a dense run (its run key is the dense key)."""
+    return {Tag.ROLE: Role.DENSE, Tag.RUN_KEY: key.dense, Tag.DENSE_KEY: key.dense, Tag.POINT_KEY: key.dense_point}
+
+
+def params(cfg: DictConfig) -> dict[str, str]:
+    """A run's params: the resolved config as ``{"train.lr": "0.002", ...}`` (MLflow params are
+    strings; credentials in addresses masked), with the chosen options as ``model``, ``dataset``,
+    ``method``, ``criterion``, ``scope`` and ``schedule``."""
+    out: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(redact_tree(OmegaConf.to_container(cfg, resolve=True)), "")
+    flat = {k: v for k, v in out.items() if not k.endswith("._partial_") and not k.startswith("choices.")}
+    return {**flat, **names(cfg)}
+
+
+def dense_params(cfg: DictConfig, device_type: str) -> dict[str, str]:
+    """The dense run's params: what dense training depends on, as the ratio-0 point of a curve."""
+    own = {k: v for k, v in params(cfg).items() if k.split(".")[0] in DENSE_PARTS}
+    return {**own, "ratio": "0.0", "method": "dense", "scope": "none", "device": device_type}

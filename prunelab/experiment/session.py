@@ -1,0 +1,148 @@
+"""The prune-schedule stage: the run as a schedule sees it (:class:`RunSession`, the runner's
+:class:`~prunelab.pruning.contracts.Session`), and :func:`prune_schedule`, which runs the
+configured schedule on the trained dense model and returns what it left (:class:`Outcome`).
+
+Pruning and fine-tuning happen to the model in place and are logged as they go, each with a step,
+so a schedule's trajectory is one MLflow chart. The latest pruning's figures (``pruned.*``) and
+result (mask, plan, report) are kept on the session for the stages after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..data.splits import Splits
+from ..models.build import build
+from ..names import Metric
+from ..pruning.contracts import Pruned, Schedule, Session
+from ..pruning.errors import PruningError
+from ..pruning.mask import Mask
+from ..pruning.pruner import Pruner
+from ..pruning.shrink import shrink, unshrink
+from ..tracking import store
+from .dense import atomic_save
+from .train import EpochResult, Recipe, evaluate, scores, steps_per_epoch, train
+
+PRUNED_TEST = Metric.at(Metric.PRUNED, "test_")  # the prefix of pruned.test_accuracy / _perplexity
+
+
+class RunSession(Session):
+    """The runner's session: ``model`` (trained dense, pruned and fine-tuned in place) with the
+    run's ``pruner``, data and recipes; ``seed`` shuffles the batches (each call of its own),
+    ``factory`` makes fresh initialisations, ``checkpoints`` is this run key's folder of
+    resumable state."""
+
+    def __init__(self, model: nn.Module, ratio: float, pruner: Pruner, data: Splits, train_recipe: Recipe,
+                 finetune: Recipe, shrink_finetuned: bool, seed: int, init: dict,
+                 factory: Callable[..., nn.Module], checkpoints: Path):
+        self.model, self.ratio, self.init = model, ratio, init
+        self.epochs = finetune.epochs
+        self.steps_per_epoch = steps_per_epoch(len(data.train), finetune.batch_size)
+        self.pruner, self.data, self.train_recipe, self.finetune = pruner, data, train_recipe, finetune
+        self.shrink_finetuned, self.seed, self.factory = shrink_finetuned, seed, factory
+        self.checkpoints = checkpoints / "schedule.pt"
+        self.last: Pruned | None = None  # the latest pruning's result
+        self.figures: dict[str, float] = {}  # and its figures: pruned.*, time.prune_s, budget.ratio
+        self._mask: Mask | None = None  # the latest mask a pruning made
+        self._epochs_done = self._calls = 0
+
+    def prune(self, ratio, mask, step=None, target=None, last=None) -> Mask:
+        start = time.perf_counter()
+        result = self.pruner(self.model, ratio, mask, last=last)
+        seconds = time.perf_counter() - start  # the mask (and SparseGPT's update), no evaluation
+        result.mask.apply(self.model)
+        figures = {Metric.PRUNE_SECONDS: seconds, **scores(self.model, self.data.test, PRUNED_TEST),
+                   Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY): evaluate(self.model, self.data.val)["accuracy"]}
+        if self.pruner.budget is not None:
+            figures[Metric.BUDGET_RATIO] = result.ratio
+        new = result.mask
+        if step is None:
+            store.log_metrics(figures)
+        else:  # a schedule's trajectory: one point per update
+            before = self._mask or mask  # the previous update's mask, whatever the schedule passed
+            changed = sum(int((new.masks[n] != before.masks[n]).sum()) for n in new.prunable) if before else 0
+            store.log_metrics({**figures, Metric.SCHEDULE_SPARSITY: new.sparsity, Metric.SCHEDULE_CHANGED: changed,
+                               **({Metric.SCHEDULE_CHANNELS: new.channel_sparsity} if new.channels else {}),
+                               **({Metric.SCHEDULE_TARGET: target} if target is not None else {})}, step=step)
+        self.last, self.figures, self._mask = result, figures, new
+        return new
+
+    def fine_tune(self, mask, epochs, after_step=None) -> nn.Module | None:
+        """Structured with ``finetune.shrink`` (the default): the shrunk network is what trains, and
+        its weights are written back into the model's full-size layout afterwards (the masked and
+        shrunk networks compute the same function, so this is the masked fine-tuning done with
+        fewer channels; the optimizer starts fresh either way). Otherwise the full-size model
+        trains with the mask re-applied after every step."""
+        self._calls += 1
+        x1 = self.data.train.x[:1]
+        shrunk = shrink(self.model, mask, x1) if mask is not None and mask.channels and self.shrink_finetuned else None
+        net = shrunk if shrunk is not None else self.model
+        first = self._epochs_done
+
+        def on_epoch(e: EpochResult):
+            store.log_metrics({Metric.FINETUNE_LOSS: e.loss, Metric.FINETUNE_ACCURACY: e.train_accuracy,
+                               Metric.FINETUNE_VAL_ACCURACY: e.val_accuracy}, step=first + e.epoch)
+
+        if after_step is None and shrunk is None and mask is not None:
+            after_step = mask.hold(self.model)
+        train(net, self.data, dataclasses.replace(self.finetune, epochs=epochs), self.seed + self._calls,
+              after_step=after_step, on_epoch=on_epoch, desc="fine-tune")
+        self._epochs_done += epochs
+        if shrunk is not None:
+            unshrink(shrunk, mask, self.model)
+        elif mask is not None and mask.channels:
+            shrunk = shrink(self.model, mask, x1)
+        return shrunk
+
+    def shrunk(self, mask):
+        return shrink(self.model, mask, self.data.train.x[:1]) if mask is not None and mask.channels else None
+
+    def train(self, net, mask, seed, epochs=None, desc="train") -> None:
+        train(net, self.data, self.train_recipe, self.seed + seed, epochs,
+              after_step=mask.hold(net) if mask is not None else None, desc=desc)
+
+    def fresh(self, seed: int) -> dict:
+        torch.manual_seed(self.seed + 10_000 + seed)
+        data = self.data
+        return build(self.factory, data.in_shape, data.num_classes).to(data.train.x.device).state_dict()
+
+    def evaluate(self, net) -> tuple[float, float]:
+        return evaluate(net, self.data.val)["accuracy"], evaluate(net, self.data.test)["accuracy"]
+
+    def log(self, metrics, step) -> None:
+        store.log_metrics(metrics, step=step)
+
+    def resume(self) -> dict | None:
+        path = self.checkpoints
+        return torch.load(path, map_location=self.data.train.x.device, weights_only=True) if path.is_file() else None
+
+    def checkpoint(self, state: dict) -> None:
+        self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(state, self.checkpoints, torch.save)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a schedule left: the final mask, the network that ships (the physically shrunk one for
+    structured masks, else the masked model), the last pruning's result and its figures."""
+    mask: Mask
+    shipped: nn.Module
+    structured: bool
+    pruned: Pruned
+    figures: dict[str, Any]
+
+
+def prune_schedule(schedule: Schedule, session: RunSession) -> Outcome:
+    """Run ``schedule`` on the session's trained dense model."""
+    mask, shrunk = schedule(session)
+    if session.last is None:
+        raise PruningError(f"schedule {type(schedule).__name__} returned without pruning (session.prune)")
+    return Outcome(mask, shrunk if shrunk is not None else session.model, shrunk is not None, session.last,
+                   dict(session.figures))

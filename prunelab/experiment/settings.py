@@ -1,0 +1,89 @@
+"""The edge between the config and the code: a composed config, checked, as the typed values the
+runner's stages take (plug-ins instantiated, recipes built, names and keys worked out). Below the
+runner nothing reads the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError, TrackingConfig, validate
+from ..data.files import cache_dir as user_cache_dir
+from ..pruning.contracts import Criterion, Method, Schedule, Scope
+from ..pruning.schedules import as_schedule
+from ..redact import redact
+from .keys import RunKey, dense_params, experiment_name, identity, names, params, run_name
+from .train import Recipe
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run, as values."""
+    names: dict[str, str]  # the option chosen in each group that names a run
+    experiment: str  # the MLflow experiment
+    run_name: str
+    key: RunKey
+    params: dict[str, str]  # the pruned run's MLflow params
+    dense_params: dict[str, str]  # the dense run's
+    config_yaml: str  # the resolved config, credentials masked (the run's config.yaml)
+    model: Callable[..., torch.nn.Module]  # the factory (prunelab.models.build calls it)
+    dataset: Callable[..., Any]  # the loader, given the seed
+    method: Method
+    criterion: Criterion
+    scope: Scope
+    schedule: Schedule
+    ratio: float
+    seed: int
+    calibration_seed: int  # the seed of what pruning looks at (the run's seed unless set)
+    budget_macs: float | None
+    device: torch.device
+    train: Recipe  # dense training (and a lottery level's retraining)
+    finetune: Recipe  # fine-tuning: its epochs, lr and schedule, train's optimizer and batch size
+    shrink: bool  # structured: fine-tune the physically shrunk network
+    tracking: TrackingConfig
+    cache: Path  # the dense-model cache and the schedules' checkpoints
+    force: bool
+    measure_latency: bool
+    handover: bool
+    quantize: Callable[..., bytes] | None  # ONNX bytes, raw calibration inputs -> int8 ONNX bytes
+    codebook: Callable[..., Any] | None  # the compact file's shared values
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Settings:
+        """Check ``cfg`` (:func:`prunelab.config.validate`) and resolve it."""
+        validate(cfg)
+        device = resolve_device(cfg.device)
+        c = OmegaConf.to_object(cfg)  # the typed schema: train, finetune, tracking as dataclasses
+
+        def make(node):
+            return instantiate(node, _convert_="all") if node else None
+
+        optimizer = make(cfg.train.optimizer)
+        train = Recipe(c.train.epochs, c.train.batch_size, c.train.lr, optimizer, c.train.schedule)
+        finetune = dataclasses.replace(train, epochs=c.finetune.epochs, lr=c.finetune.lr, schedule=c.finetune.schedule)
+        cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
+        return cls(
+            names=names(cfg), experiment=experiment_name(cfg), run_name=run_name(cfg),
+            key=identity(cfg, device.type), params=params(cfg), dense_params=dense_params(cfg, device.type),
+            config_yaml=redact(OmegaConf.to_yaml(cfg, resolve=True)),
+            model=make(cfg.model), dataset=make(cfg.dataset), method=make(cfg.method), criterion=make(cfg.criterion),
+            scope=make(cfg.scope), schedule=as_schedule(make(cfg.schedule)), ratio=cfg.ratio, seed=cfg.seed,
+            calibration_seed=cfg.seed if cfg.calibration_seed is None else cfg.calibration_seed,
+            budget_macs=cfg.budget.macs, device=device, train=train, finetune=finetune, shrink=c.finetune.shrink,
+            tracking=c.tracking, cache=cache, force=cfg.force, measure_latency=cfg.measure_latency,
+            handover=cfg.handover, quantize=make(cfg.quantize), codebook=make(cfg.codebook))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but PyTorch sees no CUDA device")
+    return torch.device(name)

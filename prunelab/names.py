@@ -1,0 +1,119 @@
+"""One vocabulary: the names of everything a run records in MLflow, for the code that writes them
+(the runner, the dense stage, the schedules, the sweep) and the code that reads them back
+(``prunelab.analysis``, the tests). A name lives here once; a module that writes or reads it
+imports it: ``from prunelab.names import Metric, Tag``.
+
+* :class:`Tag`: what identifies a run (its role and keys) and where it came from.
+* :class:`Metric`: a run's results (``test_accuracy``, ``sparsity.prunable``, ...), its figures
+  after each stage (``dense.*``, ``pruned.*``, ``finetuned.*``), its series (``finetune.loss`` per
+  epoch, ``schedule.sparsity`` per update, a lottery's ``level.*``) and its costs
+  (``cost.<form>.<figure>``).
+* :class:`Artifact`: the files a run logs beside them.
+"""
+
+from __future__ import annotations
+
+
+class Role:
+    """The values of the ``prunelab.role`` tag."""
+    DENSE = "dense"  # the trained dense model: the ratio-0 point of every curve
+    PRUNED = "pruned"  # one point: pruned, fine-tuned, measured
+    SWEEP = "sweep"  # a sweep's parent run
+
+
+class Tag:
+    ROLE = "prunelab.role"
+    RUN_KEY = "prunelab.run_key"  # everything that decides the result (prunelab.experiment.keys)
+    POINT_KEY = "prunelab.point_key"  # the run key without the seeds: the seeds of one point share it
+    DENSE_KEY = "prunelab.dense_key"  # the dense model the run started from
+    ERROR = "prunelab.error"  # why a run ended FAILED or KILLED
+    OVERRIDES = "prunelab.overrides"  # a sweep point's command-line overrides
+    SWEEP_ID = "prunelab.sweep_id"  # the parent run of the sweep a point belongs to
+    SWEEP_KEY = "prunelab.sweep_key"  # a sweep's definition, hashed: a rerun finds its parent by it
+    SWEEP_DEFINITION = "prunelab.sweep.definition"
+    NOTE = "mlflow.note.content"  # Markdown on the run's overview page in the MLflow UI
+    GIT_COMMIT = "mlflow.source.git.commit"
+    PARENT = "mlflow.parentRunId"
+    # The process a run lives in: a rerun ends an earlier RUNNING run of its key whose process is gone.
+    HOST, PID, PID_STARTED = "prunelab.host", "prunelab.pid", "prunelab.pid_started"
+    # The chosen options of these groups are tagged (prunelab.method, ...) as well as logged as params.
+    GROUPS = ("method", "scope", "criterion")
+
+    @staticmethod
+    def group(name: str) -> str:
+        """The tag of the option chosen for a config group: ``prunelab.method``."""
+        return f"prunelab.{name}"
+
+    @staticmethod
+    def in_sweep(sweep_id: str) -> str:
+        """The tag every point of a sweep carries, points reused from earlier runs included."""
+        return f"prunelab.in_sweep.{sweep_id}"
+
+    @staticmethod
+    def version(package: str) -> str:
+        return f"prunelab.version.{package}"
+
+
+class Metric:
+    # A run's results (the fine-tuned model; the dense run logs its own under the same names).
+    TEST_ACCURACY, VAL_ACCURACY = "test_accuracy", "val_accuracy"
+    TEST_LOSS, TEST_PERPLEXITY = "test_loss", "test_perplexity"
+    # What pruning removed (prunelab.experiment.measure).
+    SPARSITY_PRUNABLE, SPARSITY_ALL, SPARSITY_CHANNELS = "sparsity.prunable", "sparsity.all", "sparsity.channels"
+    PARAMS_TOTAL, PARAMS_NONZERO = "params.total", "params.nonzero"
+    PARAMS_PRUNABLE, PARAMS_PRUNABLE_NONZERO = "params.prunable", "params.prunable_nonzero"
+    BUDGET_RATIO = "budget.ratio"  # the ratio a MACs budget search found
+    PRUNE_SECONDS = "time.prune_s"  # the mask (and SparseGPT's update), no evaluation
+
+    # Figures after a stage (see at()): the dense model, right after pruning, after fine-tuning.
+    DENSE, PRUNED, FINETUNED = "dense", "pruned", "finetuned"
+
+    @staticmethod
+    def at(stage: str, figure: str) -> str:
+        """``Metric.at(Metric.PRUNED, Metric.TEST_ACCURACY)`` is ``pruned.test_accuracy``."""
+        return f"{stage}.{figure}"
+
+    # Series, one point per epoch (step = epoch): dense training and fine-tuning.
+    TRAIN_LOSS, TRAIN_ACCURACY, TRAIN_VAL_ACCURACY = "train.loss", "train.train_accuracy", "train.val_accuracy"
+    FINETUNE_LOSS = "finetune.loss"
+    FINETUNE_ACCURACY, FINETUNE_VAL_ACCURACY = "finetune.train_accuracy", "finetune.val_accuracy"
+
+    # A schedule's trajectory, one point per mask update (step: the schedule's round, level or step).
+    SCHEDULE_SPARSITY = "schedule.sparsity"  # of the prunable weights
+    SCHEDULE_CHANNELS = "schedule.channels"  # structured: of the output channels
+    SCHEDULE_CHANGED = "schedule.changed"  # weights whose mask flipped since the previous update
+    SCHEDULE_TARGET = "schedule.target"  # the overall ratio the update aimed at
+    SCHEDULE_FRACTION = "schedule.fraction"  # dynamic sparse training: the share moved
+    SCHEDULE_RESUMED_AFTER = "schedule.resumed_after"  # a resumed lottery: the level it resumed after
+    # The lottery's levels (step = level): the ticket's accuracy and what it keeps; the control's.
+    LEVEL_TEST_ACCURACY, LEVEL_VAL_ACCURACY = "level.test_accuracy", "level.val_accuracy"
+    LEVEL_REMAINING = "level.remaining"
+    REINIT_TEST_ACCURACY, REINIT_VAL_ACCURACY = "reinit.test_accuracy", "reinit.val_accuracy"
+
+    # The hand-over files' own test accuracy (raw inputs).
+    HANDOVER_ONNX_ACCURACY = "handover.onnx.test_accuracy"
+    INT8_ACCURACY = "int8.test_accuracy"
+    COMPACT_ACCURACY = "compact.test_accuracy"
+
+    # A sweep's parent.
+    SWEEP_FINISHED, SWEEP_FAILED = "sweep.points_finished", "sweep.points_failed"
+
+    # The cost ledger (prunelab.deploy.ledger): cost.<form>.<figure>, and cost.ratio[.<form>].<figure>
+    # (the form against the dense PyTorch model). Forms: dense, pruned, onnx, int8.
+    LATENCY_THREADS = "cost.latency_threads"
+
+    @staticmethod
+    def cost(form: str, figure: str) -> str:
+        return f"cost.{form}.{figure}"
+
+    @staticmethod
+    def cost_ratio(figure: str, form: str | None = None) -> str:
+        return f"cost.ratio.{form}.{figure}" if form else f"cost.ratio.{figure}"
+
+
+class Artifact:
+    CONFIG = "config.yaml"  # the resolved config (credentials masked)
+    LAYERS = "layers.csv"  # per parameter: total, nonzero, sparsity, channels kept
+    PLAN = "plan.json"  # how much of each layer / channel group was kept (scope=plan reads it)
+    MASKED_WEIGHTS = "model/masked_weights.pt"  # the fine-tuned weights and the mask
+    POINTS, SUMMARY = "points.csv", "summary.md"  # a sweep's parent

@@ -1,0 +1,58 @@
+"""The data pruning may look at: :class:`PruneData`, the one interface through which criteria
+(seeded training mini-batches) and measuring scopes (validation accuracy) see data."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import PruningError
+
+
+class PruneData:
+    """The data a criterion or a scope may look at: seeded mini-batches of the training split
+    (criteria) and accuracy on a bounded subset of the validation split (the sensitivity scan).
+
+    ``train`` and ``val`` are ``(x, y)`` pairs or anything with ``.x`` and ``.y``."""
+
+    def __init__(self, train, val=None, batch_size: int = 128, seed: int = 0):
+        self.train = _pair(train)
+        self.val = _pair(val) if val is not None else None
+        self.batch_size, self.seed = batch_size, seed
+
+    def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n`` mini-batches of one seeded shuffle of the training split."""
+        x, y = self.train
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed)).to(x.device)
+        for start in range(0, min(n * self.batch_size, len(y)), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield x[idx], y[idx]
+
+    def chunks(self, samples: int | None = None, size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``samples`` validation examples (all: None), ``size`` at a time."""
+        if self.val is None:
+            raise PruningError("this needs validation data: pass data=PruneData(train, val)")
+        x, y = self.val
+        x, y = (x[:samples], y[:samples]) if samples else (x, y)
+        for i in range(0, len(y), size):
+            yield x[i:i + size], y[i:i + size]
+
+    @torch.no_grad()
+    def accuracy(self, model: nn.Module, samples: int | None = None) -> float:
+        """Accuracy of ``model`` (eval mode) on the first ``samples`` validation examples."""
+        was_training = model.training
+        model.eval()
+        correct = total = 0
+        try:
+            for x, y in self.chunks(samples):
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
+        finally:
+            model.train(was_training)
+        return correct / max(total, 1)
+
+
+def _pair(split) -> tuple[torch.Tensor, torch.Tensor]:
+    return (split.x, split.y) if hasattr(split, "x") else tuple(split)

@@ -1,0 +1,96 @@
+"""The configured pruning as one call: method x criterion x scope, and a MACs budget.
+
+``Pruner(method, criterion, scope, ...)(model, ratio, mask)`` is what the command line runs every
+round of a schedule, and what :func:`prunelab.prune` runs once: one object for both.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import nn
+
+from .allocation import Local, as_scope
+from .budget import check_reachable, to_macs_budget
+from .contracts import Criterion, Method, Pruned, Scope
+from .criteria import as_criterion
+from .data import PruneData
+from .errors import PruningError
+from .mask import Mask
+from .methods import prunable_layers
+
+
+class Pruner:
+    """``pruner(model, ratio, mask)`` -> :class:`~.contracts.Pruned`, starting from ``mask``.
+
+    ``data``: the data the criterion and a measuring scope look at (``PruneData``, or ``(x, y)``
+    training batches); ``example_inputs``: one batch, to trace structured models and count MACs;
+    ``budget_macs``: prune to at most this fraction of the dense MACs instead (the ratio is
+    searched); ``seed``: of the data drawn and of random choices."""
+
+    def __init__(self, method: Method, criterion: Criterion, scope: Scope, *, seed: int = 0,
+                 data: PruneData | tuple | None = None, example_inputs: torch.Tensor | None = None,
+                 budget_macs: float | None = None):
+        self.method, self.criterion, self.scope = method, as_criterion(criterion), as_scope(scope)
+        self.seed, self.example, self.budget = seed, example_inputs, budget_macs
+        self.data = data if data is None or isinstance(data, PruneData) else PruneData(data, seed=seed)
+        if budget_macs is not None and example_inputs is None:
+            raise PruningError("budget_macs needs example_inputs to count MACs")
+
+    @property
+    def ignore(self) -> list[str]:
+        """The layers the method leaves dense."""
+        return list(self.method.ignore)
+
+    def __call__(self, model: nn.Module, ratio: float, mask: Mask | None = None, *, scope: Scope | None = None,
+                 budget: bool = True, last: float | None = None) -> Pruned:
+        """``last``: the output layer (the last prunable one) is pruned on its own to this ratio of
+        its weights, the other layers by the scope to ``ratio`` of theirs. ``scope`` stands in for
+        the configured one; ``budget=False`` prunes to ``ratio`` even under a MACs budget."""
+        if last is not None:
+            return self._apart(model, ratio, mask, scope or self.scope, budget, last)
+        return self._prune(model, ratio, mask, scope or self.scope, budget)
+
+    def _prune(self, model, ratio, mask, scope, budget, ignore=None) -> Pruned:
+        method = self.method if ignore is None else dataclasses.replace(self.method, ignore=list(ignore))
+        searched = budget and self.budget is not None
+        scope = scope.for_budget() if searched else scope
+
+        def at(r: float) -> Pruned:
+            return method(model, r, scope=scope, criterion=self.criterion, seed=self.seed,
+                          example_inputs=self.example, data=self.data, mask=mask)
+
+        return to_macs_budget(at, model, self.example, self.budget) if searched else at(ratio)
+
+    def _apart(self, model, ratio, mask, scope, budget, last: float) -> Pruned:
+        layers = list(prunable_layers(model))
+        output, kept = layers[-1], list(prunable_layers(model, self.ignore))
+        if output not in kept:
+            raise PruningError(f"the output layer {output} is pruned on its own (schedule.output_fraction) "
+                               f"but method.ignore leaves it dense; drop one of the two")
+        if len(kept) < 2:
+            raise PruningError(f"pruning the output layer {output} on its own needs another prunable layer")
+        rest = self._prune(model, ratio, mask, scope, budget, ignore=[*self.ignore, output])
+        alone = self._prune(model, last, rest.mask, Local(), False, ignore=[*self.ignore, *kept[:-1]])
+        both = Mask(alone.mask.masks, prunable=(*rest.mask.prunable, *alone.mask.prunable),
+                    channels={**rest.mask.channels, **alone.mask.channels})
+        plan = {**rest.plan, "sets": {**rest.plan["sets"], **alone.plan["sets"]}}
+        return Pruned(both, plan, rest.report, rest.ratio)
+
+    def check(self, model: nn.Module, ratios: list[float]) -> Pruned:
+        """Prune an untrained copy of ``model`` to each of ``ratios`` in turn (a schedule's first
+        target, then the run's ratio): a method, criterion, scope, plan or schedule this model
+        cannot take fails now, not after dense training. A measuring scope is stood in for by the
+        local one (its scan would cost a second time and say nothing on random weights). Returns
+        the last result."""
+        scope = Local() if self.scope.measures else None
+        probe = copy.deepcopy(model)
+        pruned = None
+        for ratio in dict.fromkeys(ratios):
+            pruned = self(probe, ratio, scope=scope, budget=False)
+        if self.budget is not None:  # a budget this method cannot meet, or nm's fixed ratio
+            check_reachable(lambda r: self(probe, r, scope=scope, budget=False), probe, self.example, self.budget)
+        assert pruned is not None
+        return pruned
