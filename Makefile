@@ -1,5 +1,5 @@
 # make run  - the default experiment (LeNet-5, Fashion-MNIST, unstructured global 0.5) -> ./mlflow.db
-# make test - the test suite;  make bench - benchmarks/ -> benchmarks/RESULTS.md
+# make test - the test suite;  make lint - ruff (lint, format) and mypy;  make bench - benchmarks/ -> benchmarks/RESULTS.md
 # make ui   - the MLflow UI over ./mlflow.db on 127.0.0.1:5000 (prints the link to open)
 # make team-server - PostgreSQL + an MLflow server on 127.0.0.1:5000 (prints the tracking.uri)
 # Each creates .venv and installs the project on first use (torch pinned to the CPU build).
@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench ui team-server clean
+.PHONY: install run test test-fast lint bench ui team-server clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -28,8 +28,19 @@ import torch
 from .common import Section, Verdict, machine_facts, table
 
 # In report order; sweep_cost only with --sweep; structured_speedup is optional (another module).
-SECTIONS = ("overhead", "masking", "global_threshold", "same_answer", "sweep_cost", "scaling",
-            "structured_speedup", "finetune_shrunk", "deploy_int8", "compact_files", "sensitivity_scan")
+SECTIONS = (
+    "overhead",
+    "masking",
+    "global_threshold",
+    "same_answer",
+    "sweep_cost",
+    "scaling",
+    "structured_speedup",
+    "finetune_shrunk",
+    "deploy_int8",
+    "compact_files",
+    "sensitivity_scan",
+)
 OPTIONAL = {"structured_speedup"}
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 # A block that a long, separately run benchmark writes into RESULTS.md (baseline_recipes.py): kept
@@ -76,8 +87,7 @@ def _failed(name: str, error: BaseException) -> Section:
     return Section(f"{name}: failed", body, [Verdict(name, "runs", "failed", False)])
 
 
-def report(sections: list[Section], command: str, elapsed: float, facts, threads: int,
-           quick: bool) -> str:
+def report(sections: list[Section], command: str, elapsed: float, facts, threads: int, quick: bool) -> str:
     verdicts = [v for s in sections for v in s.verdicts]
     lines = [
         "# prunelab benchmarks",
@@ -97,8 +107,10 @@ def report(sections: list[Section], command: str, elapsed: float, facts, threads
         "",
         "## Summary",
         "",
-        table(["item", "target", "measured (median)", "verdict"],
-              [[v.item, v.target, v.measured, v.mark] for v in verdicts]),
+        table(
+            ["item", "target", "measured (median)", "verdict"],
+            [[v.item, v.target, v.measured, v.mark] for v in verdicts],
+        ),
         "",
     ]
     lines += [s.markdown() for s in sections]
@@ -111,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one round")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads (default 1)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the results (default: benchmarks/RESULTS.md for a full "
-                             "run; a --quick or --only run is printed only)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the results (default: benchmarks/RESULTS.md for a full "
+        "run; a --quick or --only run is printed only)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.only or [n for n in SECTIONS if n != "sweep_cost" or args.sweep]
@@ -132,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     if "sweep_cost" not in names and not args.only:
         at = next((i for i, sec in enumerate(sections) if sec.title.startswith("6.")), len(sections))
-        sections.insert(at, Section("5. Sweep cost", "Not run: it takes many minutes. "
-                                   "`python -m benchmarks --sweep` runs it too.",
-                                   [Verdict("5. sweep cost", "≤ 1.1 × by hand",
-                                            "not run (`--sweep`)", None)]))
+        sections.insert(
+            at,
+            Section(
+                "5. Sweep cost",
+                "Not run: it takes many minutes. `python -m benchmarks --sweep` runs it too.",
+                [Verdict("5. sweep cost", "≤ 1.1 × by hand", "not run (`--sweep`)", None)],
+            ),
+        )
     text = report(sections, command, time.perf_counter() - start, facts, args.threads, args.quick)
     out = args.out or (None if args.quick or args.only else RESULTS)
     if out is None:

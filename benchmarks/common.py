@@ -16,29 +16,35 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-
 # --- timing -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Timings:
     """Seconds per call, per variant: wall-clock, and this process's CPU time (user + system,
     all threads). Time lost to other processes on a shared machine shows in ``wall`` only."""
+
     wall: dict[str, list[float]]
     cpu: dict[str, list[float]]
 
 
-def alternate(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-              before: Callable[[str], Any] | None = None,
-              warm: dict[str, Callable[[], Any]] | None = None) -> Timings:
+def alternate(
+    variants: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    before: Callable[[str], Any] | None = None,
+    warm: dict[str, Callable[[], Any]] | None = None,
+) -> Timings:
     """Time each variant over ``repeats`` rounds of A B A B ... after ``warmup`` unrecorded
     rounds (which call ``warm[name]`` instead, if given: a shorter run of the same code).
     ``before(name)`` (untimed) runs before each call, e.g. to reset a model."""
@@ -81,6 +87,7 @@ def num(value: float, digits: int = 3) -> str:
 @dataclass
 class Verdict:
     """One line of the summary: a target and what was measured against it."""
+
     item: str
     target: str
     measured: str
@@ -94,6 +101,7 @@ class Verdict:
 @dataclass
 class Section:
     """What one benchmark returns: its Markdown and its verdicts for the summary table."""
+
     title: str
     body: str
     verdicts: list[Verdict] = field(default_factory=list)
@@ -109,6 +117,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 # --- data -------------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def fashion_mnist():
@@ -139,8 +148,16 @@ def vgg_small_one_epoch() -> nn.Module:
     data = fashion_mnist()
     torch.manual_seed(0)
     model = models.vgg_small(in_shape=data.in_shape, width=32)
-    fit(model, data.train, Split(data.val.x[:0], data.val.y[:0]), configured_optimizer(model.parameters()),
-        1, config().train.batch_size, 0, desc="vgg_small, 1 dense epoch (benchmarks)")
+    fit(
+        model,
+        data.train,
+        Split(data.val.x[:0], data.val.y[:0]),
+        configured_optimizer(model.parameters()),
+        1,
+        config().train.batch_size,
+        0,
+        desc="vgg_small, 1 dense epoch (benchmarks)",
+    )
     return model.eval()
 
 
@@ -180,6 +197,7 @@ def optimizer_name() -> str:
 
 
 # --- peak memory ------------------------------------------------------------------------------
+
 
 def rss_bytes() -> int:
     """Current resident set size (VmRSS) of this process."""
@@ -221,8 +239,14 @@ def in_subprocess(module: str, *args: str, timeout: float = 600, env: dict | Non
     """Run ``python -m module args...`` in a fresh interpreter and return the JSON object it
     prints last on stdout. A fresh process per variant keeps one variant's freed-but-retained
     heap from hiding another's peak."""
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                         timeout=timeout, check=False, env={**os.environ, **(env or {})})
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -236,13 +260,20 @@ def peaks_mib(module: str, *args: str, runs: int = 3, env: dict | None = None) -
 
 # --- machine facts --------------------------------------------------------------------------
 
+
 def _git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "not a git checkout"
     return f"git {commit}" + (" with uncommitted changes" if dirty else "")
@@ -270,13 +301,15 @@ def machine_facts() -> list[tuple[str, str]]:
         mem = "unknown"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
-        ("CPU", f"{cpu}, {os.cpu_count()} logical cores "
-                f"({len(os.sched_getaffinity(0))} usable by this process)"),
+        ("CPU", f"{cpu}, {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0))} usable by this process)"),
         ("Memory", mem),
         ("OS", platform.platform()),
         ("Python", platform.python_version()),
-        ("PyTorch", f"{torch.__version__} ({torch.get_num_threads()} intra-op threads, "
-                    f"{torch.get_num_interop_threads()} inter-op)"),
+        (
+            "PyTorch",
+            f"{torch.__version__} ({torch.get_num_threads()} intra-op threads, "
+            f"{torch.get_num_interop_threads()} inter-op)",
+        ),
         ("NumPy", np.__version__),
         ("Torch-Pruning", dist("torch-pruning")),
         ("prunelab", f"{dist('prunelab')} ({_git_commit()})"),
@@ -301,9 +334,11 @@ class Resnet50Shaped(nn.Module):
         c_in = 64
         for width, out, blocks in RESNET50_STAGES:
             for b in range(blocks):
-                layers += [nn.Conv2d(c_in, width, 1, bias=False),
-                           nn.Conv2d(width, width, 3, padding=1, bias=False),
-                           nn.Conv2d(width, out, 1, bias=False)]
+                layers += [
+                    nn.Conv2d(c_in, width, 1, bias=False),
+                    nn.Conv2d(width, width, 3, padding=1, bias=False),
+                    nn.Conv2d(width, out, 1, bias=False),
+                ]
                 if b == 0:
                     layers.append(nn.Conv2d(c_in, out, 1, bias=False))  # projection shortcut
                 c_in = out
@@ -317,6 +352,7 @@ def weight_count(model: nn.Module) -> int:
 
 # --- RESULTS.md blocks --------------------------------------------------------------------------
 
+
 def write_block(name: str, text: str, path: Path) -> None:
     """Put ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path``, replacing
     the block of an earlier run; a long benchmark run on its own writes its section this way and
@@ -325,7 +361,7 @@ def write_block(name: str, text: str, path: Path) -> None:
     block = f"{begin}\n{text.strip()}\n{end}\n"
     old = path.read_text() if path.exists() else ""
     if begin in old and end in old:
-        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :].lstrip("\n")
     else:
         new = old.rstrip("\n") + "\n\n" + block
     path.write_text(new)

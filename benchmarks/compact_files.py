@@ -34,8 +34,12 @@ def _fresh_accuracies(uri: str, run_id: str, tmp: Path) -> dict:
     folder = Path(MlflowClient(uri).download_artifacts(run_id, "model", str(tmp)))
     data = fashion_mnist()
     torch.save({"x": data.test_raw, "y": data.test.y}, tmp / "inputs.pt")
-    subprocess.run([sys.executable, str(READER), str(folder), str(tmp / "inputs.pt"), str(tmp / "out.pt")],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(READER), str(folder), str(tmp / "inputs.pt"), str(tmp / "out.pt")],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return torch.load(tmp / "out.pt", weights_only=True)
 
 
@@ -54,23 +58,58 @@ def run(quick: bool = False) -> Section:
         exact = out["accuracy"] == out["model.onnx"] == m["test_accuracy"]
         smaller = m["cost.dense.file_bytes"] / m["cost.pruned.file_bytes"]
         loss = 100 * (m["dense.test_accuracy"] - m["compact.test_accuracy"])  # negative: a gain
-        rows.append([model, f"{ratio}", f"{m['cost.dense.file_bytes']:,.0f}", f"{m['cost.pruned.file_bytes']:,.0f}",
-                     f"{smaller:.1f}×", f"{m['dense.test_accuracy']:.4f}", f"{m['test_accuracy']:.4f}",
-                     f"{m['compact.test_accuracy']:.4f}", f"{-loss:+.2f}", f"{fresh:.4f}",
-                     "yes" if fresh == m["compact.test_accuracy"] else "**no**", "yes" if exact else "**no**"])
-        verdicts.append(Verdict(f"9. compact file, {model} unstructured {ratio}",
-                                f"≥ {TARGET_SIZE:g}× smaller, ≤ {TARGET_LOSS} points lost, decoder exact",
-                                f"{smaller:.1f}×, {loss:.2f} points lost, decoder {'exact' if fresh == m['compact.test_accuracy'] else 'differs'}",
-                                smaller >= TARGET_SIZE and loss <= TARGET_LOSS and fresh == m["compact.test_accuracy"]))
-        verdicts.append(Verdict(f"9. program.pt2 and model.onnx, {model}, fresh process",
-                                "the logged test accuracy, exactly", "exact" if exact else
-                                f"{out['accuracy']:.4f} / {out['model.onnx']:.4f} vs {m['test_accuracy']:.4f}", exact))
+        rows.append(
+            [
+                model,
+                f"{ratio}",
+                f"{m['cost.dense.file_bytes']:,.0f}",
+                f"{m['cost.pruned.file_bytes']:,.0f}",
+                f"{smaller:.1f}×",
+                f"{m['dense.test_accuracy']:.4f}",
+                f"{m['test_accuracy']:.4f}",
+                f"{m['compact.test_accuracy']:.4f}",
+                f"{-loss:+.2f}",
+                f"{fresh:.4f}",
+                "yes" if fresh == m["compact.test_accuracy"] else "**no**",
+                "yes" if exact else "**no**",
+            ]
+        )
+        verdicts.append(
+            Verdict(
+                f"9. compact file, {model} unstructured {ratio}",
+                f"≥ {TARGET_SIZE:g}× smaller, ≤ {TARGET_LOSS} points lost, decoder exact",
+                f"{smaller:.1f}×, {loss:.2f} points lost, decoder {'exact' if fresh == m['compact.test_accuracy'] else 'differs'}",
+                smaller >= TARGET_SIZE and loss <= TARGET_LOSS and fresh == m["compact.test_accuracy"],
+            )
+        )
+        verdicts.append(
+            Verdict(
+                f"9. program.pt2 and model.onnx, {model}, fresh process",
+                "the logged test accuracy, exactly",
+                "exact" if exact else f"{out['accuracy']:.4f} / {out['model.onnx']:.4f} vs {m['test_accuracy']:.4f}",
+                exact,
+            )
+        )
     body = (
         "Unstructured global L1, default recipe (sgd_rewind: 12 dense + 6 fine-tuning epochs), seed 0"
         f"{' (quick: 1 + 1 epochs)' if quick else ''}. Dense file: `torch.save(state_dict)` in fp32.\n\n"
-        + table(["model", "ratio", "dense file (bytes)", "compact file (bytes)", "smaller by", "dense accuracy",
-                 "fine-tuned fp32", "compact (decoded)", "points vs dense", "decoded in a fresh process",
-                 "same", "program.pt2 = model.onnx = fine-tuned fp32, fresh process"], rows)
+        + table(
+            [
+                "model",
+                "ratio",
+                "dense file (bytes)",
+                "compact file (bytes)",
+                "smaller by",
+                "dense accuracy",
+                "fine-tuned fp32",
+                "compact (decoded)",
+                "points vs dense",
+                "decoded in a fresh process",
+                "same",
+                "program.pt2 = model.onnx = fine-tuned fp32, fresh process",
+            ],
+            rows,
+        )
         + f"\n\nTargets: ≥ {TARGET_SIZE:g}× smaller than the dense fp32 state dict at ≤ {TARGET_LOSS} points "
         "accuracy loss vs dense; the README's decoder, without prunelab, reproduces the logged accuracy exactly."
     )

@@ -17,8 +17,19 @@ import statistics
 from prunelab.data import Split
 from prunelab.experiment.train import fit
 
-from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist, optimizer_name,
-                     ratios, spread, table, vgg_small_pruned)
+from .common import (
+    Section,
+    Verdict,
+    alternate,
+    config,
+    configured_optimizer,
+    fashion_mnist,
+    optimizer_name,
+    ratios,
+    spread,
+    table,
+    vgg_small_pruned,
+)
 
 TARGET = 0.5
 RATIO = 0.5
@@ -29,7 +40,7 @@ def run(quick: bool = False) -> Section:
     data = fashion_mnist()
     steps, rounds = (4, 1) if quick else (STEPS, ROUNDS)
     batch = config().train.batch_size
-    train = Split(data.train.x[:steps * batch], data.train.y[:steps * batch])
+    train = Split(data.train.x[: steps * batch], data.train.y[: steps * batch])
     val = Split(data.val.x[:VAL], data.val.y[:VAL])
     dense, masked, mask, shrunk = vgg_small_pruned(RATIO, trained=not quick)
     variants = {
@@ -48,9 +59,15 @@ def run(quick: bool = False) -> Section:
     rows = []
     for name in variants:
         ref = name == "dense"
-        rows.append([name, f"{params[name]:,}", spread(times.wall[name]),
-                     "reference" if ref else spread(ratios(times.wall, name, "dense"), "x"),
-                     "reference" if ref else spread(ratios(times.cpu, name, "dense"), "x")])
+        rows.append(
+            [
+                name,
+                f"{params[name]:,}",
+                spread(times.wall[name]),
+                "reference" if ref else spread(ratios(times.wall, name, "dense"), "x"),
+                "reference" if ref else spread(ratios(times.cpu, name, "dense"), "x"),
+            ]
+        )
     r = statistics.median(ratios(times.wall, "shrunk", "dense"))
     rc = statistics.median(ratios(times.cpu, "shrunk", "dense"))
     kept = ", ".join(f"{int(k.sum())}/{k.numel()}" for k in mask.channels.values())
@@ -59,12 +76,18 @@ def run(quick: bool = False) -> Section:
         f"pruned layer: {kept}). Each variant: `fit` over {steps} batches of {batch} and {VAL} "
         f"validation images with {optimizer_name()} at the fine-tuning learning rate; {rounds} "
         "round(s) alternating the variants after a warm-up round; ratios are per round.\n\n"
-        + table(["variant", "parameters", "time (slice of an epoch)", "ratio to dense, wall",
-                 "ratio to dense, CPU time"], rows)
+        + table(
+            ["variant", "parameters", "time (slice of an epoch)", "ratio to dense, wall", "ratio to dense, CPU time"],
+            rows,
+        )
         + f"\n\nTarget: shrunk ≤ {TARGET} × the dense epoch."
     )
-    verdict = Verdict("7. fine-tuning epoch, shrunk vgg_small at 0.5", f"≤ {TARGET} × dense",
-                      f"{r:.3f}× wall ({rc:.3f}× CPU time)", r <= TARGET)
+    verdict = Verdict(
+        "7. fine-tuning epoch, shrunk vgg_small at 0.5",
+        f"≤ {TARGET} × dense",
+        f"{r:.3f}× wall ({rc:.3f}× CPU time)",
+        r <= TARGET,
+    )
     return Section("7. Fine-tuning the shrunk network (structured)", body, [verdict])
 
 

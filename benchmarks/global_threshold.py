@@ -23,8 +23,22 @@ from torch.nn.utils import prune as torch_prune
 
 from prunelab.pruning import Unstructured, prunable_layers
 
-from .common import (FIXED_MMAP_THRESHOLD, Resnet50Shaped, Section, Verdict, alternate, num, peak_rss_bytes, peaks_mib,
-                     ratios, reset_peak, rss_bytes, spread, table, weight_count)
+from .common import (
+    FIXED_MMAP_THRESHOLD,
+    Resnet50Shaped,
+    Section,
+    Verdict,
+    alternate,
+    num,
+    peak_rss_bytes,
+    peaks_mib,
+    ratios,
+    reset_peak,
+    rss_bytes,
+    spread,
+    table,
+    weight_count,
+)
 
 RATIO = 0.9
 TIME_TARGET_S = 0.2
@@ -43,8 +57,9 @@ def prunelab_masks(model: nn.Module, ratio: float = RATIO):
 def torch_global_unstructured(model: nn.Module, ratio: float = RATIO):
     """Modifies ``model`` (weight -> weight_orig + weight_mask + a hook): pass a copy."""
     layers = prunable_layers(model)
-    torch_prune.global_unstructured([(m, "weight") for m in layers.values()],
-                                    pruning_method=torch_prune.L1Unstructured, amount=ratio)
+    torch_prune.global_unstructured(
+        [(m, "weight") for m in layers.values()], pruning_method=torch_prune.L1Unstructured, amount=ratio
+    )
     return {f"{n}.weight": m.weight_mask.bool() for n, m in layers.items()}
 
 
@@ -117,42 +132,59 @@ def run(quick: bool = False, threads: int | None = None) -> Section:
     times, copies = _time(net, NAMES, RATIO, repeats)
     # Same answer: prunelab's masks vs global_unstructured's on these weights.
     ours = prunelab_masks(net)
-    theirs = {f"{k}.weight": m.weight_mask.bool()
-              for k, m in prunable_layers(copies[NAMES[1]]).items()}
+    theirs = {f"{k}.weight": m.weight_mask.bool() for k, m in prunable_layers(copies[NAMES[1]]).items()}
     differ = sum(int((ours[k] != theirs[k]).sum()) for k in ours)
     # prunelab's peak in three processes (the allocator makes it vary), the references' in one.
-    memory = {name: peaks_mib("benchmarks.global_threshold", "--peak", key, "--threads", str(threads),
-                              runs=3 if key == "prunelab" else 1)
-              for key, name in zip(KEYS, NAMES)}
-    live = peaks_mib("benchmarks.global_threshold", "--peak", "prunelab", "--threads", str(threads),
-                     runs=1, env=FIXED_MMAP_THRESHOLD)[0]
+    memory = {
+        name: peaks_mib(
+            "benchmarks.global_threshold", "--peak", key, "--threads", str(threads), runs=3 if key == "prunelab" else 1
+        )
+        for key, name in zip(KEYS, NAMES)
+    }
+    live = peaks_mib(
+        "benchmarks.global_threshold", "--peak", "prunelab", "--threads", str(threads), runs=1, env=FIXED_MMAP_THRESHOLD
+    )[0]
     weights_mib = 4 * n / 2**20
     rows = []
     base = NAMES[0]
     for name in NAMES:
         r = ratios(times.wall, name, base)
         mem = memory[name]
-        rows.append([name, spread(times.wall[name]), "reference" if name == base else spread(r, "x", 3),
-                     spread(mem, "MiB") if len(mem) > 1 else f"{mem[0]:,.0f} MiB",
-                     spread([m / weights_mib for m in mem], "x", 2) if len(mem) > 1
-                     else f"{mem[0] / weights_mib:.2f}×"])
+        rows.append(
+            [
+                name,
+                spread(times.wall[name]),
+                "reference" if name == base else spread(r, "x", 3),
+                spread(mem, "MiB") if len(mem) > 1 else f"{mem[0]:,.0f} MiB",
+                spread([m / weights_mib for m in mem], "x", 2) if len(mem) > 1 else f"{mem[0] / weights_mib:.2f}×",
+            ]
+        )
     # Already pruned weights: 90% exact zeros, i.e. a score tied 23M times.
     pruned = model(pruned=True)
     tied_names = [NAMES[0], NAMES[3], NAMES[4]]
     tied, _ = _time(pruned, tied_names, 0.95, repeats)
-    tied_rows = [[name, spread(tied.wall[name]),
-                  "reference" if name == base else spread(ratios(tied.wall, name, base), "x", 3)]
-                 for name in tied_names]
+    tied_rows = [
+        [name, spread(tied.wall[name]), "reference" if name == base else spread(ratios(tied.wall, name, base), "x", 3)]
+        for name in tied_names
+    ]
 
     t_med = statistics.median(times.wall[base])
     speedup = statistics.median(ratios(times.wall, NAMES[1], base))
     mem_ratio = statistics.median(memory[base]) / weights_mib
     verdicts = [
         Verdict("3. global threshold, time", f"≤ {TIME_TARGET_S} s", f"{num(t_med)} s", t_med <= TIME_TARGET_S),
-        Verdict("3. global threshold, vs global_unstructured", f"≥ {SPEEDUP_TARGET:g}× faster",
-                f"{speedup:.1f}× faster", speedup >= SPEEDUP_TARGET),
-        Verdict("3. global threshold, peak memory", f"≤ {MEMORY_TARGET} × weights",
-                f"{mem_ratio:.2f}× ({statistics.median(memory[base]):.0f} MiB)", mem_ratio <= MEMORY_TARGET),
+        Verdict(
+            "3. global threshold, vs global_unstructured",
+            f"≥ {SPEEDUP_TARGET:g}× faster",
+            f"{speedup:.1f}× faster",
+            speedup >= SPEEDUP_TARGET,
+        ),
+        Verdict(
+            "3. global threshold, peak memory",
+            f"≤ {MEMORY_TARGET} × weights",
+            f"{mem_ratio:.2f}× ({statistics.median(memory[base]):.0f} MiB)",
+            mem_ratio <= MEMORY_TARGET,
+        ),
     ]
     body = (
         f"ResNet-50's 54 Conv2d/Linear weight shapes, {n:,} random weights ({weights_mib:.0f} MiB of "

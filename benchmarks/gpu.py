@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -38,8 +38,9 @@ BATCH, SHAPE, CLASSES = 128, (1, 28, 28), 10
 HEADING = "## GPU: a fine-tuning step, dense vs masked vs shrunk (structured)"
 
 
-def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-            after_step: Callable[[], None] | None = None) -> Callable[[], None]:
+def step_fn(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, after_step: Callable[[], None] | None = None
+) -> Callable[[], None]:
     """One training step of ``model`` as prunelab's fine-tuning does it."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
@@ -73,8 +74,10 @@ def measure(device: torch.device, min_run_time: float) -> list[list[str]]:
         shrunk = shrink(masked, mask, x[:1]).train()
         masked_ms = ms(step_fn(masked, x, y, after_step=mask.hold(masked)))
         shrunk_ms = ms(step_fn(shrunk, x, y))
-        rows += [[f"masked, ratio {ratio}", f"{ratio}", f"{masked_ms:.2f}", f"{masked_ms / dense_ms:.2f}"],
-                 [f"shrunk, ratio {ratio}", f"{ratio}", f"{shrunk_ms:.2f}", f"{shrunk_ms / dense_ms:.2f}"]]
+        rows += [
+            [f"masked, ratio {ratio}", f"{ratio}", f"{masked_ms:.2f}", f"{masked_ms / dense_ms:.2f}"],
+            [f"shrunk, ratio {ratio}", f"{ratio}", f"{shrunk_ms:.2f}", f"{shrunk_ms / dense_ms:.2f}"],
+        ]
     return rows
 
 
@@ -101,12 +104,18 @@ def semi_structured(device: torch.device, min_run_time: float) -> tuple[list[lis
         times = {}
         for name, model in (("dense (2:4 zeros stored)", dense), ("2:4 semi-structured", sparse)):
             model(x)
-            times[name] = benchmark.Timer("m(x)", globals={"m": model, "x": x}).blocked_autorange(
-                min_run_time=min_run_time).median * 1e3
+            times[name] = (
+                benchmark.Timer("m(x)", globals={"m": model, "x": x})
+                .blocked_autorange(min_run_time=min_run_time)
+                .median
+                * 1e3
+            )
     base = times["dense (2:4 zeros stored)"]
     rows = [[name, f"{t:.3f}", f"{t / base:.2f}"] for name, t in times.items()]
-    return rows, (f"MLP block {D_MODEL}->{D_HIDDEN}->{D_MODEL}, {TOKENS} tokens, fp16, forward; "
-                  f"max |sparse - dense| / max |dense| = {err:.1e}.")
+    return rows, (
+        f"MLP block {D_MODEL}->{D_HIDDEN}->{D_MODEL}, {TOKENS} tokens, fp16, forward; "
+        f"max |sparse - dense| / max |dense| = {err:.1e}."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,16 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rows = measure(device, args.min_run_time)
     nm_rows, nm_note = semi_structured(device, args.min_run_time)
-    print("\n".join([
-        HEADING, "",
-        f"`python -m benchmarks.gpu --device {args.device}` on {name}: VGG-small (w=32), batch {BATCH} of "
-        f"1x28x28, one SGD step (forward + backward + step; masked: + mask re-applied), median ms.", "",
-        table(["variant", "channel ratio", "ms / step", "vs dense"], rows), "",
-        "### 2:4 semi-structured (prunelab `method=nm`, `torch.sparse.to_sparse_semi_structured`)", "",
-        nm_note, "",
-        *([table(["variant", "ms / forward", "vs dense"], nm_rows), ""] if nm_rows else []),
-        table(["fact", "value"], machine_facts()),
-    ]))
+    print(
+        "\n".join(
+            [
+                HEADING,
+                "",
+                f"`python -m benchmarks.gpu --device {args.device}` on {name}: VGG-small (w=32), batch {BATCH} of "
+                f"1x28x28, one SGD step (forward + backward + step; masked: + mask re-applied), median ms.",
+                "",
+                table(["variant", "channel ratio", "ms / step", "vs dense"], rows),
+                "",
+                "### 2:4 semi-structured (prunelab `method=nm`, `torch.sparse.to_sparse_semi_structured`)",
+                "",
+                nm_note,
+                "",
+                *([table(["variant", "ms / forward", "vs dense"], nm_rows), ""] if nm_rows else []),
+                table(["fact", "value"], machine_facts()),
+            ]
+        )
+    )
     return 0
 
 

@@ -18,8 +18,18 @@ from torch.nn.utils import prune as torch_prune
 from prunelab import models
 from prunelab.pruning import prunable_layers, prune
 
-from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist,
-                     optimizer_name, ratios, spread, table)
+from .common import (
+    Section,
+    Verdict,
+    alternate,
+    config,
+    configured_optimizer,
+    fashion_mnist,
+    optimizer_name,
+    ratios,
+    spread,
+    table,
+)
 
 BATCH = config().train.batch_size
 TARGET = 1.03
@@ -40,7 +50,7 @@ def compare(name: str, steps: int, repeats: int, data) -> tuple[list, list[float
     torch.manual_seed(0)
     template = getattr(models, name)(in_shape=data.in_shape)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
-    batches = [(data.train.x[i], data.train.y[i]) for i in order[:steps * BATCH].split(BATCH)]
+    batches = [(data.train.x[i], data.train.y[i]) for i in order[: steps * BATCH].split(BATCH)]
 
     dense = copy.deepcopy(template)
     held = copy.deepcopy(template)
@@ -48,8 +58,9 @@ def compare(name: str, steps: int, repeats: int, data) -> tuple[list, list[float
     mask.apply(held)
     hold = mask.hold(held)
     hooked = copy.deepcopy(template)
-    torch_prune.global_unstructured([(m, "weight") for m in prunable_layers(hooked).values()],
-                                    pruning_method=torch_prune.L1Unstructured, amount=0.9)
+    torch_prune.global_unstructured(
+        [(m, "weight") for m in prunable_layers(hooked).values()], pruning_method=torch_prune.L1Unstructured, amount=0.9
+    )
     runs = {
         "dense": (dense, configured_optimizer(dense.parameters(), "finetune"), None),
         "prunelab mask held": (held, configured_optimizer(held.parameters(), "finetune"), hold),
@@ -72,11 +83,17 @@ def compare(name: str, steps: int, repeats: int, data) -> tuple[list, list[float
         r = ratios(times.wall, k, "dense")
         rc = ratios(times.cpu, k, "dense")
         ref = k == "dense"
-        rows.append([name, k, spread(per_step[k], "ms"), "reference" if ref else spread(r, "x"),
-                     "reference" if ref else spread(rc, "x"),
-                     f"{sparsity[k]:.3f}" if k in sparsity else "0"])
-    return (rows, ratios(times.wall, "prunelab mask held", "dense"),
-            ratios(times.cpu, "prunelab mask held", "dense"))
+        rows.append(
+            [
+                name,
+                k,
+                spread(per_step[k], "ms"),
+                "reference" if ref else spread(r, "x"),
+                "reference" if ref else spread(rc, "x"),
+                f"{sparsity[k]:.3f}" if k in sparsity else "0",
+            ]
+        )
+    return (rows, ratios(times.wall, "prunelab mask held", "dense"), ratios(times.cpu, "prunelab mask held", "dense"))
 
 
 def _zeros(weights) -> float:
@@ -91,11 +108,22 @@ def run(quick: bool = False) -> Section:
         r_rows, r, rc = compare(name, steps, repeats, data)
         rows += r_rows
         med = statistics.median(r)
-        verdicts.append(Verdict(f"2. mask held, {name} step", f"≤ {TARGET} × dense",
-                                f"{med:.3f}× wall ({statistics.median(rc):.3f}× CPU time)",
-                                med <= TARGET))
-    header = ["model", "variant", "time per step", "ratio to dense, wall", "ratio to dense, CPU time",
-              "sparsity of the pruned weights after the steps"]
+        verdicts.append(
+            Verdict(
+                f"2. mask held, {name} step",
+                f"≤ {TARGET} × dense",
+                f"{med:.3f}× wall ({statistics.median(rc):.3f}× CPU time)",
+                med <= TARGET,
+            )
+        )
+    header = [
+        "model",
+        "variant",
+        "time per step",
+        "ratio to dense, wall",
+        "ratio to dense, CPU time",
+        "sparsity of the pruned weights after the steps",
+    ]
     body = (
         f"One fine-tuning step (forward, backward, {optimizer_name()} step, then whatever keeps the "
         "mask) on "

@@ -19,24 +19,41 @@ from torch import nn
 
 from prunelab import models
 from prunelab.data import Split
-from prunelab.pruning import prune
 from prunelab.experiment.train import fit
+from prunelab.pruning import prune
 
-from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist,
-                     optimizer_name, ratios, spread, table)
+from .common import (
+    Section,
+    Verdict,
+    alternate,
+    config,
+    configured_optimizer,
+    fashion_mnist,
+    optimizer_name,
+    ratios,
+    spread,
+    table,
+)
 
 BATCH = config().train.batch_size
 
 TARGET = 1.03
 
 
-def hand_epoch(model: nn.Module, optimizer, train: Split, val: Split, batch_size: int, seed: int,
-               masks: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> float:
+def hand_epoch(
+    model: nn.Module,
+    optimizer,
+    train: Split,
+    val: Split,
+    batch_size: int,
+    seed: int,
+    masks: list[tuple[torch.Tensor, torch.Tensor]] = (),
+) -> float:
     """The minimal PyTorch epoch: shuffled batches, step, (re-mask), then validation accuracy."""
     order = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(seed))
     model.train()
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,7 +65,7 @@ def hand_epoch(model: nn.Module, optimizer, train: Split, val: Split, batch_size
     correct = 0
     with torch.no_grad():
         for start in range(0, len(val.y), 1000):
-            correct += int((model(val.x[start:start + 1000]).argmax(1) == val.y[start:start + 1000]).sum())
+            correct += int((model(val.x[start : start + 1000]).argmax(1) == val.y[start : start + 1000]).sum())
     model.train()
     return correct / max(len(val.y), 1)
 
@@ -87,9 +104,14 @@ def compare(name: str, mode: str, repeats: int, train: Split, val: Split) -> lis
     small_tr, small_va = _subset(train, 20 * BATCH), _subset(val, 1000)
     times = alternate(
         {"hand-written": lambda: run_hand(train, val), "prunelab fit": lambda: run_fit(train, val)},
-        repeats, warmup=1, before=fresh,
-        warm={"hand-written": lambda: run_hand(small_tr, small_va),
-              "prunelab fit": lambda: run_fit(small_tr, small_va)})
+        repeats,
+        warmup=1,
+        before=fresh,
+        warm={
+            "hand-written": lambda: run_hand(small_tr, small_va),
+            "prunelab fit": lambda: run_fit(small_tr, small_va),
+        },
+    )
     # Same batches, same operations: the last round's weights must agree.
     a, b = (dict(state[v][0].named_parameters()) for v in ("hand-written", "prunelab fit"))
     diff = max(float((a[n] - b[n]).detach().abs().max()) for n in a)
@@ -97,9 +119,16 @@ def compare(name: str, mode: str, repeats: int, train: Split, val: Split) -> lis
     r_cpu = ratios(times.cpu, "prunelab fit", "hand-written")
     steps = -(-len(train) // BATCH)
     overhead = [(f - h) / steps for f, h in zip(times.cpu["prunelab fit"], times.cpu["hand-written"])]
-    row = [name, mode, spread(times.wall["hand-written"]), spread(times.wall["prunelab fit"]),
-           spread(r, "x"), spread(r_cpu, "x"), spread(overhead, "us", 2),
-           "yes" if diff == 0 else f"max abs diff {diff:.1e}"]
+    row = [
+        name,
+        mode,
+        spread(times.wall["hand-written"]),
+        spread(times.wall["prunelab fit"]),
+        spread(r, "x"),
+        spread(r_cpu, "x"),
+        spread(overhead, "us", 2),
+        "yes" if diff == 0 else f"max abs diff {diff:.1e}",
+    ]
     return row, r, r_cpu
 
 
@@ -115,10 +144,24 @@ def run(quick: bool = False) -> Section:
             row, r, r_cpu = compare(name, mode, repeats, train, val)
             rows.append(row)
             med, med_cpu = statistics.median(r), statistics.median(r_cpu)
-            verdicts.append(Verdict(f"1. overhead, {name} {mode} epoch", f"≤ {TARGET} × hand-written",
-                                    f"{med:.3f}× wall ({med_cpu:.3f}× CPU time)", med <= TARGET))
-    header = ["model", "epoch", "hand-written loop", "prunelab fit", "ratio, wall",
-              "ratio, CPU time", "overhead per step (CPU)", "same weights"]
+            verdicts.append(
+                Verdict(
+                    f"1. overhead, {name} {mode} epoch",
+                    f"≤ {TARGET} × hand-written",
+                    f"{med:.3f}× wall ({med_cpu:.3f}× CPU time)",
+                    med <= TARGET,
+                )
+            )
+    header = [
+        "model",
+        "epoch",
+        "hand-written loop",
+        "prunelab fit",
+        "ratio, wall",
+        "ratio, CPU time",
+        "overhead per step (CPU)",
+        "same weights",
+    ]
     body = (
         f"One epoch of Fashion-MNIST ({len(train):,} training images, batch {BATCH}, the configured "
         f"{optimizer_name()} at the configured learning rates, "
@@ -129,7 +172,7 @@ def run(quick: bool = False) -> Section:
         "this process's CPU time (which time taken by other processes on this shared machine does "
         "not inflate); overhead per step = the CPU-time difference per batch.\n\n"
         + table(header, rows)
-        + f"\n\nTarget: ratio ≤ {TARGET}. \"same weights\": both loops end the last round with "
+        + f'\n\nTarget: ratio ≤ {TARGET}. "same weights": both loops end the last round with '
         "bit-identical weights, so they did the same work."
     )
     return Section("1. Framework overhead: prunelab's training loop vs a hand-written one", body, verdicts)

@@ -18,8 +18,19 @@ import torch
 from prunelab.models import ResNet
 from prunelab.pruning import prune
 
-from .common import (FIXED_MMAP_THRESHOLD, Section, Verdict, alternate, num, peaks_mib, peak_rss_bytes, reset_peak,
-                     rss_bytes, spread, table)
+from .common import (
+    FIXED_MMAP_THRESHOLD,
+    Section,
+    Verdict,
+    alternate,
+    num,
+    peak_rss_bytes,
+    peaks_mib,
+    reset_peak,
+    rss_bytes,
+    spread,
+    table,
+)
 
 BLOCKS = 4  # basic blocks per stage: 3 stages, 24 blocks, 28 convolutions + the classifier
 BASE_WIDTH = 32
@@ -46,8 +57,10 @@ def peak(factor: int, method: str) -> dict:
     reset_peak()
     base = rss_bytes()
     prune_and_apply(model, method)
-    return {"peak_extra": peak_rss_bytes() - base,
-            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+    return {
+        "peak_extra": peak_rss_bytes() - base,
+        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+    }
 
 
 def run(quick: bool = False, threads: int | None = None) -> Section:
@@ -56,19 +69,36 @@ def run(quick: bool = False, threads: int | None = None) -> Section:
     widths = WIDTHS[:2] if quick else WIDTHS
     models = {f: build(f) for f in widths}
     saved = {f: {k: v.clone() for k, v in m.state_dict().items()} for f, m in models.items()}
-    variants = {(f, method): (lambda f=f, method=method: prune_and_apply(models[f], method))
-                for f in widths for method in METHODS}
+    variants = {
+        (f, method): (lambda f=f, method=method: prune_and_apply(models[f], method))
+        for f in widths
+        for method in METHODS
+    }
 
     def restore(key):
         models[key[0]].load_state_dict(saved[key[0]])
 
     times = alternate(variants, repeats, warmup=1, before=restore)
-    memory = {key: peaks_mib("benchmarks.scaling", "--peak", str(key[0]), key[1],
-                             "--threads", str(threads), runs=1 if quick else 3) for key in variants}
-    live = {key: peaks_mib("benchmarks.scaling", "--peak", str(key[0]), key[1], "--threads",
-                           str(threads), runs=1, env=FIXED_MMAP_THRESHOLD)[0] for key in variants}
-    param_mib = {f: sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
-                 for f, m in models.items()}
+    memory = {
+        key: peaks_mib(
+            "benchmarks.scaling", "--peak", str(key[0]), key[1], "--threads", str(threads), runs=1 if quick else 3
+        )
+        for key in variants
+    }
+    live = {
+        key: peaks_mib(
+            "benchmarks.scaling",
+            "--peak",
+            str(key[0]),
+            key[1],
+            "--threads",
+            str(threads),
+            runs=1,
+            env=FIXED_MMAP_THRESHOLD,
+        )[0]
+        for key in variants
+    }
+    param_mib = {f: sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20 for f, m in models.items()}
     params = {f: sum(p.numel() for p in m.parameters()) for f, m in models.items()}
     rows, verdicts = [], []
     for method in METHODS:
@@ -77,19 +107,32 @@ def run(quick: bool = False, threads: int | None = None) -> Section:
             t = times.wall[(f, method)]
             mem = memory[(f, method)]
             per_param[f] = statistics.median(t) / params[f]
-            rows.append([method, f"{f}× ({BASE_WIDTH * f})", f"{params[f] / 1e6:.2f}M", spread(t),
-                         f"{num(per_param[f] * 1e9)} ms",
-                         spread(mem, "MiB"), spread([m / param_mib[f] for m in mem], "x", 2),
-                         f"{live[(f, method)]:.0f} MiB ({live[(f, method)] / param_mib[f]:.2f}×)"])
+            rows.append(
+                [
+                    method,
+                    f"{f}× ({BASE_WIDTH * f})",
+                    f"{params[f] / 1e6:.2f}M",
+                    spread(t),
+                    f"{num(per_param[f] * 1e9)} ms",
+                    spread(mem, "MiB"),
+                    spread([m / param_mib[f] for m in mem], "x", 2),
+                    f"{live[(f, method)]:.0f} MiB ({live[(f, method)] / param_mib[f]:.2f}×)",
+                ]
+            )
         first, last = widths[0], widths[-1]
         growth = per_param[last] / per_param[first]
-        verdicts.append(Verdict(f"6. {method} pruning cost vs size", "grows ≤ linearly",
-                                f"time per parameter at {last}× width = {growth:.2f} × at {first}×",
-                                growth <= LINEAR_SLACK))
+        verdicts.append(
+            Verdict(
+                f"6. {method} pruning cost vs size",
+                "grows ≤ linearly",
+                f"time per parameter at {last}× width = {growth:.2f} × at {first}×",
+                growth <= LINEAR_SLACK,
+            )
+        )
     body = (
         f"prunelab's `ResNet({BLOCKS}, {IN_SHAPE}, 10, width)` (CIFAR-style, {BLOCKS} basic blocks "
         f"per stage), widths {', '.join(str(BASE_WIDTH * f) for f in widths)}: 4× the width is "
-        "16× the parameters. One call = `prune(model, method, \"global\", ratio, "
+        '16× the parameters. One call = `prune(model, method, "global", ratio, '
         "example_inputs=...)` + `mask.apply(model)`: structured at channel ratio 0.5 (L2, "
         "Torch-Pruning's dependency graph traced on one 3x32x32 input, classifier ignored), "
         f"unstructured at 0.9 (L1). {repeats} rounds alternating all six calls after a warm-up "
@@ -98,8 +141,19 @@ def run(quick: bool = False, threads: int | None = None) -> Section:
         "parameters; the last column is one more process with glibc's mmap threshold fixed "
         f"(`{FIXED_MMAP_THRESHOLD['GLIBC_TUNABLES']}`), which stops the C allocator from keeping "
         "freed blocks resident: what the call really holds at its peak.\n\n"
-        + table(["method", "width", "parameters", "time", "time per million parameters",
-                 "peak extra memory", "÷ parameters", "peak, fixed mmap threshold"], rows)
+        + table(
+            [
+                "method",
+                "width",
+                "parameters",
+                "time",
+                "time per million parameters",
+                "peak extra memory",
+                "÷ parameters",
+                "peak, fixed mmap threshold",
+            ],
+            rows,
+        )
         + f"\n\nTarget: cost linear in the parameter count (time per parameter at the largest "
         f"width within {LINEAR_SLACK}× that at the smallest; fixed per-layer costs such as graph "
         "tracing make small models relatively dearer)."

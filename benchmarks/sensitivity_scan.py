@@ -18,11 +18,21 @@ import torch
 
 from prunelab import models
 from prunelab.data import Split
-from prunelab.pruning import PruneData, Sensitivity, prune
 from prunelab.experiment.train import fit
+from prunelab.pruning import PruneData, Sensitivity, prune
 
-from .common import (Section, Verdict, alternate, config, configured_optimizer, fashion_mnist, ratios, spread, table,
-                     vgg_small_one_epoch)
+from .common import (
+    Section,
+    Verdict,
+    alternate,
+    config,
+    configured_optimizer,
+    fashion_mnist,
+    ratios,
+    spread,
+    table,
+    vgg_small_one_epoch,
+)
 
 TARGETS = {"lenet5": 0.5, "vgg_small": 2.0}
 RATIO = 0.9  # unstructured; structured prunes 0.5 of the channels
@@ -32,8 +42,16 @@ def _lenet5_one_epoch():
     data = fashion_mnist()
     torch.manual_seed(0)
     model = models.lenet5(in_shape=data.in_shape)
-    fit(model, data.train, Split(data.val.x[:0], data.val.y[:0]), configured_optimizer(model.parameters()),
-        1, config().train.batch_size, 0, desc="lenet5, 1 dense epoch (benchmarks)")
+    fit(
+        model,
+        data.train,
+        Split(data.val.x[:0], data.val.y[:0]),
+        configured_optimizer(model.parameters()),
+        1,
+        config().train.batch_size,
+        0,
+        desc="lenet5, 1 dense epoch (benchmarks)",
+    )
     return model.eval()
 
 
@@ -42,7 +60,7 @@ def run(quick: bool = False) -> Section:
     cfg = config()
     batch = cfg.train.batch_size
     samples = Sensitivity().samples
-    train = data.train if not quick else Split(data.train.x[:2 * batch], data.train.y[:2 * batch])
+    train = data.train if not quick else Split(data.train.x[: 2 * batch], data.train.y[: 2 * batch])
     val = data.val if not quick else Split(data.val.x[:200], data.val.y[:200])
     prune_data = PruneData(data.train, data.val, batch, 0)
     x1 = data.train.x[:1]
@@ -63,7 +81,7 @@ def run(quick: bool = False) -> Section:
             def scan(model=model, method=method, ratio=ratio):
                 prune(model, method, Sensitivity(), ratio, example_inputs=x1, data=prune_data)
 
-            def epoch(model=model, hold=hold):
+            def epoch(model=model, hold=hold, name=name):
                 optimizer = configured_optimizer(model.parameters(), "finetune")
                 fit(model, train, val, optimizer, 1, batch, 1, after_step=hold, desc=f"{name} fine-tune epoch")
 
@@ -71,10 +89,24 @@ def run(quick: bool = False) -> Section:
             times = alternate({"scan": scan, "epoch": epoch}, rounds, warmup=0)
             r = statistics.median(ratios(times.wall, "scan", "epoch"))
             sets = len(mask.channels) if method == "structured" else len(mask.prunable)
-            rows.append([name, method, sets, spread(times.wall["scan"]), spread(times.wall["epoch"]),
-                         spread(ratios(times.wall, "scan", "epoch"), "x")])
-            verdicts.append(Verdict(f"10. sensitivity scan, {name} {method}", f"≤ {TARGETS[name]} × an epoch",
-                                    f"{r:.3f}×", r <= TARGETS[name]))
+            rows.append(
+                [
+                    name,
+                    method,
+                    sets,
+                    spread(times.wall["scan"]),
+                    spread(times.wall["epoch"]),
+                    spread(ratios(times.wall, "scan", "epoch"), "x"),
+                ]
+            )
+            verdicts.append(
+                Verdict(
+                    f"10. sensitivity scan, {name} {method}",
+                    f"≤ {TARGETS[name]} × an epoch",
+                    f"{r:.3f}×",
+                    r <= TARGETS[name],
+                )
+            )
     grid = ", ".join(f"{g:g}" for g in Sensitivity().grid)
     body = (
         f"Scan: every prunable layer (unstructured) or channel group (structured) pruned alone at each of "

@@ -23,18 +23,18 @@ from __future__ import annotations
 import copy
 import re
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from importlib.metadata import version
 from torch import nn
 
 from benchmarks.common import machine_facts, table
 from prunelab import models
 from prunelab.deploy.ledger import latencies_ms
-from prunelab.pruning.macs import mac_counts, param_counts
 from prunelab.pruning import prune, shrink
+from prunelab.pruning.macs import mac_counts, param_counts
 
 HEADING = "## Structured pruning: measured CPU speed-up vs MACs (prunelab vs Torch-Pruning)"
 COMMAND = "python -m benchmarks.structured_speedup"
@@ -56,9 +56,14 @@ def prunelab_variant(model: nn.Module, x: torch.Tensor, ratio: float, scope: str
 
 def torch_pruning_variant(model: nn.Module, x: torch.Tensor, ratio: float, scope: str) -> nn.Module:
     model = copy.deepcopy(model)
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, global_pruning=scope == "global",
-                                  ignored_layers=[model.classifier])
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        global_pruning=scope == "global",
+        ignored_layers=[model.classifier],
+    )
     pruner.step()
     return model.eval()
 
@@ -79,35 +84,59 @@ def measure(name: str, factory, in_shape) -> list[list[str]]:
     for key in variants:
         mac_cut = macs["dense"] / macs[key]
         speedup = {b: ms[("dense", b)] / ms[(key, b)] for b in (1, 64)}
-        tool, scope, ratio = (key.rsplit(" ", 2) if key != "dense" else ("dense", "–", "0"))
-        rows.append([name, ratio, scope, tool, f"{params[key] / 1e3:,.1f}k", f"{macs[key] / 1e6:.2f}M",
-                     f"{macs[key] / macs['dense']:.3f}", f"{ms[(key, 1)]:.3f}", f"{ms[(key, 64)]:.2f}",
-                     f"{1 / speedup[1]:.3f}", f"{1 / speedup[64]:.3f}",
-                     f"{speedup[1] / mac_cut:.2f}", f"{speedup[64] / mac_cut:.2f}"])
+        tool, scope, ratio = key.rsplit(" ", 2) if key != "dense" else ("dense", "–", "0")
+        rows.append(
+            [
+                name,
+                ratio,
+                scope,
+                tool,
+                f"{params[key] / 1e3:,.1f}k",
+                f"{macs[key] / 1e6:.2f}M",
+                f"{macs[key] / macs['dense']:.3f}",
+                f"{ms[(key, 1)]:.3f}",
+                f"{ms[(key, 64)]:.2f}",
+                f"{1 / speedup[1]:.3f}",
+                f"{1 / speedup[64]:.3f}",
+                f"{speedup[1] / mac_cut:.2f}",
+                f"{speedup[64] / mac_cut:.2f}",
+            ]
+        )
     return rows
 
 
-AGREEMENT = (
-    "Where the two differ, the difference is the allocation (how many channels each layer keeps), not the removal: where both allocate the same widths (local scope at 0.5, identical params 76.8k / 68.8k) MACs agree exactly and latency within 1%. Global scope ranks channels differently: prunelab divides each group's channel scores by their mean and cuts one threshold over all channels (each channel counts once); Torch-Pruning's MetaPruner ranks its own normalised group importance, so the per-layer widths come out differently (not analysed further): at global 0.3 VGG-small keeps 0.478 vs 0.551 of the MACs and at global 0.7 0.087 vs 0.060. At local 0.7 the per-layer counts differ by rounding on narrow layers (prunelab prunes round(ratio x channels), Torch-Pruning keeps int((1 - ratio) x channels), i.e. prunes one more where the kept count is fractional), e.g. ResNet-20 keeps 0.097 vs 0.078 of the MACs. Per MAC removed, the measured speed-ups agree (speed-up / MAC cut within 0.07 in every row)."
-)
+AGREEMENT = "Where the two differ, the difference is the allocation (how many channels each layer keeps), not the removal: where both allocate the same widths (local scope at 0.5, identical params 76.8k / 68.8k) MACs agree exactly and latency within 1%. Global scope ranks channels differently: prunelab divides each group's channel scores by their mean and cuts one threshold over all channels (each channel counts once); Torch-Pruning's MetaPruner ranks its own normalised group importance, so the per-layer widths come out differently (not analysed further): at global 0.3 VGG-small keeps 0.478 vs 0.551 of the MACs and at global 0.7 0.087 vs 0.060. At local 0.7 the per-layer counts differ by rounding on narrow layers (prunelab prunes round(ratio x channels), Torch-Pruning keeps int((1 - ratio) x channels), i.e. prunes one more where the kept count is fractional), e.g. ResNet-20 keeps 0.097 vs 0.078 of the MACs. Per MAC removed, the measured speed-ups agree (speed-up / MAC cut within 0.07 in every row)."
 
 
 def main() -> str:
     start = time.perf_counter()
     facts = machine_facts()
     rows = [row for name, (factory, shape) in MODELS.items() for row in measure(name, factory, shape)]
-    header = ["model", "channel ratio", "scope", "variant", "params", "MACs", "MACs ×dense",
-              "b1 ms", "b64 ms", "latency b1 ×dense", "latency b64 ×dense",
-              "speed-up / MAC cut b1", "speed-up / MAC cut b64"]
+    header = [
+        "model",
+        "channel ratio",
+        "scope",
+        "variant",
+        "params",
+        "MACs",
+        "MACs ×dense",
+        "b1 ms",
+        "b64 ms",
+        "latency b1 ×dense",
+        "latency b64 ×dense",
+        "speed-up / MAC cut b1",
+        "speed-up / MAC cut b64",
+    ]
     lines = [
-        HEADING, "",
+        HEADING,
+        "",
         f"Command: `{COMMAND}` ({time.perf_counter() - start:.0f} s). Torch {torch.__version__}, "
         f"Torch-Pruning {version('torch-pruning')}; latency on {THREADS} CPU thread (`torch.utils.benchmark`, "
         "fixed threads, warm-up, all variants of a model interleaved, median).",
         "",
         "Random-init weights (seed 0): speed does not depend on the weight values, but which channels "
         "each method keeps does, so global allocations on trained weights may differ. "
-        "prunelab = `prune(method=\"structured\", criterion=\"l2\")` + `shrink`; Torch-Pruning = "
+        'prunelab = `prune(method="structured", criterion="l2")` + `shrink`; Torch-Pruning = '
         "`MetaPruner(MagnitudeImportance(p=2), global_pruning=scope==global, ignored_layers=[classifier])`. "
         "*Speed-up / MAC cut* is (dense latency / pruned latency) / (dense MACs / pruned MACs): 1.0 means "
         "the measured speed-up is all the MAC count promises.",

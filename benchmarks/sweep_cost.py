@@ -44,8 +44,7 @@ from pathlib import Path
 
 import torch
 
-from .common import (Section, Verdict, alternate, config, configured_optimizer, machine_facts, ratios,
-                     spread, table)
+from .common import Section, Verdict, alternate, config, configured_optimizer, machine_facts, ratios, spread, table
 
 BATCH = config().train.batch_size
 
@@ -80,10 +79,25 @@ class Preset:
         return list(itertools.product(self.methods, self.scopes, self.ratios))
 
 
-DEFAULT = Preset((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), ("unstructured",), ("global",),
-                 1, 1, False, 1.10, with_handover=False)
-STUDY = Preset((0.1, 0.3, 0.5, 0.7, 0.9), ("structured", "unstructured"), ("global", "local"),
-               config().train.epochs, config().finetune.epochs, True, 1.15)
+DEFAULT = Preset(
+    (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    ("unstructured",),
+    ("global",),
+    1,
+    1,
+    False,
+    1.10,
+    with_handover=False,
+)
+STUDY = Preset(
+    (0.1, 0.3, 0.5, 0.7, 0.9),
+    ("structured", "unstructured"),
+    ("global", "local"),
+    config().train.epochs,
+    config().finetune.epochs,
+    True,
+    1.15,
+)
 
 
 def _env(threads: int) -> dict:
@@ -91,13 +105,24 @@ def _env(threads: int) -> dict:
 
 
 def sweep_command(folder: str, preset: Preset, handover: bool | None = None) -> list[str]:
-    return [sys.executable, "-m", "prunelab", "-m", "model=lenet5", "dataset=fashion_mnist",
-            f"method={','.join(preset.methods)}", f"scope={','.join(preset.scopes)}",
-            f"ratio={','.join(map(str, preset.ratios))}",
-            f"train.epochs={preset.train_epochs}", f"finetune.epochs={preset.finetune_epochs}",
-            f"tracking.uri=sqlite:///{folder}/mlflow.db", f"cache_dir={folder}/dense",
-            f"hydra.sweep.dir={folder}/multirun", f"measure_latency={str(preset.with_latency).lower()}",
-            f"handover={str(preset.with_handover if handover is None else handover).lower()}"]
+    return [
+        sys.executable,
+        "-m",
+        "prunelab",
+        "-m",
+        "model=lenet5",
+        "dataset=fashion_mnist",
+        f"method={','.join(preset.methods)}",
+        f"scope={','.join(preset.scopes)}",
+        f"ratio={','.join(map(str, preset.ratios))}",
+        f"train.epochs={preset.train_epochs}",
+        f"finetune.epochs={preset.finetune_epochs}",
+        f"tracking.uri=sqlite:///{folder}/mlflow.db",
+        f"cache_dir={folder}/dense",
+        f"hydra.sweep.dir={folder}/multirun",
+        f"measure_latency={str(preset.with_latency).lower()}",
+        f"handover={str(preset.with_handover if handover is None else handover).lower()}",
+    ]
 
 
 def point_name(method: str, scope: str, ratio) -> str:
@@ -109,8 +134,8 @@ def by_hand(preset: Preset) -> dict[str, float]:
     batch size, seeds), by hand; returns the test accuracy of the dense model and of every point."""
     from prunelab import models
     from prunelab.data import fashion_mnist
-    from prunelab.pruning import prune
     from prunelab.experiment.train import evaluate, fit, seed_everything
+    from prunelab.pruning import prune
 
     cfg = config()
 
@@ -135,8 +160,18 @@ def by_hand(preset: Preset) -> dict[str, float]:
         mask.apply(model)
         evaluate(model, data.test), evaluate(model, data.val)
         opt, sched = optimizer(model, "finetune", preset.finetune_epochs)
-        fit(model, data.train, data.val, opt, preset.finetune_epochs, BATCH, 1, sched,
-            after_step=mask.hold(model), desc="fine-tune")
+        fit(
+            model,
+            data.train,
+            data.val,
+            opt,
+            preset.finetune_epochs,
+            BATCH,
+            1,
+            sched,
+            after_step=mask.hold(model),
+            desc="fine-tune",
+        )
         evaluate(model, data.val)
         results[point_name(method, scope, ratio)] = evaluate(model, data.test)["accuracy"]
     return results
@@ -150,19 +185,31 @@ def sweep_accuracies(folder: str) -> dict[str, float]:
 
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
     runs = load_runs(["lenet5-fashion_mnist"])  # the experiment sweep_command's points log to
-    return {"dense" if r.role == "dense" else point_name(r.method, r.scope, r.ratio): r.test_accuracy
-            for r in runs.itertuples()}
+    return {
+        "dense" if r.role == "dense" else point_name(r.method, r.scope, r.ratio): r.test_accuracy
+        for r in runs.itertuples()
+    }
 
 
-def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAULT, repeats: int = 1,
-        title: str = "5. Sweep cost") -> Section:
+def run(
+    quick: bool = False,
+    threads: int | None = None,
+    preset: Preset = DEFAULT,
+    repeats: int = 1,
+    title: str = "5. Sweep cost",
+) -> Section:
     threads = threads or torch.get_num_threads()
     if quick:
-        preset = replace(preset, ratios=preset.ratios[:2], methods=preset.methods[:1],
-                         scopes=preset.scopes[:1], train_epochs=1, finetune_epochs=1)
+        preset = replace(
+            preset,
+            ratios=preset.ratios[:2],
+            methods=preset.methods[:1],
+            scopes=preset.scopes[:1],
+            train_epochs=1,
+            finetune_epochs=1,
+        )
     points = preset.points
-    hand_cmd = [sys.executable, "-m", "benchmarks.sweep_cost", "--by-hand",
-                "--preset", json.dumps(preset.__dict__)]
+    hand_cmd = [sys.executable, "-m", "benchmarks.sweep_cost", "--by-hand", "--preset", json.dumps(preset.__dict__)]
     accuracy: dict[str, dict[str, float]] = {}
 
     handed = "sweep, hand-over files on"  # timed beside the target's sweep when that has them off
@@ -170,12 +217,19 @@ def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAUL
     def launch(name):
         with tempfile.TemporaryDirectory(prefix="prunelab-sweep-cost-") as folder:
             cmd = hand_cmd if name == "by hand" else sweep_command(folder, preset, True if name == handed else None)
-            out = subprocess.run(cmd, cwd=folder if name != "by hand" else None, env=_env(threads),
-                                 capture_output=True, text=True, check=False)
+            out = subprocess.run(
+                cmd,
+                cwd=folder if name != "by hand" else None,
+                env=_env(threads),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if out.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-            accuracy[name] = (json.loads(out.stdout.strip().splitlines()[-1]) if name == "by hand"
-                              else sweep_accuracies(folder))
+            accuracy[name] = (
+                json.loads(out.stdout.strip().splitlines()[-1]) if name == "by hand" else sweep_accuracies(folder)
+            )
 
     variants = ["by hand", "sweep"] + ([] if preset.with_handover else [handed])
     times = alternate({v: (lambda v=v: launch(v)) for v in variants}, repeats, warmup=0)
@@ -186,20 +240,29 @@ def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAUL
     missing = sorted(set(hand) - set(swept))
     diff = max(abs(hand[k] - other[k]) for v in variants[1:] for other in [accuracy[v]] for k in hand if k in other)
     sweep_args = " ".join(sweep_command("F", preset)[4:9])
-    rows = [["by hand, one process", spread(times.wall["by hand"]), "reference"],
-            [f"`python -m prunelab -m {sweep_args}` ({len(points)} points)", spread(times.wall["sweep"]),
-             spread(r, "x")]]
+    rows = [
+        ["by hand, one process", spread(times.wall["by hand"]), "reference"],
+        [f"`python -m prunelab -m {sweep_args}` ({len(points)} points)", spread(times.wall["sweep"]), spread(r, "x")],
+    ]
     if handed in times.wall:
-        rows.append([f"the same with `handover=true` (the default of a run; no target)", spread(times.wall[handed]),
-                     spread(ratios(times.wall, handed, "by hand"), "x")])
+        rows.append(
+            [
+                "the same with `handover=true` (the default of a run; no target)",
+                spread(times.wall[handed]),
+                spread(ratios(times.wall, handed, "by hand"), "x"),
+            ]
+        )
         per_file = (statistics.median(times.wall[handed]) - statistics.median(times.wall["sweep"])) / len(points)
     configured = (preset.train_epochs, preset.finetune_epochs) == (config().train.epochs, config().finetune.epochs)
     body = (
         f"LeNet-5 on Fashion-MNIST, {len(points)} points ({', '.join(preset.methods)} × "
         f"{', '.join(preset.scopes)} × ratios {', '.join(map(str, preset.ratios))}): "
         f"dense training {preset.train_epochs} epoch(s), fine-tuning {preset.finetune_epochs} epoch(s) per point"
-        + (" (the configured defaults)" if configured else
-           f" (reduced from the configured {config().train.epochs} and {config().finetune.epochs})")
+        + (
+            " (the configured defaults)"
+            if configured
+            else f" (reduced from the configured {config().train.epochs} and {config().finetune.epochs})"
+        )
         + f", {threads} thread(s), {repeats} round(s) alternating by hand / sweep, each a fresh "
         f"process in a fresh folder; the ledger's latency timing {'on' if preset.with_latency else 'off'}, the "
         f"hand-over files {'on' if preset.with_handover else 'off'}.\n\n"
@@ -207,10 +270,15 @@ def run(quick: bool = False, threads: int | None = None, preset: Preset = DEFAUL
         + f"\n\nSame work: the sweep logged {len(swept)} test accuracies (dense + points), by hand "
         f"gave {len(hand)}; largest difference {diff:.4f}"
         + (f"; missing in the sweep: {', '.join(missing)}" if missing else "")
-        + ". Dense test accuracy by hand " + f"{hand['dense']:.4f}."
+        + ". Dense test accuracy by hand "
+        + f"{hand['dense']:.4f}."
         + f"\n\nThe sweep's extra time: {extra:.1f} s per point"
-        + (f"; the hand-over files (program.pt2, model.onnx, the compact file, and their accuracy checks) "
-           f"add {per_file:.1f} s per point." if handed in times.wall else ".")
+        + (
+            f"; the hand-over files (program.pt2, model.onnx, the compact file, and their accuracy checks) "
+            f"add {per_file:.1f} s per point."
+            if handed in times.wall
+            else "."
+        )
         + PROFILE
         + f"\n\nTarget: sweep ≤ {preset.target} × by hand."
     )
@@ -224,8 +292,11 @@ def main() -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep_cost")
-    parser.add_argument("--study", action="store_true",
-                        help="the issue-3 study: 5 ratios × 2 methods × 2 scopes, configured epochs (~45 min)")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="the issue-3 study: 5 ratios × 2 methods × 2 scopes, configured epochs (~45 min)",
+    )
     parser.add_argument("--train-epochs", type=int, help="override the preset's dense epochs")
     parser.add_argument("--finetune-epochs", type=int, help="override the preset's fine-tuning epochs")
     parser.add_argument("--repeats", type=int, default=1)
@@ -242,15 +313,20 @@ if __name__ == "__main__":
         print(json.dumps(by_hand(preset)))
     else:
         preset = STUDY if args.study else DEFAULT
-        preset = replace(preset, train_epochs=args.train_epochs or preset.train_epochs,
-                         finetune_epochs=args.finetune_epochs or preset.finetune_epochs,
-                         with_latency=preset.with_latency or args.with_latency)
+        preset = replace(
+            preset,
+            train_epochs=args.train_epochs or preset.train_epochs,
+            finetune_epochs=args.finetune_epochs or preset.finetune_epochs,
+            with_latency=preset.with_latency or args.with_latency,
+        )
         title = "5b. Study sweep cost (issue 3)" if args.study else "5. Sweep cost"
         facts, start = machine_facts(), time.perf_counter()
         section = run(args.quick, args.threads, preset, args.repeats, title)
         print(section.markdown())
         if args.out:
             from .__main__ import report
+
             command = shlex.join(["python", "-m", "benchmarks.sweep_cost", *sys.argv[1:]])
-            Path(args.out).write_text(report([section], command, time.perf_counter() - start, facts,
-                                             args.threads, args.quick))
+            Path(args.out).write_text(
+                report([section], command, time.perf_counter() - start, facts, args.threads, args.quick)
+            )

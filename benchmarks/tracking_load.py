@@ -58,14 +58,23 @@ def worker(args: tuple[str, str, int, Load]) -> dict:
     for r in range(load.runs):
         attempted += 1
         try:
-            run = timed(client.create_run, experiment_id, run_name=f"p{index}-r{r}",
-                        tags={"load.process": str(index), "load.run": str(r)})
+            run = timed(
+                client.create_run,
+                experiment_id,
+                run_name=f"p{index}-r{r}",
+                tags={"load.process": str(index), "load.run": str(r)},
+            )
             run_id = run.info.run_id
             for step in range(load.steps):
                 stamp = int(time.time() * 1000)
-                timed(client.log_batch, run_id, metrics=[
-                    Metric(f"m{k:02d}", float(index * 1e6 + r * 1e3 + step + k / 100), stamp, step)
-                    for k in range(load.metrics)])
+                timed(
+                    client.log_batch,
+                    run_id,
+                    metrics=[
+                        Metric(f"m{k:02d}", float(index * 1e6 + r * 1e3 + step + k / 100), stamp, step)
+                        for k in range(load.metrics)
+                    ],
+                )
             timed(client.set_terminated, run_id, RunStatus.to_string(RunStatus.FINISHED))
         except Exception as e:  # counted and reported: a lost run is a finding, not a crash
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -85,14 +94,16 @@ def check(uri: str, experiment: str, load: Load) -> dict:
         token = page.token
         if not token:
             break
-    values = sum(len(client.get_metric_history(r.info.run_id, f"m{k:02d}")) for r in found
-                 for k in range(load.metrics))
+    values = sum(len(client.get_metric_history(r.info.run_id, f"m{k:02d}")) for r in found for k in range(load.metrics))
     keys = {(r.data.tags.get("load.process"), r.data.tags.get("load.run")) for r in found}
-    return {"found": len(found), "distinct": len(keys),
-            "finished": sum(r.info.status == "FINISHED" for r in found),
-            "running": sum(r.info.status == "RUNNING" for r in found),
-            "values": values,
-            "default": len(client.search_runs(["0"], max_results=10))}
+    return {
+        "found": len(found),
+        "distinct": len(keys),
+        "finished": sum(r.info.status == "FINISHED" for r in found),
+        "running": sum(r.info.status == "RUNNING" for r in found),
+        "values": values,
+        "default": len(client.search_runs(["0"], max_results=10)),
+    }
 
 
 def measure(name: str, uri: str, load: Load) -> dict:
@@ -104,33 +115,67 @@ def measure(name: str, uri: str, load: Load) -> dict:
         parts = pool.map(worker, [(uri, experiment, i, load) for i in range(load.processes)])
     wall = max(p["last"] for p in parts) - min(p["first"] for p in parts)  # first call to last
     latencies = sorted(x for p in parts for x in p["latencies"])
-    result = {"store": name, "wall": wall, "calls": len(latencies),
-              "attempted": sum(p["attempted"] for p in parts),
-              "errors": [e for p in parts for e in p["errors"]],
-              "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-              **check(uri, experiment, load)}
-    print(f"{name}: {result['found']}/{result['attempted']} runs, {result['values']} metric values, "
-          f"{wall:.1f} s, p50 {result['p50'] * 1e3:.1f} ms, p95 {result['p95'] * 1e3:.1f} ms, "
-          f"{len(result['errors'])} errors", file=sys.stderr)
+    result = {
+        "store": name,
+        "wall": wall,
+        "calls": len(latencies),
+        "attempted": sum(p["attempted"] for p in parts),
+        "errors": [e for p in parts for e in p["errors"]],
+        "p50": statistics.median(latencies),
+        "p95": latencies[int(0.95 * (len(latencies) - 1))],
+        **check(uri, experiment, load),
+    }
+    print(
+        f"{name}: {result['found']}/{result['attempted']} runs, {result['values']} metric values, "
+        f"{wall:.1f} s, p50 {result['p50'] * 1e3:.1f} ms, p95 {result['p95'] * 1e3:.1f} ms, "
+        f"{len(result['errors'])} errors",
+        file=sys.stderr,
+    )
     return result
 
 
 def report(results: list[dict], load: Load, command: str) -> str:
     expected = load.processes * load.runs * load.metrics * load.steps
-    rows = [[r["store"], f"{r['attempted']}", f"{r['found']} ({r['finished']} FINISHED)",
-             f"{r['values']:,} / {expected:,}", f"{r['wall']:.1f}", f"{r['calls'] / r['wall']:.0f}",
-             f"{r['p50'] * 1e3:.1f}", f"{r['p95'] * 1e3:.1f}", f"{len(r['errors'])}", f"{r['default']}",
-             f"{r['running']}"] for r in results]
+    rows = [
+        [
+            r["store"],
+            f"{r['attempted']}",
+            f"{r['found']} ({r['finished']} FINISHED)",
+            f"{r['values']:,} / {expected:,}",
+            f"{r['wall']:.1f}",
+            f"{r['calls'] / r['wall']:.0f}",
+            f"{r['p50'] * 1e3:.1f}",
+            f"{r['p95'] * 1e3:.1f}",
+            f"{len(r['errors'])}",
+            f"{r['default']}",
+            f"{r['running']}",
+        ]
+        for r in results
+    ]
     text = [
         "## Tracking store under load",
         "",
         f"`{command}`: {load.processes} processes at once, each {load.runs} runs of {load.metrics} metrics "
         f"with {load.steps}-step histories (one `log_batch` per step, as prunelab logs), on this machine's "
         "2 cores shared by the clients and the server. Latency is per MLflow client call (create, "
-        "log_batch, end); \"found\" is read back through MLflow's API afterwards.",
+        'log_batch, end); "found" is read back through MLflow\'s API afterwards.',
         "",
-        table(["store", "runs attempted", "runs found", "metric values found / logged", "wall s", "calls/s",
-               "p50 ms", "p95 ms", "errors", "runs in Default", "RUNNING at the end"], rows),
+        table(
+            [
+                "store",
+                "runs attempted",
+                "runs found",
+                "metric values found / logged",
+                "wall s",
+                "calls/s",
+                "p50 ms",
+                "p95 ms",
+                "errors",
+                "runs in Default",
+                "RUNNING at the end",
+            ],
+            rows,
+        ),
         "",
     ]
     for r in results:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import ConfigError, not_an_option, register, validate, with_choices
 from .errors import UserError, fail
 from .paths import conf_dir
-from .redact import install_log_redaction, redact
+from .redact import install_log_redaction
 
 log = logging.getLogger("prunelab")
 
@@ -36,8 +36,10 @@ def _values(override, own_sweeper: bool) -> list[str] | None:
     if override.is_sweep_override():
         if not override.is_discrete_sweep():
             if not own_sweeper:
-                raise ConfigError(f"{override.input_line}: the default sweeper takes lists (a,b,c) or "
-                                  "range(...); interval(...) needs an optimising hydra/sweeper")
+                raise ConfigError(
+                    f"{override.input_line}: the default sweeper takes lists (a,b,c) or "
+                    "range(...); interval(...) needs an optimising hydra/sweeper"
+                )
             return None  # an optimising sweeper picks the values; each job is validated instead
         return [str(v) for v in override.sweep_string_iterator()]
     return [override.get_value_element_as_str()]
@@ -59,7 +61,7 @@ def _jobs(parsed, own_sweeper: bool) -> list[list[str]]:
         alternatives += [(i, _as_override(o, v)) for v in (values or [])[1:]]
     jobs = [base]
     for i, line in alternatives:
-        jobs.append(base[:i] + [line] + base[i + 1:])
+        jobs.append(base[:i] + [line] + base[i + 1 :])
     return [[line for line in job if line is not None] for job in jobs]
 
 
@@ -125,8 +127,9 @@ def _missing_option(e) -> str:
     if not found:
         return text.strip().splitlines()[0]
     group, value = found.groups()
-    options = (getattr(e, "options", None) or
-               re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1], flags=re.M))
+    options = getattr(e, "options", None) or re.findall(
+        r"^\t(\S+)$", text.split("Available options", 1)[-1], flags=re.M
+    )
     options = [o for o in options if not o.endswith("_schema")]  # the plug-ins' schemas are no options
     return f"{group}={value!r} is not allowed: expected one of {', '.join(options) or '(none found)'}"
 

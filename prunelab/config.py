@@ -20,7 +20,7 @@ import functools
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
@@ -34,9 +34,17 @@ GROUPS = ("model", "dataset", "method", "criterion", "scope", "schedule", "recip
 # Groups whose shipped options compose against a schema derived from their class.
 TYPED_GROUPS = ("method", "criterion", "scope", "schedule")
 # Plug-in nodes whose options are checked against their _target_ (group -> where it sits).
-PLUGIN_NODES = {"model": "model", "dataset": "dataset", "method": "method", "criterion": "criterion",
-                "scope": "scope", "schedule": "schedule", "quantize": "quantize", "codebook": "codebook",
-                "optimizer": "train.optimizer"}
+PLUGIN_NODES = {
+    "model": "model",
+    "dataset": "dataset",
+    "method": "method",
+    "criterion": "criterion",
+    "scope": "scope",
+    "schedule": "schedule",
+    "quantize": "quantize",
+    "codebook": "codebook",
+    "optimizer": "train.optimizer",
+}
 
 
 class ConfigError(UserError, ValueError):
@@ -58,7 +66,7 @@ def _ratio(value: Any) -> None:
 @dataclass
 class BudgetConfig:
     # Prune to at most this fraction of the dense model's MACs: the ratio is searched (any scope).
-    macs: Optional[float] = None
+    macs: float | None = None
 
     def __post_init__(self):
         if self.macs is not None:
@@ -105,8 +113,8 @@ class FinetuneConfig:
 @dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
-    experiment: Optional[str] = None  # default: <model>-<dataset>
-    ui: Optional[str] = None  # the UI's address in printed links; default: see prunelab/tracking/ui.py
+    experiment: str | None = None  # default: <model>-<dataset>
+    ui: str | None = None  # the UI's address in printed links; default: see prunelab/tracking/ui.py
 
 
 @dataclass
@@ -117,24 +125,24 @@ class Config:
     criterion: Any = MISSING  # conf/criterion/: the importance plug-in
     scope: Any = MISSING  # conf/scope/: the allocation plug-in
     schedule: Any = MISSING  # conf/schedule/: when to prune and how to train in between
-    plan: Optional[str] = None  # scope=plan: a plan.json file or runs:/RUN_ID/plan.json
+    plan: str | None = None  # scope=plan: a plan.json file or runs:/RUN_ID/plan.json
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     # The option chosen in each config group (model=lenet5 ...), filled in from Hydra when the
     # config is composed (with_choices); names experiments, runs and params.
     choices: dict[str, str] = field(default_factory=dict)
-    recipe: Optional[str] = None  # the recipe option that set train/finetune (a label; values rule)
+    recipe: str | None = None  # the recipe option that set train/finetune (a label; values rule)
     quantize: Any = None  # conf/quantize/: none (empty) or a partial int8 quantizer (prunelab.deploy.int8)
     codebook: Any = None  # conf/codebook/: shared values of the unstructured compact file
     ratio: float = 0.5
     seed: int = 0
     # The seed of the data pruning looks at (calibration samples, a criterion's batches) and of its
     # random choices; None: the run's seed. Like seed, it tells seeds of one point apart.
-    calibration_seed: Optional[int] = None
+    calibration_seed: int | None = None
     device: str = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    cache_dir: Optional[str] = None  # dense-model cache; default: ~/.cache/prunelab/dense
+    cache_dir: str | None = None  # dense-model cache; default: ~/.cache/prunelab/dense
     force: bool = False  # rerun a point even if a FINISHED run with its key exists
     measure_latency: bool = True  # time dense and pruned forward passes on the CPU (cost ledger)
     handover: bool = True  # write the deployment files (model/: program.pt2, model.onnx, ...) and check them
@@ -153,6 +161,7 @@ class Config:
 
 # --- the plug-ins' schemas, derived from their classes ----------------------------------------
 
+
 def schema_of(cls: type) -> type:
     """A structured-config dataclass with ``cls``'s fields (names, types, defaults) plus
     ``_target_`` and ``_partial_``; composing runs ``cls``'s own checks on the values (for a
@@ -164,12 +173,21 @@ def schema_of(cls: type) -> type:
             cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
 
     hints = typing.get_type_hints(cls)
-    own = [(f.name, hints[f.name], field(default=f.default) if f.default is not dataclasses.MISSING
-            else field(default_factory=f.default_factory)) for f in dataclasses.fields(cls)]
-    return dataclasses.make_dataclass(f"{cls.__name__}Config",
-                                      [("_target_", str, field(default=MISSING)),
-                                       ("_partial_", bool, field(default=False)), *own],
-                                      namespace={"__post_init__": __post_init__})
+    own = [
+        (
+            f.name,
+            hints[f.name],
+            field(default=f.default)
+            if f.default is not dataclasses.MISSING
+            else field(default_factory=f.default_factory),
+        )
+        for f in dataclasses.fields(cls)
+    ]
+    return dataclasses.make_dataclass(
+        f"{cls.__name__}Config",
+        [("_target_", str, field(default=MISSING)), ("_partial_", bool, field(default=False)), *own],
+        namespace={"__post_init__": __post_init__},
+    )
 
 
 def _public_path(cls: type) -> str:
@@ -182,7 +200,7 @@ def schema_name(cls: type) -> str:
     return f"{cls.__name__.lower()}_schema"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plugin_schemas() -> dict[tuple[str, str], tuple[type, type]]:
     """(group, schema name) -> (plug-in class, schema) for every shipped option's class."""
     found = {}
@@ -206,7 +224,7 @@ def not_an_option(cfg: DictConfig, full_key: str) -> str | None:
     the sentence :func:`prunelab.plugins.check_options` says, naming the options the plug-in takes;
     None when ``full_key`` is not an option of a plug-in."""
     for group, where in PLUGIN_NODES.items():
-        if full_key.startswith(f"{where}.") and "." not in full_key[len(where) + 1:]:
+        if full_key.startswith(f"{where}.") and "." not in full_key[len(where) + 1 :]:
             node = OmegaConf.select(cfg, where)
             target = node.get("_target_") if isinstance(node, DictConfig) else None
             if target is None:
@@ -214,7 +232,7 @@ def not_an_option(cfg: DictConfig, full_key: str) -> str | None:
             chosen = (cfg.get("choices") or {}).get(group)
             label = f"{group}={chosen}" if chosen else f"{where}._target_={target}"
             try:
-                check_options(group, label, locate(target), [full_key[len(where) + 1:]])
+                check_options(group, label, locate(target), [full_key[len(where) + 1 :]])
             except UserError as e:
                 return str(e)
             except ImportError:
@@ -223,6 +241,7 @@ def not_an_option(cfg: DictConfig, full_key: str) -> str | None:
 
 
 # --- composing and validating -----------------------------------------------------------------
+
 
 def with_choices(cfg: DictConfig) -> DictConfig:
     """``cfg`` with ``choices`` filled in from Hydra's runtime choices (a config composed with
@@ -243,7 +262,8 @@ def with_choices(cfg: DictConfig) -> DictConfig:
 
 def compose(*overrides: str) -> DictConfig:
     """``conf/config.yaml`` composed with ``overrides``, as ``python -m prunelab`` would (no sweep)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     register()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

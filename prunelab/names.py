@@ -16,6 +16,7 @@ from __future__ import annotations
 
 class Role:
     """The values of the ``prunelab.role`` tag."""
+
     DENSE = "dense"  # the trained dense model: the ratio-0 point of every curve
     PRUNED = "pruned"  # one point: pruned, fine-tuned, measured
     SWEEP = "sweep"  # a sweep's parent run

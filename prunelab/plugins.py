@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from hydra._internal.utils import _locate
 from hydra.utils import instantiate
@@ -91,7 +92,7 @@ def resolve(group: str, value: Any, **options_given) -> Any:
     return instantiate(OmegaConf.merge(node, options_given))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _option(group: str, value: str):
     """conf/<group>/<value>.yaml, read once (its defaults list, the schema, dropped)."""
     path = conf_dir() / group / f"{value}.yaml"

@@ -30,7 +30,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.entities import Metric as MlflowMetric, RunStatus
+from mlflow.entities import Metric as MlflowMetric
+from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -126,17 +127,29 @@ class SweepCallback(Callback):
         self.experiment_ids = [store.connect(config.tracking.uri, n) for n in names]
         key = hashlib.sha256(json.dumps(definition).encode()).hexdigest()[:16]
         client = MlflowClient()
-        found = client.search_runs(self.experiment_ids[:1], f"tags.`{Tag.SWEEP_KEY}` = '{key}'",
-                                   max_results=1, order_by=["attributes.start_time DESC"])
+        found = client.search_runs(
+            self.experiment_ids[:1],
+            f"tags.`{Tag.SWEEP_KEY}` = '{key}'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
         if found:
             self.parent_id = found[0].info.run_id
             client.update_run(self.parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self._kill_stale_children(client)
             log.info("resuming sweep %s (parent run %s)", key, self.parent_id)
         else:
-            run = client.create_run(self.experiment_ids[0], run_name=f"sweep-{key[:8]}", tags={
-                Tag.SWEEP_KEY: key, Tag.ROLE: Role.SWEEP, Tag.SWEEP_ID: "",
-                Tag.SWEEP_DEFINITION: redact(" ".join(definition)), **store.environment_tags()})
+            run = client.create_run(
+                self.experiment_ids[0],
+                run_name=f"sweep-{key[:8]}",
+                tags={
+                    Tag.SWEEP_KEY: key,
+                    Tag.ROLE: Role.SWEEP,
+                    Tag.SWEEP_ID: "",
+                    Tag.SWEEP_DEFINITION: redact(" ".join(definition)),
+                    **store.environment_tags(),
+                },
+            )
             self.parent_id = run.info.run_id
             client.set_tag(self.parent_id, Tag.SWEEP_ID, self.parent_id)
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -147,9 +160,9 @@ class SweepCallback(Callback):
     def _kill_stale_children(self, client: MlflowClient) -> None:
         # This sweep is not running anywhere else (we are its launcher): RUNNING children are
         # leftovers of a killed process.
-        stale = client.search_runs(self.experiment_ids,
-                                   f"tags.`{Tag.in_sweep(self.parent_id)}` = 'true' and "
-                                   "attributes.status = 'RUNNING'")
+        stale = client.search_runs(
+            self.experiment_ids, f"tags.`{Tag.in_sweep(self.parent_id)}` = 'true' and attributes.status = 'RUNNING'"
+        )
         for run in stale:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
@@ -164,8 +177,10 @@ class SweepCallback(Callback):
         finally:
             # Whatever happened while summarising, the parent is never left RUNNING.
             client.set_terminated(self.parent_id, RunStatus.to_string(status))
-        log.info("sweep results in the MLflow UI: %s",
-                 run_link(config.tracking.uri, config.tracking.ui, self.experiment_ids[0], self.parent_id))
+        log.info(
+            "sweep results in the MLflow UI: %s",
+            run_link(config.tracking.uri, config.tracking.ui, self.experiment_ids[0], self.parent_id),
+        )
         if failed:
             raise SystemExit(1)
 
@@ -200,7 +215,7 @@ class SweepCallback(Callback):
         stamp = client.get_run(self.parent_id).info.start_time
         metrics = [MlflowMetric(key, value, stamp, step) for key, points in series.items() for step, value in points]
         for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(self.parent_id, metrics=metrics[i:i + 1000])
+            client.log_batch(self.parent_id, metrics=metrics[i : i + 1000])
 
     def _abort(self) -> None:
         """At interpreter exit: a parent still RUNNING means the launcher was interrupted; its

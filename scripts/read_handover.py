@@ -11,8 +11,13 @@ benchmarks run it in a fresh process.
 """
 
 import sys
+
 sys.modules["prunelab"] = None  # any import of prunelab now fails
-import os, re, torch
+import os
+import re
+
+import torch
+
 folder, inputs, outputs = map(os.path.abspath, sys.argv[1:4])
 data = torch.load(inputs, weights_only=True)
 os.chdir(folder)
@@ -28,14 +33,15 @@ with torch.no_grad():
 if "y" in data:
     out["accuracy"] = accuracy(out["logits"])
     import onnxruntime as ort
+
     for name in ("model.onnx", "model.int8.onnx"):
         if os.path.exists(name):
             session = ort.InferenceSession(name, providers=["CPUExecutionProvider"])
-            logits, = session.run(["logits"], {"pixels": data["x"].numpy()})
+            (logits,) = session.run(["logits"], {"pixels": data["x"].numpy()})
             out[name] = accuracy(torch.from_numpy(logits))
     if os.path.exists("weights.compact"):  # the decoder and the loading lines of README.md, as they are
         readme = open("README.md").read()
-        code, = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "def decode" in c]
+        (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "def decode" in c]
         scope = {}
         exec(code, scope)
         with torch.no_grad():

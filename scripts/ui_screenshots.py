@@ -33,16 +33,32 @@ sys.path.insert(0, str(ROOT))
 from prunelab.tracking import ui  # noqa: E402
 
 EXPERIMENT = "digits_smoke"
-COLUMNS = ["params.`ratio`", "metrics.`sparsity.prunable`", "metrics.`test_accuracy`",
-           "metrics.`cost.ratio.macs`", "metrics.`cost.ratio.latency_b1`"]
+COLUMNS = [
+    "params.`ratio`",
+    "metrics.`sparsity.prunable`",
+    "metrics.`test_accuracy`",
+    "metrics.`cost.ratio.macs`",
+    "metrics.`cost.ratio.latency_b1`",
+]
 
 
 def run_sweep(workdir: Path) -> str:
     store = f"sqlite:///{workdir / 'mlflow.db'}"
-    subprocess.run([sys.executable, "-m", "prunelab", "-m", "+experiment=digits_smoke",
-                    "hydra.sweeper.params.ratio='0.3,0.5,0.7,0.8,0.9'", "hydra/launcher=joblib",
-                    f"tracking.uri={store}", f"cache_dir={workdir / 'cache'}"],
-                   cwd=workdir, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prunelab",
+            "-m",
+            "+experiment=digits_smoke",
+            "hydra.sweeper.params.ratio='0.3,0.5,0.7,0.8,0.9'",
+            "hydra/launcher=joblib",
+            f"tracking.uri={store}",
+            f"cache_dir={workdir / 'cache'}",
+        ],
+        cwd=workdir,
+        check=True,
+    )
     return store
 
 
@@ -57,11 +73,15 @@ def with_combined_chart(state: dict) -> dict:
     series = [c for c in charts if c.get("metricKey", "").startswith("accuracy_vs_sparsity/")]
     if not series:
         raise SystemExit("the chart view shows no accuracy_vs_sparsity/* chart: is this a prunelab sweep?")
-    combined = {**series[0], "uuid": "prunelab-accuracy-vs-sparsity", "isGenerated": False,
-                "displayName": "accuracy vs sparsity (per mille), all curves",
-                "selectedMetricKeys": sorted(c["metricKey"] for c in series)}
+    combined = {
+        **series[0],
+        "uuid": "prunelab-accuracy-vs-sparsity",
+        "isGenerated": False,
+        "displayName": "accuracy vs sparsity (per mille), all curves",
+        "selectedMetricKeys": sorted(c["metricKey"] for c in series),
+    }
     state["compareRunCharts"] = [combined, *charts]
-    first = lambda section: section["name"] != "accuracy_vs_sparsity"  # noqa: E731 (False sorts first)
+    first = lambda section: section["name"] != "accuracy_vs_sparsity"
     state["compareRunSections"] = sorted(state["compareRunSections"], key=first)
     state["isAccordionReordered"] = True
     return state
@@ -83,8 +103,9 @@ class Layout:
 def screenshots(store: str, out: Path) -> list[Path]:
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    parent = client.search_runs([experiment], "tags.`prunelab.role` = 'sweep'", max_results=1,
-                                order_by=["attributes.start_time DESC"])[0].info.run_id
+    parent = client.search_runs(
+        [experiment], "tags.`prunelab.role` = 'sweep'", max_results=1, order_by=["attributes.start_time DESC"]
+    )[0].info.run_id
     out.mkdir(parents=True, exist_ok=True)
     shots = [out / f"mlflow-{name}.png" for name in ("chart-view", "parent-overview", "children", "curves")]
     with ui.serve(store) as base, ui.browser_page(width=1500, height=1100) as page:

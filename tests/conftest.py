@@ -1,8 +1,12 @@
 """Shared fixtures: the real config composed and shrunk (synthetic data, 1 epoch, everything
-written under tmp_path), and a runner for the real command line in a subprocess."""
+written under tmp_path), and a runner for the real command line: in this process through its
+own entry point (``prunelab.cli.main``, Hydra and all), or, where only a process shows it (signals,
+a killed worker, the exit of the interpreter), in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -35,10 +39,14 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
 def tiny_overrides(tmp: Path) -> list[str]:
     """Make any experiment run in seconds and write only below ``tmp``."""
     return [
-        "dataset=synthetic", "train.epochs=1", "finetune.epochs=1", "train.batch_size=64",
+        "dataset=synthetic",
+        "train.epochs=1",
+        "finetune.epochs=1",
+        "train.batch_size=64",
         "measure_latency=false",  # timing is covered by test_compression; it costs seconds a run
         "handover=false",  # export, ONNX and the compact file: about 6 s a run; the tests of it ask for it
-        f"cache_dir={tmp / 'cache'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        f"cache_dir={tmp / 'cache'}",
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ]
 
 
@@ -60,6 +68,7 @@ def workdir(tmp_path, empty_store) -> Path:
 @pytest.fixture
 def make_cfg(workdir):
     """``make_cfg("method=structured", ...)`` -> the composed, shrunk config."""
+
     def make(*overrides: str):
         return compose(*tiny_overrides(workdir), *overrides)
 
@@ -74,19 +83,68 @@ def cli_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def cli(workdir):
-    """Run ``python -m prunelab ARGS`` (tiny overrides first) in ``workdir``."""
+def in_process(argv: list[str], workdir: Path, monkeypatch) -> subprocess.CompletedProcess:
+    """``python -m prunelab ARGV`` run by its entry point in this process, from ``workdir``, with
+    the environment :func:`cli_env` gives a subprocess: its exit status and output."""
+    import logging
+    import signal
 
-    def run(*args: str, tiny: bool = True, timeout: float = 300, prefix: list[str] = ()
-            ) -> subprocess.CompletedProcess:
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prunelab.cli import main
+
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    with monkeypatch.context() as m:
+        m.chdir(workdir)
+        m.setattr(sys, "argv", ["prunelab", *argv])
+        for key, value in cli_env(workdir).items():
+            if os.environ.get(key) != value:
+                m.setenv(key, value)
+        m.delenv("PRUNELAB_DATA", raising=False)
+        handler, root, ours = signal.getsignal(signal.SIGTERM), logging.getLogger(), logging.getLogger("prunelab")
+        handlers, level, our_level = root.handlers[:], root.level, ours.level  # Hydra configures logging for its run
+        ours.setLevel(logging.NOTSET)  # as in a fresh process, whatever an earlier test set
+        GlobalHydra.instance().clear()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main()
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+            signal.signal(signal.SIGTERM, handler)
+            for h in root.handlers[:]:
+                h.close()
+                root.removeHandler(h)
+            for h in handlers:
+                root.addHandler(h)
+            root.setLevel(level)
+            ours.setLevel(our_level)
+    return subprocess.CompletedProcess(["prunelab", *argv], status, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli(workdir, monkeypatch):
+    """Run ``python -m prunelab ARGS`` (tiny overrides first) from ``workdir``: in this process
+    through the entry point, or (``process=True``, or a ``prefix``) in a subprocess."""
+
+    def run(
+        *args: str, tiny: bool = True, timeout: float = 300, prefix: list[str] = (), process: bool = False
+    ) -> subprocess.CompletedProcess:
         """``prefix``: a command that runs the rest (e.g. in a private mount namespace)."""
         flags = [a for a in args if a.startswith("-")]  # argparse wants -m before the overrides
         overrides = [a for a in args if not a.startswith("-")]
-        argv = [*prefix, sys.executable, "-m", "prunelab", *flags, *(tiny_overrides(workdir) if tiny else []),
-                *overrides]
-        return subprocess.run(argv, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True,
-                              timeout=timeout)
+        argv = [*flags, *(tiny_overrides(workdir) if tiny else []), *overrides]
+        if not (process or prefix):
+            return in_process(argv, workdir, monkeypatch)
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "prunelab", *argv],
+            cwd=workdir,
+            env=cli_env(workdir),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 
@@ -107,8 +165,11 @@ ALLOWED_SKIPS_IN_CI = ("test_cuda.py",)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if (report.skipped and os.environ.get("PRUNELAB_NO_SKIPS") == "1"
-            and not item.nodeid.split("::")[0].endswith(ALLOWED_SKIPS_IN_CI)):
+    if (
+        report.skipped
+        and os.environ.get("PRUNELAB_NO_SKIPS") == "1"
+        and not item.nodeid.split("::")[0].endswith(ALLOWED_SKIPS_IN_CI)
+    ):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped where PRUNELAB_NO_SKIPS=1 (CI): {reason}"

@@ -10,8 +10,7 @@ class Exploding(nn.Module):
 
     def __init__(self, in_shape, num_classes, explode_after: int = 3):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), 16),
-                                 nn.ReLU())
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), 16), nn.ReLU())
         self.classifier = nn.Linear(16, num_classes)
         self.explode_after, self.pruned_forwards = explode_after, 0
 

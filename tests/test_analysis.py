@@ -11,9 +11,19 @@ from prunelab import analysis
 def log_point(seed: int, accuracy: float, **params) -> None:
     with mlflow.start_run():
         mlflow.set_tags({"prunelab.role": "pruned", "prunelab.criterion": "l2"})
-        mlflow.log_params({"model": "vgg_small", "dataset": "fashion_mnist", "method": "structured",
-                           "scope": "global", "ratio": 0.5, "seed": seed, "model._target_": "prunelab.models.vgg_small",
-                           "tracking.uri": f"sqlite:///{seed}.db", **params})
+        mlflow.log_params(
+            {
+                "model": "vgg_small",
+                "dataset": "fashion_mnist",
+                "method": "structured",
+                "scope": "global",
+                "ratio": 0.5,
+                "seed": seed,
+                "model._target_": "prunelab.models.vgg_small",
+                "tracking.uri": f"sqlite:///{seed}.db",
+                **params,
+            }
+        )
         mlflow.log_metrics({"test_accuracy": accuracy, "sparsity.prunable": 0.75})
 
 
@@ -23,9 +33,16 @@ def test_runs_differing_in_width_shrink_or_quantization_are_separate_points(work
     for seed in (0, 1):
         log_point(seed, 0.90 + seed / 100, **{"model.width": 32, "finetune.shrink": True})
         log_point(seed, 0.80 + seed / 100, **{"model.width": 64, "finetune.shrink": True})
-        log_point(seed, 0.70 + seed / 100, **{"model.width": 32, "finetune.shrink": False,
-                                               "quantize._target_": "prunelab.deploy.int8",
-                                               "quantize.per_channel": True})
+        log_point(
+            seed,
+            0.70 + seed / 100,
+            **{
+                "model.width": 32,
+                "finetune.shrink": False,
+                "quantize._target_": "prunelab.deploy.int8",
+                "quantize.per_channel": True,
+            },
+        )
     points = analysis.aggregate_seeds(analysis.load_runs(["study"]))
     got = {row.variant: (round(row.test_accuracy, 4), row.test_accuracy_count) for row in points.itertuples()}
     assert got == {

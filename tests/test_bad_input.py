@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import runs
+from mlflow.tracking import MlflowClient
 
 SECRET = "hunter2"
 FASHION_FILES = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
@@ -74,12 +73,21 @@ CASES = [  # id, arguments, words the one line must hold, setup
     ("method-option-typo", ["method=structured", "method.normalise=none"], ["'normalise'", "normalize"], None),
     ("nm-ratio", ["method=nm", "ratio=0.7"], ["ratio must be 0.5"], None),
     ("plan-missing", ["scope=plan"], ["scope=plan needs the plan"], None),
-    ("plan-misfit", ["scope=plan"], ["the plan does not fit", "not cover: classifier.weight", "nothere.weight"],
-     foreign_plan),
+    (
+        "plan-misfit",
+        ["scope=plan"],
+        ["the plan does not fit", "not cover: classifier.weight", "nothere.weight"],
+        foreign_plan,
+    ),
     ("int8-without-handover", ["quantize=int8", "handover=false"], ["quantize=int8", "needs handover=true"], None),
     ("schedule-rounds", ["schedule=iterative", "schedule.rounds=0"], ["schedule.rounds=0 must be >= 1"], None),
     ("schedule-window", ["schedule=gradual", "schedule.end=0"], ["schedule.start=0.0, schedule.end=0.0"], None),
-    ("schedule-budget", ["schedule=gradual", "budget.macs=0.5"], ["budget.macs works with schedule=oneshot only"], None),
+    (
+        "schedule-budget",
+        ["schedule=gradual", "budget.macs=0.5"],
+        ["budget.macs works with schedule=oneshot only"],
+        None,
+    ),
     ("device", ["device=tpu"], ["device='tpu'", "auto"], None),
     ("finetune-epochs", ["finetune.epochs=-1"], ["finetune.epochs=-1"], None),
     ("uri-unreachable", ["tracking.uri=http://127.0.0.1:9"], ["cannot reach", "http://127.0.0.1:9"], None),
@@ -91,14 +99,26 @@ CASES = [  # id, arguments, words the one line must hold, setup
     ("store-foreign", [], ["mlflow.db is an SQLite database but not an MLflow store"], foreign_store),
     ("target-missing", ["model._target_=nopkg.net"], ["model._target_=nopkg.net cannot be imported"], None),
     ("target-typo", ["train.optimizer._target_=torch.optim.SDG"], ["torch.optim.SDG cannot be imported"], None),
-    ("data-root-missing", ["dataset=fashion_mnist", "dataset.root=/nonexistent/dir"],
-     ["dataset.root=/nonexistent/dir is not a folder"], None),
-    ("data-corrupt", ["dataset=fashion_mnist", "dataset.url=null"],
-     ["train-images-idx3-ubyte.gz", "fetch it again"], broken_fashion_files),
+    (
+        "data-root-missing",
+        ["dataset=fashion_mnist", "dataset.root=/nonexistent/dir"],
+        ["dataset.root=/nonexistent/dir is not a folder"],
+        None,
+    ),
+    (
+        "data-corrupt",
+        ["dataset=fashion_mnist", "dataset.url=null"],
+        ["train-images-idx3-ubyte.gz", "fetch it again"],
+        broken_fashion_files,
+    ),
     ("val-size-zero", ["dataset=digits", "dataset.val_size=0"], ["dataset.val_size=0 must be in [1, "], None),
     ("no-prunable-layer", ["model._target_=exploding.RawWeights"], ["no prunable (Conv/Linear) layer"], None),
-    ("structured-classifier-only", ["model._target_=exploding.logistic_regression", "method=structured"],
-     ["would remove output classes"], None),
+    (
+        "structured-classifier-only",
+        ["model._target_=exploding.logistic_regression", "method=structured"],
+        ["would remove output classes"],
+        None,
+    ),
     (DISK_FULL, [], ["cannot write the run's artifacts", "No space left on device"], full_artifact_disk),
 ]
 
@@ -170,12 +190,18 @@ def test_credentials_in_the_tracking_uri_reach_no_param_tag_artifact_or_log_line
                     assert SECRET not in Path(local).read_text()
 
 
-@pytest.mark.parametrize("text, masked", [
-    ("http://bob:hunter2@team:5000", "http://***@team:5000"),
-    ("tracking.uri=http\\://bob\\:hunter2@team\\:5000 ratio=0.3", "tracking.uri=http\\://***@team\\:5000 ratio=0.3"),
-    ("postgresql+psycopg://mlflow:pw@db/mlflow", "postgresql+psycopg://***@db/mlflow"),
-    ("sqlite:///mlflow.db and mail@example.org", "sqlite:///mlflow.db and mail@example.org"),
-])
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("http://bob:hunter2@team:5000", "http://***@team:5000"),
+        (
+            "tracking.uri=http\\://bob\\:hunter2@team\\:5000 ratio=0.3",
+            "tracking.uri=http\\://***@team\\:5000 ratio=0.3",
+        ),
+        ("postgresql+psycopg://mlflow:pw@db/mlflow", "postgresql+psycopg://***@db/mlflow"),
+        ("sqlite:///mlflow.db and mail@example.org", "sqlite:///mlflow.db and mail@example.org"),
+    ],
+)
 def test_redaction_masks_user_information_in_any_address(text, masked):
     from prunelab.redact import redact
 

@@ -1,25 +1,47 @@
 """The real command line, end to end, on tiny settings: every group option composes and runs,
-and every run lands FINISHED in MLflow with its metrics (bad input: tests/test_bad_input.py)."""
+and every run lands FINISHED in MLflow with its metrics (bad input: tests/test_bad_input.py).
+The entry point runs in this process (Hydra and all); one run shows it as a real process."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
-
 from conftest import runs
+from mlflow.tracking import MlflowClient
 
-METRICS = ("dense.test_accuracy", "pruned.test_accuracy", "finetuned.test_accuracy",
-           "sparsity.prunable", "sparsity.all", "params.total", "params.nonzero")
+METRICS = (
+    "dense.test_accuracy",
+    "pruned.test_accuracy",
+    "finetuned.test_accuracy",
+    "sparsity.prunable",
+    "sparsity.all",
+    "params.total",
+    "params.nonzero",
+)
 
 
-@pytest.mark.parametrize("option", [
-    # each model also through its hand-over (export, ONNX, compact file), which tiny runs skip
-    "model=lenet300_100 handover=true", "model=lenet5 handover=true", "model=vgg_small model.width=4 handover=true",
-    "model=resnet20 model.width=4 handover=true",
-    "dataset=digits", "method=structured", "method=unstructured scope=local",
-    "method=structured scope=local criterion=l1", "criterion=random", "method=structured criterion=random",
-    "criterion=taylor", "method=structured criterion=fpgm", "method=nm", "scope=lamp",
-    "method=structured scope=sensitivity scope.samples=128",
-])
+@pytest.mark.parametrize(
+    "option",
+    [
+        # each model also through its hand-over (export, ONNX, compact file), which tiny runs skip
+        "model=lenet300_100 handover=true",
+        "model=lenet5 handover=true",
+        "model=vgg_small model.width=4 handover=true",
+        "model=resnet20 model.width=4 handover=true",
+        "dataset=digits",
+        "method=structured",
+        "method=unstructured scope=local",
+        "method=structured scope=local criterion=l1",
+        "criterion=random",
+        "method=structured criterion=random",
+        "criterion=taylor",
+        "method=structured criterion=fpgm",
+        "method=nm",
+        "scope=lamp",
+        "method=structured scope=sensitivity scope.samples=128",
+    ],
+)
 def test_every_option_runs_end_to_end(cli, workdir, option):
     result = cli(*option.split(), "ratio=0.5")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,25 +56,42 @@ def test_every_option_runs_end_to_end(cli, workdir, option):
     for group in ("method", "criterion", "scope"):  # the chosen option names the run
         chosen = next((o.split("=")[1] for o in option.split() if o.startswith(f"{group}=")), None)
         assert chosen is None or pruned.data.params[group] == pruned.data.tags[f"prunelab.{group}"] == chosen
-    assert "fine-tuned" in result.stdout + result.stderr  # the summary was printed
+
+
+def test_a_real_process_runs_prints_the_stored_figures_and_exits_0(cli, workdir):
+    result = cli("ratio=0.5", process=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (pruned,) = runs(workdir, "pruned")
+    printed = re.search(
+        r"test accuracy: dense ([\d.]+) \| pruned ([\d.]+) \| fine-tuned ([\d.]+)", result.stdout + result.stderr
+    )
+    stored = pruned.data.metrics
+    assert [float(v) for v in printed.groups()] == [
+        round(stored[f"{stage}.test_accuracy"], 4) for stage in ("dense", "pruned", "finetuned")
+    ]
+    assert pruned.info.run_id in result.stdout + result.stderr  # where it is filed
 
 
 def test_second_run_reuses_the_dense_model(cli, workdir):
     first = cli("ratio=0.3")
     second = cli("ratio=0.7", "method=structured")
     assert first.returncode == second.returncode == 0, second.stderr[-2000:]
-    assert "dense epoch" in first.stdout + first.stderr
-    assert "dense epoch" not in second.stdout + second.stderr
-    assert "from cache" in second.stdout + second.stderr
-    assert len(runs(workdir, "dense")) == 1
-    assert len(runs(workdir, "pruned")) == 2
+    (dense,) = runs(workdir, "dense")  # trained once, its epochs logged once
+    assert (
+        len(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(dense.info.run_id, "train.loss")) == 1
+    )
+    pruned = runs(workdir, "pruned")
+    assert len(pruned) == 2 and {r.data.tags["prunelab.dense_key"] for r in pruned} == {
+        dense.data.tags["prunelab.dense_key"]
+    }
+    assert len(list((workdir / "cache").glob("*.pt"))) == 1
 
 
 def test_rerunning_the_same_config_is_skipped_unless_forced(cli, workdir):
     assert cli("ratio=0.4").returncode == 0
-    again = cli("ratio=0.4")
-    assert again.returncode == 0 and "skipped" in again.stdout + again.stderr
-    assert len(runs(workdir, "pruned")) == 1
+    (first,) = runs(workdir, "pruned")
+    assert cli("ratio=0.4").returncode == 0
+    assert [r.info.run_id for r in runs(workdir, "pruned")] == [first.info.run_id]  # skipped: nothing new
     assert cli("ratio=0.4", "force=true").returncode == 0
     assert len(runs(workdir, "pruned")) == 2
 

@@ -16,14 +16,24 @@ from torch import nn
 
 from prunelab import models
 from prunelab.data import synthetic
-from prunelab.pruning.macs import mac_counts
 from prunelab.errors import UserError
 from prunelab.plugins import options, resolve
-from prunelab.pruning import (NM, FromPlan, Lamp, Lottery, PruneData, PruningError, Sensitivity, Structured, Taylor,
-                              Wanda, prune,
-                              prunable_layers)
-from prunelab.pruning.allocation import Units, lamp_scores
-from prunelab.pruning import Coupled
+from prunelab.pruning import (
+    NM,
+    Coupled,
+    FromPlan,
+    Lamp,
+    Lottery,
+    PruneData,
+    PruningError,
+    Sensitivity,
+    Structured,
+    Taylor,
+    Wanda,
+    prune,
+)
+from prunelab.pruning.allocation import lamp_scores
+from prunelab.pruning.macs import mac_counts
 from prunelab.pruning.sensitivity import choose
 
 CRITERIA, SCOPES, METHODS = options("criterion"), options("scope"), options("method")
@@ -50,8 +60,17 @@ def _prune(net, data, method, criterion, scope, ratio=RATIO, **kw):
     if scope == "plan":  # a plan of the same method, saved by a global pruning
         kw["scope"] = FromPlan(_prune(net, data, method, "l2", "global", ratio).plan)
     options = {"n": 1, "m": 4} if method == "nm" else {}
-    return prune(net, method, kw.pop("scope", scope), ratio, criterion, example_inputs=data.train.x[:1],
-                 data=prune_data, **options, **kw)
+    return prune(
+        net,
+        method,
+        kw.pop("scope", scope),
+        ratio,
+        criterion,
+        example_inputs=data.train.x[:1],
+        data=prune_data,
+        **options,
+        **kw,
+    )
 
 
 def _cannot(method: str, criterion: str, scope: str = "global") -> str | None:
@@ -94,7 +113,7 @@ def test_unstructured_sparsity_is_the_ratio_in_every_scope(net, data, scope, rat
 def test_pruning_again_from_the_current_mask_never_revives_an_entry(net, data, method, criterion):
     first = _prune(net, data, method, criterion, "global", 0.5 if method != "nm" else RATIO).mask
     masked = first.apply(copy.deepcopy(net))
-    for ratio in ((0.3, 0.8) if method != "nm" else (RATIO,)):
+    for ratio in (0.3, 0.8) if method != "nm" else (RATIO,):
         again = _prune(masked, data, method, criterion, "global", ratio, mask=first).mask
         for name, keep in first.masks.items():  # every entry the first mask pruned, biases included
             assert not (again.masks[name] & ~keep).any(), f"{name} revived at ratio {ratio}"
@@ -105,13 +124,15 @@ def test_pruning_again_from_the_current_mask_never_revives_an_entry(net, data, m
 @pytest.mark.parametrize("first_method, then", [(a, b) for a in GLOBAL_METHODS for b in GLOBAL_METHODS if a != b])
 def test_a_mask_made_by_one_method_survives_another_method_on_top(net, data, first_method, then):
     first = _prune(net, data, first_method, "random", "global", RATIO if first_method == "nm" else 0.5).mask
-    again = _prune(first.apply(copy.deepcopy(net)), data, then, "random", "global",
-                   RATIO if then == "nm" else 0.8, mask=first).mask
+    again = _prune(
+        first.apply(copy.deepcopy(net)), data, then, "random", "global", RATIO if then == "nm" else 0.8, mask=first
+    ).mask
     for name, keep in first.masks.items():
         assert not (again.masks[name] & ~keep).any(), f"{first_method} then {then}: {name} revived"
 
 
 # --- options ----------------------------------------------------------------------------------------
+
 
 def test_an_option_a_method_does_not_take_is_one_line_naming_the_ones_it_does(net, data):
     with pytest.raises(UserError) as error:
@@ -123,25 +144,40 @@ def test_an_option_a_method_does_not_take_is_one_line_naming_the_ones_it_does(ne
     with pytest.raises(UserError, match="scope=sensitivity takes no option 'sample'.*samples"):
         resolve("scope", "sensitivity", sample=10)
     # a good one is used: normalize=none changes which channels the global scope keeps here
-    kept = {normalize: prune(net, method="structured", normalize=normalize, ratio=0.5,
-                             example_inputs=data.train.x[:1]).mask.channels for normalize in ("mean", "none")}
+    kept = {
+        normalize: prune(
+            net, method="structured", normalize=normalize, ratio=0.5, example_inputs=data.train.x[:1]
+        ).mask.channels
+        for normalize in ("mean", "none")
+    }
     assert any(not torch.equal(kept["mean"][n], kept["none"][n]) for n in kept["mean"])
 
 
 def test_a_plug_ins_own_check_runs_when_it_is_made_from_python_as_from_the_config():
-    for make, words in ((lambda: NM(n=4, m=4), "0 < n < m"), (lambda: Wanda(samples=0), "method.samples=0"),
-                        (lambda: Lottery(fraction=1.5), "schedule.fraction=1.5"),
-                        (lambda: Sensitivity(cost="flops"), "scope.cost='flops'")):
+    for make, words in (
+        (lambda: NM(n=4, m=4), "0 < n < m"),
+        (lambda: Wanda(samples=0), "method.samples=0"),
+        (lambda: Lottery(fraction=1.5), "schedule.fraction=1.5"),
+        (lambda: Sensitivity(cost="flops"), "scope.cost='flops'"),
+    ):
         with pytest.raises(PruningError, match=re.escape(words)):
             make()
 
 
 # --- N:M ------------------------------------------------------------------------------------------
 
+
 def test_nm_keeps_exactly_n_of_every_m_and_names_the_layers_it_cannot_group(data, caplog):
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 16, 6),
-                        nn.ReLU(), nn.Linear(6, 10))
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.Flatten(),
+        nn.Linear(8 * 16, 6),
+        nn.ReLU(),
+        nn.Linear(6, 10),
+    )
     with caplog.at_level(logging.WARNING, "prunelab"):
         mask = prune(net, "nm", ratio=0.5, n=2, m=4).mask
     assert "0, 6 left dense" in caplog.text  # 1 input channel, 6 inputs: not divisible by 4
@@ -163,6 +199,7 @@ def test_nm_keeps_the_n_largest_of_each_group():
 
 
 # --- Taylor -----------------------------------------------------------------------------------------
+
 
 def test_taylor_scores_are_w_times_the_gradient_summed_over_batches():
     """A two-layer linear net: the cross-entropy gradients by hand, batch by batch."""
@@ -196,6 +233,7 @@ def test_structured_taylor_removes_the_channels_with_the_smallest_summed_scores(
 
 # --- LAMP -------------------------------------------------------------------------------------------
 
+
 def test_lamp_scores_follow_the_paper_on_a_hand_made_layer():
     # w^2 = 1, 2, 3, 4 (any order): score(u) = w_u^2 / sum of w_v^2 over v >= u in sorted order
     scores = torch.tensor([3.0, 1.0, 4.0, 2.0]).sqrt()  # what the magnitude criterion gives: |w|
@@ -217,6 +255,7 @@ def test_lamp_cuts_one_global_threshold_through_the_lamp_scores():
 
 
 # --- plans, sensitivity, budgets ------------------------------------------------------------------
+
 
 def test_a_plan_reproduces_every_layers_count_and_a_misfit_is_one_line_naming_the_layers(net, data):
     saved = _prune(net, data, "unstructured", "l2", "lamp", 0.9).plan
@@ -250,7 +289,9 @@ def test_the_sensitivity_scan_is_reported_and_its_choice_is_the_plan(net, data):
     assert table.count("\n") == 1 + len(mask.prunable) * 3  # header + ratio 0 and the grid, per layer
     assert pruned.report["sensitivity.png"]().startswith(b"\x89PNG")
     assert abs(mask.sparsity - 0.8) < 1e-3
-    assert {n: e["kept"] for n, e in pruned.plan["sets"].items()} == {n: int(mask.masks[n].sum()) for n in mask.prunable}
+    assert {n: e["kept"] for n, e in pruned.plan["sets"].items()} == {
+        n: int(mask.masks[n].sum()) for n in mask.prunable
+    }
 
 
 @pytest.mark.parametrize("scope", ["global", "local", "sensitivity"])
@@ -281,9 +322,17 @@ def test_a_users_own_criterion_plugs_in_by_target_end_to_end(make_cfg):
 
     from prunelab.experiment.runner import run
 
-    metrics = run(make_cfg("criterion=random", "criterion._target_=test_composable.largest_last",
-                           "criterion._partial_=true", "ratio=0.5"))
-    plan = json.loads(open(mlflow.artifacts.download_artifacts(run_id=metrics["run_id"], artifact_path="plan.json")).read())
+    metrics = run(
+        make_cfg(
+            "criterion=random",
+            "criterion._target_=test_composable.largest_last",
+            "criterion._partial_=true",
+            "ratio=0.5",
+        )
+    )
+    plan = json.loads(
+        open(mlflow.artifacts.download_artifacts(run_id=metrics["run_id"], artifact_path="plan.json")).read()
+    )
     assert abs(metrics["sparsity.prunable"] - 0.5) < 1e-3
     assert plan["computed_on"]["criterion"] == "largest_last"  # named by what ran, not the option it replaced
     run_tags = mlflow.get_run(metrics["run_id"]).data.tags
@@ -314,6 +363,8 @@ def test_under_a_macs_budget_the_sensitivity_choice_spends_its_loss_on_macs():
     the MACs: to remove MACs, the choice cuts the first; to remove channels, either."""
     import pandas as pd
 
-    table = pd.DataFrame([{"set": s, "ratio": r, "loss": 0.1 * r} for s in ("costly", "cheap") for r in (0.0, 0.5, 0.9)])
+    table = pd.DataFrame(
+        [{"set": s, "ratio": r, "loss": 0.1 * r} for s in ("costly", "cheap") for r in (0.0, 0.5, 0.9)]
+    )
     by_macs = choose(table, {"costly": 10, "cheap": 10}, 0.45, weights={"costly": 10.0, "cheap": 1.0})
     assert by_macs["costly"] > 0.45 and by_macs["cheap"] < 0.1

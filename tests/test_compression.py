@@ -13,18 +13,18 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import randomised, runs
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from conftest import randomised, runs
 from prunelab import models
 from prunelab.data import synthetic
 from prunelab.deploy.compact import decode, encode, kmeans_codebook, linear_codebook
-from prunelab.deploy.onnx import deployed
 from prunelab.deploy.handover import decode_sparse, handover, sparse_file
 from prunelab.deploy.ledger import cost_ledger
-from prunelab.pruning.macs import mac_counts
+from prunelab.deploy.onnx import deployed
 from prunelab.pruning import prune, shrink, unshrink
+from prunelab.pruning.macs import mac_counts
 
 
 class DepthwiseResidualNet(nn.Module):
@@ -34,14 +34,15 @@ class DepthwiseResidualNet(nn.Module):
 
     def __init__(self, in_shape=(1, 16, 16), num_classes: int = 10, groups: int = 4):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.expand = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
-                                       nn.BatchNorm2d(32), nn.ReLU())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU()
+        )
         self.project = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
-        self.grouped = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=groups),
-                                     nn.BatchNorm2d(32), nn.ReLU())
+        self.grouped = nn.Sequential(
+            nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=groups), nn.BatchNorm2d(32), nn.ReLU()
+        )
         flat = 32 * math.ceil(in_shape[1] / 2) * math.ceil(in_shape[2] / 2)
         self.head = nn.Linear(flat, 24)
         self.classifier = nn.Linear(24, num_classes)
@@ -52,8 +53,13 @@ class DepthwiseResidualNet(nn.Module):
         return self.classifier(torch.relu(self.head(self.grouped(x).flatten(1))))
 
 
-MODELS = {"lenet300_100": models.lenet300_100, "lenet5": models.lenet5, "vgg_small": models.vgg_small,
-          "resnet20": models.resnet20, "user_depthwise_residual": DepthwiseResidualNet}
+MODELS = {
+    "lenet300_100": models.lenet300_100,
+    "lenet5": models.lenet5,
+    "vgg_small": models.vgg_small,
+    "resnet20": models.resnet20,
+    "user_depthwise_residual": DepthwiseResidualNet,
+}
 SHAPE = (1, 16, 16)
 
 
@@ -104,8 +110,11 @@ def test_fine_tuning_the_shrunk_network_equals_fine_tuning_the_masked_one(name):
     sgd_steps(masked, x, after_step=mask.hold(masked))
     sgd_steps(shrunk, x)
     kept = shrink(masked, mask, x[:1]).state_dict()  # the masked network's kept entries, shrunk layout
-    diffs = {k: (kept[k].double() - v.double()).abs().max().item() for k, v in shrunk.state_dict().items()
-             if v.is_floating_point()}
+    diffs = {
+        k: (kept[k].double() - v.double()).abs().max().item()
+        for k, v in shrunk.state_dict().items()
+        if v.is_floating_point()
+    }
     assert max(diffs.values()) <= 1e-10, {k: d for k, d in diffs.items() if d > 1e-10}
 
 
@@ -160,10 +169,14 @@ def test_latency_is_measured_at_batch_1_and_64():
     mask = prune(dense, "structured", "global", 0.5, example_inputs=torch.zeros(1, 1, 28, 28)).mask
     masked = mask.apply(copy.deepcopy(dense))
     # (how cheap this is, is a matter for benchmarks/, not for a timed test)
-    ledger = cost_ledger(dense, masked, torch.zeros(1, 1, 28, 28), mask, shrink(masked, mask, torch.zeros(1, 1, 28, 28)))
+    ledger = cost_ledger(
+        dense, masked, torch.zeros(1, 1, 28, 28), mask, shrink(masked, mask, torch.zeros(1, 1, 28, 28))
+    )
     for key in ("dense.latency_b1_ms", "pruned.latency_b1_ms", "dense.latency_b64_ms", "pruned.latency_b64_ms"):
         assert ledger[f"cost.{key}"] > 0
-    assert ledger["cost.ratio.latency_b64"] == ledger["cost.pruned.latency_b64_ms"] / ledger["cost.dense.latency_b64_ms"]
+    assert (
+        ledger["cost.ratio.latency_b64"] == ledger["cost.pruned.latency_b64_ms"] / ledger["cost.dense.latency_b64_ms"]
+    )
     assert ledger["cost.latency_threads"] == 1
 
 
@@ -185,9 +198,13 @@ READER = Path(__file__).resolve().parents[1] / "scripts" / "read_handover.py"
 
 def read_in_fresh_python(folder: Path, data: dict, tmp_path: Path) -> dict:
     torch.save(data, tmp_path / "inputs.pt")
-    result = subprocess.run([sys.executable, str(READER), str(folder), str(tmp_path / "inputs.pt"),
-                             str(tmp_path / "outputs.pt")], capture_output=True, text=True, timeout=120,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(READER), str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(tmp_path / "outputs.pt", weights_only=True)
 
@@ -202,8 +219,13 @@ def write(files: dict[str, bytes], root: Path) -> Path:
 def test_structured_handover_runs_in_a_fresh_python_without_prunelab(tmp_path):
     _, masked, shrunk, mask, x = pruned_pair("user_depthwise_residual")
     files = handover(deployed(shrunk, 0.25, 2.0), x[:1], mask, structured=True).files
-    assert {"model/program.pt2", "model/model.onnx", "model/state_dict.pt", "model/architecture.txt",
-            "model/README.md"} <= set(files)
+    assert {
+        "model/program.pt2",
+        "model/model.onnx",
+        "model/state_dict.pt",
+        "model/architecture.txt",
+        "model/README.md",
+    } <= set(files)
     raw = x * 2.0 + 0.25  # the files standardise raw inputs themselves: (raw - 0.25) / 2
     out = read_in_fresh_python(write(files, tmp_path), {"x": raw}, tmp_path)
     with torch.no_grad():
@@ -220,18 +242,31 @@ def test_unstructured_handover_holds_program_and_compressed_weights(tmp_path):
     mask.apply(model)
     x = torch.randn(5, *SHAPE)
     files = handover(deployed(model, 0.0, 1.0), x[:1], mask, codebook=kmeans_codebook).files
-    assert {"model/program.pt2", "model/model.onnx", "model/sparse_weights.pt", "model/weights.compact",
-            "model/README.md"} <= set(files)
+    assert {
+        "model/program.pt2",
+        "model/model.onnx",
+        "model/sparse_weights.pt",
+        "model/weights.compact",
+        "model/README.md",
+    } <= set(files)
     out = read_in_fresh_python(write(files, tmp_path), {"x": x}, tmp_path)
     with torch.no_grad():
         assert (out["logits"] - model(x)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("args", [
-    ("method=structured", "model._target_=test_compression.DepthwiseResidualNet", "measure_latency=true",
-     "quantize=int8", "handover=true"),
-    ("method=unstructured", "measure_latency=false", "handover=true"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (
+            "method=structured",
+            "model._target_=test_compression.DepthwiseResidualNet",
+            "measure_latency=true",
+            "quantize=int8",
+            "handover=true",
+        ),
+        ("method=unstructured", "measure_latency=false", "handover=true"),
+    ],
+)
 def test_a_run_logs_the_ledger_and_hand_over_files_that_reproduce_its_test_accuracy(cli, workdir, tmp_path, args):
     result = cli(*args, "ratio=0.5")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -243,14 +278,17 @@ def test_a_run_logs_the_ledger_and_hand_over_files_that_reproduce_its_test_accur
         assert m["cost.dense.latency_b1_ms"] > 0 and m["cost.pruned.latency_b64_ms"] > 0
         for role in ("onnx", "int8"):  # ONNX Runtime fp32 and int8, against the dense PyTorch model
             assert m[f"cost.{role}.latency_b64_ms"] > 0 and m[f"cost.{role}.file_bytes"] > 0
-            assert m[f"cost.ratio.{role}.latency_b64"] == m[f"cost.{role}.latency_b64_ms"] / m["cost.dense.latency_b64_ms"]
+            assert (
+                m[f"cost.ratio.{role}.latency_b64"] == m[f"cost.{role}.latency_b64_ms"] / m["cost.dense.latency_b64_ms"]
+            )
         assert m["cost.int8.file_bytes"] < 0.8 * m["cost.onnx.file_bytes"]  # int8 weights (+ QDQ scales)
     else:
         assert m["cost.ratio.macs"] == 1 and m["cost.ratio.nonzero_macs"] < 1
         assert not any("latency" in k for k in m)
         assert not any(k.startswith(("int8.", "cost.int8")) for k in m)  # quantize=none
-    folder = Path(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").download_artifacts(
-        run.info.run_id, "model", str(tmp_path)))
+    folder = Path(
+        MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").download_artifacts(run.info.run_id, "model", str(tmp_path))
+    )
     data = synthetic(seed=0)  # the tiny runs' dataset (conftest: dataset=synthetic, seed 0)
     out = read_in_fresh_python(folder, {"x": data.test_raw, "y": data.test.y}, tmp_path)
     # Raw inputs in, the logged accuracies out, exactly.
@@ -297,16 +335,32 @@ def test_the_runner_fine_tunes_the_shrunk_network_to_the_masked_result(make_cfg)
 
     results = {}
     for shrink_it in (True, False):
-        cfg = make_cfg("method=structured", "model=vgg_small", "model.width=4", "finetune.epochs=1",
-                       f"finetune.shrink={str(shrink_it).lower()}")
+        cfg = make_cfg(
+            "method=structured",
+            "model=vgg_small",
+            "model.width=4",
+            "finetune.epochs=1",
+            f"finetune.shrink={str(shrink_it).lower()}",
+        )
         s = Settings.from_config(cfg)
         data = synthetic(in_shape=SHAPE, seed=0)
         torch.manual_seed(0)
         model = models.vgg_small(in_shape=SHAPE, width=4)
         mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1]).mask
         mask.apply(model)
-        session = RunSession(model, 0.5, Pruner(s.method, s.criterion, s.scope), data, s.train, s.finetune, s.shrink,
-                             s.seed, model.state_dict(), s.model, s.cache)
+        session = RunSession(
+            model,
+            0.5,
+            Pruner(s.method, s.criterion, s.scope),
+            data,
+            s.train,
+            s.finetune,
+            s.shrink,
+            s.seed,
+            model.state_dict(),
+            s.model,
+            s.cache,
+        )
         mlflow.set_tracking_uri(cfg.tracking.uri)
         mlflow.set_experiment("fine-tune")
         with mlflow.start_run():  # fine-tuning logs its epochs into the open run

@@ -30,6 +30,7 @@ def refused(check, *args) -> str:
 
 # --- every shipped option composes ------------------------------------------------------------
 
+
 def test_every_group_has_options():
     assert {group for group, _ in OPTIONS} == set(GROUPS)
 
@@ -60,65 +61,82 @@ def test_the_defaults_are_valid(make_cfg):
 
 # --- validation of a composed config ----------------------------------------------------------
 
-@pytest.mark.parametrize("override, words", [
-    ("ratio=1.5", ["ratio=1.5", "0 <= ratio < 1"]),
-    ("ratio=-0.1", ["ratio=-0.1", "0 <= ratio < 1"]),
-    ("ratio=1", ["ratio=1", "0 <= ratio < 1"]),
-    ("method=structured method.normalize=max", ["method.normalize='max'", "mean, none"]),
-    ("method=nm method.n=4", ["method.n=4", "0 < n < m"]),
-    ("budget.macs=0", ["budget.macs=0", "0 < budget.macs <= 1"]),
-    ("device=tpu", ["device='tpu'", "auto, cpu, cuda, cuda:N or mps"]),
-    ("train.epochs=0", ["train.epochs=0", "> 0"]),
-    ("train.batch_size=-8", ["train.batch_size=-8", "> 0"]),
-    ("train.lr=0", ["train.lr=0", "> 0"]),
-    ("train.schedule=step", ["train.schedule='step'", "cosine, constant"]),
-    ("finetune.lr=0", ["finetune.lr=0", "> 0"]),
-    ("finetune.epochs=-1", ["finetune.epochs=-1", ">= 0"]),
-])
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("ratio=1.5", ["ratio=1.5", "0 <= ratio < 1"]),
+        ("ratio=-0.1", ["ratio=-0.1", "0 <= ratio < 1"]),
+        ("ratio=1", ["ratio=1", "0 <= ratio < 1"]),
+        ("method=structured method.normalize=max", ["method.normalize='max'", "mean, none"]),
+        ("method=nm method.n=4", ["method.n=4", "0 < n < m"]),
+        ("budget.macs=0", ["budget.macs=0", "0 < budget.macs <= 1"]),
+        ("device=tpu", ["device='tpu'", "auto, cpu, cuda, cuda:N or mps"]),
+        ("train.epochs=0", ["train.epochs=0", "> 0"]),
+        ("train.batch_size=-8", ["train.batch_size=-8", "> 0"]),
+        ("train.lr=0", ["train.lr=0", "> 0"]),
+        ("train.schedule=step", ["train.schedule='step'", "cosine, constant"]),
+        ("finetune.lr=0", ["finetune.lr=0", "> 0"]),
+        ("finetune.epochs=-1", ["finetune.epochs=-1", ">= 0"]),
+    ],
+)
 def test_a_bad_value_is_refused_in_one_sentence_naming_it_and_what_is_allowed(make_cfg, override, words):
     message = refused(validate, make_cfg(*override.split()))
     for word in words:
         assert word in message
 
 
-@pytest.mark.parametrize("override", ["ratio=0", "ratio=0.99", "device=cpu", "device=cuda:1",
-                                      "finetune.epochs=0", "criterion=random", "budget.macs=1"])
+@pytest.mark.parametrize(
+    "override",
+    ["ratio=0", "ratio=0.99", "device=cpu", "device=cuda:1", "finetune.epochs=0", "criterion=random", "budget.macs=1"],
+)
 def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
     validate(make_cfg(override))
 
 
 # --- the command line's preflight -------------------------------------------------------------
 
-@pytest.mark.parametrize("args, words", [
-    (["ratio=abc"], ["ratio=abc", "could not be converted to Float"]),
-    (["ratio=0.1,0.5,1.2"], ["ratio=1.2", "0 <= ratio < 1"]),
-    (["-m", "ratio=range(0,1.5,0.5)"], ["ratio=1.0", "0 <= ratio < 1"]),
-    (["model=nope"], ["model='nope'", "lenet5", "resnet20"]),
-    (["recipe=adam"], ["recipe='adam'", "adamw", "sgd"]),
-    (["model=lenet5,nope"], ["model='nope'"]),
-    (["dataset=mnist"], ["dataset='mnist'", "fashion_mnist", "digits"]),
-    (["criterion=l3"], ["criterion='l3'", CRITERIA]),
-    (["-m", "criterion=l1,l3"], ["criterion='l3'", CRITERIA]),
-    (["scope=everywhere"], ["scope='everywhere'", SCOPES]),
-    (["method.normalize=mean"], ["method=unstructured takes no option 'normalize'", "ignore"]),  # structured's
-    (["method=structured", "method.normalise=none"], ["no option 'normalise'", "ignore, normalize"]),  # a typo
-    (["dataset.valsize=3"], ["dataset=fashion_mnist takes no option 'valsize'", "val_size"]),  # any plug-in
-    (["criterion=taylor", "criterion.batch=3"], ["criterion=taylor takes no option 'batch'", "batches"]),
-    (["method=structured", "device=tpu"], ["device='tpu'"]),
-    (["+experiment=surely_not_an_experiment"], ["experiment='surely_not_an_experiment'"]),
-    (["ratio=[0.1"], ["cannot parse the overrides"]),
-])
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["ratio=abc"], ["ratio=abc", "could not be converted to Float"]),
+        (["ratio=0.1,0.5,1.2"], ["ratio=1.2", "0 <= ratio < 1"]),
+        (["-m", "ratio=range(0,1.5,0.5)"], ["ratio=1.0", "0 <= ratio < 1"]),
+        (["model=nope"], ["model='nope'", "lenet5", "resnet20"]),
+        (["recipe=adam"], ["recipe='adam'", "adamw", "sgd"]),
+        (["model=lenet5,nope"], ["model='nope'"]),
+        (["dataset=mnist"], ["dataset='mnist'", "fashion_mnist", "digits"]),
+        (["criterion=l3"], ["criterion='l3'", CRITERIA]),
+        (["-m", "criterion=l1,l3"], ["criterion='l3'", CRITERIA]),
+        (["scope=everywhere"], ["scope='everywhere'", SCOPES]),
+        (["method.normalize=mean"], ["method=unstructured takes no option 'normalize'", "ignore"]),  # structured's
+        (["method=structured", "method.normalise=none"], ["no option 'normalise'", "ignore, normalize"]),  # a typo
+        (["dataset.valsize=3"], ["dataset=fashion_mnist takes no option 'valsize'", "val_size"]),  # any plug-in
+        (["criterion=taylor", "criterion.batch=3"], ["criterion=taylor takes no option 'batch'", "batches"]),
+        (["method=structured", "device=tpu"], ["device='tpu'"]),
+        (["+experiment=surely_not_an_experiment"], ["experiment='surely_not_an_experiment'"]),
+        (["ratio=[0.1"], ["cannot parse the overrides"]),
+    ],
+)
 def test_preflight_refuses_bad_overrides_before_hydra_starts(args, words):
     message = refused(preflight, args)
     for word in words:
         assert word in message
 
 
-@pytest.mark.parametrize("args", [
-    [], ["method=structured", "ratio=0.1,0.9"], ["-m", "ratio=range(0,1,0.25)", "scope=global,local"],
-    ["model=lenet5,resnet20", "dataset=digits"], ["~ratio"], ["train.epochs=3", "--cfg=job"],
-    *([f"+experiment={name}"] for name in EXPERIMENTS),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["method=structured", "ratio=0.1,0.9"],
+        ["-m", "ratio=range(0,1,0.25)", "scope=global,local"],
+        ["model=lenet5,resnet20", "dataset=digits"],
+        ["~ratio"],
+        ["train.epochs=3", "--cfg=job"],
+        *([f"+experiment={name}"] for name in EXPERIMENTS),
+    ],
+)
 def test_preflight_accepts_valid_overrides_and_sweeps(args):
     preflight(args)
 
@@ -140,6 +158,7 @@ def test_an_interval_sweep_needs_an_optimising_sweeper():
 
 # --- run identity ------------------------------------------------------------------------------
 
+
 def test_the_run_key_ignores_where_results_and_caches_go(make_cfg, tmp_path):
     base = identity(make_cfg(), "cpu").run
     assert identity(make_cfg(), "cpu").run == base
@@ -155,9 +174,22 @@ def test_the_run_key_ignores_where_the_data_files_lie(make_cfg, tmp_path):
     assert identity(make_cfg("dataset=fashion_mnist", "dataset.url=null", "dataset.verify=false"), "cpu").run == fm
 
 
-@pytest.mark.parametrize("change", ["ratio=0.7", "method=structured", "scope=local", "criterion=random",
-                                    "measure_latency=true", "budget.macs=0.5", "quantize=int8",
-                                    "finetune.epochs=2", "seed=1", "train.lr=0.01", "model=lenet300_100"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "ratio=0.7",
+        "method=structured",
+        "scope=local",
+        "criterion=random",
+        "measure_latency=true",
+        "budget.macs=0.5",
+        "quantize=int8",
+        "finetune.epochs=2",
+        "seed=1",
+        "train.lr=0.01",
+        "model=lenet300_100",
+    ],
+)
 def test_the_run_key_changes_with_what_decides_the_result(make_cfg, change):
     assert identity(make_cfg(*change.split()), "cpu").run != identity(make_cfg(), "cpu").run
 
@@ -168,14 +200,25 @@ def test_the_run_key_depends_on_the_device_that_runs(make_cfg):
     assert identity(cfg, "cpu").dense != identity(cfg, "cuda").dense
 
 
-@pytest.mark.parametrize("change", ["ratio=0.7", "method=structured", "scope=local", "criterion=random",
-                                    "finetune.epochs=5", "finetune.lr=0.01", "force=true"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "ratio=0.7",
+        "method=structured",
+        "scope=local",
+        "criterion=random",
+        "finetune.epochs=5",
+        "finetune.lr=0.01",
+        "force=true",
+    ],
+)
 def test_the_dense_key_ignores_pruning_and_fine_tuning(make_cfg, change):
     assert identity(make_cfg(*change.split()), "cpu").dense == identity(make_cfg(), "cpu").dense
 
 
-@pytest.mark.parametrize("change", ["train.lr=0.01", "train.epochs=2", "seed=1", "model=lenet300_100",
-                                    "dataset=digits"])
+@pytest.mark.parametrize(
+    "change", ["train.lr=0.01", "train.epochs=2", "seed=1", "model=lenet300_100", "dataset=digits"]
+)
 def test_the_dense_key_changes_with_what_training_depends_on(make_cfg, change):
     assert identity(make_cfg(*change.split()), "cpu").dense != identity(make_cfg(), "cpu").dense
 
@@ -193,5 +236,6 @@ def test_every_value_of_an_experiments_own_sweep_is_checked(tmp_path):
     (tmp_path / "experiment").mkdir()
     for name, values in (("first_bad", "1.5,0.5"), ("last_bad", "0.5,1.5")):
         (tmp_path / "experiment" / f"{name}.yaml").write_text(
-            f"# @package _global_\nhydra:\n  sweeper:\n    params:\n      ratio: {values}\n")
+            f"# @package _global_\nhydra:\n  sweeper:\n    params:\n      ratio: {values}\n"
+        )
         assert "ratio=1.5" in refused(preflight, ["-m", f"hydra.searchpath=[file://{tmp_path}]", f"+experiment={name}"])

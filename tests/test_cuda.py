@@ -7,12 +7,12 @@ import copy
 
 import pytest
 import torch
-
 from conftest import runs
+
 from prunelab import models
 from prunelab.data import synthetic
-from prunelab.pruning import prune, shrink
 from prunelab.experiment.train import fit
+from prunelab.pruning import prune, shrink
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

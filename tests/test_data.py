@@ -24,10 +24,20 @@ import prunelab.data.images as data
 from prunelab.data import DataError, digits, fashion_mnist, synthetic
 from prunelab.data.images import find_fashion_mnist, read_idx
 
-IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
-             np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
-NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(">i2"): 0x0B,
+    np.dtype(">i4"): 0x0C,
+    np.dtype(">f4"): 0x0D,
+    np.dtype(">f8"): 0x0E,
+}
+NAMES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -54,6 +64,7 @@ def no_real_locations(tmp_path, monkeypatch):
 
 # --- read_idx ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_uint8_images_and_labels_round_trip(tmp_path, suffix):
     rng = np.random.default_rng(0)
@@ -70,9 +81,16 @@ def test_uint8_images_and_labels_round_trip(tmp_path, suffix):
     assert torch.equal(got_labels, torch.from_numpy(labels))
 
 
-@pytest.mark.parametrize("dtype, torch_dtype", [
-    (">i4", torch.int32), (">i2", torch.int16), ("i1", torch.int8), (">f4", torch.float32), (">f8", torch.float64),
-])
+@pytest.mark.parametrize(
+    "dtype, torch_dtype",
+    [
+        (">i4", torch.int32),
+        (">i2", torch.int16),
+        ("i1", torch.int8),
+        (">f4", torch.float32),
+        (">f8", torch.float64),
+    ],
+)
 def test_big_endian_types_are_read_as_native_values(tmp_path, dtype, torch_dtype):
     values = np.array([[-70000, -1, 0], [1, 127, 70000]])
     if np.dtype(dtype).itemsize < 4:
@@ -106,13 +124,16 @@ def damaged(kind: str, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("truncated payload", ["truncated", "header promises 100"]),
-    ("truncated header", ["truncated"]),
-    ("bad magic number", ["magic number"]),
-    ("not gzip", ["not a readable IDX file"]),
-    ("gzip stream cut short", ["not a readable IDX file"]),
-])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("truncated payload", ["truncated", "header promises 100"]),
+        ("truncated header", ["truncated"]),
+        ("bad magic number", ["magic number"]),
+        ("not gzip", ["not a readable IDX file"]),
+        ("gzip stream cut short", ["not a readable IDX file"]),
+    ],
+)
 def test_a_damaged_file_is_refused_with_a_clear_message(tmp_path, kind, words):
     path = damaged(kind, tmp_path)
     with pytest.raises(DataError) as error:
@@ -223,6 +244,7 @@ def test_verify_rejects_files_that_are_not_the_official_ones(tmp_path):
 
 # --- where the files are looked for -----------------------------------------------------------
 
+
 def placeholders(folder: Path, names=NAMES) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -281,6 +303,7 @@ def test_nothing_found_and_no_url_says_where_it_looked_and_what_to_do(tmp_path, 
 
 # --- downloading ------------------------------------------------------------------------------
 
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -294,8 +317,7 @@ def mirror(tmp_path, monkeypatch):
     checksums = {name: hashlib.sha256(idx_bytes(arrays[name])).hexdigest() for name in NAMES}
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -350,6 +372,7 @@ def test_a_missing_file_on_the_server_is_a_data_error(tmp_path, mirror):
 
 # --- digits and synthetic ---------------------------------------------------------------------
 
+
 def test_digits_are_real_8x8_images_with_a_fixed_test_split():
     first, other = digits(seed=0), digits(seed=1)
 
@@ -377,11 +400,14 @@ def test_synthetic_shapes_follow_the_arguments():
     assert splits.in_shape == (3, 4, 4) and splits.num_classes == 5
     assert splits.test.x.shape == (12, 3, 4, 4)
     assert 0 <= splits.train.y.min() and splits.train.y.max() < 5
-    assert torch.equal(splits.test.y, synthetic(in_shape=(3, 4, 4), num_classes=5, train_size=30,
-                                                test_size=12, val_size=6, seed=1).test.y)
+    assert torch.equal(
+        splits.test.y,
+        synthetic(in_shape=(3, 4, 4), num_classes=5, train_size=30, test_size=12, val_size=6, seed=1).test.y,
+    )
 
 
 # --- the real Fashion-MNIST -------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"Fashion-MNIST is not installed in {REAL_DIR}")

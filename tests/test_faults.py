@@ -15,20 +15,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_env, runs, tiny_overrides
 from torch import nn
 
-from conftest import cli_env, runs, tiny_overrides
 from prunelab.experiment.dense import dense_model
 
 
 def trainer(calls: list):
     """A stand-in for dense training: sets every weight to 0.5 and counts the calls."""
+
     def train(model):
         calls.append(1)
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(0.5)
         return [], 0.9, 0.8
+
     return train
 
 
@@ -122,8 +124,13 @@ def test_a_writer_killed_mid_write_leaves_no_cache_file_and_the_next_run_trains(
     assert not list(cache.glob("*.tmp"))  # and the leftover is gone
 
 
-SLOW = ["dataset.in_shape=[1,28,28]", "dataset.train_size=6000", "train.epochs=6", "finetune.epochs=6",
-        "ratio=0.5"]  # about a second an epoch: time to stop it in the middle of a stage
+SLOW = [
+    "dataset.in_shape=[1,28,28]",
+    "dataset.train_size=6000",
+    "train.epochs=6",
+    "finetune.epochs=6",
+    "ratio=0.5",
+]  # about a second an epoch: time to stop it in the middle of a stage
 
 
 def logged_steps(workdir: Path, role: str, metric: str) -> int:
@@ -135,14 +142,21 @@ def logged_steps(workdir: Path, role: str, metric: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, role, metric", [("dense", "dense", "train.loss"),
-                                                  ("fine-tuning", "pruned", "finetune.loss")])
+@pytest.mark.parametrize(
+    "stage, role, metric", [("dense", "dense", "train.loss"), ("fine-tuning", "pruned", "finetune.loss")]
+)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes_it(
-        workdir, stage, role, metric, sig):
+def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes_it(workdir, stage, role, metric, sig):
     argv = [sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *SLOW]
-    proc = subprocess.Popen(argv, cwd=workdir, env=cli_env(workdir), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=workdir,
+        env=cli_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline:
@@ -180,10 +194,13 @@ def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes
 
 # --- a process killed outright (SIGKILL, the OOM killer) -------------------------------------------
 
-def start_slow_run(workdir: Path, *extra: str) -> subprocess.Popen:
+
+def start_slow_run(workdir: Path, *extra: str, threads: int | None = None) -> subprocess.Popen:
     argv = [sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *SLOW, *extra]
-    return subprocess.Popen(argv, cwd=workdir, env=cli_env(workdir), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**cli_env(workdir), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    return subprocess.Popen(
+        argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def wait_for_fine_tuning(proc: subprocess.Popen, workdir: Path) -> None:
@@ -196,8 +213,7 @@ def wait_for_fine_tuning(proc: subprocess.Popen, workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_killed_outright_is_ended_killed_by_the_next_run_of_its_key_which_finishes_the_point(
-        workdir, make_cfg):
+def test_a_run_killed_outright_is_ended_killed_by_the_next_run_of_its_key_which_finishes_the_point(workdir, make_cfg):
     from prunelab.experiment.runner import run
 
     proc = start_slow_run(workdir)
@@ -219,21 +235,25 @@ def test_a_run_killed_outright_is_ended_killed_by_the_next_run_of_its_key_which_
 
 
 @pytest.mark.slow
-def test_a_run_of_the_same_key_in_a_live_process_is_never_ended(workdir, make_cfg):
-    from prunelab.experiment.runner import run
-
-    proc = start_slow_run(workdir)
+def test_two_processes_started_on_one_key_at_once_leave_each_other_running(workdir):
+    both = ("train.epochs=1", "finetune.epochs=8")  # long enough a fine-tuning for the two to overlap
+    first = start_slow_run(workdir, *both, threads=1)  # a core each
+    second = None
     try:
-        wait_for_fine_tuning(proc, workdir)
-        (other,) = runs(workdir, "pruned")
-        mine = run(make_cfg(*SLOW))  # the same key at the same time, here
-        assert {r.info.run_id: r.info.status for r in runs(workdir)}[other.info.run_id] == "RUNNING"
-        assert proc.wait(timeout=240) == 0
+        wait_for_fine_tuning(first, workdir)
+        second = start_slow_run(workdir, *both, threads=1)  # the same command: the same run key
+        deadline = time.monotonic() + 240
+        while len(runs(workdir, "pruned")) < 2 and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the second has looked for dead runs of its key and opened its own
+        assert [r.info.status for r in runs(workdir, "pruned")] == ["RUNNING", "RUNNING"]
+        assert first.wait(timeout=240) == 0 and second.wait(timeout=240) == 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    statuses = {r.info.run_id: r.info.status for r in runs(workdir, "pruned")}
-    assert statuses == {other.info.run_id: "FINISHED", mine["run_id"]: "FINISHED"}
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    pruned = runs(workdir, "pruned")
+    assert [r.info.status for r in pruned] == ["FINISHED", "FINISHED"]
+    assert len({r.data.tags["prunelab.run_key"] for r in pruned}) == 1
 
 
 def test_only_a_dead_process_on_this_host_loses_its_running_run(workdir):
@@ -255,10 +275,16 @@ def test_only_a_dead_process_on_this_host_loses_its_running_run(workdir):
         "elsewhere": {**here, Tag.HOST: "another-machine", Tag.PID: finished.stdout.strip()},
         "untagged": {},  # from before these tags: not ours to judge
     }
-    ids = {name: client.create_run(experiment, tags={Tag.RUN_KEY: "k", **tags}).info.run_id
-           for name, tags in cases.items()}
+    ids = {
+        name: client.create_run(experiment, tags={Tag.RUN_KEY: "k", **tags}).info.run_id for name, tags in cases.items()
+    }
     ended = store.end_dead_runs(experiment, {Tag.RUN_KEY: "k"})
     assert sorted(ended) == sorted([ids["dead"], ids["pid reused"]])
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
-    assert status == {"alive": "RUNNING", "dead": "KILLED", "pid reused": "KILLED", "elsewhere": "RUNNING",
-                      "untagged": "RUNNING"}
+    assert status == {
+        "alive": "RUNNING",
+        "dead": "KILLED",
+        "pid reused": "KILLED",
+        "elsewhere": "RUNNING",
+        "untagged": "RUNNING",
+    }

@@ -7,9 +7,9 @@ import json
 
 import mlflow
 import pandas as pd
+from conftest import runs
 from mlflow.tracking import MlflowClient
 
-from conftest import runs
 from prunelab import analysis
 from prunelab.experiment.runner import run
 
@@ -32,8 +32,10 @@ def test_a_run_without_the_handover_logs_no_files_and_a_rerun_asking_for_them_is
     handed = run(make_cfg("handover=true"))
     assert not handed.get("skipped") and handed["run_id"] != bare["run_id"]
     assert handed["handover.onnx.test_accuracy"] == handed["test_accuracy"]
-    assert {a.path for a in MlflowClient().list_artifacts(handed["run_id"], "model")} >= {"model/model.onnx",
-                                                                                          "model/program.pt2"}
+    assert {a.path for a in MlflowClient().list_artifacts(handed["run_id"], "model")} >= {
+        "model/model.onnx",
+        "model/program.pt2",
+    }
 
 
 def test_runs_differing_only_in_width_are_never_averaged_as_seeds(make_cfg, workdir):
@@ -51,8 +53,7 @@ def test_runs_differing_only_in_width_are_never_averaged_as_seeds(make_cfg, work
 
 def test_a_saved_plan_applied_to_another_seed_reproduces_every_layers_sparsity(make_cfg, workdir):
     source = run(make_cfg("scope=lamp", "ratio=0.9", "seed=0"))
-    applied = run(make_cfg("scope=plan", f"plan=runs:/{source['run_id']}/plan.json", "seed=1",
-                           "criterion=random"))
+    applied = run(make_cfg("scope=plan", f"plan=runs:/{source['run_id']}/plan.json", "seed=1", "criterion=random"))
 
     def layers(run_id):
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="layers.csv")
@@ -65,7 +66,8 @@ def test_a_saved_plan_applied_to_another_seed_reproduces_every_layers_sparsity(m
 
 
 def test_a_sweep_over_models_named_unlike_their_functions_files_every_point_where_its_parent_looks(
-        cli, workdir, tmp_path):
+    cli, workdir, tmp_path
+):
     folder = tmp_path / "my_configs"
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "net_a.yaml").write_text("_target_: prunelab.models.lenet300_100\n_partial_: true\n")

@@ -13,8 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunelab"
 
 # Bottom to top. A module's floor is the first whose prefix it matches.
 FLOORS = [
-    ("vocabulary and leaves", ["prunelab.names", "prunelab.errors", "prunelab.paths", "prunelab.redact",
-                               "prunelab.plugins"]),
+    (
+        "vocabulary and leaves",
+        ["prunelab.names", "prunelab.errors", "prunelab.paths", "prunelab.redact", "prunelab.plugins"],
+    ),
     ("pruning", ["prunelab.pruning"]),
     ("data and models", ["prunelab.data", "prunelab.models"]),
     ("deployment and tracking", ["prunelab.deploy", "prunelab.tracking"]),
@@ -73,8 +75,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_every_module_is_on_a_floor_and_imports_nothing_above_it(graph):
-    upward = [f"{m} ({FLOORS[floor(m)][0]}) imports {t} ({FLOORS[floor(t)][0]})"
-              for m, targets in graph.items() for t in targets if floor(t) > floor(m)]
+    upward = [
+        f"{m} ({FLOORS[floor(m)][0]}) imports {t} ({FLOORS[floor(t)][0]})"
+        for m, targets in graph.items()
+        for t in targets
+        if floor(t) > floor(m)
+    ]
     assert not upward, "\n".join(upward)
 
 

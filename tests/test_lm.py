@@ -19,13 +19,13 @@ from mlflow import MlflowClient
 from torch import nn
 
 from prunelab import analysis
-from prunelab.experiment import keys
-from prunelab.models import lm
 from prunelab.data import DataError
+from prunelab.data.text import fortunes, unigram_perplexity, wikitext2, windows
+from prunelab.experiment import keys
+from prunelab.experiment.train import evaluate, scores
+from prunelab.models import lm
 from prunelab.pruning import Local, PruneData, PruningError, SparseGPT, Wanda, prune, shrink
 from prunelab.pruning.layerwise import calibration, sparsegpt_update, wanda_mask
-from prunelab.data.text import fortunes, unigram_perplexity, wikitext2, windows
-from prunelab.experiment.train import evaluate, scores
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 3).encode()
 
@@ -47,6 +47,7 @@ def correlated_inputs(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 
 # --- text data ------------------------------------------------------------------------------
 
+
 def test_windows_pair_each_byte_with_the_next():
     split = windows(b"abcdefg", 3)
     assert split.x.tolist() == [list(b"abc"), list(b"def")]
@@ -66,8 +67,10 @@ def write_fortunes(folder, count: int = 60):
 def test_fortunes_are_split_by_position_every_20th_to_test_the_next_to_validation(tmp_path):
     write_fortunes(tmp_path / "fortunes")
     splits = fortunes(root=tmp_path / "fortunes", seq_len=16)
-    text = {name: bytes(s.x.flatten().tolist()) for name, s in
-            (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    text = {
+        name: bytes(s.x.flatten().tolist())
+        for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    }
     assert text["test"].startswith(b"fortune number 0:") and b"fortune number 20:" in text["test"]
     assert text["val"].startswith(b"fortune number 1:") and b"fortune number 41:" in text["val"]
     assert text["train"].startswith(b"fortune number 2:") and b"fortune number 59:" in text["train"]
@@ -113,6 +116,7 @@ def test_a_corrupted_wikitext2_download_is_refused_and_not_kept(tmp_path, monkey
 
 # --- models and metrics ---------------------------------------------------------------------
 
+
 def test_a_language_model_is_scored_per_token_and_its_perplexity_is_exp_of_the_loss():
     torch.manual_seed(0)
     split = windows(TEXT * 8, 16)
@@ -135,10 +139,12 @@ def test_the_unigram_baseline_is_the_byte_frequency_perplexity():
 
 # --- Wanda and SparseGPT: the maths ---------------------------------------------------------
 
+
 def test_wanda_with_equal_input_norms_selects_magnitude_per_row():
     weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(wanda_mask(weight, 3.0 * torch.eye(64, dtype=torch.float64), 0.5),
-                       per_row_magnitude(weight, 0.5))
+    assert torch.equal(
+        wanda_mask(weight, 3.0 * torch.eye(64, dtype=torch.float64), 0.5), per_row_magnitude(weight, 0.5)
+    )
 
 
 def test_sparsegpt_with_an_identity_hessian_is_per_row_magnitude_without_update():
@@ -156,9 +162,11 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda_at_the_same_dens
     gram = x.double().T @ x.double()
     ratio, n, m = pattern["ratio"], pattern.get("n"), pattern.get("m")
     new, kept = sparsegpt_update(weight, gram, ratio, n, m)
-    candidates = {"sparsegpt": new * kept,
-                  "wanda": weight * wanda_mask(weight, gram, ratio, n, m),
-                  "magnitude": weight * (wanda_mask(weight, torch.eye(64, dtype=torch.float64), ratio, n, m))}
+    candidates = {
+        "sparsegpt": new * kept,
+        "wanda": weight * wanda_mask(weight, gram, ratio, n, m),
+        "magnitude": weight * (wanda_mask(weight, torch.eye(64, dtype=torch.float64), ratio, n, m)),
+    }
     errors = {name: (x @ weight.T - x @ w.T).norm().item() for name, w in candidates.items()}
     assert {name: int((w != 0).sum()) for name, w in candidates.items()} == dict.fromkeys(candidates, 48 * 32)
     assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
@@ -174,6 +182,7 @@ def test_n_m_masks_keep_n_of_every_m_inputs(n, m):
 
 # --- layer by layer, on a model -------------------------------------------------------------
 
+
 def two_layers():
     torch.manual_seed(5)
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
@@ -181,13 +190,16 @@ def two_layers():
 
 def test_each_layer_sees_its_inputs_through_the_layers_already_pruned():
     model, fresh, x = two_layers(), two_layers(), correlated_inputs(64, 16)
-    mask = Wanda(ignore=[], samples=64)(model, 0.5, scope=Local(),
-                                        data=PruneData((x, torch.zeros(64, dtype=torch.long)))).mask
+    mask = Wanda(ignore=[], samples=64)(
+        model, 0.5, scope=Local(), data=PruneData((x, torch.zeros(64, dtype=torch.long)))
+    ).mask
     assert torch.equal(mask.masks["0.weight"], wanda_mask(fresh[0].weight, x.double().T @ x.double(), 0.5))
     hidden = torch.relu(model[0](x))  # through the first layer as pruned (in place)
     assert torch.equal(mask.masks["2.weight"], wanda_mask(fresh[2].weight, hidden.double().T @ hidden.double(), 0.5))
     dense_hidden = torch.relu(fresh[0](x))  # what a one-shot (not sequential) pass would have used
-    assert not torch.equal(mask.masks["2.weight"], wanda_mask(fresh[2].weight, dense_hidden.double().T @ dense_hidden.double(), 0.5))
+    assert not torch.equal(
+        mask.masks["2.weight"], wanda_mask(fresh[2].weight, dense_hidden.double().T @ dense_hidden.double(), 0.5)
+    )
     assert all(bool((p[~mask.masks[n]] == 0).all()) for n, p in model.named_parameters() if n in mask.prunable)
 
 
@@ -254,31 +266,50 @@ def test_structured_pruning_of_the_lm_removes_whole_heads_and_mlp_neurons_and_ma
         assert (model(x) - masked(x)).abs().max() > 0.1  # the pruning did change the model
     for i, block in enumerate(shrunk.blocks):
         kept_heads = int(mask.channels[next(n for n in attention if n.startswith(f"blocks.{i}."))].sum()) // 8
-        assert block.attn.heads == kept_heads and block.attn.q.out_features == block.attn.o.in_features == 8 * kept_heads
+        assert (
+            block.attn.heads == kept_heads and block.attn.q.out_features == block.attn.o.in_features == 8 * kept_heads
+        )
         assert block.mlp[0].out_features == int(mask.channels[f"blocks.{i}.mlp.0"].sum())
     assert mask.channel_sparsity == pytest.approx(0.5, abs=0.06)  # within a head of the ratio
 
 
 def test_structured_pruning_of_a_transformers_model_is_refused_in_one_line():
     pytest.importorskip("transformers")
-    model = lm.hf_causal_lm(config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16,
-                                    "n_layer": 1, "n_head": 2})
+    model = lm.hf_causal_lm(
+        config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}
+    )
     with pytest.raises(PruningError, match="transformers model is not supported") as e:
-        prune(model, "structured", "local", 0.5, example_inputs=torch.randint(256, (1, 16)),
-              ignore=["model.lm_head"])
+        prune(model, "structured", "local", 0.5, example_inputs=torch.randint(256, (1, 16)), ignore=["model.lm_head"])
     assert "\n" not in str(e.value)
 
 
 # --- end to end -----------------------------------------------------------------------------
 
-LM_RUN = ["model=tiny_gpt", "model.d_model=32", "model.layers=1", "model.heads=2", "dataset=fortunes",
-          "dataset.seq_len=32", "train.epochs=1", "finetune.epochs=0", "scope=local"]
+LM_RUN = [
+    "model=tiny_gpt",
+    "model.d_model=32",
+    "model.layers=1",
+    "model.heads=2",
+    "dataset=fortunes",
+    "dataset.seq_len=32",
+    "train.epochs=1",
+    "finetune.epochs=0",
+    "scope=local",
+]
 
 
 def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_its_curves(cli, workdir):
     write_fortunes(workdir / "fortunes", count=400)
-    result = cli("-m", *LM_RUN, f"dataset.root={workdir / 'fortunes'}", "method=wanda,sparsegpt",
-                 "ratio=0.5", "calibration_seed=0,1", "measure_latency=true", "tracking.experiment=lm")
+    result = cli(
+        "-m",
+        *LM_RUN,
+        f"dataset.root={workdir / 'fortunes'}",
+        "method=wanda,sparsegpt",
+        "ratio=0.5",
+        "calibration_seed=0,1",
+        "measure_latency=true",
+        "tracking.experiment=lm",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     pruned, (dense,) = runs(workdir, "pruned"), runs(workdir, "dense")
     assert len(pruned) == 4
@@ -290,8 +321,9 @@ def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_i
         assert m["test_perplexity"] == m["finetuned.test_perplexity"] == m["pruned.test_perplexity"]  # no fine-tuning
         assert m["cost.dense.tokens_per_s"] > 0 and m["cost.ratio.tokens_per_s"] > 0
         assert 0 < m["time.prune_s"] < 60  # measured: the one-shot prune alone
-    by_seed = {(r.data.params["method"], r.data.params["calibration_seed"]): r.data.metrics["test_perplexity"]
-               for r in pruned}
+    by_seed = {
+        (r.data.params["method"], r.data.params["calibration_seed"]): r.data.metrics["test_perplexity"] for r in pruned
+    }
     assert by_seed[("sparsegpt", "0")] != by_seed[("sparsegpt", "1")]  # other calibration samples, other result
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -301,7 +333,9 @@ def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_i
     series = analysis.curve_series(df)
     assert series["perplexity_vs_sparsity/dense"][0][1] == pytest.approx(dense.data.metrics["test_perplexity"])
     assert {k for k in series if k.startswith("perplexity_vs_sparsity/")} >= {
-        "perplexity_vs_sparsity/sparsegpt-local-l2", "perplexity_vs_sparsity/wanda-local-l2"}
+        "perplexity_vs_sparsity/sparsegpt-local-l2",
+        "perplexity_vs_sparsity/wanda-local-l2",
+    }
     written = analysis.write_report(df, workdir / "report")
     assert workdir / "report" / "perplexity_vs_sparsity.png" in written
     assert "## Perplexity vs sparsity" in (workdir / "report" / "summary.md").read_text()
@@ -310,8 +344,15 @@ def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_i
 def test_a_structured_lm_run_fine_tunes_the_shrunk_model_and_its_hand_over_files_score_per_token(cli, workdir):
     write_fortunes(workdir / "fortunes", count=400)
     run_args = [a for a in LM_RUN if a != "finetune.epochs=0"]
-    result = cli(*run_args, f"dataset.root={workdir / 'fortunes'}", "method=structured", "ratio=0.5",
-                 "finetune.epochs=1", "quantize=int8", "handover=true")
+    result = cli(
+        *run_args,
+        f"dataset.root={workdir / 'fortunes'}",
+        "method=structured",
+        "ratio=0.5",
+        "finetune.epochs=1",
+        "quantize=int8",
+        "handover=true",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     m = run.data.metrics
@@ -346,10 +387,21 @@ def test_the_calibration_draw_depends_on_its_seed_only():
 def test_a_transformers_causal_lm_is_pruned_by_target_end_to_end(cli, workdir):
     pytest.importorskip("transformers")
     write_fortunes(workdir / "fortunes", count=400)
-    result = cli(*[a for a in LM_RUN if not a.startswith("model")], "model=hf_causal_lm",
-                 "model.config.n_positions=32", "model.config.n_embd=32", "model.config.n_layer=1",
-                 "model.config.n_head=2", "method=sparsegpt", "method.ignore=[model.lm_head]", "method.samples=8",
-                 "method.n=2", "method.m=4", "ratio=0.5", f"dataset.root={workdir / 'fortunes'}")
+    result = cli(
+        *[a for a in LM_RUN if not a.startswith("model")],
+        "model=hf_causal_lm",
+        "model.config.n_positions=32",
+        "model.config.n_embd=32",
+        "model.config.n_layer=1",
+        "model.config.n_head=2",
+        "method=sparsegpt",
+        "method.ignore=[model.lm_head]",
+        "method.samples=8",
+        "method.n=2",
+        "method.m=4",
+        "ratio=0.5",
+        f"dataset.root={workdir / 'fortunes'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     assert run.data.metrics["sparsity.prunable"] == pytest.approx(0.5, abs=1e-3)
@@ -358,15 +410,17 @@ def test_a_transformers_causal_lm_is_pruned_by_target_end_to_end(cli, workdir):
 
 def test_gpt2_conv1d_layers_become_equal_linears():
     pytest.importorskip("transformers")
-    model = lm.hf_causal_lm(config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16,
-                                    "n_layer": 1, "n_head": 2})
+    model = lm.hf_causal_lm(
+        config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}
+    )
     assert not [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(0)
-    raw = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", vocab_size=256, n_positions=16, n_embd=16,
-                                                                n_layer=1, n_head=2)).eval()
+    raw = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model("gpt2", vocab_size=256, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    ).eval()
     assert any(isinstance(m, Conv1D) for m in raw.modules())
     x = torch.randint(256, (2, 16))
     expected = raw(input_ids=x).logits.transpose(1, 2)

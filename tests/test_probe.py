@@ -7,9 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.pruning import PruneData, Sensitivity, prune
-from prunelab.pruning import probe
-
+from prunelab.pruning import PruneData, Sensitivity, probe, prune
 
 RUNS: dict[str, int] = {}
 
@@ -32,8 +30,9 @@ class Net(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem = nn.Sequential(Counted("stem.0", nn.Conv2d(1, 8, 3, padding=1)), nn.ReLU(inplace=True),
-                                  nn.Conv2d(8, 8, 3, padding=1))
+        self.stem = nn.Sequential(
+            Counted("stem.0", nn.Conv2d(1, 8, 3, padding=1)), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1)
+        )
         self.act = nn.ReLU(inplace=True)
         self.block = Counted("block", nn.Conv2d(8, 8, 3, padding=1))
         self.head = Counted("head", nn.Linear(8 * 6 * 6, 10))
@@ -80,5 +79,8 @@ def test_a_trial_runs_only_what_follows_the_pruned_set(net_and_data, monkeypatch
     # sets in forward order: stem.0, stem.2, block, head. A layer computes in the base trial and in
     # every trial of its own set and of the sets before it; of a later set's trials only in the
     # first, which stores that set's prefix
-    assert RUNS == {"stem.0": chunks * (1 + trials + 3), "block": chunks * (1 + 3 * trials + 1),
-                    "head": chunks * (1 + 4 * trials)}
+    assert RUNS == {
+        "stem.0": chunks * (1 + trials + 3),
+        "block": chunks * (1 + 3 * trials + 1),
+        "head": chunks * (1 + 4 * trials),
+    }

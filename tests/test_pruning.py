@@ -7,14 +7,14 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from conftest import randomised
 from torch.nn.utils import prune as torch_prune
 
-from conftest import randomised
 from prunelab import models
-from prunelab.pruning import Mask, MaskError, PruningError, prunable_layers, prune
-from prunelab.experiment.train import fit
 from prunelab.data import synthetic
+from prunelab.experiment.train import fit
+from prunelab.pruning import Mask, MaskError, PruningError, prunable_layers, prune
+
 
 @pytest.fixture
 def lenet5():
@@ -53,7 +53,7 @@ def test_global_and_local_allocate_differently(lenet5):
     loc = prune(lenet5, "unstructured", "local", 0.7).mask
     per_layer = lambda m: [(~m.masks[n]).float().mean().item() for n in m.prunable]
     assert max(per_layer(glob)) - min(per_layer(glob)) > 0.1  # global: layers differ
-    assert max(per_layer(loc)) - min(per_layer(loc)) < 0.01   # local: same ratio everywhere
+    assert max(per_layer(loc)) - min(per_layer(loc)) < 0.01  # local: same ratio everywhere
     assert abs(glob.sparsity - loc.sparsity) < 0.01
 
 
@@ -148,11 +148,11 @@ def test_mask_is_checked_against_the_model(lenet5):
 
 def test_same_global_l1_mask_as_torch_global_unstructured(lenet5):
     mask = prune(lenet5, "unstructured", "global", 0.8).mask
-    layers = prunable_layers(lenet5)
     ref = copy.deepcopy(lenet5)
     ref_layers = prunable_layers(ref)
-    torch_prune.global_unstructured([(m, "weight") for m in ref_layers.values()],
-                                    pruning_method=torch_prune.L1Unstructured, amount=0.8)
+    torch_prune.global_unstructured(
+        [(m, "weight") for m in ref_layers.values()], pruning_method=torch_prune.L1Unstructured, amount=0.8
+    )
     for name, m in ref_layers.items():
         assert torch.equal(m.weight_mask.bool(), mask.masks[f"{name}.weight"]), name
 

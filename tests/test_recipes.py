@@ -39,16 +39,20 @@ def test_the_run_key_and_the_dense_key_carry_the_recipe(make_cfg):
     assert identity(sgd, "cpu").dense != identity(adamw, "cpu").dense
 
 
-@pytest.mark.parametrize("factory, params, weights", [
-    (models.lenet5_classic, 61_706, 61_470),  # the textbook count
-    (models.lenet5_caffe, 431_080, 430_500),  # Han et al. 2015, Table 1: 431K weights
-    (models.lenet5, 107_786, 107_550),
-])
+@pytest.mark.parametrize(
+    "factory, params, weights",
+    [
+        (models.lenet5_classic, 61_706, 61_470),  # the textbook count
+        (models.lenet5_caffe, 431_080, 430_500),  # Han et al. 2015, Table 1: 431K weights
+        (models.lenet5, 107_786, 107_550),
+    ],
+)
 def test_the_lenet5_variants_have_their_published_sizes(factory, params, weights):
     model = factory()
     assert sum(p.numel() for p in model.parameters()) == params
-    assert sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))) \
-        == weights
+    assert (
+        sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))) == weights
+    )
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -61,8 +65,14 @@ def test_a_model_too_large_for_the_input_says_so_in_one_line():
 
 @pytest.mark.parametrize("model", ["lenet5", "lenet300_100"])
 def test_prunelab_with_the_plain_recipe_reproduces_the_plain_pytorch_script_exactly(workdir, model):
-    overrides = (f"model={model}", "recipe=sgd", "dataset=digits", "train.epochs=4", "train.batch_size=32",
-                 "finetune.epochs=2")
+    overrides = (
+        f"model={model}",
+        "recipe=sgd",
+        "dataset=digits",
+        "train.epochs=4",
+        "train.batch_size=32",
+        "finetune.epochs=2",
+    )
     points = (("global", 0.9), ("local", 0.8))
     by_hand = plain(Job("plain", "plain", overrides, 1, points))
     ours = prunelab(Job("prunelab", "prunelab", overrides, 1, points, str(workdir / "cache")))

@@ -17,24 +17,25 @@ import nbclient
 import nbformat
 import pytest
 import torch
-from torch import nn
 from conftest import cli_env, runs, tiny_overrides
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
+from torch import nn
 
-from prunelab.pruning import PruningError
-from prunelab.experiment.runner import run
 from prunelab import analysis
 from prunelab.experiment import runner
+from prunelab.experiment.runner import run
 from prunelab.experiment.session import RunSession
-from prunelab.pruning import Mask
+from prunelab.experiment.train import steps_per_epoch
+from prunelab.pruning import Mask, PruningError
 from prunelab.pruning.allocation import erk_ratios
 from prunelab.pruning.schedules import Gradual, Lottery, regrow
-from prunelab.experiment.train import steps_per_epoch
 
-SCHEDULES = {"iterative": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=2"],
-             "gradual": ["schedule=gradual", "schedule.every=1", "finetune.epochs=1"],
-             "lottery": ["schedule=lottery", "schedule.fraction=0.5"]}
+SCHEDULES = {
+    "iterative": ["schedule=iterative", "schedule.rounds=3", "finetune.epochs=2"],
+    "gradual": ["schedule=gradual", "schedule.every=1", "finetune.epochs=1"],
+    "lottery": ["schedule=lottery", "schedule.fraction=0.5"],
+}
 DYNAMIC = ["schedule=dynamic", "schedule.every=2", "finetune.epochs=2"]
 RATIO = 0.7
 
@@ -63,13 +64,22 @@ def test_every_schedule_method_and_scope_reach_the_target(make_cfg, schedule, me
 
 
 @pytest.mark.parametrize("schedule", [*SCHEDULES, "dynamic"])
-@pytest.mark.parametrize("method, scope", [("unstructured", "sensitivity"), ("structured", "sensitivity"),
-                                           ("unstructured", "erk"), ("unstructured", "plan"), ("structured", "plan")])
+@pytest.mark.parametrize(
+    "method, scope",
+    [
+        ("unstructured", "sensitivity"),
+        ("structured", "sensitivity"),
+        ("unstructured", "erk"),
+        ("unstructured", "plan"),
+        ("structured", "plan"),
+    ],
+)
 def test_every_schedule_takes_the_measuring_the_erk_and_the_planned_scopes(make_cfg, schedule, method, scope):
     if schedule == "dynamic" and method == "structured":
         return  # refused: tested below
-    extra = {"sensitivity": ["scope.samples=32", "scope.grid=[0.5,0.9,0.95]"], "erk": ["criterion=random"],
-             "plan": []}[scope]
+    extra = {"sensitivity": ["scope.samples=32", "scope.grid=[0.5,0.9,0.95]"], "erk": ["criterion=random"], "plan": []}[
+        scope
+    ]
     if scope == "plan":  # a plan saved by a oneshot run of the same method and ratio
         saved = run(make_cfg(f"method={method}", f"ratio={RATIO}"))
         extra = [f"plan=runs:/{saved['run_id']}/plan.json"]
@@ -85,8 +95,16 @@ def test_every_schedule_takes_the_measuring_the_erk_and_the_planned_scopes(make_
 @pytest.mark.parametrize("method", ["unstructured", "structured"])
 def test_a_schedule_never_revives_a_pruned_weight(make_cfg, schedule, method):
     # fresh scores at every call: pruning afresh each time would pick other weights
-    m = run(make_cfg(*SCHEDULES[schedule], f"method={method}", f"ratio={RATIO}",
-                     "criterion=random", "criterion._target_=test_schedules.reshuffled", "criterion._partial_=true"))
+    m = run(
+        make_cfg(
+            *SCHEDULES[schedule],
+            f"method={method}",
+            f"ratio={RATIO}",
+            "criterion=random",
+            "criterion._target_=test_schedules.reshuffled",
+            "criterion._partial_=true",
+        )
+    )
     sparsity = _history(m["run_id"], "schedule.sparsity")
     changed = _history(m["run_id"], "schedule.changed")
     # every flipped entry is a newly pruned one: the flips are exactly the rise in pruned weights
@@ -97,8 +115,9 @@ def test_a_schedule_never_revives_a_pruned_weight(make_cfg, schedule, method):
 def test_iterative_with_one_round_is_oneshot_exactly(make_cfg):
     oneshot = run(make_cfg("ratio=0.6"))
     one_round = run(make_cfg("ratio=0.6", "schedule=iterative", "schedule.rounds=1"))
-    same = {k: v for k, v in oneshot.items()
-            if k != "run_id" and isinstance(v, float) and not k.startswith("time.")}  # wall times differ
+    same = {
+        k: v for k, v in oneshot.items() if k != "run_id" and isinstance(v, float) and not k.startswith("time.")
+    }  # wall times differ
     assert same == {k: one_round[k] for k in same}
 
 
@@ -136,6 +155,7 @@ def test_a_schedule_that_nm_cannot_step_through_fails_before_dense_training(make
 
 # --- lottery tickets --------------------------------------------------------------------------
 
+
 def test_lottery_levels_prune_a_fraction_of_what_is_left_down_to_the_ratio():
     targets = Lottery(fraction=0.2).targets(0.964)
     assert len(targets) == 15 and targets[-1] == 0.964  # 0.8 ** 15 = 3.5% left: the last level stops at 3.6%
@@ -144,7 +164,8 @@ def test_lottery_levels_prune_a_fraction_of_what_is_left_down_to_the_ratio():
 
 @pytest.mark.parametrize("rewind, control", [(0, "ticket"), (1, "reinit")])
 def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_pruned_at_zero(
-        make_cfg, monkeypatch, rewind, control):
+    make_cfg, monkeypatch, rewind, control
+):
     seen = {"levels": 0}
 
     class Watched(RunSession):
@@ -171,22 +192,39 @@ def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_
             seen["levels"] += net is self.model
 
     monkeypatch.setattr(runner, "RunSession", Watched)
-    m = run(make_cfg("schedule=lottery", f"schedule.rewind={rewind}", f"schedule.control={control}",
-                     "ratio=0.75", "schedule.fraction=0.5", "train.epochs=2"))
+    m = run(
+        make_cfg(
+            "schedule=lottery",
+            f"schedule.rewind={rewind}",
+            f"schedule.control={control}",
+            "ratio=0.75",
+            "schedule.fraction=0.5",
+            "train.epochs=2",
+        )
+    )
     assert seen["levels"] == 2
     remaining = _history(m["run_id"], "level.remaining")
-    assert [s for s, _ in remaining] == [0, 1, 2] and [v for _, v in remaining] == pytest.approx([1, 0.5, 0.25], abs=1e-3)
+    assert [s for s, _ in remaining] == [0, 1, 2] and [v for _, v in remaining] == pytest.approx(
+        [1, 0.5, 0.25], abs=1e-3
+    )
     if control == "reinit":
         assert [s for s, _ in _history(m["run_id"], "reinit.test_accuracy")] == [1, 2]
         assert m["test_accuracy"] == _history(m["run_id"], "reinit.test_accuracy")[-1][1]  # the control ships
 
 
 def test_the_output_layer_can_be_pruned_at_its_own_rate_per_level(make_cfg):
-    m = run(make_cfg("schedule=lottery", "schedule.fraction=0.5", "schedule.output_fraction=0.25", "ratio=0.75",
-                     "model=lenet300_100"))
+    m = run(
+        make_cfg(
+            "schedule=lottery",
+            "schedule.fraction=0.5",
+            "schedule.output_fraction=0.25",
+            "ratio=0.75",
+            "model=lenet300_100",
+        )
+    )
     sets = mlflow.artifacts.load_dict(f"runs:/{m['run_id']}/plan.json")["sets"]
     *rest, output = sets  # in layer order: the output layer last
-    assert sets[output]["ratio"] == pytest.approx(1 - 0.75 ** 2, abs=1 / sets[output]["units"])  # 2 levels of 25%
+    assert sets[output]["ratio"] == pytest.approx(1 - 0.75**2, abs=1 / sets[output]["units"])  # 2 levels of 25%
     kept, units = (sum(sets[n][k] for n in rest) for k in ("kept", "units"))
     assert 1 - kept / units == pytest.approx(0.75, abs=1e-3)  # the others by the scope, to the ratio
     remaining = _history(m["run_id"], "level.remaining")[-1][1]  # of all the weights, the output layer's too
@@ -199,12 +237,24 @@ def test_an_output_layer_pruned_apart_and_ignored_at_once_is_refused_in_one_line
 
 
 @pytest.mark.slow
-def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_uninterrupted_mask(cli, workdir, tmp_path):
-    args = ["schedule=lottery", "schedule.fraction=0.5", "ratio=0.9", "train.epochs=10",
-            "dataset.train_size=2048"]  # 4 levels: 0.5, 0.75, 0.875, 0.9
+def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_uninterrupted_mask(
+    cli, workdir, tmp_path
+):
+    args = [
+        "schedule=lottery",
+        "schedule.fraction=0.5",
+        "ratio=0.9",
+        "train.epochs=10",
+        "dataset.train_size=2048",
+    ]  # 4 levels: 0.5, 0.75, 0.875, 0.9
     folder = workdir / "cache" / "schedules"
-    child = subprocess.Popen([sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *args], cwd=workdir,
-                             env=cli_env(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "prunelab", *tiny_overrides(workdir), *args],
+        cwd=workdir,
+        env=cli_env(workdir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     level, deadline = 0, time.time() + 300
     while level < 2 and child.poll() is None and time.time() < deadline:
         for path in folder.glob("*/schedule.pt"):
@@ -231,10 +281,18 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
     fresh = tmp_path / "uninterrupted"
     fresh.mkdir()
     shutil.copy(workdir / "mlflow.db", fresh / "mlflow.db")
-    done = subprocess.run([sys.executable, "-m", "prunelab", *tiny_overrides(fresh), *args, "force=true"], cwd=fresh,
-                          env=cli_env(fresh), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "prunelab", *tiny_overrides(fresh), *args, "force=true"],
+        cwd=fresh,
+        env=cli_env(fresh),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    (whole,) = [r for r in runs(fresh, "pruned") if r.info.status == "FINISHED" and r.info.run_id != resumed.info.run_id]
+    (whole,) = [
+        r for r in runs(fresh, "pruned") if r.info.status == "FINISHED" and r.info.run_id != resumed.info.run_id
+    ]
 
     def final_mask(run_id, uri):
         path = MlflowClient(uri).download_artifacts(run_id, "model/masked_weights.pt", str(tmp_path / run_id))
@@ -247,8 +305,15 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
 
 
 def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draws_the_figure(cli, workdir):
-    done = cli("-m", "schedule=lottery", "schedule.fraction=0.5", "ratio=0.75", "seed=0,1",
-               "schedule.control=ticket,reinit", "tracking.experiment=lt")
+    done = cli(
+        "-m",
+        "schedule=lottery",
+        "schedule.fraction=0.5",
+        "ratio=0.75",
+        "seed=0,1",
+        "schedule.control=ticket,reinit",
+        "tracking.experiment=lt",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     frame = analysis.load_runs(["lt"])
@@ -274,7 +339,6 @@ def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draw
 
 
 # --- dynamic sparse training -------------------------------------------------------------------
-
 
 
 @pytest.mark.parametrize("scope, criterion", [("global", "l2"), ("local", "l2"), ("lamp", "l2"), ("erk", "random")])

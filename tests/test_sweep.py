@@ -14,9 +14,8 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import cli_env, runs, tiny_overrides
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,18 +43,26 @@ def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
     assert parent.data.metrics["sweep.points_finished"] == 4
     artifacts = {a.path for a in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").list_artifacts(parent.info.run_id)}
     assert {"points.csv", "accuracy_vs_sparsity.png", "summary.md"} <= artifacts
-    # the dense model was trained once for all four points
-    assert (result.stdout + result.stderr).count("dense epoch 1/1") == 1
+    # the dense model was trained once for all four points, and every point is its child too
+    assert (
+        len(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(dense.info.run_id, "train.loss")) == 1
+    )
+    assert dense.data.tags[f"prunelab.in_sweep.{parent.info.run_id}"] == "true"
 
     # the curves are the parent's own metrics, one series per method x scope x criterion, each
     # starting at the dense model: step = sparsity in per mille, value = test accuracy
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     curves = curve_histories(client, parent.info.run_id)
     for method, criterion in (("unstructured", "l2"), ("structured", "l2")):
-        points = sorted((round(c.data.metrics["sparsity.prunable"] * 1000), c.data.metrics["test_accuracy"])
-                        for c in children if c.data.params["method"] == method)
+        points = sorted(
+            (round(c.data.metrics["sparsity.prunable"] * 1000), c.data.metrics["test_accuracy"])
+            for c in children
+            if c.data.params["method"] == method
+        )
         assert curves[f"accuracy_vs_sparsity/{method}-global-{criterion}"] == [
-            (0, dense.data.metrics["test_accuracy"]), *points]
+            (0, dense.data.metrics["test_accuracy"]),
+            *points,
+        ]
         assert f"accuracy_vs_macs/{method}-global-{criterion}" in curves
     dense_accuracy = dense.data.metrics["test_accuracy"]
     assert curves["accuracy_vs_sparsity/dense"] == [(0, dense_accuracy), (1000, dense_accuracy)]
@@ -65,8 +72,11 @@ def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
 
     again = cli("-m", "ratio=0.3,0.6", "method=unstructured,structured")
     assert again.returncode == 0
-    assert len(runs(workdir)) == 6  # no new runs: same parent, every point skipped
-    assert (again.stdout + again.stderr).count("skipped") == 4
+    # no new runs: the same parent, every point skipped (its run reused, its metrics as they were)
+    assert sorted(r.info.run_id for r in runs(workdir)) == sorted(r.info.run_id for r in (parent, dense, *children))
+    assert {c.info.run_id: c.data.metrics for c in sweep_parts(workdir)[1]} == {
+        c.info.run_id: c.data.metrics for c in children
+    }
     assert curve_histories(client, parent.info.run_id) == curves  # logged again, not doubled
 
 
@@ -84,15 +94,29 @@ def test_a_failing_point_is_a_failed_child_and_the_sweep_goes_on(cli, workdir):
 
 
 def test_an_interrupted_sweep_resumes_to_one_finished_run_per_point(workdir):
-    args = [sys.executable, "-m", "prunelab", "-m", *tiny_overrides(workdir),
-            "ratio=0.1,0.2,0.3,0.4,0.5,0.6", "finetune.epochs=3"]
-    proc = subprocess.Popen(args, cwd=workdir, env=cli_env(workdir), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "prunelab",
+        "-m",
+        *tiny_overrides(workdir),
+        "ratio=0.1,0.2,0.3,0.4,0.5,0.6",
+        "finetune.epochs=3",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=workdir,
+        env=cli_env(workdir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             if workdir.joinpath("mlflow.db").exists() and any(
-                    r.info.status == "FINISHED" for r in sweep_parts(workdir)[1]):
+                r.info.status == "FINISHED" for r in sweep_parts(workdir)[1]
+            ):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
@@ -102,8 +126,7 @@ def test_an_interrupted_sweep_resumes_to_one_finished_run_per_point(workdir):
     done_before = [r for r in sweep_parts(workdir)[1] if r.info.status == "FINISHED"]
     assert 1 <= len(done_before) < 6
 
-    rerun = subprocess.run(args, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(args, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     (parent,), children, _ = sweep_parts(workdir)
     finished = Counter(c.data.tags["prunelab.run_key"] for c in children if c.info.status == "FINISHED")
@@ -114,8 +137,14 @@ def test_an_interrupted_sweep_resumes_to_one_finished_run_per_point(workdir):
 
 def test_joblib_workers_share_a_fresh_sqlite_store(cli, workdir):
     (workdir / "mlflow.db").unlink()  # a brand-new store, created by the launcher only
-    result = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "ratio=0.2,0.4,0.6,0.8",
-                 "tracking.experiment=parallel")
+    result = cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "ratio=0.2,0.4,0.6,0.8",
+        "tracking.experiment=parallel",
+        process=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     names = {e.name for e in client.search_experiments()}
@@ -138,15 +167,34 @@ def worker_pids(launcher_pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_dead_sweep_worker_loses_only_its_points_and_a_rerun_completes_them(workdir):
-    args = [sys.executable, "-m", "prunelab", "-m", *tiny_overrides(workdir), "hydra/launcher=parallel",
-            "hydra.launcher.n_jobs=2", "ratio=0.2,0.4,0.6,0.8,0.9", "finetune.epochs=30"]
-    proc = subprocess.Popen(args, cwd=workdir, env=cli_env(workdir), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "prunelab",
+        "-m",
+        *tiny_overrides(workdir),
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "ratio=0.2,0.4,0.6,0.8,0.9",
+        "finetune.epochs=30",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=workdir,
+        env=cli_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline, killed = time.time() + 240, None
         while time.time() < deadline and proc.poll() is None and killed is None:
-            running = [c for c in sweep_parts(workdir)[1] if c.info.status == "RUNNING"] \
-                if workdir.joinpath("mlflow.db").exists() else []
+            running = (
+                [c for c in sweep_parts(workdir)[1] if c.info.status == "RUNNING"]
+                if workdir.joinpath("mlflow.db").exists()
+                else []
+            )
             workers = worker_pids(proc.pid)
             if running and workers:
                 killed = workers[0]
@@ -192,8 +240,20 @@ def test_the_notebook_executes_on_a_generated_store(cli, workdir):
 def test_analysis_cli_writes_figures_and_a_table(cli, workdir):
     assert cli("-m", "ratio=0.5", "method=unstructured,structured", "tracking.experiment=cli").returncode == 0
     out = workdir / "report"
-    result = subprocess.run([sys.executable, "-m", "prunelab.analysis", "cli", "--out", str(out),
-                             "--uri", f"sqlite:///{workdir / 'mlflow.db'}"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prunelab.analysis",
+            "cli",
+            "--out",
+            str(out),
+            "--uri",
+            f"sqlite:///{workdir / 'mlflow.db'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
     summary = (out / "summary.md").read_text()
@@ -202,8 +262,14 @@ def test_analysis_cli_writes_figures_and_a_table(cli, workdir):
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_the_points(cli, workdir):
-    result = cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "ratio=0.3,0.6",
-                 timeout=900)
+    result = cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "ratio=0.3,0.6",
+        process=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (parent,), children, _ = sweep_parts(workdir)
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)

@@ -55,8 +55,11 @@ def servers() -> set[str]:
 
 def test_the_team_server_helper_prints_the_uri_and_stops_both_servers(tmp_path):
     before = servers()
-    proc = subprocess.Popen([sys.executable, "-m", "prunelab.tracking.team_server", "--dir", str(tmp_path), "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prunelab.tracking.team_server", "--dir", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # printed once the server answers
         uri = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)

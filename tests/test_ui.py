@@ -18,38 +18,59 @@ from prunelab.tracking import servers, ui
 
 
 def test_links_open_the_runs_in_model_training_mode():
-    assert ui.run_url("http://h:5000", "3", "abc") == \
-        "http://h:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert (
+        ui.run_url("http://h:5000", "3", "abc")
+        == "http://h:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
     assert ui.experiments_url("http://h:5000") == "http://h:5000/#/experiments?workflowType=machine_learning"
     assert "compareRunsMode=CHART" in ui.experiment_url("http://h:5000", "3", "chart")
 
 
-@pytest.mark.parametrize("tracking_uri, configured, expected", [
-    ("sqlite:///mlflow.db", None, "http://127.0.0.1:5000"),           # where `make ui` serves
-    ("http://user:secret@team:5000/", None, "http://team:5000"),       # the server is its own UI
-    ("https://team.example/mlflow", None, "https://team.example/mlflow"),
-    ("sqlite:///mlflow.db", "http://ui.example:8080/", "http://ui.example:8080"),
-])
+@pytest.mark.parametrize(
+    "tracking_uri, configured, expected",
+    [
+        ("sqlite:///mlflow.db", None, "http://127.0.0.1:5000"),  # where `make ui` serves
+        ("http://user:secret@team:5000/", None, "http://team:5000"),  # the server is its own UI
+        ("https://team.example/mlflow", None, "https://team.example/mlflow"),
+        ("sqlite:///mlflow.db", "http://ui.example:8080/", "http://ui.example:8080"),
+    ],
+)
 def test_the_ui_address_follows_the_store_without_credentials(tracking_uri, configured, expected):
     assert ui.base_url(tracking_uri, configured) == expected
 
 
 def point(method, scope, ratio, sparsity, accuracy, seed=0, macs=None):
-    return {"run_id": f"{method}{scope}{ratio}{seed}", "experiment_id": "1", "status": "FINISHED",
-            "role": "pruned", "model": "m", "dataset": "d", "method": method, "scope": scope,
-            "criterion": "l1", "ratio": ratio, "seed": seed, "sparsity.prunable": sparsity,
-            "test_accuracy": accuracy, "macs_fraction": macs if macs is not None else 1 - sparsity}
+    return {
+        "run_id": f"{method}{scope}{ratio}{seed}",
+        "experiment_id": "1",
+        "status": "FINISHED",
+        "role": "pruned",
+        "model": "m",
+        "dataset": "d",
+        "method": method,
+        "scope": scope,
+        "criterion": "l1",
+        "ratio": ratio,
+        "seed": seed,
+        "sparsity.prunable": sparsity,
+        "test_accuracy": accuracy,
+        "macs_fraction": macs if macs is not None else 1 - sparsity,
+    }
 
 
 def test_curve_series_average_seeds_and_start_at_the_dense_model():
     dense = {**point("dense", "none", 0.0, 0.0, 0.9), "role": "dense", "criterion": "none"}
-    df = pd.DataFrame([dense, point("unstructured", "global", 0.5, 0.5, 0.8),
-                       point("unstructured", "global", 0.5, 0.5, 0.7, seed=1),
-                       point("unstructured", "global", 0.9, 0.9004, 0.6),
-                       point("structured", "local", 0.5, 0.75, 0.5, macs=0.3)])
+    df = pd.DataFrame(
+        [
+            dense,
+            point("unstructured", "global", 0.5, 0.5, 0.8),
+            point("unstructured", "global", 0.5, 0.5, 0.7, seed=1),
+            point("unstructured", "global", 0.9, 0.9004, 0.6),
+            point("structured", "local", 0.5, 0.75, 0.5, macs=0.3),
+        ]
+    )
     series = analysis.curve_series(df)
-    assert series["accuracy_vs_sparsity/unstructured-global-l1"] == [(0, 0.9), (500, pytest.approx(0.75)),
-                                                                     (900, 0.6)]
+    assert series["accuracy_vs_sparsity/unstructured-global-l1"] == [(0, 0.9), (500, pytest.approx(0.75)), (900, 0.6)]
     assert series["accuracy_vs_sparsity/structured-local-l1"] == [(0, 0.9), (750, 0.5)]
     assert series["accuracy_vs_macs/structured-local-l1"] == [(300, 0.5), (1000, 0.9)]
     assert series["accuracy_vs_sparsity/dense"] == [(0, 0.9), (1000, 0.9)]
@@ -70,8 +91,19 @@ def test_analysis_links_each_run_to_its_ui_page():
 
 def test_make_ui_serves_the_store_prints_its_link_and_stops_with_its_server(workdir):
     port = servers.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "prunelab.tracking.ui", "--store", f"sqlite:///{workdir / 'mlflow.db'}",
-                             "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prunelab.tracking.ui",
+            "--store",
+            f"sqlite:///{workdir / 'mlflow.db'}",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # printed once the server answers
         assert f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in line
@@ -85,6 +117,7 @@ def test_make_ui_serves_the_store_prints_its_link_and_stops_with_its_server(work
 
 
 # ---- the real UI in a real browser ----------------------------------------------------------------
+
 
 def printed_link(output: str) -> str:
     found = re.findall(r"sweep results in the MLflow UI: (\S+)", output)
@@ -102,8 +135,9 @@ def test_a_sweep_reads_in_the_mlflow_ui_in_a_real_browser(cli, workdir, tmp_path
     if ui.chromium() is None:
         pytest.skip("Chromium is not installed (Debian: chromium); CI installs it")
     pytest.importorskip("playwright")
-    result = cli("-m", "method=unstructured,structured", "scope=global,local", "ratio=0.3,0.6",
-                 "tracking.experiment=ui")
+    result = cli(
+        "-m", "method=unstructured,structured", "scope=global,local", "ratio=0.3,0.6", "tracking.experiment=ui"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     link = printed_link(result.stdout + result.stderr)
     store = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -127,7 +161,7 @@ def test_a_sweep_reads_in_the_mlflow_ui_in_a_real_browser(cli, workdir, tmp_path
         assert nav_mode(page) == "machine_learning"
         body = page.inner_text("body")
         assert re.search(r"unstructured\s+global\s+l2\s+0\.3000", body)  # a row of the note's table
-        assert "accuracy_vs_sparsity/structured-local-l2" in body          # a curve among its metrics
+        assert "accuracy_vs_sparsity/structured-local-l2" in body  # a curve among its metrics
 
         # The experiment's chart view: a section per curve axis, a chart per (method, scope) series.
         page.goto(ui.experiment_url(base, experiment, "chart"))
@@ -135,8 +169,13 @@ def test_a_sweep_reads_in_the_mlflow_ui_in_a_real_browser(cli, workdir, tmp_path
         page.wait_for_timeout(1500)
         page.screenshot(path=shots / "charts.png", full_page=True)
         charts = page.inner_text("body")
-        for series in ("unstructured-global-l2", "unstructured-local-l2", "structured-global-l2",
-                       "structured-local-l2", "dense"):
+        for series in (
+            "unstructured-global-l2",
+            "unstructured-local-l2",
+            "structured-global-l2",
+            "structured-local-l2",
+            "dense",
+        ):
             assert series in charts
         assert "accuracy_vs_macs" in charts
 

@@ -16,8 +16,9 @@ the same command completes only what is missing (the sweep resumes by run keys).
 # No `from __future__ import annotations`: Hydra imports plugins in a way that breaks string
 # annotations on the dataclass below.
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -52,16 +53,20 @@ class ParallelLauncher(JoblibLauncher):
             state = Singleton.get_state()
             try:
                 for idx, result in Parallel(**options)(
-                        delayed(_indexed)(i, jobs[i], self.hydra_context, self.config, self.task_function, state)
-                        for i in todo):
+                    delayed(_indexed)(i, jobs[i], self.hydra_context, self.config, self.task_function, state)
+                    for i in todo
+                ):
                     done[idx] = result
             except TerminatedWorkerError as e:
-                open_points = kill_open_points(self.config, {redact(" ".join(jobs[i])): i for i in todo
-                                                             if i not in done})
-                log.error("a worker died (%s); points stopped with it, recorded KILLED: %s; "
-                          "launching the other %d again", str(e).splitlines()[0],
-                          ", ".join(f"#{i}" for i in open_points) or "none",
-                          len(todo) - len(open_points) - sum(i in done for i in todo))
+                open_points = kill_open_points(
+                    self.config, {redact(" ".join(jobs[i])): i for i in todo if i not in done}
+                )
+                log.error(
+                    "a worker died (%s); points stopped with it, recorded KILLED: %s; launching the other %d again",
+                    str(e).splitlines()[0],
+                    ", ".join(f"#{i}" for i in open_points) or "none",
+                    len(todo) - len(open_points) - sum(i in done for i in todo),
+                )
                 for i in open_points:
                     done[i] = _lost(jobs[i])
                 if not open_points and not any(i in done for i in todo):
@@ -83,5 +88,4 @@ class ParallelLauncherConf(JobLibLauncherConf):
     _target_: str = "hydra_plugins.prunelab_launcher.ParallelLauncher"
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="parallel", node=ParallelLauncherConf,
-                             provider="prunelab")
+ConfigStore.instance().store(group="hydra/launcher", name="parallel", node=ParallelLauncherConf, provider="prunelab")

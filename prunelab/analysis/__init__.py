@@ -11,30 +11,45 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import matplotlib
 
 matplotlib.use("Agg")  # files, not windows; notebooks still display the returned figures
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
+from matplotlib.ticker import LogFormatter
+from mlflow.tracking import MlflowClient
 
-from ..names import Artifact, Metric, Role, Tag  # noqa: E402
-from ..tracking import ui as mlflow_ui  # noqa: E402
+from ..names import Artifact, Metric, Role, Tag
+from ..tracking import ui as mlflow_ui
 
 # A curve: one line of a study's figure; a point: one position on it (seeds aggregated). "variant"
 # holds every other setting that differs between the loaded runs (see :func:`variant_of`).
 CURVE = ["model", "dataset", "method", "scope", "criterion", "variant"]
 POINT = [*CURVE, "ratio"]
 # Params that are part of a point's identity through other columns, or that never change a result.
-_NOT_VARIANT = {"seed", "calibration_seed", "ratio", "model", "dataset", "method", "scope", "criterion", "device", "recipe",
-                "model._target_", "dataset._target_", "method._target_", "criterion._target_", "scope._target_",
-                "schedule._target_"}  # the schedule shows by its option (schedule=gradual)
+_NOT_VARIANT = {
+    "seed",
+    "calibration_seed",
+    "ratio",
+    "model",
+    "dataset",
+    "method",
+    "scope",
+    "criterion",
+    "device",
+    "recipe",
+    "model._target_",
+    "dataset._target_",
+    "method._target_",
+    "criterion._target_",
+    "scope._target_",
+    "schedule._target_",
+}  # the schedule shows by its option (schedule=gradual)
 _CASTS = {"ratio": float, "seed": int, "train.epochs": int, "finetune.epochs": int}
 
 
@@ -51,8 +66,7 @@ def experiment_ids(names_or_ids: Iterable[str], client: MlflowClient | None = No
     return ids
 
 
-def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
-              include_sweeps: bool = False) -> pd.DataFrame:
+def load_runs(experiments: Iterable[str], sweep_id: str | None = None, include_sweeps: bool = False) -> pd.DataFrame:
     """Every run of ``experiments`` (names or ids) in the current tracking store
     (``mlflow.set_tracking_uri``), one row each, params cast, prefixes dropped.
 
@@ -64,15 +78,27 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
     raw = mlflow.search_runs(experiment_ids=ids, filter_string=where, output_format="pandas")
     if raw.empty:
         return pd.DataFrame(columns=["run_id", "status", "role", *POINT, "seed", Metric.TEST_ACCURACY])
-    df = pd.DataFrame({"run_id": raw["run_id"], "experiment_id": raw["experiment_id"],
-                       "status": raw["status"], "start_time": raw["start_time"]})
+    df = pd.DataFrame(
+        {
+            "run_id": raw["run_id"],
+            "experiment_id": raw["experiment_id"],
+            "status": raw["status"],
+            "start_time": raw["start_time"],
+        }
+    )
     for prefix in ("params.", "metrics."):
         for col in [c for c in raw.columns if c.startswith(prefix)]:
-            df[col[len(prefix):]] = raw[col]
-    for col in [c[len("params."):] for c in raw.columns if c.startswith("params.")]:
+            df[col[len(prefix) :]] = raw[col]
+    for col in [c[len("params.") :] for c in raw.columns if c.startswith("params.")]:
         df[col] = df[col].mask(df[col] == "None")  # MLflow logs an unset option as "None": unset here
-    for tag, name in ((Tag.ROLE, "role"), (Tag.group("criterion"), "criterion"), (Tag.ERROR, "error"),
-                      (Tag.OVERRIDES, "overrides"), (Tag.RUN_KEY, "run_key"), (Tag.POINT_KEY, "point_key")):
+    for tag, name in (
+        (Tag.ROLE, "role"),
+        (Tag.group("criterion"), "criterion"),
+        (Tag.ERROR, "error"),
+        (Tag.OVERRIDES, "overrides"),
+        (Tag.RUN_KEY, "run_key"),
+        (Tag.POINT_KEY, "point_key"),
+    ):
         if f"tags.{tag}" in raw.columns:
             df[name] = raw[f"tags.{tag}"]
     for col, cast in _CASTS.items():
@@ -84,7 +110,7 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None,
         df = df[df["role"] != Role.SWEEP]
     if "criterion" in df.columns:
         df.loc[df["role"] == Role.DENSE, "criterion"] = "none"
-    df["variant"] = variant_of(df, [c[len("params."):] for c in raw.columns if c.startswith("params.")])
+    df["variant"] = variant_of(df, [c[len("params.") :] for c in raw.columns if c.startswith("params.")])
     for col in POINT:
         if col not in df.columns:
             df[col] = pd.NA
@@ -108,20 +134,37 @@ def expand_levels(df: pd.DataFrame, client: MlflowClient | None = None) -> pd.Da
     client = client or MlflowClient()
     runs, rows = df[df[Metric.LEVEL_TEST_ACCURACY].notna()], []
     for _, run in runs.iterrows():
-        series = {key: {m.step: m.value for m in client.get_metric_history(run["run_id"], key)}
-                  for key in (Metric.SCHEDULE_TARGET, Metric.LEVEL_REMAINING, Metric.LEVEL_TEST_ACCURACY, Metric.LEVEL_VAL_ACCURACY,
-                              Metric.REINIT_TEST_ACCURACY, Metric.REINIT_VAL_ACCURACY)}
+        series = {
+            key: {m.step: m.value for m in client.get_metric_history(run["run_id"], key)}
+            for key in (
+                Metric.SCHEDULE_TARGET,
+                Metric.LEVEL_REMAINING,
+                Metric.LEVEL_TEST_ACCURACY,
+                Metric.LEVEL_VAL_ACCURACY,
+                Metric.REINIT_TEST_ACCURACY,
+                Metric.REINIT_VAL_ACCURACY,
+            )
+        }
         # the control's levels are the run's result in a schedule.control=reinit run
-        test, val = ((Metric.REINIT_TEST_ACCURACY, Metric.REINIT_VAL_ACCURACY) if series[Metric.REINIT_TEST_ACCURACY]
-                     else (Metric.LEVEL_TEST_ACCURACY, Metric.LEVEL_VAL_ACCURACY))
+        test, val = (
+            (Metric.REINIT_TEST_ACCURACY, Metric.REINIT_VAL_ACCURACY)
+            if series[Metric.REINIT_TEST_ACCURACY]
+            else (Metric.LEVEL_TEST_ACCURACY, Metric.LEVEL_VAL_ACCURACY)
+        )
         for level in sorted(series[test]):
             if level == 0 or level not in series[Metric.SCHEDULE_TARGET]:
                 continue
-            rows.append({**run.to_dict(), "level": level, "ratio": series[Metric.SCHEDULE_TARGET][level],
-                         Metric.SPARSITY_PRUNABLE: 1 - series[Metric.LEVEL_REMAINING][level],
-                         Metric.TEST_ACCURACY: series[test][level],
-                         Metric.VAL_ACCURACY: series[val].get(level, float("nan")),
-                         "macs_fraction": float("nan")})
+            rows.append(
+                {
+                    **run.to_dict(),
+                    "level": level,
+                    "ratio": series[Metric.SCHEDULE_TARGET][level],
+                    Metric.SPARSITY_PRUNABLE: 1 - series[Metric.LEVEL_REMAINING][level],
+                    Metric.TEST_ACCURACY: series[test][level],
+                    Metric.VAL_ACCURACY: series[val].get(level, float("nan")),
+                    "macs_fraction": float("nan"),
+                }
+            )
     return pd.concat([df.drop(index=runs.index), pd.DataFrame(rows)], ignore_index=True)
 
 
@@ -134,15 +177,18 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
     from ..experiment.keys import LOCATION, RESULT_PARTS
 
     pruned = df[df["role"] == Role.PRUNED] if "role" in df.columns else df
-    plugins = {p[:-len("._target_")] for p in params if p.endswith("._target_")}
+    plugins = {p[: -len("._target_")] for p in params if p.endswith("._target_")}
 
     # Compared within runs of one model, dataset, method, scope and criterion: a structured run's
     # own method options (ignore, normalize) are not a variant of the unstructured curve.
     named = [c for c in CURVE if c != "variant" and c in pruned.columns]
 
     def differs(p: str) -> bool:
-        if p in _NOT_VARIANT or p.split(".")[0] not in RESULT_PARTS or any(
-                p == i or p.startswith(f"{i}.") for i in LOCATION):
+        if (
+            p in _NOT_VARIANT
+            or p.split(".")[0] not in RESULT_PARTS
+            or any(p == i or p.startswith(f"{i}.") for i in LOCATION)
+        ):
             return False
         node = next((n for n in plugins if p.startswith(f"{n}.")), None)
         frame = pruned[named].assign(value=pruned[p])
@@ -158,13 +204,14 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
         for p in varying:
             if p.endswith("._target_"):
                 option = "none" if pd.isna(row[p]) else str(row[p]).rsplit(".", 1)[-1]
-                parts.append(f"{p[:-len('._target_')]}={option}")
+                parts.append(f"{p[: -len('._target_')]}={option}")
             elif not pd.isna(row[p]):
                 parts.append(f"{p}={row[p]}")
         return " ".join(parts)
 
-    return pd.Series([label(row) for _, row in df.iterrows()] if varying else [""] * len(df),
-                     index=df.index, dtype=object)
+    return pd.Series(
+        [label(row) for _, row in df.iterrows()] if varying else [""] * len(df), index=df.index, dtype=object
+    )
 
 
 def curve_name(key) -> str:
@@ -204,8 +251,7 @@ def pareto_front(df: pd.DataFrame, x: str = Metric.SPARSITY_PRUNABLE, y: str = M
 def metric_history(run_ids: Iterable[str], key: str, client: MlflowClient | None = None) -> pd.DataFrame:
     """Whole curves (e.g. ``finetune.val_accuracy`` per epoch): run_id, step, value."""
     client = client or MlflowClient()
-    rows = [{"run_id": r, "step": m.step, "value": m.value}
-            for r in run_ids for m in client.get_metric_history(r, key)]
+    rows = [{"run_id": r, "step": m.step, "value": m.value} for r in run_ids for m in client.get_metric_history(r, key)]
     return pd.DataFrame(rows, columns=["run_id", "step", "value"])
 
 
@@ -219,7 +265,7 @@ def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None, y: str = Metric
             continue
         curve = curve.sort_values(x_col)
         mean, std = curve[y], curve[f"{y}_std"].fillna(0)
-        line, = ax.plot(curve[x_col], mean, marker="o", label=curve_name(key).replace("-", " / "))
+        (line,) = ax.plot(curve[x_col], mean, marker="o", label=curve_name(key).replace("-", " / "))
         if (curve[f"{y}_count"] > 1).any():
             ax.fill_between(curve[x_col], mean - std, mean + std, color=line.get_color(), alpha=0.2)
     dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")]
@@ -291,8 +337,12 @@ def deployment_points(df: pd.DataFrame) -> pd.DataFrame:
     for form, (acc, lat) in DEPLOYED_FORMS.items():
         if {acc, lat} <= set(pruned.columns):
             rows = pruned.dropna(subset=[acc, lat])
-            frames.append(rows.groupby(POINT, dropna=False).agg(accuracy=(acc, "mean"), latency=(lat, "mean"))
-                          .reset_index().assign(form=form))
+            frames.append(
+                rows.groupby(POINT, dropna=False)
+                .agg(accuracy=(acc, "mean"), latency=(lat, "mean"))
+                .reset_index()
+                .assign(form=form)
+            )
     return pd.concat(frames).sort_values([*POINT, "form"]) if frames else pd.DataFrame()
 
 
@@ -306,12 +356,24 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
         curve = curve.sort_values("ratio")
         ax.plot(curve["latency"], curve["accuracy"], marker="o", label=curve_name(key).replace("-", " / "))
         for _, row in curve.iterrows():
-            ax.annotate(f"{row['ratio']:g}", (row["latency"], row["accuracy"]), fontsize="x-small",
-                        textcoords="offset points", xytext=(3, 3))
+            ax.annotate(
+                f"{row['ratio']:g}",
+                (row["latency"], row["accuracy"]),
+                fontsize="x-small",
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
     dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")]
     if len(dense):
-        ax.plot([1.0], [dense[Metric.TEST_ACCURACY].mean()], marker="*", markersize=12, color="black",
-                linestyle="none", label="dense, PyTorch fp32")
+        ax.plot(
+            [1.0],
+            [dense[Metric.TEST_ACCURACY].mean()],
+            marker="*",
+            markersize=12,
+            color="black",
+            linestyle="none",
+            label="dense, PyTorch fp32",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("CPU latency, batch 64 (fraction of dense fp32; log scale)")
     ax.set_ylabel("test accuracy")
@@ -322,9 +384,11 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
 
 # Curve axes logged as MLflow metric series: name -> (column, the dense model's position on it).
 # Each axis plots a value: test accuracy, or test perplexity for language models.
-CURVE_AXES = {"accuracy_vs_sparsity": (Metric.SPARSITY_PRUNABLE, 0.0, Metric.TEST_ACCURACY),
-              "accuracy_vs_macs": ("macs_fraction", 1.0, Metric.TEST_ACCURACY),
-              "perplexity_vs_sparsity": (Metric.SPARSITY_PRUNABLE, 0.0, Metric.TEST_PERPLEXITY)}
+CURVE_AXES = {
+    "accuracy_vs_sparsity": (Metric.SPARSITY_PRUNABLE, 0.0, Metric.TEST_ACCURACY),
+    "accuracy_vs_macs": ("macs_fraction", 1.0, Metric.TEST_ACCURACY),
+    "perplexity_vs_sparsity": (Metric.SPARSITY_PRUNABLE, 0.0, Metric.TEST_PERPLEXITY),
+}
 
 
 def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
@@ -386,8 +450,12 @@ def ui_links(df: pd.DataFrame, ui: str | None = None) -> pd.Series:
     """The MLflow UI address of each run in ``df`` (from :func:`load_runs`), opened on the runs
     ("Model training"), for the current tracking store; ``ui`` overrides where the UI is served."""
     base = mlflow_ui.base_url(mlflow.get_tracking_uri(), ui)
-    return pd.Series([mlflow_ui.run_url(base, e, r) for e, r in zip(df["experiment_id"], df["run_id"])],
-                     index=df.index, name="mlflow_ui", dtype=object)
+    return pd.Series(
+        [mlflow_ui.run_url(base, e, r) for e, r in zip(df["experiment_id"], df["run_id"])],
+        index=df.index,
+        name="mlflow_ui",
+        dtype=object,
+    )
 
 
 def summary_note(df: pd.DataFrame) -> str:
@@ -401,30 +469,38 @@ def summary_note(df: pd.DataFrame) -> str:
     title = " on ".join(str(table[c].iloc[0]) for c in shared) if len(table) else ""
     dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")][Metric.TEST_ACCURACY]
     reference = f"Dense model: test accuracy {dense.mean():.4f} ({len(dense)} run(s)).\n\n" if len(dense) else ""
-    note = (f"## Accuracy vs sparsity{': ' + title if title else ''}\n\n{reference}"
-            f"{markdown_table(table.drop(columns=shared))}\n\n"
-            "Curves: metrics `accuracy_vs_sparsity/*` and `accuracy_vs_macs/*` (step = per mille); "
-            "figures and `points.csv` in the artifacts.\n")
+    note = (
+        f"## Accuracy vs sparsity{': ' + title if title else ''}\n\n{reference}"
+        f"{markdown_table(table.drop(columns=shared))}\n\n"
+        "Curves: metrics `accuracy_vs_sparsity/*` and `accuracy_vs_macs/*` (step = per mille); "
+        "figures and `points.csv` in the artifacts.\n"
+    )
     if Metric.TEST_PERPLEXITY in df.columns and df[Metric.TEST_PERPLEXITY].notna().any():
         ppl = aggregate_seeds(df, Metric.TEST_PERPLEXITY).rename(
-            columns={"test_perplexity_std": "± std", "test_perplexity_count": "seeds"})
+            columns={"test_perplexity_std": "± std", "test_perplexity_count": "seeds"}
+        )
         if (ppl["variant"].fillna("") == "").all():
             ppl = ppl.drop(columns="variant")
         dense_ppl = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")][Metric.TEST_PERPLEXITY]
-        note += (f"\n## Perplexity vs sparsity\n\nDense model: test perplexity {dense_ppl.mean():.3f}.\n\n"
-                 f"{markdown_table(ppl.drop(columns=[c for c in shared if c in ppl.columns]), floatfmt='.3f')}\n")
+        note += (
+            f"\n## Perplexity vs sparsity\n\nDense model: test perplexity {dense_ppl.mean():.3f}.\n\n"
+            f"{markdown_table(ppl.drop(columns=[c for c in shared if c in ppl.columns]), floatfmt='.3f')}\n"
+        )
     deployment = deployment_points(df)
     if not deployment.empty and deployment["form"].nunique() > 1:
-        wide = deployment.pivot_table(index=[c for c in POINT if c not in shared], columns="form",
-                                      values=["accuracy", "latency"], dropna=False)
+        wide = deployment.pivot_table(
+            index=[c for c in POINT if c not in shared], columns="form", values=["accuracy", "latency"], dropna=False
+        )
         wide = wide.dropna(axis=1, how="all")
         wide.columns = [f"{'test accuracy' if v == 'accuracy' else 'latency b64'}, {form}" for v, form in wide.columns]
         wide = wide.reset_index()
         if (wide["variant"].fillna("") == "").all():
             wide = wide.drop(columns="variant")
-        note += ("\n## Accuracy vs CPU latency\n\nBatch-64 latency as a fraction of the dense PyTorch fp32 "
-                 "model (cost ledger, timed in one alternation per run), seeds averaged.\n\n"
-                 f"{markdown_table(wide)}\n")
+        note += (
+            "\n## Accuracy vs CPU latency\n\nBatch-64 latency as a fraction of the dense PyTorch fp32 "
+            "model (cost ledger, timed in one alternation per run), seeds averaged.\n\n"
+            f"{markdown_table(wide)}\n"
+        )
     return note
 
 

@@ -9,5 +9,16 @@ from .images import digits, fashion_mnist, synthetic
 from .splits import Split, Splits, make_splits
 from .text import fortunes, wikitext2
 
-__all__ = ["DataError", "Split", "Splits", "cache_dir", "digits", "fashion_mnist", "file_sha256", "fortunes",
-           "make_splits", "synthetic", "wikitext2"]
+__all__ = [
+    "DataError",
+    "Split",
+    "Splits",
+    "cache_dir",
+    "digits",
+    "fashion_mnist",
+    "file_sha256",
+    "fortunes",
+    "make_splits",
+    "synthetic",
+    "wikitext2",
+]

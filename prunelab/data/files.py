@@ -7,8 +7,8 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 
@@ -46,4 +46,3 @@ def download(url: str, dest: Path, sha256: str | None, opener: Callable = open) 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-

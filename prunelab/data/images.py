@@ -36,8 +36,10 @@ def read_idx(path: str | os.PathLike, sha256: str | None = None) -> torch.Tensor
     except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
         raise DataError(f"{path} is not a readable IDX file ({e}); delete it and fetch it again") from e
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise DataError(f"{path} does not match its checksum: delete it and fetch it again "
-                        "(or pass dataset.verify=false for a modified copy)")
+        raise DataError(
+            f"{path} does not match its checksum: delete it and fetch it again "
+            "(or pass dataset.verify=false for a modified copy)"
+        )
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number); delete it and fetch it again")
     ndim = data[3]
@@ -87,16 +89,16 @@ def candidate_dirs(root: str | os.PathLike | None = None) -> list[Path]:
     return [p for d in dirs for p in (d, d / "fashion-mnist")]
 
 
-
-def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
-                       checksums: dict[str, str] | None = None) -> Path:
+def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL, checksums: dict[str, str] | None = None) -> Path:
     """Return a directory holding the four Fashion-MNIST files, downloading them if needed (into
     ``root`` when given, else the user cache)."""
     checksums = FASHION_MNIST_SHA256 if checksums is None else checksums
     names = list(checksums)
     if root and not Path(root).expanduser().is_dir():
-        raise DataError(f"dataset.root={root} is not a folder: create it, fix the path, or leave "
-                        "dataset.root unset to use the installed or cached copy")
+        raise DataError(
+            f"dataset.root={root} is not a folder: create it, fix the path, or leave "
+            "dataset.root unset to use the installed or cached copy"
+        )
     for d in candidate_dirs(root):
         if all((d / n).is_file() for n in names):
             log.debug("Fashion-MNIST found in %s", d)
@@ -117,8 +119,10 @@ def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
         reason = "downloading is disabled (dataset.url=null)"
     if root:
         missing = [n for n in names if not (target / n).is_file()]
-        raise DataError(f"dataset.root={root} lacks {', '.join(missing)} and {reason}: put the four "
-                        "*-ubyte.gz files there, or leave dataset.root unset")
+        raise DataError(
+            f"dataset.root={root} lacks {', '.join(missing)} and {reason}: put the four "
+            "*-ubyte.gz files there, or leave dataset.root unset"
+        )
     searched = ", ".join(str(d) for d in candidate_dirs()[::2])
     raise DataError(
         f"Fashion-MNIST not found in {searched} and {reason}: install Debian's "
@@ -127,8 +131,9 @@ def find_fashion_mnist(root=None, url: str | None = FASHION_MNIST_URL,
     )
 
 
-def fashion_mnist(root=None, val_size: int = 5000, seed: int = 0,
-                  url: str | None = FASHION_MNIST_URL, verify: bool = True) -> Splits:
+def fashion_mnist(
+    root=None, val_size: int = 5000, seed: int = 0, url: str | None = FASHION_MNIST_URL, verify: bool = True
+) -> Splits:
     """Fashion-MNIST (60k train / 10k test, 1x28x28, 10 classes) from IDX ``.gz`` files.
 
     A sweep runs its points in one process: the files are read, checked and standardised once per
@@ -136,22 +141,25 @@ def fashion_mnist(root=None, val_size: int = 5000, seed: int = 0,
     (``val_size``, ``seed``) variants are kept, ~220 MB each, so a sweep over three seeds, whose
     points alternate between them, still loads each once."""
     folder = find_fashion_mnist(root, url)
-    stamp = tuple((st.st_ino, st.st_size, st.st_mtime_ns)
-                  for st in (os.stat(folder / name) for name in FASHION_MNIST_SHA256))
+    stamp = tuple(
+        (st.st_ino, st.st_size, st.st_mtime_ns) for st in (os.stat(folder / name) for name in FASHION_MNIST_SHA256)
+    )
     return _fashion_mnist_splits(folder.resolve(), stamp, val_size, seed, verify)
 
 
 @functools.lru_cache(maxsize=4)
 def _fashion_mnist_splits(folder: Path, stamp: tuple, val_size: int, seed: int, verify: bool) -> Splits:
     """The splits of the files in ``folder`` as they were at ``stamp`` (the memo's key)."""
+
     def load(kind):
         name = f"{kind}-ubyte.gz"
         return read_idx(folder / name, FASHION_MNIST_SHA256[name] if verify else None)
 
     x_train, y_train = load("train-images-idx3"), load("train-labels-idx1")
     x_test, y_test = load("t10k-images-idx3"), load("t10k-labels-idx1")
-    return make_splits("fashion_mnist", x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test,
-                       10, val_size, seed, scale=255.0)
+    return make_splits(
+        "fashion_mnist", x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test, 10, val_size, seed, scale=255.0
+    )
 
 
 # --- scikit-learn's digits and synthetic data -------------------------------------------------
@@ -169,12 +177,20 @@ def digits(val_size: int = 180, test_size: int = 360, seed: int = 0) -> Splits:
     y = torch.from_numpy(bunch.target.astype(np.int64))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     x, y = x[order], y[order]
-    return make_splits("digits", x[:-test_size], y[:-test_size], x[-test_size:], y[-test_size:],
-                       10, val_size, seed, scale=16.0)
+    return make_splits(
+        "digits", x[:-test_size], y[:-test_size], x[-test_size:], y[-test_size:], 10, val_size, seed, scale=16.0
+    )
 
 
-def synthetic(in_shape=(1, 8, 8), num_classes: int = 10, train_size: int = 512,
-              test_size: int = 256, val_size: int = 64, noise: float = 1.0, seed: int = 0) -> Splits:
+def synthetic(
+    in_shape=(1, 8, 8),
+    num_classes: int = 10,
+    train_size: int = 512,
+    test_size: int = 256,
+    val_size: int = 64,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> Splits:
     """Gaussian class prototypes plus noise: learnable in one epoch, for tests and smoke runs.
 
     The prototypes are fixed (seed 0) so that train and test share a task whatever ``seed`` is."""

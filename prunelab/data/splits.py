@@ -24,7 +24,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -52,13 +52,13 @@ class Splits:
         x = x.cpu()
         return x * self.std + self.mean if x.is_floating_point() else x
 
-    def to(self, device) -> "Splits":
-        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
-                                   test=self.test.to(device))
+    def to(self, device) -> Splits:
+        return dataclasses.replace(
+            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+        )
 
 
-def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, seed,
-                scale: float = 1.0) -> Splits:
+def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, seed, scale: float = 1.0) -> Splits:
     """Hold out ``val_size`` training samples (chosen by ``seed``) and standardise all splits with
     the mean/std of what remains for training, so no test statistic leaks into the inputs.
 
@@ -81,6 +81,7 @@ def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, s
         val=Split(norm(x_train[val_idx]), y_train[val_idx].long()),
         test=Split(norm(x_test), y_test.long()),
         num_classes=num_classes,
-        mean=mean.item(), std=std.item(), test_raw=x_test,
+        mean=mean.item(),
+        std=std.item(),
+        test_raw=x_test,
     )
-

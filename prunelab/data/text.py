@@ -45,8 +45,8 @@ def windows(text: bytes, seq_len: int) -> Split:
     n = (len(tokens) - 1) // seq_len
     if n < 1:
         raise DataError(f"a split of {len(tokens)} bytes is shorter than one window of seq_len={seq_len} + 1")
-    x = tokens[:n * seq_len].view(n, seq_len)
-    y = tokens[1:n * seq_len + 1].view(n, seq_len)
+    x = tokens[: n * seq_len].view(n, seq_len)
+    y = tokens[1 : n * seq_len + 1].view(n, seq_len)
     return Split(x, y)
 
 
@@ -58,11 +58,16 @@ def fortunes(root=None, seq_len: int = 128, seed: int = 0) -> Splits:
     """Debian's fortunes (``root``: the folder of the fortune files, default the package's). The
     splits are fixed: ``seed`` (the run's) changes nothing here."""
     folder = Path(root).expanduser() if root else FORTUNES_DIR
-    files = sorted(p for p in folder.glob("*") if p.is_file() and not p.is_symlink() and p.suffix != ".dat") \
-        if folder.is_dir() else []
+    files = (
+        sorted(p for p in folder.glob("*") if p.is_file() and not p.is_symlink() and p.suffix != ".dat")
+        if folder.is_dir()
+        else []
+    )
     if not files:
-        raise DataError(f"no fortune files in {folder}: install Debian's fortunes package "
-                        "(apt-get install fortunes), or pass dataset.root=FOLDER")
+        raise DataError(
+            f"no fortune files in {folder}: install Debian's fortunes package "
+            "(apt-get install fortunes), or pass dataset.root=FOLDER"
+        )
     records = [r.strip() for p in files for r in p.read_bytes().split(b"\n%\n") if r.strip(b"%\n ")]
     parts = ([], [], [])  # train, val, test
     for i, record in enumerate(records):
@@ -84,8 +89,10 @@ def find_wikitext2(root=None, url: str | None = WIKITEXT2_URL, sha256: str | Non
                 return sub
     target = dirs[-1] if not root else dirs[0]
     if not url:
-        raise DataError(f"WikiText-2 not found in {', '.join(map(str, dirs))} and downloading is disabled "
-                        "(dataset.url=null): put wiki.train.raw, wiki.valid.raw and wiki.test.raw there")
+        raise DataError(
+            f"WikiText-2 not found in {', '.join(map(str, dirs))} and downloading is disabled "
+            "(dataset.url=null): put wiki.train.raw, wiki.valid.raw and wiki.test.raw there"
+        )
     archive = target / "wikitext-2-raw-v1.zip"
     try:
         if not archive.is_file():
@@ -98,16 +105,19 @@ def find_wikitext2(root=None, url: str | None = WIKITEXT2_URL, sha256: str | Non
                 if Path(info.filename).name in WIKITEXT2_FILES:
                     (target / Path(info.filename).name).write_bytes(z.read(info))
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"WikiText-2 download from {url} failed ({e}): put the three wiki.*.raw files "
-                        f"in {target}, or pass dataset.root=FOLDER") from e
+        raise DataError(
+            f"WikiText-2 download from {url} failed ({e}): put the three wiki.*.raw files "
+            f"in {target}, or pass dataset.root=FOLDER"
+        ) from e
     missing = [n for n in WIKITEXT2_FILES if not (target / n).is_file()]
     if missing:
         raise DataError(f"the WikiText-2 archive from {url} lacks {', '.join(missing)}")
     return target
 
 
-def wikitext2(root=None, seq_len: int = 128, url: str | None = WIKITEXT2_URL,
-              sha256: str | None = WIKITEXT2_SHA256, seed: int = 0) -> Splits:
+def wikitext2(
+    root=None, seq_len: int = 128, url: str | None = WIKITEXT2_URL, sha256: str | None = WIKITEXT2_SHA256, seed: int = 0
+) -> Splits:
     """WikiText-2 (raw), its published train / validation / test files, as bytes (fixed splits:
     ``seed`` changes nothing)."""
     folder = find_wikitext2(root, url, sha256)

@@ -32,7 +32,7 @@ def kmeans_codebook(values: np.ndarray, bits: int = 5, iterations: int = 50) -> 
     """``2**bits - 1`` shared values for ``values`` (1-D): Lloyd's k-means from a linear
     initialisation over [min, max] (the initialisation Han et al. found best: it keeps the rare
     large weights, which matter most). One level is left for the filler zero."""
-    levels = min(2 ** bits - 1, 255)
+    levels = min(2**bits - 1, 255)
     values = np.sort(values.astype(np.float64))
     if values.size == 0:
         return np.zeros(0, np.float32)
@@ -52,7 +52,7 @@ def kmeans_codebook(values: np.ndarray, bits: int = 5, iterations: int = 50) -> 
 
 def linear_codebook(values: np.ndarray, bits: int = 8) -> np.ndarray:
     """``2**bits - 1`` evenly spaced levels over [min, max] of ``values``: 8-bit linear quantization."""
-    levels = min(2 ** bits - 1, 255)
+    levels = min(2**bits - 1, 255)
     if values.size == 0:
         return np.zeros(0, np.float32)
     return np.linspace(values.min(), values.max(), levels).astype(np.float32)
@@ -89,8 +89,7 @@ def encode(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], codeb
             positions = np.flatnonzero(keep)
             kept = array.reshape(-1)[positions]
             levels = np.sort(np.asarray(codebook(kept), dtype=np.float32))
-            gaps, codes = _relative(positions, _nearest(kept, levels) if len(levels) else
-                                    np.zeros(0, np.uint8))
+            gaps, codes = _relative(positions, _nearest(kept, levels) if len(levels) else np.zeros(0, np.uint8))
             table = np.concatenate([[0.0], levels]).astype(np.float32)  # code 0: the filler zero
             entry.update(kind="sparse", entries=len(gaps), levels=len(table))
             chunks += [table.tobytes(), gaps.tobytes(), codes.tobytes()]
@@ -107,7 +106,7 @@ def decode(blob: bytes) -> dict:
     """The state dict stored in a prunelab compact file (pruned weights as their shared values)."""
     data = lzma.decompress(blob)
     size = int.from_bytes(data[:4], "little")
-    header, offset = json.loads(data[4:4 + size]), 4 + size
+    header, offset = json.loads(data[4 : 4 + size]), 4 + size
     state = {}
     for t in header["tensors"]:
         count = math.prod(t["shape"])

@@ -26,8 +26,8 @@ import copy
 import io
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -36,8 +36,19 @@ from torch import nn
 from ..names import Metric
 from ..pruning.mask import Mask
 from .compact import decode, decoder_source, encode
-from .onnx import (OUTPUT, PIXELS, TOKENS, Deployed, OnnxModel, accuracy, deployed, export, input_name,
-                   onnx_model, program_bytes)
+from .onnx import (
+    OUTPUT,
+    PIXELS,
+    TOKENS,
+    Deployed,
+    OnnxModel,
+    accuracy,
+    deployed,
+    export,
+    input_name,
+    onnx_model,
+    program_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +63,11 @@ def sparse_state(model: nn.Module, mask: Mask) -> dict:
     for name in mask.prunable:
         keep = mask.masks[name].cpu()
         weight = state.pop(name)
-        sparse[name] = {"shape": list(keep.shape),
-                        "bitmask": torch.from_numpy(np.packbits(keep.flatten().numpy())),
-                        "values": weight[keep].clone()}
+        sparse[name] = {
+            "shape": list(keep.shape),
+            "bitmask": torch.from_numpy(np.packbits(keep.flatten().numpy())),
+            "values": weight[keep].clone(),
+        }
     return {"format": SPARSE_FORMAT, "dense": state, "sparse": sparse}
 
 
@@ -154,15 +167,21 @@ for name, e in saved["sparse"].items():
 @dataclass
 class Handover:
     """The hand-over files (``{"model/<name>": bytes}``) and what the runner checks them with."""
+
     files: dict[str, bytes] = field(default_factory=dict)
     onnx: bytes | None = None
     int8: bytes | None = None
     compact: bytes | None = None
 
 
-def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None = None,
-             structured: bool = False, quantize: Callable[[bytes], bytes] | None = None,
-             codebook: Callable | None = None) -> Handover:
+def handover(
+    shipped: Deployed,
+    example_input: torch.Tensor,
+    mask: Mask | None = None,
+    structured: bool = False,
+    quantize: Callable[[bytes], bytes] | None = None,
+    codebook: Callable | None = None,
+) -> Handover:
     """The hand-over files of ``shipped``: the network that ships (the shrunk one for structured
     pruning, the masked one otherwise) behind its standardisation, see :func:`prunelab.deploy.onnx.deployed`.
     ``example_input`` (one batch) fixes the input shape; ``mask`` adds the unstructured sparse
@@ -198,8 +217,9 @@ def handover(shipped: Deployed, example_input: torch.Tensor, mask: Mask | None =
         if quantize is not None:
             out.int8 = files["model/model.int8.onnx"] = quantize(out.onnx)
     inputs = INPUTS[name].format(shape=shape, mean=float(shipped.mean), std=float(shipped.std))
-    files["model/README.md"] = README.format(what=what, inputs=inputs, extra=extra, input=name, output=OUTPUT,
-                                             int8=INT8 if out.int8 is not None else "").encode()
+    files["model/README.md"] = README.format(
+        what=what, inputs=inputs, extra=extra, input=name, output=OUTPUT, int8=INT8 if out.int8 is not None else ""
+    ).encode()
     return out
 
 
@@ -208,6 +228,7 @@ class HandedOver:
     """The run's hand-over: its files (``{"model/<name>": bytes}``), the test accuracy of each file
     that runs on its own (``handover.onnx.test_accuracy``, ``int8.*``, ``compact.*``), and the ONNX
     models the cost ledger times when the run quantizes."""
+
     files: dict[str, bytes]
     accuracies: dict[str, float]
     onnx: bytes | None = None
@@ -215,19 +236,32 @@ class HandedOver:
     compact_bytes: int | None = None
 
 
-def hand_over(net: nn.Module, mean: float, std: float, example_input: torch.Tensor, mask: Mask | None,
-              structured: bool, test: tuple[torch.Tensor, torch.Tensor],
-              quantize: Callable[[bytes, torch.Tensor], bytes] | None = None,
-              calibration: torch.Tensor | None = None, codebook: Callable | None = None) -> HandedOver:
+def hand_over(
+    net: nn.Module,
+    mean: float,
+    std: float,
+    example_input: torch.Tensor,
+    mask: Mask | None,
+    structured: bool,
+    test: tuple[torch.Tensor, torch.Tensor],
+    quantize: Callable[[bytes, torch.Tensor], bytes] | None = None,
+    calibration: torch.Tensor | None = None,
+    codebook: Callable | None = None,
+) -> HandedOver:
     """The hand-over files of ``net`` (the network that ships: shrunk, or masked) behind its input
     standardisation (``mean``, ``std``), checked on the raw ``test`` inputs and labels:
     ``quantize`` (ONNX bytes and raw ``calibration`` inputs -> int8 ONNX bytes) adds the int8
     model, ``codebook`` the compact file of an unstructured ``mask``. Takes and returns plain
     values, so it can run in another process."""
     ship = deployed(net, mean, std)
-    made = handover(ship, example_input, mask, structured=structured,
-                    quantize=(lambda onnx: quantize(onnx, calibration)) if quantize is not None else None,
-                    codebook=codebook)
+    made = handover(
+        ship,
+        example_input,
+        mask,
+        structured=structured,
+        quantize=(lambda onnx: quantize(onnx, calibration)) if quantize is not None else None,
+        codebook=codebook,
+    )
     x, y = test
     checked = {}
     if made.compact is not None:  # the shared values change the weights: its own accuracy
@@ -238,5 +272,6 @@ def hand_over(net: nn.Module, mean: float, std: float, example_input: torch.Tens
         if model is not None:
             name = Metric.HANDOVER_ONNX_ACCURACY if role == "onnx" else Metric.INT8_ACCURACY
             checked[name] = accuracy(OnnxModel(model), x, y)
-    return HandedOver(made.files, checked, made.onnx, made.int8,
-                      len(made.compact) if made.compact is not None else None)
+    return HandedOver(
+        made.files, checked, made.onnx, made.int8, len(made.compact) if made.compact is not None else None
+    )

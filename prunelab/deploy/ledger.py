@@ -24,7 +24,7 @@ import copy
 import io
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -44,9 +44,16 @@ def state_bytes(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES, threads: int = 1,
-                 budget_s: float = 0.75, block_s: float = 0.01, max_rounds: int = 25,
-                 example: torch.Tensor | None = None) -> dict[tuple[str, int], float]:
+def latencies_ms(
+    models: dict[str, nn.Module],
+    in_shape,
+    batch_sizes=BATCH_SIZES,
+    threads: int = 1,
+    budget_s: float = 0.75,
+    block_s: float = 0.01,
+    max_rounds: int = 25,
+    example: torch.Tensor | None = None,
+) -> dict[tuple[str, int], float]:
     """Median CPU latency in ms of one forward pass, per (model name, batch size).
 
     Per batch size: every model is warmed up and its block size (calls per timed block, about
@@ -62,8 +69,9 @@ def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES
             x = example[:1].repeat(b, *[1] * (example.dim() - 1))
         else:
             x = torch.randn(b, *in_shape)
-        timers = {name: Timer("model(x)", globals={"model": m, "x": x}, num_threads=threads)
-                  for name, m in models.items()}
+        timers = {
+            name: Timer("model(x)", globals={"model": m, "x": x}, num_threads=threads) for name, m in models.items()
+        }
         number = {}
         for name, timer in timers.items():
             once = timer.blocked_autorange(min_run_time=block_s).median
@@ -71,7 +79,8 @@ def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES
         times: dict[str, list[float]] = {name: [] for name in models}
         order, start = list(timers), time.perf_counter()
         while len(times[order[0]]) < max_rounds and (
-                len(times[order[0]]) < 3 or time.perf_counter() - start < budget_s):
+            len(times[order[0]]) < 3 or time.perf_counter() - start < budget_s
+        ):
             for name in order:
                 times[name].append(timers[name].timeit(number[name]).median)
             order.reverse()
@@ -79,11 +88,17 @@ def latencies_ms(models: dict[str, nn.Module], in_shape, batch_sizes=BATCH_SIZES
     return out
 
 
-def cost_ledger(dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor,
-                mask: Mask | None = None, shrunk: nn.Module | None = None, latency: bool = True,
-                threads: int = 1, file_bytes: int | None = None,
-                runtimes: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] | None = None
-                ) -> dict[str, float]:
+def cost_ledger(
+    dense: nn.Module,
+    pruned: nn.Module,
+    example_input: torch.Tensor,
+    mask: Mask | None = None,
+    shrunk: nn.Module | None = None,
+    latency: bool = True,
+    threads: int = 1,
+    file_bytes: int | None = None,
+    runtimes: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] | None = None,
+) -> dict[str, float]:
     """The cost metrics of one run: ``cost.{dense,pruned}.{params,nonzero_params,macs,
     nonzero_macs,file_bytes,latency_b1_ms,latency_b64_ms}`` and ``cost.ratio.*`` (pruned / dense).
 

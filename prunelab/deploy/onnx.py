@@ -18,9 +18,9 @@ import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -64,8 +64,11 @@ def export(model: nn.Module, example_input: torch.Tensor) -> torch.export.Export
     try:
         return torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as e:
-        log.warning("the pruned model could not be exported with torch.export (%s); "
-                    "hand-over has no program.pt2 and no model.onnx", str(e).splitlines()[0])
+        log.warning(
+            "the pruned model could not be exported with torch.export (%s); "
+            "hand-over has no program.pt2 and no model.onnx",
+            str(e).splitlines()[0],
+        )
         return None
 
 
@@ -99,8 +102,9 @@ def onnx_model(program: torch.export.ExportedProgram, input: str = PIXELS) -> by
             # graph can hold clashing value names (e.g. a BatchNorm's "mean") that ONNX Runtime rejects.
             onnx_program = torch.onnx.export(program, verbose=False, input_names=[input], output_names=[OUTPUT])
     except Exception as e:
-        log.warning("the pruned model could not be translated to ONNX (%s); hand-over has no model.onnx",
-                    str(e).splitlines()[0])
+        log.warning(
+            "the pruned model could not be translated to ONNX (%s); hand-over has no model.onnx", str(e).splitlines()[0]
+        )
         return None
     return onnx_program.model_proto.SerializeToString()
 
@@ -119,24 +123,30 @@ class OnnxModel:
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out, = self.session.run([OUTPUT], {self.input: x.detach().cpu().numpy()})
+        (out,) = self.session.run([OUTPUT], {self.input: x.detach().cpu().numpy()})
         return torch.from_numpy(out)
 
 
 @torch.no_grad()
-def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1000) -> float:
+def accuracy(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
+) -> float:
     """Top-1 accuracy of ``model`` (any callable: module, exported program, :class:`OnnxModel`),
     per label: per token for a language model (one label per position), as ``train.evaluate``."""
     correct = 0
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size])
-        correct += int((logits.argmax(1).cpu() == y[start:start + batch_size].cpu()).sum())
+        logits = model(x[start : start + batch_size])
+        correct += int((logits.argmax(1).cpu() == y[start : start + batch_size].cpu()).sum())
     return correct / y.numel()
 
 
-def int8(model: bytes, calibration: torch.Tensor, per_channel: bool = True, calibration_batches: int = 8,
-         batch_size: int = 64) -> bytes:
+def int8(
+    model: bytes,
+    calibration: torch.Tensor,
+    per_channel: bool = True,
+    calibration_batches: int = 8,
+    batch_size: int = 64,
+) -> bytes:
     """``model`` (ONNX, fp32) with int8 weights and activations: ONNX Runtime's static quantizer
     (QDQ format, weights int8 per output channel, activations uint8), its activation ranges
     calibrated (min-max) on the first ``calibration_batches`` batches of ``calibration`` (raw
@@ -152,8 +162,10 @@ def int8(model: bytes, calibration: torch.Tensor, per_channel: bool = True, cali
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(calibration[i * batch_size:(i + 1) * batch_size]
-                                for i in range(min(calibration_batches, -(-len(calibration) // batch_size))))
+            self.batches = iter(
+                calibration[i * batch_size : (i + 1) * batch_size]
+                for i in range(min(calibration_batches, -(-len(calibration) // batch_size)))
+            )
 
         def get_next(self):
             x = next(self.batches, None)
@@ -166,7 +178,13 @@ def int8(model: bytes, calibration: torch.Tensor, per_channel: bool = True, cali
         fp32, prepared, quantized = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         fp32.write_bytes(model)
         quant_pre_process(str(fp32), str(prepared))  # shape inference + graph optimisation first
-        quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         return quantized.read_bytes()

@@ -15,10 +15,10 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 import torch
@@ -81,8 +81,9 @@ def _load_verified(model: nn.Module, key: str, weights: Path, meta: Path) -> dic
     return info
 
 
-def dense_model(model: nn.Module, key: str, cache_dir: Path,
-                train: Callable[[nn.Module], tuple[list[EpochResult], float, float]]) -> DenseResult:
+def dense_model(
+    model: nn.Module, key: str, cache_dir: Path, train: Callable[[nn.Module], tuple[list[EpochResult], float, float]]
+) -> DenseResult:
     """Load the cached weights for ``key`` into ``model``, or ``train(model)`` and cache them.
 
     ``train`` returns ``(history, val_accuracy, test_accuracy)``."""
@@ -95,8 +96,13 @@ def dense_model(model: nn.Module, key: str, cache_dir: Path,
             try:
                 info = _load_verified(model, key, weights, meta)
                 log.info("dense model %s loaded from %s (no training)", key, weights)
-                return DenseResult(key, [EpochResult(**e) for e in info["history"]],
-                                   info["val_accuracy"], info["test_accuracy"], from_cache=True)
+                return DenseResult(
+                    key,
+                    [EpochResult(**e) for e in info["history"]],
+                    info["val_accuracy"],
+                    info["test_accuracy"],
+                    from_cache=True,
+                )
             except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
                 log.warning("dense model cache %s not used, retraining: %s", weights, e)
                 for path in (weights, meta):
@@ -104,8 +110,13 @@ def dense_model(model: nn.Module, key: str, cache_dir: Path,
                 model.load_state_dict(initial)
         history, val_acc, test_acc = train(model)
         atomic_save(model.state_dict(), weights, torch.save)
-        info = {"key": key, "sha256": file_sha256(weights), "history": [asdict(e) for e in history],
-                "val_accuracy": val_acc, "test_accuracy": test_acc}
+        info = {
+            "key": key,
+            "sha256": file_sha256(weights),
+            "history": [asdict(e) for e in history],
+            "val_accuracy": val_acc,
+            "test_accuracy": test_acc,
+        }
         atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
         log.info("dense model %s trained and cached in %s", key, weights)
         return DenseResult(key, history, val_acc, test_acc, from_cache=False)
@@ -116,8 +127,14 @@ class DenseRun:
     trains, so its epochs appear as they finish and an interrupted training leaves a KILLED run
     holding them; or logged from the cache, once per dense model and experiment."""
 
-    def __init__(self, experiment_id: str, key: RunKey, params: dict[str, str], parent_run_id: str | None = None,
-                 sweep_tags: dict[str, str] | None = None):
+    def __init__(
+        self,
+        experiment_id: str,
+        key: RunKey,
+        params: dict[str, str],
+        parent_run_id: str | None = None,
+        sweep_tags: dict[str, str] | None = None,
+    ):
         self.experiment_id, self.key, self.params = experiment_id, key, params
         self.parent_run_id, self.sweep_tags = parent_run_id, dict(sweep_tags or {})
 
@@ -127,17 +144,30 @@ class DenseRun:
 
     @staticmethod
     def _log_epoch(e: EpochResult) -> None:
-        store.log_metrics({Metric.TRAIN_LOSS: e.loss, Metric.TRAIN_ACCURACY: e.train_accuracy,
-                           Metric.TRAIN_VAL_ACCURACY: e.val_accuracy}, step=e.epoch)
+        store.log_metrics(
+            {
+                Metric.TRAIN_LOSS: e.loss,
+                Metric.TRAIN_ACCURACY: e.train_accuracy,
+                Metric.TRAIN_VAL_ACCURACY: e.val_accuracy,
+            },
+            step=e.epoch,
+        )
 
     @staticmethod
     def _log_result(model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
         ppl = perplexity(model, data.test, "test_")
-        store.log_metrics({Metric.TEST_ACCURACY: test_accuracy, Metric.VAL_ACCURACY: val_accuracy,
-                           Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): test_accuracy,
-                           Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): val_accuracy,
-                           **ppl, **{Metric.at(Metric.DENSE, k): v for k, v in ppl.items()},
-                           **sparsity_summary(layer_table(model)), Metric.SPARSITY_PRUNABLE: 0.0})
+        store.log_metrics(
+            {
+                Metric.TEST_ACCURACY: test_accuracy,
+                Metric.VAL_ACCURACY: val_accuracy,
+                Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): test_accuracy,
+                Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): val_accuracy,
+                **ppl,
+                **{Metric.at(Metric.DENSE, k): v for k, v in ppl.items()},
+                **sparsity_summary(layer_table(model)),
+                Metric.SPARSITY_PRUNABLE: 0.0,
+            }
+        )
 
     def train(self, model, data: Splits, recipe: Recipe, seed: int) -> tuple[list[EpochResult], float, float]:
         """Train ``model`` (the dense cache calls this) with the run open; returns its history and

@@ -30,8 +30,25 @@ NAMED = ("model", "dataset", "method", "criterion", "scope", "schedule")
 # What decides a run's result or its metrics (measure_latency, handover: a run without timings
 # or hand-over files lacks metrics a run with them has). Everything else (tracking, cache, force,
 # hydra, labels) does not.
-RESULT_PARTS = ("model", "dataset", "method", "criterion", "scope", "schedule", "ratio", "seed", "train", "finetune",
-                "quantize", "codebook", "budget", "plan", "measure_latency", "handover", "calibration_seed")
+RESULT_PARTS = (
+    "model",
+    "dataset",
+    "method",
+    "criterion",
+    "scope",
+    "schedule",
+    "ratio",
+    "seed",
+    "train",
+    "finetune",
+    "quantize",
+    "codebook",
+    "budget",
+    "plan",
+    "measure_latency",
+    "handover",
+    "calibration_seed",
+)
 SEEDS = ("seed", "calibration_seed")
 # Where the data lie, not what they are (the loaders check contents by checksum).
 LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
@@ -48,6 +65,7 @@ DENSE_FORMAT = 2  # dense training has not changed since format 2: cached dense 
 class RunKey:
     """A run's identity: its result (``run``), its point (``point``: no seeds), and the dense
     model it starts from (``dense``; ``dense_point``: no seed)."""
+
     run: str
     point: str
     dense: str
@@ -91,6 +109,7 @@ def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
 
 # --- names ------------------------------------------------------------------------------------
 
+
 def choice(cfg: DictConfig, group: str) -> str:
     """The option chosen for ``group``, or the plug-in's name where there is none (a config built
     by hand) or its ``_target_`` was overridden (``criterion._target_=pkg.fn``)."""
@@ -104,7 +123,7 @@ def choice(cfg: DictConfig, group: str) -> str:
     return str(target).rsplit(".", 1)[-1] if target else "none"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shipped_target(group: str, option: str) -> str | None:
     """The ``_target_`` of prunelab's own ``conf/<group>/<option>.yaml`` (None: not one of ours)."""
     path = conf_dir() / group / f"{option}.yaml"
@@ -128,8 +147,13 @@ def run_name(cfg: DictConfig) -> str:
 
 def run_tags(key: RunKey, chosen: dict[str, str]) -> dict[str, str]:
     """The tags that identify a pruned run: its keys and the options it was run with."""
-    return {Tag.ROLE: Role.PRUNED, Tag.RUN_KEY: key.run, Tag.POINT_KEY: key.point, Tag.DENSE_KEY: key.dense,
-            **{Tag.group(g): chosen[g] for g in Tag.GROUPS}}
+    return {
+        Tag.ROLE: Role.PRUNED,
+        Tag.RUN_KEY: key.run,
+        Tag.POINT_KEY: key.point,
+        Tag.DENSE_KEY: key.dense,
+        **{Tag.group(g): chosen[g] for g in Tag.GROUPS},
+    }
 
 
 def dense_tags(key: RunKey) -> dict[str, str]:

@@ -17,8 +17,14 @@ def layer_table(model: nn.Module, mask: Mask | None = None) -> pd.DataFrame:
     rows = []
     for name, p in model.named_parameters():
         nonzero = int((p.detach() != 0).sum())
-        row = {"parameter": name, "shape": "x".join(map(str, p.shape)), "total": p.numel(),
-               "nonzero": nonzero, "sparsity": 1 - nonzero / p.numel(), "prunable": name in prunable}
+        row = {
+            "parameter": name,
+            "shape": "x".join(map(str, p.shape)),
+            "total": p.numel(),
+            "nonzero": nonzero,
+            "sparsity": 1 - nonzero / p.numel(),
+            "prunable": name in prunable,
+        }
         if name in channels:
             row["channels_kept"], row["channels_total"] = int(channels[name].sum()), channels[name].numel()
         rows.append(row)
@@ -30,9 +36,13 @@ def sparsity_summary(table: pd.DataFrame, mask: Mask | None = None) -> dict[str,
     pr = table[table["prunable"]]
     total, nonzero = int(table["total"].sum()), int(table["nonzero"].sum())
     prunable, prunable_nonzero = int(pr["total"].sum()), int(pr["nonzero"].sum())
-    summary: dict[str, float] = {Metric.PARAMS_TOTAL: total, Metric.PARAMS_NONZERO: nonzero,
-                                 Metric.PARAMS_PRUNABLE: prunable, Metric.PARAMS_PRUNABLE_NONZERO: prunable_nonzero,
-                                 Metric.SPARSITY_ALL: 1 - nonzero / total}
+    summary: dict[str, float] = {
+        Metric.PARAMS_TOTAL: total,
+        Metric.PARAMS_NONZERO: nonzero,
+        Metric.PARAMS_PRUNABLE: prunable,
+        Metric.PARAMS_PRUNABLE_NONZERO: prunable_nonzero,
+        Metric.SPARSITY_ALL: 1 - nonzero / total,
+    }
     if prunable:
         summary[Metric.SPARSITY_PRUNABLE] = 1 - prunable_nonzero / prunable
     if mask is not None and mask.channel_sparsity is not None:

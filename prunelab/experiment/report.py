@@ -14,38 +14,64 @@ log = logging.getLogger(__name__)
 
 def _handover_lines(m: dict[str, Any]) -> list[str]:
     lines = []
-    files = [f"{name} {m[key]:.4f}" for name, key in (
-        ("model.onnx", Metric.HANDOVER_ONNX_ACCURACY), ("model.int8.onnx", Metric.INT8_ACCURACY),
-        ("weights.compact", Metric.COMPACT_ACCURACY)) if key in m]
+    files = [
+        f"{name} {m[key]:.4f}"
+        for name, key in (
+            ("model.onnx", Metric.HANDOVER_ONNX_ACCURACY),
+            ("model.int8.onnx", Metric.INT8_ACCURACY),
+            ("weights.compact", Metric.COMPACT_ACCURACY),
+        )
+        if key in m
+    ]
     if files:
         lines.append("  hand-over files (raw inputs), test accuracy: " + " | ".join(files))
     if Metric.cost_ratio("latency_b64", "int8") in m:
-        lines.append(f"  ONNX Runtime / dense PyTorch fp32: latency batch 64 fp32 "
-                     f"{m[Metric.cost_ratio('latency_b64', 'onnx')]:.3f}, int8 {m[Metric.cost_ratio('latency_b64', 'int8')]:.3f}"
-                     f" | int8 file {m[Metric.cost_ratio('file_bytes', 'int8')]:.3f}")
+        lines.append(
+            f"  ONNX Runtime / dense PyTorch fp32: latency batch 64 fp32 "
+            f"{m[Metric.cost_ratio('latency_b64', 'onnx')]:.3f}, int8 {m[Metric.cost_ratio('latency_b64', 'int8')]:.3f}"
+            f" | int8 file {m[Metric.cost_ratio('file_bytes', 'int8')]:.3f}"
+        )
     return lines
 
 
-def report(chosen: dict[str, str], ratio: float, budget_macs: float | None, m: dict[str, Any], dense_from_cache: bool,
-           uri: str, ui: str | None, experiment_id: str) -> None:
+def report(
+    chosen: dict[str, str],
+    ratio: float,
+    budget_macs: float | None,
+    m: dict[str, Any],
+    dense_from_cache: bool,
+    uri: str,
+    ui: str | None,
+    experiment_id: str,
+) -> None:
     """Log the run's summary: accuracy (and perplexity) per stage, sparsity, parameters, costs,
     hand-over checks, and the run's MLflow page."""
-    dense, pruned, tuned = (Metric.at(stage, Metric.TEST_ACCURACY) for stage in (Metric.DENSE, Metric.PRUNED, Metric.FINETUNED))
+    dense, pruned, tuned = (
+        Metric.at(stage, Metric.TEST_ACCURACY) for stage in (Metric.DENSE, Metric.PRUNED, Metric.FINETUNED)
+    )
     ppl = [Metric.at(stage, Metric.TEST_PERPLEXITY) for stage in (Metric.DENSE, Metric.PRUNED, Metric.FINETUNED)]
     lines = [
         f"{chosen['method']} / {chosen['scope']} / {chosen['criterion']}, ratio "
-        f"{m.get(Metric.BUDGET_RATIO, ratio):.4g}" + (f" (budget.macs={budget_macs:g})" if budget_macs else "") +
-        f" (dense model {'from cache' if dense_from_cache else 'trained'})",
+        f"{m.get(Metric.BUDGET_RATIO, ratio):.4g}"
+        + (f" (budget.macs={budget_macs:g})" if budget_macs else "")
+        + f" (dense model {'from cache' if dense_from_cache else 'trained'})",
         f"  test accuracy: dense {m[dense]:.4f} | pruned {m[pruned]:.4f} | fine-tuned {m[tuned]:.4f}",
-        *([f"  test perplexity: dense {m[ppl[0]]:.3f} | pruned {m[ppl[1]]:.3f} | fine-tuned {m[ppl[2]]:.3f}"]
-          if Metric.TEST_PERPLEXITY in m else []),
+        *(
+            [f"  test perplexity: dense {m[ppl[0]]:.3f} | pruned {m[ppl[1]]:.3f} | fine-tuned {m[ppl[2]]:.3f}"]
+            if Metric.TEST_PERPLEXITY in m
+            else []
+        ),
         f"  sparsity: prunable weights {m[Metric.SPARSITY_PRUNABLE]:.4f} | all parameters {m[Metric.SPARSITY_ALL]:.4f}"
         + (f" | channels {m[Metric.SPARSITY_CHANNELS]:.4f}" if Metric.SPARSITY_CHANNELS in m else ""),
         f"  parameters: {m[Metric.PARAMS_NONZERO]:,} nonzero of {m[Metric.PARAMS_TOTAL]:,}",
         f"  cost, pruned / dense: MACs {m[Metric.cost_ratio('macs')]:.3f} | nonzero MACs "
         f"{m[Metric.cost_ratio('nonzero_macs')]:.3f}"
-        + (f" | CPU latency batch 1 {m[Metric.cost_ratio('latency_b1')]:.3f}, batch 64 "
-           f"{m[Metric.cost_ratio('latency_b64')]:.3f}" if Metric.cost_ratio("latency_b64") in m else ""),
+        + (
+            f" | CPU latency batch 1 {m[Metric.cost_ratio('latency_b1')]:.3f}, batch 64 "
+            f"{m[Metric.cost_ratio('latency_b64')]:.3f}"
+            if Metric.cost_ratio("latency_b64") in m
+            else ""
+        ),
         *_handover_lines(m),
         f"  MLflow run {m['run_id']} in {redact(uri)}",
         f"  MLflow UI: {run_link(uri, ui, experiment_id, m['run_id'])}",

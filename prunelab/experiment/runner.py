@@ -57,30 +57,39 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, sweep_tags: dict[str,
     In a sweep, ``parent_run_id`` nests the run under the sweep's parent and ``sweep_tags`` mark
     it (and a reused earlier run of the same config, and its dense model) as one of the sweep's
     points."""
-    s = Settings.from_config(cfg)                                                       # 1. settings
+    s = Settings.from_config(cfg)  # 1. settings
     sweep_tags = dict(sweep_tags or {})
-    experiment_id = store.connect(s.tracking.uri, s.experiment)                         # 2. identity
+    experiment_id = store.connect(s.tracking.uri, s.experiment)  # 2. identity
     tags = {**run_tags(s.key, s.names), **sweep_tags}
     for key in (s.key.run, s.key.dense):  # runs of this key left RUNNING by a process that died
         store.end_dead_runs(experiment_id, {Tag.RUN_KEY: key})
     if not s.force:
         done = store.reuse_finished(experiment_id, s.key.run, sweep_tags)
         if done is not None:
-            log.info("skipped: run %s already holds this exact config (key %s); force=true reruns it\n"
-                     "  MLflow UI: %s", done.info.run_id, s.key.run,
-                     run_link(s.tracking.uri, s.tracking.ui, experiment_id, done.info.run_id))
+            log.info(
+                "skipped: run %s already holds this exact config (key %s); force=true reruns it\n  MLflow UI: %s",
+                done.info.run_id,
+                s.key.run,
+                run_link(s.tracking.uri, s.tracking.ui, experiment_id, done.info.run_id),
+            )
             return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
 
     try:
         seed_everything(s.seed)
-        data = s.dataset(seed=s.seed).to(s.device)                                      # 3. data, model
+        data = s.dataset(seed=s.seed).to(s.device)  # 3. data, model
         model = build(s.model, data.in_shape, data.num_classes).to(s.device)
-        pruner = Pruner(s.method, s.criterion, s.scope, seed=s.calibration_seed,      # 4. pruner
-                        data=PruneData(data.train, data.val, s.train.batch_size, s.calibration_seed),
-                        example_inputs=data.train.x[:1], budget_macs=s.budget_macs)
+        pruner = Pruner(
+            s.method,
+            s.criterion,
+            s.scope,
+            seed=s.calibration_seed,  # 4. pruner
+            data=PruneData(data.train, data.val, s.train.batch_size, s.calibration_seed),
+            example_inputs=data.train.x[:1],
+            budget_macs=s.budget_macs,
+        )
         s.schedule.check(pruner.check(model, [s.schedule.first(s.ratio), s.ratio]).mask)
         init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
-        dense_run = DenseRun(experiment_id, s.key, s.dense_params, parent_run_id, sweep_tags)   # 5. dense
+        dense_run = DenseRun(experiment_id, s.key, s.dense_params, parent_run_id, sweep_tags)  # 5. dense
         dense = dense_model(model, s.key.dense, s.cache, lambda m: dense_run.train(m, data, s.train, s.seed))
         dense_run.log_cached(dense, model, data, s.cache)
     except (Exception, KeyboardInterrupt) as e:
@@ -94,44 +103,71 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, sweep_tags: dict[str,
         # Under a MACs budget the ratio is searched (metric budget.ratio; it differs by seed, so a
         # point is the budget, not a ratio).
         mlflow.log_params({**s.params, **({"ratio": "budget"} if s.budget_macs is not None else {})})
-        metrics: dict[str, Any] = {Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): dense.test_accuracy,
-                                   Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): dense.val_accuracy,
-                                   **perplexity(model, data.test, Metric.at(Metric.DENSE, "test_"))}
+        metrics: dict[str, Any] = {
+            Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): dense.test_accuracy,
+            Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): dense.val_accuracy,
+            **perplexity(model, data.test, Metric.at(Metric.DENSE, "test_")),
+        }
         store.log_metrics(metrics)
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
 
-        session = RunSession(model, s.ratio, pruner, data, s.train, s.finetune, s.shrink, s.seed, init, s.model,
-                             checkpoints)
-        outcome = prune_schedule(s.schedule, session)                                   # 6. prune schedule
+        session = RunSession(
+            model, s.ratio, pruner, data, s.train, s.finetune, s.shrink, s.seed, init, s.model, checkpoints
+        )
+        outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
         metrics.update(outcome.figures)
 
-        val, test = evaluate(outcome.shipped, data.val), evaluate(outcome.shipped, data.test)   # 7. evaluate
+        val, test = evaluate(outcome.shipped, data.val), evaluate(outcome.shipped, data.test)  # 7. evaluate
         table = layer_table(model, outcome.mask)
         final = scores(outcome.shipped, data.test, "test_", result=test)
-        metrics.update({
-            Metric.at(Metric.FINETUNED, Metric.TEST_ACCURACY): test["accuracy"],
-            Metric.at(Metric.FINETUNED, Metric.VAL_ACCURACY): val["accuracy"],
-            Metric.VAL_ACCURACY: val["accuracy"], Metric.TEST_LOSS: test["loss"], **final,
-            **{Metric.at(Metric.FINETUNED, k): v for k, v in final.items() if k == Metric.TEST_PERPLEXITY},
-            **sparsity_summary(table, outcome.mask)})
+        metrics.update(
+            {
+                Metric.at(Metric.FINETUNED, Metric.TEST_ACCURACY): test["accuracy"],
+                Metric.at(Metric.FINETUNED, Metric.VAL_ACCURACY): val["accuracy"],
+                Metric.VAL_ACCURACY: val["accuracy"],
+                Metric.TEST_LOSS: test["loss"],
+                **final,
+                **{Metric.at(Metric.FINETUNED, k): v for k, v in final.items() if k == Metric.TEST_PERPLEXITY},
+                **sparsity_summary(table, outcome.mask),
+            }
+        )
         store.log_metrics(metrics)
 
         handed = None
-        if s.handover:                                                                  # 8. hand-over
-            handed = hand_over(outcome.shipped, data.mean, data.std, data.train.x[:1], outcome.mask,
-                               outcome.structured, (data.test_raw if data.test_raw is not None else data.test.x.cpu(),
-                                                    data.test.y.cpu()),
-                               s.quantize, data.raw(data.val.x) if s.quantize is not None else None, s.codebook)
+        if s.handover:  # 8. hand-over
+            handed = hand_over(
+                outcome.shipped,
+                data.mean,
+                data.std,
+                data.train.x[:1],
+                outcome.mask,
+                outcome.structured,
+                (data.test_raw if data.test_raw is not None else data.test.x.cpu(), data.test.y.cpu()),
+                s.quantize,
+                data.raw(data.val.x) if s.quantize is not None else None,
+                s.codebook,
+            )
             metrics.update(handed.accuracies)
         runtimes = {}  # the ONNX forms, timed beside PyTorch when the run quantizes (fp32 and int8)
         if handed is not None and handed.int8 is not None:
-            runtimes = {role: (OnnxModel(b), len(b)) for role, b in (("onnx", handed.onnx), ("int8", handed.int8))
-                        if b is not None}
-        metrics.update(cost_ledger(dense_copy, model, data.train.x[:1], outcome.mask,      # 9. ledger
-                                   outcome.shipped if outcome.structured else None, s.measure_latency,
-                                   file_bytes=handed.compact_bytes if handed is not None else None,
-                                   runtimes=runtimes))
-        store.log_metrics(metrics)                                                      # 10. log
+            runtimes = {
+                role: (OnnxModel(b), len(b))
+                for role, b in (("onnx", handed.onnx), ("int8", handed.int8))
+                if b is not None
+            }
+        metrics.update(
+            cost_ledger(
+                dense_copy,
+                model,
+                data.train.x[:1],
+                outcome.mask,  # 9. ledger
+                outcome.shipped if outcome.structured else None,
+                s.measure_latency,
+                file_bytes=handed.compact_bytes if handed is not None else None,
+                runtimes=runtimes,
+            )
+        )
+        store.log_metrics(metrics)  # 10. log
         store.log_artifact_files(_artifacts(s, model, outcome, table, active.info.run_id, handed))
         metrics["run_id"] = active.info.run_id
     shutil.rmtree(checkpoints, ignore_errors=True)  # the FINISHED run holds it all now
@@ -143,11 +179,15 @@ def _artifacts(s: Settings, model: torch.nn.Module, outcome, table, run_id: str,
     """The run's files: its config, per-layer table, plan, masked weights, what the scope reported,
     and the hand-over files."""
     weights = io.BytesIO()
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "mask": outcome.mask.to_state()}, weights)
+    torch.save(
+        {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "mask": outcome.mask.to_state()}, weights
+    )
     pruned = outcome.pruned
-    plan = {**pruned.plan, "ratio": pruned.ratio,
-            "computed_on": {**s.names, "seed": s.seed, "ratio": pruned.ratio, "run_key": s.key.run, "run_id": run_id}}
+    plan = {
+        **pruned.plan,
+        "ratio": pruned.ratio,
+        "computed_on": {**s.names, "seed": s.seed, "ratio": pruned.ratio, "run_key": s.key.run, "run_id": run_id},
+    }
     return {
         Artifact.CONFIG: s.config_yaml,
         Artifact.LAYERS: table.to_csv(index=False),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,9 +40,20 @@ class RunSession(Session):
     ``factory`` makes fresh initialisations, ``checkpoints`` is this run key's folder of
     resumable state."""
 
-    def __init__(self, model: nn.Module, ratio: float, pruner: Pruner, data: Splits, train_recipe: Recipe,
-                 finetune: Recipe, shrink_finetuned: bool, seed: int, init: dict,
-                 factory: Callable[..., nn.Module], checkpoints: Path):
+    def __init__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        pruner: Pruner,
+        data: Splits,
+        train_recipe: Recipe,
+        finetune: Recipe,
+        shrink_finetuned: bool,
+        seed: int,
+        init: dict,
+        factory: Callable[..., nn.Module],
+        checkpoints: Path,
+    ):
         self.model, self.ratio, self.init = model, ratio, init
         self.epochs = finetune.epochs
         self.steps_per_epoch = steps_per_epoch(len(data.train), finetune.batch_size)
@@ -58,8 +70,11 @@ class RunSession(Session):
         result = self.pruner(self.model, ratio, mask, last=last)
         seconds = time.perf_counter() - start  # the mask (and SparseGPT's update), no evaluation
         result.mask.apply(self.model)
-        figures = {Metric.PRUNE_SECONDS: seconds, **scores(self.model, self.data.test, PRUNED_TEST),
-                   Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY): evaluate(self.model, self.data.val)["accuracy"]}
+        figures = {
+            Metric.PRUNE_SECONDS: seconds,
+            **scores(self.model, self.data.test, PRUNED_TEST),
+            Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY): evaluate(self.model, self.data.val)["accuracy"],
+        }
         if self.pruner.budget is not None:
             figures[Metric.BUDGET_RATIO] = result.ratio
         new = result.mask
@@ -68,9 +83,16 @@ class RunSession(Session):
         else:  # a schedule's trajectory: one point per update
             before = self._mask or mask  # the previous update's mask, whatever the schedule passed
             changed = sum(int((new.masks[n] != before.masks[n]).sum()) for n in new.prunable) if before else 0
-            store.log_metrics({**figures, Metric.SCHEDULE_SPARSITY: new.sparsity, Metric.SCHEDULE_CHANGED: changed,
-                               **({Metric.SCHEDULE_CHANNELS: new.channel_sparsity} if new.channels else {}),
-                               **({Metric.SCHEDULE_TARGET: target} if target is not None else {})}, step=step)
+            store.log_metrics(
+                {
+                    **figures,
+                    Metric.SCHEDULE_SPARSITY: new.sparsity,
+                    Metric.SCHEDULE_CHANGED: changed,
+                    **({Metric.SCHEDULE_CHANNELS: new.channel_sparsity} if new.channels else {}),
+                    **({Metric.SCHEDULE_TARGET: target} if target is not None else {}),
+                },
+                step=step,
+            )
         self.last, self.figures, self._mask = result, figures, new
         return new
 
@@ -87,13 +109,26 @@ class RunSession(Session):
         first = self._epochs_done
 
         def on_epoch(e: EpochResult):
-            store.log_metrics({Metric.FINETUNE_LOSS: e.loss, Metric.FINETUNE_ACCURACY: e.train_accuracy,
-                               Metric.FINETUNE_VAL_ACCURACY: e.val_accuracy}, step=first + e.epoch)
+            store.log_metrics(
+                {
+                    Metric.FINETUNE_LOSS: e.loss,
+                    Metric.FINETUNE_ACCURACY: e.train_accuracy,
+                    Metric.FINETUNE_VAL_ACCURACY: e.val_accuracy,
+                },
+                step=first + e.epoch,
+            )
 
         if after_step is None and shrunk is None and mask is not None:
             after_step = mask.hold(self.model)
-        train(net, self.data, dataclasses.replace(self.finetune, epochs=epochs), self.seed + self._calls,
-              after_step=after_step, on_epoch=on_epoch, desc="fine-tune")
+        train(
+            net,
+            self.data,
+            dataclasses.replace(self.finetune, epochs=epochs),
+            self.seed + self._calls,
+            after_step=after_step,
+            on_epoch=on_epoch,
+            desc="fine-tune",
+        )
         self._epochs_done += epochs
         if shrunk is not None:
             unshrink(shrunk, mask, self.model)
@@ -105,8 +140,15 @@ class RunSession(Session):
         return shrink(self.model, mask, self.data.train.x[:1]) if mask is not None and mask.channels else None
 
     def train(self, net, mask, seed, epochs=None, desc="train") -> None:
-        train(net, self.data, self.train_recipe, self.seed + seed, epochs,
-              after_step=mask.hold(net) if mask is not None else None, desc=desc)
+        train(
+            net,
+            self.data,
+            self.train_recipe,
+            self.seed + seed,
+            epochs,
+            after_step=mask.hold(net) if mask is not None else None,
+            desc=desc,
+        )
 
     def fresh(self, seed: int) -> dict:
         torch.manual_seed(self.seed + 10_000 + seed)
@@ -132,6 +174,7 @@ class RunSession(Session):
 class Outcome:
     """What a schedule left: the final mask, the network that ships (the physically shrunk one for
     structured masks, else the masked model), the last pruning's result and its figures."""
+
     mask: Mask
     shipped: nn.Module
     structured: bool
@@ -144,5 +187,6 @@ def prune_schedule(schedule: Schedule, session: RunSession) -> Outcome:
     mask, shrunk = schedule(session)
     if session.last is None:
         raise PruningError(f"schedule {type(schedule).__name__} returned without pruning (session.prune)")
-    return Outcome(mask, shrunk if shrunk is not None else session.model, shrunk is not None, session.last,
-                   dict(session.figures))
+    return Outcome(
+        mask, shrunk if shrunk is not None else session.model, shrunk is not None, session.last, dict(session.figures)
+    )

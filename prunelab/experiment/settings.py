@@ -6,9 +6,10 @@ runner nothing reads the config.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -26,6 +27,7 @@ from .train import Recipe
 @dataclass(frozen=True)
 class Settings:
     """One run, as values."""
+
     names: dict[str, str]  # the option chosen in each group that names a run
     experiment: str  # the MLflow experiment
     run_name: str
@@ -70,15 +72,35 @@ class Settings:
         finetune = dataclasses.replace(train, epochs=c.finetune.epochs, lr=c.finetune.lr, schedule=c.finetune.schedule)
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
         return cls(
-            names=names(cfg), experiment=experiment_name(cfg), run_name=run_name(cfg),
-            key=identity(cfg, device.type), params=params(cfg), dense_params=dense_params(cfg, device.type),
+            names=names(cfg),
+            experiment=experiment_name(cfg),
+            run_name=run_name(cfg),
+            key=identity(cfg, device.type),
+            params=params(cfg),
+            dense_params=dense_params(cfg, device.type),
             config_yaml=redact(OmegaConf.to_yaml(cfg, resolve=True)),
-            model=make(cfg.model), dataset=make(cfg.dataset), method=make(cfg.method), criterion=make(cfg.criterion),
-            scope=make(cfg.scope), schedule=as_schedule(make(cfg.schedule)), ratio=cfg.ratio, seed=cfg.seed,
+            model=make(cfg.model),
+            dataset=make(cfg.dataset),
+            method=make(cfg.method),
+            criterion=make(cfg.criterion),
+            scope=make(cfg.scope),
+            schedule=as_schedule(make(cfg.schedule)),
+            ratio=cfg.ratio,
+            seed=cfg.seed,
             calibration_seed=cfg.seed if cfg.calibration_seed is None else cfg.calibration_seed,
-            budget_macs=cfg.budget.macs, device=device, train=train, finetune=finetune, shrink=c.finetune.shrink,
-            tracking=c.tracking, cache=cache, force=cfg.force, measure_latency=cfg.measure_latency,
-            handover=cfg.handover, quantize=make(cfg.quantize), codebook=make(cfg.codebook))
+            budget_macs=cfg.budget.macs,
+            device=device,
+            train=train,
+            finetune=finetune,
+            shrink=c.finetune.shrink,
+            tracking=c.tracking,
+            cache=cache,
+            force=cfg.force,
+            measure_latency=cfg.measure_latency,
+            handover=cfg.handover,
+            quantize=make(cfg.quantize),
+            codebook=make(cfg.codebook),
+        )
 
 
 def resolve_device(name: str) -> torch.device:

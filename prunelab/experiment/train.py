@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,16 +37,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batches(split: Split, batch_size: int, generator: torch.Generator | None = None
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    split: Split, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of ``split``: shuffled when a generator is given, in order otherwise."""
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.x.device) if generator is not None else None
     for start in range(0, n, batch_size):
         if order is None:
-            yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+            yield split.x[start : start + batch_size], split.y[start : start + batch_size]
         else:
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             yield split.x[idx], split.y[idx]
 
 
@@ -113,8 +114,13 @@ def fit(
         # The epoch's figures are kept per step and reduced once at the end: one kernel per step
         # (the argmax) instead of six small ones, ~1% of a LeNet-300-100 step (benchmarks/).
         losses, predictions, labels = [], [], []
-        bar = tqdm(batches(train, batch_size, generator), total=steps, leave=False,
-                   desc=f"{desc} {epoch}/{epochs}", disable=None)
+        bar = tqdm(
+            batches(train, batch_size, generator),
+            total=steps,
+            leave=False,
+            desc=f"{desc} {epoch}/{epochs}",
+            disable=None,
+        )
         for x, y in bar:
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -131,14 +137,27 @@ def fit(
         sizes = torch.tensor([y.numel() for y in labels], dtype=torch.float32, device=train.x.device)
         total_loss = torch.stack(losses).float() @ sizes
         correct = (torch.cat(predictions) == torch.cat(labels)).sum()
-        result = EpochResult(epoch, total_loss.item() / train.y.numel(), correct.item() / train.y.numel(),
-                             evaluate(model, val)["accuracy"] if len(val) else float("nan"))
-        log.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f", desc, epoch, epochs,
-                 result.loss, result.train_accuracy, result.val_accuracy)
+        result = EpochResult(
+            epoch,
+            total_loss.item() / train.y.numel(),
+            correct.item() / train.y.numel(),
+            evaluate(model, val)["accuracy"] if len(val) else float("nan"),
+        )
+        log.info(
+            "%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f",
+            desc,
+            epoch,
+            epochs,
+            result.loss,
+            result.train_accuracy,
+            result.val_accuracy,
+        )
         if not math.isfinite(result.loss):
             # Checked once an epoch (the epoch's loss is reduced anyway): no extra sync per step.
-            raise TrainingError(f"{desc} diverged: the loss is {result.loss} in epoch {epoch}; "
-                                "lower the learning rate (train.lr / finetune.lr) or pick another recipe")
+            raise TrainingError(
+                f"{desc} diverged: the loss is {result.loss} in epoch {epoch}; "
+                "lower the learning rate (train.lr / finetune.lr) or pick another recipe"
+            )
         history.append(result)
         if on_epoch is not None:
             on_epoch(result)
@@ -154,6 +173,7 @@ class Recipe:
     """How a network is trained: ``epochs`` of mini-batches of ``batch_size``, ``optimizer`` (a
     partial ``torch.optim`` class, given the parameters and ``lr``), the learning rate decayed per
     step (``schedule="cosine"``) or not (``"constant"``)."""
+
     epochs: int
     batch_size: int
     lr: float
@@ -170,12 +190,30 @@ class Recipe:
         return optimizer, scheduler
 
 
-def train(model: nn.Module, data: Splits, recipe: Recipe, seed: int, epochs: int | None = None,
-          after_step: Callable[[], None] | None = None, on_epoch: Callable[[EpochResult], None] | None = None,
-          desc: str = "train") -> list[EpochResult]:
+def train(
+    model: nn.Module,
+    data: Splits,
+    recipe: Recipe,
+    seed: int,
+    epochs: int | None = None,
+    after_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    desc: str = "train",
+) -> list[EpochResult]:
     """``recipe`` on ``model`` from its current weights (its learning-rate schedule over
     ``recipe.epochs``), stopped after ``epochs`` (default all); batches shuffled by ``seed``. Dense
     training, a lottery level's retraining and fine-tuning all train through here."""
     optimizer, scheduler = recipe.optimizer_for(model.parameters(), steps_per_epoch(len(data.train), recipe.batch_size))
-    return fit(model, data.train, data.val, optimizer, recipe.epochs if epochs is None else epochs, recipe.batch_size,
-               seed, scheduler, after_step=after_step, on_epoch=on_epoch, desc=desc)
+    return fit(
+        model,
+        data.train,
+        data.val,
+        optimizer,
+        recipe.epochs if epochs is None else epochs,
+        recipe.batch_size,
+        seed,
+        scheduler,
+        after_step=after_step,
+        on_epoch=on_epoch,
+        desc=desc,
+    )

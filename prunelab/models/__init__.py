@@ -5,5 +5,18 @@ from .build import ModelError, build
 from .lm import CausalLM, TinyGPT, hf_causal_lm, tiny_gpt
 from .vision import ResNet, lenet5, lenet5_caffe, lenet5_classic, lenet300_100, resnet20, vgg_small
 
-__all__ = ["CausalLM", "ModelError", "ResNet", "TinyGPT", "build", "hf_causal_lm", "lenet5", "lenet5_caffe",
-           "lenet5_classic", "lenet300_100", "resnet20", "tiny_gpt", "vgg_small"]
+__all__ = [
+    "CausalLM",
+    "ModelError",
+    "ResNet",
+    "TinyGPT",
+    "build",
+    "hf_causal_lm",
+    "lenet5",
+    "lenet5_caffe",
+    "lenet5_classic",
+    "lenet300_100",
+    "resnet20",
+    "tiny_gpt",
+    "vgg_small",
+]

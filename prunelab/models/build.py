@@ -7,7 +7,7 @@ Any ``nn.Module`` factory (a function or a class) can be a model: :func:`build` 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -27,5 +27,3 @@ def build(factory: Callable[..., nn.Module], in_shape: Sequence[int], num_classe
     if not isinstance(model, nn.Module):
         raise ModelError(f"model._target_ returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-

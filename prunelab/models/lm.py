@@ -8,7 +8,7 @@ is an ``nn.Linear``; the layer that produces the logits is ``classifier``, as in
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -71,12 +71,20 @@ def _init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def tiny_gpt(in_shape: Sequence[int] = (128,), num_classes: int = 256, d_model: int = 192, layers: int = 4,
-             heads: int = 6, mlp_ratio: int = 4) -> TinyGPT:
+def tiny_gpt(
+    in_shape: Sequence[int] = (128,),
+    num_classes: int = 256,
+    d_model: int = 192,
+    layers: int = 4,
+    heads: int = 6,
+    mlp_ratio: int = 4,
+) -> TinyGPT:
     """``in_shape``: ``(seq_len,)``; ``num_classes``: the vocabulary (both from the dataset)."""
     if len(in_shape) != 1:
-        raise ModelError(f"tiny_gpt reads token sequences (batch, seq_len), not inputs of shape {tuple(in_shape)}: "
-                         "use a text dataset (dataset=fortunes)")
+        raise ModelError(
+            f"tiny_gpt reads token sequences (batch, seq_len), not inputs of shape {tuple(in_shape)}: "
+            "use a text dataset (dataset=fortunes)"
+        )
     return TinyGPT(num_classes, in_shape[0], d_model, layers, heads, mlp_ratio * d_model)
 
 

@@ -22,14 +22,16 @@ def _flat_size(features: nn.Module, in_shape, model: str) -> int:
         with torch.no_grad():
             return features(torch.zeros(1, *in_shape)).flatten(1).shape[1]
     except RuntimeError as e:
-        raise ModelError(f"model {model} cannot take {'x'.join(map(str, in_shape))} inputs "
-                          f"({str(e).splitlines()[0]})") from None
+        raise ModelError(
+            f"model {model} cannot take {'x'.join(map(str, in_shape))} inputs ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def lenet300_100(in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:
     """LeNet-300-100: the fully connected net of the classic pruning papers."""
-    head = nn.Sequential(nn.Linear(math.prod(in_shape), 300), nn.ReLU(), nn.Linear(300, 100),
-                         nn.ReLU(), nn.Linear(100, num_classes))
+    head = nn.Sequential(
+        nn.Linear(math.prod(in_shape), 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, num_classes)
+    )
     return _Classified(nn.Identity(), head)
 
 
@@ -65,12 +67,15 @@ def lenet5_classic(in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:
 def _lenet5(in_shape, num_classes: int, conv2_padding: int) -> nn.Module:
     c = in_shape[0]
     features = nn.Sequential(
-        nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5, padding=conv2_padding), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=conv2_padding),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
     )
     flat = _flat_size(features, in_shape, "lenet5" if conv2_padding else "lenet5_classic")
-    head = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                         nn.Linear(84, num_classes))
+    head = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes))
     return _Classified(features, head)
 
 
@@ -114,8 +119,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -123,14 +127,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks_per_stage: int, in_shape=(3, 32, 32), num_classes: int = 10,
-                 width: int = 16):
+    def __init__(self, blocks_per_stage: int, in_shape=(3, 32, 32), num_classes: int = 10, width: int = 16):
         super().__init__()
         self.conv1 = nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         blocks, c = [], width
         for stage in range(3):
-            out = width * 2 ** stage
+            out = width * 2**stage
             for i in range(blocks_per_stage):
                 blocks.append(BasicBlock(c, out, 2 if stage > 0 and i == 0 else 1))
                 c = out

@@ -16,7 +16,8 @@ kept, ``pruned.report`` holds what the scope measured.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,10 +38,20 @@ from .sensitivity import Sensitivity
 from .shrink import shrink, unshrink
 
 
-def prune(model: nn.Module, method: Any = "unstructured", scope: Any = "global", ratio: float = 0.5,
-          criterion: Any = "l2", ignore: Sequence[str] | None = None, seed: int = 0,
-          example_inputs: torch.Tensor | None = None, data: Any = None, mask: Mask | None = None,
-          budget_macs: float | None = None, **method_options: Any) -> Pruned:
+def prune(
+    model: nn.Module,
+    method: Any = "unstructured",
+    scope: Any = "global",
+    ratio: float = 0.5,
+    criterion: Any = "l2",
+    ignore: Sequence[str] | None = None,
+    seed: int = 0,
+    example_inputs: torch.Tensor | None = None,
+    data: Any = None,
+    mask: Mask | None = None,
+    budget_macs: float | None = None,
+    **method_options: Any,
+) -> Pruned:
     """Prune ``ratio`` of ``model`` (the model is not modified; SparseGPT and Wanda, which prune
     layer by layer through the calibration data, say so): the :class:`Pruned` mask, plan and report.
 
@@ -50,14 +61,58 @@ def prune(model: nn.Module, method: Any = "unstructured", scope: Any = "global",
     an error naming the ones it does."""
     if ignore is not None:
         method_options["ignore"] = list(ignore)
-    pruner = Pruner(resolve("method", method, **method_options), resolve("criterion", criterion),
-                    resolve("scope", scope), seed=seed, data=data, example_inputs=example_inputs,
-                    budget_macs=budget_macs)
+    pruner = Pruner(
+        resolve("method", method, **method_options),
+        resolve("criterion", criterion),
+        resolve("scope", scope),
+        seed=seed,
+        data=data,
+        example_inputs=example_inputs,
+        budget_macs=budget_macs,
+    )
     return pruner(model, ratio, mask)
 
 
-__all__ = ["FPGM", "NM", "Coupled", "Criterion", "Dynamic", "Erk", "FromPlan", "Global", "Gradual", "Iterative",
-           "Lamp", "Local", "Lottery", "Magnitude", "Mask", "MaskError", "Method", "Oneshot", "PruneData", "Pruned",
-           "Pruner", "PruningError", "Random", "Schedule", "Scope", "Scorer", "Sensitivity", "Session", "SparseGPT",
-           "Structured", "Taylor", "Units", "Unstructured", "Wanda", "allocate", "check_ratio", "load_plan",
-           "prunable_layers", "prune", "shrink", "unshrink"]
+__all__ = [
+    "FPGM",
+    "NM",
+    "Coupled",
+    "Criterion",
+    "Dynamic",
+    "Erk",
+    "FromPlan",
+    "Global",
+    "Gradual",
+    "Iterative",
+    "Lamp",
+    "Local",
+    "Lottery",
+    "Magnitude",
+    "Mask",
+    "MaskError",
+    "Method",
+    "Oneshot",
+    "PruneData",
+    "Pruned",
+    "Pruner",
+    "PruningError",
+    "Random",
+    "Schedule",
+    "Scope",
+    "Scorer",
+    "Sensitivity",
+    "Session",
+    "SparseGPT",
+    "Structured",
+    "Taylor",
+    "Units",
+    "Unstructured",
+    "Wanda",
+    "allocate",
+    "check_ratio",
+    "load_plan",
+    "prunable_layers",
+    "prune",
+    "shrink",
+    "unshrink",
+]

@@ -22,8 +22,8 @@ machine, and the buffer doubled the memory the call needs).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def _kth_smallest_streamed(parts: Callable[[], Iterable[np.ndarray]], n: int, k:
     inside = []
     for part in parts():
         for start in range(0, part.size, _CHUNK):
-            chunk = part[start:start + _CHUNK]
+            chunk = part[start : start + _CHUNK]
             below += np.count_nonzero(chunk < lo)
             at_lo += np.count_nonzero(chunk == lo)
             if hi != lo:
@@ -129,6 +129,7 @@ def as_scope(scope) -> Scope:
 @dataclass(frozen=True)
 class FunctionScope(Scope):
     """A plain function ``fn(units, ratio) -> {name: bool tensor}``."""
+
     fn: Callable[[Units, float], dict[str, torch.Tensor]]
 
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
@@ -162,8 +163,7 @@ class Global(Scope):
         return threshold_all(units.sizes, units.score, ratio)
 
 
-def threshold_all(sizes: dict[str, int], score: Callable[[str], torch.Tensor], ratio: float
-                  ) -> dict[str, torch.Tensor]:
+def threshold_all(sizes: dict[str, int], score: Callable[[str], torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
     total = sum(sizes.values())
     if total < _KEEP_SCORES_BELOW:
         # Few scores (channels): compute once; recomputing means re-reading whole filters.
@@ -237,9 +237,12 @@ class Erk(Scope):
         if units.kind != "weights":
             raise PruningError("scope=erk sets layer densities of single weights: use method=unstructured")
         scores = {name: units.score(name) for name in units.sizes}
-        return {name: keep_count(scores[name], kept)
-                for name, kept in counts(erk_ratios({n: tuple(s.shape) for n, s in scores.items()}, ratio),
-                                         units.sizes, ratio).items()}
+        return {
+            name: keep_count(scores[name], kept)
+            for name, kept in counts(
+                erk_ratios({n: tuple(s.shape) for n, s in scores.items()}, ratio), units.sizes, ratio
+            ).items()
+        }
 
 
 def erk_ratios(shapes: dict[str, tuple[int, ...]], ratio: float) -> dict[str, float]:
@@ -259,8 +262,9 @@ def erk_ratios(shapes: dict[str, tuple[int, ...]], ratio: float) -> dict[str, fl
     return {n: 0.0 if n in dense else 1 - scale * raw[n] for n in sizes}
 
 
-def counts(ratios: dict[str, float], sizes: dict[str, int], ratio: float | None,
-           done: dict[str, int] | None = None) -> dict[str, int]:
+def counts(
+    ratios: dict[str, float], sizes: dict[str, int], ratio: float | None, done: dict[str, int] | None = None
+) -> dict[str, int]:
     """Units kept per set: each set's ratio rounded, then (``ratio`` given) the total matched to
     round(ratio * all) one unit at a time on the sets with the largest rounding error; never
     fewer pruned than ``done`` (pruned before)."""

@@ -9,14 +9,14 @@ local and sensitivity can be compared at equal cost.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from .contracts import Pruned
 from .errors import PruningError
 from .macs import mac_counts
-from .contracts import Pruned
 from .mask import Mask
 
 MAX_RATIO = 0.995
@@ -48,19 +48,22 @@ def _top(prune_at: Callable[[float], Pruned], model: nn.Module, x: torch.Tensor,
                 raise
     reached = macs_fraction(model, best.mask, x, dense)
     if reached > budget:
-        raise PruningError(f"budget.macs={budget:g} cannot be reached: at ratio {best.ratio} the model keeps "
-                           f"{reached:.3f} of its MACs")
+        raise PruningError(
+            f"budget.macs={budget:g} cannot be reached: at ratio {best.ratio} the model keeps {reached:.3f} of its MACs"
+        )
     return best, dense
 
 
-def check_reachable(prune_at: Callable[[float], Pruned], model: nn.Module, example_inputs: torch.Tensor,
-                    budget: float) -> None:
+def check_reachable(
+    prune_at: Callable[[float], Pruned], model: nn.Module, example_inputs: torch.Tensor, budget: float
+) -> None:
     """Raise :class:`PruningError` now if ``budget`` cannot be met (before any training)."""
     _top(prune_at, model, example_inputs[:1], budget)
 
 
-def to_macs_budget(prune_at: Callable[[float], Pruned], model: nn.Module, example_inputs: torch.Tensor,
-                   budget: float, steps: int = 16) -> Pruned:
+def to_macs_budget(
+    prune_at: Callable[[float], Pruned], model: nn.Module, example_inputs: torch.Tensor, budget: float, steps: int = 16
+) -> Pruned:
     """The pruning at the smallest ratio (within 2^-steps) whose MACs fraction is <= ``budget``
     (its ``ratio`` says which)."""
     x = example_inputs[:1]

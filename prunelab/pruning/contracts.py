@@ -19,8 +19,9 @@ take is an error naming the ones it does (``plugins.py``), from the command line
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -28,8 +29,8 @@ from torch import nn
 from .data import PruneData
 from .mask import Mask
 
-
 # --- scope ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Units:
@@ -44,6 +45,7 @@ class Units:
     measure, like the sensitivity scan); ``report``: files the scope leaves for the run
     (``sensitivity.csv``), name -> str, bytes or a function returning them (made only when the run
     logs it, e.g. a figure)."""
+
     sizes: dict[str, int]
     score: Callable[[str], torch.Tensor]
     kind: str = "weights"
@@ -61,6 +63,7 @@ class Scope:
     * ``for_budget()``: the scope a MACs-budget search uses (one that can spend its choice on
       MACs says so here); itself by default.
     """
+
     measures: ClassVar[bool] = False
 
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
@@ -72,10 +75,12 @@ class Scope:
 
 # --- criterion --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Coupled:
     """One layer of a channel group: its weight's name, the weight, and ``place``, which turns a
     tensor shaped like that weight into rows indexed by the group's channels, ``(channels, -1)``."""
+
     name: str
     weight: torch.Tensor
     place: Callable[[torch.Tensor], torch.Tensor]
@@ -108,11 +113,13 @@ class Criterion:
 
 # --- method -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Pruned:
     """What pruning returns: the mask, the plan (how much of each set was kept: ``plan.py``, logged
     as ``plan.json``), the files the scope reported, and the overall ratio pruned (a MACs budget
     search finds it)."""
+
     mask: Mask
     plan: dict
     report: dict = field(default_factory=dict, repr=False)
@@ -125,15 +132,26 @@ class Method:
     that reconstruct the weights, SparseGPT, say so) and starts from ``mask``: entries it pruned
     score ``-inf``, so they stay pruned and count towards ``ratio``, the overall target. Its options
     are its fields; ``ignore`` (fnmatch patterns of layers left dense) is one of them."""
+
     ignore: Sequence[str] = ()
 
-    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope, criterion: Criterion, seed: int = 0,
-                 example_inputs: torch.Tensor | None = None, data: PruneData | None = None,
-                 mask: Mask | None = None) -> Pruned:
+    def __call__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        *,
+        scope: Scope,
+        criterion: Criterion,
+        seed: int = 0,
+        example_inputs: torch.Tensor | None = None,
+        data: PruneData | None = None,
+        mask: Mask | None = None,
+    ) -> Pruned:
         raise NotImplementedError
 
 
 # --- schedule ---------------------------------------------------------------------------------
+
 
 class Session:
     """The run as a schedule sees it (the runner provides it: ``prunelab.experiment.session``).
@@ -142,22 +160,30 @@ class Session:
     fine-tuning ``epochs`` and ``steps_per_epoch``, ``init`` (the model's weights before dense
     training). Methods below; each logs to the run with a step, so a schedule's trajectory is one
     MLflow chart."""
+
     model: nn.Module
     ratio: float
     epochs: int
     steps_per_epoch: int
     init: dict
 
-    def prune(self, ratio: float, mask: Mask | None, step: int | None = None, target: float | None = None,
-              last: float | None = None) -> Mask:
+    def prune(
+        self,
+        ratio: float,
+        mask: Mask | None,
+        step: int | None = None,
+        target: float | None = None,
+        last: float | None = None,
+    ) -> Mask:
         """The run's method, criterion and scope to ``ratio`` from ``mask``, applied to the model
         (``last``: the output layer pruned on its own to that ratio, the rest to ``ratio``); logs
         ``pruned.*`` and, at ``step``, ``schedule.sparsity`` / ``channels`` / ``changed`` /
         ``target``."""
         raise NotImplementedError
 
-    def fine_tune(self, mask: Mask | None, epochs: int, after_step: Callable[[], None] | None = None
-                  ) -> nn.Module | None:
+    def fine_tune(
+        self, mask: Mask | None, epochs: int, after_step: Callable[[], None] | None = None
+    ) -> nn.Module | None:
         """Train ``epochs`` with ``mask`` held (``after_step`` instead, when given: it holds the mask
         itself), logging ``finetune.*`` per epoch, numbered on from the previous call; returns the
         shrunk network (structured) or None."""
@@ -167,8 +193,9 @@ class Session:
         """The physically shrunk twin of the model (structured), else None."""
         raise NotImplementedError
 
-    def train(self, net: nn.Module, mask: Mask | None, seed: int, epochs: int | None = None,
-              desc: str = "train") -> None:
+    def train(
+        self, net: nn.Module, mask: Mask | None, seed: int, epochs: int | None = None, desc: str = "train"
+    ) -> None:
         """The dense-training recipe on ``net`` from its current weights, ``mask`` held (None:
         dense), stopped after ``epochs`` (default all); batches shuffled by ``seed`` (0: dense
         training's own order)."""

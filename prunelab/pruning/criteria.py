@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import inspect
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ def as_criterion(criterion) -> Criterion:
 @dataclass(frozen=True)
 class FunctionCriterion(Criterion):
     """A plain function ``fn(weight, [name=, seed=]) -> scores shaped like weight``."""
+
     fn: Callable[..., torch.Tensor]
 
     def prepare(self, model, data, seed):
@@ -58,19 +59,23 @@ class _FunctionScorer(Scorer):
         given = {"name": name, "seed": self.seed}
         scores = self.fn(weight.detach(), **{k: given[k] for k in self.extra})
         if not isinstance(scores, torch.Tensor) or scores.shape != weight.shape:
-            raise PruningError(f"criterion {getattr(self.fn, '__name__', self.fn)} returned "
-                               f"{getattr(scores, 'shape', type(scores).__name__)} for {name}, "
-                               f"expected a tensor shaped {tuple(weight.shape)}")
+            raise PruningError(
+                f"criterion {getattr(self.fn, '__name__', self.fn)} returned "
+                f"{getattr(scores, 'shape', type(scores).__name__)} for {name}, "
+                f"expected a tensor shaped {tuple(weight.shape)}"
+            )
         return scores
 
 
 # --- the built-in criteria -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Magnitude(Criterion, Scorer):
     """|w| per weight, for every p: |w|^p ranks weights alike, and squaring in float32 would tie
     weights that differ (l1 and l2 keep the same weights, exactly those of
     ``torch.nn.utils.prune``'s L1). ||W_i||_p per channel (l1: p=1, l2: p=2): there p matters."""
+
     p: float = 2
 
     def __post_init__(self):
@@ -120,6 +125,7 @@ class Taylor(Criterion):
     """First-order Taylor importance (Molchanov et al. 2019): |w * dL/dw| per weight, summed over
     ``batches`` training mini-batches (the loss is the mean cross-entropy of each batch, the model
     in eval mode so BatchNorm statistics are left alone); per channel, the sum over its weights."""
+
     batches: int = 8
 
     def __post_init__(self):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ class PruneData:
         x, y = self.train
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed)).to(x.device)
         for start in range(0, min(n * self.batch_size, len(y)), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             yield x[idx], y[idx]
 
     def chunks(self, samples: int | None = None, size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -37,7 +37,7 @@ class PruneData:
         x, y = self.val
         x, y = (x[:samples], y[:samples]) if samples else (x, y)
         for i in range(0, len(y), size):
-            yield x[i:i + size], y[i:i + size]
+            yield x[i : i + size], y[i : i + size]
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, samples: int | None = None) -> float:

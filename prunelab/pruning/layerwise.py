@@ -20,8 +20,8 @@ sequential order, one layer at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ def input_gram(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: 
     try:
         for start in range(0, len(x), batch_size):
             try:
-                model(x[start:start + batch_size])
+                model(x[start : start + batch_size])
             except _Stop:
                 pass
     finally:
@@ -93,8 +93,14 @@ def _nm_lowest(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return pruned.reshape(rows, cols)
 
 
-def wanda_mask(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: int | None = None,
-               m: int | None = None, alive: torch.Tensor | None = None) -> torch.Tensor:
+def wanda_mask(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    ratio: float,
+    n: int | None = None,
+    m: int | None = None,
+    alive: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Kept entries (bool) of ``weight`` by ``|W_ij| * ||X_j||``, per row (or N:M)."""
     scores = weight.abs().double() * gram.diagonal().clamp_min(0).sqrt()
     if alive is not None:
@@ -103,9 +109,17 @@ def wanda_mask(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: int | 
     return ~pruned
 
 
-def sparsegpt_update(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: int | None = None,
-                     m: int | None = None, blocksize: int | None = 128, damp: float = 0.01,
-                     alive: torch.Tensor | None = None, name: str = "layer") -> tuple[torch.Tensor, torch.Tensor]:
+def sparsegpt_update(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    ratio: float,
+    n: int | None = None,
+    m: int | None = None,
+    blocksize: int | None = 128,
+    damp: float = 0.01,
+    alive: torch.Tensor | None = None,
+    name: str = "layer",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(new weight, kept)``: SparseGPT's reconstruction of ``weight`` (rows x columns) from the
     input Gram matrix ``gram`` (columns x columns)."""
     w = weight.detach().double().clone()
@@ -118,8 +132,9 @@ def sparsegpt_update(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: 
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError as e:  # torch.linalg.LinAlgError
-        raise PruningError(f"SparseGPT: the calibration Hessian of {name} is not positive definite; "
-                           f"raise method.damp (now {damp})") from e
+        raise PruningError(
+            f"SparseGPT: the calibration Hessian of {name} is not positive definite; raise method.damp (now {damp})"
+        ) from e
     pruned = torch.zeros_like(w, dtype=torch.bool)
     width = blocksize or cols
     for i1 in range(0, cols, width):
@@ -128,7 +143,7 @@ def sparsegpt_update(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: 
         err1 = torch.zeros_like(w1)
         d = hinv1.diagonal()
         if not n:
-            scores = w1 ** 2 / d ** 2
+            scores = w1**2 / d**2
             if alive is not None:
                 scores = scores.masked_fill(~alive[:, i1:i2], -float("inf"))
             mask1 = _lowest(scores, round(ratio * (i2 - i1)))
@@ -136,10 +151,10 @@ def sparsegpt_update(weight: torch.Tensor, gram: torch.Tensor, ratio: float, n: 
             mask1 = torch.zeros_like(w1, dtype=torch.bool)
         for i in range(i2 - i1):
             if n and i % m == 0:
-                scores = w1[:, i:i + m] ** 2 / d[i:i + m] ** 2
+                scores = w1[:, i : i + m] ** 2 / d[i : i + m] ** 2
                 if alive is not None:
-                    scores = scores.masked_fill(~alive[:, i1 + i:i1 + i + m], -float("inf"))
-                mask1[:, i:i + m] = _nm_lowest(scores, n, m)
+                    scores = scores.masked_fill(~alive[:, i1 + i : i1 + i + m], -float("inf"))
+                mask1[:, i : i + m] = _nm_lowest(scores, n, m)
             q = w1[:, i].masked_fill(mask1[:, i], 0)
             e = (w1[:, i] - q) / d[i]
             w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
@@ -157,25 +172,39 @@ def _check_pattern(ratio: float, n: int | None, m: int | None, cols: dict[str, i
         return
     odd = [name for name, c in cols.items() if c % m]
     if odd:
-        raise PruningError(f"{n}:{m} needs input sizes divisible by {m}: {', '.join(odd)} are not; "
-                           "add them to method.ignore")
+        raise PruningError(
+            f"{n}:{m} needs input sizes divisible by {m}: {', '.join(odd)} are not; add them to method.ignore"
+        )
 
 
-def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callable, scope: Scope,
-               ignore: Sequence[str], data, samples: int, seed: int, mask: Mask | None,
-               n: int | None, m: int | None) -> Pruned:
+def _layerwise(
+    model: nn.Module,
+    ratio: float,
+    method: str,
+    prune_layer: Callable,
+    scope: Scope,
+    ignore: Sequence[str],
+    data,
+    samples: int,
+    seed: int,
+    mask: Mask | None,
+    n: int | None,
+    m: int | None,
+) -> Pruned:
     if data is not None and not isinstance(data, PruneData):
         data = PruneData(data, seed=seed)
     if not isinstance(as_scope(scope), Local):
-        raise PruningError(f"method={method} prunes every layer to the ratio, row by row, as the paper does: "
-                           "use scope=local")
+        raise PruningError(
+            f"method={method} prunes every layer to the ratio, row by row, as the paper does: use scope=local"
+        )
     layers = prunable_layers(model, ignore)
     if not layers:
         raise PruningError("no prunable layer left after method.ignore")
     other = [name for name, layer in layers.items() if not isinstance(layer, nn.Linear)]
     if other:
-        raise PruningError(f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: "
-                           "add them to method.ignore")
+        raise PruningError(
+            f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: add them to method.ignore"
+        )
     _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in layers.items()})
     x = calibration(data, samples, seed)
     keep = {}
@@ -201,6 +230,7 @@ def _layerwise(model: nn.Module, ratio: float, method: str, prune_layer: Callabl
 class LayerByLayer(Method):
     """What Wanda and SparseGPT share: their options, the calibration data and the walk through
     the layers; a subclass provides ``prune_layer``."""
+
     # the logits layer (the papers prune the blocks' linear layers only)
     ignore: list[str] = field(default_factory=lambda: ["classifier"])
     n: int | None = None  # N:M: n kept of every m inputs (both unset: unstructured)
@@ -215,12 +245,32 @@ class LayerByLayer(Method):
         """``(weight, gram, alive, name) -> (new weight, kept)`` for one layer."""
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope | None = None,
-                 criterion: Criterion | None = None, seed: int = 0, example_inputs: torch.Tensor | None = None,
-                 data: PruneData | None = None, mask: Mask | None = None) -> Pruned:
-        return _layerwise(model, ratio, type(self).__name__.lower(), self.prune_layer(ratio),
-                          scope if scope is not None else Local(), self.ignore, data, self.samples, seed, mask,
-                          self.n, self.m)
+    def __call__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        *,
+        scope: Scope | None = None,
+        criterion: Criterion | None = None,
+        seed: int = 0,
+        example_inputs: torch.Tensor | None = None,
+        data: PruneData | None = None,
+        mask: Mask | None = None,
+    ) -> Pruned:
+        return _layerwise(
+            model,
+            ratio,
+            type(self).__name__.lower(),
+            self.prune_layer(ratio),
+            scope if scope is not None else Local(),
+            self.ignore,
+            data,
+            self.samples,
+            seed,
+            mask,
+            self.n,
+            self.m,
+        )
 
 
 @dataclass
@@ -230,6 +280,7 @@ class Wanda(LayerByLayer):
     def prune_layer(self, ratio: float) -> Callable:
         def prune_layer(weight, gram, alive, name):
             return weight.detach(), wanda_mask(weight.detach(), gram, ratio, self.n, self.m, alive)
+
         return prune_layer
 
 
@@ -237,6 +288,7 @@ class Wanda(LayerByLayer):
 class SparseGPT(LayerByLayer):
     """SparseGPT, layer by layer (the module docstring). Updates the surviving weights in place:
     the model it returns the mask of is the reconstructed one."""
+
     blocksize: int | None = 128  # lazy update (and mask selection) block; None: whole rows
     damp: float = 0.01  # of the mean Hessian diagonal, added to it
 
@@ -250,6 +302,7 @@ class SparseGPT(LayerByLayer):
     def prune_layer(self, ratio: float) -> Callable:
         def prune_layer(weight, gram, alive, name):
             return sparsegpt_update(weight, gram, ratio, self.n, self.m, self.blocksize, self.damp, alive, name)
+
         return prune_layer
 
 

@@ -35,8 +35,12 @@ def mac_counts(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
         w = module.weight.detach()
         saved.append(flops / 2 * float((w == 0).sum()) / w.numel())
 
-    handles = [h for m in model.modules() if isinstance(m, COUNTED_TYPES)
-               for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    handles = [
+        h
+        for m in model.modules()
+        if isinstance(m, COUNTED_TYPES)
+        for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))
+    ]
     try:
         with counter:
             model(x)
@@ -53,6 +57,7 @@ def layer_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     counter = FlopCounterMode(display=False)
     with counter:
         model(x)
-    counts = {key.split(".", 1)[1]: sum(ops.values()) / 2 for key, ops in counter.get_flop_counts().items()
-              if "." in key}
+    counts = {
+        key.split(".", 1)[1]: sum(ops.values()) / 2 for key, ops in counter.get_flop_counts().items() if "." in key
+    }
     return {name: counts.get(name, 0.0) for name, m in model.named_modules() if isinstance(m, COUNTED_TYPES)}

@@ -8,8 +8,8 @@ exactly zero during fine-tuning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -76,8 +76,9 @@ class Mask:
             raise MaskError(f"mask names parameters the model does not have: {', '.join(unknown)}")
         for name, m in self.masks.items():
             if m.shape != params[name].shape:
-                raise MaskError(f"mask for {name} has shape {tuple(m.shape)}, "
-                                f"the parameter has {tuple(params[name].shape)}")
+                raise MaskError(
+                    f"mask for {name} has shape {tuple(m.shape)}, the parameter has {tuple(params[name].shape)}"
+                )
         return {n: params[n] for n in self.masks}
 
     @torch.no_grad()
@@ -101,8 +102,11 @@ class Mask:
         Masks are converted once to the parameters' dtype/device so each call is one in-place
         multiply per masked tensor."""
         params = self.validate(model)
-        pairs = [(p, self.masks[n].to(device=p.device, dtype=p.dtype)) for n, p in params.items()
-                 if not bool(self.masks[n].all())]
+        pairs = [
+            (p, self.masks[n].to(device=p.device, dtype=p.dtype))
+            for n, p in params.items()
+            if not bool(self.masks[n].all())
+        ]
 
         @torch.no_grad()
         def reapply():
@@ -116,5 +120,5 @@ class Mask:
         return {"masks": self.masks, "prunable": list(self.prunable), "channels": self.channels}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Mask":
+    def from_state(cls, state: dict) -> Mask:
         return cls(dict(state["masks"]), tuple(state["prunable"]), dict(state["channels"]))

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
-from typing import Callable, Sequence
 
 import torch
 import torch_pruning as tp
@@ -57,8 +57,9 @@ def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, n
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     for pat in ignore:
         if pat != "classifier" and not any(fnmatch(name, pat) for name in layers):
-            warnings.warn(f"method.ignore: {pat!r} matches no prunable layer (they are: {', '.join(layers)})",
-                          stacklevel=2)
+            warnings.warn(
+                f"method.ignore: {pat!r} matches no prunable layer (they are: {', '.join(layers)})", stacklevel=2
+            )
     return {name: m for name, m in layers.items() if not any(fnmatch(name, pat) for pat in ignore)}
 
 
@@ -72,7 +73,9 @@ def _alive(mask: Mask | None, name: str, like: torch.Tensor) -> torch.Tensor | N
         return None
     m = mask.masks[name]
     if m.shape != like.shape:
-        raise PruningError(f"the current mask for {name} has shape {tuple(m.shape)}, the model's is {tuple(like.shape)}")
+        raise PruningError(
+            f"the current mask for {name} has shape {tuple(m.shape)}, the model's is {tuple(like.shape)}"
+        )
     return None if bool(m.all()) else m.cpu()
 
 
@@ -82,8 +85,7 @@ def _without_pruned(scores: torch.Tensor, alive: torch.Tensor | None) -> torch.T
     return scores if alive is None else scores.masked_fill(~alive, -_INF)
 
 
-def _setup(model: nn.Module, ratio: float, criterion, scope, data, seed: int
-           ) -> tuple[Scorer, Scope, PruneData | None]:
+def _setup(model: nn.Module, ratio: float, criterion, scope, data, seed: int) -> tuple[Scorer, Scope, PruneData | None]:
     """The criterion's scorer for ``model``, the scope, and the data as :class:`PruneData`."""
     check_ratio(ratio)
     if data is not None and not isinstance(data, PruneData):
@@ -96,8 +98,9 @@ def _prober(model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.T
     return None if data is None else Probe(model, data, masks_of)
 
 
-def _costs(model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]],
-           example_inputs: torch.Tensor | None = None):
+def _costs(
+    model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]], example_inputs: torch.Tensor | None = None
+):
     """``cost(name)``: the MACs one unit of set ``name`` accounts for (counted on first use, from
     one forward pass of one example)."""
     found = {}
@@ -113,8 +116,15 @@ def _costs(model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]],
     return cost
 
 
-def finish(keep: dict[str, torch.Tensor], units: Units, masks: dict[str, torch.Tensor], prunable,
-           current: Mask | None, ratio: float, channels: dict[str, torch.Tensor] | None = None) -> Pruned:
+def finish(
+    keep: dict[str, torch.Tensor],
+    units: Units,
+    masks: dict[str, torch.Tensor],
+    prunable,
+    current: Mask | None,
+    ratio: float,
+    channels: dict[str, torch.Tensor] | None = None,
+) -> Pruned:
     """The result: this method's choice (``keep`` per set of ``units``; ``masks`` per parameter),
     AND-ed with the current mask everywhere (whatever method made it, biases and ignored layers
     included: nothing it pruned comes back), with its plan and what the scope reported."""
@@ -138,11 +148,21 @@ class Unstructured(Method):
     >>> round(Unstructured()(net, 0.5).mask.sparsity, 3)
     0.5
     """
+
     ignore: list[str] = field(default_factory=list)  # layer names (fnmatch patterns) never pruned
 
-    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope = GLOBAL, criterion: Criterion = L2,
-                 seed: int = 0, example_inputs: torch.Tensor | None = None, data: PruneData | None = None,
-                 mask: Mask | None = None) -> Pruned:
+    def __call__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        *,
+        scope: Scope = GLOBAL,
+        criterion: Criterion = L2,
+        seed: int = 0,
+        example_inputs: torch.Tensor | None = None,
+        data: PruneData | None = None,
+        mask: Mask | None = None,
+    ) -> Pruned:
         return _unstructured(model, ratio, scope, criterion, self.ignore, seed, mask, data)
 
 
@@ -153,11 +173,12 @@ def _unstructured(model, ratio, scope, criterion, ignore, seed, mask, data) -> P
         raise PruningError("no prunable (Conv/Linear) layer left after method.ignore")
     weights = {f"{name}.weight": m.weight for name, m in layers.items()}
     alive = {n: _alive(mask, n, w) for n, w in weights.items()}
-    units = Units({n: w.numel() for n, w in weights.items()},
-                  lambda n: _without_pruned(scorer.weights(n, weights[n]), alive[n]),
-                  trial=_prober(model, data, lambda keeps: keeps),
-                  cost=_costs(model, data, lambda macs: {f"{n}.weight": macs[n] / m.weight.numel()
-                                                        for n, m in layers.items()}))
+    units = Units(
+        {n: w.numel() for n, w in weights.items()},
+        lambda n: _without_pruned(scorer.weights(n, weights[n]), alive[n]),
+        trial=_prober(model, data, lambda keeps: keeps),
+        cost=_costs(model, data, lambda macs: {f"{n}.weight": macs[n] / m.weight.numel() for n, m in layers.items()}),
+    )
     keep = allocate(units, ratio, scope)
     masks = {n: (k & alive[n]) if alive[n] is not None else k for n, k in keep.items()}
     return finish(dict(masks), units, masks, weights, mask, ratio)
@@ -175,6 +196,7 @@ class NM(Method):
     >>> round(NM(n=2, m=4)(net, 0.5).mask.sparsity, 3)
     0.5
     """
+
     n: int = 2
     m: int = 4
     ignore: list[str] = field(default_factory=list)
@@ -182,9 +204,18 @@ class NM(Method):
     def __post_init__(self):
         check_nm(self.n, self.m)
 
-    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope = GLOBAL, criterion: Criterion = L2,
-                 seed: int = 0, example_inputs: torch.Tensor | None = None, data: PruneData | None = None,
-                 mask: Mask | None = None) -> Pruned:
+    def __call__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        *,
+        scope: Scope = GLOBAL,
+        criterion: Criterion = L2,
+        seed: int = 0,
+        example_inputs: torch.Tensor | None = None,
+        data: PruneData | None = None,
+        mask: Mask | None = None,
+    ) -> Pruned:
         return _nm(model, ratio, self.n, self.m, scope, criterion, self.ignore, seed, mask, data)
 
 
@@ -222,13 +253,16 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Depen
     ``transformers`` models are refused: Torch-Pruning cannot trace GPT-2's attention, and their own
     RMSNorm classes would let the residual stream be masked where removing it changes the result."""
     if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
-        raise PruningError("structured pruning of a transformers model is not supported: use method=unstructured, "
-                           "nm, wanda or sparsegpt (model=tiny_gpt loses whole heads and MLP neurons)")
+        raise PruningError(
+            "structured pruning of a transformers model is not supported: use method=unstructured, "
+            "nm, wanda or sparsegpt (model=tiny_gpt loses whole heads and MLP neurons)"
+        )
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    except Exception as e:  # noqa: BLE001 - the tracer's failures are many; the user needs one line
-        raise PruningError(f"Torch-Pruning could not trace the model for structured pruning "
-                           f"({type(e).__name__}: {e})") from e
+    except Exception as e:
+        raise PruningError(
+            f"Torch-Pruning could not trace the model for structured pruning ({type(e).__name__}: {e})"
+        ) from e
 
 
 # Normalisations whose statistics span the channels: a zeroed channel still counts in the mean and
@@ -244,11 +278,15 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor, ignore: Seque
     group that passes a LayerNorm / GroupNorm / RMSNorm (a transformer's residual stream): there
     the masked network would not compute what the shrunk one does."""
     names = {m: n for n, m in model.named_modules()}
-    ignored = [m for n, m in model.named_modules()
-               if isinstance(m, PRUNABLE_TYPES) and any(fnmatch(n, pat) for pat in ignore)]
+    ignored = [
+        m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and any(fnmatch(n, pat) for pat in ignore)
+    ]
     graph = dependency_graph(model, example_inputs)
-    groups = [g for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES)
-              if not any(isinstance(item.dep.target.module, _ACROSS_CHANNELS) for item in g)]
+    groups = [
+        g
+        for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES)
+        if not any(isinstance(item.dep.target.module, _ACROSS_CHANNELS) for item in g)
+    ]
     return graph, [(names[g[0].dep.target.module], g[0].dep.target.module, g) for g in groups]
 
 
@@ -264,14 +302,18 @@ def head_count(model: nn.Module, graph, group) -> tuple[nn.Module, str, int] | N
     found = set()
     for item in group:
         parent = parents.get(id(item.dep.target.module))
-        if isinstance(item.dep.target.module, PRUNABLE_TYPES) and parent is not None \
-                and graph.is_out_channel_pruning_fn(item.dep.handler):
+        if (
+            isinstance(item.dep.target.module, PRUNABLE_TYPES)
+            and parent is not None
+            and graph.is_out_channel_pruning_fn(item.dep.handler)
+        ):
             attr = next((a for a in ("heads", "num_heads") if isinstance(getattr(parent, a, None), int)), None)
             if attr is not None:
                 found.add((parent, attr, getattr(parent, attr)))
     if len(found) > 1:
-        raise PruningError("one channel group spans the heads of several attention modules; "
-                           "add their projections to method.ignore")
+        raise PruningError(
+            "one channel group spans the heads of several attention modules; add their projections to method.ignore"
+        )
     return found.pop() if found else None
 
 
@@ -289,8 +331,10 @@ def _blocks(root_name: str, group, n: int) -> int:
         if isinstance(m, PRUNABLE_TYPES[:3]) and 1 < m.groups < m.out_channels:
             blocks = max(blocks, m.groups)
     if n % blocks:
-        raise PruningError(f"{root_name}: its {n} channels feed a convolution with groups={blocks} "
-                           "but do not split into equal blocks; add it to method.ignore")
+        raise PruningError(
+            f"{root_name}: its {n} channels feed a convolution with groups={blocks} "
+            "but do not split into equal blocks; add it to method.ignore"
+        )
     return blocks
 
 
@@ -301,8 +345,10 @@ def _heads(model: nn.Module, graph, root_name: str, group, blocks: int) -> int:
         return 1
     n, heads = len(group[0].idxs), found[2]
     if n % heads or blocks > 1:
-        raise PruningError(f"{root_name}: its {n} channels do not split into {heads} equal attention heads; "
-                           "add the attention projections to method.ignore")
+        raise PruningError(
+            f"{root_name}: its {n} channels do not split into {heads} equal attention heads; "
+            "add the attention projections to method.ignore"
+        )
     return heads
 
 
@@ -356,6 +402,7 @@ class Structured(Method):
     least one channel, so no layer is ever emptied. ``example_inputs`` (one batch) is needed to
     trace the dependency graph.
     """
+
     # the logits layer: removing its outputs would remove classes
     ignore: list[str] = field(default_factory=lambda: ["classifier"])
     normalize: str = "mean"  # divide each group's channel scores by their mean, or "none"
@@ -364,11 +411,21 @@ class Structured(Method):
         if self.normalize not in ("mean", "none"):
             raise PruningError(f"method.normalize={self.normalize!r} is not allowed: expected one of mean, none")
 
-    def __call__(self, model: nn.Module, ratio: float, *, scope: Scope = GLOBAL, criterion: Criterion = L2,
-                 seed: int = 0, example_inputs: torch.Tensor | None = None, data: PruneData | None = None,
-                 mask: Mask | None = None) -> Pruned:
-        return _structured(model, ratio, scope, criterion, self.ignore, seed, example_inputs, self.normalize,
-                           mask, data)
+    def __call__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        *,
+        scope: Scope = GLOBAL,
+        criterion: Criterion = L2,
+        seed: int = 0,
+        example_inputs: torch.Tensor | None = None,
+        data: PruneData | None = None,
+        mask: Mask | None = None,
+    ) -> Pruned:
+        return _structured(
+            model, ratio, scope, criterion, self.ignore, seed, example_inputs, self.normalize, mask, data
+        )
 
 
 def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, normalize, mask, data) -> Pruned:
@@ -377,8 +434,9 @@ def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, no
     layers = prunable_layers(model, ignore)
     last = list(prunable_layers(model))[-1]
     if last in layers:
-        raise PruningError(f"structured pruning would remove output classes of {last!r}: "
-                           f"add it to method.ignore (now {list(ignore)})")
+        raise PruningError(
+            f"structured pruning would remove output classes of {last!r}: add it to method.ignore (now {list(ignore)})"
+        )
     scorer, scope, data = _setup(model, ratio, criterion, scope, data, seed)
     was_training = model.training
     model.eval()
@@ -392,8 +450,9 @@ def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, no
     by_root = {name: (module, group) for name, module, group in groups}
     blocks = {name: _blocks(name, group, len(group[0].idxs)) for name, (_, group) in by_root.items()}
     heads = {name: _heads(model, graph, name, group, blocks[name]) for name, (_, group) in by_root.items()}
-    alive = {name: mask.channels[name].cpu() if mask is not None and name in mask.channels else None
-             for name in by_root}
+    alive = {
+        name: mask.channels[name].cpu() if mask is not None and name in mask.channels else None for name in by_root
+    }
 
     def score(name):
         module, group = by_root[name]
@@ -405,8 +464,10 @@ def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, no
             s = s.view(heads[name], -1).mean(1).repeat_interleave(n // heads[name])
         if normalize == "mean":
             if bool((s < 0).any()):
-                raise PruningError(f"{name}: the criterion gave negative channel scores, which normalize=mean "
-                                   "cannot compare across layers; use method.normalize=none")
+                raise PruningError(
+                    f"{name}: the criterion gave negative channel scores, which normalize=mean "
+                    "cannot compare across layers; use method.normalize=none"
+                )
             s = s / s.mean().clamp_min(1e-12) if alive[name] is None else s / s[alive[name]].mean().clamp_min(1e-12)
         return _without_pruned(s, alive[name])
 
@@ -437,10 +498,13 @@ def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, no
         return out
 
     cached = {}
-    units = Units({name: len(g[0].idxs) for name, (_, g) in by_root.items()},
-                  lambda name: cached[name] if name in cached else cached.setdefault(name, score(name)),
-                  kind="channels", trial=_prober(model, data, masks_of),
-                  cost=_costs(model, data, per_channel, example_inputs))
+    units = Units(
+        {name: len(g[0].idxs) for name, (_, g) in by_root.items()},
+        lambda name: cached[name] if name in cached else cached.setdefault(name, score(name)),
+        kind="channels",
+        trial=_prober(model, data, masks_of),
+        cost=_costs(model, data, per_channel, example_inputs),
+    )
     keep = allocate(units, ratio, scope)
     for name, b in blocks.items():
         if b > 1:  # min_keep may have kept a position in one block only: keep it in all

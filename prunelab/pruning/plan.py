@@ -25,9 +25,14 @@ FORMAT = 1
 
 def plan_of(kind: str, sets: dict[str, tuple[int, int, tuple]]) -> dict:
     """``sets``: name -> (units, kept, shape of the scores)."""
-    return {"format": FORMAT, "unit": kind,
-            "sets": {name: {"units": n, "kept": k, "shape": list(shape), "ratio": 1 - k / n if n else 0.0}
-                     for name, (n, k, shape) in sets.items()}}
+    return {
+        "format": FORMAT,
+        "unit": kind,
+        "sets": {
+            name: {"units": n, "kept": k, "shape": list(shape), "ratio": 1 - k / n if n else 0.0}
+            for name, (n, k, shape) in sets.items()
+        },
+    }
 
 
 def load_plan(source: str | Path | dict) -> dict:
@@ -46,7 +51,9 @@ def load_plan(source: str | Path | dict) -> dict:
             text = Path(text).expanduser().read_text()
         plan = json.loads(text)
     except Exception as e:  # a missing file or run, bad JSON: one line naming the source
-        raise PruningError(f"cannot read the plan {source}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise PruningError(
+            f"cannot read the plan {source}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if not isinstance(plan, dict) or "sets" not in plan:
         raise PruningError(f"{source} is not a prunelab plan (no 'sets')")
     return plan
@@ -56,6 +63,7 @@ def load_plan(source: str | Path | dict) -> dict:
 class FromPlan(Scope):
     """Keep in every set exactly the plan's count (the run's ``ratio`` is not used: the plan
     decides). A plan that does not fit the model is one error naming every misfit."""
+
     source: Any = None
 
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
@@ -66,11 +74,16 @@ class FromPlan(Scope):
         scores = {name: units.score(name) for name in units.sizes}
         missing = sorted(n for n in sets if n not in units.sizes)
         extra = sorted(n for n in units.sizes if n not in sets)
-        shapes = sorted(f"{n} (plan {tuple(sets[n]['shape'])}, model {tuple(s.shape)})"
-                        for n, s in scores.items() if n in sets and tuple(sets[n]["shape"]) != tuple(s.shape))
-        problems = [f"layers missing from the model: {', '.join(missing)}" if missing else "",
-                    f"layers the plan does not cover: {', '.join(extra)}" if extra else "",
-                    f"different shapes: {', '.join(shapes)}" if shapes else ""]
+        shapes = sorted(
+            f"{n} (plan {tuple(sets[n]['shape'])}, model {tuple(s.shape)})"
+            for n, s in scores.items()
+            if n in sets and tuple(sets[n]["shape"]) != tuple(s.shape)
+        )
+        problems = [
+            f"layers missing from the model: {', '.join(missing)}" if missing else "",
+            f"layers the plan does not cover: {', '.join(extra)}" if extra else "",
+            f"different shapes: {', '.join(shapes)}" if shapes else "",
+        ]
         if any(problems):
             raise PruningError("the plan does not fit this model: " + "; ".join(p for p in problems if p))
         return {name: keep_count(s, int(sets[name]["kept"])) for name, s in scores.items()}

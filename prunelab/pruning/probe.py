@@ -15,7 +15,7 @@ one (the only one its forward passes on).
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -33,8 +33,9 @@ class Probe:
     of ``model`` with only ``masks_of(keeps)`` applied (a dict param name -> bool mask). The copy is
     made on the first trial, so scopes that never measure never pay for it."""
 
-    def __init__(self, model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.Tensor]],
-                 replay: bool = True):
+    def __init__(
+        self, model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.Tensor]], replay: bool = True
+    ):
         self.model, self.data, self.masks_of, self.replay = model, data, masks_of, replay
         self._copy: nn.Module | None = None
 
@@ -88,6 +89,7 @@ class Probe:
                 start, end, calls = order.get(name, (tick[0], -1, 0))
                 order[name] = (start, end, calls + 1)
                 tick[0] += 1
+
             return hook
 
         def post(name):
@@ -95,6 +97,7 @@ class Probe:
                 start, _, calls = order[name]
                 order[name] = (start, tick[0], calls)
                 tick[0] += 1
+
             return hook
 
         for name, module in self._modules.items():
@@ -117,8 +120,11 @@ class Probe:
         """The outermost modules that finish before ``start`` ("keep": their output is stored and
         replayed; "drop": an nn.Sequential child whose output only its next sibling, also
         replayed, reads)."""
-        done = {n for n, (_, end, calls) in self._order.items()
-                if calls == 1 and end < start and not self._hooked(self._modules[n])}
+        done = {
+            n
+            for n, (_, end, calls) in self._order.items()
+            if calls == 1 and end < start and not self._hooked(self._modules[n])
+        }
         outer = [n for n in done if not any(a in done for a in _ancestors(n))]
         drop = []
         for n in outer:
@@ -139,8 +145,10 @@ class Probe:
     def _storing(self, x, chunk, keep, stored):
         handles = []
         for name in keep:
+
             def hook(_m, _a, out, name=name):
                 stored[(name, chunk)] = _clone(out)
+
             handles.append(self._modules[name].register_forward_hook(hook))
         try:
             return self._copy(x)

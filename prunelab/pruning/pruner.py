@@ -30,9 +30,17 @@ class Pruner:
     ``budget_macs``: prune to at most this fraction of the dense MACs instead (the ratio is
     searched); ``seed``: of the data drawn and of random choices."""
 
-    def __init__(self, method: Method, criterion: Criterion, scope: Scope, *, seed: int = 0,
-                 data: PruneData | tuple | None = None, example_inputs: torch.Tensor | None = None,
-                 budget_macs: float | None = None):
+    def __init__(
+        self,
+        method: Method,
+        criterion: Criterion,
+        scope: Scope,
+        *,
+        seed: int = 0,
+        data: PruneData | tuple | None = None,
+        example_inputs: torch.Tensor | None = None,
+        budget_macs: float | None = None,
+    ):
         self.method, self.criterion, self.scope = method, as_criterion(criterion), as_scope(scope)
         self.seed, self.example, self.budget = seed, example_inputs, budget_macs
         self.data = data if data is None or isinstance(data, PruneData) else PruneData(data, seed=seed)
@@ -44,8 +52,16 @@ class Pruner:
         """The layers the method leaves dense."""
         return list(self.method.ignore)
 
-    def __call__(self, model: nn.Module, ratio: float, mask: Mask | None = None, *, scope: Scope | None = None,
-                 budget: bool = True, last: float | None = None) -> Pruned:
+    def __call__(
+        self,
+        model: nn.Module,
+        ratio: float,
+        mask: Mask | None = None,
+        *,
+        scope: Scope | None = None,
+        budget: bool = True,
+        last: float | None = None,
+    ) -> Pruned:
         """``last``: the output layer (the last prunable one) is pruned on its own to this ratio of
         its weights, the other layers by the scope to ``ratio`` of theirs. ``scope`` stands in for
         the configured one; ``budget=False`` prunes to ``ratio`` even under a MACs budget."""
@@ -59,8 +75,16 @@ class Pruner:
         scope = scope.for_budget() if searched else scope
 
         def at(r: float) -> Pruned:
-            return method(model, r, scope=scope, criterion=self.criterion, seed=self.seed,
-                          example_inputs=self.example, data=self.data, mask=mask)
+            return method(
+                model,
+                r,
+                scope=scope,
+                criterion=self.criterion,
+                seed=self.seed,
+                example_inputs=self.example,
+                data=self.data,
+                mask=mask,
+            )
 
         return to_macs_budget(at, model, self.example, self.budget) if searched else at(ratio)
 
@@ -68,14 +92,19 @@ class Pruner:
         layers = list(prunable_layers(model))
         output, kept = layers[-1], list(prunable_layers(model, self.ignore))
         if output not in kept:
-            raise PruningError(f"the output layer {output} is pruned on its own (schedule.output_fraction) "
-                               f"but method.ignore leaves it dense; drop one of the two")
+            raise PruningError(
+                f"the output layer {output} is pruned on its own (schedule.output_fraction) "
+                f"but method.ignore leaves it dense; drop one of the two"
+            )
         if len(kept) < 2:
             raise PruningError(f"pruning the output layer {output} on its own needs another prunable layer")
         rest = self._prune(model, ratio, mask, scope, budget, ignore=[*self.ignore, output])
         alone = self._prune(model, last, rest.mask, Local(), False, ignore=[*self.ignore, *kept[:-1]])
-        both = Mask(alone.mask.masks, prunable=(*rest.mask.prunable, *alone.mask.prunable),
-                    channels={**rest.mask.channels, **alone.mask.channels})
+        both = Mask(
+            alone.mask.masks,
+            prunable=(*rest.mask.prunable, *alone.mask.prunable),
+            channels={**rest.mask.channels, **alone.mask.channels},
+        )
         plan = {**rest.plan, "sets": {**rest.plan["sets"], **alone.plan["sets"]}}
         return Pruned(both, plan, rest.report, rest.ratio)
 

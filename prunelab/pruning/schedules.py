@@ -2,8 +2,9 @@
 
 A schedule is a ``schedule._target_`` plug-in (the contract: :class:`~.contracts.Schedule`)
 called with a :class:`~.contracts.Session`, the run's model after dense training, and returns the
-final mask and the shrunk network (structured) or None. It prunes through ``session.prune(ratio, mask)`` (the run's method, criterion and scope, starting
-from ``mask``, so nothing pruned is revived and ``ratio`` is the overall target) and trains through
+final mask and the shrunk network (structured) or None. It prunes through
+``session.prune(ratio, mask)`` (the run's method, criterion and scope, starting from ``mask``, so
+nothing pruned is revived and ``ratio`` is the overall target) and trains through
 ``session.fine_tune``; both log to the run with a step, so its trajectory is one MLflow chart.
 
 * :class:`Oneshot` (the default): prune to ``ratio``, fine-tune ``finetune.epochs``.
@@ -30,10 +31,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-import torch
 from torch import nn
 from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
 
@@ -128,8 +128,10 @@ class Gradual(Schedule):
         t0 = int(self.start * total_steps)
         n = (min(int(self.end * total_steps), total_steps - 1) - t0) // self.every  # steps run 0 .. total - 1
         if n < 1:
-            raise PruningError(f"schedule=gradual: {total_steps} fine-tuning steps leave no room for an update every "
-                               f"{self.every} steps between start={self.start} and end={self.end}; lower schedule.every")
+            raise PruningError(
+                f"schedule=gradual: {total_steps} fine-tuning steps leave no room for an update every "
+                f"{self.every} steps between start={self.start} and end={self.end}; lower schedule.every"
+            )
         steps = [t0 + j * self.every for j in range(n + 1)]
         return {t: CubicSL.sparsity_compute_fn(self.initial, ratio, t, t0, self.every, n) for t in steps}
 
@@ -192,8 +194,16 @@ class Lottery(Schedule):
             else:
                 rewind = copy.deepcopy(s.init)
             val, test = s.evaluate(s.model)
-            saved = {"level": 0, "rewind": rewind, "mask": None, "weights": None, "reinit": None,
-                     "history": [(0, {Metric.LEVEL_TEST_ACCURACY: test, Metric.LEVEL_VAL_ACCURACY: val, Metric.LEVEL_REMAINING: 1.0})]}
+            saved = {
+                "level": 0,
+                "rewind": rewind,
+                "mask": None,
+                "weights": None,
+                "reinit": None,
+                "history": [
+                    (0, {Metric.LEVEL_TEST_ACCURACY: test, Metric.LEVEL_VAL_ACCURACY: val, Metric.LEVEL_REMAINING: 1.0})
+                ],
+            }
         else:
             s.model.load_state_dict(saved["weights"])
             s.log({Metric.SCHEDULE_RESUMED_AFTER: saved["level"]}, saved["level"])
@@ -209,7 +219,11 @@ class Lottery(Schedule):
             mask.apply(s.model)
             s.train(s.model, mask, seed=level, desc=f"lottery level {level}/{len(targets)}")
             val, test = s.evaluate(s.model)
-            metrics = {Metric.LEVEL_TEST_ACCURACY: test, Metric.LEVEL_VAL_ACCURACY: val, Metric.LEVEL_REMAINING: 1 - mask.sparsity}
+            metrics = {
+                Metric.LEVEL_TEST_ACCURACY: test,
+                Metric.LEVEL_VAL_ACCURACY: val,
+                Metric.LEVEL_REMAINING: 1 - mask.sparsity,
+            }
             if self.control == "reinit":
                 control = copy.deepcopy(s.model)
                 control.load_state_dict(s.fresh(level))
@@ -221,8 +235,13 @@ class Lottery(Schedule):
             s.log(metrics, level)
             # a resumed run logs the history again, the level's target too (the analysis reads it)
             done = {**metrics, Metric.SCHEDULE_TARGET: targets[level - 1]}
-            saved.update(level=level, mask=mask.to_state(), weights=copy.deepcopy(s.model.state_dict()),
-                         reinit=reinit, history=[*saved["history"], (level, done)])
+            saved.update(
+                level=level,
+                mask=mask.to_state(),
+                weights=copy.deepcopy(s.model.state_dict()),
+                reinit=reinit,
+                history=[*saved["history"], (level, done)],
+            )
             s.checkpoint(saved)
         if self.control == "reinit":  # the run's result is the control's
             s.model.load_state_dict(reinit)
@@ -266,7 +285,14 @@ class Dynamic(Schedule):
                 new = regrow(state["mask"], params, f)
                 changed = sum(int((new.masks[n] != state["mask"].masks[n]).sum()) for n in new.prunable)
                 state.update(mask=new, hold=new.hold(s.model))
-                s.log({Metric.SCHEDULE_SPARSITY: new.sparsity, Metric.SCHEDULE_CHANGED: changed, Metric.SCHEDULE_FRACTION: f}, t)
+                s.log(
+                    {
+                        Metric.SCHEDULE_SPARSITY: new.sparsity,
+                        Metric.SCHEDULE_CHANGED: changed,
+                        Metric.SCHEDULE_FRACTION: f,
+                    },
+                    t,
+                )
             state["hold"]()
 
         s.fine_tune(None, s.epochs, after_step=after_step)
@@ -291,4 +317,3 @@ def regrow(mask: Mask, params: dict, fraction: float) -> Mask:
         flat[gradient.topk(k).indices] = True
         masks[name] = flat.view_as(keep).to(keep.device)
     return Mask(masks, mask.prunable, mask.channels)
-

@@ -10,8 +10,8 @@ The choice: the per-set ratios that remove the requested overall ``ratio`` of al
 least summed predicted loss (each set's loss curve taken as its lower convex hull over the units
 it removes, then the Lagrangian solution: every set removes units while one more costs at most
 lambda, lambda bisected). Where sets reach lambda together, the step is shared in proportion, so
-the overall ratio is met exactly. The scan is logged as ``sensitivity.csv`` and ``sensitivity.png`` (a heatmap); the choice
-is the run's ``plan.json``.
+the overall ratio is met exactly. The scan is logged as ``sensitivity.csv`` and
+``sensitivity.png`` (a heatmap); the choice is the run's ``plan.json``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,14 @@ class Sensitivity(Scope):
             rows = [{"set": name, "units": units.sizes[name], "ratio": 0.0, "accuracy": base} for name in units.sizes]
             for name, s in scores.items():
                 for r in self.grid:
-                    rows.append({"set": name, "units": units.sizes[name], "ratio": float(r),
-                                 "accuracy": units.trial({name: _at_least_one(keep_ratio(s, r), s)}, self.samples)})
+                    rows.append(
+                        {
+                            "set": name,
+                            "units": units.sizes[name],
+                            "ratio": float(r),
+                            "accuracy": units.trial({name: _at_least_one(keep_ratio(s, r), s)}, self.samples),
+                        }
+                    )
             table = pd.DataFrame(rows)
             table["loss"] = base - table["accuracy"]
             self._scans = {key: table}  # one model state at a time
@@ -109,16 +115,22 @@ def _hull(r: np.ndarray, loss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     for x, y in zip(r * n, loss):
         if hull and x <= hull[-1][0]:
             continue
-        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (x - hull[-1][0]) >= \
-                (y - hull[-1][1]) * (hull[-1][0] - hull[-2][0]):
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (x - hull[-1][0]) >= (y - hull[-1][1]) * (
+            hull[-1][0] - hull[-2][0]
+        ):
             hull.pop()
         hull.append((float(x), float(y)))
     xs, ys = np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
     return xs, np.diff(ys) / np.diff(xs)
 
 
-def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float,
-           weights: dict[str, float] | None = None, floor: dict[str, float] | None = None) -> dict[str, float]:
+def choose(
+    table: pd.DataFrame,
+    sizes: dict[str, int],
+    ratio: float,
+    weights: dict[str, float] | None = None,
+    floor: dict[str, float] | None = None,
+) -> dict[str, float]:
     """Per-set ratios that remove ``ratio`` of all units with the least summed predicted loss
     (with ``weights``, a cost per unit of each set: ``ratio`` of the total cost), none below its
     ``floor`` (the fraction of the set already pruned).
@@ -137,15 +149,21 @@ def choose(table: pd.DataFrame, sizes: dict[str, int], ratio: float,
 
     def at(lam):
         # a set takes its hull's vertices up to the last whose segment costs <= lam per unit of cost
-        ratios = {name: max(float(xs[int(np.searchsorted(slopes, lam, side="right"))] / size[name]) if size[name] else 0.0,
-                            floor.get(name, 0.0))
-                  for name, (xs, slopes) in hulls.items()}
+        ratios = {
+            name: max(
+                float(xs[int(np.searchsorted(slopes, lam, side="right"))] / size[name]) if size[name] else 0.0,
+                floor.get(name, 0.0),
+            )
+            for name, (xs, slopes) in hulls.items()
+        }
         return ratios, sum(size[n] * x for n, x in ratios.items()) / total
 
     _, reach = at(np.inf)
     if ratio > reach + 1e-12:
-        raise PruningError(f"scope=sensitivity: the scan's grid (up to {max(table['ratio']):g} per layer) "
-                           f"removes at most {reach:.4f} of the units, below ratio={ratio:g}")
+        raise PruningError(
+            f"scope=sensitivity: the scan's grid (up to {max(table['ratio']):g} per layer) "
+            f"removes at most {reach:.4f} of the units, below ratio={ratio:g}"
+        )
     top = max((float(sl.max()) for _, sl in hulls.values() if len(sl)), default=0.0)
     lo, hi = -1.0, top + 1.0  # lambda < 0 removes nothing; above every slope, all the grid allows
     for _ in range(100):

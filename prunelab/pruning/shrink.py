@@ -12,8 +12,8 @@ import copy
 import torch
 from torch import nn
 
-from .mask import Mask
 from .errors import PruningError
+from .mask import Mask
 from .methods import dependency_graph, head_count
 
 
@@ -64,7 +64,9 @@ def unshrink(shrunk: nn.Module, mask: Mask, into: nn.Module) -> nn.Module:
         if keep is None:  # a buffer (BatchNorm statistics): shaped like its layer's weight
             keep = mask.masks.get(f"{name.rpartition('.')[0]}.weight")
         if keep is None or keep.dim() != small.dim() or int(keep.sum()) != small.numel():
-            raise PruningError(f"unshrink: {name} has shape {tuple(small.shape)} in the shrunk model and "
-                               f"{tuple(target.shape)} in the full one, and its mask does not map one onto the other")
+            raise PruningError(
+                f"unshrink: {name} has shape {tuple(small.shape)} in the shrunk model and "
+                f"{tuple(target.shape)} in the full one, and its mask does not map one onto the other"
+            )
         target[keep.to(target.device)] = small.flatten().to(target.dtype)
     return into

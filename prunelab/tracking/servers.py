@@ -14,8 +14,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 HOST = "127.0.0.1"
 
@@ -56,8 +56,9 @@ def wait_until(check: Callable[[], bool], proc: subprocess.Popen, timeout: float
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             lines = proc.log.read_text(errors="replace").strip().splitlines()
-            raise ServerError(f"{what} exited ({proc.returncode}): {lines[-1] if lines else 'no output'} "
-                              f"(log: {proc.log})")
+            raise ServerError(
+                f"{what} exited ({proc.returncode}): {lines[-1] if lines else 'no output'} (log: {proc.log})"
+            )
         if check():
             return
         time.sleep(0.3)
@@ -73,17 +74,39 @@ def answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_server(store_uri: str, port: int | None = None, host: str = HOST, artifacts: str | os.PathLike | None = None,
-                  log: Path | None = None, cwd: str | os.PathLike | None = None,
-                  timeout: float = 120) -> Iterator[str]:
+def mlflow_server(
+    store_uri: str,
+    port: int | None = None,
+    host: str = HOST,
+    artifacts: str | os.PathLike | None = None,
+    log: Path | None = None,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 120,
+) -> Iterator[str]:
     """``mlflow server`` over ``store_uri`` (its UI included) with job execution and telemetry
     off; yields its base URL once ``/health`` answers, stops it at exit. ``artifacts``: where
     artifacts logged through it go (MLflow's default: ./mlartifacts of ``cwd``)."""
     port = port or free_port(host)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
-            "--host", host, "--port", str(port), "--workers", "1"]
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifacts is not None:
         argv += ["--artifacts-destination", str(artifacts)]
     if log is None:

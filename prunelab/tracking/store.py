@@ -22,9 +22,9 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
@@ -55,8 +55,10 @@ def check_store(uri: str) -> None:
     a server that does not answer, a SQLite path that is not a database, a scheme MLflow lacks."""
     parts = urlsplit(uri)
     if parts.scheme.split("+")[0] not in STORE_SCHEMES:  # postgresql+psycopg: a driver after "+"
-        raise TrackingError(f"tracking.uri={redact(uri)}: unknown scheme {parts.scheme!r} (expected "
-                            "sqlite:///FILE, http(s)://HOST:PORT, a database URI or a folder)")
+        raise TrackingError(
+            f"tracking.uri={redact(uri)}: unknown scheme {parts.scheme!r} (expected "
+            "sqlite:///FILE, http(s)://HOST:PORT, a database URI or a folder)"
+        )
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
             raise TrackingError(f"tracking.uri={redact(uri)} names no host")
@@ -71,7 +73,7 @@ def check_store(uri: str) -> None:
             reason = getattr(e, "reason", e)
             raise TrackingError(f"cannot reach the MLflow server at {redact(uri)}: {reason}") from None
     elif parts.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
         if path is not None and path.is_file() and path.stat().st_size > 0:
             _check_sqlite_store(path, uri)
 
@@ -105,7 +107,9 @@ def connect(uri: str, experiment: str) -> str:
     except MlflowException as e:
         raise TrackingError(f"MLflow store {redact(uri)}: {_first_line(e)}") from None
     except SQLAlchemyError as e:
-        raise TrackingError(f"MLflow store {redact(uri)} is damaged or unreadable: {_first_line(e.orig or e)}") from None
+        raise TrackingError(
+            f"MLflow store {redact(uri)} is damaged or unreadable: {_first_line(e.orig or e)}"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -133,8 +137,9 @@ def _where(tags: dict[str, str], status: str) -> str:
 
 def finished_run(experiment_id: str, tags: dict[str, str]):
     """The newest FINISHED run carrying all ``tags``."""
-    runs = MlflowClient().search_runs([experiment_id], _where(tags, "FINISHED"), max_results=1,
-                                      order_by=["attributes.start_time DESC"])
+    runs = MlflowClient().search_runs(
+        [experiment_id], _where(tags, "FINISHED"), max_results=1, order_by=["attributes.start_time DESC"]
+    )
     return runs[0] if runs else None
 
 
@@ -147,8 +152,12 @@ def add_tags(run_id: str, tags: dict[str, str]) -> None:
 def _git_commit() -> str | None:
     try:
         top = Path(__file__).resolve().parent.parent
-        return subprocess.run(["git", "-C", str(top), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=5, check=True).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "-C", str(top), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -173,6 +182,7 @@ def _environment_tags() -> dict[str, str]:
 
 
 # --- runs whose process died --------------------------------------------------------------------
+
 
 def _started(pid: int) -> str | None:
     """When process ``pid`` started (a stamp that tells it from a later process with the same
@@ -213,12 +223,14 @@ def end_dead_runs(experiment_id: str, tags: dict[str, str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def run(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None = None
-        ) -> Iterator[mlflow.ActiveRun]:
+def run(
+    experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED (exception, with the error as a tag) or KILLED
     (Ctrl-C / SIGTERM)."""
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, **process_tags()},
-                          parent_run_id=parent_run_id) as active:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=name, tags={**tags, **process_tags()}, parent_run_id=parent_run_id
+    ) as active:
         try:
             yield active
         except KeyboardInterrupt:
@@ -233,8 +245,9 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:4000]
 
 
-def record_failure(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None,
-                   error: BaseException) -> None:
+def record_failure(
+    experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None, error: BaseException
+) -> None:
     """A FAILED run (KILLED for Ctrl-C / SIGTERM) for a point that broke before its own run was
     opened (data, dense training), so a sweep shows every point that did not finish."""
     client = MlflowClient()
@@ -257,8 +270,9 @@ def log_artifact_files(files: dict[str, bytes | str]) -> None:
         try:
             mlflow.log_artifacts(tmp)
         except OSError as e:
-            raise TrackingError(f"cannot write the run's artifacts to {redact(mlflow.get_artifact_uri())}: "
-                                f"{e.strerror or e}") from None
+            raise TrackingError(
+                f"cannot write the run's artifacts to {redact(mlflow.get_artifact_uri())}: {e.strerror or e}"
+            ) from None
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

@@ -19,11 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from .servers import HOST as DEFAULT_HOST, ServerError, free_port, mlflow_server, start, stop, wait_until
+from .servers import HOST as DEFAULT_HOST
+from .servers import ServerError, free_port, mlflow_server, start, stop, wait_until
 from .ui import experiments_url
 
 
@@ -33,8 +34,8 @@ class TeamServerError(RuntimeError):
 
 @dataclass
 class TeamServer:
-    uri: str           # tracking.uri=...
-    database: str      # the backend store MLflow writes to
+    uri: str  # tracking.uri=...
+    database: str  # the backend store MLflow writes to
     artifacts: Path
 
 
@@ -64,18 +65,25 @@ def team_server(folder: Path, port: int | None = None, host: str = DEFAULT_HOST)
     postgres = None
     try:
         if not (pgdata / "PG_VERSION").exists():
-            subprocess.run(_as_postgres([str(pg / "initdb"), "-D", str(pgdata), "-U", "mlflow", "--auth=trust"]),
-                           check=True, capture_output=True)
+            subprocess.run(
+                _as_postgres([str(pg / "initdb"), "-D", str(pgdata), "-U", "mlflow", "--auth=trust"]),
+                check=True,
+                capture_output=True,
+            )
         pg_port = free_port(host)
-        postgres = start(_as_postgres([str(pg / "postgres"), "-D", str(pgdata), "-h", host, "-p", str(pg_port),
-                                       "-k", str(pgdata)]), folder / "postgres.log")
+        postgres = start(
+            _as_postgres([str(pg / "postgres"), "-D", str(pgdata), "-h", host, "-p", str(pg_port), "-k", str(pgdata)]),
+            folder / "postgres.log",
+        )
         ready = [str(pg / "pg_isready"), "-q", "-h", host, "-p", str(pg_port)]
         wait_until(lambda: subprocess.run(ready).returncode == 0, postgres, 60, "PostgreSQL")
-        subprocess.run([str(pg / "createdb"), "-h", host, "-p", str(pg_port), "-U", "mlflow", "mlflow"],
-                       capture_output=True)  # exists already when the folder is reused
+        subprocess.run(
+            [str(pg / "createdb"), "-h", host, "-p", str(pg_port), "-U", "mlflow", "mlflow"], capture_output=True
+        )  # exists already when the folder is reused
         database = f"postgresql+psycopg://mlflow@{host}:{pg_port}/mlflow"
-        with mlflow_server(database, port, host, artifacts=folder / "artifacts", log=folder / "mlflow-server.log",
-                           cwd=folder) as uri:
+        with mlflow_server(
+            database, port, host, artifacts=folder / "artifacts", log=folder / "mlflow-server.log", cwd=folder
+        ) as uri:
             yield TeamServer(uri, database, folder / "artifacts")
     finally:
         stop(postgres)
@@ -95,9 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with team_server(args.dir, args.port) as team:
-            print(f"MLflow server on PostgreSQL: {team.uri}  (artifacts in {team.artifacts})\n"
-                  f"  python -m prunelab tracking.uri={team.uri} ...\n"
-                  f"  UI: {experiments_url(team.uri)}   Ctrl-C stops both.", flush=True)
+            print(
+                f"MLflow server on PostgreSQL: {team.uri}  (artifacts in {team.artifacts})\n"
+                f"  python -m prunelab tracking.uri={team.uri} ...\n"
+                f"  UI: {experiments_url(team.uri)}   Ctrl-C stops both.",
+                flush=True,
+            )
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

@@ -20,7 +20,8 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 from ..redact import redact
-from .servers import HOST as DEFAULT_HOST, mlflow_server as serve
+from .servers import HOST as DEFAULT_HOST
+from .servers import mlflow_server as serve
 
 DEFAULT_PORT = 5000
 MACHINE_LEARNING = "workflowType=machine_learning"
@@ -58,8 +59,15 @@ def experiments_url(base: str) -> str:
 
 # Headless Chromium as this machine's network allows it: no background connections (they are
 # refused here, many at a time), no GPU, no sandbox (CI runs as root).
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # MLflow 3 opens its AI-assistant pane on a first visit; closed, the runs and charts get the width.
 _ASSISTANT_CLOSED = """
 localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
@@ -85,8 +93,9 @@ def browser_page(width: int = 1600, height: int = 1000, local_storage: dict[str,
     path = chromium()
     if path is None:
         raise RuntimeError("no Chromium found (Debian: apt-get install chromium; or set PRUNELAB_CHROMIUM)")
-    init = _ASSISTANT_CLOSED + "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});\n"
-                                       for k, v in (local_storage or {}).items())
+    init = _ASSISTANT_CLOSED + "".join(
+        f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});\n" for k, v in (local_storage or {}).items()
+    )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
         try:
@@ -103,15 +112,15 @@ def _stop(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m prunelab.tracking.ui",
-                                description="Serve an MLflow store's UI and print where to open it.")
+    p = argparse.ArgumentParser(
+        prog="python -m prunelab.tracking.ui", description="Serve an MLflow store's UI and print where to open it."
+    )
     p.add_argument("--store", default="sqlite:///mlflow.db", help="backend store URI (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     with serve(args.store, args.port) as base:
-        print(f"MLflow UI for {redact(args.store)}: {experiments_url(base)}  (Ctrl-C stops it)",
-              flush=True)
+        print(f"MLflow UI for {redact(args.store)}: {experiments_url(base)}  (Ctrl-C stops it)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
