@@ -88,7 +88,7 @@ def _compose(overrides: list[str], config_dir: str, config_name: str):
     return sweeps, sweeper
 
 
-def _not_an_option(e: BaseException, overrides: list[str], config_dir: str, config_name: str) -> str | None:
+def _not_an_option(e: BaseException | None, overrides: list[str], config_dir: str, config_name: str) -> str | None:
     """An option a plug-in does not take (Hydra: "Key 'x' not in ..."), as one sentence naming the
     options it does take (the config composed without that override says which plug-in it is)."""
     from hydra import compose, initialize_config_dir
@@ -109,9 +109,9 @@ def _not_an_option(e: BaseException, overrides: list[str], config_dir: str, conf
     return not_an_option(with_choices(cfg), key)
 
 
-def _first_lines(e: BaseException) -> str:
+def _first_lines(e: BaseException | None) -> str:
     """The first line of an error and of what caused it (Hydra wraps OmegaConf's reason)."""
-    lines = []
+    lines: list[str] = []
     while e is not None and len(lines) < 2:
         text = str(e).strip()
         if text:
@@ -173,7 +173,7 @@ def _task(cfg: DictConfig):
     from mlflow.exceptions import MlflowException
 
     from .experiment.runner import run
-    from .sweep import job_overrides, parent_run_id, point_tags
+    from .sweep import in_process, job_overrides, parent_run_id, point_tags
 
     cfg = with_choices(cfg)
     parent = parent_run_id()
@@ -181,7 +181,9 @@ def _task(cfg: DictConfig):
         # A sweep point: a failure is recorded as a FAILED child and the sweep goes on; the
         # sweep callback reports it and exits non-zero at the end.
         try:
-            return run(cfg, parent, point_tags(parent))["test_accuracy"]
+            # points one after another in this process: each hand-over is made while the next
+            # point trains, and the sweep's end collects them (sweep.py)
+            return run(cfg, parent, point_tags(parent), defer_handover=in_process())["test_accuracy"]
         except Exception as e:
             log.error("point %s failed: %s", " ".join(job_overrides()), e, exc_info=True)
             return None

@@ -27,7 +27,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from .errors import UserError
 from .paths import conf_dir
-from .plugins import check_options, locate
+from .plugins import check_options, locate, read_option
 
 # Config groups whose chosen option names a run (the experiment, the run, its params).
 GROUPS = ("model", "dataset", "method", "criterion", "scope", "schedule", "recipe", "quantize", "codebook")
@@ -206,7 +206,7 @@ def plugin_schemas() -> dict[tuple[str, str], tuple[type, type]]:
     found = {}
     for group in TYPED_GROUPS:
         for path in sorted((conf_dir() / group).glob("*.yaml")):
-            cls = locate(OmegaConf.load(path)["_target_"])
+            cls = locate(read_option(path)["_target_"])
             found[(group, schema_name(cls))] = (cls, schema_of(cls))
     return found
 
@@ -277,6 +277,8 @@ def validate(cfg: DictConfig) -> None:
     data is loaded or any run is opened."""
     try:
         tree = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(tree, dict):  # a DictConfig's container always is
+            raise ConfigError(f"the config is a {type(tree).__name__}, not a mapping")
         check_targets(tree)
         _check_plugin_options(tree)
         OmegaConf.to_object(cfg)
@@ -290,10 +292,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(e).splitlines()[0]) from None
 
 
+def _at(tree: dict, where: str) -> Any:
+    """The value at the dotted path ``where`` of ``tree`` (None where a level is missing)."""
+    node: Any = tree
+    for key in where.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def _check_plugin_options(tree: dict) -> None:
     choices = tree.get("choices") or {}
     for group, where in PLUGIN_NODES.items():
-        node = functools.reduce(lambda n, k: n.get(k) if isinstance(n, dict) else None, where.split("."), tree)
+        node = _at(tree, where)
         if isinstance(node, dict) and isinstance(node.get("_target_"), str):
             label = f"{group}={choices[group]}" if group in choices else f"{where}._target_={node['_target_']}"
             check_options(group, label, locate(node["_target_"]), list(node))

@@ -13,11 +13,12 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.utils import _locate
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .paths import conf_dir
@@ -42,6 +43,14 @@ def locate(path: str) -> Any:
     """The object a ``_target_`` names (raises ImportError; quietly: Hydra's public ``get_object``
     logs every failure as an error before raising it)."""
     return _locate(path)
+
+
+def read_option(path: Path) -> DictConfig:
+    """An option's YAML file (``conf/<group>/<option>.yaml``), which is a mapping."""
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig):
+        raise OptionError(f"{path} is not a mapping of options")
+    return node
 
 
 def options(group: str) -> list[str]:
@@ -82,22 +91,22 @@ def resolve(group: str, value: Any, **options_given) -> Any:
     if not isinstance(value, str):
         if not options_given:
             return value
-        if not dataclasses.is_dataclass(value):
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
             raise OptionError(f"{group}: options ({', '.join(options_given)}) go with a name or a dataclass plug-in")
         check_options(group, f"{group}={type(value).__name__}", type(value), options_given)
         return dataclasses.replace(value, **options_given)
     node = _option(group, value)
     target = locate(node["_target_"])
-    check_options(group, f"{group}={value}", target, [*node.keys(), *options_given])
+    check_options(group, f"{group}={value}", target, [*map(str, node.keys()), *options_given])
     return instantiate(OmegaConf.merge(node, options_given))
 
 
 @functools.cache
-def _option(group: str, value: str):
+def _option(group: str, value: str) -> DictConfig:
     """conf/<group>/<value>.yaml, read once (its defaults list, the schema, dropped)."""
     path = conf_dir() / group / f"{value}.yaml"
     if not path.is_file():
         raise OptionError(f"{group}={value!r} is not allowed: expected one of {', '.join(options(group))}")
-    node = OmegaConf.load(path)
+    node = read_option(path)
     node.pop("defaults", None)
     return node

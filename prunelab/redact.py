@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from typing import Any
 
 # scheme://user[:password]@  ->  scheme://***@  (also as Hydra logs an override: http\://u\:p@)
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*\\?://)[^/@\s'\"]+@")
@@ -36,9 +38,20 @@ def install_log_redaction() -> None:
     previous = logging.getLogRecordFactory()
     if getattr(previous, "prunelab_redacts", False):
         return
+    logging.setLogRecordFactory(_RedactingFactory(previous))
 
-    def factory(*args, **kwargs):
-        record = previous(*args, **kwargs)
+
+class _RedactingFactory:
+    """A log record factory that redacts what ``previous`` makes. ``prunelab_redacts`` marks it, so
+    a second install (this module imported anew, say) does not wrap it again."""
+
+    prunelab_redacts = True
+
+    def __init__(self, previous: Callable[..., logging.LogRecord]):
+        self.previous = previous
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
         try:
             message = record.getMessage()
         except Exception:  # a malformed record stays as it is; logging reports it
@@ -47,6 +60,3 @@ def install_log_redaction() -> None:
         if masked != message:
             record.msg, record.args = masked, ()
         return record
-
-    factory.prunelab_redacts = True
-    logging.setLogRecordFactory(factory)

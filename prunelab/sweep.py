@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import fail
+from .experiment import deferred
 from .experiment.keys import choice
 from .names import Metric, Role, Tag
 from .redact import redact
@@ -58,6 +59,12 @@ def parent_run_id() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def in_process() -> bool:
+    """Whether the sweep's points run one after another in the launching process (Hydra's basic
+    launcher), where the sweep's end can collect what they deferred."""
+    return HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("hydra/launcher") == "basic"
+
+
 def job_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
@@ -70,9 +77,10 @@ def point_tags(parent: str) -> dict[str, str]:
 def _sweep_definition(config: DictConfig) -> list[str]:
     """The sweep as the user asked for it: command-line overrides plus hydra.sweeper.params."""
     task = [str(o) for o in config.hydra.overrides.task]
-    params = config.hydra.sweeper.get("params")
-    params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
-    return sorted(task + [f"{k}={v}" for k, v in params.items()])
+    node = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
+    assert isinstance(params, dict)  # hydra.sweeper.params is a mapping of override -> values
+    return sorted(task + [f"{k!s}={v}" for k, v in params.items()])
 
 
 def _experiment_names(config: DictConfig, definition: list[str]) -> list[str]:
@@ -136,7 +144,7 @@ class SweepCallback(Callback):
         if found:
             self.parent_id = found[0].info.run_id
             client.update_run(self.parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            self._kill_stale_children(client)
+            self._kill_stale_children(client, self.parent_id)
             log.info("resuming sweep %s (parent run %s)", key, self.parent_id)
         else:
             run = client.create_run(
@@ -157,22 +165,23 @@ class SweepCallback(Callback):
         (sweep_dir / PARENT_FILE).write_text(self.parent_id)
         atexit.register(self._abort)
 
-    def _kill_stale_children(self, client: MlflowClient) -> None:
+    def _kill_stale_children(self, client: MlflowClient, parent: str) -> None:
         # This sweep is not running anywhere else (we are its launcher): RUNNING children are
         # leftovers of a killed process.
         stale = client.search_runs(
-            self.experiment_ids, f"tags.`{Tag.in_sweep(self.parent_id)}` = 'true' and attributes.status = 'RUNNING'"
+            self.experiment_ids, f"tags.`{Tag.in_sweep(parent)}` = 'true' and attributes.status = 'RUNNING'"
         )
         for run in stale:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        deferred.collect()  # the points' hand-overs still being made: their runs end now
         if self.parent_id is None:
             return
         client = MlflowClient()
         status = RunStatus.FAILED
         try:
-            failed = self._summarise(client)
+            failed = self._summarise(client, self.parent_id)
             status = RunStatus.FINISHED
         finally:
             # Whatever happened while summarising, the parent is never left RUNNING.
@@ -184,38 +193,38 @@ class SweepCallback(Callback):
         if failed:
             raise SystemExit(1)
 
-    def _summarise(self, client: MlflowClient) -> int:
+    def _summarise(self, client: MlflowClient, parent: str) -> int:
         """Log the sweep's points, figures and counts to the parent; return the failure count."""
         # Imported here, not at the top: Hydra makes this callback for every run, and the analysis
         # (pandas, matplotlib) is only needed at a sweep's end.
         from .analysis import curve_series, figures_dir, load_runs, summary_note, write_report
 
-        points = load_runs(self.experiment_ids, sweep_id=self.parent_id)
+        points = load_runs(self.experiment_ids, sweep_id=parent)
         pruned = points[points["role"] == Role.PRUNED]
         # A point counts once: its FINISHED run if it has one (a rerun after a failure), else its failure.
         finished = pruned[pruned["status"] == "FINISHED"]
         failed = pruned[pruned["status"].isin(["FAILED", "KILLED"]) & ~pruned["run_key"].isin(finished["run_key"])]
-        client.log_metric(self.parent_id, Metric.SWEEP_FINISHED, len(finished))
-        client.log_metric(self.parent_id, Metric.SWEEP_FAILED, len(failed))
+        client.log_metric(parent, Metric.SWEEP_FINISHED, len(finished))
+        client.log_metric(parent, Metric.SWEEP_FAILED, len(failed))
         if len(finished):
             done = points[points["status"] == "FINISHED"]
-            self._log_curves(client, curve_series(done))
-            client.set_tag(self.parent_id, Tag.NOTE, summary_note(done))
+            self._log_curves(client, parent, curve_series(done))
+            client.set_tag(parent, Tag.NOTE, summary_note(done))
             with figures_dir() as out:
                 write_report(done, out)
-                client.log_artifacts(self.parent_id, str(out))
-        log.info("sweep %s: %d points finished, %d failed", self.parent_id, len(finished), len(failed))
+                client.log_artifacts(parent, str(out))
+        log.info("sweep %s: %d points finished, %d failed", parent, len(finished), len(failed))
         for _, row in failed.iterrows():
             log.error("failed point [%s]: %s", row.get("overrides", ""), row.get("error", ""))
         return len(failed)
 
-    def _log_curves(self, client: MlflowClient, series: dict[str, list[tuple[int, float]]]) -> None:
+    def _log_curves(self, client: MlflowClient, parent: str, series: dict[str, list[tuple[int, float]]]) -> None:
         # One timestamp for every point: a resumed sweep that logs the same curve again adds
         # nothing (the store drops exact duplicates of key, step, value and timestamp).
-        stamp = client.get_run(self.parent_id).info.start_time
+        stamp = client.get_run(parent).info.start_time
         metrics = [MlflowMetric(key, value, stamp, step) for key, points in series.items() for step, value in points]
         for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(self.parent_id, metrics=metrics[i : i + 1000])
+            client.log_batch(parent, metrics=metrics[i : i + 1000])
 
     def _abort(self) -> None:
         """At interpreter exit: a parent still RUNNING means the launcher was interrupted; its
@@ -223,7 +232,7 @@ class SweepCallback(Callback):
         try:
             client = MlflowClient()
             if self.parent_id and client.get_run(self.parent_id).info.status == "RUNNING":
-                self._kill_stale_children(client)
+                self._kill_stale_children(client, self.parent_id)
                 client.set_terminated(self.parent_id, RunStatus.to_string(RunStatus.KILLED))
         except Exception:  # best effort at exit; never mask the real error
             pass

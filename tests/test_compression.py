@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from conftest import randomised, runs
@@ -20,7 +19,7 @@ from torch import nn
 from prunelab import models
 from prunelab.data import synthetic
 from prunelab.deploy.compact import decode, encode, kmeans_codebook, linear_codebook
-from prunelab.deploy.handover import decode_sparse, handover, sparse_file
+from prunelab.deploy.handover import compact_file, decode_sparse, handover, sparse_file
 from prunelab.deploy.ledger import cost_ledger
 from prunelab.deploy.onnx import deployed
 from prunelab.pruning import prune, shrink, unshrink
@@ -241,7 +240,8 @@ def test_unstructured_handover_holds_program_and_compressed_weights(tmp_path):
     mask = prune(model, "unstructured", "global", 0.8).mask
     mask.apply(model)
     x = torch.randn(5, *SHAPE)
-    files = handover(deployed(model, 0.0, 1.0), x[:1], mask, codebook=kmeans_codebook).files
+    shipped = deployed(model, 0.0, 1.0)
+    files = handover(shipped, x[:1], mask, compact=compact_file(shipped, mask, kmeans_codebook)).files
     assert {
         "model/program.pt2",
         "model/model.onnx",
@@ -332,6 +332,7 @@ def test_the_runner_fine_tunes_the_shrunk_network_to_the_masked_result(make_cfg)
     from prunelab.experiment.session import RunSession
     from prunelab.experiment.settings import Settings
     from prunelab.pruning import Pruner
+    from prunelab.tracking import store
 
     results = {}
     for shrink_it in (True, False):
@@ -348,22 +349,11 @@ def test_the_runner_fine_tunes_the_shrunk_network_to_the_masked_result(make_cfg)
         model = models.vgg_small(in_shape=SHAPE, width=4)
         mask = prune(model, "structured", "global", 0.5, example_inputs=data.train.x[:1]).mask
         mask.apply(model)
-        session = RunSession(
-            model,
-            0.5,
-            Pruner(s.method, s.criterion, s.scope),
-            data,
-            s.train,
-            s.finetune,
-            s.shrink,
-            s.seed,
-            model.state_dict(),
-            s.model,
-            s.cache,
-        )
-        mlflow.set_tracking_uri(cfg.tracking.uri)
-        mlflow.set_experiment("fine-tune")
-        with mlflow.start_run():  # fine-tuning logs its epochs into the open run
+        experiment = store.connect(cfg.tracking.uri, "fine-tune")
+        with store.run(experiment, "fine-tune", {}) as active:  # fine-tuning logs its epochs into it
+            session = RunSession(
+                active, s, model, Pruner(s.method, s.criterion, s.scope), data, model.state_dict(), s.cache
+            )
             shrunk = session.fine_tune(mask, s.finetune.epochs)
         assert n_params(shrunk) < 0.6 * n_params(model)
         results[shrink_it] = model.eval()

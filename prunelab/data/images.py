@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # --- IDX files (the MNIST family's format) ---------------------------------------------------
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: str | os.PathLike, sha256: str | None = None) -> torch.Tensor:

@@ -69,10 +69,11 @@ def fortunes(root=None, seq_len: int = 128, seed: int = 0) -> Splits:
             "(apt-get install fortunes), or pass dataset.root=FOLDER"
         )
     records = [r.strip() for p in files for r in p.read_bytes().split(b"\n%\n") if r.strip(b"%\n ")]
-    parts = ([], [], [])  # train, val, test
+    parts: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])  # train, val, test
     for i, record in enumerate(records):
         parts[{0: 2, 1: 1}.get(i % 20, 0)].append(record)
-    return corpus_splits("fortunes", *(b"\n\n".join(p) + b"\n" for p in parts), seq_len)
+    train, val, test = (b"\n\n".join(p) + b"\n" for p in parts)
+    return corpus_splits("fortunes", train, val, test, seq_len)
 
 
 def find_wikitext2(root=None, url: str | None = WIKITEXT2_URL, sha256: str | None = WIKITEXT2_SHA256) -> Path:

@@ -20,6 +20,7 @@ import inspect
 import json
 import lzma
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,10 +81,12 @@ def _relative(positions: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.
 def encode(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], codebook=kmeans_codebook) -> bytes:
     """The compact file of ``state`` (a state dict) whose tensors named in ``masks`` are pruned:
     those are stored as codebook indices + relative positions, everything else as it is."""
-    header, chunks = {"format": FORMAT, "tensors": []}, []
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    header = {"format": FORMAT, "tensors": tensors}
     for name, tensor in state.items():
         array = tensor.detach().cpu().numpy()
-        entry = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
         if name in masks and array.dtype == np.float32:
             keep = masks[name].cpu().numpy().reshape(-1)
             positions = np.flatnonzero(keep)
@@ -96,7 +99,7 @@ def encode(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], codeb
         else:
             entry["kind"] = "dense"
             chunks.append(np.ascontiguousarray(array).tobytes())
-        header["tensors"].append(entry)
+        tensors.append(entry)
     head = json.dumps(header).encode()
     payload = len(head).to_bytes(4, "little") + head + b"".join(chunks)
     return lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME)

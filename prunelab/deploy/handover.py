@@ -180,12 +180,12 @@ def handover(
     mask: Mask | None = None,
     structured: bool = False,
     quantize: Callable[[bytes], bytes] | None = None,
-    codebook: Callable | None = None,
+    compact: bytes | None = None,
 ) -> Handover:
     """The hand-over files of ``shipped``: the network that ships (the shrunk one for structured
     pruning, the masked one otherwise) behind its standardisation, see :func:`prunelab.deploy.onnx.deployed`.
     ``example_input`` (one batch) fixes the input shape; ``mask`` adds the unstructured sparse
-    weights file, and with ``codebook`` (see ``compact.py``) the compact file; ``quantize`` (ONNX
+    weights file, and ``compact`` (:func:`compact_file`) the compact file; ``quantize`` (ONNX
     bytes -> int8 ONNX bytes) the quantized model."""
     out = Handover()
     files, net, name = out.files, shipped.net, input_name(example_input)
@@ -202,9 +202,8 @@ def handover(
         if mask is not None:
             files["model/sparse_weights.pt"] = sparse_file(net, mask)
             extra = UNSTRUCTURED
-            if codebook is not None:
-                masks = {f"net.{n}": mask.masks[n] for n in mask.prunable}
-                out.compact = files["model/weights.compact"] = encode(shipped.state_dict(), masks, codebook)
+            if compact is not None:
+                out.compact = files["model/weights.compact"] = compact
                 extra += COMPACT.format(decoder=decoder_source())
     program = export(shipped, example_input)
     if program is not None:
@@ -223,6 +222,12 @@ def handover(
     return out
 
 
+def compact_file(shipped: Deployed, mask: Mask, codebook: Callable) -> bytes:
+    """The unstructured hand-over's smallest file (``compact.py``): ``shipped``'s state with the
+    weights ``mask`` prunes on ``codebook``'s shared values."""
+    return encode(shipped.state_dict(), {f"net.{n}": mask.masks[n] for n in mask.prunable}, codebook)
+
+
 @dataclass
 class HandedOver:
     """The run's hand-over: its files (``{"model/<name>": bytes}``), the test accuracy of each file
@@ -236,33 +241,45 @@ class HandedOver:
     compact_bytes: int | None = None
 
 
-def hand_over(
-    net: nn.Module,
-    mean: float,
-    std: float,
-    example_input: torch.Tensor,
-    mask: Mask | None,
-    structured: bool,
-    test: tuple[torch.Tensor, torch.Tensor],
-    quantize: Callable[[bytes, torch.Tensor], bytes] | None = None,
-    calibration: torch.Tensor | None = None,
-    codebook: Callable | None = None,
-) -> HandedOver:
-    """The hand-over files of ``net`` (the network that ships: shrunk, or masked) behind its input
-    standardisation (``mean``, ``std``), checked on the raw ``test`` inputs and labels:
-    ``quantize`` (ONNX bytes and raw ``calibration`` inputs -> int8 ONNX bytes) adds the int8
-    model, ``codebook`` the compact file of an unstructured ``mask``. Takes and returns plain
-    values, so it can run in another process."""
-    ship = deployed(net, mean, std)
+@dataclass
+class HandoverJob:
+    """What the hand-over of a run needs, as plain values (it can run in another process): the
+    network that ships (shrunk, or masked) and its input standardisation, the example input, the
+    mask (unstructured: the sparse weights file), the compact file (:func:`compact_file`), the
+    raw test inputs and labels the files are checked on, and the quantizer (ONNX bytes and raw
+    calibration inputs -> int8 ONNX bytes) with its calibration inputs."""
+
+    net: nn.Module
+    mean: float
+    std: float
+    example_input: torch.Tensor
+    mask: Mask | None
+    structured: bool
+    test: tuple[torch.Tensor, torch.Tensor]
+    compact: bytes | None = None
+    quantize: Callable[[bytes, torch.Tensor], bytes] | None = None
+    calibration: torch.Tensor | None = None
+
+
+def hand_over(job: HandoverJob) -> HandedOver:
+    """The run's hand-over files, made and checked: the test accuracy of every file that does not
+    run the fine-tuned network's own PyTorch operations (ONNX Runtime's fp32 and int8 models, the
+    compact file's shared values)."""
+    ship = deployed(job.net, job.mean, job.std)
+    quantize, calibration = job.quantize, job.calibration
+    if quantize is not None and calibration is None:
+        raise ValueError("a hand-over that quantizes needs calibration inputs")
     made = handover(
         ship,
-        example_input,
-        mask,
-        structured=structured,
-        quantize=(lambda onnx: quantize(onnx, calibration)) if quantize is not None else None,
-        codebook=codebook,
+        job.example_input,
+        job.mask,
+        structured=job.structured,
+        quantize=(lambda onnx: quantize(onnx, calibration))
+        if quantize is not None and calibration is not None
+        else None,
+        compact=job.compact,
     )
-    x, y = test
+    x, y = job.test
     checked = {}
     if made.compact is not None:  # the shared values change the weights: its own accuracy
         decoded = copy.deepcopy(ship)
@@ -272,6 +289,4 @@ def hand_over(
         if model is not None:
             name = Metric.HANDOVER_ONNX_ACCURACY if role == "onnx" else Metric.INT8_ACCURACY
             checked[name] = accuracy(OnnxModel(model), x, y)
-    return HandedOver(
-        made.files, checked, made.onnx, made.int8, len(made.compact) if made.compact is not None else None
-    )
+    return HandedOver(made.files, checked, made.onnx, made.int8)

@@ -24,7 +24,7 @@ import copy
 import io
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -34,6 +34,8 @@ from ..pruning.macs import mac_counts, param_counts
 from ..pruning.mask import Mask
 
 BATCH_SIZES = (1, 64)
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # what is timed: a module, or a runtime's session
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -45,7 +47,7 @@ def state_bytes(model: nn.Module) -> int:
 
 @torch.no_grad()
 def latencies_ms(
-    models: dict[str, nn.Module],
+    models: Mapping[str, Forward],
     in_shape,
     batch_sizes=BATCH_SIZES,
     threads: int = 1,
@@ -97,7 +99,7 @@ def cost_ledger(
     latency: bool = True,
     threads: int = 1,
     file_bytes: int | None = None,
-    runtimes: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] | None = None,
+    runtimes: Mapping[str, tuple[Forward, int]] | None = None,
 ) -> dict[str, float]:
     """The cost metrics of one run: ``cost.{dense,pruned}.{params,nonzero_params,macs,
     nonzero_macs,file_bytes,latency_b1_ms,latency_b64_ms}`` and ``cost.ratio.*`` (pruned / dense).
@@ -125,7 +127,7 @@ def cost_ledger(
         out[f"cost.{role}.file_bytes"] = size
     names = ["params", "nonzero_params", "macs", "nonzero_macs", "file_bytes"]
     if latency:
-        timed = {**models, **{role: fn for role, (fn, _) in runtimes.items()}}
+        timed: dict[str, Forward] = {**models, **{role: fn for role, (fn, _) in runtimes.items()}}
         measured = latencies_ms(timed, x.shape[1:], threads=threads, example=x)
         for (role, b), ms in measured.items():
             out[f"cost.{role}.latency_b{b}_ms"] = ms

@@ -41,6 +41,9 @@ class Deployed(nn.Module):
     """``net`` behind its input standardisation: raw [0, 1] inputs in, logits out. Token ids
     (integer inputs, a language model's) go to ``net`` as they are."""
 
+    mean: torch.Tensor  # buffers (saved with the state dict), registered in __init__
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: float, std: float):
         super().__init__()
         self.net = net
@@ -106,6 +109,8 @@ def onnx_model(program: torch.export.ExportedProgram, input: str = PIXELS) -> by
             "the pruned model could not be translated to ONNX (%s); hand-over has no model.onnx", str(e).splitlines()[0]
         )
         return None
+    if onnx_program is None:  # only the legacy TorchScript exporter returns none, never used here
+        raise RuntimeError("torch.onnx.export returned no ONNX program for an exported program")
     return onnx_program.model_proto.SerializeToString()
 
 

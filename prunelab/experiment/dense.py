@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mlflow
 import torch
 from torch import nn
 
@@ -143,8 +142,8 @@ class DenseRun:
         return store.run(self.experiment_id, f"dense-{self.key.dense[:8]}", tags, self.parent_run_id)
 
     @staticmethod
-    def _log_epoch(e: EpochResult) -> None:
-        store.log_metrics(
+    def _log_epoch(run: store.Run, e: EpochResult) -> None:
+        run.log_metrics(
             {
                 Metric.TRAIN_LOSS: e.loss,
                 Metric.TRAIN_ACCURACY: e.train_accuracy,
@@ -154,9 +153,9 @@ class DenseRun:
         )
 
     @staticmethod
-    def _log_result(model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
+    def _log_result(run: store.Run, model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
         ppl = perplexity(model, data.test, "test_")
-        store.log_metrics(
+        run.log_metrics(
             {
                 Metric.TEST_ACCURACY: test_accuracy,
                 Metric.VAL_ACCURACY: val_accuracy,
@@ -172,11 +171,11 @@ class DenseRun:
     def train(self, model, data: Splits, recipe: Recipe, seed: int) -> tuple[list[EpochResult], float, float]:
         """Train ``model`` (the dense cache calls this) with the run open; returns its history and
         validation and test accuracy."""
-        with self._open():
-            mlflow.log_params(self.params)
-            history = train(model, data, recipe, seed, on_epoch=self._log_epoch, desc="dense")
+        with self._open() as run:
+            run.log_params(self.params)
+            history = train(model, data, recipe, seed, on_epoch=lambda e: self._log_epoch(run, e), desc="dense")
             val_accuracy, test_accuracy = evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
-            self._log_result(model, data, val_accuracy, test_accuracy)
+            self._log_result(run, model, data, val_accuracy, test_accuracy)
         return history, val_accuracy, test_accuracy
 
     def log_cached(self, dense: DenseResult, model, data: Splits, lock_dir: Path) -> None:
@@ -187,8 +186,8 @@ class DenseRun:
             if found is not None:
                 store.add_tags(found.info.run_id, self.sweep_tags)
                 return
-            with self._open():
-                mlflow.log_params(self.params)
+            with self._open() as run:
+                run.log_params(self.params)
                 for e in dense.history:
-                    self._log_epoch(e)
-                self._log_result(model, data, dense.val_accuracy, dense.test_accuracy)
+                    self._log_epoch(run, e)
+                self._log_result(run, model, data, dense.val_accuracy, dense.test_accuracy)

@@ -18,11 +18,13 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..names import Role, Tag
 from ..paths import conf_dir
+from ..plugins import read_option
 from ..redact import redact_tree
 
 # The groups whose chosen option names a run (params and tags).
@@ -88,9 +90,17 @@ def _without_seeds(tree: dict) -> dict:
     return {k: v for k, v in tree.items() if k not in SEEDS}
 
 
+def _resolved(cfg: DictConfig) -> dict:
+    """``cfg`` resolved, as plain dicts and lists."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(tree, dict):  # a DictConfig's container always is
+        raise TypeError(f"the config is a {type(tree).__name__}, not a mapping")
+    return tree
+
+
 def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
-    full = OmegaConf.to_container(cfg, resolve=True)
-    tree = {k: full.get(k) for k in parts}
+    full = _resolved(cfg)
+    tree: dict[str, Any] = {k: full.get(k) for k in parts}
     for dotted in LOCATION:
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):
@@ -127,7 +137,7 @@ def choice(cfg: DictConfig, group: str) -> str:
 def _shipped_target(group: str, option: str) -> str | None:
     """The ``_target_`` of prunelab's own ``conf/<group>/<option>.yaml`` (None: not one of ours)."""
     path = conf_dir() / group / f"{option}.yaml"
-    return OmegaConf.load(path).get("_target_") if path.is_file() else None
+    return read_option(path).get("_target_") if path.is_file() else None
 
 
 def names(cfg: DictConfig) -> dict[str, str]:
@@ -140,8 +150,8 @@ def experiment_name(cfg: DictConfig) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    budget = cfg.get("budget") or {}
-    at = f"macs{budget.macs:g}" if budget.get("macs") is not None else f"{cfg.ratio:g}"
+    macs = (cfg.get("budget") or {}).get("macs")
+    at = f"macs{macs:g}" if macs is not None else f"{cfg.ratio:g}"
     return f"{choice(cfg, 'method')}-{choice(cfg, 'scope')}-{at}"
 
 
@@ -174,7 +184,7 @@ def params(cfg: DictConfig) -> dict[str, str]:
         else:
             out[prefix[:-1]] = str(node)
 
-    walk(redact_tree(OmegaConf.to_container(cfg, resolve=True)), "")
+    walk(redact_tree(_resolved(cfg)), "")
     flat = {k: v for k, v in out.items() if not k.endswith("._partial_") and not k.startswith("choices.")}
     return {**flat, **names(cfg)}
 

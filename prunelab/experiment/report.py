@@ -12,8 +12,8 @@ from ..tracking.ui import run_link
 log = logging.getLogger(__name__)
 
 
-def _handover_lines(m: dict[str, Any]) -> list[str]:
-    lines = []
+def handover_line(m: dict[str, Any]) -> str:
+    """The hand-over files' own test accuracies in ``m``, as one line ("" if there are none)."""
     files = [
         f"{name} {m[key]:.4f}"
         for name, key in (
@@ -23,8 +23,13 @@ def _handover_lines(m: dict[str, Any]) -> list[str]:
         )
         if key in m
     ]
-    if files:
-        lines.append("  hand-over files (raw inputs), test accuracy: " + " | ".join(files))
+    return "hand-over files (raw inputs), test accuracy: " + " | ".join(files) if files else ""
+
+
+def _handover_lines(m: dict[str, Any]) -> list[str]:
+    lines = []
+    if handover_line(m):
+        lines.append(f"  {handover_line(m)}")
     if Metric.cost_ratio("latency_b64", "int8") in m:
         lines.append(
             f"  ONNX Runtime / dense PyTorch fp32: latency batch 64 fp32 "

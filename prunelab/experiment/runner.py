@@ -1,18 +1,19 @@
 """One experiment, top to bottom. :func:`run` reads as its stages, each a function of the module
 that owns its concern, taking and returning values:
 
-1. settings       the config checked and resolved into values        experiment/settings.py
-2. identity       the run's keys; a dead earlier run of its key      experiment/keys.py,
-                  ended KILLED; a finished one reused                tracking/store.py
-3. data, model    the splits and the network                         data/, models/
-4. pruner         method x criterion x scope, tried on an untrained  pruning/pruner.py
-                  copy first (a bad combination fails before training)
-5. dense          trained, or loaded from the cache                  experiment/dense.py
-6. prune schedule prune and fine-tune as the schedule says           experiment/session.py
-7. evaluate       accuracy (and perplexity), what was removed        experiment/train.py, measure.py
-8. hand-over      the files that ship, checked                       deploy/handover.py
-9. ledger         what the pruned model costs next to the dense one  deploy/ledger.py
-10. log           metrics and artifacts of the run                   tracking/store.py
+1. settings        the config checked and resolved into values         experiment/settings.py
+2. identity        the run's keys; runs of its key left RUNNING by a    experiment/keys.py,
+                   dead process ended KILLED; a finished run reused     tracking/store.py
+3. data, model     the splits and the network                          data/, models/
+4. pruner          method x criterion x scope, tried on an untrained    pruning/pruner.py
+                   copy first (a bad combination fails before training)
+5. dense           trained, or loaded from the cache                   experiment/dense.py
+6. prune schedule  prune and fine-tune as the schedule says            experiment/session.py
+7. evaluate        accuracy (and perplexity), what was removed         experiment/train.py, measure.py
+8. hand-over       the files that ship, checked (in a sweep, while     deploy/handover.py,
+                   the next point trains)                              experiment/deferred.py
+9. ledger          what the pruned model costs next to the dense one   deploy/ledger.py
+10. log            the run's metrics and files                         tracking/store.py
 
 ``run(cfg)`` is pure of Hydra: the command line (``cli.py``), sweeps and tests call it with a
 composed config.
@@ -27,67 +28,61 @@ import logging
 import shutil
 from typing import Any
 
-import mlflow
 import torch
 from omegaconf import DictConfig
 
-from ..deploy.handover import hand_over
+from ..data.splits import Splits
+from ..deploy.handover import HandedOver, HandoverJob, compact_file, hand_over
 from ..deploy.ledger import cost_ledger
-from ..deploy.onnx import OnnxModel
+from ..deploy.onnx import OnnxModel, deployed
 from ..models.build import build
 from ..names import Artifact, Metric, Tag
 from ..pruning.data import PruneData
 from ..pruning.pruner import Pruner
 from ..tracking import store
 from ..tracking.ui import run_link
-from .dense import DenseRun, dense_model
+from . import deferred
+from .dense import DenseResult, DenseRun, dense_model
 from .keys import run_tags
 from .measure import layer_table, sparsity_summary
-from .report import report
-from .session import RunSession, prune_schedule
+from .report import handover_line, report
+from .session import Outcome, RunSession, prune_schedule
 from .settings import Settings
 from .train import evaluate, perplexity, scores, seed_everything
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, parent_run_id: str | None = None, sweep_tags: dict[str, str] | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    parent_run_id: str | None = None,
+    sweep_tags: dict[str, str] | None = None,
+    defer_handover: bool = False,
+) -> dict[str, Any]:
     """Run one experiment and return its metrics (the sweeper can optimise any of them).
 
     In a sweep, ``parent_run_id`` nests the run under the sweep's parent and ``sweep_tags`` mark
     it (and a reused earlier run of the same config, and its dense model) as one of the sweep's
-    points."""
+    points. ``defer_handover``: make the hand-over files while the caller goes on (the next point
+    trains); the run stays RUNNING until :func:`prunelab.experiment.deferred.collect` logs them
+    (its returned metrics lack their accuracies). A run that quantizes hands over at once: its
+    ledger times the quantized model."""
     s = Settings.from_config(cfg)  # 1. settings
     sweep_tags = dict(sweep_tags or {})
     experiment_id = store.connect(s.tracking.uri, s.experiment)  # 2. identity
-    tags = {**run_tags(s.key, s.names), **sweep_tags}
-    for key in (s.key.run, s.key.dense):  # runs of this key left RUNNING by a process that died
-        store.end_dead_runs(experiment_id, {Tag.RUN_KEY: key})
-    if not s.force:
-        done = store.reuse_finished(experiment_id, s.key.run, sweep_tags)
-        if done is not None:
-            log.info(
-                "skipped: run %s already holds this exact config (key %s); force=true reruns it\n  MLflow UI: %s",
-                done.info.run_id,
-                s.key.run,
-                run_link(s.tracking.uri, s.tracking.ui, experiment_id, done.info.run_id),
-            )
-            return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
+    done = _identity(s, experiment_id, sweep_tags)
+    if done is not None:
+        return done
+    defer_handover = defer_handover and s.handover and s.quantize is None
+    if defer_handover:
+        deferred.start()  # the worker imports while this point trains
 
+    tags = {**run_tags(s.key, s.names), **sweep_tags}
     try:
         seed_everything(s.seed)
         data = s.dataset(seed=s.seed).to(s.device)  # 3. data, model
         model = build(s.model, data.in_shape, data.num_classes).to(s.device)
-        pruner = Pruner(
-            s.method,
-            s.criterion,
-            s.scope,
-            seed=s.calibration_seed,  # 4. pruner
-            data=PruneData(data.train, data.val, s.train.batch_size, s.calibration_seed),
-            example_inputs=data.train.x[:1],
-            budget_macs=s.budget_macs,
-        )
-        s.schedule.check(pruner.check(model, [s.schedule.first(s.ratio), s.ratio]).mask)
+        pruner = _pruner(s, data, model)  # 4. pruner
         init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
         dense_run = DenseRun(experiment_id, s.key, s.dense_params, parent_run_id, sweep_tags)  # 5. dense
         dense = dense_model(model, s.key.dense, s.cache, lambda m: dense_run.train(m, data, s.train, s.seed))
@@ -102,82 +97,155 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, sweep_tags: dict[str,
     with store.run(experiment_id, s.run_name, {**tags, **store.environment_tags()}, parent_run_id) as active:
         # Under a MACs budget the ratio is searched (metric budget.ratio; it differs by seed, so a
         # point is the budget, not a ratio).
-        mlflow.log_params({**s.params, **({"ratio": "budget"} if s.budget_macs is not None else {})})
-        metrics: dict[str, Any] = {
-            Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): dense.test_accuracy,
-            Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): dense.val_accuracy,
-            **perplexity(model, data.test, Metric.at(Metric.DENSE, "test_")),
-        }
-        store.log_metrics(metrics)
+        active.log_params({**s.params, **({"ratio": "budget"} if s.budget_macs is not None else {})})
+        metrics = _dense_figures(dense, model, data)
+        active.log_metrics(metrics)
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
 
-        session = RunSession(
-            model, s.ratio, pruner, data, s.train, s.finetune, s.shrink, s.seed, init, s.model, checkpoints
-        )
+        session = RunSession(active, s, model, pruner, data, init, checkpoints)
         outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
         metrics.update(outcome.figures)
-
-        val, test = evaluate(outcome.shipped, data.val), evaluate(outcome.shipped, data.test)  # 7. evaluate
         table = layer_table(model, outcome.mask)
-        final = scores(outcome.shipped, data.test, "test_", result=test)
-        metrics.update(
-            {
-                Metric.at(Metric.FINETUNED, Metric.TEST_ACCURACY): test["accuracy"],
-                Metric.at(Metric.FINETUNED, Metric.VAL_ACCURACY): val["accuracy"],
-                Metric.VAL_ACCURACY: val["accuracy"],
-                Metric.TEST_LOSS: test["loss"],
-                **final,
-                **{Metric.at(Metric.FINETUNED, k): v for k, v in final.items() if k == Metric.TEST_PERPLEXITY},
-                **sparsity_summary(table, outcome.mask),
-            }
-        )
-        store.log_metrics(metrics)
+        metrics.update(_evaluate(outcome, data, table))  # 7. evaluate
+        active.log_metrics(metrics)
 
-        handed = None
-        if s.handover:  # 8. hand-over
-            handed = hand_over(
-                outcome.shipped,
-                data.mean,
-                data.std,
-                data.train.x[:1],
-                outcome.mask,
-                outcome.structured,
-                (data.test_raw if data.test_raw is not None else data.test.x.cpu(), data.test.y.cpu()),
-                s.quantize,
-                data.raw(data.val.x) if s.quantize is not None else None,
-                s.codebook,
-            )
+        job = _handover_job(s, outcome, data) if s.handover else None  # 8. hand-over
+        handed = hand_over(job) if job is not None and not defer_handover else None
+        if handed is not None:
             metrics.update(handed.accuracies)
-        runtimes = {}  # the ONNX forms, timed beside PyTorch when the run quantizes (fp32 and int8)
-        if handed is not None and handed.int8 is not None:
-            runtimes = {
-                role: (OnnxModel(b), len(b))
-                for role, b in (("onnx", handed.onnx), ("int8", handed.int8))
-                if b is not None
-            }
-        metrics.update(
-            cost_ledger(
-                dense_copy,
-                model,
-                data.train.x[:1],
-                outcome.mask,  # 9. ledger
-                outcome.shipped if outcome.structured else None,
-                s.measure_latency,
-                file_bytes=handed.compact_bytes if handed is not None else None,
-                runtimes=runtimes,
-            )
-        )
-        store.log_metrics(metrics)  # 10. log
-        store.log_artifact_files(_artifacts(s, model, outcome, table, active.info.run_id, handed))
-        metrics["run_id"] = active.info.run_id
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the FINISHED run holds it all now
+        if s.measure_latency:
+            deferred.collect()  # the timings share the machine with no hand-over
+        metrics.update(_ledger(s, dense_copy, model, outcome, data, job, handed))  # 9. ledger
+        active.log_metrics(metrics)  # 10. log
+        active.log_files(_artifacts(s, model, outcome, table, active.id, handed))
+        metrics["run_id"] = active.id
+        if defer_handover and job is not None:
+            active.keep_open()
+            deferred.defer(job, lambda h: _finish(active, h), lambda e: active.end("FAILED", e))
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run holds it all now
     report(s.names, s.ratio, s.budget_macs, metrics, dense.from_cache, s.tracking.uri, s.tracking.ui, experiment_id)
     return metrics
 
 
-def _artifacts(s: Settings, model: torch.nn.Module, outcome, table, run_id: str, handed) -> dict[str, bytes | str]:
+def _identity(s: Settings, experiment_id: str, sweep_tags: dict[str, str]) -> dict[str, Any] | None:
+    """End the runs of this key that a dead process left RUNNING; return the metrics of the run
+    that already holds this config, if there is one (and it is not forced)."""
+    for key in (s.key.run, s.key.dense):
+        store.end_dead_runs(experiment_id, {Tag.RUN_KEY: key})
+    if s.force:
+        return None
+    done = store.reuse_finished(experiment_id, s.key.run, sweep_tags)
+    if done is None:
+        return None
+    log.info(
+        "skipped: run %s already holds this exact config (key %s); force=true reruns it\n  MLflow UI: %s",
+        done.info.run_id,
+        s.key.run,
+        run_link(s.tracking.uri, s.tracking.ui, experiment_id, done.info.run_id),
+    )
+    return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
+
+
+def _pruner(s: Settings, data: Splits, model: torch.nn.Module) -> Pruner:
+    """The configured pruning, tried on an untrained copy (and the schedule's first target)."""
+    pruner = Pruner(
+        s.method,
+        s.criterion,
+        s.scope,
+        seed=s.calibration_seed,
+        data=PruneData(data.train, data.val, s.train.batch_size, s.calibration_seed),
+        example_inputs=data.train.x[:1],
+        budget_macs=s.budget_macs,
+    )
+    s.schedule.check(pruner.check(model, [s.schedule.first(s.ratio), s.ratio]).mask)
+    return pruner
+
+
+def _dense_figures(dense: DenseResult, model: torch.nn.Module, data: Splits) -> dict[str, Any]:
+    return {
+        Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): dense.test_accuracy,
+        Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): dense.val_accuracy,
+        **perplexity(model, data.test, Metric.at(Metric.DENSE, "test_")),
+    }
+
+
+def _evaluate(outcome: Outcome, data: Splits, table) -> dict[str, float]:
+    """The shipped network's figures (the run's result) and what pruning removed."""
+    val, test = evaluate(outcome.shipped, data.val), evaluate(outcome.shipped, data.test)
+    final = scores(outcome.shipped, data.test, "test_", result=test)
+    return {
+        Metric.at(Metric.FINETUNED, Metric.TEST_ACCURACY): test["accuracy"],
+        Metric.at(Metric.FINETUNED, Metric.VAL_ACCURACY): val["accuracy"],
+        Metric.VAL_ACCURACY: val["accuracy"],
+        Metric.TEST_LOSS: test["loss"],
+        **final,
+        **{Metric.at(Metric.FINETUNED, k): v for k, v in final.items() if k == Metric.TEST_PERPLEXITY},
+        **sparsity_summary(table, outcome.mask),
+    }
+
+
+def _handover_job(s: Settings, outcome: Outcome, data: Splits) -> HandoverJob:
+    """What the hand-over needs. The compact file (unstructured) is made here: the ledger costs it."""
+    compact = None
+    if not outcome.structured and s.codebook is not None:
+        compact = compact_file(deployed(outcome.shipped, data.mean, data.std), outcome.mask, s.codebook)
+    # A dataset built without make_splits has no raw inputs: its standardisation is the identity.
+    raw_test = data.test_raw if data.test_raw is not None else data.test.x.cpu()
+    return HandoverJob(
+        copy.deepcopy(outcome.shipped).cpu(),
+        data.mean,
+        data.std,
+        data.train.x[:1].cpu(),
+        outcome.mask,
+        outcome.structured,
+        (raw_test, data.test.y.cpu()),
+        compact,
+        s.quantize,
+        data.raw(data.val.x) if s.quantize is not None else None,
+    )
+
+
+def _ledger(
+    s: Settings,
+    dense: torch.nn.Module,
+    model: torch.nn.Module,
+    outcome: Outcome,
+    data: Splits,
+    job: HandoverJob | None,
+    handed: HandedOver | None,
+) -> dict[str, float]:
+    """Structured: the network with the channels physically removed is costed; unstructured: its
+    compact file's size. A run that quantizes times its ONNX forms beside PyTorch (fp32, int8)."""
+    runtimes = {}
+    if handed is not None and handed.int8 is not None:
+        runtimes = {
+            role: (OnnxModel(b), len(b)) for role, b in (("onnx", handed.onnx), ("int8", handed.int8)) if b is not None
+        }
+    return cost_ledger(
+        dense,
+        model,
+        data.train.x[:1],
+        outcome.mask,
+        outcome.shipped if outcome.structured else None,
+        s.measure_latency,
+        file_bytes=len(job.compact) if job is not None and job.compact is not None else None,
+        runtimes=runtimes,
+    )
+
+
+def _finish(active: store.Run, handed: HandedOver) -> None:
+    """A deferred hand-over, collected: its files and checks logged, the run ended FINISHED."""
+    active.log_metrics(handed.accuracies)
+    active.log_files(handed.files)
+    active.end("FINISHED")
+    log.info("run %s: %s", active.id, handover_line(handed.accuracies))
+
+
+def _artifacts(
+    s: Settings, model: torch.nn.Module, outcome: Outcome, table, run_id: str, handed: HandedOver | None
+) -> dict[str, bytes | str]:
     """The run's files: its config, per-layer table, plan, masked weights, what the scope reported,
-    and the hand-over files."""
+    and the hand-over files (when made already)."""
     weights = io.BytesIO()
     torch.save(
         {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "mask": outcome.mask.to_state()}, weights

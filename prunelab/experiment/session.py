@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,36 +28,33 @@ from ..pruning.pruner import Pruner
 from ..pruning.shrink import shrink, unshrink
 from ..tracking import store
 from .dense import atomic_save
-from .train import EpochResult, Recipe, evaluate, scores, steps_per_epoch, train
+from .settings import Settings
+from .train import EpochResult, evaluate, scores, steps_per_epoch, train
 
 PRUNED_TEST = Metric.at(Metric.PRUNED, "test_")  # the prefix of pruned.test_accuracy / _perplexity
 
 
 class RunSession(Session):
-    """The runner's session: ``model`` (trained dense, pruned and fine-tuned in place) with the
-    run's ``pruner``, data and recipes; ``seed`` shuffles the batches (each call of its own),
-    ``factory`` makes fresh initialisations, ``checkpoints`` is this run key's folder of
-    resumable state."""
+    """The runner's session, recording into ``run``: ``model`` (trained dense, pruned and fine-tuned
+    in place) with the run's ``pruner`` and ``data``, and from its settings the ratio, the recipes,
+    the seed that shuffles the batches (each call its own) and the model factory (fresh
+    initialisations); ``checkpoints`` is this run key's folder of resumable state."""
 
     def __init__(
         self,
+        run: store.Run,
+        settings: Settings,
         model: nn.Module,
-        ratio: float,
         pruner: Pruner,
         data: Splits,
-        train_recipe: Recipe,
-        finetune: Recipe,
-        shrink_finetuned: bool,
-        seed: int,
         init: dict,
-        factory: Callable[..., nn.Module],
         checkpoints: Path,
     ):
-        self.model, self.ratio, self.init = model, ratio, init
-        self.epochs = finetune.epochs
-        self.steps_per_epoch = steps_per_epoch(len(data.train), finetune.batch_size)
-        self.pruner, self.data, self.train_recipe, self.finetune = pruner, data, train_recipe, finetune
-        self.shrink_finetuned, self.seed, self.factory = shrink_finetuned, seed, factory
+        self.run, self.model, self.ratio, self.init = run, model, settings.ratio, init
+        self.epochs = settings.finetune.epochs
+        self.steps_per_epoch = steps_per_epoch(len(data.train), settings.finetune.batch_size)
+        self.pruner, self.data, self.train_recipe, self.finetune = pruner, data, settings.train, settings.finetune
+        self.shrink_finetuned, self.seed, self.factory = settings.shrink, settings.seed, settings.model
         self.checkpoints = checkpoints / "schedule.pt"
         self.last: Pruned | None = None  # the latest pruning's result
         self.figures: dict[str, float] = {}  # and its figures: pruned.*, time.prune_s, budget.ratio
@@ -79,16 +75,16 @@ class RunSession(Session):
             figures[Metric.BUDGET_RATIO] = result.ratio
         new = result.mask
         if step is None:
-            store.log_metrics(figures)
+            self.run.log_metrics(figures)
         else:  # a schedule's trajectory: one point per update
             before = self._mask or mask  # the previous update's mask, whatever the schedule passed
             changed = sum(int((new.masks[n] != before.masks[n]).sum()) for n in new.prunable) if before else 0
-            store.log_metrics(
+            self.run.log_metrics(
                 {
                     **figures,
                     Metric.SCHEDULE_SPARSITY: new.sparsity,
                     Metric.SCHEDULE_CHANGED: changed,
-                    **({Metric.SCHEDULE_CHANNELS: new.channel_sparsity} if new.channels else {}),
+                    **({Metric.SCHEDULE_CHANNELS: new.channel_sparsity} if new.channel_sparsity is not None else {}),
                     **({Metric.SCHEDULE_TARGET: target} if target is not None else {}),
                 },
                 step=step,
@@ -109,7 +105,7 @@ class RunSession(Session):
         first = self._epochs_done
 
         def on_epoch(e: EpochResult):
-            store.log_metrics(
+            self.run.log_metrics(
                 {
                     Metric.FINETUNE_LOSS: e.loss,
                     Metric.FINETUNE_ACCURACY: e.train_accuracy,
@@ -159,7 +155,7 @@ class RunSession(Session):
         return evaluate(net, self.data.val)["accuracy"], evaluate(net, self.data.test)["accuracy"]
 
     def log(self, metrics, step) -> None:
-        store.log_metrics(metrics, step=step)
+        self.run.log_metrics(metrics, step=step)
 
     def resume(self) -> dict | None:
         path = self.checkpoints

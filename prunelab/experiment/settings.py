@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError, TrackingConfig, validate
+from ..config import Config, ConfigError, TrackingConfig, validate
 from ..data.files import cache_dir as user_cache_dir
 from ..pruning.contracts import Criterion, Method, Schedule, Scope
 from ..pruning.schedules import as_schedule
@@ -63,6 +63,8 @@ class Settings:
         validate(cfg)
         device = resolve_device(cfg.device)
         c = OmegaConf.to_object(cfg)  # the typed schema: train, finetune, tracking as dataclasses
+        if not isinstance(c, Config):
+            raise ConfigError("the config was not composed against prunelab's schema (prunelab_schema)")
 
         def make(node):
             return instantiate(node, _convert_="all") if node else None

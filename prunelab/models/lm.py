@@ -109,14 +109,17 @@ def hf_causal_lm(num_classes: int = 256, pretrained: str | None = None, config: 
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
         raise ModelError("model=hf_causal_lm needs transformers: pip install 'prunelab[llm]'") from e
-    if (pretrained is None) == (config is None):
-        raise ModelError("hf_causal_lm needs exactly one of model.pretrained and model.config")
-    if pretrained is not None:
+    if pretrained is not None and config is None:
         model = AutoModelForCausalLM.from_pretrained(pretrained)
-    else:
+    elif config is not None and pretrained is None:
         options = dict(config)
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
-    vocab = model.get_input_embeddings().num_embeddings
+    else:
+        raise ModelError("hf_causal_lm needs exactly one of model.pretrained and model.config")
+    embeddings = model.get_input_embeddings()
+    if not isinstance(embeddings, nn.Embedding):
+        raise ModelError(f"the model's input embeddings are a {type(embeddings).__name__}, not an nn.Embedding")
+    vocab = embeddings.num_embeddings
     if vocab < num_classes:
         raise ModelError(f"the model's vocabulary ({vocab}) is smaller than the dataset's ({num_classes} tokens)")
     linearize(model)
@@ -132,7 +135,8 @@ def linearize(model: nn.Module) -> int:
         return 0
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]
     for name, m in found:
-        linear = nn.Linear(*m.weight.shape, device=m.weight.device, dtype=m.weight.dtype)
+        n_in, n_out = m.weight.shape
+        linear = nn.Linear(n_in, n_out, device=m.weight.device, dtype=m.weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(m.weight.T)
             linear.bias.copy_(m.bias)

@@ -72,14 +72,15 @@ def _kth_smallest_streamed(parts: Callable[[], Iterable[np.ndarray]], n: int, k:
         return float(np.sort(values)[k - 1])
     # Pass 1: a uniform sample (with replacement) of all n values, part by part.
     where = np.sort(np.random.default_rng(0).integers(0, n, _SAMPLE))
-    sample, offset = [], 0
+    picked: list[np.ndarray] = []
+    offset = 0
     for part in parts():
         lo_i, hi_i = np.searchsorted(where, (offset, offset + part.size))
-        sample.append(part[where[lo_i:hi_i] - offset])
+        picked.append(part[where[lo_i:hi_i] - offset])
         offset += part.size
     if offset != n:
         raise ValueError(f"the parts hold {offset} values, expected {n}")
-    sample = np.sort(np.concatenate(sample))
+    sample = np.sort(np.concatenate(picked))
     q = k / n
     margin = _MARGIN_SIGMAS * math.sqrt(q * (1 - q) / _SAMPLE) + 2 / _SAMPLE
     i_lo = min(math.floor((q - margin) * _SAMPLE), _SAMPLE - 1)
@@ -88,22 +89,22 @@ def _kth_smallest_streamed(parts: Callable[[], Iterable[np.ndarray]], n: int, k:
     hi = sample[i_hi] if i_hi < _SAMPLE else np.float32(np.inf)
     # Pass 2: count below and at the bounds, copy what lies strictly between.
     below = at_lo = at_hi = 0
-    inside = []
+    strictly_between: list[np.ndarray] = []
     for part in parts():
         for start in range(0, part.size, _CHUNK):
             chunk = part[start : start + _CHUNK]
-            below += np.count_nonzero(chunk < lo)
-            at_lo += np.count_nonzero(chunk == lo)
+            below += int(np.count_nonzero(chunk < lo))
+            at_lo += int(np.count_nonzero(chunk == lo))
             if hi != lo:
-                at_hi += np.count_nonzero(chunk == hi)
+                at_hi += int(np.count_nonzero(chunk == hi))
                 between = chunk > lo
                 between &= chunk < hi
-                inside.append(chunk[between])
+                strictly_between.append(chunk[between])
     rank = k - below  # the answer's rank among the values >= lo
     if 0 < rank <= at_lo:
         return float(lo)
     rank -= at_lo
-    inside = np.sort(np.concatenate(inside)) if inside else np.empty(0, np.float32)
+    inside = np.sort(np.concatenate(strictly_between)) if strictly_between else np.empty(0, np.float32)
     if 0 < rank <= inside.size:
         return float(inside[rank - 1])
     if 0 < rank - inside.size <= at_hi:
@@ -249,7 +250,8 @@ def erk_ratios(shapes: dict[str, tuple[int, ...]], ratio: float) -> dict[str, fl
     """Per layer, the ratio pruned under ERK densities that keep ``1 - ratio`` of all weights."""
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     raw = {n: sum(s) / sizes[n] for n, s in shapes.items()}
-    keep_total, dense = (1 - ratio) * sum(sizes.values()), set()
+    keep_total = (1 - ratio) * sum(sizes.values())
+    dense: set[str] = set()
     while True:
         rest = [n for n in sizes if n not in dense]
         if not rest:  # ratio 0: everything stays

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +47,7 @@ class FunctionCriterion(Criterion):
 
 class _FunctionScorer(Scorer):
     def __init__(self, fn: Callable, seed: int):
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):
@@ -146,6 +147,8 @@ class Taylor(Criterion):
                 model.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 for n, p in params.items():
+                    if p.grad is None:  # a weight the forward pass never reaches
+                        raise PruningError(f"criterion taylor: {n} got no gradient (unused in the forward pass)")
                     scores[n] += (p.detach().double() * p.grad.double()).abs()
                 seen += 1
             if not seen:

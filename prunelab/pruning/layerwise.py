@@ -51,12 +51,14 @@ def calibration(data, samples: int, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def input_gram(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, int]:
     """``(XᵀX, rows)`` of ``layer``'s inputs when ``model`` runs on ``x`` (float64 sums)."""
-    found = {"gram": None, "rows": 0}
+    gram: torch.Tensor | None = None
+    rows = 0
 
     def hook(_module, args):
+        nonlocal gram, rows
         inp = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        found["gram"] = inp.T @ inp if found["gram"] is None else found["gram"] + inp.T @ inp
-        found["rows"] += inp.shape[0]
+        gram = inp.T @ inp if gram is None else gram + inp.T @ inp
+        rows += inp.shape[0]
         raise _Stop
 
     handle = layer.register_forward_pre_hook(hook)
@@ -71,9 +73,9 @@ def input_gram(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: 
     finally:
         handle.remove()
         model.train(was_training)
-    if found["gram"] is None:
+    if gram is None:
         raise PruningError("a prunable layer was never run by the model's forward pass: add it to method.ignore")
-    return found["gram"], found["rows"]
+    return gram, rows
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -82,6 +84,15 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k > 0:
         pruned.scatter_(1, scores.topk(k, dim=1, largest=False).indices, True)
     return pruned
+
+
+def _pattern(n: int | None, m: int | None) -> tuple[int, int] | None:
+    """The N:M pattern ``(n, m)``, or None (``n`` unset: unstructured)."""
+    if not n:
+        return None
+    if m is None:
+        raise PruningError(f"method.n={n}, method.m=None: give both (N:M)")
+    return n, m
 
 
 def _nm_lowest(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -105,7 +116,8 @@ def wanda_mask(
     scores = weight.abs().double() * gram.diagonal().clamp_min(0).sqrt()
     if alive is not None:
         scores = scores.masked_fill(~alive, -float("inf"))
-    pruned = _nm_lowest(scores, n, m) if n else _lowest(scores, round(ratio * weight.shape[1]))
+    pattern = _pattern(n, m)
+    pruned = _nm_lowest(scores, *pattern) if pattern else _lowest(scores, round(ratio * weight.shape[1]))
     return ~pruned
 
 
@@ -122,6 +134,7 @@ def sparsegpt_update(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(new weight, kept)``: SparseGPT's reconstruction of ``weight`` (rows x columns) from the
     input Gram matrix ``gram`` (columns x columns)."""
+    pattern = _pattern(n, m)
     w = weight.detach().double().clone()
     rows, cols = w.shape
     h = gram.double().clone()
@@ -131,10 +144,10 @@ def sparsegpt_update(
     h += damp * h.diagonal().mean() * torch.eye(cols, dtype=h.dtype, device=h.device)
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except RuntimeError as e:  # torch.linalg.LinAlgError
+    except RuntimeError as exc:  # torch.linalg.LinAlgError
         raise PruningError(
             f"SparseGPT: the calibration Hessian of {name} is not positive definite; raise method.damp (now {damp})"
-        ) from e
+        ) from exc
     pruned = torch.zeros_like(w, dtype=torch.bool)
     width = blocksize or cols
     for i1 in range(0, cols, width):
@@ -142,7 +155,7 @@ def sparsegpt_update(
         w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         err1 = torch.zeros_like(w1)
         d = hinv1.diagonal()
-        if not n:
+        if pattern is None:
             scores = w1**2 / d**2
             if alive is not None:
                 scores = scores.masked_fill(~alive[:, i1:i2], -float("inf"))
@@ -150,11 +163,12 @@ def sparsegpt_update(
         else:
             mask1 = torch.zeros_like(w1, dtype=torch.bool)
         for i in range(i2 - i1):
-            if n and i % m == 0:
-                scores = w1[:, i : i + m] ** 2 / d[i : i + m] ** 2
+            if pattern is not None and i % pattern[1] == 0:
+                keep_n, group = pattern
+                scores = w1[:, i : i + group] ** 2 / d[i : i + group] ** 2
                 if alive is not None:
-                    scores = scores.masked_fill(~alive[:, i1 + i : i1 + i + m], -float("inf"))
-                mask1[:, i : i + m] = _nm_lowest(scores, n, m)
+                    scores = scores.masked_fill(~alive[:, i1 + i : i1 + i + group], -float("inf"))
+                mask1[:, i : i + group] = _nm_lowest(scores, keep_n, group)
             q = w1[:, i].masked_fill(mask1[:, i], 0)
             e = (w1[:, i] - q) / d[i]
             w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
@@ -200,15 +214,16 @@ def _layerwise(
     layers = prunable_layers(model, ignore)
     if not layers:
         raise PruningError("no prunable layer left after method.ignore")
-    other = [name for name, layer in layers.items() if not isinstance(layer, nn.Linear)]
+    linear = {name: layer for name, layer in layers.items() if isinstance(layer, nn.Linear)}
+    other = [name for name in layers if name not in linear]
     if other:
         raise PruningError(
             f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: add them to method.ignore"
         )
-    _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in layers.items()})
+    _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in linear.items()})
     x = calibration(data, samples, seed)
     keep = {}
-    for name, layer in layers.items():
+    for name, layer in linear.items():
         key = f"{name}.weight"
         alive = mask.masks[key].to(layer.weight.device) if mask is not None and key in mask.masks else None
         if alive is not None:
@@ -221,7 +236,7 @@ def _layerwise(
         with torch.no_grad():
             layer.weight.copy_(new * kept)
         keep[key] = kept.cpu()
-    weights = {f"{name}.weight": layer.weight for name, layer in layers.items()}
+    weights = {f"{name}.weight": layer.weight for name, layer in linear.items()}
     units = Units({k: w.numel() for k, w in weights.items()}, lambda k: weights[k].abs())
     return finish(keep, units, dict(keep), weights, mask, ratio)
 

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
+from typing import TypeAlias
 
 import torch
 import torch_pruning as tp
@@ -46,10 +47,11 @@ from .probe import Probe
 log = logging.getLogger(__name__)
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+Prunable: TypeAlias = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear  # a layer PRUNABLE_TYPES admits
 _INF = float("inf")
 
 
-def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, nn.Module]:
+def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, Prunable]:
     """Conv/Linear layers by name, minus those matching an ``ignore`` pattern (fnmatch-style). A
     pattern that matches no layer is warned about (a misspelt name would leave the layer pruned),
     except ``classifier``: the default of the methods that keep the logits layer, which a user's
@@ -79,6 +81,11 @@ def _alive(mask: Mask | None, name: str, like: torch.Tensor) -> torch.Tensor | N
     return None if bool(m.all()) else m.cpu()
 
 
+def _held(keep: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
+    """``keep`` AND-ed with the current mask's entries (None: nothing pruned yet)."""
+    return keep if alive is None else keep & alive
+
+
 def _without_pruned(scores: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
     # float32, as the threshold is: a float64 score could round past it
     scores = scores.detach().cpu().float()
@@ -100,10 +107,10 @@ def _prober(model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.T
 
 def _costs(
     model: nn.Module, data, per_unit: Callable[[dict], dict[str, float]], example_inputs: torch.Tensor | None = None
-):
+) -> Callable[[str], float]:
     """``cost(name)``: the MACs one unit of set ``name`` accounts for (counted on first use, from
     one forward pass of one example)."""
-    found = {}
+    found: dict[str, float] = {}
 
     def cost(name: str) -> float:
         if not found:
@@ -180,7 +187,7 @@ def _unstructured(model, ratio, scope, criterion, ignore, seed, mask, data) -> P
         cost=_costs(model, data, lambda macs: {f"{n}.weight": macs[n] / m.weight.numel() for n, m in layers.items()}),
     )
     keep = allocate(units, ratio, scope)
-    masks = {n: (k & alive[n]) if alive[n] is not None else k for n, k in keep.items()}
+    masks = {n: _held(k, alive[n]) for n, k in keep.items()}
     return finish(dict(masks), units, masks, weights, mask, ratio)
 
 
@@ -497,7 +504,7 @@ def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, no
             out[name] = total
         return out
 
-    cached = {}
+    cached: dict[str, torch.Tensor] = {}
     units = Units(
         {name: len(g[0].idxs) for name, (_, g) in by_root.items()},
         lambda name: cached[name] if name in cached else cached.setdefault(name, score(name)),
@@ -511,6 +518,5 @@ def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, no
             keep[name] = keep[name].view(b, -1).any(0).repeat(b)
         if heads[name] > 1:  # a head partly kept (a tie, min_keep) is kept whole
             keep[name] = keep[name].view(heads[name], -1).any(1).repeat_interleave(len(keep[name]) // heads[name])
-        if alive[name] is not None:
-            keep[name] = keep[name] & alive[name]
+        keep[name] = _held(keep[name], alive[name])
     return finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), mask, ratio, channels=keep)

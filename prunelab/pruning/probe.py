@@ -39,7 +39,7 @@ class Probe:
         self.model, self.data, self.masks_of, self.replay = model, data, masks_of, replay
         self._copy: nn.Module | None = None
 
-    def _setup(self):
+    def _setup(self) -> None:
         self._copy = copy.deepcopy(self.model).eval()
         self._params = dict(self._copy.named_parameters())
         self._original = {n: p.detach().clone() for n, p in self._params.items()}
@@ -48,6 +48,13 @@ class Probe:
         self._owner = {n: n.rpartition(".")[0] for n in self._params}
         self._order: dict[str, tuple[int, int, int]] | None = None  # name -> (start, end, calls)
         self._stored: tuple = (None, {})  # (start of the set, {(module, chunk): output})
+
+    @property
+    def _net(self) -> nn.Module:
+        """The copy trials run on (``__call__`` makes it before any forward)."""
+        if self._copy is None:
+            raise RuntimeError("Probe: no trial has made the model copy yet")
+        return self._copy
 
     @torch.no_grad()
     def __call__(self, keeps: dict[str, torch.Tensor], samples: int | None = None) -> float:
@@ -68,11 +75,12 @@ class Probe:
 
     def _forward(self, x: torch.Tensor, chunk: int, masks: dict) -> torch.Tensor:
         if not self.replay:
-            return self._copy(x)
-        if self._order is None:
+            return self._net(x)
+        order = self._order
+        if order is None:
             return self._record(x)
-        start = self._start(masks)
-        skip = self._before(start)
+        start = self._start(order, masks)
+        skip = self._before(order, start)
         if self._stored[0] != start:
             self._stored = (start, {})
         stored = self._stored[1]
@@ -82,7 +90,8 @@ class Probe:
 
     def _record(self, x: torch.Tensor) -> torch.Tensor:
         """One plain forward, noting when each module starts and ends and how often it runs."""
-        tick, order, handles = [0], {}, []
+        tick, handles = [0], []
+        order: dict[str, tuple[int, int, int]] = {}
 
         def pre(name):
             def hook(*_):
@@ -104,25 +113,25 @@ class Probe:
             if name:
                 handles += [module.register_forward_pre_hook(pre(name)), module.register_forward_hook(post(name))]
         try:
-            out = self._copy(x)
+            out = self._net(x)
         finally:
             for h in handles:
                 h.remove()
         self._order = order
         return out
 
-    def _start(self, masks: dict) -> int:
+    def _start(self, order: dict[str, tuple[int, int, int]], masks: dict) -> int:
         """When the first module owning a masked parameter first starts (0, replay nothing: a
         parameter whose owner the forward never calls as a module)."""
-        return min((self._order.get(self._owner[n], (0,))[0] for n in masks), default=0)
+        return min((order.get(self._owner[n], (0,))[0] for n in masks), default=0)
 
-    def _before(self, start: int) -> dict[str, list[str]]:
+    def _before(self, order: dict[str, tuple[int, int, int]], start: int) -> dict[str, list[str]]:
         """The outermost modules that finish before ``start`` ("keep": their output is stored and
         replayed; "drop": an nn.Sequential child whose output only its next sibling, also
         replayed, reads)."""
         done = {
             n
-            for n, (_, end, calls) in self._order.items()
+            for n, (_, end, calls) in order.items()
             if calls == 1 and end < start and not self._hooked(self._modules[n])
         }
         outer = [n for n in done if not any(a in done for a in _ancestors(n))]
@@ -151,7 +160,7 @@ class Probe:
 
             handles.append(self._modules[name].register_forward_hook(hook))
         try:
-            return self._copy(x)
+            return self._net(x)
         finally:
             for h in handles:
                 h.remove()
@@ -163,7 +172,7 @@ class Probe:
         for name in skip["drop"]:
             self._modules[name].forward = lambda *_, **__: None
         try:
-            return self._copy(x)
+            return self._net(x)
         finally:
             for name in skip["keep"] + skip["drop"]:
                 del self._modules[name].forward

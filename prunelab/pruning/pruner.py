@@ -69,10 +69,16 @@ class Pruner:
             return self._apart(model, ratio, mask, scope or self.scope, budget, last)
         return self._prune(model, ratio, mask, scope or self.scope, budget)
 
+    def _inputs_for_budget(self) -> torch.Tensor:
+        """The example inputs MACs are counted on (``__init__`` refuses a budget without them)."""
+        if self.example is None:
+            raise PruningError("budget_macs needs example_inputs to count MACs")
+        return self.example
+
     def _prune(self, model, ratio, mask, scope, budget, ignore=None) -> Pruned:
-        method = self.method if ignore is None else dataclasses.replace(self.method, ignore=list(ignore))
-        searched = budget and self.budget is not None
-        scope = scope.for_budget() if searched else scope
+        method = self.method if ignore is None else _ignoring(self.method, ignore)
+        target = self.budget if budget else None
+        scope = scope.for_budget() if target is not None else scope
 
         def at(r: float) -> Pruned:
             return method(
@@ -86,7 +92,7 @@ class Pruner:
                 mask=mask,
             )
 
-        return to_macs_budget(at, model, self.example, self.budget) if searched else at(ratio)
+        return at(ratio) if target is None else to_macs_budget(at, model, self._inputs_for_budget(), target)
 
     def _apart(self, model, ratio, mask, scope, budget, last: float) -> Pruned:
         layers = list(prunable_layers(model))
@@ -120,6 +126,16 @@ class Pruner:
         for ratio in dict.fromkeys(ratios):
             pruned = self(probe, ratio, scope=scope, budget=False)
         if self.budget is not None:  # a budget this method cannot meet, or nm's fixed ratio
-            check_reachable(lambda r: self(probe, r, scope=scope, budget=False), probe, self.example, self.budget)
+            check_reachable(
+                lambda r: self(probe, r, scope=scope, budget=False), probe, self._inputs_for_budget(), self.budget
+            )
         assert pruned is not None
         return pruned
+
+
+def _ignoring(method: Method, ignore: list[str]) -> Method:
+    """``method`` leaving ``ignore`` dense: a copy with that option (a method's options are its
+    dataclass fields)."""
+    if not dataclasses.is_dataclass(method):
+        raise PruningError(f"method {type(method).__name__} is no dataclass: its ignore option cannot be set")
+    return dataclasses.replace(method, ignore=list(ignore))

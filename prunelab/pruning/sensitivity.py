@@ -42,7 +42,7 @@ class Sensitivity(Scope):
     cost: str = "auto"
     measures = True  # it evaluates the model: pointless on untrained weights (runner's pre-check)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.cost not in ("auto", "units", "macs"):
             raise PruningError(f"scope.cost={self.cost!r} is not allowed: expected one of auto, units, macs")
         if not self.grid or not all(0 < r < 1 for r in self.grid):
@@ -59,7 +59,11 @@ class Sensitivity(Scope):
         table = self.scan(units)
         units.report["sensitivity.csv"] = table.to_csv(index=False)
         units.report["sensitivity.png"] = functools.partial(heatmap, table)  # drawn when logged, not in the scan
-        weights = {n: units.cost(n) for n in units.sizes} if self.cost == "macs" else None
+        weights = None
+        if self.cost == "macs":
+            if units.cost is None:
+                raise PruningError("scope.cost=macs weighs units by their MACs: this method gives no cost per unit")
+            weights = {n: units.cost(n) for n in units.sizes}
         # units pruned before (a schedule's earlier rounds) stay pruned: each set's floor
         done = {n: int((~torch.isfinite(units.score(n))).sum()) for n in units.sizes}
         ratios = choose(table, units.sizes, ratio, weights, {n: done[n] / units.sizes[n] for n in units.sizes})
@@ -108,7 +112,7 @@ def _envelopes(table: pd.DataFrame, sizes: dict[str, int]) -> dict[str, tuple[np
     return out
 
 
-def _hull(r: np.ndarray, loss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _hull(r: np.ndarray, loss: np.ndarray, n: float) -> tuple[np.ndarray, np.ndarray]:
     """The lower convex hull of (units removed, predicted loss), from (0, 0): along it each
     further unit costs at least as much as the one before (increasing slopes)."""
     hull: list[tuple[float, float]] = []

@@ -30,9 +30,15 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
-def start(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
+class Server(subprocess.Popen[bytes]):
+    """A server's process, and the file its output goes to (an error names it)."""
+
+    log: Path
+
+
+def start(argv: list[str], log: Path, **kwargs) -> Server:
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+        proc = Server(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
     proc.log = log
     return proc
 
@@ -51,7 +57,7 @@ def stop(proc: subprocess.Popen | None, grace: float = 30) -> None:
         proc.wait()
 
 
-def wait_until(check: Callable[[], bool], proc: subprocess.Popen, timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], bool], proc: Server, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

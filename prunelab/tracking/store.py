@@ -20,15 +20,17 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.entities import RunStatus, RunTag
+from mlflow.entities import Metric as MlflowMetric
+from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
@@ -108,7 +110,7 @@ def connect(uri: str, experiment: str) -> str:
         raise TrackingError(f"MLflow store {redact(uri)}: {_first_line(e)}") from None
     except SQLAlchemyError as e:
         raise TrackingError(
-            f"MLflow store {redact(uri)} is damaged or unreadable: {_first_line(e.orig or e)}"
+            f"MLflow store {redact(uri)} is damaged or unreadable: {_first_line(getattr(e, 'orig', None) or e)}"
         ) from None
 
 
@@ -222,23 +224,71 @@ def end_dead_runs(experiment_id: str, tags: dict[str, str]) -> list[str]:
     return ended
 
 
+class Run:
+    """One MLflow run, logged to by its id: the stages are handed the run they record into (there
+    is no global "active run"), so a run can also be finished later, from elsewhere (a deferred
+    hand-over, ``prunelab.experiment.deferred``)."""
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None):
+        self.id, self.client = run_id, client or MlflowClient()
+        self.open = False  # kept open past its ``with`` block: whoever keeps it ends it
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        stamp = int(time.time() * 1000)
+        values = [MlflowMetric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(values), 1000):  # MLflow's batch limit
+            self.client.log_batch(self.id, metrics=values[i : i + 1000])
+
+    def log_params(self, params: dict[str, str]) -> None:
+        values = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(values), 100):  # MLflow's batch limit
+            self.client.log_batch(self.id, params=values[i : i + 100])
+
+    def log_files(self, files: Mapping[str, bytes | str]) -> None:
+        """Log ``{relative path: content}`` as artifacts, via a temporary folder. A full disk (or
+        any other write error) is a :class:`TrackingError` naming where it wrote."""
+        with tempfile.TemporaryDirectory(prefix="prunelab-") as tmp:
+            for rel, content in files.items():
+                path = Path(tmp, rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content.encode() if isinstance(content, str) else content)
+            try:
+                self.client.log_artifacts(self.id, tmp)
+            except OSError as e:
+                where = redact(self.client.get_run(self.id).info.artifact_uri or "")
+                raise TrackingError(f"cannot write the run's artifacts to {where}: {e.strerror or e}") from None
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        add_tags(self.id, tags)
+
+    def keep_open(self) -> None:
+        """Leave the run RUNNING when its ``with`` block ends: the caller ends it (:meth:`end`)."""
+        self.open = True
+
+    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        """End the run ``status`` (FINISHED, FAILED, KILLED), ``error`` its reason."""
+        if error is not None:
+            self.set_tags({Tag.ERROR: describe(error)})
+        self.client.set_terminated(self.id, status)
+
+
 @contextlib.contextmanager
-def run(
-    experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None = None
-) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, FAILED (exception, with the error as a tag) or KILLED
-    (Ctrl-C / SIGTERM)."""
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=name, tags={**tags, **process_tags()}, parent_run_id=parent_run_id
-    ) as active:
-        try:
-            yield active
-        except KeyboardInterrupt:
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-            raise
-        except Exception as e:
-            mlflow.set_tag(Tag.ERROR, describe(e))
-            raise
+def run(experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[Run]:
+    """A new run, tagged with this process, that ends FINISHED (unless :meth:`Run.keep_open` was
+    called), FAILED (an exception, with the error as a tag) or KILLED (Ctrl-C / SIGTERM)."""
+    client = MlflowClient()
+    tags = {**tags, **process_tags(), **({Tag.PARENT: parent_run_id} if parent_run_id else {})}
+    active = Run(client.create_run(experiment_id, run_name=name, tags=tags).info.run_id, client)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        active.end(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except Exception as e:
+        active.end(RunStatus.to_string(RunStatus.FAILED), e)
+        raise
+    if not active.open:
+        active.end(RunStatus.to_string(RunStatus.FINISHED))
 
 
 def describe(error: BaseException) -> str:
@@ -257,26 +307,6 @@ def record_failure(
         tags[Tag.PARENT] = parent_run_id
     created = client.create_run(experiment_id, run_name=name, tags=tags)
     client.set_terminated(created.info.run_id, RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
-
-
-def log_artifact_files(files: dict[str, bytes | str]) -> None:
-    """Log ``{relative path: content}`` as artifacts of the active run, via a temporary folder.
-    A full disk (or any other write error) is a :class:`TrackingError` naming where it wrote."""
-    with tempfile.TemporaryDirectory(prefix="prunelab-") as tmp:
-        for rel, content in files.items():
-            path = Path(tmp, rel)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content.encode() if isinstance(content, str) else content)
-        try:
-            mlflow.log_artifacts(tmp)
-        except OSError as e:
-            raise TrackingError(
-                f"cannot write the run's artifacts to {redact(mlflow.get_artifact_uri())}: {e.strerror or e}"
-            ) from None
-
-
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def reuse_finished(experiment_id: str, key: str, extra_tags: dict[str, str]):
