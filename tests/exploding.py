@@ -1,6 +1,8 @@
 """User models reached through model._target_: one that fails during fine-tuning, and two that
 prunelab cannot prune (for the bad-input tests)."""
 
+import os
+
 import torch
 from torch import nn
 
@@ -36,3 +38,22 @@ class RawWeights(nn.Module):
 def logistic_regression(in_shape, num_classes) -> nn.Module:
     """One Linear layer, the classifier: structured pruning has nothing it may remove."""
     return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), num_classes))
+
+
+class StaysHome(nn.Module):
+    """A small net that cannot be rebuilt in another process (its hand-over, deferred to a worker
+    process, fails there); copies in its own process are fine."""
+
+    def __init__(self, in_shape, num_classes):
+        super().__init__()
+        self.home = os.getpid()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), 16), nn.ReLU())
+        self.classifier = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.net(x))
+
+    def __setstate__(self, state):
+        if state.get("home") != os.getpid():
+            raise RuntimeError("StaysHome cannot be rebuilt in another process")
+        super().__setstate__(state)

@@ -93,6 +93,33 @@ def test_a_failing_point_is_a_failed_child_and_the_sweep_goes_on(cli, workdir):
     assert parent.data.metrics["sweep.points_failed"] == 1
 
 
+def test_each_points_hand_over_is_made_while_the_next_point_trains_and_logged_before_the_summary(cli, workdir):
+    result = cli("-m", "ratio=0.3,0.6,0.9", "handover=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,), children, _ = sweep_parts(workdir)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    children = sorted(children, key=lambda c: c.info.start_time)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        # the files and their own accuracies, logged when collected
+        assert child.data.metrics["handover.onnx.test_accuracy"] == child.data.metrics["test_accuracy"]
+        assert "compact.test_accuracy" in child.data.metrics
+        files = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
+        assert {"model/model.onnx", "model/program.pt2", "model/weights.compact"} <= files
+    # made beside the next point: a point's run ended after the next one started
+    assert all(a.info.end_time > b.info.start_time for a, b in zip(children, children[1:]))
+    assert parent.data.metrics["sweep.points_finished"] == 3  # the summary saw them all FINISHED
+
+
+def test_a_deferred_hand_over_that_fails_ends_its_run_failed_and_the_sweep_non_zero(cli, workdir):
+    result = cli("-m", "model._target_=exploding.StaysHome", "ratio=0.3,0.6", "handover=true")
+    assert result.returncode != 0
+    (parent,), children, _ = sweep_parts(workdir)
+    assert [c.info.status for c in children] == ["FAILED", "FAILED"]
+    assert all("cannot be rebuilt in another process" in c.data.tags["prunelab.error"] for c in children)
+    assert parent.data.metrics["sweep.points_failed"] == 2
+
+
 def test_an_interrupted_sweep_resumes_to_one_finished_run_per_point(workdir):
     args = [
         sys.executable,
