@@ -88,7 +88,7 @@ DEFAULT = Preset(
     1,
     False,
     1.10,
-    with_handover=False,
+    with_handover=True,
 )
 STUDY = Preset(
     (0.1, 0.3, 0.5, 0.7, 0.9),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 
 import pytest
@@ -22,6 +23,7 @@ from prunelab.pruning import (
     NM,
     Coupled,
     FromPlan,
+    GlobalFloor,
     Lamp,
     Lottery,
     PruneData,
@@ -29,6 +31,7 @@ from prunelab.pruning import (
     Sensitivity,
     Structured,
     Taylor,
+    Units,
     Wanda,
     prune,
 )
@@ -229,6 +232,39 @@ def test_structured_taylor_removes_the_channels_with_the_smallest_summed_scores(
     sums = per_weight.reshape(per_weight.shape[0], -1).double().sum(1)
     kept = mask.channels["features.0"]
     assert sums[kept].min() > sums[~kept].max()
+
+
+# --- a floor under the global threshold ---------------------------------------------------------
+
+
+def test_a_floored_global_threshold_keeps_every_layers_floor_and_still_meets_the_ratio(net, data):
+    x = data.train.x[:1]
+    plain = prune(net, "structured", "global", 0.9, example_inputs=x)
+    floored = prune(net, "structured", GlobalFloor(floor=0.2), 0.9, example_inputs=x)
+    units = {name: entry["units"] for name, entry in plain.plan["sets"].items()}
+    kept = {name: entry["kept"] for name, entry in floored.plan["sets"].items()}
+    assert any(plain.plan["sets"][n]["kept"] < math.ceil(0.2 * u) for n, u in units.items())  # global collapses one
+    assert all(kept[n] >= math.ceil(0.2 * u) for n, u in units.items())  # the floor holds everywhere
+    total = sum(units.values())
+    assert sum(kept.values()) == total - round(0.9 * total)  # and the overall ratio is met exactly
+    with pytest.raises(PruningError, match="lower scope.floor"):
+        prune(net, "structured", GlobalFloor(floor=0.5), 0.9, example_inputs=x)
+
+
+def test_above_the_floors_the_floored_threshold_is_the_global_one():
+    units = Units(
+        {"a": 4, "b": 4}, {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([0.1, 0.2, 5.0, 6.0])}.get
+    )
+    assert {n: k.tolist() for n, k in GlobalFloor(floor=0.25)(units, 0.5).items()} == {
+        "a": [False, False, True, True],
+        "b": [False, False, True, True],
+    }  # the floors do not bind
+    assert {n: k.tolist() for n, k in GlobalFloor(floor=0.5)(units, 0.5).items()} == {
+        "a": [False, False, True, True],
+        "b": [False, False, True, True],
+    }
+    assert GlobalFloor(floor=0.25)(units, 0.75)["a"].tolist() == [False, False, False, True]  # a keeps its best
+    assert GlobalFloor(floor=0.0)(units, 0.75)["a"].tolist() == [False, False, False, False]  # as global does
 
 
 # --- LAMP -------------------------------------------------------------------------------------------

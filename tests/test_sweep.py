@@ -104,8 +104,16 @@ def test_each_points_hand_over_is_made_while_the_next_point_trains_and_logged_be
         # the files and their own accuracies, logged when collected
         assert child.data.metrics["handover.onnx.test_accuracy"] == child.data.metrics["test_accuracy"]
         assert "compact.test_accuracy" in child.data.metrics
-        files = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
-        assert {"model/model.onnx", "model/program.pt2", "model/weights.compact"} <= files
+        files = {a.path: a.file_size for a in client.list_artifacts(child.info.run_id, "model")}
+        assert {"model/model.onnx", "model/program.pt2", "model/weights.compact", "model/masked_weights.pt"} <= set(
+            files
+        )
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"config.yaml", "layers.csv", "plan.json"}
+        # the ledger costs an unstructured model by its compact file, made by the deferred hand-over
+        assert child.data.metrics["cost.pruned.file_bytes"] == files["model/weights.compact"]
+        assert child.data.metrics["cost.ratio.file_bytes"] == pytest.approx(
+            files["model/weights.compact"] / child.data.metrics["cost.dense.file_bytes"]
+        )
     # made beside the next point: a point's run ended after the next one started
     assert all(a.info.end_time > b.info.start_time for a, b in zip(children, children[1:]))
     assert parent.data.metrics["sweep.points_finished"] == 3  # the summary saw them all FINISHED

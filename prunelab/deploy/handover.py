@@ -231,23 +231,24 @@ def compact_file(shipped: Deployed, mask: Mask, codebook: Callable) -> bytes:
 @dataclass
 class HandedOver:
     """The run's hand-over: its files (``{"model/<name>": bytes}``), the test accuracy of each file
-    that runs on its own (``handover.onnx.test_accuracy``, ``int8.*``, ``compact.*``), and the ONNX
-    models the cost ledger times when the run quantizes."""
+    that runs on its own (``handover.onnx.test_accuracy``, ``int8.*``, ``compact.*``), the ONNX
+    models the cost ledger times when the run quantizes, and the compact file it costs."""
 
     files: dict[str, bytes]
     accuracies: dict[str, float]
     onnx: bytes | None = None
     int8: bytes | None = None
-    compact_bytes: int | None = None
+    compact: bytes | None = None  # the smallest file of an unstructured model: the ledger's file size
 
 
 @dataclass
 class HandoverJob:
     """What the hand-over of a run needs, as plain values (it can run in another process): the
     network that ships (shrunk, or masked) and its input standardisation, the example input, the
-    mask (unstructured: the sparse weights file), the compact file (:func:`compact_file`), the
-    raw test inputs and labels the files are checked on, and the quantizer (ONNX bytes and raw
-    calibration inputs -> int8 ONNX bytes) with its calibration inputs."""
+    mask (unstructured: the sparse weights file, and with a codebook the compact file,
+    :func:`compact_file`), the raw test inputs and labels the files are checked on, and the
+    quantizer (ONNX bytes and raw calibration inputs -> int8 ONNX bytes) with its calibration
+    inputs."""
 
     net: nn.Module
     mean: float
@@ -256,7 +257,7 @@ class HandoverJob:
     mask: Mask | None
     structured: bool
     test: tuple[torch.Tensor, torch.Tensor]
-    compact: bytes | None = None
+    codebook: Callable | None = None
     quantize: Callable[[bytes, torch.Tensor], bytes] | None = None
     calibration: torch.Tensor | None = None
 
@@ -266,6 +267,9 @@ def hand_over(job: HandoverJob) -> HandedOver:
     run the fine-tuned network's own PyTorch operations (ONNX Runtime's fp32 and int8 models, the
     compact file's shared values)."""
     ship = deployed(job.net, job.mean, job.std)
+    compact = None
+    if not job.structured and job.mask is not None and job.codebook is not None:
+        compact = compact_file(ship, job.mask, job.codebook)
     quantize, calibration = job.quantize, job.calibration
     if quantize is not None and calibration is None:
         raise ValueError("a hand-over that quantizes needs calibration inputs")
@@ -277,7 +281,7 @@ def hand_over(job: HandoverJob) -> HandedOver:
         quantize=(lambda onnx: quantize(onnx, calibration))
         if quantize is not None and calibration is not None
         else None,
-        compact=job.compact,
+        compact=compact,
     )
     x, y = job.test
     checked = {}
@@ -289,4 +293,4 @@ def hand_over(job: HandoverJob) -> HandedOver:
         if model is not None:
             name = Metric.HANDOVER_ONNX_ACCURACY if role == "onnx" else Metric.INT8_ACCURACY
             checked[name] = accuracy(OnnxModel(model), x, y)
-    return HandedOver(made.files, checked, made.onnx, made.int8)
+    return HandedOver(made.files, checked, made.onnx, made.int8, made.compact)

@@ -1,17 +1,19 @@
 """The hand-over off the critical path.
 
 Making and checking a run's hand-over files (``torch.export``, the ONNX translation, ONNX
-Runtime's and the compact file's test accuracy: about 2 s a LeNet-5 point, a fifth of a short
-point) needs nothing the next point needs. So when a sweep runs its points one after another in
-this process, point k's files are made in one worker process, on another core, while point k+1
-prunes and fine-tunes; point k's run stays RUNNING until its files and their accuracies are
-logged, then ends FINISHED (FAILED, with the error, if the hand-over fails). Whoever defers
-collects: :func:`collect` before the sweep's summary and before timing anything (the ledger's
-latency must not share the machine with a hand-over), and at the end of the process.
+Runtime's and the compact file's test accuracy) and logging them takes about 2 s a LeNet-5 point,
+a fifth of a short point, and needs nothing the next point needs. So when a sweep runs its points
+one after another in this process, point k's hand-over is done by one worker process, on another
+core, while point k+1 prunes and fine-tunes: the worker makes the files, logs them and their
+accuracies to point k's run, and ends it FINISHED (FAILED, with the error, if the hand-over
+fails); until then the run stays RUNNING. Whoever defers collects (:func:`collect`): before the
+sweep's summary, before timing anything (the ledger's latency must not share the machine with a
+hand-over), and at the end of the process.
 
-The worker is spawned once (a fresh interpreter: no forked PyTorch thread pools), on the first
-deferred job, and kept for the rest of the process. A job that cannot be sent to it (a network
-that does not pickle) is done here instead.
+The worker is spawned once (a fresh interpreter: no forked PyTorch thread pools), when the first
+deferring run starts, and kept for the rest of the process. Tensors reach it through shared memory
+(PyTorch's own pickling for multiprocessing), so the test split a sweep's points share is copied
+once, not once a point. A job whose network does not pickle is done here instead.
 """
 
 from __future__ import annotations
@@ -22,18 +24,34 @@ import multiprocessing
 import pickle
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 
-from ..deploy.handover import HandedOver, HandoverJob, hand_over
+from ..deploy.handover import HandoverJob, hand_over
+from ..names import Metric
+from ..tracking import store
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class Deferred:
+    """A run's deferred work: its hand-over ``job``, the run's own ``files`` (logged first, so they
+    stay whatever the hand-over does), and, for an unstructured model with a compact file to make,
+    the dense model's file size: the ledger's ``cost.pruned.file_bytes`` and
+    ``cost.ratio.file_bytes`` are the compact file's, logged once it is made."""
+
+    job: HandoverJob
+    files: dict[str, bytes | str]
+    dense_file_bytes: float | None = None
+
+
+@dataclass
 class _Pending:
     future: Future
-    done: Callable[[HandedOver], None]
-    failed: Callable[[BaseException], None]
+    run_id: str
+    done: Callable[[dict[str, float]], None]
 
 
 _worker: ProcessPoolExecutor | None = None
@@ -41,54 +59,71 @@ _pending: list[_Pending] = []
 
 
 def _warm() -> None:
-    """Run in the worker first: its imports (PyTorch, the exporters) before any job waits on them."""
+    """The worker's first task: its imports (PyTorch, the exporters) before any job waits on them."""
     import prunelab.deploy.handover  # noqa: F401
 
 
-def start() -> None:
-    """Spawn the worker, if there is none, and let it import what a hand-over needs."""
+def start() -> ProcessPoolExecutor:
+    """The worker: spawned, if there is none, and let import what a hand-over needs."""
     global _worker
     if _worker is None:
         _worker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         _worker.submit(_warm)
         atexit.register(collect)
+    return _worker
 
 
-def defer(job: HandoverJob, done: Callable[[HandedOver], None], failed: Callable[[BaseException], None]) -> None:
-    """Make ``job``'s files in the worker; ``done(result)`` or ``failed(error)`` is called here
-    when they are collected. A job that does not pickle is done at once, here."""
+def hand_over_and_log(payload: bytes | Deferred, uri: str, run_id: str) -> dict[str, float]:
+    """The run's deferred work (``payload``: it, or it pickled for another process): the run's own
+    files logged, then its hand-over made, checked and logged, and the run ended: FINISHED, or
+    FAILED with the error. Returns the hand-over files' accuracies."""
+    store.use(uri)
+    run = store.Run(run_id)
     try:
-        payload = pickle.dumps(job)
+        work = payload if isinstance(payload, Deferred) else pickle.loads(payload)
+        run.log_files(work.files)
+        handed = hand_over(work.job)
+        costs = {}
+        if handed.compact is not None and work.dense_file_bytes:  # the ledger's size of this model
+            size = len(handed.compact)
+            costs = {
+                Metric.cost("pruned", "file_bytes"): size,
+                Metric.cost_ratio("file_bytes"): size / work.dense_file_bytes,
+            }
+        run.log_metrics({**handed.accuracies, **costs})
+        run.log_files(handed.files)
+    except Exception as e:
+        run.end("FAILED", e)
+        raise
+    run.end("FINISHED")
+    return handed.accuracies
+
+
+def defer(work: Deferred, uri: str, run_id: str, done: Callable[[dict[str, float]], None]) -> None:
+    """Run ``run_id``'s deferred ``work`` (in the store at ``uri``), by the worker;
+    ``done(accuracies)`` is called here when it is collected. Work whose network does not pickle is
+    done at once, here."""
+    global _worker
+    try:
+        # PyTorch's pickling for other processes: tensors go as shared-memory handles. Unpickled in
+        # the worker's own task, so whatever fails there (a network that cannot be rebuilt in
+        # another process) ends the run like any other failure of its hand-over.
+        payload = bytes(ForkingPickler.dumps(work))
     except Exception as e:  # a user's network that does not pickle: not worth a failure
         log.debug("hand-over done in this process (the job does not pickle: %s)", e)
-        _finish(_now(job), done, failed)
+        future: Future = Future()
+        try:
+            future.set_result(hand_over_and_log(work, uri, run_id))
+        except Exception as error:
+            future.set_exception(error)
+        _pending.append(_Pending(future, run_id, done))
         return
-    start()
-    assert _worker is not None
-    _pending.append(_Pending(_worker.submit(_from_bytes, payload), done, failed))
-
-
-def _from_bytes(payload: bytes) -> HandedOver:
-    return hand_over(pickle.loads(payload))
-
-
-def _now(job: HandoverJob) -> Future:
-    future: Future = Future()
     try:
-        future.set_result(hand_over(job))
-    except Exception as e:
-        future.set_exception(e)
-    return future
-
-
-def _finish(future: Future, done: Callable[[HandedOver], None], failed: Callable[[BaseException], None]) -> None:
-    try:
-        result = future.result()
-    except Exception as e:
-        log.error("hand-over failed: %s", e)
-        failed(e)
-        return
-    done(result)
+        submitted = start().submit(hand_over_and_log, payload, uri, run_id)
+    except BrokenProcessPool:  # the worker died with an earlier job: a new one for this one
+        _worker = None
+        submitted = start().submit(hand_over_and_log, payload, uri, run_id)
+    _pending.append(_Pending(submitted, run_id, done))
 
 
 def pending() -> int:
@@ -97,7 +132,15 @@ def pending() -> int:
 
 
 def collect() -> None:
-    """Wait for every deferred hand-over and finish its run, in the order they were deferred."""
+    """Wait for every deferred hand-over, in the order they were deferred, and report it. A worker
+    that died leaves its run to be ended here, FAILED."""
     while _pending:
         job = _pending.pop(0)
-        _finish(job.future, job.done, job.failed)
+        try:
+            accuracies = job.future.result()
+        except Exception as e:
+            log.error("run %s: the hand-over failed: %s", job.run_id, e)
+            if store.Run(job.run_id).status() == "RUNNING":  # the worker died before it could say so
+                store.Run(job.run_id).end("FAILED", e)
+            continue
+        job.done(accuracies)

@@ -32,9 +32,9 @@ import torch
 from omegaconf import DictConfig
 
 from ..data.splits import Splits
-from ..deploy.handover import HandedOver, HandoverJob, compact_file, hand_over
+from ..deploy.handover import HandedOver, HandoverJob, hand_over
 from ..deploy.ledger import cost_ledger
-from ..deploy.onnx import OnnxModel, deployed
+from ..deploy.onnx import OnnxModel
 from ..models.build import build
 from ..names import Artifact, Metric, Tag
 from ..pruning.data import PruneData
@@ -104,10 +104,10 @@ def run(
 
         session = RunSession(active, s, model, pruner, data, init, checkpoints)
         outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
-        metrics.update(outcome.figures)
         table = layer_table(model, outcome.mask)
-        metrics.update(_evaluate(outcome, data, table))  # 7. evaluate
-        active.log_metrics(metrics)
+        figures = {**outcome.figures, **_evaluate(outcome, data, table)}  # 7. evaluate
+        active.log_metrics(figures)
+        metrics.update(figures)
 
         job = _handover_job(s, outcome, data) if s.handover else None  # 8. hand-over
         handed = hand_over(job) if job is not None and not defer_handover else None
@@ -115,13 +115,28 @@ def run(
             metrics.update(handed.accuracies)
         if s.measure_latency:
             deferred.collect()  # the timings share the machine with no hand-over
-        metrics.update(_ledger(s, dense_copy, model, outcome, data, job, handed))  # 9. ledger
-        active.log_metrics(metrics)  # 10. log
-        active.log_files(_artifacts(s, model, outcome, table, active.id, handed))
+        costs = _ledger(s, dense_copy, model, outcome, data, handed)  # 9. ledger
+        files = _artifacts(s, model, outcome, table, active.id, handed)
         metrics["run_id"] = active.id
         if defer_handover and job is not None:
+            # the hand-over, the run's files and the compact file's size are logged by the worker
+            compact = not outcome.structured and job.codebook is not None
+            for key in _COMPACT_COSTS if compact else ():
+                costs.pop(key)
+            active.log_metrics(costs)
+            metrics.update(costs)
             active.keep_open()
-            deferred.defer(job, lambda h: _finish(active, h), lambda e: active.end("FAILED", e))
+            work = deferred.Deferred(job, files, costs[Metric.cost("dense", "file_bytes")] if compact else None)
+            deferred.defer(
+                work,
+                store.absolute(s.tracking.uri),
+                active.id,
+                lambda figures: log.info("run %s: %s", active.id, handover_line(figures)),
+            )
+        else:
+            active.log_metrics({**costs, **(handed.accuracies if handed else {})})  # 10. log
+            active.log_files(files)
+            metrics.update(costs)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run holds it all now
     report(s.names, s.ratio, s.budget_macs, metrics, dense.from_cache, s.tracking.uri, s.tracking.ui, experiment_id)
     return metrics
@@ -184,11 +199,12 @@ def _evaluate(outcome: Outcome, data: Splits, table) -> dict[str, float]:
     }
 
 
+# The ledger's figures of an unstructured model's file: the compact file's, made by the hand-over.
+_COMPACT_COSTS = (Metric.cost("pruned", "file_bytes"), Metric.cost_ratio("file_bytes"))
+
+
 def _handover_job(s: Settings, outcome: Outcome, data: Splits) -> HandoverJob:
-    """What the hand-over needs. The compact file (unstructured) is made here: the ledger costs it."""
-    compact = None
-    if not outcome.structured and s.codebook is not None:
-        compact = compact_file(deployed(outcome.shipped, data.mean, data.std), outcome.mask, s.codebook)
+    """What the hand-over needs, as values."""
     # A dataset built without make_splits has no raw inputs: its standardisation is the identity.
     raw_test = data.test_raw if data.test_raw is not None else data.test.x.cpu()
     return HandoverJob(
@@ -199,7 +215,7 @@ def _handover_job(s: Settings, outcome: Outcome, data: Splits) -> HandoverJob:
         outcome.mask,
         outcome.structured,
         (raw_test, data.test.y.cpu()),
-        compact,
+        s.codebook,
         s.quantize,
         data.raw(data.val.x) if s.quantize is not None else None,
     )
@@ -211,7 +227,6 @@ def _ledger(
     model: torch.nn.Module,
     outcome: Outcome,
     data: Splits,
-    job: HandoverJob | None,
     handed: HandedOver | None,
 ) -> dict[str, float]:
     """Structured: the network with the channels physically removed is costed; unstructured: its
@@ -228,17 +243,9 @@ def _ledger(
         outcome.mask,
         outcome.shipped if outcome.structured else None,
         s.measure_latency,
-        file_bytes=len(job.compact) if job is not None and job.compact is not None else None,
+        file_bytes=len(handed.compact) if handed is not None and handed.compact is not None else None,
         runtimes=runtimes,
     )
-
-
-def _finish(active: store.Run, handed: HandedOver) -> None:
-    """A deferred hand-over, collected: its files and checks logged, the run ended FINISHED."""
-    active.log_metrics(handed.accuracies)
-    active.log_files(handed.files)
-    active.end("FINISHED")
-    log.info("run %s: %s", active.id, handover_line(handed.accuracies))
 
 
 def _artifacts(

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..plugins import resolve
-from .allocation import Erk, Global, Lamp, Local, allocate
+from .allocation import Erk, Global, GlobalFloor, Lamp, Local, allocate
 from .contracts import Coupled, Criterion, Method, Pruned, Schedule, Scope, Scorer, Session, Units
 from .criteria import FPGM, Magnitude, Random, Taylor
 from .data import PruneData
@@ -82,6 +82,7 @@ __all__ = [
     "Erk",
     "FromPlan",
     "Global",
+    "GlobalFloor",
     "Gradual",
     "Iterative",
     "Lamp",

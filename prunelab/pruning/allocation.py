@@ -164,6 +164,38 @@ class Global(Scope):
         return threshold_all(units.sizes, units.score, ratio)
 
 
+@dataclass(frozen=True)
+class GlobalFloor(Scope):
+    """One threshold over every score, as :class:`Global`, but every set keeps at least ``floor``
+    of its units (its best-scored ones): no layer collapses to a single unit, the bottleneck
+    found under the global scope at high structured ratios (experiments/README.md, criteria
+    study). The overall ratio is still met: the rest is cut by one threshold over the units
+    beyond each set's floor."""
+
+    floor: float = 0.05  # the fraction of each set always kept
+
+    def __post_init__(self):
+        if not 0 <= self.floor < 1:
+            raise PruningError(f"scope.floor={self.floor} is out of range: expected 0 <= floor < 1")
+
+    def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
+        reserved = {name: math.ceil(self.floor * size) for name, size in units.sizes.items()}
+        total = sum(units.sizes.values())
+        if total - round(ratio * total) < sum(reserved.values()):
+            raise PruningError(
+                f"scope=global_floor keeps floor={self.floor:g} of every set ({sum(reserved.values())} of {total} "
+                f"units), more than ratio={ratio:g} leaves: lower scope.floor or the ratio"
+            )
+
+        def floored(name: str) -> torch.Tensor:  # a set's best units can never fall below the threshold
+            s = units.score(name).detach().flatten().cpu().float().clone()
+            if reserved[name]:
+                s[s.topk(reserved[name]).indices] = float("inf")
+            return s.view(units.score(name).shape)
+
+        return threshold_all(units.sizes, floored, ratio)
+
+
 def threshold_all(sizes: dict[str, int], score: Callable[[str], torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
     total = sum(sizes.values())
     if total < _KEEP_SCORES_BELOW:

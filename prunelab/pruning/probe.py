@@ -21,6 +21,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+# Replay what runs before the pruned set (the default), or recompute every trial: the same
+# accuracies, slower (the tests compare the two through this switch).
+REPLAY = True
+
 
 def _clone(out):
     # a stored output must survive an in-place op downstream (ReLU(inplace=True)), and so must the
@@ -34,9 +38,10 @@ class Probe:
     made on the first trial, so scopes that never measure never pay for it."""
 
     def __init__(
-        self, model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.Tensor]], replay: bool = True
+        self, model: nn.Module, data, masks_of: Callable[[dict], dict[str, torch.Tensor]], replay: bool | None = None
     ):
-        self.model, self.data, self.masks_of, self.replay = model, data, masks_of, replay
+        self.model, self.data, self.masks_of = model, data, masks_of
+        self.replay = REPLAY if replay is None else replay
         self._copy: nn.Module | None = None
 
     def _setup(self) -> None:

@@ -114,6 +114,22 @@ def connect(uri: str, experiment: str) -> str:
         ) from None
 
 
+def absolute(uri: str) -> str:
+    """``uri`` with a relative SQLite or folder path made absolute: the same store from another
+    process, whatever its working directory (a deferred hand-over's worker)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
+    scheme = urlsplit(uri).scheme
+    if scheme == "" or (scheme == "file" and not uri.startswith("file:///")):
+        return str(Path(uri.removeprefix("file:")).resolve())
+    return uri
+
+
+def use(uri: str) -> None:
+    """Point this process's MLflow at ``uri`` (a store :func:`connect` has checked already)."""
+    mlflow.set_tracking_uri(uri)
+
+
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(getattr(error, "message", None) or error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
@@ -260,6 +276,9 @@ class Run:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         add_tags(self.id, tags)
+
+    def status(self) -> str:
+        return self.client.get_run(self.id).info.status
 
     def keep_open(self) -> None:
         """Leave the run RUNNING when its ``with`` block ends: the caller ends it (:meth:`end`)."""
