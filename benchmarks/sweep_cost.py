@@ -52,15 +52,15 @@ BATCH = config().train.batch_size
 # Where that time goes, from a py-spy profile taken when this benchmark was last changed: rerun
 # py-spy to refresh it after the sweep code changes.
 PROFILE = (
-    " Where it goes (py-spy profiles of a 2-point sweep with the hand-over files and a 5-point sweep "
-    "without, 1 + 1 epochs, latency timing off): once per sweep, importing MLflow and Hydra and "
-    "prunelab's sweep module (~1.5 s), creating the MLflow SQLite store (~1.3 s), the preflight "
-    "compose of every point (~0.6 s) and the sweep's summary (~0.7 s); per point, logging and "
-    "artifacts ~0.2 s. The hand-over files, per point: checking the decoded compact file's test "
-    "accuracy ~0.8 s, translating to ONNX ~0.9 s (half of it the exporter building its operator "
-    "registry), `torch.export` ~0.45 s, ONNX Runtime's test accuracy ~0.4 s. Fashion-MNIST is read, "
-    "checked and standardised once per process, as by hand. Training and evaluation are the same "
-    "calls in both."
+    " Where it goes (py-spy profile of the 10-point sweep with the hand-over files, 1 + 1 epochs, latency "
+    "timing off, and the points' start and end times in its store): once per sweep, importing MLflow, Hydra and "
+    "prunelab (~1.4 s), creating the MLflow SQLite store (~1.3 s), composing every point's config in the "
+    "preflight and again in Hydra's own check (~1 s each) and the summary (~0.7 s); per point, settings, "
+    "identity, logging and the run's files ~0.3 s. The hand-over files of a point are made, checked and logged "
+    "by a worker process on the other core while the next point trains (prunelab/experiment/deferred.py), "
+    "started as soon as the point's fine-tuning ends: what is left of them on the sweep's path is the last "
+    "point's, beside its own final evaluation. Fashion-MNIST is read, checked and standardised once per "
+    "process, as by hand. Training and evaluation are the same calls in both."
 )
 
 

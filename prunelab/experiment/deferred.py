@@ -93,9 +93,11 @@ def hand_over_and_log(payload: bytes | Deferred, uri: str, run_id: str) -> dict[
         run.log_metrics({**handed.accuracies, **costs})
         run.log_files(handed.files)
     except Exception as e:
-        run.end("FAILED", e)
+        if run.status() == "RUNNING":
+            run.end("FAILED", e)
         raise
-    run.end("FINISHED")
+    if run.status() == "RUNNING":  # (the run's own process may have failed it meanwhile)
+        run.end("FINISHED")
     return handed.accuracies
 
 

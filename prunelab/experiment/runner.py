@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from ..data.splits import Splits
 from ..deploy.handover import HandedOver, HandoverJob, hand_over
-from ..deploy.ledger import cost_ledger
+from ..deploy.ledger import cost_ledger, state_bytes
 from ..deploy.onnx import OnnxModel
 from ..models.build import build
 from ..names import Artifact, Metric, Tag
@@ -105,41 +105,57 @@ def run(
         session = RunSession(active, s, model, pruner, data, init, checkpoints)
         outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
         table = layer_table(model, outcome.mask)
+        job = _handover_job(s, outcome, data) if s.handover else None
+        files = _artifacts(s, model, outcome, table, active.id)
+        later = job if defer_handover else None  # the hand-over the worker does
+        if later is not None and not s.measure_latency:  # the worker starts at once, beside the evaluation
+            _defer(s, active, later, files, dense_copy)
+
         figures = {**outcome.figures, **_evaluate(outcome, data, table)}  # 7. evaluate
         active.log_metrics(figures)
         metrics.update(figures)
-
-        job = _handover_job(s, outcome, data) if s.handover else None  # 8. hand-over
-        handed = hand_over(job) if job is not None and not defer_handover else None
-        if handed is not None:
-            metrics.update(handed.accuracies)
+        handed = hand_over(job) if job is not None and later is None else None  # 8. hand-over
         if s.measure_latency:
             deferred.collect()  # the timings share the machine with no hand-over
         costs = _ledger(s, dense_copy, model, outcome, data, handed)  # 9. ledger
-        files = _artifacts(s, model, outcome, table, active.id, handed)
-        metrics["run_id"] = active.id
-        if defer_handover and job is not None:
-            # the hand-over, the run's files and the compact file's size are logged by the worker
-            compact = not outcome.structured and job.codebook is not None
-            for key in _COMPACT_COSTS if compact else ():
+        if later is not None:  # the worker logs the compact file's size, the hand-over and the run's files
+            for key in _COMPACT_COSTS if _compact(later) else ():
                 costs.pop(key)
-            active.log_metrics(costs)
-            metrics.update(costs)
-            active.keep_open()
-            work = deferred.Deferred(job, files, costs[Metric.cost("dense", "file_bytes")] if compact else None)
-            deferred.defer(
-                work,
-                store.absolute(s.tracking.uri),
-                active.id,
-                lambda figures: log.info("run %s: %s", active.id, handover_line(figures)),
-            )
-        else:
-            active.log_metrics({**costs, **(handed.accuracies if handed else {})})  # 10. log
-            active.log_files(files)
-            metrics.update(costs)
+            if s.measure_latency:
+                _defer(s, active, later, files, dense_copy)
+        metrics.update({**costs, **(handed.accuracies if handed else {})})
+        active.log_metrics({**costs, **(handed.accuracies if handed else {})})  # 10. log
+        if later is None:
+            active.log_files({**files, **(handed.files if handed else {})})
+        metrics["run_id"] = active.id
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run holds it all now
     report(s.names, s.ratio, s.budget_macs, metrics, dense.from_cache, s.tracking.uri, s.tracking.ui, experiment_id)
     return metrics
+
+
+def _compact(job: HandoverJob | None) -> bool:
+    """Whether the hand-over makes a compact file (unstructured, with a codebook): the file the
+    ledger costs an unstructured model by."""
+    return job is not None and not job.structured and job.codebook is not None
+
+
+def _defer(
+    s: Settings,
+    active: store.Run,
+    job: HandoverJob,
+    files: dict[str, bytes | str],
+    dense: torch.nn.Module,
+) -> None:
+    """Hand the run's hand-over, files and the compact file's cost to the worker; the run stays open
+    until it ends it."""
+    active.keep_open()
+    work = deferred.Deferred(job, files, state_bytes(dense) if _compact(job) else None)
+    deferred.defer(
+        work,
+        store.absolute(s.tracking.uri),
+        active.id,
+        lambda figures: log.info("run %s: %s", active.id, handover_line(figures)),
+    )
 
 
 def _identity(s: Settings, experiment_id: str, sweep_tags: dict[str, str]) -> dict[str, Any] | None:
@@ -248,11 +264,9 @@ def _ledger(
     )
 
 
-def _artifacts(
-    s: Settings, model: torch.nn.Module, outcome: Outcome, table, run_id: str, handed: HandedOver | None
-) -> dict[str, bytes | str]:
-    """The run's files: its config, per-layer table, plan, masked weights, what the scope reported,
-    and the hand-over files (when made already)."""
+def _artifacts(s: Settings, model: torch.nn.Module, outcome: Outcome, table, run_id: str) -> dict[str, bytes | str]:
+    """The run's own files: its config, per-layer table, plan, masked weights, what the scope
+    reported."""
     weights = io.BytesIO()
     torch.save(
         {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "mask": outcome.mask.to_state()}, weights
@@ -269,5 +283,4 @@ def _artifacts(
         Artifact.PLAN: json.dumps(plan, indent=1),
         Artifact.MASKED_WEIGHTS: weights.getvalue(),
         **{name: made() if callable(made) else made for name, made in pruned.report.items()},
-        **(handed.files if handed is not None else {}),
     }
