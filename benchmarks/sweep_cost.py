@@ -196,7 +196,7 @@ def run(
     quick: bool = False,
     threads: int | None = None,
     preset: Preset = DEFAULT,
-    repeats: int = 1,
+    repeats: int = 2,
     title: str = "5. Sweep cost",
 ) -> Section:
     threads = threads or torch.get_num_threads()
@@ -298,7 +298,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--train-epochs", type=int, help="override the preset's dense epochs")
     parser.add_argument("--finetune-epochs", type=int, help="override the preset's fine-tuning epochs")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 points, 1 + 1 epochs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--with-latency", action="store_true", help="latency timing on (the study has it on)")

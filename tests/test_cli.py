@@ -40,6 +40,7 @@ METRICS = (
         "method=nm",
         "scope=lamp",
         "method=structured scope=sensitivity scope.samples=128",
+        "method=structured scope=global_floor scope.floor=0.1",
     ],
 )
 def test_every_option_runs_end_to_end(cli, workdir, option):
