@@ -147,16 +147,22 @@ def finish(
 GLOBAL, L2 = Global(), Magnitude(2)
 
 
-@dataclass
-class Unstructured(Method):
-    """Mask the lowest-scored ``ratio`` of the weights of all prunable layers.
+@dataclass(frozen=True)
+class Given:
+    """What a pattern chooses with: the criterion's scorer for the model, the scope, the data, the
+    current mask, and one batch of example inputs (to trace a structured model, to count MACs)."""
 
-    >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> round(Unstructured()(net, 0.5).mask.sparsity, 3)
-    0.5
-    """
+    scorer: Scorer
+    scope: Scope
+    data: PruneData | None
+    mask: Mask | None
+    example_inputs: torch.Tensor | None
 
-    ignore: list[str] = field(default_factory=list)  # layer names (fnmatch patterns) never pruned
+
+class _Pattern(Method):
+    """What the unstructured, structured and N:M methods share: the call of the contract, which
+    prepares the criterion's scorer, the scope and the data, then :meth:`select`, the pattern's own
+    choice of what survives."""
 
     def __call__(
         self,
@@ -170,29 +176,47 @@ class Unstructured(Method):
         data: PruneData | None = None,
         mask: Mask | None = None,
     ) -> Pruned:
-        return _unstructured(model, ratio, scope, criterion, self.ignore, seed, mask, data)
+        scorer, scope, prepared = _setup(model, ratio, criterion, scope, data, seed)
+        return self.select(model, ratio, Given(scorer, scope, prepared, mask, example_inputs))
 
-
-def _unstructured(model, ratio, scope, criterion, ignore, seed, mask, data) -> Pruned:
-    scorer, scope, data = _setup(model, ratio, criterion, scope, data, seed)
-    layers = prunable_layers(model, ignore)
-    if not layers:
-        raise PruningError("no prunable (Conv/Linear) layer left after method.ignore")
-    weights = {f"{name}.weight": m.weight for name, m in layers.items()}
-    alive = {n: _alive(mask, n, w) for n, w in weights.items()}
-    units = Units(
-        {n: w.numel() for n, w in weights.items()},
-        lambda n: _without_pruned(scorer.weights(n, weights[n]), alive[n]),
-        trial=_prober(model, data, lambda keeps: keeps),
-        cost=_costs(model, data, lambda macs: {f"{n}.weight": macs[n] / m.weight.numel() for n, m in layers.items()}),
-    )
-    keep = allocate(units, ratio, scope)
-    masks = {n: _held(k, alive[n]) for n, k in keep.items()}
-    return finish(dict(masks), units, masks, weights, mask, ratio)
+    def select(self, model: nn.Module, ratio: float, given: Given) -> Pruned:
+        """The pattern's choice: which units of ``model`` survive ``ratio``, as a result."""
+        raise NotImplementedError
 
 
 @dataclass
-class NM(Method):
+class Unstructured(_Pattern):
+    """Mask the lowest-scored ``ratio`` of the weights of all prunable layers.
+
+    >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> round(Unstructured()(net, 0.5).mask.sparsity, 3)
+    0.5
+    """
+
+    ignore: list[str] = field(default_factory=list)  # layer names (fnmatch patterns) never pruned
+
+    def select(self, model: nn.Module, ratio: float, given: Given) -> Pruned:
+        scorer, scope, data, mask = given.scorer, given.scope, given.data, given.mask
+        layers = prunable_layers(model, self.ignore)
+        if not layers:
+            raise PruningError("no prunable (Conv/Linear) layer left after method.ignore")
+        weights = {f"{name}.weight": m.weight for name, m in layers.items()}
+        alive = {n: _alive(mask, n, w) for n, w in weights.items()}
+        units = Units(
+            {n: w.numel() for n, w in weights.items()},
+            lambda n: _without_pruned(scorer.weights(n, weights[n]), alive[n]),
+            trial=_prober(model, data, lambda keeps: keeps),
+            cost=_costs(
+                model, data, lambda macs: {f"{n}.weight": macs[n] / m.weight.numel() for n, m in layers.items()}
+            ),
+        )
+        keep = allocate(units, ratio, scope)
+        masks = {n: _held(k, alive[n]) for n, k in keep.items()}
+        return finish(dict(masks), units, masks, weights, mask, ratio)
+
+
+@dataclass
+class NM(_Pattern):
     """Semi-structured N:M: in every group of ``m`` consecutive weights along a layer's inputs
     (for a convolution: along its input channels, at each kernel position), the ``n``
     highest-scored survive. A layer whose inputs do not divide by ``m`` is left dense and named in
@@ -211,47 +235,35 @@ class NM(Method):
     def __post_init__(self):
         check_nm(self.n, self.m)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        ratio: float,
-        *,
-        scope: Scope = GLOBAL,
-        criterion: Criterion = L2,
-        seed: int = 0,
-        example_inputs: torch.Tensor | None = None,
-        data: PruneData | None = None,
-        mask: Mask | None = None,
-    ) -> Pruned:
-        return _nm(model, ratio, self.n, self.m, scope, criterion, self.ignore, seed, mask, data)
-
-
-def _nm(model, ratio, n, m, scope, criterion, ignore, seed, mask, data) -> Pruned:
-    check_nm(n, m, ratio)
-    scorer, _, _ = _setup(model, ratio, criterion, scope, data, seed)
-    candidates = prunable_layers(model, ignore)
-    layers = {name: layer for name, layer in candidates.items() if layer.weight.shape[1] % m == 0}
-    skipped = [name for name in candidates if name not in layers]
-    if skipped:
-        log.warning("method=nm: %s left dense: input size not divisible by m=%d", ", ".join(skipped), m)
-    if not layers:
-        raise PruningError(f"method=nm: no prunable layer has an input size divisible by m={m}")
-    masks = _full_masks(model)
-    keep = {}
-    for name, layer in layers.items():
-        pname, w = f"{name}.weight", layer.weight
-        alive = _alive(mask, pname, w)
-        s = _without_pruned(scorer.weights(pname, w), alive)
-        # Inputs last, then groups of m: (out, in, *k) -> (out, *k, in) -> (-1, m).
-        moved = s.movedim(1, -1)
-        groups = moved.reshape(-1, m)
-        k = torch.zeros_like(groups, dtype=torch.bool)
-        k.scatter_(1, groups.topk(n, dim=1).indices, True)
-        k = k.view(moved.shape).movedim(-1, 1).contiguous()
-        keep[pname] = k
-        masks[pname] = k & alive if alive is not None else k
-    final = {p: masks[p] for p in keep}
-    return finish(final, Units({p: k.numel() for p, k in final.items()}, final.__getitem__), masks, final, mask, ratio)
+    def select(self, model: nn.Module, ratio: float, given: Given) -> Pruned:
+        scorer, mask = given.scorer, given.mask
+        n, m = self.n, self.m
+        check_nm(n, m, ratio)
+        candidates = prunable_layers(model, self.ignore)
+        layers = {name: layer for name, layer in candidates.items() if layer.weight.shape[1] % m == 0}
+        skipped = [name for name in candidates if name not in layers]
+        if skipped:
+            log.warning("method=nm: %s left dense: input size not divisible by m=%d", ", ".join(skipped), m)
+        if not layers:
+            raise PruningError(f"method=nm: no prunable layer has an input size divisible by m={m}")
+        masks = _full_masks(model)
+        keep = {}
+        for name, layer in layers.items():
+            pname, w = f"{name}.weight", layer.weight
+            alive = _alive(mask, pname, w)
+            s = _without_pruned(scorer.weights(pname, w), alive)
+            # Inputs last, then groups of m: (out, in, *k) -> (out, *k, in) -> (-1, m).
+            moved = s.movedim(1, -1)
+            groups = moved.reshape(-1, m)
+            k = torch.zeros_like(groups, dtype=torch.bool)
+            k.scatter_(1, groups.topk(n, dim=1).indices, True)
+            k = k.view(moved.shape).movedim(-1, 1).contiguous()
+            keep[pname] = k
+            masks[pname] = k & alive if alive is not None else k
+        final = {p: masks[p] for p in keep}
+        return finish(
+            final, Units({p: k.numel() for p, k in final.items()}, final.__getitem__), masks, final, mask, ratio
+        )
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -399,7 +411,7 @@ def _zero_channel_masks(masks, graph, root, idxs, param_names) -> None:
 
 
 @dataclass
-class Structured(Method):
+class Structured(_Pattern):
     """Mask the lowest-scored ``ratio`` of the output channels of all prunable layers.
 
     Each group's channel scores are divided by their mean (``normalize="mean"``, Torch-Pruning's
@@ -418,105 +430,97 @@ class Structured(Method):
         if self.normalize not in ("mean", "none"):
             raise PruningError(f"method.normalize={self.normalize!r} is not allowed: expected one of mean, none")
 
-    def __call__(
-        self,
-        model: nn.Module,
-        ratio: float,
-        *,
-        scope: Scope = GLOBAL,
-        criterion: Criterion = L2,
-        seed: int = 0,
-        example_inputs: torch.Tensor | None = None,
-        data: PruneData | None = None,
-        mask: Mask | None = None,
-    ) -> Pruned:
-        return _structured(
-            model, ratio, scope, criterion, self.ignore, seed, example_inputs, self.normalize, mask, data
+    def select(self, model: nn.Module, ratio: float, given: Given) -> Pruned:
+        scorer, scope, data, mask, example_inputs = (
+            given.scorer,
+            given.scope,
+            given.data,
+            given.mask,
+            given.example_inputs,
         )
+        if example_inputs is None:
+            raise PruningError("structured pruning needs example_inputs to trace the model")
+        layers = prunable_layers(model, self.ignore)
+        last = list(prunable_layers(model))[-1]
+        if last in layers:
+            raise PruningError(
+                f"structured pruning would remove output classes of {last!r}: "
+                f"add it to method.ignore (now {list(self.ignore)})"
+            )
+        was_training = model.training
+        model.eval()
+        try:
+            graph, groups = channel_groups(model, example_inputs, self.ignore)
+        finally:
+            model.train(was_training)
+        if not groups:
+            raise PruningError("no prunable channel group left after method.ignore")
+        param_names = {id(p): n for n, p in model.named_parameters()}
+        by_root = {name: (module, group) for name, module, group in groups}
+        blocks = {name: _blocks(name, group, len(group[0].idxs)) for name, (_, group) in by_root.items()}
+        heads = {name: _heads(model, graph, name, group, blocks[name]) for name, (_, group) in by_root.items()}
+        alive = {
+            name: mask.channels[name].cpu() if mask is not None and name in mask.channels else None for name in by_root
+        }
 
+        def score(name):
+            module, group = by_root[name]
+            n = len(group[0].idxs)
+            s = scorer.channels(name, _coupled(group, graph, n, param_names), n)
+            if blocks[name] > 1:  # position i of every block is one unit: one shared score
+                s = s.view(blocks[name], -1).mean(0).repeat(blocks[name])
+            if heads[name] > 1:  # a head is one unit: its channels share their mean score
+                s = s.view(heads[name], -1).mean(1).repeat_interleave(n // heads[name])
+            if self.normalize == "mean":
+                if bool((s < 0).any()):
+                    raise PruningError(
+                        f"{name}: the criterion gave negative channel scores, which normalize=mean "
+                        "cannot compare across layers; use method.normalize=none"
+                    )
+                s = s / s.mean().clamp_min(1e-12) if alive[name] is None else s / s[alive[name]].mean().clamp_min(1e-12)
+            return _without_pruned(s, alive[name])
 
-def _structured(model, ratio, scope, criterion, ignore, seed, example_inputs, normalize, mask, data) -> Pruned:
-    if example_inputs is None:
-        raise PruningError("structured pruning needs example_inputs to trace the model")
-    layers = prunable_layers(model, ignore)
-    last = list(prunable_layers(model))[-1]
-    if last in layers:
-        raise PruningError(
-            f"structured pruning would remove output classes of {last!r}: add it to method.ignore (now {list(ignore)})"
+        def masks_of(keeps):
+            masks = _full_masks(model)
+            for name, k in keeps.items():
+                _zero_channel_masks(masks, graph, by_root[name][0], (~k).nonzero().flatten().tolist(), param_names)
+            return masks
+
+        module_names = {m: n for n, m in model.named_modules()}
+
+        def per_channel(macs):
+            """A channel's MACs: its share of every layer it is an output of or an input to."""
+            out = {}
+            for name, (_, group) in by_root.items():
+                total, seen = 0.0, set()
+                for item in group:
+                    module = item.dep.target.module
+                    is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+                    if isinstance(module, PRUNABLE_TYPES) and (module, is_out) not in seen:
+                        seen.add((module, is_out))
+                        width = (
+                            module.weight.shape[0] if is_out else module.weight.shape[1] * getattr(module, "groups", 1)
+                        )
+                        # entries of this layer per root channel (a conv channel is 49 inputs of the
+                        # linear layer after a 7x7 flatten)
+                        per_root = len(item.idxs) / max(len(group[0].idxs), 1)
+                        total += macs[module_names[module]] * per_root / width
+                out[name] = total
+            return out
+
+        cached: dict[str, torch.Tensor] = {}
+        units = Units(
+            {name: len(g[0].idxs) for name, (_, g) in by_root.items()},
+            lambda name: cached[name] if name in cached else cached.setdefault(name, score(name)),
+            kind="channels",
+            trial=_prober(model, data, masks_of),
+            cost=_costs(model, data, per_channel, example_inputs),
         )
-    scorer, scope, data = _setup(model, ratio, criterion, scope, data, seed)
-    was_training = model.training
-    model.eval()
-    try:
-        graph, groups = channel_groups(model, example_inputs, ignore)
-    finally:
-        model.train(was_training)
-    if not groups:
-        raise PruningError("no prunable channel group left after method.ignore")
-    param_names = {id(p): n for n, p in model.named_parameters()}
-    by_root = {name: (module, group) for name, module, group in groups}
-    blocks = {name: _blocks(name, group, len(group[0].idxs)) for name, (_, group) in by_root.items()}
-    heads = {name: _heads(model, graph, name, group, blocks[name]) for name, (_, group) in by_root.items()}
-    alive = {
-        name: mask.channels[name].cpu() if mask is not None and name in mask.channels else None for name in by_root
-    }
-
-    def score(name):
-        module, group = by_root[name]
-        n = len(group[0].idxs)
-        s = scorer.channels(name, _coupled(group, graph, n, param_names), n)
-        if blocks[name] > 1:  # position i of every block is one unit: one shared score
-            s = s.view(blocks[name], -1).mean(0).repeat(blocks[name])
-        if heads[name] > 1:  # a head is one unit: its channels share their mean score
-            s = s.view(heads[name], -1).mean(1).repeat_interleave(n // heads[name])
-        if normalize == "mean":
-            if bool((s < 0).any()):
-                raise PruningError(
-                    f"{name}: the criterion gave negative channel scores, which normalize=mean "
-                    "cannot compare across layers; use method.normalize=none"
-                )
-            s = s / s.mean().clamp_min(1e-12) if alive[name] is None else s / s[alive[name]].mean().clamp_min(1e-12)
-        return _without_pruned(s, alive[name])
-
-    def masks_of(keeps):
-        masks = _full_masks(model)
-        for name, k in keeps.items():
-            _zero_channel_masks(masks, graph, by_root[name][0], (~k).nonzero().flatten().tolist(), param_names)
-        return masks
-
-    module_names = {m: n for n, m in model.named_modules()}
-
-    def per_channel(macs):
-        """A channel's MACs: its share of every layer it is an output of or an input to."""
-        out = {}
-        for name, (_, group) in by_root.items():
-            total, seen = 0.0, set()
-            for item in group:
-                module = item.dep.target.module
-                is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
-                if isinstance(module, PRUNABLE_TYPES) and (module, is_out) not in seen:
-                    seen.add((module, is_out))
-                    width = module.weight.shape[0] if is_out else module.weight.shape[1] * getattr(module, "groups", 1)
-                    # entries of this layer per root channel (a conv channel is 49 inputs of the
-                    # linear layer after a 7x7 flatten)
-                    per_root = len(item.idxs) / max(len(group[0].idxs), 1)
-                    total += macs[module_names[module]] * per_root / width
-            out[name] = total
-        return out
-
-    cached: dict[str, torch.Tensor] = {}
-    units = Units(
-        {name: len(g[0].idxs) for name, (_, g) in by_root.items()},
-        lambda name: cached[name] if name in cached else cached.setdefault(name, score(name)),
-        kind="channels",
-        trial=_prober(model, data, masks_of),
-        cost=_costs(model, data, per_channel, example_inputs),
-    )
-    keep = allocate(units, ratio, scope)
-    for name, b in blocks.items():
-        if b > 1:  # min_keep may have kept a position in one block only: keep it in all
-            keep[name] = keep[name].view(b, -1).any(0).repeat(b)
-        if heads[name] > 1:  # a head partly kept (a tie, min_keep) is kept whole
-            keep[name] = keep[name].view(heads[name], -1).any(1).repeat_interleave(len(keep[name]) // heads[name])
-        keep[name] = _held(keep[name], alive[name])
-    return finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), mask, ratio, channels=keep)
+        keep = allocate(units, ratio, scope)
+        for name, b in blocks.items():
+            if b > 1:  # min_keep may have kept a position in one block only: keep it in all
+                keep[name] = keep[name].view(b, -1).any(0).repeat(b)
+            if heads[name] > 1:  # a head partly kept (a tie, min_keep) is kept whole
+                keep[name] = keep[name].view(heads[name], -1).any(1).repeat_interleave(len(keep[name]) // heads[name])
+            keep[name] = _held(keep[name], alive[name])
+        return finish(keep, units, masks_of(keep), (f"{n}.weight" for n in layers), mask, ratio, channels=keep)
