@@ -40,6 +40,7 @@ SECTIONS = (
     "deploy_int8",
     "compact_files",
     "sensitivity_scan",
+    "layerwise_depth",
 )
 OPTIONAL = {"structured_speedup"}
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

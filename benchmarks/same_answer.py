@@ -24,7 +24,7 @@ from .common import Section, Verdict, fashion_mnist, table
 
 
 def global_l1(model: nn.Module, ratio: float) -> list:
-    ours = prune(model, "unstructured", "global", ratio).masks
+    ours = prune(model, "unstructured", "global", ratio).mask.masks
     ref = copy.deepcopy(model)
     layers = prunable_layers(ref)
     torch_prune.global_unstructured(

@@ -147,9 +147,11 @@ def test_wanda_with_equal_input_norms_selects_magnitude_per_row():
     )
 
 
-def test_sparsegpt_with_an_identity_hessian_is_per_row_magnitude_without_update():
+def test_sparsegpt_per_row_with_an_identity_hessian_is_per_row_magnitude_without_update():
     weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(2))
-    new, kept = sparsegpt_update(weight, torch.eye(64, dtype=torch.float64), 0.5, blocksize=None, damp=0.0)
+    new, kept = sparsegpt_update(
+        weight, torch.eye(64, dtype=torch.float64), 0.5, blocksize=None, damp=0.0, selection="row"
+    )
     assert torch.equal(kept, per_row_magnitude(weight, 0.5))
     assert torch.equal(new[kept], weight[kept])  # no survivor moved
 

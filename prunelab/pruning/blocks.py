@@ -1,0 +1,124 @@
+"""A transformer's repeated blocks, run one at a time on captured inputs.
+
+Post-training pruning of a deep model is linear in its depth only if no block is run twice from the
+model's input: the papers' code (IST-DASLab/sparsegpt ``opt.py`` / ``llama.py``, locuslab/wanda
+``lib/prune.py``) captures what block 0 receives once, then runs each block on what the previous one
+returned. This module finds the blocks and does that capture and that walk; ``layerwise.py`` does
+the pruning between the steps.
+
+What a block receives besides the hidden states (an attention mask, position ids, rotary
+embeddings) is captured with them and handed to every block unchanged, as the papers' code does;
+a key/value cache is dropped (``use_cache`` off) so that running a block again does not grow it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PruningError
+
+# Where known architectures keep their blocks: tiny_gpt, LLaMA / Mistral / Qwen2, OPT, GPT-2;
+# each also under ``model.`` (prunelab's CausalLM wraps a Hugging Face model there).
+KNOWN = ("blocks", "model.layers", "model.decoder.layers", "transformer.h")
+_CACHE_KEYS = ("past_key_value", "past_key_values")
+
+
+class _Stop(Exception):
+    """Raised by the capture hook: the rest of the forward pass is not needed."""
+
+
+def _get(module: nn.Module, path: str) -> Any:
+    for part in path.split("."):
+        module = getattr(module, part, None)  # type: ignore[assignment]
+        if module is None:
+            return None
+    return module
+
+
+def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList] | None:
+    """``(attribute path, blocks)``: the ``path`` the user declared, else the first known place
+    holding an ``nn.ModuleList``; None when the model has no repeated blocks there."""
+    if path is not None:
+        found = _get(model, path)
+        if not isinstance(found, nn.ModuleList):
+            raise PruningError(f"method.blocks={path!r} is not an nn.ModuleList of the model")
+        return path, found
+    for known in KNOWN:
+        for prefix in ("", "model."):
+            found = _get(model, prefix + known)
+            if isinstance(found, nn.ModuleList) and len(found):
+                return prefix + known, found
+    return None
+
+
+@dataclass
+class Inputs:
+    """What one block receives for one batch: positional and keyword arguments, the hidden states
+    either the first positional one or the keyword ``hidden_states``."""
+
+    args: tuple
+    kwargs: dict
+
+    def replaced(self, hidden: torch.Tensor) -> Inputs:
+        if self.args:
+            return Inputs((hidden, *self.args[1:]), self.kwargs)
+        return Inputs((), {**self.kwargs, "hidden_states": hidden})
+
+
+@torch.no_grad()
+def capture(model: nn.Module, first: nn.Module, x: torch.Tensor, batch_size: int = 32) -> list[Inputs]:
+    """What ``first`` (block 0) receives when ``model`` runs on ``x``, batch by batch; the model
+    runs only up to it."""
+    seen: list[Inputs] = []
+
+    def hook(_module, args, kwargs):
+        kwargs = dict(kwargs)
+        for key in _CACHE_KEYS:
+            if key in kwargs:
+                kwargs[key] = None
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        seen.append(Inputs(tuple(args), kwargs))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(x), batch_size):
+            try:
+                model(x[start : start + batch_size])
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if len(seen) != -(-len(x) // batch_size):
+        raise PruningError("the model's forward pass did not reach its first block once per batch")
+    return seen
+
+
+@torch.no_grad()
+def run(block: nn.Module, inputs: list[Inputs]) -> Iterator[torch.Tensor]:
+    """``block``'s hidden-state outputs, batch by batch (a tuple's first element)."""
+    was_training = block.training
+    block.eval()
+    try:
+        for one in inputs:
+            out = block(*one.args, **one.kwargs)
+            yield out[0] if isinstance(out, (tuple, list)) else out
+    finally:
+        block.train(was_training)
+
+
+def advance(block: nn.Module, inputs: list[Inputs]) -> list[Inputs]:
+    """The next block's inputs: ``block``'s outputs in place of the hidden states."""
+    return [one.replaced(out) for one, out in zip(inputs, run(block, inputs), strict=True)]
+
+
+__all__ = ["KNOWN", "Inputs", "advance", "capture", "find_blocks", "run"]

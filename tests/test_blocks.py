@@ -1,0 +1,166 @@
+"""Post-training pruning block by block: a transformer's blocks walked once each, in the papers'
+order, and SparseGPT's mask chosen over each lazy block as its reference code chooses it."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab.models import lm
+from prunelab.pruning import Local, PruneData, PruningError, SparseGPT, Wanda
+from prunelab.pruning.blocks import find_blocks
+from prunelab.pruning.layerwise import input_gram, per_row_count, sparsegpt_update, wanda_mask
+from prunelab.pruning.methods import prunable_layers
+
+RATIO = 0.5
+
+
+def gpt(layers: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return lm.tiny_gpt((16,), 64, d_model=32, layers=layers, heads=2)
+
+
+def tokens(count: int = 64, seed: int = 1) -> PruneData:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 64, (count, 16), generator=g)
+    return PruneData((x, torch.zeros(count, dtype=torch.long)))
+
+
+def by_hand(method: str, layer: nn.Linear, gram: torch.Tensor) -> torch.Tensor:
+    """Prune one layer in place; its kept entries."""
+    if method == "wanda":
+        new, kept = layer.weight.detach(), wanda_mask(layer.weight.detach(), gram, RATIO)
+    else:
+        new, kept = sparsegpt_update(layer.weight, gram, RATIO)
+    with torch.no_grad():
+        layer.weight.copy_(new * kept)
+    return kept
+
+
+def method(name: str, **options) -> Wanda | SparseGPT:
+    return (Wanda if name == "wanda" else SparseGPT)(samples=64, **options)
+
+
+@pytest.mark.parametrize("name", ["wanda", "sparsegpt"])
+def test_one_pass_per_block_equals_pruning_the_blocks_one_after_another_by_hand(name):
+    model, hand, data = gpt(), gpt(), tokens()
+    pruned = method(name)(model, RATIO, scope=Local(), data=data).mask
+    x = data.train[0]
+    with torch.no_grad():  # the blocks' first inputs, as TinyGPT.forward makes them
+        h = hand.tokens(x) + hand.positions(torch.arange(x.shape[1]))
+    for i, block in enumerate(hand.blocks):
+        layers = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        grams = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in layers.items()}
+
+        def gather(n, grams=grams):
+            def hook(_m, args):
+                inp = args[0].reshape(-1, args[0].shape[-1]).double()
+                grams[n] += inp.T @ inp
+
+            return hook
+
+        handles = [m.register_forward_pre_hook(gather(n)) for n, m in layers.items()]
+        with torch.no_grad():
+            block(h)  # one pass: every sublayer's statistics from the block as it was
+        for handle in handles:
+            handle.remove()
+        for n, layer in layers.items():
+            assert torch.equal(pruned.masks[f"blocks.{i}.{n}.weight"], by_hand(name, layer, grams[n])), n
+        with torch.no_grad():
+            h = block(h)  # the next block's inputs, under the pruned weights
+    for (n, p), q in zip(model.named_parameters(), hand.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5, rtol=0), n
+
+
+@pytest.mark.parametrize("name", ["wanda", "sparsegpt"])
+def test_true_sequential_inside_blocks_equals_layer_by_layer_through_the_whole_model(name):
+    model, hand, data = gpt(), gpt(), tokens()
+    pruned = method(name, sequential="layer")(model, RATIO, scope=Local(), data=data).mask
+    for n, layer in prunable_layers(hand, ["classifier"]).items():
+        kept = by_hand(name, layer, input_gram(hand, layer, data.train[0])[0])  # the whole model, every time
+        assert torch.equal(pruned.masks[f"{n}.weight"], kept), n
+    for (n, p), q in zip(model.named_parameters(), hand.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5, rtol=0), n
+
+
+def test_a_deeper_model_runs_each_block_once_per_batch_not_once_per_layer_below_it():
+    calls = {"first": 0, "last": 0}
+    model = gpt(layers=4)
+    model.blocks[0].register_forward_hook(lambda *_: calls.__setitem__("first", calls["first"] + 1))
+    model.blocks[3].register_forward_hook(lambda *_: calls.__setitem__("last", calls["last"] + 1))
+    Wanda(samples=64)(model, RATIO, scope=Local(), data=tokens())
+    # two batches of 32: one statistics pass and one output pass per block, the same at any depth
+    assert calls == {"first": 4, "last": 4}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32),
+        dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=32, word_embed_proj_dim=32),
+        dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=32),
+    ],
+    ids=lambda c: c["model_type"],
+)  # fmt: skip
+def test_hugging_face_blocks_get_what_their_model_hands_them(config):
+    """Rotary embeddings, attention masks and position ids captured at block 0 reach every block:
+    true-sequential block by block equals layer by layer through the whole model."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = lm.hf_causal_lm(64, config={**config, "vocab_size": 64})
+    hand = copy.deepcopy(model)
+    assert find_blocks(model) is not None
+    data = tokens(32)
+    pruned = SparseGPT(samples=32, sequential="layer", ignore=["*lm_head*"])(model, RATIO, scope=Local(), data=data)
+    for n, layer in prunable_layers(hand, ["*lm_head*"]).items():
+        kept = by_hand("sparsegpt", layer, input_gram(hand, layer, data.train[0])[0])
+        assert torch.equal(pruned.mask.masks[f"{n}.weight"], kept), n
+    assert pruned.mask.sparsity == pytest.approx(RATIO, abs=0.01)
+
+
+def test_a_declared_blocks_attribute_that_is_not_a_module_list_is_one_line():
+    with pytest.raises(PruningError, match="method.blocks='tokens' is not an nn.ModuleList"):
+        Wanda(samples=8, blocks="tokens")(gpt(), RATIO, scope=Local(), data=tokens(8))
+
+
+# --- SparseGPT's mask selection -----------------------------------------------------------------
+
+
+def rows_of_different_scale(rows: int = 32, cols: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    weight = torch.randn(rows, cols, generator=g) * torch.logspace(-1, 1, rows).unsqueeze(1)
+    mix = torch.randn(cols, cols, generator=g) / math.sqrt(cols) + torch.eye(cols)
+    x = (torch.randn(1024, cols, generator=g) * torch.rand(cols, generator=g) * 3) @ mix
+    return weight, x, x.double().T @ x.double()
+
+
+def test_one_threshold_per_lazy_block_leaves_rows_at_different_sparsities_and_the_layer_at_the_ratio():
+    weight, _, gram = rows_of_different_scale()
+    _, kept = sparsegpt_update(weight, gram, RATIO, blocksize=32)
+    per_row = (~kept).sum(1)
+    assert int((~kept).sum()) == weight.numel() // 2
+    assert int((~kept[:, :32]).sum()) == int((~kept[:, 32:]).sum()) == weight.numel() // 4  # each lazy block
+    assert per_row[0] > 48 and per_row[-1] < 16  # the small rows lose most
+
+
+def test_block_wide_selection_reconstructs_no_worse_than_per_row():
+    weight, x, gram = rows_of_different_scale()
+    errors = {}
+    for selection in ("block", "row"):
+        new, kept = sparsegpt_update(weight, gram, RATIO, blocksize=32, selection=selection)
+        assert int(kept.sum()) == weight.numel() // 2
+        errors[selection] = (x @ weight.T - x @ (new * kept).T).norm().item()
+    assert errors["block"] <= errors["row"], errors
+
+
+@pytest.mark.parametrize("ratio, cols, count", [(0.5, 10, 5), (0.6, 10, 6), (0.7, 10, 7), (0.7, 64, 44)])
+def test_wanda_cuts_each_row_as_its_reference_code_does(ratio, cols, count):
+    assert per_row_count(ratio, cols) == int(cols * ratio) == count
+    weight = torch.randn(4, cols, generator=torch.Generator().manual_seed(0))
+    assert (~wanda_mask(weight, torch.eye(cols, dtype=torch.float64), ratio)).sum(1).tolist() == [count] * 4
