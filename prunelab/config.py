@@ -87,7 +87,9 @@ class TrainConfig:
     schedule: str = "cosine"
 
     def __post_init__(self):
-        for key in ("epochs", "batch_size", "lr"):
+        if self.epochs < 0:  # 0: the model as built is the dense model (a pretrained checkpoint)
+            raise ConfigError(f"train.epochs={self.epochs} must be >= 0")
+        for key in ("batch_size", "lr"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be > 0")
         check_choice("train.schedule", self.schedule, ("cosine", "constant"))

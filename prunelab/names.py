@@ -9,9 +9,15 @@ imports it: ``from prunelab.names import Metric, Tag``.
   epoch, ``schedule.sparsity`` per update, a lottery's ``level.*``) and its costs
   (``cost.<form>.<figure>``).
 * :class:`Artifact`: the files a run logs beside them.
+* :data:`IGNORE`: the label of a position that predicts nothing, for the data that write it and
+  every loss and accuracy that must skip it.
 """
 
 from __future__ import annotations
+
+# The label of a position that predicts nothing (a token window's last position, as the papers
+# evaluate): skipped by the loss (``F.cross_entropy``'s default ``ignore_index``) and by accuracy.
+IGNORE = -100
 
 
 class Role:

@@ -72,7 +72,7 @@ def test_the_defaults_are_valid(make_cfg):
         ("method=nm method.n=4", ["method.n=4", "0 < n < m"]),
         ("budget.macs=0", ["budget.macs=0", "0 < budget.macs <= 1"]),
         ("device=tpu", ["device='tpu'", "auto, cpu, cuda, cuda:N or mps"]),
-        ("train.epochs=0", ["train.epochs=0", "> 0"]),
+        ("train.epochs=-1", ["train.epochs=-1", ">= 0"]),
         ("train.batch_size=-8", ["train.batch_size=-8", "> 0"]),
         ("train.lr=0", ["train.lr=0", "> 0"]),
         ("train.schedule=step", ["train.schedule='step'", "cosine, constant"]),
@@ -88,7 +88,16 @@ def test_a_bad_value_is_refused_in_one_sentence_naming_it_and_what_is_allowed(ma
 
 @pytest.mark.parametrize(
     "override",
-    ["ratio=0", "ratio=0.99", "device=cpu", "device=cuda:1", "finetune.epochs=0", "criterion=random", "budget.macs=1"],
+    [
+        "ratio=0",
+        "ratio=0.99",
+        "device=cpu",
+        "device=cuda:1",
+        "train.epochs=0",
+        "finetune.epochs=0",
+        "criterion=random",
+        "budget.macs=1",
+    ],
 )
 def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
     validate(make_cfg(override))

@@ -392,10 +392,9 @@ def test_a_transformers_causal_lm_is_pruned_by_target_end_to_end(cli, workdir):
     result = cli(
         *[a for a in LM_RUN if not a.startswith("model")],
         "model=hf_causal_lm",
-        "model.config.n_positions=32",
-        "model.config.n_embd=32",
-        "model.config.n_layer=1",
-        "model.config.n_head=2",
+        # another architecture than the default's, as the README gives it
+        "model.config={model_type: llama, vocab_size: 256, hidden_size: 32, intermediate_size: 64,"
+        " num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, max_position_embeddings: 32}",
         "method=sparsegpt",
         "method.ignore=[model.lm_head]",
         "method.samples=8",

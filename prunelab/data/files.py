@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -29,6 +30,23 @@ def file_sha256(path: Path, opener=open) -> str:
     with opener(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+@functools.cache
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def folder_digest(folder: Path) -> str:
+    """One SHA-256 over a folder's files (their relative names and contents), e.g. a model
+    checkpoint's: the same files anywhere give the same digest. Each file is read once per process
+    while its size and modification time stay the same."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder).as_posix()}\0".encode())
+        digest.update(_cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode())
     return digest.hexdigest()
 
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..names import IGNORE
 from .files import DataError
+
+
+def labelled(y: torch.Tensor) -> int:
+    """How many labels of ``y`` count (all but :data:`IGNORE`)."""
+    return int((y != IGNORE).sum())
 
 
 @dataclass(frozen=True)

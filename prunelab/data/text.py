@@ -15,16 +15,29 @@ classifier whose class dimension is 1 (``logits: (batch, 256, seq_len)``) and ``
   validation, the rest to training.
 * ``wikitext2``: WikiText-2 (raw) for users with internet, downloaded once and verified by SHA-256
   (``wiki.train.raw`` / ``wiki.valid.raw`` / ``wiki.test.raw``, the published splits).
+
+**A model's own tokens** (``dataset.tokenizer``: a Hugging Face tokenizer's name or folder, by
+default the model's ``model.pretrained``): WikiText-2 as the pruning papers cut it (SparseGPT's and
+Wanda's ``get_wikitext2``): the file's lines as the Hugging Face ``wikitext-2-raw-v1`` rows hold
+them (a line with its newline, a blank line empty), the test rows joined with ``"\n\n"`` and the
+training rows with ``" "``, each split tokenized once (cached by tokenizer and text), cut into
+non-overlapping windows of ``seq_len`` tokens; a window predicts its own next tokens, its last
+position nothing (label :data:`~prunelab.names.IGNORE`), so the perplexity is the exp of the mean
+loss over every predicted token, as the papers' evaluation loop computes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..names import IGNORE
 from .files import DataError, cache_dir, download, file_sha256
 from .splits import Split, Splits
 
@@ -117,13 +130,101 @@ def find_wikitext2(root=None, url: str | None = WIKITEXT2_URL, sha256: str | Non
 
 
 def wikitext2(
-    root=None, seq_len: int = 128, url: str | None = WIKITEXT2_URL, sha256: str | None = WIKITEXT2_SHA256, seed: int = 0
+    root=None,
+    seq_len: int = 128,
+    url: str | None = WIKITEXT2_URL,
+    sha256: str | None = WIKITEXT2_SHA256,
+    seed: int = 0,
+    tokenizer: str | None = None,
 ) -> Splits:
-    """WikiText-2 (raw), its published train / validation / test files, as bytes (fixed splits:
-    ``seed`` changes nothing)."""
+    """WikiText-2 (raw), its published train / validation / test files, as bytes, or in the tokens
+    of ``tokenizer`` as the papers cut it (the module docstring). Fixed splits: ``seed`` changes
+    nothing."""
     folder = find_wikitext2(root, url, sha256)
-    train, val, test = ((folder / n).read_bytes() for n in WIKITEXT2_FILES)
-    return corpus_splits("wikitext2", train, val, test, seq_len)
+    if tokenizer is None:
+        train_b, val_b, test_b = ((folder / n).read_bytes() for n in WIKITEXT2_FILES)
+        return corpus_splits("wikitext2", train_b, val_b, test_b, seq_len)
+    tok = load_tokenizer(tokenizer)
+    rows = [hf_rows((folder / n).read_text(encoding="utf-8")) for n in WIKITEXT2_FILES]
+    texts = (" ".join(rows[0]), "\n\n".join(rows[1]), "\n\n".join(rows[2]))
+    train, val, test = (token_windows(encode(tok, t), seq_len) for t in texts)
+    return Splits("wikitext2", train, val, test, vocabulary(tok))
+
+
+# --- a model's own tokens ---------------------------------------------------------------------
+
+
+def hf_rows(text: str) -> list[str]:
+    """The rows the Hugging Face ``wikitext`` loader makes of a file: each line with its newline,
+    a blank line as ``""``."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line + "\n" if line.strip() else "" for line in lines]
+
+
+def load_tokenizer(name: str) -> Any:
+    """The Hugging Face tokenizer of ``name`` (a hub name or a folder, e.g. a model's)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise DataError(f"dataset.tokenizer={name} needs transformers: pip install 'prunelab[llm]'") from e
+    path = Path(name).expanduser()
+    if (path.is_absolute() or name.startswith((".", "~"))) and not path.is_dir():
+        raise DataError(f"dataset.tokenizer={name}: no such folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name)
+    except (OSError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"no tokenizer found at dataset.tokenizer={name} ({first})") from None
+
+
+def vocabulary(tokenizer: Any) -> int:
+    """The number of token ids ``tokenizer`` can produce (added tokens included)."""
+    return len(tokenizer)
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """What identifies a tokenizer's output: its class, its full serialisation where it has one
+    (a fast tokenizer's), else its vocabulary and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = repr((type(tokenizer).__name__, tokenizer.all_special_tokens, getattr(tokenizer, "add_bos_token", None)))
+    return hashlib.sha256((body + extra).encode()).hexdigest()
+
+
+def encode(tokenizer: Any, text: str) -> torch.Tensor:
+    """``text``'s token ids (one call, as the papers tokenize a split), cached on disk by the
+    tokenizer and the text."""
+    key = hashlib.sha256((tokenizer_digest(tokenizer) + hashlib.sha256(text.encode()).hexdigest()).encode()).hexdigest()
+    path = cache_dir() / "tokens" / f"{key[:32]}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, ValueError):
+            path.unlink(missing_ok=True)  # damaged: encode again
+    ids = torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(ids, buffer)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+    return ids
+
+
+def token_windows(tokens: torch.Tensor, seq_len: int) -> Split:
+    """Non-overlapping windows of ``seq_len`` tokens (the tail that does not fill one is dropped);
+    ``y``: each position's next token within the window, the last position :data:`IGNORE`."""
+    if seq_len < 2:
+        raise DataError(f"dataset.seq_len={seq_len} must be >= 2")
+    n = len(tokens) // seq_len
+    if n < 1:
+        raise DataError(f"a split of {len(tokens)} tokens is shorter than one window of seq_len={seq_len}")
+    x = tokens[: n * seq_len].view(n, seq_len)
+    y = torch.full_like(x, IGNORE)
+    y[:, :-1] = x[:, 1:]
+    return Split(x, y)
 
 
 def unigram_perplexity(splits: Splits) -> float:
@@ -134,4 +235,13 @@ def unigram_perplexity(splits: Splits) -> float:
     return float(torch.exp(-logp[splits.test.y.flatten()].mean()))
 
 
-__all__ = ["fortunes", "wikitext2", "windows", "unigram_perplexity", "VOCAB"]
+__all__ = [
+    "VOCAB",
+    "encode",
+    "fortunes",
+    "load_tokenizer",
+    "token_windows",
+    "unigram_perplexity",
+    "wikitext2",
+    "windows",
+]

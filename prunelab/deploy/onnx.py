@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.splits import labelled
+
 log = logging.getLogger(__name__)
 
 PIXELS, TOKENS, OUTPUT = "pixels", "tokens", "logits"
@@ -142,7 +144,7 @@ def accuracy(
     for start in range(0, len(y), batch_size):
         logits = model(x[start : start + batch_size])
         correct += int((logits.argmax(1).cpu() == y[start : start + batch_size].cpu()).sum())
-    return correct / y.numel()
+    return correct / labelled(y)
 
 
 def int8(

@@ -66,13 +66,17 @@ def atomic_save(obj, path: Path, save: Callable) -> None:
 
 
 def _load_verified(model: nn.Module, key: str, weights: Path, meta: Path) -> dict:
-    """The cached metadata, after loading weights that match it (raises ValueError otherwise)."""
+    """The cached metadata, after loading weights that match it (raises ValueError otherwise).
+    A model that was not trained (``train.epochs=0``: the checkpoint it was built from is the dense
+    model) has no weights cached, only its evaluation."""
     try:
         info = json.loads(meta.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"unreadable metadata ({e})") from None
     if info.get("key") != key:
         raise ValueError(f"the files belong to dense model {info.get('key')!r}")
+    if info.get("trained") is False:
+        return info
     data = weights.read_bytes()  # read once: what is checked is what is loaded
     if info.get("sha256") != hashlib.sha256(data).hexdigest():
         raise ValueError("the weights do not match their checksum (damaged or truncated)")
@@ -81,17 +85,24 @@ def _load_verified(model: nn.Module, key: str, weights: Path, meta: Path) -> dic
 
 
 def dense_model(
-    model: nn.Module, key: str, cache_dir: Path, train: Callable[[nn.Module], tuple[list[EpochResult], float, float]]
+    model: nn.Module,
+    key: str,
+    cache_dir: Path,
+    train: Callable[[nn.Module], tuple[list[EpochResult], float, float]],
+    trains: bool = True,
 ) -> DenseResult:
     """Load the cached weights for ``key`` into ``model``, or ``train(model)`` and cache them.
 
-    ``train`` returns ``(history, val_accuracy, test_accuracy)``."""
+    ``train`` returns ``(history, val_accuracy, test_accuracy)``. ``trains=False`` (no epochs: the
+    model as built is the dense model, e.g. a pretrained checkpoint): ``train`` only evaluates it,
+    and only that evaluation is cached, not a copy of the weights."""
     weights, meta = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
     with locked(cache_dir / f"{key}.lock"):
         for stale in [*cache_dir.glob(f".{key}.pt.*.tmp"), *cache_dir.glob(f".{key}.json.*.tmp")]:
             stale.unlink(missing_ok=True)  # a writer killed mid-write (we hold the key's lock)
         if weights.is_file() or meta.is_file():
-            initial = copy.deepcopy(model.state_dict())  # a load that fails half-way is undone
+            # a load that fails half-way is undone (a model that is not trained is not loaded)
+            initial = copy.deepcopy(model.state_dict()) if trains else None
             try:
                 info = _load_verified(model, key, weights, meta)
                 log.info("dense model %s loaded from %s (no training)", key, weights)
@@ -106,18 +117,21 @@ def dense_model(
                 log.warning("dense model cache %s not used, retraining: %s", weights, e)
                 for path in (weights, meta):
                     path.unlink(missing_ok=True)
-                model.load_state_dict(initial)
+                if initial is not None:
+                    model.load_state_dict(initial)
         history, val_acc, test_acc = train(model)
-        atomic_save(model.state_dict(), weights, torch.save)
+        if trains:
+            atomic_save(model.state_dict(), weights, torch.save)
         info = {
             "key": key,
-            "sha256": file_sha256(weights),
+            "trained": trains,
+            "sha256": file_sha256(weights) if trains else None,
             "history": [asdict(e) for e in history],
             "val_accuracy": val_acc,
             "test_accuracy": test_acc,
         }
         atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
-        log.info("dense model %s trained and cached in %s", key, weights)
+        log.info("dense model %s %s and cached in %s", key, "trained" if trains else "evaluated", meta)
         return DenseResult(key, history, val_acc, test_acc, from_cache=False)
 
 

@@ -18,10 +18,12 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..data.files import folder_digest
 from ..names import Role, Tag
 from ..paths import conf_dir
 from ..plugins import read_option
@@ -54,6 +56,9 @@ RESULT_PARTS = (
 SEEDS = ("seed", "calibration_seed")
 # Where the data lie, not what they are (the loaders check contents by checksum).
 LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
+# Folders known by their contents, not their path: a checkpoint moved is the same model, one
+# overwritten in place is another (a hub name stays a name, with its model.revision).
+CONTENTS = ("model.pretrained", "dataset.tokenizer")
 DENSE_PARTS = ("model", "dataset", "train", "seed")
 # Bumped when the same config starts to give different numbers or files, or is written differently
 # (2: inputs scaled to [0, 1] before standardisation; 3: criteria, scopes and methods as plug-ins,
@@ -112,6 +117,11 @@ def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
         tree["plan"] = digest
         if isinstance(tree.get("scope"), dict) and "source" in tree["scope"]:
             tree["scope"]["source"] = digest
+    for dotted in CONTENTS:
+        parent, leaf = dotted.split(".")
+        node = tree.get(parent)
+        if isinstance(node, dict) and isinstance(node.get(leaf), str) and Path(node[leaf]).expanduser().is_dir():
+            node[leaf] = "files:" + folder_digest(Path(node[leaf]).expanduser())
     tree["device"] = device_type
     tree["format"] = FORMAT
     return tree

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.splits import Split, Splits
+from ..data.splits import Split, Splits, labelled
 from ..errors import UserError
+from ..names import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
         loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    n = split.y.numel()  # samples, or tokens for a language model (one label per position)
+    n = labelled(split.y)  # samples, or tokens for a language model (one label per position)
     return {"loss": loss.item() / n, "accuracy": correct.item() / n}
 
 
@@ -134,13 +135,13 @@ def fit(
             losses.append(loss.detach())
             predictions.append(logits.detach().argmax(1))
             labels.append(y)
-        sizes = torch.tensor([y.numel() for y in labels], dtype=torch.float32, device=train.x.device)
+        sizes = torch.stack([(y != IGNORE).sum() for y in labels]).float()  # the labels each mean is over
         total_loss = torch.stack(losses).float() @ sizes
         correct = (torch.cat(predictions) == torch.cat(labels)).sum()
         result = EpochResult(
             epoch,
-            total_loss.item() / train.y.numel(),
-            correct.item() / train.y.numel(),
+            total_loss.item() / labelled(train.y),
+            correct.item() / labelled(train.y),
             evaluate(model, val)["accuracy"] if len(val) else float("nan"),
         )
         log.info(

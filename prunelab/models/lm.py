@@ -9,6 +9,7 @@ is an ``nn.Linear``; the layer that produces the logits is ``classifier``, as in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -99,29 +100,61 @@ class CausalLM(nn.Module):
         return self.model(input_ids=x).logits.transpose(1, 2)
 
 
-def hf_causal_lm(num_classes: int = 256, pretrained: str | None = None, config: dict | None = None) -> CausalLM:
+# The fresh model ``model=hf_causal_lm`` builds when given neither a checkpoint nor a config.
+FRESH = {"model_type": "gpt2", "vocab_size": 256, "n_positions": 128, "n_embd": 128, "n_layer": 2, "n_head": 4}
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_causal_lm(
+    num_classes: int = 256,
+    pretrained: str | None = None,
+    config: dict | None = None,
+    revision: str | None = None,
+    dtype: str = "float32",
+    in_shape: Sequence[int] | None = None,
+) -> CausalLM:
     """A ``transformers`` causal LM (``pip install prunelab[llm]``): ``pretrained`` (a hub name or a
     folder) or a fresh one from ``config`` (``model_type`` and its options, e.g. ``{model_type:
-    gpt2, n_layer: 2, ...}``). GPT-2's ``Conv1D`` projections become the ``nn.Linear`` they are
-    (weight transposed), so every method prunes them. The vocabulary must hold the dataset's tokens
-    (the text datasets here are bytes: ``num_classes`` = 256)."""
+    llama, hidden_size: 64, ...}``; neither: :data:`FRESH`, a small GPT-2). GPT-2's ``Conv1D``
+    projections become the ``nn.Linear`` they are (weight transposed), so every method prunes them.
+    ``revision``: the hub revision of ``pretrained``; ``dtype``: its weights' type. The vocabulary
+    must hold the dataset's tokens (``num_classes``: 256 for bytes) and the context its windows
+    (``in_shape``: ``(seq_len,)``)."""
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
         raise ModelError("model=hf_causal_lm needs transformers: pip install 'prunelab[llm]'") from e
-    if pretrained is not None and config is None:
-        model = AutoModelForCausalLM.from_pretrained(pretrained)
-    elif config is not None and pretrained is None:
-        options = dict(config)
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
+    if pretrained is not None and config is not None:
+        raise ModelError("hf_causal_lm takes model.pretrained or model.config, not both")
+    if dtype not in DTYPES:
+        raise ModelError(f"model.dtype={dtype!r}: one of {', '.join(DTYPES)}")
+    if pretrained is not None:
+        path = Path(pretrained).expanduser()
+        if (path.is_absolute() or pretrained.startswith((".", "~"))) and not path.is_dir():
+            raise ModelError(f"model.pretrained={pretrained}: no such folder")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path) if path.is_dir() else pretrained, revision=revision, dtype=DTYPES[dtype]
+            )
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"model.pretrained={pretrained}: no causal LM loaded ({first})") from None
     else:
-        raise ModelError("hf_causal_lm needs exactly one of model.pretrained and model.config")
+        options = dict(FRESH if config is None else config)
+        if "model_type" not in options:
+            raise ModelError(f"model.config needs a model_type (e.g. llama, gpt2, opt); it has {sorted(options)}")
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
     embeddings = model.get_input_embeddings()
     if not isinstance(embeddings, nn.Embedding):
         raise ModelError(f"the model's input embeddings are a {type(embeddings).__name__}, not an nn.Embedding")
     vocab = embeddings.num_embeddings
     if vocab < num_classes:
         raise ModelError(f"the model's vocabulary ({vocab}) is smaller than the dataset's ({num_classes} tokens)")
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if in_shape is not None and context is not None and in_shape[0] > context:
+        raise ModelError(f"dataset.seq_len={in_shape[0]} exceeds the model's context of {context} tokens")
     linearize(model)
     return CausalLM(model)
 

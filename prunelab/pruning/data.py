@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..names import IGNORE
 from .errors import PruningError
 
 
@@ -48,7 +49,7 @@ class PruneData:
         try:
             for x, y in self.chunks(samples):
                 correct += int((model(x).argmax(1) == y).sum())
-                total += len(y)
+                total += int((y != IGNORE).sum())
         finally:
             model.train(was_training)
         return correct / max(total, 1)
