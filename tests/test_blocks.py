@@ -12,7 +12,7 @@ from torch import nn
 
 from prunelab.models import lm
 from prunelab.pruning import Local, PruneData, PruningError, SparseGPT, Wanda
-from prunelab.pruning.blocks import find_blocks
+from prunelab.pruning.blocks import capture, find_blocks, run
 from prunelab.pruning.layerwise import input_gram, per_row_count, sparsegpt_update, wanda_mask
 from prunelab.pruning.methods import prunable_layers
 
@@ -97,17 +97,16 @@ def test_a_deeper_model_runs_each_block_once_per_batch_not_once_per_layer_below_
     assert calls == {"first": 4, "last": 4}
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
+HF_CONFIGS = [
         dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32),
         dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=32, word_embed_proj_dim=32),
         dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=32),
-    ],
-    ids=lambda c: c["model_type"],
-)  # fmt: skip
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", HF_CONFIGS, ids=lambda c: c["model_type"])
 def test_hugging_face_blocks_get_what_their_model_hands_them(config):
     """Rotary embeddings, attention masks and position ids captured at block 0 reach every block:
     true-sequential block by block equals layer by layer through the whole model."""
@@ -115,13 +114,36 @@ def test_hugging_face_blocks_get_what_their_model_hands_them(config):
     torch.manual_seed(0)
     model = lm.hf_causal_lm(64, config={**config, "vocab_size": 64})
     hand = copy.deepcopy(model)
-    assert find_blocks(model) is not None
-    data = tokens(32)
-    pruned = SparseGPT(samples=32, sequential="layer", ignore=["*lm_head*"])(model, RATIO, scope=Local(), data=data)
-    for n, layer in prunable_layers(hand, ["*lm_head*"]).items():
+    path, modules = find_blocks(model)
+    data = tokens(64)  # two batches
+    inputs = capture(model, modules[0], data.train[0])
+    first, again = list(run(modules[0], inputs)), list(run(modules[0], inputs))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # no cache grew in between
+    pruned = SparseGPT(samples=64, sequential="layer")(model, RATIO, scope=Local(), data=data)
+    assert "model.lm_head.weight" not in pruned.mask.prunable  # the logits layer, kept by default
+    for n, layer in prunable_layers(hand, ["*lm_head"]).items():
         kept = by_hand("sparsegpt", layer, input_gram(hand, layer, data.train[0])[0])
         assert torch.equal(pruned.mask.masks[f"{n}.weight"], kept), n
     assert pruned.mask.sparsity == pytest.approx(RATIO, abs=0.01)
+
+
+@pytest.mark.parametrize("config", HF_CONFIGS, ids=lambda c: c["model_type"])
+def test_each_hugging_face_block_reads_what_the_pruned_blocks_below_it_give(config):
+    """Block by block, each block's inputs are what the whole model, pruned below it, hands it:
+    the first layer of every block (it reads the block's input) is masked by Wanda from the same
+    statistics a pass through the finished model gives it."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = lm.hf_causal_lm(64, config={**config, "vocab_size": 64})
+    original = copy.deepcopy(model)
+    data = tokens(64)  # two batches
+    pruned = Wanda(samples=64)(model, RATIO, scope=Local(), data=data).mask
+    path, modules = find_blocks(model)
+    for i, block in enumerate(modules):
+        name, layer = next((n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear))
+        weight = original.get_submodule(f"{path}.{i}.{name}").weight
+        gram = input_gram(model, layer, data.train[0])[0]
+        assert torch.equal(pruned.masks[f"{path}.{i}.{name}.weight"], wanda_mask(weight, gram, RATIO)), (i, name)
 
 
 def test_a_declared_blocks_attribute_that_is_not_a_module_list_is_one_line():

@@ -128,7 +128,6 @@ def test_a_pretrained_folder_is_the_dense_model_of_every_point_and_is_not_traine
         "finetune.epochs=0",
         "method=sparsegpt",
         "method.samples=8",
-        "method.ignore=[model.lm_head]",
         "scope=local",
         "ratio=0.5,0.6",
         "handover=false",

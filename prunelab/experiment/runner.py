@@ -85,8 +85,9 @@ def run(
         pruner = _pruner(s, data, model)  # 4. pruner
         init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
         dense_run = DenseRun(experiment_id, s.key, s.dense_params, parent_run_id, sweep_tags)  # 5. dense
+        recipe = s.dense_recipe
         dense = dense_model(
-            model, s.key.dense, s.cache, lambda m: dense_run.train(m, data, s.train, s.seed), s.train.epochs > 0
+            model, s.key.dense, s.cache, lambda m: dense_run.train(m, data, recipe, s.seed), recipe.epochs > 0
         )
         dense_run.log_cached(dense, model, data, s.cache)
     except (Exception, KeyboardInterrupt) as e:

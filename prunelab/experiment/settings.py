@@ -47,6 +47,7 @@ class Settings:
     budget_macs: float | None
     device: torch.device
     train: Recipe  # dense training (and a lottery level's retraining)
+    pretrained: bool  # the model is built from a checkpoint (model.pretrained): it is the dense model
     finetune: Recipe  # fine-tuning: its epochs, lr and schedule, train's optimizer and batch size
     shrink: bool  # structured: fine-tune the physically shrunk network
     tracking: TrackingConfig
@@ -56,6 +57,11 @@ class Settings:
     handover: bool
     quantize: Callable[..., bytes] | None  # ONNX bytes, raw calibration inputs -> int8 ONNX bytes
     codebook: Callable[..., Any] | None  # the compact file's shared values
+
+    @property
+    def dense_recipe(self) -> Recipe:
+        """The dense stage's training: none for a checkpoint (evaluated as it is) or train.epochs=0."""
+        return dataclasses.replace(self.train, epochs=0) if self.pretrained else self.train
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
@@ -93,6 +99,7 @@ class Settings:
             budget_macs=cfg.budget.macs,
             device=device,
             train=train,
+            pretrained=bool(cfg.model.get("pretrained")),
             finetune=finetune,
             shrink=c.finetune.shrink,
             tracking=c.tracking,

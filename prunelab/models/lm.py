@@ -97,7 +97,9 @@ class CausalLM(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=x).logits.transpose(1, 2)
+        # no key/value cache: nothing here generates, and a cache handed to the blocks would grow
+        # each time one is run again (block-by-block pruning runs each twice)
+        return self.model(input_ids=x, use_cache=False).logits.transpose(1, 2)
 
 
 # The fresh model ``model=hf_causal_lm`` builds when given neither a checkpoint nor a config.

@@ -8,7 +8,8 @@ the pruning between the steps.
 
 What a block receives besides the hidden states (an attention mask, position ids, rotary
 embeddings) is captured with them and handed to every block unchanged, as the papers' code does;
-a key/value cache is dropped (``use_cache`` off) so that running a block again does not grow it.
+a key/value cache is dropped (passed by keyword or by position; ``use_cache`` off) so that
+running a block again does not grow it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ _CACHE_KEYS = ("past_key_value", "past_key_values")
 
 class _Stop(Exception):
     """Raised by the capture hook: the rest of the forward pass is not needed."""
+
+
+def _is_cache(value: Any) -> bool:
+    """A key/value cache (``transformers``' ``Cache`` classes), however it is passed."""
+    return hasattr(value, "get_seq_length") and not isinstance(value, torch.Tensor)
 
 
 def _get(module: nn.Module, path: str) -> Any:
@@ -77,13 +83,10 @@ def capture(model: nn.Module, first: nn.Module, x: torch.Tensor, batch_size: int
     seen: list[Inputs] = []
 
     def hook(_module, args, kwargs):
-        kwargs = dict(kwargs)
-        for key in _CACHE_KEYS:
-            if key in kwargs:
-                kwargs[key] = None
+        kwargs = {k: None if k in _CACHE_KEYS or _is_cache(v) else v for k, v in kwargs.items()}
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        seen.append(Inputs(tuple(args), kwargs))
+        seen.append(Inputs(tuple(None if _is_cache(a) else a for a in args), kwargs))
         raise _Stop
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)

@@ -42,7 +42,7 @@ from .contracts import Criterion, Method, Pruned, Scope, Units
 from .data import PruneData
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
-from .methods import finish, prunable_layers
+from .methods import OUTPUT_LAYERS, finish, prunable_layers
 
 
 class _Stop(Exception):
@@ -351,7 +351,7 @@ class LayerByLayer(Method):
     the layers; a subclass provides ``prune_layer``."""
 
     # the logits layer (the papers prune the blocks' linear layers only)
-    ignore: list[str] = field(default_factory=lambda: ["classifier"])
+    ignore: list[str] = field(default_factory=lambda: list(OUTPUT_LAYERS))
     n: int | None = None  # N:M: n kept of every m inputs (both unset: unstructured)
     m: int | None = None
     samples: int = 128  # calibration sequences from the training split (drawn by calibration_seed)

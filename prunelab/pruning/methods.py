@@ -49,16 +49,19 @@ log = logging.getLogger(__name__)
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 Prunable: TypeAlias = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear  # a layer PRUNABLE_TYPES admits
 _INF = float("inf")
+# The logits layer as prunelab's models (``classifier``) and Hugging Face's (``lm_head``, often
+# tied to the input embeddings) name it: the methods that keep it ignore these by default.
+OUTPUT_LAYERS = ("classifier", "*lm_head")
 
 
 def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, Prunable]:
     """Conv/Linear layers by name, minus those matching an ``ignore`` pattern (fnmatch-style). A
     pattern that matches no layer is warned about (a misspelt name would leave the layer pruned),
-    except ``classifier``: the default of the methods that keep the logits layer, which a user's
-    own model may name otherwise."""
+    except :data:`OUTPUT_LAYERS`: the defaults of the methods that keep the logits layer, which a
+    given model may name otherwise."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     for pat in ignore:
-        if pat != "classifier" and not any(fnmatch(name, pat) for name in layers):
+        if pat not in OUTPUT_LAYERS and not any(fnmatch(name, pat) for name in layers):
             warnings.warn(
                 f"method.ignore: {pat!r} matches no prunable layer (they are: {', '.join(layers)})", stacklevel=2
             )
