@@ -11,6 +11,7 @@ Han et al. (2016) report 40x (LeNet-300-100) and 39x (LeNet-5) on MNIST.
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,60 +44,80 @@ def _fresh_accuracies(uri: str, run_id: str, tmp: Path) -> dict:
     return torch.load(tmp / "out.pt", weights_only=True)
 
 
+SEEDS = (0, 1, 2)  # the verdict reads their mean (why: the section's text)
+
+
+def _one(model: str, ratio: float, seed: int, quick: bool) -> tuple[dict, dict]:
+    with tempfile.TemporaryDirectory(prefix="prunelab-bench-") as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        overrides = [f"model={model}", f"ratio={ratio}", f"seed={seed}", "measure_latency=false", f"tracking.uri={uri}"]
+        if quick:
+            overrides += ["train.epochs=1", "finetune.epochs=1"]
+        m = run_experiment(compose(*overrides))
+        return m, _fresh_accuracies(uri, m["run_id"], Path(tmp))
+
+
 def run(quick: bool = False) -> Section:
     rows, verdicts = [], []
     for model, ratio in POINTS:
-        with tempfile.TemporaryDirectory(prefix="prunelab-bench-") as tmp:
-            uri = f"sqlite:///{tmp}/mlflow.db"
-            overrides = [f"model={model}", f"ratio={ratio}", "measure_latency=false", f"tracking.uri={uri}"]
-            if quick:
-                overrides += ["train.epochs=1", "finetune.epochs=1"]
-            m = run_experiment(compose(*overrides))
-            out = _fresh_accuracies(uri, m["run_id"], Path(tmp))
-        fresh = out["weights.compact"]
-        # program.pt2 and model.onnx on the raw test images: the fine-tuned accuracy, exactly.
-        exact = out["accuracy"] == out["model.onnx"] == m["test_accuracy"]
-        smaller = m["cost.dense.file_bytes"] / m["cost.pruned.file_bytes"]
-        loss = 100 * (m["dense.test_accuracy"] - m["compact.test_accuracy"])  # negative: a gain
-        rows.append(
-            [
-                model,
-                f"{ratio}",
-                f"{m['cost.dense.file_bytes']:,.0f}",
-                f"{m['cost.pruned.file_bytes']:,.0f}",
-                f"{smaller:.1f}×",
-                f"{m['dense.test_accuracy']:.4f}",
-                f"{m['test_accuracy']:.4f}",
-                f"{m['compact.test_accuracy']:.4f}",
-                f"{-loss:+.2f}",
-                f"{fresh:.4f}",
-                "yes" if fresh == m["compact.test_accuracy"] else "**no**",
-                "yes" if exact else "**no**",
-            ]
-        )
+        losses, sizes, decoded, exacts = [], [], [], []
+        for seed in SEEDS[:1] if quick else SEEDS:
+            m, out = _one(model, ratio, seed, quick)
+            fresh = out["weights.compact"]
+            # program.pt2 and model.onnx on the raw test images: the fine-tuned accuracy, exactly.
+            exact = out["accuracy"] == out["model.onnx"] == m["test_accuracy"]
+            smaller = m["cost.dense.file_bytes"] / m["cost.pruned.file_bytes"]
+            loss = 100 * (m["dense.test_accuracy"] - m["compact.test_accuracy"])  # negative: a gain
+            losses.append(loss)
+            sizes.append(smaller)
+            decoded.append(fresh == m["compact.test_accuracy"])
+            exacts.append(exact)
+            rows.append(
+                [
+                    model,
+                    f"{ratio}",
+                    seed,
+                    f"{m['cost.dense.file_bytes']:,.0f}",
+                    f"{m['cost.pruned.file_bytes']:,.0f}",
+                    f"{smaller:.1f}×",
+                    f"{m['dense.test_accuracy']:.4f}",
+                    f"{m['test_accuracy']:.4f}",
+                    f"{m['compact.test_accuracy']:.4f}",
+                    f"{-loss:+.2f}",
+                    f"{fresh:.4f}",
+                    "yes" if decoded[-1] else "**no**",
+                    "yes" if exact else "**no**",
+                ]
+            )
+        loss, smaller = statistics.mean(losses), min(sizes)
+        spread = f" ± {statistics.stdev(losses):.2f}" if len(losses) > 1 else ""
         verdicts.append(
             Verdict(
                 f"9. compact file, {model} unstructured {ratio}",
-                f"≥ {TARGET_SIZE:g}× smaller, ≤ {TARGET_LOSS} points lost, decoder exact",
-                f"{smaller:.1f}×, {loss:.2f} points lost, decoder {'exact' if fresh == m['compact.test_accuracy'] else 'differs'}",
-                smaller >= TARGET_SIZE and loss <= TARGET_LOSS and fresh == m["compact.test_accuracy"],
+                f"≥ {TARGET_SIZE:g}× smaller, ≤ {TARGET_LOSS} points lost (mean of {len(losses)} seeds), decoder exact",
+                f"{smaller:.1f}× (least), {loss:.2f}{spread} points lost, decoder {'exact' if all(decoded) else 'differs'}",
+                smaller >= TARGET_SIZE and loss <= TARGET_LOSS and all(decoded),
             )
         )
         verdicts.append(
             Verdict(
                 f"9. program.pt2 and model.onnx, {model}, fresh process",
                 "the logged test accuracy, exactly",
-                "exact" if exact else f"{out['accuracy']:.4f} / {out['model.onnx']:.4f} vs {m['test_accuracy']:.4f}",
-                exact,
+                "exact" if all(exacts) else "differs (see the table)",
+                all(exacts),
             )
         )
     body = (
-        "Unstructured global L1, default recipe (sgd_rewind: 12 dense + 6 fine-tuning epochs), seed 0"
-        f"{' (quick: 1 + 1 epochs)' if quick else ''}. Dense file: `torch.save(state_dict)` in fp32.\n\n"
+        "Unstructured global L1, default recipe (sgd_rewind: 12 dense + 6 fine-tuning epochs), seeds "
+        f"{', '.join(map(str, SEEDS[:1] if quick else SEEDS))}{' (quick: 1 + 1 epochs)' if quick else ''}. "
+        "Dense file: `torch.save(state_dict)` in fp32. One seed's loss moves by more than the target's "
+        "margin with float rounding alone (LeNet-5, seed 0: 0.54 points with one PyTorch thread, 0.18 "
+        "with two), so the verdict reads the mean over the seeds.\n\n"
         + table(
             [
                 "model",
                 "ratio",
+                "seed",
                 "dense file (bytes)",
                 "compact file (bytes)",
                 "smaller by",
