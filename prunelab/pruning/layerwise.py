@@ -42,7 +42,7 @@ from .contracts import Criterion, Method, Pruned, Scope, Units
 from .data import PruneData
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
-from .methods import OUTPUT_LAYERS, finish, prunable_layers
+from .methods import OUTPUT_LAYERS, current_entries, finish, prunable_layers
 
 
 class _Stop(Exception):
@@ -129,7 +129,9 @@ def _zero_pruned(mask: Mask | None, name: str, layer: nn.Linear) -> None:
 
 
 def _alive(mask: Mask | None, key: str, layer: nn.Linear) -> torch.Tensor | None:
-    return mask.masks[key].to(layer.weight.device) if mask is not None and key in mask.masks else None
+    """The current mask's entries for ``key`` on the layer's device (None: nothing pruned yet)."""
+    alive = current_entries(mask, key, layer.weight)
+    return None if alive is None else alive.to(layer.weight.device)
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:

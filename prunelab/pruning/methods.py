@@ -72,7 +72,7 @@ def _full_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in model.named_parameters()}
 
 
-def _alive(mask: Mask | None, name: str, like: torch.Tensor) -> torch.Tensor | None:
+def current_entries(mask: Mask | None, name: str, like: torch.Tensor) -> torch.Tensor | None:
     """The current mask's entries for ``name`` (None: nothing pruned yet)."""
     if mask is None or name not in mask.masks:
         return None
@@ -204,7 +204,7 @@ class Unstructured(_Pattern):
         if not layers:
             raise PruningError("no prunable (Conv/Linear) layer left after method.ignore")
         weights = {f"{name}.weight": m.weight for name, m in layers.items()}
-        alive = {n: _alive(mask, n, w) for n, w in weights.items()}
+        alive = {n: current_entries(mask, n, w) for n, w in weights.items()}
         units = Units(
             {n: w.numel() for n, w in weights.items()},
             lambda n: _without_pruned(scorer.weights(n, weights[n]), alive[n]),
@@ -253,7 +253,7 @@ class NM(_Pattern):
         keep = {}
         for name, layer in layers.items():
             pname, w = f"{name}.weight", layer.weight
-            alive = _alive(mask, pname, w)
+            alive = current_entries(mask, pname, w)
             s = _without_pruned(scorer.weights(pname, w), alive)
             # Inputs last, then groups of m: (out, in, *k) -> (out, *k, in) -> (-1, m).
             moved = s.movedim(1, -1)
