@@ -118,6 +118,40 @@ def semi_structured(device: torch.device, min_run_time: float) -> tuple[list[lis
     )
 
 
+def block_offload(device: torch.device) -> tuple[list[list[str]], str]:
+    """SparseGPT 50% of a GPT-2-small-shaped model (random weights, 64 windows of 512 tokens),
+    the whole model on the device vs the model on the CPU and each block moved to the device while
+    it is pruned (``method.block_device``): the device's peak memory and the wall time of each."""
+    if device.type != "cuda":
+        return [], "Block offload: not measured (the device's peak memory needs CUDA)."
+    import time
+
+    from prunelab.models import lm
+    from prunelab.pruning import Local, PruneData, SparseGPT
+
+    config = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024}
+    vocab, samples, seq = 50257, 64, 512
+    x = torch.randint(0, vocab, (samples, seq), generator=torch.Generator().manual_seed(1))
+    rows = []
+    for name, offload in (("whole model on the GPU", False), ("model on the CPU, one block on the GPU", True)):
+        torch.manual_seed(0)
+        model = lm.hf_causal_lm(vocab, config={**config, "vocab_size": vocab})
+        if not offload:
+            model.to(device)
+        data = PruneData((x.to(device) if not offload else x, torch.zeros(samples, dtype=torch.long)))
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        method = SparseGPT(samples=samples, block_device=str(device) if offload else None)
+        method(model, 0.5, scope=Local(), data=data)
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+        rows.append([name, f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}", f"{wall:.1f}"])
+        del model, data
+        torch.cuda.empty_cache()
+    return rows, f"SparseGPT 50%, GPT-2-small shape (12 blocks of 768), {samples} windows of {seq} tokens, fp32."
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
@@ -130,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rows = measure(device, args.min_run_time)
     nm_rows, nm_note = semi_structured(device, args.min_run_time)
+    offload_rows, offload_note = block_offload(device)
     print(
         "\n".join(
             [
@@ -145,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 nm_note,
                 "",
                 *([table(["variant", "ms / forward", "vs dense"], nm_rows), ""] if nm_rows else []),
+                "### Post-training pruning with one block on the GPU (`method.block_device`)",
+                "",
+                offload_note,
+                "",
+                *([table(["placement", "peak GPU MiB", "wall s"], offload_rows), ""] if offload_rows else []),
                 table(["fact", "value"], machine_facts()),
             ]
         )

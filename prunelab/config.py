@@ -120,6 +120,25 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Zero-shot tasks of lm-evaluation-harness (pip install 'prunelab[lmeval]'), run on the dense and
+    # the pruned language model: built-in names or tasks defined by YAML files in include (a folder).
+    tasks: list[str] = field(default_factory=list)
+    include: str | None = None
+    limit: int | None = None  # items per task; null: all
+    batch_size: int = 8
+    num_fewshot: int = 0
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.limit={self.limit} must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
+        if self.num_fewshot < 0:
+            raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0")
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     dataset: Any = MISSING
@@ -144,6 +163,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     cache_dir: str | None = None  # dense-model cache; default: ~/.cache/prunelab/dense
     force: bool = False  # rerun a point even if a FINISHED run with its key exists
     measure_latency: bool = True  # time dense and pruned forward passes on the CPU (cost ledger)

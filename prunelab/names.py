@@ -75,6 +75,13 @@ class Metric:
     # Figures after a stage (see at()): the dense model, right after pruning, after fine-tuning.
     DENSE, PRUNED, FINETUNED = "dense", "pruned", "finetuned"
 
+    ZEROSHOT = "zeroshot"  # lm-evaluation-harness tasks (prunelab.experiment.zeroshot)
+
+    @staticmethod
+    def zeroshot(task: str, figure: str = "acc") -> str:
+        """``Metric.zeroshot("piqa")`` is ``zeroshot.piqa.acc``."""
+        return f"{Metric.ZEROSHOT}.{task}.{figure}"
+
     @staticmethod
     def at(stage: str, figure: str) -> str:
         """``Metric.at(Metric.PRUNED, Metric.TEST_ACCURACY)`` is ``pruned.test_accuracy``."""

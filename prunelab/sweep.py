@@ -120,6 +120,7 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_id: str | None = None
         self.experiment_ids: list[str] = []
+        self.tracking_uri: str | None = None  # the store the parent is in (the one _abort ends it in)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exception into a warning and sweeps on; without a parent the
@@ -135,6 +136,7 @@ class SweepCallback(Callback):
         self.experiment_ids = [store.connect(config.tracking.uri, n) for n in names]
         key = hashlib.sha256(json.dumps(definition).encode()).hexdigest()[:16]
         client = MlflowClient()
+        self.tracking_uri = client.tracking_uri
         found = client.search_runs(
             self.experiment_ids[:1],
             f"tags.`{Tag.SWEEP_KEY}` = '{key}'",
@@ -186,6 +188,7 @@ class SweepCallback(Callback):
         finally:
             # Whatever happened while summarising, the parent is never left RUNNING.
             client.set_terminated(self.parent_id, RunStatus.to_string(status))
+            atexit.unregister(self._abort)  # ended: nothing is left to end at exit
         log.info(
             "sweep results in the MLflow UI: %s",
             run_link(config.tracking.uri, config.tracking.ui, self.experiment_ids[0], self.parent_id),
@@ -230,7 +233,7 @@ class SweepCallback(Callback):
         """At interpreter exit: a parent still RUNNING means the launcher was interrupted; its
         workers are gone with it, so their open runs end KILLED too."""
         try:
-            client = MlflowClient()
+            client = MlflowClient(self.tracking_uri)  # not whatever store the process points at by then
             if self.parent_id and client.get_run(self.parent_id).info.status == "RUNNING":
                 self._kill_stale_children(client, self.parent_id)
                 client.set_terminated(self.parent_id, RunStatus.to_string(RunStatus.KILLED))

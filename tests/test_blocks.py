@@ -146,6 +146,39 @@ def test_each_hugging_face_block_reads_what_the_pruned_blocks_below_it_give(conf
         assert torch.equal(pruned.masks[f"{path}.{i}.{name}.weight"], wanda_mask(weight, gram, RATIO)), (i, name)
 
 
+def test_blocks_pruned_on_a_device_one_at_a_time_give_the_same_model():
+    blocks_pruned_on("cpu")  # the path itself; on a GPU: test_cuda.py
+
+
+def blocks_pruned_on(device: str) -> None:
+    """method.block_device: the model stays on the CPU, each block visits the device while it is
+    pruned (and only then), and the masks and weights are those of pruning it where it is."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = lm.hf_causal_lm(64, config={**HF_CONFIGS[0], "vocab_size": 64})
+    here = copy.deepcopy(model)
+    _, modules = find_blocks(model)
+    seen = []
+
+    def where(block):
+        def hook(_module, _args):
+            seen.append([next(b.parameters()).device.type for b in modules])
+
+        return block.register_forward_pre_hook(hook)
+
+    handles = [where(block) for block in modules]
+    pruned = SparseGPT(samples=64, block_device=device)(model, RATIO, scope=Local(), data=tokens(64)).mask
+    for handle in handles:
+        handle.remove()
+    expected = SparseGPT(samples=64)(here, RATIO, scope=Local(), data=tokens(64)).mask
+    assert all(torch.equal(pruned.masks[k], expected.masks[k]) for k in expected.masks)
+    for (name, a), b in zip(model.named_parameters(), here.parameters(), strict=True):
+        assert a.device.type == "cpu" and torch.allclose(a, b, atol=1e-5), name
+    # while block i ran (capture excepted: the model's own pass), block i alone was on the device
+    on_device = [devices for devices in seen if device in devices]
+    assert on_device and all(devices.count(device) == 1 or device == "cpu" for devices in on_device)
+
+
 def test_a_declared_blocks_attribute_that_is_not_a_module_list_is_one_line():
     with pytest.raises(PruningError, match="method.blocks='tokens' is not an nn.ModuleList"):
         Wanda(samples=8, blocks="tokens")(gpt(), RATIO, scope=Local(), data=tokens(8))

@@ -49,3 +49,9 @@ def test_the_mask_holds_on_the_gpu_and_shrinking_matches():
     small = shrink(model, mask, data.train.x[:1]).eval()
     x = data.test.x[:16]
     assert (small(x) - copy.deepcopy(model)(x)).abs().max() <= 1e-4
+
+
+def test_only_the_block_being_pruned_is_on_the_gpu():
+    from test_blocks import blocks_pruned_on
+
+    blocks_pruned_on("cuda")

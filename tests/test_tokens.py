@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from prunelab.data import DataError
 from prunelab.data import text as text_data
+from prunelab.data import tokens as tokens_data
 from prunelab.experiment.train import evaluate
 from prunelab.models import ModelError, lm
 
@@ -104,13 +105,13 @@ def test_wikitext2_in_the_models_tokens_gives_the_papers_perplexity(wiki):
 
 def test_a_split_is_tokenized_once_and_read_back_from_the_cache(wiki, tmp_path):
     folder, model_folder = wiki
-    tok = text_data.load_tokenizer(str(model_folder))
+    tok = tokens_data.load_tokenizer(str(model_folder))
     text = (folder / "wiki.test.raw").read_text()
-    first = text_data.encode(tok, text)
+    first = tokens_data.encode(tok, text)
     (cached,) = (tmp_path / "cache" / "prunelab" / "tokens").glob("*.pt")
     torch.save(torch.arange(5), cached)  # what the cache holds is what comes back
-    assert torch.equal(text_data.encode(tok, text), torch.arange(5))
-    assert not torch.equal(text_data.encode(tok, text + " more"), torch.arange(5))  # other text, other entry
+    assert torch.equal(tokens_data.encode(tok, text), torch.arange(5))
+    assert not torch.equal(tokens_data.encode(tok, text + " more"), torch.arange(5))  # other text, other entry
     assert torch.equal(first, torch.as_tensor(tok(text)["input_ids"]))
 
 

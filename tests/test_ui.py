@@ -80,6 +80,19 @@ def test_curve_series_average_seeds_and_start_at_the_dense_model():
     assert {"accuracy_vs_sparsity/m-unstructured-global-l1", "accuracy_vs_sparsity/n-unstructured-global-l1"} <= names
 
 
+def test_zero_shot_accuracy_is_a_curve_that_starts_at_the_dense_models():
+    dense = {**point("dense", "none", 0.0, 0.0, 0.9), "role": "dense", "criterion": "none", "dense_key": "k"}
+    task = "zeroshot.piqa.acc"
+
+    def scored(ratio, acc, seed=0):
+        return {**point("wanda", "local", ratio, ratio, 0.5, seed), task: acc, "dense." + task: 0.7, "dense_key": "k"}
+
+    df = pd.DataFrame([dense, scored(0.5, 0.6), scored(0.5, 0.5, seed=1), scored(0.7, 0.4)])
+    series = {k: [(step, round(v, 9)) for step, v in points] for k, points in analysis.curve_series(df).items()}
+    assert series[f"{task}_vs_sparsity/wanda-local-l1"] == [(0, 0.7), (500, 0.55), (700, 0.4)]
+    assert series[f"{task}_vs_sparsity/dense"] == [(0, 0.7), (1000, 0.7)]
+
+
 def test_analysis_links_each_run_to_its_ui_page():
     mlflow.set_tracking_uri("http://team:5000")
     try:

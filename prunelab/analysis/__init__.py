@@ -98,6 +98,7 @@ def load_runs(experiments: Iterable[str], sweep_id: str | None = None, include_s
         (Tag.OVERRIDES, "overrides"),
         (Tag.RUN_KEY, "run_key"),
         (Tag.POINT_KEY, "point_key"),
+        (Tag.DENSE_KEY, "dense_key"),
     ):
         if f"tags.{tag}" in raw.columns:
             df[name] = raw[f"tags.{tag}"]
@@ -399,10 +400,15 @@ def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
     weights in per mille, ``accuracy_vs_macs/<curve>`` with step = MACs kept in per mille; value =
     mean test accuracy over seeds (``perplexity_vs_sparsity/<curve>``: mean test perplexity, for
     language models). Each curve starts at its dense model, and ``<axis>/dense`` draws the dense
-    value flat across the axis. The "/" gives each axis its own section in the UI."""
+    value flat across the axis. The "/" gives each axis its own section in the UI. Zero-shot tasks
+    (``zeroshot.<task>.<figure>``) get ``<figure name>_vs_sparsity`` each; their dense value is the
+    one the pruned runs measured (``dense.zeroshot...``), the dense run not measuring it."""
     dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")]
+    dense = _with_dense_figures(df, dense)
     out: dict[str, list[tuple[int, float]]] = {}
-    for axis, (x, dense_x, y) in CURVE_AXES.items():
+    zeroshot = sorted(c for c in df.columns if c.startswith(f"{Metric.ZEROSHOT}."))
+    axes = {**CURVE_AXES, **{f"{c}_vs_sparsity": (Metric.SPARSITY_PRUNABLE, 0.0, c) for c in zeroshot}}
+    for axis, (x, dense_x, y) in axes.items():
         if y not in df.columns or df[y].isna().all():
             continue
         points = aggregate_seeds(df, y)
@@ -428,6 +434,23 @@ def curve_series(df: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
 
 
 _METRIC_UNSAFE = re.compile(r"[^\w\-. /]")
+
+
+def _with_dense_figures(df: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
+    """The dense runs, with the figures only the pruned runs measured of their dense model
+    (``dense.<figure>``, e.g. zero-shot accuracy) filled in, per dense model."""
+    prefix = f"{Metric.DENSE}.{Metric.ZEROSHOT}."
+    extra = [c for c in df.columns if c.startswith(prefix)]
+    if not extra or dense.empty or "dense_key" not in df.columns:
+        return dense
+    pruned = df[df["role"] == Role.PRUNED]
+    means = pruned.groupby("dense_key")[extra].mean()
+    dense = dense.copy()
+    for column in extra:
+        figure = column[len(Metric.DENSE) + 1 :]
+        measured = dense["dense_key"].map(means[column])
+        dense[figure] = dense[figure].fillna(measured) if figure in dense.columns else measured
+    return dense
 
 
 def per_mille(fraction: float) -> int:

@@ -7,18 +7,21 @@ options and the run's ``seed`` that returns :class:`Splits`.
 from .files import DataError, cache_dir, file_sha256
 from .images import digits, fashion_mnist, synthetic
 from .splits import Split, Splits, make_splits
-from .text import fortunes, wikitext2
+from .text import c4, fortunes, ptb, text_files, wikitext2
 
 __all__ = [
     "DataError",
     "Split",
     "Splits",
+    "c4",
     "cache_dir",
     "digits",
     "fashion_mnist",
     "file_sha256",
     "fortunes",
     "make_splits",
+    "ptb",
     "synthetic",
+    "text_files",
     "wikitext2",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import UserError
@@ -48,6 +49,40 @@ def folder_digest(folder: Path) -> str:
         digest.update(f"{path.relative_to(folder).as_posix()}\0".encode())
         digest.update(_cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode())
     return digest.hexdigest()
+
+
+def data_dirs(subdir: str) -> list[Path]:
+    """Where a dataset's files are looked for when ``dataset.root`` is unset:
+    ``$PRUNELAB_DATA/<subdir>``, then the user cache (where downloads go)."""
+    dirs = [Path(os.environ["PRUNELAB_DATA"]) / subdir] if os.environ.get("PRUNELAB_DATA") else []
+    return [*dirs, cache_dir() / subdir]
+
+
+def locate(dirs: Sequence[Path], names: Sequence[str]) -> Path | None:
+    """The first of ``dirs`` (or a folder one level inside it) that holds every file of ``names``."""
+    for d in dirs:
+        for sub in (d, *sorted(p for p in d.glob("*") if p.is_dir())) if d.is_dir() else ():
+            if all((sub / n).is_file() for n in names):
+                return sub
+    return None
+
+
+def verify(path: Path, sha256: str | None) -> None:
+    """Check a data file: against ``sha256`` when one is published, else against the digest taken
+    the first time it was read (kept beside it as ``<file>.sha256``; a folder that cannot be
+    written to is not checked)."""
+    stat = path.stat()
+    actual = _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    record = path.with_name(path.name + ".sha256")
+    expected = sha256 or (record.read_text().split()[0] if record.is_file() else None)
+    if expected is None:
+        with contextlib.suppress(OSError):
+            record.write_text(f"{actual}  {path.name}\n")
+    elif actual != expected:
+        raise DataError(
+            f"{path} does not match its SHA-256 ({'published' if sha256 else 'taken when it was first read'}): "
+            "it is damaged or was changed; delete it to download it again"
+        )
 
 
 def download(url: str, dest: Path, sha256: str | None, opener: Callable = open) -> None:

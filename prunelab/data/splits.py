@@ -9,6 +9,7 @@ numbers), already standardised with statistics of the training split.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,9 @@ class Splits:
     std: float = 1.0
     # The test inputs as the hand-over files take them (raw, before standardisation), on the CPU.
     test_raw: torch.Tensor | None = None
+    # Calibration sources besides the training split (``method.calibration``): a name's
+    # ``(samples, seed) -> inputs`` (CPU), e.g. a text dataset's ``c4`` windows in its own tokens.
+    calibration: Mapping[str, Callable[[int, int], torch.Tensor]] = dataclasses.field(default_factory=dict)
 
     @property
     def in_shape(self) -> tuple[int, ...]:

@@ -52,6 +52,7 @@ RESULT_PARTS = (
     "measure_latency",
     "handover",
     "calibration_seed",
+    "eval",  # only when it asks for something (eval.tasks): a run without is the run it was
 )
 SEEDS = ("seed", "calibration_seed")
 # Where the data lie, not what they are (the loaders check contents by checksum).
@@ -106,6 +107,8 @@ def _resolved(cfg: DictConfig) -> dict:
 def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
     full = _resolved(cfg)
     tree: dict[str, Any] = {k: full.get(k) for k in parts}
+    if "eval" in tree and not (tree["eval"] or {}).get("tasks"):
+        tree.pop("eval")
     for dotted in LOCATION:
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):

@@ -9,7 +9,8 @@ that owns its concern, taking and returning values:
                    copy first (a bad combination fails before training)
 5. dense           trained, or loaded from the cache                   experiment/dense.py
 6. prune schedule  prune and fine-tune as the schedule says            experiment/session.py
-7. evaluate        accuracy (and perplexity), what was removed         experiment/train.py, measure.py
+7. evaluate        accuracy (and perplexity, zero-shot tasks), what    experiment/train.py, measure.py,
+                   was removed                                         zeroshot.py
 8. hand-over       the files that ship, checked (in a sweep, while     deploy/handover.py,
                    the next point trains)                              experiment/deferred.py
 9. ledger          what the pruned model costs next to the dense one   deploy/ledger.py
@@ -82,6 +83,8 @@ def run(
         seed_everything(s.seed)
         data = s.dataset(seed=s.seed).to(s.device)  # 3. data, model
         model = build(s.model, data.in_shape, data.num_classes).to(s.device)
+        if s.zeroshot is not None:
+            s.zeroshot.check(model)
         pruner = _pruner(s, data, model)  # 4. pruner
         init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
         dense_run = DenseRun(experiment_id, s.key, s.dense_params, parent_run_id, sweep_tags)  # 5. dense
@@ -102,6 +105,8 @@ def run(
         # point is the budget, not a ratio).
         active.log_params({**s.params, **({"ratio": "budget"} if s.budget_macs is not None else {})})
         metrics = _dense_figures(dense, model, data)
+        if s.zeroshot is not None:
+            metrics.update({Metric.at(Metric.DENSE, k): v for k, v in s.zeroshot(model, s.device).items()})
         active.log_metrics(metrics)
         dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
 
@@ -115,6 +120,8 @@ def run(
             _defer(s, active, later, files, dense_copy)
 
         figures = {**outcome.figures, **_evaluate(outcome, data, table)}  # 7. evaluate
+        if s.zeroshot is not None:
+            figures.update(s.zeroshot(outcome.shipped, s.device))
         active.log_metrics(figures)
         metrics.update(figures)
         handed = hand_over(job) if job is not None and later is None else None  # 8. hand-over
@@ -187,7 +194,7 @@ def _pruner(s: Settings, data: Splits, model: torch.nn.Module) -> Pruner:
         s.criterion,
         s.scope,
         seed=s.calibration_seed,
-        data=PruneData(data.train, data.val, s.train.batch_size, s.calibration_seed),
+        data=PruneData(data.train, data.val, s.train.batch_size, s.calibration_seed, data.calibration),
         example_inputs=data.train.x[:1],
         budget_macs=s.budget_macs,
     )

@@ -22,6 +22,7 @@ from ..pruning.schedules import as_schedule
 from ..redact import redact
 from .keys import RunKey, dense_params, experiment_name, identity, names, params, run_name
 from .train import Recipe
+from .zeroshot import ZeroShot
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Settings:
     handover: bool
     quantize: Callable[..., bytes] | None  # ONNX bytes, raw calibration inputs -> int8 ONNX bytes
     codebook: Callable[..., Any] | None  # the compact file's shared values
+    zeroshot: ZeroShot | None  # eval.tasks, when there are any
 
     @property
     def dense_recipe(self) -> Recipe:
@@ -109,6 +111,17 @@ class Settings:
             handover=cfg.handover,
             quantize=make(cfg.quantize),
             codebook=make(cfg.codebook),
+            zeroshot=ZeroShot(
+                tuple(c.eval.tasks),
+                cfg.dataset.get("tokenizer"),
+                c.eval.include,
+                c.eval.limit,
+                c.eval.batch_size,
+                c.eval.num_fewshot,
+                cfg.seed,
+            )
+            if c.eval.tasks
+            else None,
         )
 
 

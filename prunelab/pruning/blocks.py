@@ -70,10 +70,23 @@ class Inputs:
     args: tuple
     kwargs: dict
 
+    def to(self, device: torch.device | str) -> Inputs:
+        """The same inputs on ``device`` (tensors inside tuples and lists too, e.g. rotary
+        embeddings' ``(cos, sin)``)."""
+        return Inputs(_moved(self.args, device), {k: _moved(v, device) for k, v in self.kwargs.items()})
+
     def replaced(self, hidden: torch.Tensor) -> Inputs:
         if self.args:
             return Inputs((hidden, *self.args[1:]), self.kwargs)
         return Inputs((), {**self.kwargs, "hidden_states": hidden})
+
+
+def _moved(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_moved(v, device) for v in value)
+    return value
 
 
 @torch.no_grad()

@@ -3,25 +3,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ..names import IGNORE
-from .errors import PruningError
+from .errors import PruningError, check_positive
+
+TRAIN = "train"  # the calibration source that is the dataset's own training split
 
 
 class PruneData:
     """The data a criterion or a scope may look at: seeded mini-batches of the training split
     (criteria) and accuracy on a bounded subset of the validation split (the sensitivity scan).
 
-    ``train`` and ``val`` are ``(x, y)`` pairs or anything with ``.x`` and ``.y``."""
+    ``train`` and ``val`` are ``(x, y)`` pairs or anything with ``.x`` and ``.y``; ``sources``:
+    calibration sources besides the training split, by name (``(samples, seed) -> inputs``)."""
 
-    def __init__(self, train, val=None, batch_size: int = 128, seed: int = 0):
+    def __init__(
+        self,
+        train,
+        val=None,
+        batch_size: int = 128,
+        seed: int = 0,
+        sources: Mapping[str, Callable[[int, int], torch.Tensor]] | None = None,
+    ):
         self.train = _pair(train)
         self.val = _pair(val) if val is not None else None
         self.batch_size, self.seed = batch_size, seed
+        self.sources = dict(sources or {})
+
+    def calibration(self, samples: int, seed: int, source: str = TRAIN) -> torch.Tensor:
+        """``samples`` inputs drawn by ``seed`` from ``source``: the training split's (for text:
+        ``samples`` windows of it), or a named source's, on the training split's device."""
+        check_positive(samples, "method.samples")
+        x = self.train[0]
+        if source == TRAIN:
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]
+            return x[order.to(x.device)]
+        if source not in self.sources:
+            offered = ", ".join([TRAIN, *self.sources])
+            raise PruningError(f"method.calibration={source}: this dataset offers {offered}")
+        return self.sources[source](samples, seed).to(x.device)
 
     def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``n`` mini-batches of one seeded shuffle of the training split."""

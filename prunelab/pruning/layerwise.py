@@ -39,7 +39,7 @@ from torch import nn
 from .allocation import Local, as_scope
 from .blocks import Inputs, advance, capture, find_blocks, run
 from .contracts import Criterion, Method, Pruned, Scope, Units
-from .data import PruneData
+from .data import TRAIN, PruneData
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
 from .methods import OUTPUT_LAYERS, current_entries, finish, prunable_layers
@@ -49,14 +49,12 @@ class _Stop(Exception):
     """Raised by the input hook: the rest of the forward pass is not needed."""
 
 
-def calibration(data, samples: int, seed: int) -> torch.Tensor:
-    """``samples`` training inputs drawn by ``seed`` (for text: ``samples x seq_len`` tokens)."""
+def calibration(data: PruneData | None, samples: int, seed: int, source: str = TRAIN) -> torch.Tensor:
+    """``samples`` inputs drawn by ``seed`` from ``source`` (:meth:`PruneData.calibration`; for
+    text: ``samples x seq_len`` tokens)."""
     if data is None:
         raise PruningError("this method needs calibration data (the run passes the training split)")
-    x = data.train[0]
-    check_positive(samples, "method.samples")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]
-    return x[order.to(x.device)]
+    return data.calibration(samples, seed, source)
 
 
 @torch.no_grad()
@@ -289,6 +287,8 @@ def _layerwise(
     m: int | None,
     sequential: str = "block",
     blocks: str | None = None,
+    source: str = TRAIN,
+    block_device: str | None = None,
 ) -> Pruned:
     if data is not None and not isinstance(data, PruneData):
         data = PruneData(data, seed=seed)
@@ -308,7 +308,7 @@ def _layerwise(
     _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in linear.items()})
     if sequential not in SEQUENTIAL:
         raise PruningError(f"method.sequential={sequential!r}: one of {', '.join(SEQUENTIAL)}")
-    x = calibration(data, samples, seed)
+    x = calibration(data, samples, seed, source)
     keep: dict[str, torch.Tensor] = {}
 
     def prune_one(name: str, layer: nn.Linear, gram: torch.Tensor) -> None:
@@ -326,7 +326,12 @@ def _layerwise(
     if found is not None:
         path, modules = found
         inputs = capture(model, modules[0], x)
+        if block_device is not None:
+            inputs = [one.to(block_device) for one in inputs]
         for i, block in enumerate(modules):
+            home = next(block.parameters()).device
+            if block_device is not None:  # only this block on the device while it is pruned
+                block.to(block_device)
             prefix = f"{path}.{i}."
             inside = {name: rest.pop(name) for name in list(rest) if name.startswith(prefix)}
             for name, layer in inside.items():
@@ -339,6 +344,7 @@ def _layerwise(
                 for name, layer in inside.items():
                     prune_one(name, layer, input_gram(block, layer, inputs)[0])
             inputs = advance(block, inputs)
+            block.to(home)
     for name, layer in rest.items():  # outside any block (or no blocks): through the whole model
         _zero_pruned(mask, name, layer)
         prune_one(name, layer, input_gram(model, layer, x)[0])
@@ -356,11 +362,15 @@ class LayerByLayer(Method):
     ignore: list[str] = field(default_factory=lambda: list(OUTPUT_LAYERS))
     n: int | None = None  # N:M: n kept of every m inputs (both unset: unstructured)
     m: int | None = None
-    samples: int = 128  # calibration sequences from the training split (drawn by calibration_seed)
+    samples: int = 128  # calibration inputs (sequences), drawn by calibration_seed
+    calibration: str = TRAIN  # from the dataset's training split, or a source it offers (text: c4)
     # block: each repeated block's layers pruned from one pass of it (the papers' default);
     # layer: each layer from a pass through its block as pruned so far (true-sequential)
     sequential: str = "block"
     blocks: str | None = None  # where the repeated blocks are (an attribute path); None: the known places
+    # where each block is pruned (e.g. cuda) while the rest of the model stays where it is (e.g. the
+    # CPU, device=cpu): one block's weights and the calibration activations on the device at a time
+    block_device: str | None = None
 
     def __post_init__(self):
         check_nm(self.n, self.m, optional=True)
@@ -399,6 +409,8 @@ class LayerByLayer(Method):
             self.m,
             self.sequential,
             self.blocks,
+            self.calibration,
+            self.block_device,
         )
 
 
