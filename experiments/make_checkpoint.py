@@ -60,7 +60,8 @@ def make_tokenizer(folder: Path) -> None:
         show_progress=False,
     )
     bpe.train_from_iterator(train_text.split("\n\n"), trainer)
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    bos = ("<s>", bpe.token_to_id("<s>"))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=CONTEXT
     )

@@ -427,3 +427,18 @@ def test_gpt2_conv1d_layers_become_equal_linears():
     expected = raw(input_ids=x).logits.transpose(1, 2)
     lm.linearize(raw)
     assert torch.allclose(lm.CausalLM(raw)(x), expected, atol=1e-5)
+
+
+def test_a_logits_layer_tied_to_the_embeddings_is_not_pruned():
+    """GPT-2's lm_head is its input embeddings: magnitude pruning leaves both whole (a mask on it
+    would prune the embeddings) and prunes everything else to the ratio."""
+    pytest.importorskip("transformers")
+    model = lm.hf_causal_lm(
+        config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}
+    )
+    assert model.model.lm_head.weight is model.model.transformer.wte.weight
+    embeddings = model.model.transformer.wte.weight.detach().clone()
+    mask = prune(model, "unstructured", "local", 0.5).mask
+    assert not [k for k in mask.masks if "lm_head" in k]
+    assert torch.equal(model.model.transformer.wte.weight, embeddings)
+    assert mask.sparsity == pytest.approx(0.5, abs=0.01)

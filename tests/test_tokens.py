@@ -38,8 +38,19 @@ def write_wikitext(folder, articles: int = 12):
     return folder
 
 
-def llama_folder(tmp_path, corpus: str, vocab: int = 300, model_vocab: int | None = None):
-    """A tiny LLaMA and its own BPE tokenizer (trained here), saved as a Hugging Face folder."""
+# Tiny configs of the three architectures the papers prune (vocabulary and special tokens added).
+ARCHITECTURES = {
+    "llama": dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
+    "opt": dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=64, word_embed_proj_dim=32),
+    "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=64),
+}  # fmt: skip
+
+
+def llama_folder(tmp_path, corpus: str, vocab: int = 300, model_vocab: int | None = None, arch: str = "llama"):
+    """A tiny model (LLaMA by default) and its own BPE tokenizer (trained here), saved as one
+    Hugging Face folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -48,21 +59,18 @@ def llama_folder(tmp_path, corpus: str, vocab: int = 300, model_vocab: int | Non
     tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
-    folder = tmp_path / "tiny-llama"
+    folder = tmp_path / f"tiny-{arch}"
     tok.save_pretrained(folder)
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
+    options = dict(ARCHITECTURES[arch])
+    config = transformers.AutoConfig.for_model(
+        options.pop("model_type"),
         vocab_size=model_vocab or len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        **options,
     )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return folder
 
 
@@ -164,6 +172,42 @@ def test_the_dense_key_follows_the_checkpoints_files_not_their_path(make_cfg, wi
         (moved / "config.json").read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05')
     )
     assert identity(make_cfg("model=hf_causal_lm", f"model.pretrained={moved}"), "cpu").dense != keys[0]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_each_architectures_folder_goes_through_every_post_training_method(cli, workdir, wiki, tmp_path, arch):
+    """LLaMA, OPT and GPT-2 checkpoints with their own tokenizers: magnitude, Wanda and SparseGPT,
+    unstructured and 2:4, each reaching its sparsity, each pruned model's perplexity logged."""
+    folder, _ = wiki
+    model_folder = llama_folder(tmp_path, (folder / "wiki.train.raw").read_text(), arch=arch)
+    common = [
+        "-m",
+        "model=hf_causal_lm",
+        f"model.pretrained={model_folder}",
+        "dataset=wikitext2",
+        f"dataset.root={folder}",
+        "dataset.url=null",
+        f"dataset.seq_len={SEQ}",
+        "finetune.epochs=0",
+        "scope=local",
+        "ratio=0.5",
+        "handover=false",
+    ]
+    two_of_four = ["method=nm,wanda,sparsegpt", "++method.n=2", "++method.m=4"]
+    for pattern in (["method=unstructured,wanda,sparsegpt"], two_of_four):
+        result = cli(*common, *pattern)
+        failed = [r.data.tags.get("prunelab.error") for r in runs(workdir, "pruned") if r.info.status != "FINISHED"]
+        assert result.returncode == 0, failed
+    pruned = runs(workdir, "pruned")
+    (dense,) = runs(workdir, "dense")
+    pattern_of = {r.info.run_id: r.data.params.get("method.n", "None").replace("None", "-") for r in pruned}
+    assert sorted((r.data.params["method"], pattern_of[r.info.run_id]) for r in pruned) == [
+        ("nm", "2"), ("sparsegpt", "-"), ("sparsegpt", "2"), ("unstructured", "-"), ("wanda", "-"), ("wanda", "2")
+    ]  # fmt: skip
+    for run in pruned:
+        assert run.data.metrics["sparsity.prunable"] == pytest.approx(0.5, abs=0.01), run.data.params["method"]
+        assert math.isfinite(run.data.metrics["test_perplexity"])
+        assert run.data.metrics["dense.test_perplexity"] == dense.data.metrics["test_perplexity"]
 
 
 # --- bad input, one line each ---------------------------------------------------------------------

@@ -58,8 +58,14 @@ def prunable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, P
     """Conv/Linear layers by name, minus those matching an ``ignore`` pattern (fnmatch-style). A
     pattern that matches no layer is warned about (a misspelt name would leave the layer pruned),
     except :data:`OUTPUT_LAYERS`: the defaults of the methods that keep the logits layer, which a
-    given model may name otherwise."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    given model may name otherwise. A layer whose weight is another module's (GPT-2's logits layer,
+    tied to the input embeddings) is not prunable: its mask would be the embeddings'."""
+    owner = {id(p): name for name, p in model.named_parameters()}  # a shared weight: its first name
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, PRUNABLE_TYPES) and owner.get(id(m.weight)) == f"{name}.weight"
+    }
     for pat in ignore:
         if pat not in OUTPUT_LAYERS and not any(fnmatch(name, pat) for name in layers):
             warnings.warn(
