@@ -74,6 +74,19 @@ def llama_folder(tmp_path, corpus: str, vocab: int = 300, model_vocab: int | Non
     return folder
 
 
+def checkpoint_on_wikitext(model_folder, folder) -> list[str]:
+    """The overrides that prune a checkpoint folder on the local WikiText-2 files, no fine-tuning."""
+    return [
+        "model=hf_causal_lm",
+        f"model.pretrained={model_folder}",
+        "dataset=wikitext2",
+        f"dataset.root={folder}",
+        "dataset.url=null",
+        f"dataset.seq_len={SEQ}",
+        "finetune.epochs=0",
+    ]
+
+
 @pytest.fixture
 def wiki(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -127,14 +140,8 @@ def test_a_pretrained_folder_is_the_dense_model_of_every_point_and_is_not_traine
     folder, model_folder = wiki
     result = cli(
         "-m",
-        "model=hf_causal_lm",
-        f"model.pretrained={model_folder}",
-        "dataset=wikitext2",
-        f"dataset.root={folder}",
-        "dataset.url=null",
-        f"dataset.seq_len={SEQ}",
+        *checkpoint_on_wikitext(model_folder, folder),
         "train.epochs=0",
-        "finetune.epochs=0",
         "method=sparsegpt",
         "method.samples=8",
         "scope=local",
@@ -180,19 +187,7 @@ def test_each_architectures_folder_goes_through_every_post_training_method(cli, 
     unstructured and 2:4, each reaching its sparsity, each pruned model's perplexity logged."""
     folder, _ = wiki
     model_folder = llama_folder(tmp_path, (folder / "wiki.train.raw").read_text(), arch=arch)
-    common = [
-        "-m",
-        "model=hf_causal_lm",
-        f"model.pretrained={model_folder}",
-        "dataset=wikitext2",
-        f"dataset.root={folder}",
-        "dataset.url=null",
-        f"dataset.seq_len={SEQ}",
-        "finetune.epochs=0",
-        "scope=local",
-        "ratio=0.5",
-        "handover=false",
-    ]
+    common = ["-m", *checkpoint_on_wikitext(model_folder, folder), "scope=local", "ratio=0.5", "handover=false"]
     two_of_four = ["method=nm,wanda,sparsegpt", "++method.n=2", "++method.m=4"]
     for pattern in (["method=unstructured,wanda,sparsegpt"], two_of_four):
         result = cli(*common, *pattern)

@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
-import os
 import random
 from pathlib import Path
 
 import torch
 
-from .files import DataError, cache_dir, data_dirs, download, locate, verify
-from .tokens import Tokens
+from .files import DataError, data_dirs, download, locate, verify
+from .tokens import Tokens, cached
 
 C4_REVISION = "607bd4c8450a42878aa9ddc051a65a055450ef87"
 C4_URL = "https://huggingface.co/datasets/allenai/c4/resolve/{revision}/en/{file}"
@@ -99,12 +97,10 @@ def c4_calibration(
     key = hashlib.sha256(
         repr((tokens.digest, str(path.resolve()), stat.st_size, stat.st_mtime_ns, seq_len, samples, seed)).encode()
     ).hexdigest()
-    cached = cache_dir() / "calibration" / f"{key[:32]}.pt"
-    if cached.is_file():
-        try:
-            return torch.load(cached, weights_only=True)
-        except (OSError, RuntimeError, ValueError):
-            cached.unlink(missing_ok=True)
+    return cached("calibration", key, lambda: _draw(tokens, path, seq_len, samples, seed))
+
+
+def _draw(tokens: Tokens, path: Path, seq_len: int, samples: int, seed: int) -> torch.Tensor:
     lines = documents(path)
     draw = random.Random(seed)
     out = []
@@ -117,18 +113,7 @@ def c4_calibration(
             raise DataError(f"no document of {path} is longer than {seq_len} tokens")
         start = draw.randint(0, len(ids) - seq_len - 1)
         out.append(ids[start : start + seq_len])
-    windows = torch.stack(out)
-    _save(windows, cached)
-    return windows
-
-
-def _save(tensor: torch.Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(tensor, buffer)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    return torch.stack(out)
 
 
 __all__ = ["C4_REVISION", "C4_TRAIN", "C4_URL", "C4_VALIDATION", "c4_calibration", "documents", "find_c4", "text_of"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,20 +81,26 @@ def encode(tokenizer: Any, text: str) -> torch.Tensor:
     """``text``'s token ids (one call, as the papers tokenize a split), cached on disk by the
     tokenizer and the text."""
     key = hashlib.sha256((tokenizer_digest(tokenizer) + hashlib.sha256(text.encode()).hexdigest()).encode()).hexdigest()
-    path = cache_dir() / "tokens" / f"{key[:32]}.pt"
+    return cached("tokens", key, lambda: torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long))
+
+
+def cached(kind: str, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor the user cache holds under ``kind``/``key``, else ``make()``'s, saved there
+    (atomically: a sweep's processes may write it at once; a damaged file is made again)."""
+    path = cache_dir() / kind / f"{key[:32]}.pt"
     if path.is_file():
         try:
             return torch.load(path, weights_only=True)
         except (OSError, RuntimeError, ValueError):
-            path.unlink(missing_ok=True)  # damaged: encode again
-    ids = torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
+            path.unlink(missing_ok=True)
+    tensor = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save(ids, buffer)
+    torch.save(tensor, buffer)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
-    return ids
+    return tensor
 
 
 def token_windows(tokens: torch.Tensor, seq_len: int) -> Split:

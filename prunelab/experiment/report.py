@@ -44,7 +44,7 @@ def report(
     ratio: float,
     budget_macs: float | None,
     m: dict[str, Any],
-    dense_from_cache: bool,
+    dense_origin: str,
     uri: str,
     ui: str | None,
     experiment_id: str,
@@ -59,7 +59,7 @@ def report(
         f"{chosen['method']} / {chosen['scope']} / {chosen['criterion']}, ratio "
         f"{m.get(Metric.BUDGET_RATIO, ratio):.4g}"
         + (f" (budget.macs={budget_macs:g})" if budget_macs else "")
-        + f" (dense model {'from cache' if dense_from_cache else 'trained'})",
+        + f" (dense model {dense_origin})",
         f"  test accuracy: dense {m[dense]:.4f} | pruned {m[pruned]:.4f} | fine-tuned {m[tuned]:.4f}",
         *(
             [f"  test perplexity: dense {m[ppl[0]]:.3f} | pruned {m[ppl[1]]:.3f} | fine-tuned {m[ppl[2]]:.3f}"]

@@ -139,7 +139,8 @@ def run(
             active.log_files({**files, **(handed.files if handed else {})})
         metrics["run_id"] = active.id
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run holds it all now
-    report(s.names, s.ratio, s.budget_macs, metrics, dense.from_cache, s.tracking.uri, s.tracking.ui, experiment_id)
+    origin = "from cache" if dense.from_cache else ("trained" if s.dense_recipe.epochs else "evaluated, not trained")
+    report(s.names, s.ratio, s.budget_macs, metrics, origin, s.tracking.uri, s.tracking.ui, experiment_id)
     return metrics
 
 
