@@ -131,6 +131,23 @@ def test_a_language_model_is_scored_per_token_and_its_perplexity_is_exp_of_the_l
     assert math.exp(loss) == pytest.approx(256, rel=0.05)  # an untrained LM: about uniform over bytes
 
 
+def test_an_evaluation_batch_holds_a_bounded_number_of_logits(monkeypatch):
+    """A large vocabulary times a long window makes one sample's logits large (OPT: 0.1G numbers):
+    evaluation takes as many samples a batch as fit the bound, and gives the same figures."""
+    from prunelab.experiment import train
+
+    torch.manual_seed(0)
+    split = windows(TEXT * 8, 16)
+    model = lm.tiny_gpt((16,), 256, d_model=32, layers=1, heads=2)
+    whole = evaluate(model, split)
+    sizes = []
+    model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    monkeypatch.setattr(train, "MAX_LOGITS", 3 * 256 * 16)  # three windows' logits
+    bounded = evaluate(model, split)
+    assert sizes[0] == 1 and set(sizes[1:-1]) == {3} and sum(sizes) == len(split)
+    assert bounded["loss"] == pytest.approx(whole["loss"], rel=1e-6) and bounded["accuracy"] == whole["accuracy"]
+
+
 def test_the_unigram_baseline_is_the_byte_frequency_perplexity():
     split = windows(b"aab" * 100_000, 30)  # long enough for add-one smoothing over 256 bytes not to matter
     entropy = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))  # nats per byte

@@ -52,16 +52,27 @@ def batches(
             yield split.x[idx], split.y[idx]
 
 
+# The most logits one evaluation batch holds (float32: 256 MiB). A language model's are (batch,
+# vocabulary, seq_len): 0.1G a window for OPT's 50k tokens x 2048, so its batches are a window or two.
+MAX_LOGITS = 1 << 26
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` on ``split`` (eval mode; training mode restored)."""
+    """Mean loss and accuracy of ``model`` on ``split`` (eval mode; training mode restored), in
+    batches of ``batch_size`` samples or fewer: as many as keep the logits within
+    :data:`MAX_LOGITS` (the first batch, one sample, says how large a sample's are)."""
     was_training = model.training
     model.eval()
     loss, correct = torch.zeros((), device=split.x.device), torch.zeros((), device=split.x.device)
-    for x, y in batches(split, batch_size):
+    start, size = 0, 1
+    while start < len(split):
+        x, y = split.x[start : start + size], split.y[start : start + size]
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+        start += size
+        size = max(1, min(batch_size, MAX_LOGITS // max(1, logits[0].numel())))
     model.train(was_training)
     n = labelled(split.y)  # samples, or tokens for a language model (one label per position)
     return {"loss": loss.item() / n, "accuracy": correct.item() / n}

@@ -275,16 +275,22 @@ class NM(_Pattern):
         )
 
 
-def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``, traced on ``example_inputs``.
-
-    ``transformers`` models are refused: Torch-Pruning cannot trace GPT-2's attention, and their own
-    RMSNorm classes would let the residual stream be masked where removing it changes the result."""
+def check_traceable(model: nn.Module) -> None:
+    """Refuse a ``transformers`` model for structured pruning: Torch-Pruning cannot trace GPT-2's
+    attention, and their own RMSNorm classes would let the residual stream be masked where removing
+    it changes the result."""
     if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
         raise PruningError(
             "structured pruning of a transformers model is not supported: use method=unstructured, "
             "nm, wanda or sparsegpt (model=tiny_gpt loses whole heads and MLP neurons)"
         )
+
+
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model``, traced on ``example_inputs``.
+
+    ``transformers`` models are refused (:func:`check_traceable`)."""
+    check_traceable(model)
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     except Exception as e:
@@ -449,6 +455,7 @@ class Structured(_Pattern):
         )
         if example_inputs is None:
             raise PruningError("structured pruning needs example_inputs to trace the model")
+        check_traceable(model)  # before the layers are read: a transformers model is refused first
         layers = prunable_layers(model, self.ignore)
         last = list(prunable_layers(model))[-1]
         if last in layers:
