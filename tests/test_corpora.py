@@ -193,3 +193,25 @@ def test_a_run_calibrated_on_c4_prunes_a_pretrained_folder(cli, workdir, corpus)
         assert run.data.metrics["sparsity.prunable"] == pytest.approx(0.5, abs=0.01)
     # other calibration windows, another model: the C4 windows reached the method
     assert pruned["c4"].data.metrics["test_perplexity"] != pruned["train"].data.metrics["test_perplexity"]
+
+
+def test_a_users_text_folder_is_known_by_its_files_not_its_path(make_cfg, tmp_path):
+    """Two folders of the same files are one dataset (one dense model, one run); other files in
+    the same folder are another."""
+    import shutil
+
+    from prunelab.experiment.keys import identity
+
+    first = tmp_path / "mine"
+    first.mkdir()
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (first / name).write_text(ARTICLE.format(title=name, n=12), encoding="utf-8")
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+
+    def keys(folder):
+        return identity(make_cfg("dataset=text", f"dataset.root={folder}"), "cpu")
+
+    assert keys(first) == keys(copy)
+    (copy / "train.txt").write_text("other words", encoding="utf-8")
+    assert keys(copy).dense != keys(first).dense and keys(copy).run != keys(first).run

@@ -57,6 +57,9 @@ RESULT_PARTS = (
 SEEDS = ("seed", "calibration_seed")
 # Where the data lie, not what they are (the loaders check contents by checksum).
 LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
+# A dataset with one of these options is a published one, checked by its checksum wherever it lies;
+# one without (dataset=text, a folder of your files) is known by its root folder's contents.
+VERIFIED = {"url", "sha256", "verify"}
 # Folders known by their contents, not their path: a checkpoint moved is the same model, one
 # overwritten in place is another (a hub name stays a name, with its model.revision).
 CONTENTS = ("model.pretrained", "dataset.tokenizer")
@@ -109,7 +112,14 @@ def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
     tree: dict[str, Any] = {k: full.get(k) for k in parts}
     if "eval" in tree and not (tree["eval"] or {}).get("tasks"):
         tree.pop("eval")
+    data = tree.get("dataset")
+    if isinstance(data, dict) and not VERIFIED & set(data) and isinstance(data.get("root"), str):
+        root = Path(data["root"]).expanduser()  # a user's own files (dataset=text): nothing else says what they hold
+        if root.is_dir():
+            data["root"] = "files:" + folder_digest(root)
     for dotted in LOCATION:
+        if dotted == "dataset.root" and str((tree.get("dataset") or {}).get("root", "")).startswith("files:"):
+            continue
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):
             tree[parent].pop(leaf, None)

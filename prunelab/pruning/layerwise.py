@@ -24,6 +24,11 @@ Compared by reading and by this package's tests with IST-DASLab/sparsegpt ``spar
 purpose: the reference prunes the scores ``<=`` the ``int(size * ratio)``-th smallest of a lazy
 block, one more than the ratio (and any ties); here exactly ``int(size * ratio)``.
 
+The calibration inputs come from the dataset's training split or another source it offers
+(``calibration``: e.g. ``c4``, :meth:`PruneData.calibration`). ``block_device``: each block is
+moved there while it is pruned and back after, the rest of the model staying where it is (the
+papers' code keeps one block on the GPU this way).
+
 ``n`` / ``m`` give the N:M pattern instead (``n`` kept of every ``m`` consecutive inputs, as
 ``method=nm``); ``ratio`` must then be ``(m - n) / m``.
 """
