@@ -22,3 +22,13 @@ def conf_dir() -> Path:
 
 def experiments_dir() -> Path:
     return resource_dir("experiments")
+
+
+def pretrained_source(name: str) -> str | None:
+    """What a Hugging Face ``from_pretrained`` is given for ``name`` (a model's or tokenizer's):
+    its folder, or a hub name as it is; None when ``name`` is written as a path (absolute, ``./``,
+    ``~``) that is no folder."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    return None if path.is_absolute() or name.startswith((".", "~")) else name

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from ..errors import one_line
 from ..names import IGNORE
+from ..paths import pretrained_source
 from .files import DataError, cache_dir, folder_digest
 from .splits import Split
 
@@ -53,14 +55,13 @@ def load_tokenizer(name: str) -> Any:
         from transformers import AutoTokenizer
     except ImportError as e:
         raise DataError(f"dataset.tokenizer={name} needs transformers: pip install 'prunelab[llm]'") from e
-    path = Path(name).expanduser()
-    if (path.is_absolute() or name.startswith((".", "~"))) and not path.is_dir():
+    source = pretrained_source(name)
+    if source is None:
         raise DataError(f"dataset.tokenizer={name}: no such folder")
     try:
-        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"no tokenizer found at dataset.tokenizer={name} ({first})") from None
+        raise DataError(f"no tokenizer found at dataset.tokenizer={name} ({one_line(e)})") from None
 
 
 def vocabulary(tokenizer: Any) -> int:
@@ -123,8 +124,7 @@ def context_length(name: str) -> int | None:
     it states a real one; None when neither says."""
     from transformers import AutoConfig, AutoTokenizer
 
-    path = Path(name).expanduser()
-    source = str(path) if path.is_dir() else name
+    source = pretrained_source(name) or name
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError):

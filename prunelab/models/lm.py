@@ -9,12 +9,13 @@ is an ``nn.Linear``; the layer that produces the logits is ``classifier``, as in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import one_line
+from ..paths import pretrained_source
 from .build import ModelError
 
 
@@ -133,16 +134,13 @@ def hf_causal_lm(
     if dtype not in DTYPES:
         raise ModelError(f"model.dtype={dtype!r}: one of {', '.join(DTYPES)}")
     if pretrained is not None:
-        path = Path(pretrained).expanduser()
-        if (path.is_absolute() or pretrained.startswith((".", "~"))) and not path.is_dir():
+        source = pretrained_source(pretrained)
+        if source is None:
             raise ModelError(f"model.pretrained={pretrained}: no such folder")
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path) if path.is_dir() else pretrained, revision=revision, dtype=DTYPES[dtype]
-            )
+            model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=DTYPES[dtype])
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"model.pretrained={pretrained}: no causal LM loaded ({first})") from None
+            raise ModelError(f"model.pretrained={pretrained}: no causal LM loaded ({one_line(e)})") from None
     else:
         options = dict(FRESH if config is None else config)
         if "model_type" not in options:
