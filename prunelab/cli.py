@@ -8,6 +8,7 @@ instead of Hydra's multi-line report, and no MLflow run is ever opened for a bad
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import signal
@@ -65,10 +66,9 @@ def _jobs(parsed, own_sweeper: bool) -> list[list[str]]:
     return [[line for line in job if line is not None] for job in jobs]
 
 
-def _compose(overrides: list[str], config_dir: str, config_name: str):
+def _compose(overrides: list[str], config_dir: str, config_name: str) -> DictConfig:
     """The config Hydra will run, composed with its public API on the real search path (a user's
-    own hydra.searchpath folder included) and checked by the schema (ConfigError in one line);
-    returns its own sweep (hydra.sweeper.params) and sweeper."""
+    own hydra.searchpath folder included) and checked by the schema (ConfigError in one line)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
@@ -81,11 +81,42 @@ def _compose(overrides: list[str], config_dir: str, config_name: str):
         raise ConfigError(_missing_option(e)) from None
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_not_an_option(e, overrides, config_dir, config_name) or _first_lines(e)) from None
+    validate(with_choices(copy.deepcopy(cfg)))
+    return cfg
+
+
+def _own_sweep(cfg: DictConfig) -> tuple[dict, str]:
+    """A composed config's own sweep (hydra.sweeper.params) and sweeper."""
     params = cfg.hydra.sweeper.get("params")
     sweeps = OmegaConf.to_container(params, resolve=False) if params else {}
-    sweeper = str(cfg.hydra.runtime.choices.get("hydra/sweeper", "basic"))
-    validate(with_choices(cfg))
-    return sweeps, sweeper
+    assert isinstance(sweeps, dict)  # hydra.sweeper.params is a mapping of override -> values
+    return sweeps, str(cfg.hydra.runtime.choices.get("hydra/sweeper", "basic"))
+
+
+def _passes_with(cfg: DictConfig, override) -> bool:
+    """Whether ``cfg`` still passes the schema with ``override`` (one parsed ``key=value``) applied,
+    when that override only sets a value ``cfg`` already has (no config group, no addition or
+    deletion, nothing under ``hydra``): the check composing it again would make, without
+    composing. False means: not such an override, or it fails (compose it for Hydra's reason)."""
+    key = override.key_or_group
+    plain = not (
+        override.is_sweep_override()
+        or override.is_add()
+        or override.is_force_add()
+        or override.is_delete()
+        or override.package
+    )
+    if not plain or key == "hydra" or key.startswith("hydra.") or key in cfg.hydra.runtime.choices:
+        return False
+    if not isinstance(OmegaConf.select(cfg, key, default=None), (int, float, str, bool)):
+        return False  # absent, None, a node or a list: composing says what Hydra would
+    changed = copy.deepcopy(cfg)
+    try:
+        OmegaConf.update(changed, key, override.value(), merge=True)
+        validate(with_choices(changed))
+    except Exception:
+        return False
+    return True
 
 
 def _not_an_option(e: BaseException | None, overrides: list[str], config_dir: str, config_name: str) -> str | None:
@@ -155,8 +186,15 @@ def preflight(args: list[str]) -> None:
     except Exception as e:  # Hydra's grammar errors
         raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
     own_sweeper = any(o.key_or_group == "hydra/sweeper" for o in parsed)
-    for job in _jobs(parsed, own_sweeper):
-        sweeps, sweeper = _compose(job, *primary)
+    first, *others = _jobs(parsed, own_sweeper)
+    base = _compose(first, *primary)
+    for job in [first, *others]:
+        if job is not first:
+            # Another value of one override: a plain value is checked on the first job's config.
+            changed = [line for line, was in zip(job, first, strict=True) if line != was]
+            if len(changed) == 1 and not _own_sweep(base)[0] and _passes_with(base, parser.parse_override(changed[0])):
+                continue
+        sweeps, sweeper = _own_sweep(base if job is first else _compose(job, *primary))
         if sweeps:  # an experiment's hydra.sweeper.params: each of its values in turn
             given = {o.key_or_group for o in parsed}
             extra = parser.parse_overrides([f"{k}={v}" for k, v in sweeps.items() if k not in given])

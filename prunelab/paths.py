@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -32,3 +33,9 @@ def pretrained_source(name: str) -> str | None:
     if path.is_dir():
         return str(path)
     return None if path.is_absolute() or name.startswith((".", "~")) else name
+
+
+def cache_dir() -> Path:
+    """The user cache (``$XDG_CACHE_HOME/prunelab`` or ``~/.cache/prunelab``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prunelab"

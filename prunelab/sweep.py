@@ -177,6 +177,10 @@ class SweepCallback(Callback):
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if deferred.pending():
+            # The summary's pandas and matplotlib, imported while the last point's hand-over is
+            # made on the other core.
+            from .analysis import write_report  # noqa: F401
         deferred.collect()  # the points' hand-overs still being made: their runs end now
         if self.parent_id is None:
             return

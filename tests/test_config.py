@@ -111,6 +111,8 @@ def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
     [
         (["ratio=abc"], ["ratio=abc", "could not be converted to Float"]),
         (["ratio=0.1,0.5,1.2"], ["ratio=1.2", "0 <= ratio < 1"]),
+        (["ratio=0.1,abc"], ["ratio=abc", "could not be converted to Float"]),
+        (["method=nm", "method.n=1,4"], ["method.n=4", "0 < n < m"]),  # a check across two options
         (["-m", "ratio=range(0,1.5,0.5)"], ["ratio=1.0", "0 <= ratio < 1"]),
         (["model=nope"], ["model='nope'", "lenet5", "resnet20"]),
         (["recipe=adam"], ["recipe='adam'", "adamw", "sgd"]),

@@ -13,16 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import cache_dir
 
 
 class DataError(UserError, RuntimeError):
     """A dataset cannot be found or read; the message says what to do."""
-
-
-def cache_dir() -> Path:
-    """The user cache (``$XDG_CACHE_HOME/prunelab`` or ``~/.cache/prunelab``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "prunelab"
 
 
 def file_sha256(path: Path, opener=open) -> str:

@@ -59,8 +59,13 @@ _pending: list[_Pending] = []
 
 
 def _warm() -> None:
-    """The worker's first task: its imports (PyTorch, the exporters) before any job waits on them."""
+    """The worker's first task: its imports (PyTorch, the exporters) before any job waits on them,
+    and a quick exit (the teardown's cyclic collections skipped, as ``python -m prunelab`` does)."""
+    import gc
+
     import prunelab.deploy.handover  # noqa: F401
+
+    atexit.register(gc.freeze)
 
 
 def start() -> ProcessPoolExecutor:

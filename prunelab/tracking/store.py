@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -37,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UserError
 from ..names import Role, Tag
+from ..paths import cache_dir
 from ..redact import redact
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ def connect(uri: str, experiment: str) -> str:
     for noisy in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     check_store(uri)
+    _start_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
         return _experiment_id(MlflowClient(), experiment)
@@ -112,6 +115,45 @@ def connect(uri: str, experiment: str) -> str:
         raise TrackingError(
             f"MLflow store {redact(uri)} is damaged or unreadable: {_first_line(getattr(e, 'orig', None) or e)}"
         ) from None
+
+
+def _start_sqlite_store(uri: str) -> None:
+    """A new SQLite store starts as a copy of a blank one. MLflow builds a store's schema by
+    replaying every migration it ever shipped, about 1.2 s a new store (a sweep, a study folder, a
+    test); the blank is built that way once per MLflow version, in the user cache, with no
+    experiment: MLflow adds its Default experiment on opening the copy, with this store's artifact
+    location. Anything unusual (a URI with options, a missing folder, a file system without hard
+    links) is left to MLflow."""
+    path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") and "?" not in uri else None
+    if path is None or path.exists() or not path.parent.is_dir():
+        return
+    blank = cache_dir() / "mlflow" / f"blank-store-{mlflow.__version__}.db"
+    try:
+        if not blank.is_file():
+            _make_blank_store(blank)
+        copy = path.with_name(f".{path.name}.{os.getpid()}.new")
+        shutil.copyfile(blank, copy)
+        try:
+            os.link(copy, path)  # never over a store another process started meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            copy.unlink()
+    except OSError as e:
+        log.debug("new store %s left to MLflow: %s", path, e)
+
+
+def _make_blank_store(blank: Path) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    blank.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=blank.parent) as tmp:
+        db = Path(tmp) / "blank.db"
+        SqlAlchemyStore(f"sqlite:///{db}", (Path(tmp) / "artifacts").as_uri()).engine.dispose()
+        with contextlib.closing(sqlite3.connect(db)) as made:
+            made.execute("delete from experiments")  # MLflow's Default: remade per store
+            made.commit()
+        os.replace(db, blank)
 
 
 def absolute(uri: str) -> str:
