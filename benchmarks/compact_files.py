@@ -25,8 +25,9 @@ from prunelab.experiment.runner import run as run_experiment
 
 from .common import Section, Verdict, fashion_mnist, table
 
-# (model, ratio): the sparsity that reaches the size target at the default recipe.
-POINTS = (("lenet300_100", 0.92), ("lenet5", 0.93))
+# (model, ratio): 92% of the weights pruned, Deep Compression's own point for both LeNets (Han et
+# al. 2016, table 2 and 3: 8% of the weights kept); the size target holds there at the default recipe.
+POINTS = (("lenet300_100", 0.92), ("lenet5", 0.92))
 TARGET_SIZE, TARGET_LOSS = 35.0, 0.5
 READER = Path(__file__).resolve().parents[1] / "scripts" / "read_handover.py"
 

@@ -138,7 +138,7 @@ def run(quick: bool = False) -> Section:
     if quick:
         train, val = _subset(train, 50 * BATCH), _subset(val, 1000)
     rows, verdicts = [], []
-    plan = [("lenet5", 1 if quick else 3), ("lenet300_100", 1 if quick else 9)]
+    plan = [("lenet5", 1 if quick else 5), ("lenet300_100", 1 if quick else 9)]
     for name, repeats in plan:
         for mode in ("train", "fine-tune"):
             row, r, r_cpu = compare(name, mode, repeats, train, val)
