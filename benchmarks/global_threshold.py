@@ -132,7 +132,9 @@ def run(quick: bool = False, threads: int | None = None) -> Section:
     times, copies = _time(net, NAMES, RATIO, repeats)
     # Same answer: prunelab's masks vs global_unstructured's on these weights.
     ours = prunelab_masks(net)
-    theirs = {f"{k}.weight": m.weight_mask.bool() for k, m in prunable_layers(copies[NAMES[1]]).items()}
+    # The layers by the unpruned model's names: under torch's pruning a weight is no parameter.
+    pruned_by_torch = copies[NAMES[1]]
+    theirs = {f"{k}.weight": pruned_by_torch.get_submodule(k).weight_mask.bool() for k in prunable_layers(net)}
     differ = sum(int((ours[k] != theirs[k]).sum()) for k in ours)
     # prunelab's peak in three processes (the allocator makes it vary), the references' in one.
     memory = {

@@ -58,8 +58,10 @@ def compare(name: str, steps: int, repeats: int, data) -> tuple[list, list[float
     mask.apply(held)
     hold = mask.hold(held)
     hooked = copy.deepcopy(template)
+    # Listed before torch's pruning turns each weight into a computed attribute (weight_orig * mask).
+    hooked_layers = list(prunable_layers(hooked).values())
     torch_prune.global_unstructured(
-        [(m, "weight") for m in prunable_layers(hooked).values()], pruning_method=torch_prune.L1Unstructured, amount=0.9
+        [(m, "weight") for m in hooked_layers], pruning_method=torch_prune.L1Unstructured, amount=0.9
     )
     runs = {
         "dense": (dense, configured_optimizer(dense.parameters(), "finetune"), None),
@@ -75,7 +77,7 @@ def compare(name: str, steps: int, repeats: int, data) -> tuple[list, list[float
     # Both sparse variants must still be 90% sparse after all those steps.
     sparsity = {
         "prunelab mask held": _zeros([dict(held.named_parameters())[n] for n in mask.prunable]),
-        "torch.nn.utils.prune": _zeros([m.weight for m in prunable_layers(hooked).values()]),
+        "torch.nn.utils.prune": _zeros([m.weight for m in hooked_layers]),
     }
     per_step = {k: [t / steps for t in v] for k, v in times.wall.items()}
     rows = []
