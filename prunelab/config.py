@@ -103,6 +103,11 @@ class FinetuneConfig:
     # Structured: fine-tune the physically shrunk network (same function, fewer channels, faster);
     # false fine-tunes the masked full-size one. Unstructured always fine-tunes masked.
     shrink: bool = True
+    # Recovery by distillation (prunelab/experiment/distill.py): the dense model teaches, the loss
+    # alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy, T = temperature.
+    distill: bool = False
+    alpha: float = 0.5
+    temperature: float = 2.0
 
     def __post_init__(self):
         if self.epochs < 0:
@@ -110,6 +115,13 @@ class FinetuneConfig:
         if not self.lr > 0:
             raise ConfigError(f"finetune.lr={self.lr} must be > 0")
         check_choice("finetune.schedule", self.schedule, ("cosine", "constant"))
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"finetune.alpha={self.alpha}: expected 0 <= alpha <= 1")
+        if not self.temperature > 0:
+            raise ConfigError(f"finetune.temperature={self.temperature} must be > 0")
+        for option in ("alpha", "temperature"):
+            if not self.distill and getattr(self, option) != getattr(FinetuneConfig, option):
+                raise ConfigError(f"finetune.{option} is distillation's option: it needs finetune.distill=true")
 
 
 @dataclass

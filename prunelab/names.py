@@ -89,7 +89,8 @@ class Metric:
 
     # Series, one point per epoch (step = epoch): dense training and fine-tuning.
     TRAIN_LOSS, TRAIN_ACCURACY, TRAIN_VAL_ACCURACY = "train.loss", "train.train_accuracy", "train.val_accuracy"
-    FINETUNE_LOSS = "finetune.loss"
+    FINETUNE_LOSS = "finetune.loss"  # the objective: the cross-entropy, or distillation's mix
+    FINETUNE_KD_LOSS = "finetune.kd_loss"  # distillation's KL term (T^2 * KL), the epoch's mean
     FINETUNE_ACCURACY, FINETUNE_VAL_ACCURACY = "finetune.train_accuracy", "finetune.val_accuracy"
 
     # A schedule's trajectory, one point per mask update (step: the schedule's round, level or step).

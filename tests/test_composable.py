@@ -43,7 +43,10 @@ CRITERIA, SCOPES, METHODS = options("criterion"), options("scope"), options("met
 # Post-training methods prune nn.Linear layers row by row (scope=local): refused on LeNet-5 here,
 # one line each; their own compositions are in tests/test_lm.py.
 LAYERWISE = ("wanda", "sparsegpt")
-GLOBAL_METHODS = [m for m in METHODS if m not in LAYERWISE]
+# Depth pruning removes a transformer's repeated blocks, which LeNet-5 has none of: refused here in
+# one line; its own tests are in tests/test_depth.py.
+DEPTH = ("blocks",)
+GLOBAL_METHODS = [m for m in METHODS if m not in LAYERWISE + DEPTH]
 RATIO = 0.75  # nm at 1:4
 
 
@@ -80,6 +83,8 @@ def _cannot(method: str, criterion: str, scope: str = "global") -> str | None:
     """What the one-line refusal says, where the combination cannot work."""
     if method in LAYERWISE:
         return "use scope=local" if scope != "local" else "prunes nn.Linear layers"
+    if method in DEPTH:
+        return "method=blocks: the model has no repeated blocks"
     if scope == "erk" and method == "structured":
         return "erk.*unstructured"  # ERK sets densities of single weights
     if criterion == "fpgm" and method != "structured":

@@ -128,6 +128,8 @@ def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
         (["method=structured", "device=tpu"], ["device='tpu'"]),
         (["+experiment=surely_not_an_experiment"], ["experiment='surely_not_an_experiment'"]),
         (["ratio=[0.1"], ["cannot parse the overrides"]),
+        (["finetune.alpha=0.9"], ["finetune.alpha is distillation's option", "finetune.distill=true"]),
+        (["finetune.distill=true", "finetune.temperature=0"], ["finetune.temperature=0.0 must be > 0"]),
     ],
 )
 def test_preflight_refuses_bad_overrides_before_hydra_starts(args, words):
@@ -196,6 +198,7 @@ def test_the_run_key_ignores_where_the_data_files_lie(make_cfg, tmp_path):
         "budget.macs=0.5",
         "quantize=int8",
         "finetune.epochs=2",
+        "finetune.distill=true",
         "seed=1",
         "train.lr=0.01",
         "model=lenet300_100",

@@ -36,6 +36,7 @@ from torch import nn
 from ..names import Metric
 from ..pruning.mask import Mask
 from .compact import decode, decoder_source, encode
+from .hf import hf_files
 from .onnx import (
     OUTPUT,
     PIXELS,
@@ -164,6 +165,19 @@ for name, e in saved["sparse"].items():
 """
 
 
+HF = """
+`hf/` is the model as a Hugging Face folder (its config says its depth and widths; the tokenizer
+beside it):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("hf")
+tokenizer = AutoTokenizer.from_pretrained("hf")   # where the run had one
+```
+"""
+
+
 @dataclass
 class Handover:
     """The hand-over files (``{"model/<name>": bytes}``) and what the runner checks them with."""
@@ -181,14 +195,18 @@ def handover(
     structured: bool = False,
     quantize: Callable[[bytes], bytes] | None = None,
     compact: bytes | None = None,
+    tokenizer: str | None = None,
 ) -> Handover:
     """The hand-over files of ``shipped``: the network that ships (the shrunk one for structured
     pruning, the masked one otherwise) behind its standardisation, see :func:`prunelab.deploy.onnx.deployed`.
     ``example_input`` (one batch) fixes the input shape; ``mask`` adds the unstructured sparse
     weights file, and ``compact`` (:func:`compact_file`) the compact file; ``quantize`` (ONNX
-    bytes -> int8 ONNX bytes) the quantized model."""
+    bytes -> int8 ONNX bytes) the quantized model. A Hugging Face causal LM is also handed over as
+    a Hugging Face folder (``hf.py``), with ``tokenizer``'s files."""
     out = Handover()
     files, net, name = out.files, shipped.net, input_name(example_input)
+    files.update(hf_files(net, tokenizer))
+    hf = HF if files else ""
     shape = ", ".join(map(str, example_input.shape[1:]))
     if structured:
         buffer = io.BytesIO()
@@ -217,7 +235,12 @@ def handover(
             out.int8 = files["model/model.int8.onnx"] = quantize(out.onnx)
     inputs = INPUTS[name].format(shape=shape, mean=float(shipped.mean), std=float(shipped.std))
     files["model/README.md"] = README.format(
-        what=what, inputs=inputs, extra=extra, input=name, output=OUTPUT, int8=INT8 if out.int8 is not None else ""
+        what=what,
+        inputs=inputs,
+        extra=extra + hf,
+        input=name,
+        output=OUTPUT,
+        int8=INT8 if out.int8 is not None else "",
     ).encode()
     return out
 
@@ -260,6 +283,7 @@ class HandoverJob:
     codebook: Callable | None = None
     quantize: Callable[[bytes, torch.Tensor], bytes] | None = None
     calibration: torch.Tensor | None = None
+    tokenizer: str | None = None  # a language model's (its folder or hub name): handed over beside it
 
 
 def hand_over(job: HandoverJob) -> HandedOver:
@@ -282,6 +306,7 @@ def hand_over(job: HandoverJob) -> HandedOver:
         if quantize is not None and calibration is not None
         else None,
         compact=compact,
+        tokenizer=job.tokenizer,
     )
     x, y = job.test
     checked = {}

@@ -55,6 +55,8 @@ RESULT_PARTS = (
     "eval",  # only when it asks for something (eval.tasks): a run without is the run it was
 )
 SEEDS = ("seed", "calibration_seed")
+# Fine-tuning's distillation options: in the key only when finetune.distill is on.
+DISTILL_OPTIONS = ("distill", "alpha", "temperature")
 # Where the data lie, not what they are (the loaders check contents by checksum).
 LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
 # A dataset with one of these options is a published one, checked by its checksum wherever it lies;
@@ -112,6 +114,10 @@ def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
     tree: dict[str, Any] = {k: full.get(k) for k in parts}
     if "eval" in tree and not (tree["eval"] or {}).get("tasks"):
         tree.pop("eval")
+    tuning = tree.get("finetune")
+    if isinstance(tuning, dict) and not tuning.get("distill"):  # a run without is the run it was
+        for option in DISTILL_OPTIONS:
+            tuning.pop(option, None)
     data = tree.get("dataset")
     if isinstance(data, dict) and not VERIFIED & set(data) and isinstance(data.get("root"), str):
         root = Path(data["root"]).expanduser()  # a user's own files (dataset=text): nothing else says what they hold

@@ -8,11 +8,13 @@ that owns its concern, taking and returning values:
 4. pruner          method x criterion x scope, tried on an untrained    pruning/pruner.py
                    copy first (a bad combination fails before training)
 5. dense           trained, or loaded from the cache                   experiment/dense.py
-6. prune schedule  prune and fine-tune as the schedule says            experiment/session.py
+6. prune schedule  prune and fine-tune as the schedule says (taught    experiment/session.py,
+                   by the dense model with finetune.distill)           distill.py
 7. evaluate        accuracy (and perplexity, zero-shot tasks), what    experiment/train.py, measure.py,
                    was removed                                         zeroshot.py
-8. hand-over       the files that ship, checked (in a sweep, while     deploy/handover.py,
-                   the next point trains)                              experiment/deferred.py
+8. hand-over       the files that ship, checked (in a sweep, while     deploy/handover.py, hf.py,
+                   the next point trains); a transformers model also   experiment/deferred.py
+                   as a Hugging Face folder
 9. ledger          what the pruned model costs next to the dense one   deploy/ledger.py
 10. log            the run's metrics and files                         tracking/store.py
 
@@ -108,9 +110,10 @@ def run(
         if s.zeroshot is not None:
             metrics.update({Metric.at(Metric.DENSE, k): v for k, v in s.zeroshot(model, s.device).items()})
         active.log_metrics(metrics)
-        dense_copy = copy.deepcopy(model)  # the cost ledger's baseline (small at these sizes)
+        # The cost ledger's baseline and distillation's teacher: the dense model, as trained.
+        dense_copy = copy.deepcopy(model)
 
-        session = RunSession(active, s, model, pruner, data, init, checkpoints)
+        session = RunSession(active, s, model, pruner, data, init, checkpoints, teacher=dense_copy)
         outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
         table = layer_table(model, outcome.mask)
         job = _handover_job(s, outcome, data) if s.handover else None
@@ -245,6 +248,7 @@ def _handover_job(s: Settings, outcome: Outcome, data: Splits) -> HandoverJob:
         s.codebook,
         s.quantize,
         data.raw(data.val.x) if s.quantize is not None else None,
+        s.tokenizer,
     )
 
 

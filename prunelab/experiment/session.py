@@ -49,8 +49,11 @@ class RunSession(Session):
         data: Splits,
         init: dict,
         checkpoints: Path,
+        teacher: nn.Module | None = None,
     ):
         self.run, self.model, self.ratio, self.init = run, model, settings.ratio, init
+        # finetune.distill: the dense model teaches every fine-tuning
+        self.distill = settings.distill.teaching(teacher) if settings.distill and teacher is not None else None
         self.epochs = settings.finetune.epochs
         self.steps_per_epoch = steps_per_epoch(len(data.train), settings.finetune.batch_size)
         self.pruner, self.data, self.train_recipe, self.finetune = pruner, data, settings.train, settings.finetune
@@ -100,7 +103,9 @@ class RunSession(Session):
         trains with the mask re-applied after every step."""
         self._calls += 1
         x1 = self.data.train.x[:1]
-        shrunk = shrink(self.model, mask, x1) if mask is not None and mask.channels and self.shrink_finetuned else None
+        shrunk = (
+            shrink(self.model, mask, x1) if mask is not None and mask.structural and self.shrink_finetuned else None
+        )
         net = shrunk if shrunk is not None else self.model
         first = self._epochs_done
 
@@ -110,6 +115,7 @@ class RunSession(Session):
                     Metric.FINETUNE_LOSS: e.loss,
                     Metric.FINETUNE_ACCURACY: e.train_accuracy,
                     Metric.FINETUNE_VAL_ACCURACY: e.val_accuracy,
+                    **({Metric.FINETUNE_KD_LOSS: self.distill.epoch_kd_loss()} if self.distill else {}),
                 },
                 step=first + e.epoch,
             )
@@ -124,16 +130,17 @@ class RunSession(Session):
             after_step=after_step,
             on_epoch=on_epoch,
             desc="fine-tune",
+            objective=self.distill,
         )
         self._epochs_done += epochs
         if shrunk is not None:
             unshrink(shrunk, mask, self.model)
-        elif mask is not None and mask.channels:
+        elif mask is not None and mask.structural:
             shrunk = shrink(self.model, mask, x1)
         return shrunk
 
     def shrunk(self, mask):
-        return shrink(self.model, mask, self.data.train.x[:1]) if mask is not None and mask.channels else None
+        return shrink(self.model, mask, self.data.train.x[:1]) if mask is not None and mask.structural else None
 
     def train(self, net, mask, seed, epochs=None, desc="train") -> None:
         train(

@@ -16,10 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import Config, ConfigError, TrackingConfig, validate
-from ..data.files import cache_dir as user_cache_dir
+from ..paths import cache_dir as user_cache_dir
 from ..pruning.contracts import Criterion, Method, Schedule, Scope
 from ..pruning.schedules import as_schedule
 from ..redact import redact
+from .distill import Distill
 from .keys import RunKey, dense_params, experiment_name, identity, names, params, run_name
 from .train import Recipe
 from .zeroshot import ZeroShot
@@ -51,6 +52,7 @@ class Settings:
     pretrained: bool  # the model is built from a checkpoint (model.pretrained): it is the dense model
     finetune: Recipe  # fine-tuning: its epochs, lr and schedule, train's optimizer and batch size
     shrink: bool  # structured: fine-tune the physically shrunk network
+    distill: Distill | None  # fine-tuning taught by the dense model (finetune.distill)
     tracking: TrackingConfig
     cache: Path  # the dense-model cache and the schedules' checkpoints
     force: bool
@@ -59,6 +61,7 @@ class Settings:
     quantize: Callable[..., bytes] | None  # ONNX bytes, raw calibration inputs -> int8 ONNX bytes
     codebook: Callable[..., Any] | None  # the compact file's shared values
     zeroshot: ZeroShot | None  # eval.tasks, when there are any
+    tokenizer: str | None  # a language model's tokenizer (dataset.tokenizer): handed over with it
 
     @property
     def dense_recipe(self) -> Recipe:
@@ -81,6 +84,7 @@ class Settings:
         train = Recipe(c.train.epochs, c.train.batch_size, c.train.lr, optimizer, c.train.schedule)
         finetune = dataclasses.replace(train, epochs=c.finetune.epochs, lr=c.finetune.lr, schedule=c.finetune.schedule)
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
+        tokenizer = cfg.dataset.get("tokenizer")  # a language model's own (None: bytes)
         return cls(
             names=names(cfg),
             experiment=experiment_name(cfg),
@@ -104,6 +108,7 @@ class Settings:
             pretrained=bool(cfg.model.get("pretrained")),
             finetune=finetune,
             shrink=c.finetune.shrink,
+            distill=Distill(c.finetune.alpha, c.finetune.temperature) if c.finetune.distill else None,
             tracking=c.tracking,
             cache=cache,
             force=cfg.force,
@@ -113,7 +118,7 @@ class Settings:
             codebook=make(cfg.codebook),
             zeroshot=ZeroShot(
                 tuple(c.eval.tasks),
-                cfg.dataset.get("tokenizer"),
+                tokenizer,
                 c.eval.include,
                 c.eval.limit,
                 c.eval.batch_size,
@@ -122,6 +127,7 @@ class Settings:
             )
             if c.eval.tasks
             else None,
+            tokenizer=tokenizer,
         )
 
 

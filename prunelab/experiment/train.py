@@ -95,6 +95,10 @@ def perplexity(model: nn.Module, split: Split, prefix: str = "", result: dict | 
     return {f"{prefix}perplexity": math.exp(min(result["loss"], 700.0))}
 
 
+# A training loss other than the cross-entropy: (logits, inputs, labels) -> loss.
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class EpochResult:
     epoch: int
@@ -115,9 +119,11 @@ def fit(
     after_step: Callable[[], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     desc: str = "train",
+    objective: Objective | None = None,
 ) -> list[EpochResult]:
     """Train for ``epochs``; ``after_step`` runs after every optimizer step (mask hold),
-    ``scheduler`` steps once per batch, ``on_epoch`` receives each epoch's figures."""
+    ``scheduler`` steps once per batch, ``on_epoch`` receives each epoch's figures. The loss is
+    the cross-entropy, or ``objective(logits, inputs, labels)`` (distillation)."""
     generator = torch.Generator().manual_seed(seed)
     history = []
     steps = (len(train) + batch_size - 1) // batch_size
@@ -135,7 +141,7 @@ def fit(
         )
         for x, y in bar:
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y) if objective is None else objective(logits, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -211,6 +217,7 @@ def train(
     after_step: Callable[[], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     desc: str = "train",
+    objective: Objective | None = None,
 ) -> list[EpochResult]:
     """``recipe`` on ``model`` from its current weights (its learning-rate schedule over
     ``recipe.epochs``), stopped after ``epochs`` (default all); batches shuffled by ``seed``. Dense
@@ -228,4 +235,5 @@ def train(
         after_step=after_step,
         on_epoch=on_epoch,
         desc=desc,
+        objective=objective,
     )

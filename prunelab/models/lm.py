@@ -159,6 +159,11 @@ def hf_causal_lm(
     return CausalLM(model)
 
 
+class Conv1DLinear(nn.Linear):
+    """The ``nn.Linear`` that replaced a ``transformers`` ``Conv1D``: its weight is the Conv1D's
+    transposed, and transposed back in :func:`hf_state_dict`."""
+
+
 def linearize(model: nn.Module) -> int:
     """Replace ``transformers``' ``Conv1D`` layers (``y = x W + b``, weight ``(in, out)``) by the
     equal ``nn.Linear``; returns how many. Anything else that is not Linear/Conv stays unpruned."""
@@ -169,10 +174,21 @@ def linearize(model: nn.Module) -> int:
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]
     for name, m in found:
         n_in, n_out = m.weight.shape
-        linear = nn.Linear(n_in, n_out, device=m.weight.device, dtype=m.weight.dtype)
+        linear = Conv1DLinear(n_in, n_out, device=m.weight.device, dtype=m.weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(m.weight.T)
             linear.bias.copy_(m.bias)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, linear)
     return len(found)
+
+
+def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A Hugging Face model's state dict in its own layout: the weights :func:`linearize` turned
+    into ``nn.Linear`` transposed back to ``Conv1D``'s ``(in, out)``, so ``save_pretrained`` writes
+    what ``from_pretrained`` reads."""
+    state = model.state_dict()
+    for name, m in model.named_modules():
+        if isinstance(m, Conv1DLinear):
+            state[f"{name}.weight" if name else "weight"] = m.weight.detach().T.contiguous()
+    return state

@@ -27,6 +27,7 @@ from .allocation import Erk, Global, GlobalFloor, Lamp, Local, allocate
 from .contracts import Coupled, Criterion, Method, Pruned, Schedule, Scope, Scorer, Session, Units
 from .criteria import FPGM, Magnitude, Random, Taylor
 from .data import PruneData
+from .depth import Blocks
 from .errors import PruningError, check_ratio
 from .layerwise import SparseGPT, Wanda
 from .mask import Mask, MaskError
@@ -75,6 +76,7 @@ def prune(
 
 __all__ = [
     "FPGM",
+    "Blocks",
     "NM",
     "Coupled",
     "Criterion",

@@ -34,6 +34,9 @@ class Mask:
     prunable: tuple[str, ...] = ()
     # Structured pruning only: per pruned layer, which output channels were kept.
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Depth pruning only: per nn.ModuleList of blocks (its attribute path), the blocks removed
+    # (every parameter of theirs masked: pruning.depth).
+    blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         for name, m in self.masks.items():
@@ -58,6 +61,12 @@ class Mask:
     def sparsity(self) -> float:
         """Fraction of prunable weights removed."""
         return 1.0 - self.density
+
+    @property
+    def structural(self) -> bool:
+        """Whether the mask removes structure (channels or blocks) that :func:`~prunelab.pruning.shrink.shrink`
+        can take out for real."""
+        return bool(self.channels or self.blocks)
 
     @property
     def channel_sparsity(self) -> float | None:
@@ -117,8 +126,10 @@ class Mask:
 
     def to_state(self) -> dict:
         """A plain dict (tensors, lists) for ``torch.save``; loads with ``weights_only=True``."""
-        return {"masks": self.masks, "prunable": list(self.prunable), "channels": self.channels}
+        blocks = {path: list(removed) for path, removed in self.blocks.items()}
+        return {"masks": self.masks, "prunable": list(self.prunable), "channels": self.channels, "blocks": blocks}
 
     @classmethod
     def from_state(cls, state: dict) -> Mask:
-        return cls(dict(state["masks"]), tuple(state["prunable"]), dict(state["channels"]))
+        blocks = {path: tuple(removed) for path, removed in state.get("blocks", {}).items()}
+        return cls(dict(state["masks"]), tuple(state["prunable"]), dict(state["channels"]), blocks)

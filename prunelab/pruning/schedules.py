@@ -267,7 +267,7 @@ class Dynamic(Schedule):
         return self.fraction / 2 * (1 + math.cos(math.pi * t / t_end)) if t < t_end else 0.0
 
     def check(self, mask: Mask) -> None:
-        if mask.channels:
+        if mask.structural:
             raise PruningError("schedule=dynamic moves single weights: use method=unstructured")
 
     def __call__(self, s: Session):

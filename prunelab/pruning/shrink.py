@@ -12,20 +12,25 @@ import copy
 import torch
 from torch import nn
 
+from .depth import remove_blocks
 from .errors import PruningError
 from .mask import Mask
 from .methods import dependency_graph, head_count
 
 
 def shrink(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` with the channels ``mask`` removed taken out for real.
+    """A copy of ``model`` with the channels or blocks ``mask`` removed taken out for real.
 
     The copy computes the same outputs as the masked model (eval mode) with fewer parameters and
     MACs. ``model`` itself is left as it is."""
-    if not mask.channels:
-        raise PruningError("shrink needs a structured mask (one with channel choices)")
+    if not mask.structural:
+        raise PruningError("shrink needs a structured mask (one with channel or block choices)")
     shrunk = copy.deepcopy(model)
     mask.apply(shrunk)
+    for path, removed in mask.blocks.items():
+        remove_blocks(shrunk, path, removed)
+    if not mask.channels:
+        return shrunk
     was_training = shrunk.training
     shrunk.eval()
     graph = dependency_graph(shrunk, example_inputs)
@@ -54,6 +59,7 @@ def unshrink(shrunk: nn.Module, mask: Mask, into: nn.Module) -> nn.Module:
     network fine-tuned physically smaller reports in the full layout (masks, ``layers.csv``)."""
     full = into.state_dict()
     for name, small in shrunk.state_dict().items():
+        name = _full_name(name, mask.blocks)
         target = full.get(name)
         if target is None:
             raise PruningError(f"unshrink: {name} is not in the full-size model")
@@ -70,3 +76,15 @@ def unshrink(shrunk: nn.Module, mask: Mask, into: nn.Module) -> nn.Module:
             )
         target[keep.to(target.device)] = small.flatten().to(target.dtype)
     return into
+
+
+def _full_name(name: str, blocks: dict[str, tuple[int, ...]]) -> str:
+    """A shrunk model's parameter name in the full-size model: a block after removed ones numbered
+    as it was."""
+    for path, removed in blocks.items():
+        if name.startswith(f"{path}."):
+            index, _, rest = name[len(path) + 1 :].partition(".")
+            if index.isdigit():
+                kept = [i for i in range(int(index) + len(removed) + 1) if i not in set(removed)]
+                return f"{path}.{kept[int(index)]}.{rest}"
+    return name
