@@ -13,6 +13,7 @@ import mlflow
 import pytest
 import torch
 from conftest import runs
+from test_lm import write_fortunes
 from test_tokens import ARCHITECTURES, llama_folder
 
 from prunelab.cli import preflight
@@ -162,8 +163,10 @@ def test_blocks_takes_no_criterion_option():
 
 
 def test_a_depth_pruned_run_logs_its_blocks_and_fine_tunes_the_shallower_model(cli, workdir):
+    write_fortunes(workdir / "fortunes", count=400)  # a small corpus in the package's layout
     small = ["model.layers=4", "model.d_model=32", "model.heads=4", "dataset.seq_len=32", "method.samples=4"]
-    result = cli("model=tiny_gpt", "dataset=fortunes", "method=blocks", "ratio=0.5", *small)
+    data = ["dataset=fortunes", f"dataset.root={workdir / 'fortunes'}"]
+    result = cli("model=tiny_gpt", *data, "method=blocks", "ratio=0.5", *small)
     assert result.returncode == 0
     (run,) = runs(workdir, "pruned")
     assert run.data.metrics["cost.pruned.params"] < run.data.metrics["cost.dense.params"]  # two blocks fewer
