@@ -13,6 +13,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+# A pytest worker per CPU core (pytest-xdist); each worker's torch, and the processes it starts, use one thread.
+WORKERS ?= -n auto --dist worksteal
 
 .PHONY: install run test test-fast lint bench ui team-server clean
 
@@ -28,10 +30,10 @@ run: $(STAMP)
 	$(PY) -m prunelab $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -23,6 +23,10 @@ from prunelab.config import compose
 
 TESTS = Path(__file__).resolve().parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core: a thread each, and for its children
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BatchNorm statistics and affine parameters, as after training; eval mode."""
