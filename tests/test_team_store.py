@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -48,13 +49,7 @@ def test_runs_and_sweeps_log_to_a_server_on_postgresql(cli, mlflow_server):
     assert "accuracy_vs_sparsity.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-def servers() -> set[str]:
-    found = subprocess.run(["pgrep", "-f", "postgres -D|mlflow server|mlflow.server"], capture_output=True, text=True)
-    return set(found.stdout.split())
-
-
 def test_the_team_server_helper_prints_the_uri_and_stops_both_servers(tmp_path):
-    before = servers()
     proc = subprocess.Popen(
         [sys.executable, "-m", "prunelab.tracking.team_server", "--dir", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE,
@@ -66,10 +61,13 @@ def test_the_team_server_helper_prints_the_uri_and_stops_both_servers(tmp_path):
         with urllib.request.urlopen(f"{uri}/health", timeout=5) as r:
             assert r.status == 200
         assert MlflowClient(uri).search_experiments()  # a working store behind it
+        started = psutil.Process(proc.pid).children(recursive=True)  # PostgreSQL, the MLflow server, ...
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        assert "postgres" in names and "mlflow" in names
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert proc.returncode == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{uri}/health", timeout=5)
-    assert servers() <= before  # nothing it started is left (other tests' servers may run)
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # nothing left
