@@ -43,9 +43,10 @@ CRITERIA, SCOPES, METHODS = options("criterion"), options("scope"), options("met
 # Post-training methods prune nn.Linear layers row by row (scope=local): refused on LeNet-5 here,
 # one line each; their own compositions are in tests/test_lm.py.
 LAYERWISE = ("wanda", "sparsegpt")
-# Depth pruning removes a transformer's repeated blocks, which LeNet-5 has none of: refused here in
-# one line; its own tests are in tests/test_depth.py.
-DEPTH = ("blocks",)
+# Depth and width pruning remove a transformer's repeated blocks, or their heads and MLP channels,
+# which LeNet-5 has none of: refused here in one line; their own tests are in tests/test_depth.py
+# and tests/test_width.py.
+DEPTH = ("blocks", "width")
 GLOBAL_METHODS = [m for m in METHODS if m not in LAYERWISE + DEPTH]
 RATIO = 0.75  # nm at 1:4
 
@@ -84,7 +85,7 @@ def _cannot(method: str, criterion: str, scope: str = "global") -> str | None:
     if method in LAYERWISE:
         return "use scope=local" if scope != "local" else "prunes nn.Linear layers"
     if method in DEPTH:
-        return "method=blocks: the model has no repeated blocks"
+        return f"method={method}: the model has no repeated blocks"
     if scope == "erk" and method == "structured":
         return "erk.*unstructured"  # ERK sets densities of single weights
     if criterion == "fpgm" and method != "structured":

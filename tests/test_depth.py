@@ -136,6 +136,12 @@ def test_the_hugging_face_folder_loads_in_a_fresh_process_without_prunelab(arch,
         assert torch.allclose(torch.load(tmp_path / "logits.pt").transpose(1, 2), small(x), atol=1e-5, rtol=0)
 
 
+def test_the_baseline_order_removes_the_last_blocks_and_still_logs_every_distance():
+    pruned = prune(model_of("llama"), method="blocks", ratio=0.5, data=data(), samples=8, order="last")
+    assert list(pruned.mask.blocks.values()) == [(2, 3)]
+    assert len(pruned.report["blocks.csv"].splitlines()) == 1 + 4
+
+
 def test_blocks_already_removed_stay_removed():
     model = model_of("llama")
     first = prune(model, method="blocks", ratio=0.25, data=data(), samples=8).mask

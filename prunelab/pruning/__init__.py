@@ -25,7 +25,7 @@ from torch import nn
 from ..plugins import resolve
 from .allocation import Erk, Global, GlobalFloor, Lamp, Local, allocate
 from .contracts import Coupled, Criterion, Method, Pruned, Schedule, Scope, Scorer, Session, Units
-from .criteria import FPGM, Magnitude, Random, Taylor
+from .criteria import FPGM, Activation, Magnitude, Random, Taylor
 from .data import PruneData
 from .depth import Blocks
 from .errors import PruningError, check_ratio
@@ -37,6 +37,7 @@ from .pruner import Pruner
 from .schedules import Dynamic, Gradual, Iterative, Lottery, Oneshot
 from .sensitivity import Sensitivity
 from .shrink import shrink, unshrink
+from .width import Width
 
 
 def prune(
@@ -76,6 +77,7 @@ def prune(
 
 __all__ = [
     "FPGM",
+    "Activation",
     "Blocks",
     "NM",
     "Coupled",
@@ -111,6 +113,7 @@ __all__ = [
     "Units",
     "Unstructured",
     "Wanda",
+    "Width",
     "allocate",
     "check_ratio",
     "load_plan",

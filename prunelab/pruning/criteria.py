@@ -185,3 +185,68 @@ class FPGM(Criterion, Scorer):
     def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
         w = torch.cat([c.place(c.weight.detach().double()).cpu() for c in rows], dim=1)
         return torch.cdist(w, w).sum(dim=1).float()
+
+
+@dataclass(frozen=True)
+class Activation(Criterion):
+    """Wanda's score as a criterion (Sun et al. 2023): ``|W_ij| * ||X_j||_2``, the weight's
+    magnitude times the norm of its input feature over the tokens of ``batches`` training
+    mini-batches (one forward pass each, the model in eval mode); per channel or unit, the sum over
+    its weights. The score of ``method=wanda`` (locuslab/wanda ``lib/prune.py``), here for any
+    method: e.g. the heads and MLP channels of ``method=width``. A convolution's input feature is
+    an input channel, its norm over every sample and position (each group's own channels)."""
+
+    batches: int = 8
+
+    def __post_init__(self):
+        check_positive(self.batches, "criterion.batches")
+
+    @torch.no_grad()
+    def prepare(self, model: nn.Module, data: PruneData | None, seed: int):
+        if data is None:
+            raise PruningError("criterion activation needs training batches: pass data=(x, y) or PruneData")
+        names = {id(p): n for n, p in model.named_parameters()}
+        squares: dict[str, torch.Tensor] = {}
+
+        def hook(module, args, _out):
+            x = args[0].detach().double()
+            if isinstance(module, nn.Linear):
+                summed = x.reshape(-1, module.in_features).pow(2).sum(0)
+            else:  # (batch, channels, *positions)
+                summed = x.transpose(0, 1).reshape(x.shape[1], -1).pow(2).sum(1)
+            name = names[id(module.weight)]
+            squares[name] = squares.get(name, 0) + summed.cpu()
+
+        layers = [m for m in model.modules() if isinstance(m, _SEEN) and id(m.weight) in names]
+        handles = [m.register_forward_hook(hook) for m in layers]
+        was_training = model.training
+        model.eval()
+        try:
+            seen = 0
+            for x, _ in data.batches(self.batches):
+                model(x)
+                seen += 1
+            if not seen:
+                raise PruningError("criterion activation got no training batch")
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        return _ActivationScores({n: s.sqrt() for n, s in squares.items()})
+
+
+_SEEN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class _ActivationScores(Scorer):
+    def __init__(self, norms: dict[str, torch.Tensor]):
+        self.norms = norms
+
+    def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.norms:
+            raise PruningError(f"criterion activation: {name} is not the weight of a layer the data reached")
+        norms = self.norms[name].to(weight.device, weight.dtype)
+        out, inputs = weight.shape[:2]
+        groups = norms.numel() // inputs  # a grouped convolution: each output sees its group's channels
+        per_output = norms.view(groups, inputs).repeat_interleave(out // groups, dim=0)
+        return weight.detach().abs() * per_output.view(out, inputs, *([1] * (weight.dim() - 2)))

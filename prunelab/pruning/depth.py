@@ -30,6 +30,8 @@ from .mask import Mask
 from .methods import OUTPUT_LAYERS, prunable_layers
 from .plan import plan_of
 
+ORDERS = ("distance", "last")
+
 
 @torch.no_grad()
 def angular_distances(blocks: nn.ModuleList, inputs: list[Inputs]) -> list[float]:
@@ -69,9 +71,14 @@ class Blocks(Method):
     samples: int = 32  # calibration inputs (sequences), drawn by calibration_seed
     calibration: str = TRAIN  # from the dataset's training split, or a source it offers (text: c4)
     blocks: str | None = None  # where the repeated blocks are (an attribute path); None: the known places
+    # distance: the blocks of least angular distance go; last: the last blocks (the baseline the
+    # papers compare with; the distances are still measured and logged)
+    order: str = "distance"
 
     def __post_init__(self):
         check_positive(self.samples, "method.samples")
+        if self.order not in ORDERS:
+            raise PruningError(f"method.order={self.order!r} is not allowed: expected one of {', '.join(ORDERS)}")
 
     def __call__(
         self,
@@ -105,7 +112,8 @@ class Blocks(Method):
         gone = set(mask.blocks.get(path, ())) if mask is not None else set()
         x = data.calibration(self.samples, seed, self.calibration)
         distances = angular_distances(modules, capture(model, modules[0], x))
-        order = sorted(range(count), key=lambda i: (i not in gone, distances[i], i))  # removed ones stay removed
+        importance = distances if self.order == "distance" else [-i for i in range(count)]
+        order = sorted(range(count), key=lambda i: (i not in gone, importance[i], i))  # removed ones stay removed
         removed = sorted(order[: max(drop, len(gone))])
         return _result(model, path, removed, distances, self.ignore, mask)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ class Mask:
     # Depth pruning only: per nn.ModuleList of blocks (its attribute path), the blocks removed
     # (every parameter of theirs masked: pruning.depth).
     blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Width pruning of a transformer only: where its blocks are and the projections' layout inside
+    # one (pruning.width.Layout's fields), for taking the heads and channels out.
+    layout: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         for name, m in self.masks.items():
@@ -127,9 +131,16 @@ class Mask:
     def to_state(self) -> dict:
         """A plain dict (tensors, lists) for ``torch.save``; loads with ``weights_only=True``."""
         blocks = {path: list(removed) for path, removed in self.blocks.items()}
-        return {"masks": self.masks, "prunable": list(self.prunable), "channels": self.channels, "blocks": blocks}
+        return {
+            "masks": self.masks,
+            "prunable": list(self.prunable),
+            "channels": self.channels,
+            "blocks": blocks,
+            "layout": self.layout,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> Mask:
         blocks = {path: tuple(removed) for path, removed in state.get("blocks", {}).items()}
-        return cls(dict(state["masks"]), tuple(state["prunable"]), dict(state["channels"]), blocks)
+        layout = dict(state.get("layout", {}))
+        return cls(dict(state["masks"]), tuple(state["prunable"]), dict(state["channels"]), blocks, layout)

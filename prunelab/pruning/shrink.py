@@ -16,6 +16,7 @@ from .depth import remove_blocks
 from .errors import PruningError
 from .mask import Mask
 from .methods import dependency_graph, head_count
+from .width import remove_units
 
 
 def shrink(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Module:
@@ -25,8 +26,12 @@ def shrink(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Mod
     MACs. ``model`` itself is left as it is."""
     if not mask.structural:
         raise PruningError("shrink needs a structured mask (one with channel or block choices)")
+    if mask.layout and mask.blocks:
+        raise PruningError("shrink: a mask that removes both blocks and heads or channels is not supported")
     shrunk = copy.deepcopy(model)
     mask.apply(shrunk)
+    if mask.layout:  # a transformer's heads and MLP channels (pruning.width)
+        return remove_units(shrunk, mask)
     for path, removed in mask.blocks.items():
         remove_blocks(shrunk, path, removed)
     if not mask.channels:
