@@ -226,3 +226,11 @@ def test_a_width_pruned_language_model_is_distilled_and_handed_over_as_a_folder(
     assert metrics["cost.ratio.params"] < 0.8 and "finetune.kd_loss" in metrics
     config = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model/hf/config.json"))
     assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (2, 1, 32)
+
+
+def test_the_command_line_refuses_an_unknown_layout_in_one_line_before_training(cli, workdir):
+    write_fortunes(workdir / "fortunes", count=100)
+    result = cli(*LM_RUN, "method=width", f"dataset.root={workdir / 'fortunes'}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("prunelab: error: method=width: the attention layout")
+    assert all(r.info.status != "RUNNING" for r in runs(workdir)) and not runs(workdir, "dense")

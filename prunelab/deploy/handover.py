@@ -175,6 +175,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("hf")
 tokenizer = AutoTokenizer.from_pretrained("hf")   # where the run had one
 ```
+
+Where the config cannot state the pruned widths (blocks of different widths; fewer heads in GPT-2
+or OPT), `hf/` holds `pruned.safetensors`, the original config, `widths.json` and
+`load_pruned.py` instead: `from load_pruned import load; model = load("hf")` (transformers only).
 """
 
 
