@@ -234,3 +234,12 @@ def test_the_command_line_refuses_an_unknown_layout_in_one_line_before_training(
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("prunelab: error: method=width: the attention layout")
     assert all(r.info.status != "RUNNING" for r in runs(workdir)) and not runs(workdir, "dense")
+
+
+def test_a_measuring_scope_trials_the_heads_and_the_channels_on_validation_data():
+    x = tokens(64)
+    pruned = prune(
+        model_of("llama"), method="width", scope="sensitivity", ratio=0.5, data=PruneData((x, x), (x[:16], x[:16]))
+    )
+    assert {"heads.sensitivity.csv", "mlp.sensitivity.csv"} <= set(pruned.report)
+    assert pruned.mask.channel_sparsity == pytest.approx(0.5, abs=0.05)

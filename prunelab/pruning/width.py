@@ -49,7 +49,7 @@ from .contracts import Coupled, Criterion, Method, Pruned, Scope, Scorer, Units
 from .data import PruneData
 from .errors import PruningError
 from .mask import Mask, count
-from .methods import GLOBAL, L2, OUTPUT_LAYERS, _setup, prunable_layers
+from .methods import GLOBAL, L2, OUTPUT_LAYERS, _full_masks, _prober, _setup, prunable_layers
 from .plan import plan_of
 
 HEADS = ("kv", "query", "none")
@@ -253,19 +253,22 @@ class Width(Method):
                 "method.blocks to the attribute path of its nn.ModuleList of blocks"
             )
         layout = layout_of(model, self.layout)
-        scorer, scope, _ = _setup(model, ratio, criterion, scope, data, seed)
+        scorer, scope, prepared = _setup(model, ratio, criterion, scope, data, seed)
         path, modules = found
         blocks = _blocks(model, path, len(modules), layout)
-        masks = {n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in model.named_parameters()}
+        masks = _full_masks(model)
         channels: dict[str, torch.Tensor] = {}
         sets: dict[str, tuple[int, int, tuple]] = {}
+        report: dict[str, Any] = {}  # what the scope reported for the heads and for the MLP channels
         if self.heads != "none":
-            keep = self._heads(model, ratio, scope, scorer, layout, blocks, mask)
+            keep, reported = self._heads(model, ratio, scope, scorer, layout, blocks, mask, prepared)
+            report.update({f"heads.{k}": v for k, v in reported.items()})
             for block, heads in zip(blocks, keep, strict=True):
-                _zero_heads(masks, channels, block, layout, heads, self.heads)
+                _zero_heads(masks, channels, block, layout, heads)
                 sets[_attention_name(block, layout)] = (len(heads), count(heads), (len(heads),))
         if self.mlp:
-            keep = self._mlp(model, ratio, scope, scorer, blocks, mask)
+            keep, reported = self._mlp(model, ratio, scope, scorer, blocks, mask, prepared)
+            report.update({f"mlp.{k}": v for k, v in reported.items()})
             for block, neurons in zip(blocks, keep, strict=True):
                 _zero_neurons(masks, channels, block, neurons)
                 sets[block.names["up"]] = (len(neurons), count(neurons), (len(neurons),))
@@ -277,46 +280,60 @@ class Width(Method):
         prunable = tuple(f"{n}.weight" for n in prunable_layers(model, self.ignore))
         described = {"blocks": path, **{k: v for k, v in dataclasses.asdict(layout).items() if v is not None}}
         result = Mask(masks, prunable, channels=channels, layout=described)
-        return Pruned(result, plan_of("width", sets), {}, ratio)
+        return Pruned(result, plan_of("width", sets), report, ratio)
 
     # --- the units, scored and allocated ------------------------------------------------------
-    def _heads(self, model, ratio, scope, scorer: Scorer, layout: Layout, blocks, mask) -> list[torch.Tensor]:
-        """Each block's query heads kept (``heads`` bools)."""
+    def _heads(self, model, ratio, scope, scorer: Scorer, layout: Layout, blocks, mask, data) -> tuple[list, dict]:
+        """Each block's query heads kept (``heads`` bools), and what the scope reported."""
         groups = self.heads == "kv" or layout.kv_heads == layout.heads
         n = layout.kv_heads if groups else layout.heads
         per_group = layout.heads // layout.kv_heads
-        head_scores, alive_heads = {}, {}
-        for block in blocks:
+        by_name = {_attention_name(b, layout): b for b in blocks}
+        scores, alive_heads = {}, {}
+        for name, block in by_name.items():
             place = _rows(layout, n)
             rows = [Coupled(block.names[r] + ".weight", block.weight(model, r), p) for r, p in place.items()]
-            name = _attention_name(block, layout)
             alive = _alive_columns(mask, block.names["o"], model, layout.heads)
-            scores = scorer.channels(name, rows, n).double()
+            alive_heads[name] = alive
             if groups:  # one unit per key/value group: alive while any of its query heads is
                 alive = alive.view(n, -1).any(1)
-            head_scores[name], alive_heads[name] = _normalised(scores, alive, self.normalize, name), alive
+            scores[name] = _normalised(scorer.channels(name, rows, n).double(), alive, self.normalize, name)
         if groups:
-            units = Units({k: n for k in head_scores}, head_scores.__getitem__, kind="heads")
-            keep = allocate(units, ratio, scope)
-            return [keep[_attention_name(b, layout)].repeat_interleave(layout.heads // n) for b in blocks]
-        # query heads only: unit r of a block is the r-th lowest-scored query head of every group
-        ranked = {k: s.view(layout.kv_heads, per_group).sort(dim=1) for k, s in head_scores.items()}
-        rank_scores = {k: r.values.mean(0) for k, r in ranked.items()}
-        units = Units({k: per_group for k in rank_scores}, rank_scores.__getitem__, kind="heads")
-        keep = allocate(units, ratio, scope)
-        kept = []
-        for block in blocks:
-            name = _attention_name(block, layout)
-            gone = per_group - count(keep[name])  # the lowest ranks go: the same number in every group
-            heads = torch.ones(layout.kv_heads, per_group, dtype=torch.bool)
-            heads.scatter_(1, ranked[name].indices[:, :gone], False)
-            kept.append(heads.flatten() & alive_heads[name])
-        return kept
+            unit_scores = scores
 
-    def _mlp(self, model, ratio, scope, scorer: Scorer, blocks, mask) -> list[torch.Tensor]:
-        """Each block's MLP channels kept."""
+            def heads_of(name: str, keep: torch.Tensor) -> torch.Tensor:
+                return keep.repeat_interleave(layout.heads // n)
+
+        else:  # query heads only: unit r of a block is the r-th lowest-scored query head of every group
+            ranked = {k: s.view(layout.kv_heads, per_group).sort(dim=1) for k, s in scores.items()}
+            unit_scores = {k: r.values.mean(0) for k, r in ranked.items()}
+
+            def heads_of(name: str, keep: torch.Tensor) -> torch.Tensor:
+                gone = per_group - count(keep)  # the lowest ranks go: the same number in every group
+                heads = torch.ones(layout.kv_heads, per_group, dtype=torch.bool)
+                heads.scatter_(1, ranked[name].indices[:, :gone], False)
+                return heads.flatten() & alive_heads[name]
+
+        def masks_of(keeps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            masks = _full_masks(model)
+            for name, keep in keeps.items():
+                _zero_heads(masks, {}, by_name[name], layout, heads_of(name, keep))
+            return masks
+
+        units = Units(
+            {k: len(s) for k, s in unit_scores.items()},
+            unit_scores.__getitem__,
+            kind="heads",
+            trial=_prober(model, data, masks_of),
+        )
+        keep = allocate(units, ratio, scope)
+        return [heads_of(name, keep[name]) for name in by_name], units.report
+
+    def _mlp(self, model, ratio, scope, scorer: Scorer, blocks, mask, data) -> tuple[list, dict]:
+        """Each block's MLP channels kept, and what the scope reported."""
+        by_name = {b.names["up"]: b for b in blocks}
         scores = {}
-        for block in blocks:
+        for name, block in by_name.items():
             n = block.weight(model, "up").shape[0]
             rows = [
                 Coupled(block.names[r] + ".weight", block.weight(model, r), _by_rows)
@@ -325,12 +342,22 @@ class Width(Method):
             ]
             rows.append(Coupled(block.names["down"] + ".weight", block.weight(model, "down"), _by_columns))
             alive = _alive_columns(mask, block.names["down"], model, n)
-            name = block.names["up"]
             scores[name] = _normalised(scorer.channels(name, rows, n).double(), alive, self.normalize, name)
-        keep = allocate(
-            Units({k: len(s) for k, s in scores.items()}, scores.__getitem__, kind="channels"), ratio, scope
+
+        def masks_of(keeps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            masks = _full_masks(model)
+            for name, keep in keeps.items():
+                _zero_neurons(masks, {}, by_name[name], keep)
+            return masks
+
+        units = Units(
+            {k: len(s) for k, s in scores.items()},
+            scores.__getitem__,
+            kind="channels",
+            trial=_prober(model, data, masks_of),
         )
-        return [keep[b.names["up"]] for b in blocks]
+        keep = allocate(units, ratio, scope)
+        return [keep[name] for name in by_name], units.report
 
 
 def _by_rows(t: torch.Tensor) -> torch.Tensor:
@@ -370,7 +397,7 @@ def _zero(
         masks[f"{name}.weight"][:, ~cols] = False
 
 
-def _zero_heads(masks, channels, block: _Block, layout: Layout, heads: torch.Tensor, mode: str) -> None:
+def _zero_heads(masks, channels, block: _Block, layout: Layout, heads: torch.Tensor) -> None:
     """Zero what removing the query heads not in ``heads`` removes (with their key/value heads when
     every query head of a group goes), and record each producing layer's kept rows."""
     d = layout.head_dim
