@@ -243,3 +243,23 @@ def test_a_measuring_scope_trials_the_heads_and_the_channels_on_validation_data(
     )
     assert {"heads.sensitivity.csv", "mlp.sensitivity.csv"} <= set(pruned.report)
     assert pruned.mask.channel_sparsity == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("heads", ["kv", "query"])
+def test_pruning_again_from_the_current_mask_never_revives_a_head_or_channel(heads):
+    model = model_of("llama")
+    first = prune(model, method="width", heads=heads, scope="global", ratio=0.25, data=data()).mask
+    again = prune(
+        first.apply(copy.deepcopy(model)),
+        method="width",
+        heads=heads,
+        scope="global",
+        ratio=0.5,
+        data=data(),
+        mask=first,
+    ).mask
+    for name, keep in first.masks.items():
+        assert not (again.masks[name] & ~keep).any(), name
+    assert again.channel_sparsity > first.channel_sparsity
+    small = shrink(model, again, tokens(1))
+    assert same_logits(small, again.apply(copy.deepcopy(model)), tokens())

@@ -26,7 +26,7 @@ from .blocks import Inputs, capture, find_blocks, run
 from .contracts import Criterion, Method, Pruned, Scope
 from .data import TRAIN, PruneData
 from .errors import PruningError, check_positive
-from .mask import Mask
+from .mask import Mask, keep_pruned
 from .methods import OUTPUT_LAYERS, prunable_layers
 from .plan import plan_of
 
@@ -130,9 +130,7 @@ def _result(
     prunable = [f"{name}.weight" for name in prunable_layers(model, ignore)]
     for name in prunable:
         masks.setdefault(name, torch.ones_like(model.get_parameter(name), dtype=torch.bool, device="cpu"))
-    if mask is not None:
-        for name, old in mask.masks.items():
-            masks[name] = masks[name] & old.cpu() if name in masks else old.cpu()
+    keep_pruned(masks, mask.masks if mask is not None else None)
     count = len(distances)
     table = "block,angular_distance,removed\n" + "".join(
         f"{i},{d:.6f},{str(i in removed).lower()}\n" for i, d in enumerate(distances)

@@ -24,6 +24,14 @@ def count(keep: torch.Tensor) -> int:
     return int(np.count_nonzero(keep.detach().cpu().numpy()))
 
 
+def keep_pruned(new: dict[str, torch.Tensor], current: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """``new`` (in place; returned) AND-ed with ``current`` everywhere: nothing an earlier mask
+    pruned comes back, whatever method made it (an entry only ``current`` names is taken as is)."""
+    for name, old in (current or {}).items():
+        new[name] = new[name] & old.cpu() if name in new else old.cpu()
+    return new
+
+
 class MaskError(UserError, ValueError):
     """A mask does not fit the model it is applied to."""
 

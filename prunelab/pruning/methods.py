@@ -40,7 +40,7 @@ from .criteria import Magnitude, as_criterion
 from .data import PruneData
 from .errors import PruningError, check_nm, check_ratio
 from .macs import layer_macs
-from .mask import Mask, count
+from .mask import Mask, count, keep_pruned
 from .plan import plan_of
 from .probe import Probe
 
@@ -144,9 +144,7 @@ def finish(
     """The result: this method's choice (``keep`` per set of ``units``; ``masks`` per parameter),
     AND-ed with the current mask everywhere (whatever method made it, biases and ignored layers
     included: nothing it pruned comes back), with its plan and what the scope reported."""
-    if current is not None:
-        for name, old in current.masks.items():
-            masks[name] = masks[name] & old.cpu() if name in masks else old.cpu()
+    keep_pruned(masks, current.masks if current is not None else None)
     mask = Mask(masks, prunable=tuple(prunable), channels=channels or {})
     plan = plan_of(units.kind, {n: (units.sizes[n], count(k), tuple(k.shape)) for n, k in keep.items()})
     return Pruned(mask, plan, dict(units.report), ratio)

@@ -48,7 +48,7 @@ from .blocks import find_blocks
 from .contracts import Coupled, Criterion, Method, Pruned, Scope, Scorer, Units
 from .data import PruneData
 from .errors import PruningError
-from .mask import Mask, count
+from .mask import Mask, count, keep_pruned
 from .methods import GLOBAL, L2, OUTPUT_LAYERS, _full_masks, _prober, _setup, prunable_layers
 from .plan import plan_of
 
@@ -272,11 +272,8 @@ class Width(Method):
             for block, neurons in zip(blocks, keep, strict=True):
                 _zero_neurons(masks, channels, block, neurons)
                 sets[block.names["up"]] = (len(neurons), count(neurons), (len(neurons),))
-        if mask is not None:
-            for name, old in mask.masks.items():
-                masks[name] = masks[name] & old.cpu() if name in masks else old.cpu()
-            for name, old in mask.channels.items():
-                channels[name] = channels[name] & old.cpu() if name in channels else old.cpu()
+        keep_pruned(masks, mask.masks if mask is not None else None)
+        keep_pruned(channels, mask.channels if mask is not None else None)
         prunable = tuple(f"{n}.weight" for n in prunable_layers(model, self.ignore))
         described = {"blocks": path, **{k: v for k, v in dataclasses.asdict(layout).items() if v is not None}}
         result = Mask(masks, prunable, channels=channels, layout=described)
