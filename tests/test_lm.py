@@ -355,9 +355,17 @@ def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_i
         "perplexity_vs_sparsity/sparsegpt-local-l2",
         "perplexity_vs_sparsity/wanda-local-l2",
     }
+    speed = analysis.speed_points(df).set_index("method")
+    for method in ("sparsegpt", "wanda"):  # the speed table: each point's runs averaged
+        ms = [r.data.metrics for r in pruned if r.data.params["method"] == method]
+        assert speed.loc[method, "tokens_per_s"] == pytest.approx(sum(m["cost.ratio.tokens_per_s"] for m in ms) / 2)
+        assert speed.loc[method, "perplexity"] == pytest.approx(sum(m["test_perplexity"] for m in ms) / 2)
+        assert speed.loc[method, "perplexity_pruned"] == pytest.approx(sum(m["pruned.test_perplexity"] for m in ms) / 2)
     written = analysis.write_report(df, workdir / "report")
     assert workdir / "report" / "perplexity_vs_sparsity.png" in written
-    assert "## Perplexity vs sparsity" in (workdir / "report" / "summary.md").read_text()
+    assert workdir / "report" / "perplexity_vs_tokens_per_s.png" in written
+    summary = (workdir / "report" / "summary.md").read_text()
+    assert "## Perplexity vs sparsity" in summary and "## Perplexity vs tokens per second" in summary
 
 
 def test_a_structured_lm_run_fine_tunes_the_shrunk_model_and_its_hand_over_files_score_per_token(cli, workdir):

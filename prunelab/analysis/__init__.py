@@ -383,6 +383,71 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, ax=None):
     return ax.figure
 
 
+TOKENS_RATIO = Metric.cost_ratio("tokens_per_s")
+
+
+def speed_points(df: pd.DataFrame) -> pd.DataFrame:
+    """A language model's points: test perplexity right after pruning and after fine-tuning, and
+    tokens per second as a multiple of the dense model's (cost ledger), seeds averaged. Empty for
+    other studies."""
+    pruned = df[(df["role"] == Role.PRUNED) & (df["status"] == "FINISHED")]
+    before = Metric.at(Metric.PRUNED, Metric.TEST_PERPLEXITY)
+    if not {TOKENS_RATIO, Metric.TEST_PERPLEXITY} <= set(pruned.columns) or pruned[TOKENS_RATIO].isna().all():
+        return pd.DataFrame()
+    if "variant" not in pruned.columns:
+        pruned = pruned.assign(variant="")
+    if before not in pruned.columns:
+        pruned = pruned.assign(**{before: float("nan")})
+    return (
+        pruned.groupby(POINT, dropna=False)
+        .agg(
+            perplexity_pruned=(before, "mean"),
+            perplexity=(Metric.TEST_PERPLEXITY, "mean"),
+            perplexity_std=(Metric.TEST_PERPLEXITY, "std"),
+            seeds=(Metric.TEST_PERPLEXITY, "count"),
+            tokens_per_s=(TOKENS_RATIO, "mean"),
+        )
+        .reset_index()
+    )
+
+
+def plot_perplexity_vs_tokens_per_s(df: pd.DataFrame, ax=None):
+    """Test perplexity (log scale) vs tokens per second as a multiple of the dense model's, one
+    line per curve, each point labelled with its ratio; the dense model at 1x."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    points = speed_points(df)
+    for key, curve in points.groupby(CURVE, dropna=False):
+        curve = curve.sort_values("tokens_per_s")
+        (line,) = ax.plot(
+            curve["tokens_per_s"], curve["perplexity"], marker="o", label=curve_name(key).replace("-", " / ")
+        )
+        if (curve["seeds"] > 1).any():
+            ax.errorbar(
+                curve["tokens_per_s"], curve["perplexity"], yerr=curve["perplexity_std"].fillna(0), fmt="none",
+                color=line.get_color(),
+            )  # fmt: skip
+        for _, row in curve.iterrows():
+            ax.annotate(
+                f"{row['ratio']:g}", (row["tokens_per_s"], row["perplexity"]), fontsize="x-small",
+                textcoords="offset points", xytext=(3, 3),
+            )  # fmt: skip
+    dense = df[(df["role"] == Role.DENSE) & (df["status"] == "FINISHED")]
+    if len(dense) and Metric.TEST_PERPLEXITY in dense.columns:
+        ax.plot(
+            [1.0], [dense[Metric.TEST_PERPLEXITY].mean()], marker="*", markersize=12, color="black",
+            linestyle="none", label="dense",
+        )  # fmt: skip
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    ax.set_xlabel("tokens per second (multiple of dense; cost ledger, one CPU thread)")
+    ax.set_ylabel("test perplexity (log scale)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return ax.figure
+
+
 # Curve axes logged as MLflow metric series: name -> (column, the dense model's position on it).
 # Each axis plots a value: test accuracy, or test perplexity for language models.
 CURVE_AXES = {
@@ -509,6 +574,25 @@ def summary_note(df: pd.DataFrame) -> str:
             f"\n## Perplexity vs sparsity\n\nDense model: test perplexity {dense_ppl.mean():.3f}.\n\n"
             f"{markdown_table(ppl.drop(columns=[c for c in shared if c in ppl.columns]), floatfmt='.3f')}\n"
         )
+    speed = speed_points(df)
+    if not speed.empty:
+        speed = speed.drop(columns=[c for c in shared if c in speed.columns])
+        if (speed["variant"].fillna("") == "").all():
+            speed = speed.drop(columns="variant")
+        speed = speed.rename(
+            columns={
+                "perplexity_pruned": "perplexity, pruned",
+                "perplexity": "perplexity, fine-tuned",
+                "perplexity_std": "± std",
+                "tokens_per_s": "tokens/s (× dense)",
+            }
+        )
+        note += (
+            "\n## Perplexity vs tokens per second\n\nTest perplexity right after pruning and after fine-tuning; "
+            "tokens per second of the model as handed over, a multiple of the dense model's (cost ledger: "
+            "one CPU thread, batch 64 windows), seeds averaged.\n\n"
+            f"{markdown_table(speed, floatfmt='.3f')}\n"
+        )
     deployment = deployment_points(df)
     if not deployment.empty and deployment["form"].nunique() > 1:
         wide = deployment.pivot_table(
@@ -546,6 +630,10 @@ def write_report(df: pd.DataFrame, out: Path) -> list[Path]:
     if Metric.TEST_PERPLEXITY in df.columns and df[Metric.TEST_PERPLEXITY].notna().any():
         written.append(out / "perplexity_vs_sparsity.png")
         plot_perplexity_vs_sparsity(df).savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close("all")
+    if not speed_points(df).empty:
+        written.append(out / "perplexity_vs_tokens_per_s.png")
+        plot_perplexity_vs_tokens_per_s(df).savefig(written[-1], dpi=120, bbox_inches="tight")
         plt.close("all")
     if not deployment_points(df).empty:
         written.append(out / "accuracy_vs_latency.png")
