@@ -62,6 +62,17 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.Modu
     return None
 
 
+def required_blocks(model: nn.Module, path: str | None, method: str) -> tuple[str, nn.ModuleList]:
+    """:func:`find_blocks`, for a method that needs them: one line naming ``method`` where there are none."""
+    found = find_blocks(model, path)
+    if found is None:
+        raise PruningError(
+            f"method={method}: the model has no repeated blocks where known models keep them; set "
+            "method.blocks to the attribute path of its nn.ModuleList of blocks"
+        )
+    return found
+
+
 @dataclass
 class Inputs:
     """What one block receives for one batch: positional and keyword arguments, the hidden states
@@ -137,4 +148,4 @@ def advance(block: nn.Module, inputs: list[Inputs]) -> list[Inputs]:
     return [one.replaced(out) for one, out in zip(inputs, run(block, inputs), strict=True)]
 
 
-__all__ = ["KNOWN", "Inputs", "advance", "capture", "find_blocks", "run"]
+__all__ = ["KNOWN", "Inputs", "advance", "capture", "find_blocks", "required_blocks", "run"]

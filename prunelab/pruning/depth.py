@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blocks import Inputs, capture, find_blocks, run
+from .blocks import Inputs, capture, required_blocks, run
 from .contracts import Criterion, Method, Pruned, Scope
 from .data import TRAIN, PruneData
 from .errors import PruningError, check_positive
@@ -92,13 +92,7 @@ class Blocks(Method):
         data: PruneData | None = None,
         mask: Mask | None = None,
     ) -> Pruned:
-        found = find_blocks(model, self.blocks)
-        if found is None:
-            raise PruningError(
-                "method=blocks: the model has no repeated blocks where known models keep them; set "
-                "method.blocks to the attribute path of its nn.ModuleList of blocks"
-            )
-        path, modules = found
+        path, modules = required_blocks(model, self.blocks, "blocks")
         count = len(modules)
         drop = round(ratio * count)
         if drop >= count:

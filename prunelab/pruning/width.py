@@ -44,12 +44,11 @@ import torch
 from torch import nn
 
 from .allocation import allocate
-from .blocks import find_blocks
-from .contracts import Coupled, Criterion, Method, Pruned, Scope, Scorer, Units
-from .data import PruneData
+from .blocks import required_blocks
+from .contracts import Coupled, Pruned, Scorer, Units
 from .errors import PruningError
 from .mask import Mask, count, keep_pruned
-from .methods import GLOBAL, L2, OUTPUT_LAYERS, _full_masks, _prober, _setup, prunable_layers
+from .methods import OUTPUT_LAYERS, Given, _full_masks, _Pattern, _prober, prunable_layers
 from .plan import plan_of
 
 HEADS = ("kv", "query", "none")
@@ -214,7 +213,7 @@ def _normalised(scores: torch.Tensor, alive: torch.Tensor, normalize: str, name:
 
 
 @dataclass
-class Width(Method):
+class Width(_Pattern):
     """Width pruning (the module docstring): ``ratio`` of the attention heads and of the MLP
     channels of every block."""
 
@@ -234,27 +233,10 @@ class Width(Method):
         if self.heads == "none" and not self.mlp:
             raise PruningError("method=width with heads=none and mlp=false prunes nothing")
 
-    def __call__(
-        self,
-        model: nn.Module,
-        ratio: float,
-        *,
-        scope: Scope = GLOBAL,
-        criterion: Criterion = L2,
-        seed: int = 0,
-        example_inputs: torch.Tensor | None = None,
-        data: PruneData | None = None,
-        mask: Mask | None = None,
-    ) -> Pruned:
-        found = find_blocks(model, self.blocks)
-        if found is None:
-            raise PruningError(
-                "method=width: the model has no repeated blocks where known models keep them; set "
-                "method.blocks to the attribute path of its nn.ModuleList of blocks"
-            )
+    def select(self, model: nn.Module, ratio: float, given: Given) -> Pruned:
+        path, modules = required_blocks(model, self.blocks, "width")
         layout = layout_of(model, self.layout)
-        scorer, scope, prepared = _setup(model, ratio, criterion, scope, data, seed)
-        path, modules = found
+        scorer, scope, prepared, mask = given.scorer, given.scope, given.data, given.mask
         blocks = _blocks(model, path, len(modules), layout)
         masks = _full_masks(model)
         channels: dict[str, torch.Tensor] = {}
