@@ -148,12 +148,13 @@ print(json.dumps(any(m.startswith("prunelab") for m in sys.modules)))
         ("gpt2", dict(scope="local", heads="none"), True),
         ("gpt2", dict(scope="local"), False),  # its config derives the head size from the hidden size
         ("llama", dict(scope="global"), False),  # blocks of different widths
+        ("llama", dict(scope="local", ratio=0.25), False),  # 6 heads: LLaMA's config wants hidden % heads == 0
     ],
-    ids=["llama", "opt-mlp", "gpt2-mlp", "gpt2-heads", "llama-global"],
+    ids=["llama", "opt-mlp", "gpt2-mlp", "gpt2-heads", "llama-global", "llama-6-heads"],
 )
 def test_the_folder_loads_in_a_fresh_process_without_prunelab(arch, options, loadable, tmp_path, caplog):
     model = model_of(arch)
-    small = shrink(model, prune(model, method="width", ratio=0.5, data=data(), **options).mask, tokens(1))
+    small = shrink(model, prune(model, method="width", **{"ratio": 0.5, **options}, data=data()).mask, tokens(1))
     files = hf_files(small)
     assert ("model/hf/model.safetensors" in files) == loadable
     assert ("model/hf/load_pruned.py" in files) == (not loadable)

@@ -484,18 +484,26 @@ def _set_heads(attention: nn.Module, heads: int, kv: int, head_dim: int) -> None
 
 def _set_config(config: Any, heads: int, kv: int, inner: int, head_dim: int) -> None:
     """A Hugging Face config stating the new widths. Head counts only where the config states the
-    head size itself (LLaMA's ``head_dim``): where it derives it from the hidden size (GPT-2, OPT)
-    fewer heads cannot be said, and the hand-over says so (``deploy/hf.py``)."""
+    head size itself (LLaMA's ``head_dim``) and its own checks accept them (LLaMA's still wants the
+    hidden size a multiple of the heads): otherwise (GPT-2 and OPT derive the head size from the
+    hidden size) fewer heads cannot be said, the config keeps its own, and the hand-over says so
+    (``deploy/hf.py``)."""
     for key in _MLP_FIELDS:
         if hasattr(config, key):
             setattr(config, key, inner)
-    if getattr(config, "head_dim", None) is not None:
-        config.head_dim = head_dim
-        for key in _HEADS_FIELDS:
-            if hasattr(config, key):
-                setattr(config, key, heads)
-        if hasattr(config, "num_key_value_heads"):
-            config.num_key_value_heads = kv
+    if getattr(config, "head_dim", None) is None:
+        return
+    fields = [k for k in (*_HEADS_FIELDS, "num_key_value_heads", "head_dim") if hasattr(config, k)]
+    before = {k: getattr(config, k) for k in fields}
+    wanted = {"num_key_value_heads": kv, "head_dim": head_dim}
+    for key in fields:
+        setattr(config, key, wanted.get(key, heads))
+    try:
+        if callable(getattr(config, "validate", None)):
+            config.validate()
+    except Exception:  # the architecture's own check refuses these counts: keep the stated ones
+        for key, value in before.items():
+            setattr(config, key, value)
 
 
 __all__ = ["HEAD_ATTRIBUTES", "KNOWN", "Layout", "Width", "layout_of", "remove_units"]
