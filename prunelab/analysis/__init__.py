@@ -275,8 +275,16 @@ def _plot_curves(df: pd.DataFrame, x: str, xlabel: str, ax=None, y: str = Metric
     ax.set_xlabel(xlabel)
     ax.set_ylabel(y.replace("_", " "))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax)
     return ax.figure
+
+
+def _legend(ax) -> None:
+    """The legend in the axes, or below them where its labels are long (a study's variants)."""
+    if max((len(t) for t in ax.get_legend_handles_labels()[1]), default=0) > 40:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0, -0.15))
+    else:
+        ax.legend(fontsize="small")
 
 
 def plot_accuracy_vs_sparsity(df: pd.DataFrame, ax=None):
@@ -417,11 +425,10 @@ def plot_perplexity_vs_tokens_per_s(df: pd.DataFrame, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
     points = speed_points(df)
-    for key, curve in points.groupby(CURVE, dropna=False):
+    for key, curve in points.groupby(["method", "scope", "criterion", "variant"], dropna=False):
         curve = curve.sort_values("tokens_per_s")
-        (line,) = ax.plot(
-            curve["tokens_per_s"], curve["perplexity"], marker="o", label=curve_name(key).replace("-", " / ")
-        )
+        label = curve_name(key).replace("-", " / ")
+        (line,) = ax.plot(curve["tokens_per_s"], curve["perplexity"], marker="o", label=label)
         if (curve["seeds"] > 1).any():
             ax.errorbar(
                 curve["tokens_per_s"], curve["perplexity"], yerr=curve["perplexity_std"].fillna(0), fmt="none",
@@ -444,7 +451,7 @@ def plot_perplexity_vs_tokens_per_s(df: pd.DataFrame, ax=None):
     ax.set_xlabel("tokens per second (multiple of dense; cost ledger, one CPU thread)")
     ax.set_ylabel("test perplexity (log scale)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
+    _legend(ax)
     return ax.figure
 
 
