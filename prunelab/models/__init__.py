@@ -3,7 +3,17 @@ makes any of them (or a user's ``nn.Module`` factory, by ``model._target_``) for
 
 from .build import ModelError, build
 from .lm import CausalLM, TinyGPT, hf_causal_lm, tiny_gpt
-from .vision import ResNet, lenet5, lenet5_caffe, lenet5_classic, lenet300_100, resnet20, vgg_small
+from .vision import (
+    ResNet,
+    lenet5,
+    lenet5_caffe,
+    lenet5_classic,
+    lenet300_100,
+    resnet20,
+    resnet_cifar,
+    vgg_cifar,
+    vgg_small,
+)
 
 __all__ = [
     "CausalLM",
@@ -17,6 +27,8 @@ __all__ = [
     "lenet5_classic",
     "lenet300_100",
     "resnet20",
+    "resnet_cifar",
     "tiny_gpt",
+    "vgg_cifar",
     "vgg_small",
 ]

@@ -1,4 +1,5 @@
-"""The built-in vision models: LeNets, a small VGG and a CIFAR-style ResNet.
+"""The built-in vision models: LeNets, a small VGG, and the CIFAR networks of the pruning papers'
+tables (ResNet-20/32/44/56/110, VGG-11/13/16/19 with BatchNorm).
 
 Each factory takes the input shape and class count from the dataset, so every model runs on every
 dataset (LeNet-300-100 on 8x8 digits gets 64 inputs). The layer that produces the logits is always
@@ -149,3 +150,48 @@ class ResNet(nn.Module):
 def resnet20(in_shape=(3, 32, 32), num_classes: int = 10, width: int = 16) -> nn.Module:
     """CIFAR-style ResNet-20 (3 stages x 3 basic blocks, widths w, 2w, 4w)."""
     return ResNet(3, in_shape, num_classes, width)
+
+
+RESNET_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+
+
+def resnet_cifar(in_shape=(3, 32, 32), num_classes: int = 10, depth: int = 56, width: int = 16) -> nn.Module:
+    """The CIFAR ResNets of He et al. 2016 (section 4.2): ``depth = 6n + 2``, three stages of ``n``
+    basic blocks at widths w, 2w, 4w. The shortcut where the shape changes is a 1x1 convolution +
+    BatchNorm (option B) rather than the paper's zero-padded identity (option A): it gives the
+    residual channels a layer of their own to prune with, and adds 2,752 parameters to the paper's
+    count (ResNet-56: 853,018 -> 855,770; ResNet-110: 1,727,962 -> 1,730,714, at 10 classes)."""
+    if depth not in RESNET_CIFAR_DEPTHS:
+        depths = ", ".join(map(str, RESNET_CIFAR_DEPTHS))
+        raise ModelError(f"model.depth={depth} is not a CIFAR ResNet depth: expected one of {depths}")
+    return ResNet((depth - 2) // 6, in_shape, num_classes, width)
+
+
+# Convolution widths of VGG's configurations A, B, D and E (Simonyan & Zisserman 2015); "M": 2x2 max-pool.
+VGG_CIFAR_LAYERS: dict[int, tuple[int | str, ...]] = {
+    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
+
+
+def vgg_cifar(in_shape=(3, 32, 32), num_classes: int = 10, depth: int = 16) -> nn.Module:
+    """VGG-11/13/16/19 with BatchNorm after every convolution, as the CIFAR pruning papers use it:
+    the ImageNet network's convolutions, one linear classifier on the 512 features of the 1x1 map
+    (VGG-16: 14.7M parameters at 10 classes). A pool is skipped where the map is already 1x1, so
+    smaller inputs work too."""
+    if depth not in VGG_CIFAR_LAYERS:
+        raise ModelError(f"model.depth={depth} is not a VGG depth: expected one of 11, 13, 16, 19")
+    layers: list[nn.Module] = []
+    c, side = in_shape[0], min(in_shape[1:])
+    for v in VGG_CIFAR_LAYERS[depth]:
+        if v == "M":
+            if side >= 2:
+                layers.append(nn.MaxPool2d(2))
+                side //= 2
+        else:
+            layers += [nn.Conv2d(c, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU()]
+            c = int(v)
+    layers.append(nn.AdaptiveAvgPool2d(1))
+    return _Classified(nn.Sequential(*layers), nn.Sequential(nn.Linear(c, num_classes)))
