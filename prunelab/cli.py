@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import signal
 import sys
@@ -177,6 +178,12 @@ def preflight(args: list[str]) -> None:
         parsed_args = get_args_parser().parse_args(args)
     except SystemExit:  # argparse already printed its usage message
         raise ConfigError("cannot parse the command line (see usage above)") from None
+    if parsed_args.multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        launcher = next((o.split("=", 1)[1] for o in parsed_args.overrides if o.startswith("hydra/launcher=")), "basic")
+        raise ConfigError(
+            f"torchrun starts the processes of one run, and -m (hydra/launcher={launcher}) starts a sweep's "
+            "points: they cannot be combined; run each point as its own torchrun command, or sweep without torchrun"
+        )
     if parsed_args.config_path:
         return
     primary = (parsed_args.config_dir or str(conf_dir()), parsed_args.config_name or "config")
@@ -226,7 +233,7 @@ def _task(cfg: DictConfig):
             log.error("point %s failed: %s", " ".join(job_overrides()), e, exc_info=True)
             return None
     try:
-        return run(cfg)["test_accuracy"]
+        return run(cfg).get("test_accuracy")  # (a rank other than 0 records nothing)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the run already ended KILLED with what it had logged.
         fail("interrupted: the run ends KILLED; the same command finishes the work", status=130)

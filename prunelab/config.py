@@ -30,13 +30,25 @@ from .paths import conf_dir
 from .plugins import check_options, locate, read_option
 
 # Config groups whose chosen option names a run (the experiment, the run, its params).
-GROUPS = ("model", "dataset", "method", "criterion", "scope", "schedule", "recipe", "quantize", "codebook")
+GROUPS = (
+    "model",
+    "dataset",
+    "augment",
+    "method",
+    "criterion",
+    "scope",
+    "schedule",
+    "recipe",
+    "quantize",
+    "codebook",
+)
 # Groups whose shipped options compose against a schema derived from their class.
 TYPED_GROUPS = ("method", "criterion", "scope", "schedule")
 # Plug-in nodes whose options are checked against their _target_ (group -> where it sits).
 PLUGIN_NODES = {
     "model": "model",
     "dataset": "dataset",
+    "augment": "augment",
     "method": "method",
     "criterion": "criterion",
     "scope": "scope",
@@ -84,15 +96,36 @@ class TrainConfig:
     lr: float = 2e-3
     # A partial optimizer (torch.optim.X with _partial_: true); lr is passed separately.
     optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True})
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # cosine | step (lr x gamma after each of milestones, in epochs) | constant
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    # How fast, also for fine-tuning: autocast (32 | bf16 | fp16), NHWC layout, torch.compile.
+    precision: str = "32"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch
 
     def __post_init__(self):
         if self.epochs < 0:  # 0: the model as built is the dense model (a pretrained checkpoint)
             raise ConfigError(f"train.epochs={self.epochs} must be >= 0")
-        for key in ("batch_size", "lr"):
+        for key in ("batch_size", "lr", "gamma"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be > 0")
-        check_choice("train.schedule", self.schedule, ("cosine", "constant"))
+        check_schedule("train", self.schedule, self.milestones)
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"train.label_smoothing={self.label_smoothing}: expected 0 <= label_smoothing < 1")
+        check_choice("train.precision", str(self.precision), ("32", "bf16", "fp16"))
+
+
+def check_schedule(where: str, schedule: str, milestones) -> None:
+    check_choice(f"{where}.schedule", schedule, ("cosine", "step", "constant"))
+    if schedule == "step" and not milestones:
+        raise ConfigError(f"{where}.schedule=step needs {where}.milestones, e.g. [100, 150] (epochs)")
+    if schedule != "step" and milestones:
+        raise ConfigError(f"{where}.milestones are the step schedule's: set {where}.schedule=step")
+    if list(milestones) != sorted(set(milestones)) or any(m < 1 for m in milestones):
+        raise ConfigError(f"{where}.milestones={list(milestones)}: expected increasing epochs >= 1")
 
 
 @dataclass
@@ -100,6 +133,7 @@ class FinetuneConfig:
     epochs: int = 6
     lr: float = 2e-3
     schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
     # Structured: fine-tune the physically shrunk network (same function, fewer channels, faster);
     # false fine-tunes the masked full-size one. Unstructured always fine-tunes masked.
     shrink: bool = True
@@ -114,7 +148,7 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.epochs={self.epochs} must be >= 0")
         if not self.lr > 0:
             raise ConfigError(f"finetune.lr={self.lr} must be > 0")
-        check_choice("finetune.schedule", self.schedule, ("cosine", "constant"))
+        check_schedule("finetune", self.schedule, self.milestones)
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"finetune.alpha={self.alpha}: expected 0 <= alpha <= 1")
         if not self.temperature > 0:
@@ -122,6 +156,14 @@ class FinetuneConfig:
         for option in ("alpha", "temperature"):
             if not self.distill and getattr(self, option) != getattr(FinetuneConfig, option):
                 raise ConfigError(f"finetune.{option} is distillation's option: it needs finetune.distill=true")
+
+
+@dataclass
+class DenseConfig:
+    # A trained model to start from instead of training one: a state dict (.pt/.pth/.safetensors)
+    # or a module saved whole. It is the dense model: evaluated and logged, never trained.
+    checkpoint: str | None = None
+    strict: bool = True  # every key of the model and the checkpoint matched (false: the ones that match)
 
 
 @dataclass
@@ -154,6 +196,7 @@ class EvalConfig:
 class Config:
     model: Any = MISSING
     dataset: Any = MISSING
+    augment: Any = None  # conf/augment/: none (empty) or the training batches' augmentation plug-in
     method: Any = MISSING  # conf/method/: the pattern plug-in
     criterion: Any = MISSING  # conf/criterion/: the importance plug-in
     scope: Any = MISSING  # conf/scope/: the allocation plug-in
@@ -173,6 +216,7 @@ class Config:
     calibration_seed: int | None = None
     device: str = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -71,6 +71,10 @@ class Metric:
     PARAMS_PRUNABLE, PARAMS_PRUNABLE_NONZERO = "params.prunable", "params.prunable_nonzero"
     BUDGET_RATIO = "budget.ratio"  # the ratio a MACs budget search found
     PRUNE_SECONDS = "time.prune_s"  # the mask (and SparseGPT's update), no evaluation
+    # One run across processes (torchrun): how many, and whether every rank computed the same mask
+    # and ended with the same weights (1.0) before rank 0's were kept (prunelab.experiment.distributed).
+    RANKS_WORLD = "ranks.world"
+    RANKS_MASKS_IDENTICAL, RANKS_WEIGHTS_IDENTICAL = "ranks.masks_identical", "ranks.weights_identical"
 
     # Figures after a stage (see at()): the dense model, right after pruning, after fine-tuning.
     DENSE, PRUNED, FINETUNED = "dense", "pruned", "finetuned"

@@ -42,7 +42,8 @@ def test_every_option_composes_against_the_schema(make_cfg, group, option):
     if group == "recipe":  # a recipe sets the training numbers and names itself
         assert cfg.recipe == option and callable(get_object(cfg.train.optimizer._target_))
     else:  # every other group's option is a plug-in named by _target_ (or, quantize=none, nothing)
-        assert callable(get_object(cfg[group]._target_)) if cfg[group] else (group, option) == ("quantize", "none")
+        none = (group, option) in (("quantize", "none"), ("augment", "none"))
+        assert callable(get_object(cfg[group]._target_)) if cfg[group] else none
         assert cfg.choices[group] == option
 
 
@@ -75,7 +76,10 @@ def test_the_defaults_are_valid(make_cfg):
         ("train.epochs=-1", ["train.epochs=-1", ">= 0"]),
         ("train.batch_size=-8", ["train.batch_size=-8", "> 0"]),
         ("train.lr=0", ["train.lr=0", "> 0"]),
-        ("train.schedule=step", ["train.schedule='step'", "cosine, constant"]),
+        ("train.schedule=linear", ["train.schedule='linear'", "cosine, step, constant"]),
+        ("train.schedule=step", ["train.schedule=step needs train.milestones", "[100, 150]"]),
+        ("finetune.milestones=[5]", ["finetune.milestones are the step schedule's", "finetune.schedule=step"]),
+        ("train.precision=fp8", ["train.precision='fp8'", "32, bf16, fp16"]),
         ("finetune.lr=0", ["finetune.lr=0", "> 0"]),
         ("finetune.epochs=-1", ["finetune.epochs=-1", ">= 0"]),
     ],

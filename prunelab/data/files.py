@@ -34,6 +34,12 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(Path(path))
 
 
+def file_digest(path: Path) -> str:
+    """A file's SHA-256, read once per process while its size and modification time stay the same."""
+    stat = path.stat()
+    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def folder_digest(folder: Path) -> str:
     """One SHA-256 over a folder's files (their relative names and contents), e.g. a model
     checkpoint's: the same files anywhere give the same digest. Each file is read once per process

@@ -1,16 +1,19 @@
-"""A dataset as prunelab uses it: in-memory train / validation / test tensors.
+"""A dataset as prunelab uses it: train / validation (for choices) / test (for reported numbers)
+splits, already standardised with statistics of the training split.
 
-Every dataset here is small enough to live in memory, so batches are taken by indexing with a
-permutation (``prunelab.experiment.train.batches``) instead of a per-sample Python ``Dataset``.
-Each loader returns :class:`Splits`: train / validation (for choices) / test (for reported
-numbers), already standardised with statistics of the training split.
+A dataset that fits in memory is a :class:`Split` of tensors, batched by indexing with a seeded
+permutation (on a GPU, on the device) instead of a per-sample Python ``Dataset``; one that does
+not (a folder of ImageNet images, ``folder.py``) streams through ``DataLoader`` workers. Both
+offer the same few methods: ``batches`` (shuffled or in order, augmented or not, a rank's part of
+each global batch), ``example``, ``head``, ``shape``, ``device``, ``to``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,16 +26,58 @@ def labelled(y: torch.Tensor) -> int:
     return int((y != IGNORE).sum())
 
 
+# A training batch's augmentation: (standardised inputs, the batch's generator) -> inputs.
+BatchAugment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class Split:
+    """Inputs and labels in memory; ``augment`` transforms every shuffled (training) batch."""
+
     x: torch.Tensor
     y: torch.Tensor
+    augment: BatchAugment | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
     def to(self, device) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+        return dataclasses.replace(self, x=self.x.to(device), y=self.y.to(device))
+
+    def example(self) -> torch.Tensor:
+        """One input, as the model takes it (tracing, shapes)."""
+        return self.x[:1]
+
+    def head(self, n: int) -> Split:
+        """The first ``n`` samples, unaugmented."""
+        return Split(self.x[:n], self.y[:n])
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Mini-batches: shuffled by ``generator`` and augmented (training), or in order. With
+        ``shard=(rank, world)`` each global batch of ``batch_size`` yields only the rank's part of it,
+        so ``world`` processes together take the steps one process would."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        order = order.to(self.x.device)
+        rank, world = shard
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if world > 1:
+                idx = idx.tensor_split(world)[rank]
+            x = self.x[idx] if generator is not None or world > 1 else self.x[start : start + batch_size]
+            if generator is not None and self.augment is not None:
+                x = self.augment(x, generator)
+            yield x, self.y[idx]
 
 
 @dataclass(frozen=True)
@@ -54,7 +99,24 @@ class Splits:
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        return self.train.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
+
+    def augmented(self, augment: Any) -> Splits:
+        """These splits with ``augment`` (an ``augment`` plug-in, ``prunelab.data.augment``; None:
+        none) applied to every training batch: in memory to the standardised batch, streamed to
+        each image as a worker decodes it."""
+        if augment is None:
+            return self
+        if isinstance(self.train, Split):
+            mean, std = self.mean, self.std
+            return dataclasses.replace(
+                self, train=dataclasses.replace(self.train, augment=lambda x, g: augment.batch(x, g, mean, std))
+            )
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, augment=augment))
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs ``x`` of a split as the hand-over files take them, on the CPU: the
@@ -95,3 +157,15 @@ def make_splits(name, x_train, y_train, x_test, y_test, num_classes, val_size, s
         std=std.item(),
         test_raw=x_test,
     )
+
+
+# The most samples of a streamed split held in memory at once (1,000 ImageNet images: 0.6 GB), for
+# the hand-over's checks, a quantizer's calibration and what pruning looks at.
+IN_MEMORY = 1000
+
+
+def in_memory(split: Any, limit: int = IN_MEMORY, seed: int = 0) -> Split:
+    """``split`` itself when it is in memory; else ``limit`` of its samples drawn by ``seed``, loaded."""
+    if isinstance(split, Split):
+        return split
+    return split.subset(limit, seed).head(limit) if len(split) > limit else split.head(limit)

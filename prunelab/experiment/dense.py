@@ -27,6 +27,7 @@ from ..data.files import file_sha256
 from ..data.splits import Splits
 from ..names import Metric, Role, Tag
 from ..tracking import store
+from .distributed import Ranks
 from .keys import RunKey, dense_tags
 from .measure import layer_table, sparsity_summary
 from .train import EpochResult, Recipe, evaluate, perplexity, train
@@ -182,12 +183,15 @@ class DenseRun:
             }
         )
 
-    def train(self, model, data: Splits, recipe: Recipe, seed: int) -> tuple[list[EpochResult], float, float]:
+    def train(
+        self, model, data: Splits, recipe: Recipe, seed: int, ranks: Ranks | None = None
+    ) -> tuple[list[EpochResult], float, float]:
         """Train ``model`` (the dense cache calls this) with the run open; returns its history and
-        validation and test accuracy."""
+        validation and test accuracy. With ``ranks`` (rank 0's call) the other ranks train along."""
         with self._open() as run:
             run.log_params(self.params)
-            history = train(model, data, recipe, seed, on_epoch=lambda e: self._log_epoch(run, e), desc="dense")
+            on_epoch = lambda e: self._log_epoch(run, e)
+            history = train(model, data, recipe, seed, on_epoch=on_epoch, desc="dense", ranks=ranks)
             val_accuracy, test_accuracy = evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
             self._log_result(run, model, data, val_accuracy, test_accuracy)
         return history, val_accuracy, test_accuracy

@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.files import folder_digest
+from ..data.files import file_digest, folder_digest
 from ..names import Role, Tag
 from ..paths import conf_dir
 from ..plugins import read_option
@@ -37,6 +37,8 @@ NAMED = ("model", "dataset", "method", "criterion", "scope", "schedule")
 RESULT_PARTS = (
     "model",
     "dataset",
+    "augment",
+    "dense",
     "method",
     "criterion",
     "scope",
@@ -65,7 +67,18 @@ VERIFIED = {"url", "sha256", "verify"}
 # Folders known by their contents, not their path: a checkpoint moved is the same model, one
 # overwritten in place is another (a hub name stays a name, with its model.revision).
 CONTENTS = ("model.pretrained", "dataset.tokenizer")
-DENSE_PARTS = ("model", "dataset", "train", "seed")
+DENSE_PARTS = ("model", "dataset", "augment", "dense", "train", "seed")
+# Options added to train / finetune after runs were keyed without them: at these values a run is
+# the run it was (its keys unchanged, its dense model's cache still used).
+LATER_DEFAULTS = {
+    "milestones": [],
+    "gamma": 0.1,
+    "label_smoothing": 0.0,
+    "precision": "32",
+    "channels_last": False,
+    "compile": False,
+    "sync_bn": False,
+}
 # Bumped when the same config starts to give different numbers or files, or is written differently
 # (2: inputs scaled to [0, 1] before standardisation; 3: criteria, scopes and methods as plug-ins,
 # unstructured keeps one weight per layer; 4: every plug-in a class whose schema is its fields), so
@@ -85,11 +98,12 @@ class RunKey:
     dense_point: str
 
 
-def identity(cfg: DictConfig, device_type: str) -> RunKey:
+def identity(cfg: DictConfig, device_type: str, world: int = 1) -> RunKey:
     """The keys of the run ``cfg`` describes, on a device of ``device_type`` ("auto" means
-    different things on different machines: the key says what actually runs)."""
-    tree = _relevant(cfg, device_type, RESULT_PARTS)  # once: a plan's contents may be a download
-    dense = {**_relevant(cfg, device_type, DENSE_PARTS), "format": DENSE_FORMAT}
+    different things on different machines: the key says what actually runs), across ``world``
+    processes (each with its own BatchNorm statistics: not the run one process makes)."""
+    tree = _relevant(cfg, device_type, RESULT_PARTS, world)  # once: a plan's contents may be a download
+    dense = {**_relevant(cfg, device_type, DENSE_PARTS, world), "format": DENSE_FORMAT}
     return RunKey(_digest(tree), _digest(_without_seeds(tree)), _digest(dense), _digest(_without_seeds(dense)))
 
 
@@ -109,11 +123,21 @@ def _resolved(cfg: DictConfig) -> dict:
     return tree
 
 
-def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
+def _relevant(cfg: DictConfig, device_type: str, parts, world: int = 1) -> dict:
     full = _resolved(cfg)
     tree: dict[str, Any] = {k: full.get(k) for k in parts}
     if "eval" in tree and not (tree["eval"] or {}).get("tasks"):
         tree.pop("eval")
+    if "augment" in tree and not tree["augment"]:  # augment=none: the run it was before augmentation
+        tree.pop("augment")
+    for part in ("train", "finetune"):
+        node = tree.get(part)
+        for option, default in LATER_DEFAULTS.items():
+            if isinstance(node, dict) and node.get(option, default) == default:
+                node.pop(option, None)
+    dense = tree.pop("dense", None) or {}
+    if "dense" in parts and dense.get("checkpoint"):  # a checkpoint by its contents, wherever it lies
+        tree["dense"] = {"checkpoint": "sha256:" + checkpoint_digest(dense["checkpoint"]), "strict": dense["strict"]}
     tuning = tree.get("finetune")
     if isinstance(tuning, dict) and not tuning.get("distill"):  # a run without is the run it was
         for option in DISTILL_OPTIONS:
@@ -142,8 +166,17 @@ def _relevant(cfg: DictConfig, device_type: str, parts) -> dict:
         if isinstance(node, dict) and isinstance(node.get(leaf), str) and Path(node[leaf]).expanduser().is_dir():
             node[leaf] = "files:" + folder_digest(Path(node[leaf]).expanduser())
     tree["device"] = device_type
+    if world > 1:
+        tree["world"] = world
     tree["format"] = FORMAT
     return tree
+
+
+def checkpoint_digest(path: str) -> str:
+    """The SHA-256 of a checkpoint file (read once per process while it is unchanged)."""
+    from ..models.checkpoint import checkpoint_file
+
+    return file_digest(checkpoint_file(path))
 
 
 # --- names ------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ that owns its concern, taking and returning values:
 10. log            the run's metrics and files                         tracking/store.py
 
 ``run(cfg)`` is pure of Hydra: the command line (``cli.py``), sweeps and tests call it with a
-composed config.
+composed config. Started by torchrun, every rank runs the stages up to the prune schedule (rank 0
+deciding, the others following: :func:`_follow`); rank 0 alone records, evaluates and hands over.
 """
 
 from __future__ import annotations
@@ -34,24 +35,25 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ..data.splits import Splits
+from ..data.splits import Splits, in_memory
 from ..deploy.handover import HandedOver, HandoverJob, hand_over
 from ..deploy.ledger import cost_ledger, state_bytes
 from ..deploy.onnx import OnnxModel
 from ..models.build import build
+from ..models.checkpoint import load_checkpoint
 from ..names import Artifact, Metric, Tag
 from ..pruning.data import PruneData
 from ..pruning.pruner import Pruner
 from ..tracking import store
 from ..tracking.ui import run_link
-from . import deferred
+from . import deferred, distributed
 from .dense import DenseResult, DenseRun, dense_model
 from .keys import run_tags
 from .measure import layer_table, sparsity_summary
 from .report import handover_line, report
 from .session import Outcome, RunSession, prune_schedule
 from .settings import Settings
-from .train import evaluate, perplexity, scores, seed_everything
+from .train import evaluate, perplexity, scores, seed_everything, train
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +73,44 @@ def run(
     (its returned metrics lack their accuracies). A run that quantizes hands over at once: its
     ledger times the quantized model."""
     s = Settings.from_config(cfg)  # 1. settings
+    ranks = s.ranks
+    if ranks is not None:
+        distributed.start(ranks, s.device)
+        if not ranks.main:
+            return _follow(s, ranks)
     sweep_tags = dict(sweep_tags or {})
     experiment_id = store.connect(s.tracking.uri, s.experiment)  # 2. identity
     done = _identity(s, experiment_id, sweep_tags)
+    if ranks is not None:
+        ranks.broadcast(done is not None)
     if done is not None:
         return done
-    defer_handover = defer_handover and s.handover and s.quantize is None
+    defer_handover = defer_handover and s.handover and s.quantize is None and ranks is None
     if defer_handover:
         deferred.start()  # the worker imports while this point trains
 
     tags = {**run_tags(s.key, s.names), **sweep_tags}
     try:
-        seed_everything(s.seed)
-        data = s.dataset(seed=s.seed).to(s.device)  # 3. data, model
-        model = build(s.model, data.in_shape, data.num_classes).to(s.device)
+        data, model = _data_and_model(s)  # 3. data, model
         if s.zeroshot is not None:
             s.zeroshot.check(model)
         pruner = _pruner(s, data, model)  # 4. pruner
         init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
         dense_run = DenseRun(experiment_id, s.key, s.dense_params, parent_run_id, sweep_tags)  # 5. dense
         recipe = s.dense_recipe
-        dense = dense_model(
-            model, s.key.dense, s.cache, lambda m: dense_run.train(m, data, recipe, s.seed), recipe.epochs > 0
-        )
+        trained = []
+
+        def train_dense(m):
+            trained.append(True)
+            if ranks is not None:
+                ranks.broadcast("train")  # the other ranks train along
+            return dense_run.train(m, data, recipe, s.seed, ranks)
+
+        dense = dense_model(model, s.key.dense, s.cache, train_dense, recipe.epochs > 0)
+        if ranks is not None:
+            if not trained:
+                ranks.broadcast("loaded")
+            ranks.broadcast_state(model)
         dense_run.log_cached(dense, model, data, s.cache)
     except (Exception, KeyboardInterrupt) as e:
         # The point broke (or was stopped) before its own run opened: record it, so a sweep
@@ -107,6 +124,8 @@ def run(
         # point is the budget, not a ratio).
         active.log_params({**s.params, **({"ratio": "budget"} if s.budget_macs is not None else {})})
         metrics = _dense_figures(dense, model, data)
+        if ranks is not None:
+            metrics[Metric.RANKS_WORLD] = ranks.world
         if s.zeroshot is not None:
             metrics.update({Metric.at(Metric.DENSE, k): v for k, v in s.zeroshot(model, s.device).items()})
         active.log_metrics(metrics)
@@ -115,6 +134,9 @@ def run(
 
         session = RunSession(active, s, model, pruner, data, init, checkpoints, teacher=dense_copy)
         outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
+        if ranks is not None:  # the other ranks are done; they ended with these weights too
+            metrics[Metric.RANKS_WEIGHTS_IDENTICAL] = float(ranks.all_agree(_weights_digest(model)))
+            active.log_metrics({Metric.RANKS_WEIGHTS_IDENTICAL: metrics[Metric.RANKS_WEIGHTS_IDENTICAL]})
         table = layer_table(model, outcome.mask)
         job = _handover_job(s, outcome, data) if s.handover else None
         files = _artifacts(s, model, outcome, table, active.id)
@@ -145,6 +167,48 @@ def run(
     origin = "from cache" if dense.from_cache else ("trained" if s.dense_recipe.epochs else "evaluated, not trained")
     report(s.names, s.ratio, s.budget_macs, metrics, origin, s.tracking.uri, s.tracking.ui, experiment_id)
     return metrics
+
+
+def _data_and_model(s: Settings) -> tuple[Splits, torch.nn.Module]:
+    """The splits (augmented for training as configured) and the network, from a checkpoint when
+    ``dense.checkpoint`` names one; the same on every rank."""
+    seed_everything(s.seed)
+    data = s.dataset(seed=s.seed).augmented(s.augment).to(s.device)
+    model = build(s.model, data.in_shape, data.num_classes)
+    if s.checkpoint is not None:
+        load_checkpoint(model, s.checkpoint, s.strict)
+    return data, model.to(s.device)
+
+
+def _follow(s: Settings, ranks: distributed.Ranks) -> dict[str, Any]:
+    """A rank other than 0: the stages up to the prune schedule, as rank 0 runs them and deciding
+    nothing (rank 0 says whether the run is done and whether the dense model trains), recording
+    nothing. Its training steps are the collectives that make the run one run."""
+    if ranks.broadcast():  # rank 0 found a finished run of this config
+        return {}
+    data, model = _data_and_model(s)
+    pruner = _pruner(s, data, model)
+    init = copy.deepcopy(model.state_dict())
+    if ranks.broadcast() == "train":
+        train(model, data, s.dense_recipe, s.seed, desc="dense", ranks=ranks)
+    ranks.broadcast_state(model)
+    teacher = copy.deepcopy(model)
+    session = RunSession(
+        distributed.Unrecorded(), s, model, pruner, data, init, s.cache / "schedules" / s.key.run, teacher
+    )
+    prune_schedule(s.schedule, session)
+    ranks.all_agree(_weights_digest(model))
+    return {}
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _compact(job: HandoverJob | None) -> bool:
@@ -198,8 +262,10 @@ def _pruner(s: Settings, data: Splits, model: torch.nn.Module) -> Pruner:
         s.criterion,
         s.scope,
         seed=s.calibration_seed,
-        data=PruneData(data.train, data.val, s.train.batch_size, s.calibration_seed, data.calibration),
-        example_inputs=data.train.x[:1],
+        data=PruneData(
+            in_memory(data.train), in_memory(data.val), s.train.batch_size, s.calibration_seed, data.calibration
+        ),
+        example_inputs=data.train.example(),
         budget_macs=s.budget_macs,
     )
     s.schedule.check(pruner.check(model, [s.schedule.first(s.ratio), s.ratio]).mask)
@@ -236,18 +302,19 @@ _COMPACT_COSTS = (Metric.cost("pruned", "file_bytes"), Metric.cost_ratio("file_b
 def _handover_job(s: Settings, outcome: Outcome, data: Splits) -> HandoverJob:
     """What the hand-over needs, as values."""
     # A dataset built without make_splits has no raw inputs: its standardisation is the identity.
-    raw_test = data.test_raw if data.test_raw is not None else data.test.x.cpu()
+    test = in_memory(data.test)  # a streamed split: a sample of it
+    raw_test = data.test_raw if data.test_raw is not None else data.raw(test.x)
     return HandoverJob(
         copy.deepcopy(outcome.shipped).cpu(),
         data.mean,
         data.std,
-        data.train.x[:1].cpu(),
+        data.train.example().cpu(),
         outcome.mask,
         outcome.structured,
-        (raw_test, data.test.y.cpu()),
+        (raw_test, test.y.cpu()),
         s.codebook,
         s.quantize,
-        data.raw(data.val.x) if s.quantize is not None else None,
+        data.raw(in_memory(data.val).x) if s.quantize is not None else None,
         s.tokenizer,
     )
 
@@ -270,7 +337,7 @@ def _ledger(
     return cost_ledger(
         dense,
         model,
-        data.train.x[:1],
+        data.train.example(),
         outcome.mask,
         outcome.shipped if outcome.structured else None,
         s.measure_latency,

@@ -28,6 +28,7 @@ from ..pruning.pruner import Pruner
 from ..pruning.shrink import shrink, unshrink
 from ..tracking import store
 from .dense import atomic_save
+from .distributed import Unrecorded
 from .settings import Settings
 from .train import EpochResult, evaluate, scores, steps_per_epoch, train
 
@@ -42,7 +43,7 @@ class RunSession(Session):
 
     def __init__(
         self,
-        run: store.Run,
+        run: store.Run | Unrecorded,
         settings: Settings,
         model: nn.Module,
         pruner: Pruner,
@@ -58,6 +59,7 @@ class RunSession(Session):
         self.steps_per_epoch = steps_per_epoch(len(data.train), settings.finetune.batch_size)
         self.pruner, self.data, self.train_recipe, self.finetune = pruner, data, settings.train, settings.finetune
         self.shrink_finetuned, self.seed, self.factory = settings.shrink, settings.seed, settings.model
+        self.ranks = settings.ranks
         self.checkpoints = checkpoints / "schedule.pt"
         self.last: Pruned | None = None  # the latest pruning's result
         self.figures: dict[str, float] = {}  # and its figures: pruned.*, time.prune_s, budget.ratio
@@ -68,8 +70,17 @@ class RunSession(Session):
         start = time.perf_counter()
         result = self.pruner(self.model, ratio, mask, last=last)
         seconds = time.perf_counter() - start  # the mask (and SparseGPT's update), no evaluation
+        agreed: dict[str, float] = {}
+        if self.ranks is not None:  # every rank computed it; rank 0's is the one every rank keeps
+            own = result.mask
+            kept = Mask.from_state(self.ranks.broadcast(own.to("cpu").to_state())).to(self.data.device)
+            result = dataclasses.replace(result, mask=kept)
+            agreed = {Metric.RANKS_MASKS_IDENTICAL: float(self.ranks.all_agree(own.digest()))}
         result.mask.apply(self.model)
+        if self.ranks is not None:  # a reconstructing method (SparseGPT) changed the weights too
+            self.ranks.broadcast_state(self.model)
         figures = {
+            **agreed,
             Metric.PRUNE_SECONDS: seconds,
             **scores(self.model, self.data.test, PRUNED_TEST),
             Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY): evaluate(self.model, self.data.val)["accuracy"],
@@ -102,7 +113,7 @@ class RunSession(Session):
         fewer channels; the optimizer starts fresh either way). Otherwise the full-size model
         trains with the mask re-applied after every step."""
         self._calls += 1
-        x1 = self.data.train.x[:1]
+        x1 = self.data.train.example()
         shrunk = (
             shrink(self.model, mask, x1) if mask is not None and mask.structural and self.shrink_finetuned else None
         )
@@ -131,6 +142,7 @@ class RunSession(Session):
             on_epoch=on_epoch,
             desc="fine-tune",
             objective=self.distill,
+            ranks=self.ranks,
         )
         self._epochs_done += epochs
         if shrunk is not None:
@@ -140,7 +152,7 @@ class RunSession(Session):
         return shrunk
 
     def shrunk(self, mask):
-        return shrink(self.model, mask, self.data.train.x[:1]) if mask is not None and mask.structural else None
+        return shrink(self.model, mask, self.data.train.example()) if mask is not None and mask.structural else None
 
     def train(self, net, mask, seed, epochs=None, desc="train") -> None:
         train(
@@ -151,12 +163,13 @@ class RunSession(Session):
             epochs,
             after_step=mask.hold(net) if mask is not None else None,
             desc=desc,
+            ranks=self.ranks,
         )
 
     def fresh(self, seed: int) -> dict:
         torch.manual_seed(self.seed + 10_000 + seed)
         data = self.data
-        return build(self.factory, data.in_shape, data.num_classes).to(data.train.x.device).state_dict()
+        return build(self.factory, data.in_shape, data.num_classes).to(data.device).state_dict()
 
     def evaluate(self, net) -> tuple[float, float]:
         return evaluate(net, self.data.val)["accuracy"], evaluate(net, self.data.test)["accuracy"]
@@ -166,9 +179,14 @@ class RunSession(Session):
 
     def resume(self) -> dict | None:
         path = self.checkpoints
-        return torch.load(path, map_location=self.data.train.x.device, weights_only=True) if path.is_file() else None
+        if self.ranks is not None and not self.ranks.main:  # rank 0's, whatever this rank would find
+            return self.ranks.broadcast()
+        state = torch.load(path, map_location=self.data.device, weights_only=True) if path.is_file() else None
+        return self.ranks.broadcast(state) if self.ranks is not None else state
 
     def checkpoint(self, state: dict) -> None:
+        if self.ranks is not None and not self.ranks.main:
+            return
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(state, self.checkpoints, torch.save)
 

@@ -16,13 +16,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import Config, ConfigError, TrackingConfig, validate
+from ..models.checkpoint import checkpoint_file
 from ..paths import cache_dir as user_cache_dir
 from ..pruning.contracts import Criterion, Method, Schedule, Scope
 from ..pruning.schedules import as_schedule
 from ..redact import redact
 from .distill import Distill
+from .distributed import Ranks, from_environment
 from .keys import RunKey, dense_params, experiment_name, identity, names, params, run_name
-from .train import Recipe
+from .train import Recipe, Speed
 from .zeroshot import ZeroShot
 
 
@@ -39,6 +41,11 @@ class Settings:
     config_yaml: str  # the resolved config, credentials masked (the run's config.yaml)
     model: Callable[..., torch.nn.Module]  # the factory (prunelab.models.build calls it)
     dataset: Callable[..., Any]  # the loader, given the seed
+    augment: Any  # the training batches' augmentation plug-in (prunelab.data.augment), or None
+    checkpoint: Path | None  # dense.checkpoint: the trained weights the dense model is
+    strict: bool  # dense.strict: every key of model and checkpoint must match
+    ranks: Ranks | None  # the processes of this run (torchrun), or None for one
+    sync_bn: bool  # several processes: BatchNorm statistics over the global batch
     method: Method
     criterion: Criterion
     scope: Scope
@@ -49,7 +56,7 @@ class Settings:
     budget_macs: float | None
     device: torch.device
     train: Recipe  # dense training (and a lottery level's retraining)
-    pretrained: bool  # the model is built from a checkpoint (model.pretrained): it is the dense model
+    pretrained: bool  # built from a checkpoint (model.pretrained, dense.checkpoint): it is the dense model
     finetune: Recipe  # fine-tuning: its epochs, lr and schedule, train's optimizer and batch size
     shrink: bool  # structured: fine-tune the physically shrunk network
     distill: Distill | None  # fine-tuning taught by the dense model (finetune.distill)
@@ -72,7 +79,8 @@ class Settings:
     def from_config(cls, cfg: DictConfig) -> Settings:
         """Check ``cfg`` (:func:`prunelab.config.validate`) and resolve it."""
         validate(cfg)
-        device = resolve_device(cfg.device)
+        ranks = from_environment()
+        device = resolve_device(cfg.device, ranks)
         c = OmegaConf.to_object(cfg)  # the typed schema: train, finetune, tracking as dataclasses
         if not isinstance(c, Config):
             raise ConfigError("the config was not composed against prunelab's schema (prunelab_schema)")
@@ -81,20 +89,36 @@ class Settings:
             return instantiate(node, _convert_="all") if node else None
 
         optimizer = make(cfg.train.optimizer)
-        train = Recipe(c.train.epochs, c.train.batch_size, c.train.lr, optimizer, c.train.schedule)
-        finetune = dataclasses.replace(train, epochs=c.finetune.epochs, lr=c.finetune.lr, schedule=c.finetune.schedule)
+        t = c.train
+        speed = Speed(str(t.precision), t.channels_last, t.compile)
+        train = Recipe(
+            t.epochs, t.batch_size, t.lr, optimizer, t.schedule, tuple(t.milestones), t.gamma, t.label_smoothing, speed
+        )
+        finetune = dataclasses.replace(
+            train,
+            epochs=c.finetune.epochs,
+            lr=c.finetune.lr,
+            schedule=c.finetune.schedule,
+            milestones=tuple(c.finetune.milestones),
+        )
+        checkpoint = checkpoint_file(c.dense.checkpoint) if c.dense.checkpoint else None
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "dense"
         tokenizer = cfg.dataset.get("tokenizer")  # a language model's own (None: bytes)
         return cls(
             names=names(cfg),
             experiment=experiment_name(cfg),
             run_name=run_name(cfg),
-            key=identity(cfg, device.type),
+            key=identity(cfg, device.type, ranks.world if ranks else 1),
             params=params(cfg),
             dense_params=dense_params(cfg, device.type),
             config_yaml=redact(OmegaConf.to_yaml(cfg, resolve=True)),
             model=make(cfg.model),
             dataset=make(cfg.dataset),
+            augment=make(cfg.augment),
+            checkpoint=checkpoint,
+            strict=c.dense.strict,
+            ranks=ranks,
+            sync_bn=t.sync_bn,
             method=make(cfg.method),
             criterion=make(cfg.criterion),
             scope=make(cfg.scope),
@@ -105,7 +129,7 @@ class Settings:
             budget_macs=cfg.budget.macs,
             device=device,
             train=train,
-            pretrained=bool(cfg.model.get("pretrained")),
+            pretrained=bool(cfg.model.get("pretrained")) or checkpoint is not None,
             finetune=finetune,
             shrink=c.finetune.shrink,
             distill=Distill(c.finetune.alpha, c.finetune.temperature) if c.finetune.distill else None,
@@ -131,9 +155,12 @@ class Settings:
         )
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, ranks: Ranks | None = None) -> torch.device:
+    """The device ``name`` means here; each of several processes on a machine takes its own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} was asked for but PyTorch sees no CUDA device")
+    if name == "cuda" and ranks is not None:
+        return torch.device("cuda", ranks.local_rank)
     return torch.device(name)

@@ -8,6 +8,8 @@ exactly zero during fine-tuning.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +148,17 @@ class Mask:
             "blocks": blocks,
             "layout": self.layout,
         }
+
+    def digest(self) -> str:
+        """A SHA-256 of what is kept (the same on any device): masks compared across processes."""
+        digest = hashlib.sha256()
+        for name in sorted(self.masks):
+            digest.update(name.encode())
+            digest.update(self.masks[name].detach().to("cpu", torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def to(self, device) -> Mask:
+        return dataclasses.replace(self, masks={n: m.to(device) for n, m in self.masks.items()})
 
     @classmethod
     def from_state(cls, state: dict) -> Mask:

@@ -1,0 +1,83 @@
+"""The ``augment`` config group: how training batches are varied (never validation or test ones).
+
+A plug-in offers the two forms a dataset may need (the contract):
+
+* ``batch(x, generator, mean, std)``: a whole standardised in-memory batch, on its device, random
+  numbers from the epoch's ``generator`` (the one that shuffles it: seeded, reproducible). The
+  fastest CIFAR trainers augment this way, on the GPU, instead of per image in workers.
+* ``sample(image, size, resize)``: one decoded uint8 CHW image of a streamed dataset, in a
+  ``DataLoader`` worker (torch's RNG, seeded per worker from the epoch's generator), to a float
+  ``size`` x ``size`` image in [0, 1]; without augmentation the dataset's evaluation view
+  (:func:`~prunelab.data.transforms.eval_view`) is used instead.
+
+Written with torch ops (``transforms.py``): torchvision's wheels do not import against every
+PyTorch build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .files import DataError
+from .transforms import eval_view, hflip, pad_crop_flip, random_resized_crop
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """The CIFAR standard: a random ``size``-sized crop of the image padded by ``padding`` pixels of
+    ``fill`` (raw pixel value in [0, 1]: 0 is black, as torchvision's ``RandomCrop(32, padding=4)``),
+    then a horizontal flip with probability 1/2 (``flip``)."""
+
+    padding: int = 4
+    flip: bool = True
+    fill: float = 0.0
+
+    def __post_init__(self):
+        if self.padding < 0:
+            raise DataError(f"augment.padding={self.padding} must be >= 0")
+        if not 0 <= self.fill <= 1:
+            raise DataError(f"augment.fill={self.fill}: a raw pixel value, expected 0 <= fill <= 1")
+
+    def batch(self, x: torch.Tensor, generator: torch.Generator, mean: float, std: float) -> torch.Tensor:
+        if x.dim() != 4:
+            raise DataError(f"augment=crop_flip takes images (N x C x H x W), not inputs of shape {tuple(x.shape)}")
+        return pad_crop_flip(x, self.padding, generator, fill=(self.fill - mean) / std, flip=self.flip)
+
+    def sample(self, image: torch.Tensor, size: int, resize: int) -> torch.Tensor:
+        view = eval_view(image, size, resize)
+        return pad_crop_flip(view[None], self.padding, None, fill=self.fill, flip=self.flip)[0]
+
+
+@dataclass(frozen=True)
+class ImageNet:
+    """The ImageNet standard: a random-resized crop (area fraction uniform in ``scale``, aspect
+    log-uniform in ``ratio``) to the dataset's size, then a horizontal flip with probability 1/2.
+    Evaluation keeps the dataset's view (resize 256, centre crop 224)."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+
+    def __post_init__(self):
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise DataError(f"augment.scale={list(self.scale)}: expected 0 < low <= high <= 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise DataError(f"augment.ratio={list(self.ratio)}: expected 0 < low <= high")
+
+    def sample(self, image: torch.Tensor, size: int, resize: int) -> torch.Tensor:
+        crop = random_resized_crop(image, size, tuple(self.scale), tuple(self.ratio))  # type: ignore[arg-type]
+        return hflip(crop) if self.flip and torch.rand(()) < 0.5 else crop
+
+    def batch(self, x: torch.Tensor, generator: torch.Generator, mean: float, std: float) -> torch.Tensor:
+        """In-memory images: each sample cropped and flipped (a loop: in-memory data are small)."""
+        if x.dim() != 4:
+            raise DataError(f"augment=imagenet takes images (N x C x H x W), not inputs of shape {tuple(x.shape)}")
+        size = x.shape[-1]
+        out = []
+        for image in x:
+            crop = random_resized_crop(image, size, tuple(self.scale), tuple(self.ratio), generator)  # type: ignore[arg-type]
+            flip = self.flip and bool(torch.randint(0, 2, (), generator=generator))
+            out.append(hflip(crop) if flip else crop)
+        return torch.stack(out)

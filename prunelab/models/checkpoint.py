@@ -1,0 +1,91 @@
+"""A trained model to start from (``dense.checkpoint=PATH``): its weights loaded into the built
+model, which is then the run's dense model (evaluated, logged, never trained).
+
+Taken: a state dict saved with ``torch.save`` (``.pt`` / ``.pth``, also nested under
+``state_dict`` or ``model`` as training scripts and prunelab's own ``masked_weights.pt`` keep it,
+with ``DistributedDataParallel``'s ``module.`` prefix dropped), a ``.safetensors`` file, or a whole
+module saved with ``torch.save(model)``, whose weights are used (unpickled: load files you trust).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .build import ModelError
+
+log = logging.getLogger(__name__)
+
+SHOWN = 3  # mismatched keys named in the error, of how many there are
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` as a file that exists, or a one-line error."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ModelError(f"dense.checkpoint={path}: no such file")
+    return file
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint file holds, as a flat state dict."""
+    file = checkpoint_file(path)
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    try:
+        try:
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # a whole module: classes, not only tensors
+            obj = torch.load(file, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ModelError(f"dense.checkpoint={path} is not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"dense.checkpoint={path} holds no state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _named(keys: list[str]) -> str:
+    more = f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
+    return ", ".join(keys[:SHOWN]) + more
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load ``path`` into ``model`` (in place). Keys missing from either side are an error naming
+    the first few (``strict=False``: loaded where they match, the rest named in a warning); a shape
+    that differs always is."""
+    state = read_state(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if shapes:
+        k = shapes[0]
+        raise ModelError(
+            f"dense.checkpoint={path} does not fit the model: {len(shapes)} shapes differ, e.g. {k} is "
+            f"{tuple(state[k].shape)} in the checkpoint and {tuple(own[k].shape)} in the model "
+            f"({_named(shapes)}); check model and its options (depth, width, classes)"
+        )
+    if (missing or unexpected) and strict:
+        parts = [
+            f"missing {_named(missing)}" if missing else "",
+            f"unexpected {_named(unexpected)}" if unexpected else "",
+        ]
+        raise ModelError(
+            f"dense.checkpoint={path} does not fit the model: {'; '.join(p for p in parts if p)}; "
+            "check model, or pass dense.strict=false to load the keys that match"
+        )
+    if missing or unexpected:
+        log.warning("dense.checkpoint: %d model keys not in it, %d of its keys unused", len(missing), len(unexpected))
+    model.load_state_dict(state, strict=False)
+    return model

@@ -1,0 +1,198 @@
+"""How a network trains: augmentation on training batches only, the field's schedules and label
+smoothing, mixed precision and channels-last with the mask still held exactly, and a trained
+checkpoint as the dense model."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from prunelab.data.augment import CropFlip
+from prunelab.data.splits import Split
+from prunelab.experiment.keys import identity
+from prunelab.experiment.runner import run
+from prunelab.experiment.train import Recipe, Speed, fit
+from prunelab.models import ModelError, lenet5, resnet_cifar
+from prunelab.models.checkpoint import load_checkpoint
+from prunelab.names import Artifact, Metric, Role, Tag
+
+
+def runs(cfg, role=Role.PRUNED):
+    client = MlflowClient(cfg.tracking.uri)
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.`{Tag.ROLE}` = '{role}'")
+    return client, found
+
+
+def stored_weights(cfg, run_id: str) -> dict:
+    client = MlflowClient(cfg.tracking.uri)
+    path = client.download_artifacts(run_id, Artifact.MASKED_WEIGHTS)
+    return torch.load(path, weights_only=True)
+
+
+# --- augmentation ------------------------------------------------------------------------------
+
+
+def test_crop_flip_pads_with_black_in_the_standardised_scale_and_only_training_batches_change():
+    mean, std = 0.4, 0.25
+    x = (torch.ones(64, 3, 8, 8) - mean) / std  # white images, standardised
+    augment = CropFlip(padding=2)
+    split = Split(x, torch.zeros(64, dtype=torch.long), lambda b, g: augment.batch(b, g, mean, std))
+    (train, _), *_ = split.batches(64, torch.Generator().manual_seed(0))
+    black = torch.tensor((0.0 - mean) / std)
+    assert torch.equal(train.unique(), torch.stack([black, x[0, 0, 0, 0]]))  # shifted: black borders came in
+    assert (train == black).any(dim=(1, 2, 3)).float().mean() > 0.5
+    (again, _), *_ = split.batches(64, torch.Generator().manual_seed(0))
+    assert torch.equal(train, again)  # seeded
+    (evaluated, _), *_ = split.batches(64)  # in order: an evaluation's batches are never augmented
+    assert torch.equal(evaluated, x)
+
+
+def test_augmentation_is_part_of_the_run_and_its_dense_model(make_cfg):
+    plain, augmented = make_cfg(), make_cfg("augment=crop_flip")
+    assert identity(plain, "cpu").dense != identity(augmented, "cpu").dense
+    assert identity(plain, "cpu").run != identity(augmented, "cpu").run
+    run(augmented)
+    run(plain)
+    _, found = runs(augmented, Role.DENSE)
+    by_augment = {r.data.params.get("augment.padding"): r for r in found}
+    assert by_augment["4"].info.status == "FINISHED"
+    assert by_augment["4"].data.metrics[Metric.TRAIN_LOSS] != by_augment[None].data.metrics[Metric.TRAIN_LOSS]
+
+
+# --- schedules, label smoothing ------------------------------------------------------------------
+
+
+def test_the_step_schedule_multiplies_the_rate_by_gamma_after_each_milestone():
+    recipe = Recipe(6, 10, 0.1, torch.optim.SGD, "step", (2, 4), 0.1)
+    optimizer, scheduler = recipe.optimizer_for([torch.nn.Parameter(torch.zeros(1))], steps=3)
+    rates = []
+    for _ in range(18):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.1] * 6 + [0.01] * 6 + [0.001] * 6)
+
+
+def test_label_smoothing_changes_the_loss_it_trains_on():
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    losses = []
+    for smoothing in (0.0, 0.1):
+        torch.manual_seed(1)  # the same network each time, not trained (lr 0): only the loss differs
+        model = lenet5(in_shape=(1, 8, 8))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        losses.append(fit(model, Split(x, y), Split(x, y), opt, 1, 32, 0, label_smoothing=smoothing)[0].loss)
+    assert losses[1] != losses[0]
+
+
+# --- precision and layout --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_the_cpu_runs_end_to_end_and_the_mask_holds_exactly(make_cfg, precision):
+    cfg = make_cfg(f"train.precision={precision}", "ratio=0.7", "handover=true")
+    metrics = run(cfg)
+    stored = stored_weights(cfg, metrics["run_id"])
+    for name, mask in stored["mask"]["masks"].items():
+        assert torch.count_nonzero(stored["state_dict"][name][~mask]) == 0  # pruned weights exactly 0
+    assert metrics["sparsity.prunable"] == pytest.approx(0.7, abs=0.01)
+    full = run(make_cfg("ratio=0.7"))  # float32: autocast did change the numbers
+    assert metrics["test_loss"] != full["test_loss"]
+    assert identity(cfg, "cpu").dense != identity(make_cfg("ratio=0.7"), "cpu").dense
+
+
+def test_autocast_computes_in_bf16_while_the_weights_stay_float32():
+    model = lenet5(in_shape=(1, 8, 8))
+    with Speed("bf16").autocast(torch.device("cpu")):
+        out = model(torch.randn(2, 1, 8, 8))
+    assert out.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_channels_last_trains_the_same_function_in_another_layout():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    results = []
+    for layout in (False, True):
+        torch.manual_seed(1)
+        model = resnet_cifar(in_shape=(3, 16, 16), depth=20)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        fit(model, Split(x, y), Split(x[:8], y[:8]), opt, 1, 32, 0, speed=Speed(channels_last=layout))
+        results.append(model)
+    conv = results[1].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(results[0].parameters(), results[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+# --- a checkpoint as the dense model ---------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A LeNet-5 for the synthetic data, trained by someone else (random weights here)."""
+    torch.manual_seed(123)
+    model = lenet5(in_shape=(1, 8, 8))
+    path = tmp_path / "lenet5.pt"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_a_checkpoint_is_the_dense_model_evaluated_never_trained(make_cfg, checkpoint):
+    path, model = checkpoint
+    cfg = make_cfg(f"dense.checkpoint={path}", "train.epochs=5", "finetune.epochs=0")
+    metrics = run(cfg)
+    client, dense = runs(cfg, Role.DENSE)
+    assert len(dense) == 1 and Metric.TRAIN_LOSS not in dense[0].data.metrics  # no epoch trained
+    from prunelab.data import synthetic
+    from prunelab.experiment.train import evaluate
+
+    data = synthetic(in_shape=(1, 8, 8), seed=0)
+    assert metrics["dense.test_accuracy"] == pytest.approx(evaluate(model.eval(), data.test)["accuracy"])
+
+
+def test_the_run_key_follows_the_checkpoints_contents_not_its_path(make_cfg, checkpoint, tmp_path):
+    path, model = checkpoint
+    first = identity(make_cfg(f"dense.checkpoint={path}"), "cpu")
+    moved = tmp_path / "elsewhere.pt"
+    moved.write_bytes(path.read_bytes())
+    assert identity(make_cfg(f"dense.checkpoint={moved}"), "cpu") == first
+    torch.save({k: v + 1 for k, v in model.state_dict().items()}, path)
+    changed = identity(make_cfg(f"dense.checkpoint={path}"), "cpu")
+    assert changed.dense != first.dense and changed.run != first.run
+    assert identity(make_cfg(), "cpu").dense not in (first.dense, changed.dense)
+
+
+def test_a_whole_module_or_a_nested_state_dict_loads_too(tmp_path, checkpoint):
+    _, model = checkpoint
+    for name, obj in (("module.pt", model), ("nested.pt", {"state_dict": model.state_dict(), "epoch": 3})):
+        torch.save(obj, tmp_path / name)
+        loaded = load_checkpoint(lenet5(in_shape=(1, 8, 8)), tmp_path / name)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    ddp = {f"module.{k}": v for k, v in model.state_dict().items()}  # saved from DistributedDataParallel
+    buffer = io.BytesIO()
+    torch.save(ddp, buffer)
+    (tmp_path / "ddp.pt").write_bytes(buffer.getvalue())
+    load_checkpoint(lenet5(in_shape=(1, 8, 8)), tmp_path / "ddp.pt")
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_first_keys(tmp_path):
+    state = resnet_cifar(depth=20).state_dict()
+    torch.save(state, tmp_path / "r20.pt")
+    with pytest.raises(
+        ModelError, match=r"51 shapes differ, e\.g\. layers\.3\.conv1\.weight is \(32, 16, 3, 3\) in the"
+    ):
+        load_checkpoint(resnet_cifar(depth=32), tmp_path / "r20.pt")  # stage 2 starts at block 3 of ResNet-20
+    with pytest.raises(ModelError, match=r"shapes differ, e\.g\. classifier\.weight is \(10, 64\) in the checkpoint"):
+        load_checkpoint(resnet_cifar(depth=20, num_classes=100), tmp_path / "r20.pt")
+    renamed = {("fc." + k.split(".", 1)[1] if k.startswith("classifier.") else k): v for k, v in state.items()}
+    torch.save({**renamed, "extra.step": torch.tensor(3)}, tmp_path / "renamed.pt")
+    with pytest.raises(ModelError, match=r"missing classifier\.weight, classifier\.bias; unexpected fc\.weight, fc"):
+        load_checkpoint(resnet_cifar(depth=20), tmp_path / "renamed.pt")
+    partial = load_checkpoint(resnet_cifar(depth=20), tmp_path / "renamed.pt", strict=False)
+    assert torch.equal(partial.conv1.weight, state["conv1.weight"])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="is not a PyTorch checkpoint"):
+        load_checkpoint(lenet5(), tmp_path / "junk.pt")
