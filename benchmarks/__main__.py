@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Section, Verdict, machine_facts, table
+from .common import RESULTS, Section, Verdict, machine_facts, table
 
 # In report order; sweep_cost only with --sweep; structured_speedup is optional (another module).
 SECTIONS = (
@@ -43,7 +43,6 @@ SECTIONS = (
     "layerwise_depth",
 )
 OPTIONAL = {"structured_speedup"}
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 # A block that a long, separately run benchmark writes into RESULTS.md (baseline_recipes.py): kept
 # as it is when the default sections are rewritten.
 KEPT_BLOCK = re.compile(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n?", re.S)

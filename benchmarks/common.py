@@ -353,6 +353,9 @@ def weight_count(model: nn.Module) -> int:
 # --- RESULTS.md blocks --------------------------------------------------------------------------
 
 
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what make bench writes; long benchmarks add blocks
+
+
 def write_block(name: str, text: str, path: Path) -> None:
     """Put ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path``, replacing
     the block of an earlier run; a long benchmark run on its own writes its section this way and

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from prunelab.data import imagefolder
 from prunelab.data.transforms import eval_view
 
-from .common import Section, Verdict, alternate, ratios, spread, table
+from .common import RESULTS, Section, Verdict, alternate, ratios, spread, table, write_block
 
 TARGET = 0.95  # (a) / (b) images per second
 SIZE, RESIZE, BATCH = 224, 256, 256
@@ -125,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="decoding processes per loader (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads here (default 1)")
+    p.add_argument("--out", action="store_true", help="also write the section into benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     section = run(args.quick, args.images, args.workers, args.repeats)
     print(section.markdown())
+    if args.out:
+        verdicts = "\n".join(f"- {v.item}: {v.measured} (target {v.target}: {v.mark})" for v in section.verdicts)
+        write_block("folder_loader", section.markdown() + "\n" + verdicts, RESULTS)
     return 0 if all(v.met for v in section.verdicts) else 1
 
 

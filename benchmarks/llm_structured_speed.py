@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -29,9 +28,8 @@ from prunelab.models import lm
 from prunelab.pruning import PruneData, prune, shrink
 from prunelab.pruning.macs import mac_counts
 
-from .common import Verdict, table, write_block
+from .common import RESULTS, Verdict, table, write_block
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BLOCK = "llm_structured_speed"
 VOCAB, SEQ, BATCH = 4096, 256, 64
 LLAMA = {"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": SEQ}

@@ -498,3 +498,30 @@ def test_a_run_prunes_resnet20_on_cifar10(tmp_path, make_cfg, monkeypatch):
     found = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (pruned,) = [r for r in found if r.data.tags.get("prunelab.role") == "pruned"]
     assert pruned.info.status == "FINISHED" and pruned.data.params["dataset"] == "cifar10"
+
+
+def test_the_cifar_study_runs_at_cpu_size_on_an_archive_in_the_published_format(cli, workdir, tmp_path):
+    """cifar10_resnet56_structured_smoke as a user runs it: its four points (MACs 1/2.1 and 1/2.5,
+    global and local), each pruned within its budget."""
+    write_archive(tmp_path / "cifar", "cifar10")  # 100 training and 10 test images
+    result = cli(
+        "-m",
+        "+experiment=cifar10_resnet56_structured_smoke",
+        f"dataset.root={tmp_path / 'cifar'}",
+        "dataset.verify=false",  # a small archive is not the published one
+        "dataset.val_size=10",
+        "train.batch_size=30",
+        tiny=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "cifar10_resnet56_structured_smoke"]
+    points = client.search_runs([experiment.experiment_id], "tags.`prunelab.role` = 'pruned'")
+    assert len(points) == 4 and all(p.info.status == "FINISHED" for p in points)
+    assert {(p.data.params["budget.macs"], p.data.params["scope"]) for p in points} == {
+        (m, s) for m in ("0.476", "0.4") for s in ("global", "local")
+    }
+    for p in points:
+        assert p.data.params["augment._target_"].endswith("CropFlip") and p.data.params["model.depth"] == "20"
+        assert p.data.metrics["cost.ratio.macs"] <= float(p.data.params["budget.macs"]) + 1e-6

@@ -70,3 +70,14 @@ def test_the_config_group_builds_each_with_its_depth():
         assert net.classifier.out_features == 100
         features = net.classifier.in_features  # 90 more logits than at 10 classes, a weight per feature + bias
         assert n_params(net) == size + 90 * (features + 1)
+
+
+def test_a_factory_taking_kwargs_gets_num_classes_only_as_torchvision_and_timm_take_it():
+    seen = {}
+
+    def torchvision_like(*, weights=None, progress=True, **kwargs):
+        seen.update(kwargs)
+        return torch.nn.Linear(3, kwargs.get("num_classes", 1000))
+
+    build(torchvision_like, (3, 224, 224), 10)
+    assert seen == {"num_classes": 10}

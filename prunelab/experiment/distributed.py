@@ -41,6 +41,7 @@ class Ranks:
     rank: int
     world: int
     local_rank: int = 0
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (train.sync_bn; GPUs only)
 
     @property
     def main(self) -> bool:
@@ -48,9 +49,13 @@ class Ranks:
         return self.rank == 0
 
     def parallel(self, net: nn.Module, device: torch.device) -> nn.Module:
-        """``net`` as ``DistributedDataParallel``: gradients averaged across the ranks every step."""
+        """``net`` as ``DistributedDataParallel``: gradients averaged across the ranks every step.
+        With ``sync_bn`` its BatchNorm layers become ``SyncBatchNorm`` sharing their parameters and
+        statistics (:func:`local_batchnorm` turns them back once training ends)."""
         from torch.nn.parallel import DistributedDataParallel
 
+        if self.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -96,6 +101,24 @@ class Ranks:
         """Rank 0's weights and buffers into ``model`` on every rank."""
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
+
+
+def local_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every ``SyncBatchNorm`` back as the ``BatchNorm2d`` it was converted from (the
+    same parameter and statistics tensors), so pruning, shrinking and export see plain layers."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.SyncBatchNorm):
+            local = nn.BatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            local.weight, local.bias = child.weight, child.bias
+            local.running_mean, local.running_var = child.running_mean, child.running_var
+            local.num_batches_tracked = child.num_batches_tracked
+            local.train(child.training)
+            setattr(model, name, local)
+        else:
+            local_batchnorm(child)
+    return model
 
 
 def from_environment(env: os._Environ | dict[str, str] = os.environ) -> Ranks | None:

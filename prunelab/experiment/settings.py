@@ -45,7 +45,6 @@ class Settings:
     checkpoint: Path | None  # dense.checkpoint: the trained weights the dense model is
     strict: bool  # dense.strict: every key of model and checkpoint must match
     ranks: Ranks | None  # the processes of this run (torchrun), or None for one
-    sync_bn: bool  # several processes: BatchNorm statistics over the global batch
     method: Method
     criterion: Criterion
     scope: Scope
@@ -81,6 +80,10 @@ class Settings:
         validate(cfg)
         ranks = from_environment()
         device = resolve_device(cfg.device, ranks)
+        if ranks is not None and cfg.train.sync_bn:
+            if device.type != "cuda":
+                raise ConfigError("train.sync_bn=true needs CUDA devices: PyTorch's SyncBatchNorm runs on GPUs only")
+            ranks = dataclasses.replace(ranks, sync_bn=True)
         c = OmegaConf.to_object(cfg)  # the typed schema: train, finetune, tracking as dataclasses
         if not isinstance(c, Config):
             raise ConfigError("the config was not composed against prunelab's schema (prunelab_schema)")
@@ -118,7 +121,6 @@ class Settings:
             checkpoint=checkpoint,
             strict=c.dense.strict,
             ranks=ranks,
-            sync_bn=t.sync_bn,
             method=make(cfg.method),
             criterion=make(cfg.criterion),
             scope=make(cfg.scope),

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..data.splits import Split, Splits, labelled
 from ..errors import UserError
 from ..names import IGNORE
-from .distributed import Ranks
+from .distributed import Ranks, local_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -169,40 +169,44 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     history = []
     model.train()
-    with ranks.watching() if ranks is not None else contextlib.nullcontext():
-        for epoch in range(1, epochs + 1):
-            bar = tqdm(
-                train.batches(batch_size, generator, shard=loop.shard),
-                total=steps_per_epoch(len(train), batch_size),
-                leave=False,
-                desc=f"{desc} {epoch}/{epochs}",
-                disable=None if ranks is None or ranks.main else True,
-            )
-            loss, correct = loop.epoch(bar, batch_size, len(train))
-            result = EpochResult(
-                epoch,
-                loss / labelled(train.y),
-                correct / labelled(train.y),
-                evaluate(model, val)["accuracy"] if len(val) else float("nan"),
-            )
-            log.info(
-                "%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f",
-                desc,
-                epoch,
-                epochs,
-                result.loss,
-                result.train_accuracy,
-                result.val_accuracy,
-            )
-            if not math.isfinite(result.loss):
-                # Checked once an epoch (the epoch's loss is reduced anyway): no extra sync per step.
-                raise TrainingError(
-                    f"{desc} diverged: the loss is {result.loss} in epoch {epoch}; "
-                    "lower the learning rate (train.lr / finetune.lr) or pick another recipe"
+    try:
+        with ranks.watching() if ranks is not None else contextlib.nullcontext():
+            for epoch in range(1, epochs + 1):
+                bar = tqdm(
+                    train.batches(batch_size, generator, shard=loop.shard),
+                    total=steps_per_epoch(len(train), batch_size),
+                    leave=False,
+                    desc=f"{desc} {epoch}/{epochs}",
+                    disable=None if ranks is None or ranks.main else True,
                 )
-            history.append(result)
-            if on_epoch is not None:
-                on_epoch(result)
+                loss, correct = loop.epoch(bar, batch_size, len(train))
+                result = EpochResult(
+                    epoch,
+                    loss / labelled(train.y),
+                    correct / labelled(train.y),
+                    evaluate(model, val)["accuracy"] if len(val) else float("nan"),
+                )
+                log.info(
+                    "%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f",
+                    desc,
+                    epoch,
+                    epochs,
+                    result.loss,
+                    result.train_accuracy,
+                    result.val_accuracy,
+                )
+                if not math.isfinite(result.loss):
+                    # Checked once an epoch (the epoch's loss is reduced anyway): no extra sync per step.
+                    raise TrainingError(
+                        f"{desc} diverged: the loss is {result.loss} in epoch {epoch}; "
+                        "lower the learning rate (train.lr / finetune.lr) or pick another recipe"
+                    )
+                history.append(result)
+                if on_epoch is not None:
+                    on_epoch(result)
+    finally:
+        if ranks is not None and ranks.sync_bn:
+            local_batchnorm(model)
     return history
 
 
