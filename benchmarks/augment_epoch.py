@@ -24,7 +24,7 @@ from prunelab.data.transforms import pad_crop_flip
 from prunelab.experiment.train import fit
 from prunelab.models import resnet_cifar
 
-from .common import RESULTS, Section, Verdict, alternate, ratios, spread, table, write_block
+from .common import Section, Verdict, alternate, ratios, report, spread, table
 
 TARGET = 1.05
 BATCH = 128
@@ -108,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     section = run(args.quick, args.images, args.repeats)
-    print(section.markdown())
-    if args.out:
-        verdicts = "\n".join(f"- {v.item}: {v.measured} (target {v.target}: {v.mark})" for v in section.verdicts)
-        write_block("augment_epoch", section.markdown() + "\n" + verdicts, RESULTS)
-    return 0 if all(v.met for v in section.verdicts) else 1
+    return report(section, "augment_epoch" if args.out else None)
 
 
 if __name__ == "__main__":

@@ -356,6 +356,16 @@ def weight_count(model: nn.Module) -> int:
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what make bench writes; long benchmarks add blocks
 
 
+def report(section: Section, block: str | None = None) -> int:
+    """Print ``section``; with ``block``, also write it (and its verdicts) into RESULTS.md as that
+    kept block. The exit status: 0 when every target was met."""
+    print(section.markdown())
+    if block is not None:
+        verdicts = "\n".join(f"- {v.item}: {v.measured} (target {v.target}: {v.mark})" for v in section.verdicts)
+        write_block(block, section.markdown() + "\n" + verdicts, RESULTS)
+    return 0 if all(v.met for v in section.verdicts) else 1
+
+
 def write_block(name: str, text: str, path: Path) -> None:
     """Put ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path``, replacing
     the block of an earlier run; a long benchmark run on its own writes its section this way and

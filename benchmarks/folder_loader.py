@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from prunelab.data import imagefolder
 from prunelab.data.transforms import eval_view
 
-from .common import RESULTS, Section, Verdict, alternate, ratios, spread, table, write_block
+from .common import Section, Verdict, alternate, ratios, report, spread, table
 
 TARGET = 0.95  # (a) / (b) images per second
 SIZE, RESIZE, BATCH = 224, 256, 256
@@ -129,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     section = run(args.quick, args.images, args.workers, args.repeats)
-    print(section.markdown())
-    if args.out:
-        verdicts = "\n".join(f"- {v.item}: {v.measured} (target {v.target}: {v.mark})" for v in section.verdicts)
-        write_block("folder_loader", section.markdown() + "\n" + verdicts, RESULTS)
-    return 0 if all(v.met for v in section.verdicts) else 1
+    return report(section, "folder_loader" if args.out else None)
 
 
 if __name__ == "__main__":
