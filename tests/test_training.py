@@ -196,3 +196,25 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_first_keys(tmp_pat
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="is not a PyTorch checkpoint"):
         load_checkpoint(lenet5(), tmp_path / "junk.pt")
+
+
+def test_a_compiled_training_forward_takes_the_eager_steps_and_the_mask_holds():
+    from prunelab.pruning import prune
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 1, 8, 8), torch.randint(0, 10, (256,))
+    template = lenet5(in_shape=(1, 8, 8))
+    mask = prune(template, "unstructured", "global", 0.7).mask
+    mask.apply(template)
+    trained = []
+    for compiled in (False, True):
+        model = lenet5(in_shape=(1, 8, 8))
+        model.load_state_dict(template.state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        hold = mask.hold(model)
+        fit(model, Split(x, y), Split(x[:32], y[:32]), opt, 1, 64, 0, after_step=hold, speed=Speed(compile=compiled))
+        trained.append(dict(model.named_parameters()))
+    for name, keep in mask.masks.items():
+        assert torch.count_nonzero(trained[1][name][~keep]) == 0
+    for name, tensor in trained[0].items():
+        assert torch.allclose(tensor, trained[1][name], atol=1e-5)

@@ -183,7 +183,9 @@ def _data_and_model(s: Settings) -> tuple[Splits, torch.nn.Module]:
 def _follow(s: Settings, ranks: distributed.Ranks) -> dict[str, Any]:
     """A rank other than 0: the stages up to the prune schedule, as rank 0 runs them and deciding
     nothing (rank 0 says whether the run is done and whether the dense model trains), recording
-    nothing. Its training steps are the collectives that make the run one run."""
+    nothing, and logging only warnings (rank 0 reports the run). Its training steps are the
+    collectives that make the run one run."""
+    logging.getLogger("prunelab").setLevel(logging.WARNING)
     if ranks.broadcast():  # rank 0 found a finished run of this config
         return {}
     data, model = _data_and_model(s)
