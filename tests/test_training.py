@@ -119,12 +119,13 @@ def test_channels_last_trains_the_same_function_in_another_layout():
         torch.manual_seed(1)
         model = resnet_cifar(in_shape=(3, 16, 16), depth=20)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        fit(model, Split(x, y), Split(x[:8], y[:8]), opt, 1, 32, 0, speed=Speed(channels_last=layout))
+        # one step: a ResNet with BatchNorm on random labels turns rounding into 1e-3 within two
+        fit(model, Split(x, y), Split(x[:8], y[:8]), opt, 1, 64, 0, speed=Speed(channels_last=layout))
         results.append(model)
     conv = results[1].conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     for a, b in zip(results[0].parameters(), results[1].parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-4)
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 # --- a checkpoint as the dense model ---------------------------------------------------------------
