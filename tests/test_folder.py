@@ -231,3 +231,22 @@ def test_a_run_on_a_streamed_folder_trains_prunes_hands_over_and_records(tmp_pat
     assert stored.data.metrics["sparsity.channels"] > 0.3
     # the hand-over's files were checked on the test images, loaded (12 of them: fewer than the cap)
     assert stored.data.metrics["handover.onnx.test_accuracy"] == pytest.approx(stored.data.metrics["test_accuracy"])
+
+
+def test_per_channel_standardisation_reaches_the_batches_the_raw_view_and_the_hand_over(root):
+    from prunelab.deploy.onnx import deployed
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    data = load(root, mean=list(mean), std=list(std))
+    x, _ = collect(data.test.batches(4))
+    plain, _ = collect(load(root, mean=0.0, std=1.0).test.batches(4))  # [0, 1] pixels
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(x, (plain - m) / s, atol=1e-6)
+    assert torch.allclose(data.raw(x), plain, atol=1e-6)
+    seen = []
+    net = torch.nn.Identity()
+    net.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    deployed(net, data.mean, data.std)(plain)  # the shipped model takes raw pixels and standardises them
+    assert torch.allclose(seen[0], x, atol=1e-6)
+    with pytest.raises(DataError, match=r"dataset.mean=\[0.5, 0.4\]: expected one number or three"):
+        load(root, mean=[0.5, 0.4])

@@ -219,3 +219,12 @@ def test_a_compiled_training_forward_takes_the_eager_steps_and_the_mask_holds():
         assert torch.count_nonzero(trained[1][name][~keep]) == 0
     for name, tensor in trained[0].items():
         assert torch.allclose(tensor, trained[1][name], atol=1e-5)
+
+
+def test_crop_flip_pads_each_channel_with_its_own_standardised_black():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x = (torch.ones(32, 3, 8, 8) - m) / s
+    out = CropFlip(padding=3).batch(x, torch.Generator().manual_seed(0), mean, std)
+    for c in range(3):
+        assert torch.allclose(out[:, c].unique(), torch.tensor([-mean[c] / std[c], (1 - mean[c]) / std[c]]))

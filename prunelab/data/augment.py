@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .files import DataError
+from .splits import PerChannel, per_channel
 from .transforms import eval_view, hflip, pad_crop_flip, random_resized_crop
 
 
@@ -40,10 +41,13 @@ class CropFlip:
         if not 0 <= self.fill <= 1:
             raise DataError(f"augment.fill={self.fill}: a raw pixel value, expected 0 <= fill <= 1")
 
-    def batch(self, x: torch.Tensor, generator: torch.Generator, mean: float, std: float) -> torch.Tensor:
+    def batch(self, x: torch.Tensor, generator: torch.Generator, mean: PerChannel, std: PerChannel) -> torch.Tensor:
         if x.dim() != 4:
             raise DataError(f"augment=crop_flip takes images (N x C x H x W), not inputs of shape {tuple(x.shape)}")
-        return pad_crop_flip(x, self.padding, generator, fill=(self.fill - mean) / std, flip=self.flip)
+        if isinstance(mean, (int, float)) and isinstance(std, (int, float)):  # the fill, standardised
+            return pad_crop_flip(x, self.padding, generator, fill=(self.fill - mean) / std, flip=self.flip)
+        m, s = per_channel(mean, x), per_channel(std, x)  # per channel: padded as raw pixels
+        return (pad_crop_flip(x * s + m, self.padding, generator, fill=self.fill, flip=self.flip) - m) / s
 
     def sample(self, image: torch.Tensor, size: int, resize: int) -> torch.Tensor:
         view = eval_view(image, size, resize)
@@ -70,7 +74,7 @@ class ImageNet:
         crop = random_resized_crop(image, size, tuple(self.scale), tuple(self.ratio))  # type: ignore[arg-type]
         return hflip(crop) if self.flip and torch.rand(()) < 0.5 else crop
 
-    def batch(self, x: torch.Tensor, generator: torch.Generator, mean: float, std: float) -> torch.Tensor:
+    def batch(self, x: torch.Tensor, generator: torch.Generator, mean: PerChannel, std: PerChannel) -> torch.Tensor:
         """In-memory images: each sample cropped and flipped (a loop: in-memory data are small)."""
         if x.dim() != 4:
             raise DataError(f"augment=imagenet takes images (N x C x H x W), not inputs of shape {tuple(x.shape)}")

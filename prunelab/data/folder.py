@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .files import DataError
-from .splits import Split, Splits
+from .splits import PerChannel, Split, Splits, per_channel
 from .transforms import eval_view
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -82,7 +82,7 @@ class _Images(Dataset):
                     views.append(self.augment.sample(image, self.size, self.resize))
         # default_collate stacks straight into shared memory in a worker: no copy to send the batch
         x = default_collate(views) if views else torch.empty(0, 3, self.size, self.size)
-        x.sub_(self.mean).div_(self.std)
+        x.sub_(per_channel(self.mean, x)).div_(per_channel(self.std, x))
         return x, torch.from_numpy(self.labels[[i for i, _ in items]])
 
 
@@ -106,8 +106,8 @@ class FolderSplit:
     y: torch.Tensor
     size: int = 224
     resize: int = 256
-    mean: float = 0.449
-    std: float = 0.226
+    mean: PerChannel = (0.485, 0.456, 0.406)
+    std: PerChannel = (0.229, 0.224, 0.225)
     workers: int = 4
     device: torch.device = torch.device("cpu")
     augment: Augment | None = None  # the training view (``Splits.augmented``); None: the evaluation view
@@ -199,6 +199,16 @@ class FolderSplit:
 # --- the folder -------------------------------------------------------------------------------
 
 
+def _per_channel(value, name: str) -> PerChannel:
+    """``dataset.mean`` / ``dataset.std``: one number, or one per RGB channel."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    values = tuple(float(v) for v in value)
+    if len(values) != 3:
+        raise DataError(f"dataset.{name}={list(values)}: expected one number or three (R, G, B)")
+    return values
+
+
 def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
@@ -233,8 +243,8 @@ def imagefolder(
     workers: int = 4,
     size: int = 224,
     resize: int = 256,
-    mean: float = 0.449,
-    std: float = 0.226,
+    mean: float | Sequence[float] = (0.485, 0.456, 0.406),
+    std: float | Sequence[float] = (0.229, 0.224, 0.225),
 ) -> Splits:
     """An ImageNet-layout folder as streamed :class:`FolderSplit` splits: ``train/`` less
     ``val_size`` images held out by ``seed`` (validation, for choices), ``val/`` as the test split.
@@ -274,8 +284,10 @@ def imagefolder(
     perm = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(seed)).numpy()
     files, labels = np.array(train_files), torch.tensor(train_labels, dtype=torch.int64)
 
+    mean_, std_ = _per_channel(mean, "mean"), _per_channel(std, "std")
+
     def split(files: np.ndarray, labels: torch.Tensor) -> Split:
-        folder = FolderSplit(str(path), files, labels, size, resize, float(mean), float(std), workers)
+        folder = FolderSplit(str(path), files, labels, size, resize, mean_, std_, workers)
         return cast(Split, folder)  # it has Split's interface (batches, head, example, y, to)
 
     return Splits(
@@ -284,7 +296,7 @@ def imagefolder(
         val=split(files[perm[:val_size]], labels[perm[:val_size]]),
         test=split(np.array(test_files), torch.tensor(test_labels, dtype=torch.int64)),
         num_classes=len(classes),
-        mean=float(mean),
-        std=float(std),
+        mean=mean_,
+        std=std_,
         test_raw=None,
     )

@@ -26,6 +26,16 @@ def labelled(y: torch.Tensor) -> int:
     return int((y != IGNORE).sum())
 
 
+# The standardisation's mean or std: one number, or one per channel (ImageNet's (0.485, 0.456, 0.406)).
+PerChannel = float | tuple[float, ...]
+
+
+def per_channel(value: PerChannel, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a tensor that broadcasts over ``like`` (N x C x ...): a scalar, or (C, 1, ...)."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    return t.view(-1, *([1] * (like.dim() - 2))) if t.dim() == 1 and like.dim() >= 2 else t
+
+
 # A training batch's augmentation: (standardised inputs, the batch's generator) -> inputs.
 BatchAugment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -89,8 +99,8 @@ class Splits:
     num_classes: int
     # The standardisation applied to every split: x = (raw - mean) / std, raw being the inputs
     # scaled to [0, 1] (pixels / 255); the hand-over files take raw inputs and apply it themselves.
-    mean: float = 0.0
-    std: float = 1.0
+    mean: PerChannel = 0.0
+    std: PerChannel = 1.0
     # The test inputs as the hand-over files take them (raw, before standardisation), on the CPU.
     test_raw: torch.Tensor | None = None
     # Calibration sources besides the training split (``method.calibration``): a name's
@@ -122,7 +132,7 @@ class Splits:
         """Inputs ``x`` of a split as the hand-over files take them, on the CPU: the
         standardisation undone; token ids (integers) as they are."""
         x = x.cpu()
-        return x * self.std + self.mean if x.is_floating_point() else x
+        return x * per_channel(self.std, x) + per_channel(self.mean, x) if x.is_floating_point() else x
 
     def to(self, device) -> Splits:
         return dataclasses.replace(

@@ -133,10 +133,17 @@ net.load_state_dict(decode(open("weights.compact", "rb").read()))
 ```
 """
 
+
+def _numbers(t: torch.Tensor) -> str:
+    """A standardisation buffer as the README writes it: ``0.2861`` or ``(0.485, 0.456, 0.406)``."""
+    values = [f"{v:.6g}" for v in t.flatten().tolist()]
+    return values[0] if len(values) == 1 else f"({', '.join(values)})"
+
+
 INPUTS = {
     PIXELS: """Inputs are raw: float32 in [0, 1] (8-bit pixels / 255), shape (batch, {shape}). Both files
-standardise them themselves, as in training: (x - {mean:.6g}) / {std:.6g} (the training split's
-mean and std).""",
+standardise them themselves, as in training: (x - {mean}) / {std} (the training split's
+mean and std; three numbers: one per channel).""",
     TOKENS: """Inputs are token ids: int64, shape (batch, {shape}), as they are (no standardisation).
 The logits have shape (batch, vocabulary, {shape}): one prediction per position.""",
 }
@@ -237,7 +244,7 @@ def handover(
         files["model/model.onnx"] = out.onnx
         if quantize is not None:
             out.int8 = files["model/model.int8.onnx"] = quantize(out.onnx)
-    inputs = INPUTS[name].format(shape=shape, mean=float(shipped.mean), std=float(shipped.std))
+    inputs = INPUTS[name].format(shape=shape, mean=_numbers(shipped.mean), std=_numbers(shipped.std))
     files["model/README.md"] = README.format(
         what=what,
         inputs=inputs,
@@ -278,8 +285,8 @@ class HandoverJob:
     inputs."""
 
     net: nn.Module
-    mean: float
-    std: float
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
     example_input: torch.Tensor
     mask: Mask | None
     structured: bool

@@ -46,17 +46,22 @@ class Deployed(nn.Module):
     mean: torch.Tensor  # buffers (saved with the state dict), registered in __init__
     std: torch.Tensor
 
-    def __init__(self, net: nn.Module, mean: float, std: float):
+    def __init__(self, net: nn.Module, mean: float | tuple[float, ...], std: float | tuple[float, ...]):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+        def buffer(value):  # one number, or one per channel of N x C x H x W images
+            t = torch.tensor(value, dtype=torch.float32)
+            return t.view(-1, 1, 1) if t.dim() == 1 else t
+
+        self.register_buffer("mean", buffer(mean))
+        self.register_buffer("std", buffer(std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std if x.is_floating_point() else x)
 
 
-def deployed(net: nn.Module, mean: float, std: float) -> Deployed:
+def deployed(net: nn.Module, mean: float | tuple[float, ...], std: float | tuple[float, ...]) -> Deployed:
     """A CPU, eval-mode copy of ``net`` behind its standardisation (``net`` is not changed)."""
     return Deployed(copy.deepcopy(net).cpu().eval(), mean, std).eval()
 
