@@ -16,7 +16,7 @@ import torch
 from conftest import cli_env, runs, tiny_overrides
 from mlflow.tracking import MlflowClient
 
-from prunelab.experiment.distributed import Ranks, from_environment
+from prunelab.experiment.distributed import Ranks, from_environment, rendezvous
 from prunelab.names import Artifact, Metric, Role, Tag
 
 
@@ -122,6 +122,13 @@ def test_torchrun_with_a_sweep_is_refused_in_one_line(cli, monkeypatch):
 def test_the_ranks_come_from_torchrun_or_slurm():
     assert from_environment({}) is None
     assert from_environment({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"}) == Ranks(2, 4, 0)
-    slurm = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "MASTER_ADDR": "node1"}
+    slurm = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456"}
     assert from_environment(slurm) == Ranks(5, 8, 1)
+    # an sbatch script's lone process in an allocation of 8 tasks is not a rank of 8
+    assert from_environment({"SLURM_NTASKS": "8", "SLURM_PROCID": "0", "SLURM_JOB_ID": "1"}) is None
     assert Ranks(0, 2).main and not Ranks(1, 2).main
+    # where rank 0 listens: torchrun says; under SLURM, the launching node and a port of the job's own
+    assert rendezvous({"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}) == ("10.0.0.1", "1234")
+    assert rendezvous({**slurm, "SLURM_NNODES": "1"}) == ("127.0.0.1", "23456")
+    assert rendezvous({**slurm, "SLURM_NNODES": "2", "SLURM_LAUNCH_NODE_IPADDR": "10.1.2.3"}) == ("10.1.2.3", "23456")
+    assert rendezvous({}) is None

@@ -122,12 +122,28 @@ def local_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def from_environment(env: os._Environ | dict[str, str] = os.environ) -> Ranks | None:
-    """The ranks torchrun (or SLURM's ``srun`` with several tasks) started this process among;
-    None for a process started alone."""
+    """The ranks torchrun (or SLURM's ``srun`` with several tasks, e.g. Hydra's submitit launcher
+    with ``tasks_per_node``) started this process among; None for a process started alone."""
     if int(env.get("WORLD_SIZE", "1")) > 1:
         return Ranks(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
-        return Ranks(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")))
+    # the tasks of this srun step (not the allocation's SLURM_NTASKS: a lone process in an sbatch
+    # script of several tasks must not wait for ranks no one starts)
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return Ranks(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", "0")))
+    return None
+
+
+def rendezvous(env: os._Environ | dict[str, str] = os.environ) -> tuple[str, str] | None:
+    """Where rank 0 listens: torchrun's ``MASTER_ADDR`` / ``MASTER_PORT``; under SLURM, unless set,
+    the node ``srun`` was launched from (rank 0's, with the default block distribution; 127.0.0.1
+    on one node) and a port from the job's id (each point of a sweep is its own job)."""
+    if "MASTER_ADDR" in env:
+        return env["MASTER_ADDR"], env.get("MASTER_PORT", "29500")
+    if "SLURM_JOB_ID" in env:
+        one_node = env.get("SLURM_NNODES", "1") == "1"
+        host = "127.0.0.1" if one_node else env.get("SLURM_LAUNCH_NODE_IPADDR")
+        if host:
+            return host, str(20000 + int(env["SLURM_JOB_ID"]) % 20000)
     return None
 
 
@@ -136,8 +152,10 @@ def start(ranks: Ranks, device: torch.device, timeout_s: float = 600.0) -> None:
     (or a collective a dead rank never joins) fails after ``timeout_s`` instead of hanging."""
     if dist.is_initialized():
         return
-    if "MASTER_ADDR" not in os.environ:
+    where = rendezvous()
+    if where is None:
         raise DistributedError("several ranks but no MASTER_ADDR: start the run with torchrun --nproc_per_node=N")
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = where
     if device.type == "cuda":
         torch.cuda.set_device(ranks.local_rank)
     os.environ.setdefault("RANK", str(ranks.rank))
