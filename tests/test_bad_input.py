@@ -46,6 +46,32 @@ def broken_fashion_files(workdir: Path) -> list[str]:
     return [f"dataset.root={root}"]
 
 
+def offline_without_cifar(workdir: Path) -> list[str]:
+    """No CIFAR-10 anywhere, and its download goes to a port nothing listens on (offline)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [f"dataset.url=http://127.0.0.1:{port}/cifar-10-python.tar.gz"]
+
+
+def folder_without_classes(workdir: Path) -> list[str]:
+    for part in ("train", "val"):
+        (workdir / "images" / part).mkdir(parents=True)
+        (workdir / "images" / part / "img0.png").write_bytes(b"an image lying loose, not in a class folder")
+    return [f"dataset.root={workdir / 'images'}"]
+
+
+def checkpoint_of_another_model(workdir: Path) -> list[str]:
+    import torch
+
+    from prunelab.models import lenet300_100
+
+    torch.save(lenet300_100(in_shape=(1, 8, 8)).state_dict(), workdir / "other.pt")
+    return [f"dense.checkpoint={workdir / 'other.pt'}"]
+
+
 def full_artifact_disk(workdir: Path) -> list[str]:
     (workdir / "mlruns").mkdir()
     return []  # the mount happens in the command's own mount namespace (see DISK_FULL below)
@@ -112,6 +138,19 @@ CASES = [  # id, arguments, words the one line must hold, setup
         broken_fashion_files,
     ),
     ("val-size-zero", ["dataset=digits", "dataset.val_size=0"], ["dataset.val_size=0 must be in [1, "], None),
+    (
+        "cifar-offline",
+        ["dataset=cifar10"],
+        ["CIFAR-10 not found in", "download from http://127.0.0.1", "dataset.root=FOLDER"],
+        offline_without_cifar,
+    ),
+    ("imagefolder-no-classes", ["dataset=imagefolder"], ["expected one folder per class"], folder_without_classes),
+    (
+        "checkpoint-mismatch",
+        [],
+        ["does not fit the model", "shapes differ, e.g. head.0.weight is (300, 64) in the checkpoint", "and 2 more"],
+        checkpoint_of_another_model,
+    ),
     ("no-prunable-layer", ["model._target_=exploding.RawWeights"], ["no prunable (Conv/Linear) layer"], None),
     (
         "structured-classifier-only",
