@@ -26,6 +26,7 @@ deciding, the others following: :func:`_follow`); rank 0 alone records, evaluate
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -204,8 +205,7 @@ def _follow(s: Settings, ranks: distributed.Ranks) -> dict[str, Any]:
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
-    import hashlib
-
+    """A SHA-256 of every weight and buffer: the ranks' models compared."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
