@@ -54,3 +54,21 @@ def test_an_existing_store_is_opened_as_it_is(tmp_path, monkeypatch):
     MlflowClient(uri).create_run(first, run_name="kept")
     assert store.connect(uri, "exp") == first
     assert [r.info.run_name for r in MlflowClient(uri).search_runs([first])] == ["kept"]
+
+
+def test_a_relative_store_is_the_working_directorys_each_time_in_one_process(make_cfg, workdir, monkeypatch):
+    """MLflow keeps a store per URI for the process's life: sqlite:///mlflow.db run from a second
+    folder must still land in that folder's file (a notebook, a test session)."""
+    import shutil
+
+    from prunelab.experiment.runner import run
+
+    for name in ("first", "second"):
+        folder = workdir / name
+        folder.mkdir()
+        shutil.copy(workdir / "mlflow.db", folder / "mlflow.db")
+        monkeypatch.chdir(folder)
+        run(make_cfg("tracking.uri=sqlite:///mlflow.db", f"tracking.experiment={name}"))
+    for name in ("first", "second"):
+        client = MlflowClient(f"sqlite:///{workdir / name / 'mlflow.db'}")
+        assert [e.name for e in client.search_experiments() if e.name != "Default"] == [name]

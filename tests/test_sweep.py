@@ -315,7 +315,7 @@ def test_the_digits_smoke_study_runs_end_to_end_with_its_curves(cli, workdir):
     """The quick named study as a user runs it: real digits, configured epochs, latency timing on."""
     result = cli("-m", "+experiment=digits_smoke", tiny=False, timeout=600)
     broken = [(r.info.status, r.data.tags.get("prunelab.error")) for r in runs(workdir) if r.info.status != "FINISHED"]
-    assert result.returncode == 0, f"{result.stderr[-3000:]} {broken}"
+    assert result.returncode == 0, f"{result.stderr[-3000:]} {broken} {result.stdout[-6000:]}"
     (parent,), children, (dense,) = sweep_parts(workdir)
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep.points_finished"] == 12
     assert len(children) == 12 and all(c.info.status == "FINISHED" for c in children)

@@ -106,7 +106,10 @@ def connect(uri: str, experiment: str) -> str:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     check_store(uri)
     _start_sqlite_store(uri)
-    mlflow.set_tracking_uri(uri)
+    # Absolute: MLflow keeps one store per URI for the life of the process, so a relative
+    # sqlite:///mlflow.db would stay the first working directory's file in a process that runs
+    # again from another (a notebook, a test session).
+    mlflow.set_tracking_uri(absolute(uri))
     try:
         return _experiment_id(MlflowClient(), experiment)
     except MlflowException as e:
@@ -169,7 +172,7 @@ def absolute(uri: str) -> str:
 
 def use(uri: str) -> None:
     """Point this process's MLflow at ``uri`` (a store :func:`connect` has checked already)."""
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(absolute(uri))
 
 
 def _first_line(error: BaseException) -> str:
