@@ -228,3 +228,12 @@ def test_crop_flip_pads_each_channel_with_its_own_standardised_black():
     out = CropFlip(padding=3).batch(x, torch.Generator().manual_seed(0), mean, std)
     for c in range(3):
         assert torch.allclose(out[:, c].unique(), torch.tensor([-mean[c] / std[c], (1 - mean[c]) / std[c]]))
+
+
+def test_a_safetensors_checkpoint_loads(tmp_path, checkpoint):
+    from safetensors.torch import save_file
+
+    _, model = checkpoint
+    save_file(model.state_dict(), str(tmp_path / "lenet5.safetensors"))
+    loaded = load_checkpoint(lenet5(in_shape=(1, 8, 8)), tmp_path / "lenet5.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

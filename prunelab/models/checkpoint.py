@@ -35,8 +35,12 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The weights a checkpoint file holds, as a flat state dict."""
     file = checkpoint_file(path)
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ModelError(
+                f"dense.checkpoint={path} needs the safetensors package: pip install safetensors"
+            ) from None
         return load_file(str(file))
     try:
         try:
