@@ -112,13 +112,15 @@ class TrainConfig:
         for key in ("batch_size", "lr", "gamma"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be > 0")
-        check_schedule("train", self.schedule, self.milestones)
+        check_schedule("train", self.schedule, self.milestones, self.epochs)
+        if self.schedule != "step" and self.gamma != 0.1:
+            raise ConfigError(f"train.gamma={self.gamma} is the step schedule's: set train.schedule=step")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing={self.label_smoothing}: expected 0 <= label_smoothing < 1")
         check_choice("train.precision", str(self.precision), ("32", "bf16", "fp16"))
 
 
-def check_schedule(where: str, schedule: str, milestones) -> None:
+def check_schedule(where: str, schedule: str, milestones, epochs: int) -> None:
     check_choice(f"{where}.schedule", schedule, ("cosine", "step", "constant"))
     if schedule == "step" and not milestones:
         raise ConfigError(f"{where}.schedule=step needs {where}.milestones, e.g. [100, 150] (epochs)")
@@ -126,6 +128,10 @@ def check_schedule(where: str, schedule: str, milestones) -> None:
         raise ConfigError(f"{where}.milestones are the step schedule's: set {where}.schedule=step")
     if list(milestones) != sorted(set(milestones)) or any(m < 1 for m in milestones):
         raise ConfigError(f"{where}.milestones={list(milestones)}: expected increasing epochs >= 1")
+    if epochs and milestones and milestones[-1] > epochs:  # (0 epochs: a checkpoint, nothing trains)
+        raise ConfigError(
+            f"{where}.milestones={list(milestones)}: {where}.epochs={epochs} never reaches {milestones[-1]}"
+        )
 
 
 @dataclass
@@ -148,7 +154,7 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.epochs={self.epochs} must be >= 0")
         if not self.lr > 0:
             raise ConfigError(f"finetune.lr={self.lr} must be > 0")
-        check_schedule("finetune", self.schedule, self.milestones)
+        check_schedule("finetune", self.schedule, self.milestones, self.epochs)
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"finetune.alpha={self.alpha}: expected 0 <= alpha <= 1")
         if not self.temperature > 0:
@@ -231,6 +237,10 @@ class Config:
         target = str(node.get("_target_", "") if isinstance(node, dict) else getattr(node, "_target_", ""))
         if self.budget.macs is not None and target and not target.endswith(".Oneshot"):
             raise ConfigError(f"budget.macs works with schedule=oneshot only (the schedule is {target})")
+        if isinstance(self.augment, dict) and self.augment and "_target_" not in self.augment:
+            raise ConfigError(
+                f"augment=none takes no options ({', '.join(self.augment)}): choose augment=crop_flip or imagenet"
+            )
         if self.quantize and not self.handover:
             raise ConfigError("quantize=int8 quantizes the hand-over's ONNX model: it needs handover=true")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device)):

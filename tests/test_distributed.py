@@ -52,8 +52,9 @@ def weights(workdir, run) -> dict:
     return torch.load(client.download_artifacts(run.info.run_id, Artifact.MASKED_WEIGHTS), weights_only=True)
 
 
-# The model has no BatchNorm (each rank's statistics would differ); the global batch is 64 either way.
-POINT = ("model=lenet5", "train.batch_size=64", "handover=true", "tracking.experiment=ddp")
+# The model has no BatchNorm (each rank's statistics would differ); the global batch is 64 either way;
+# the training batches are augmented (every rank draws the global batch's numbers, then takes its part).
+POINT = ("model=lenet5", "train.batch_size=64", "augment=crop_flip", "handover=true", "tracking.experiment=ddp")
 
 
 def test_two_processes_train_and_fine_tune_to_the_weights_of_one(workdir, cli):
@@ -78,6 +79,17 @@ def test_two_processes_train_and_fine_tune_to_the_weights_of_one(workdir, cli):
         assert (a["state_dict"][name] - tensor).abs().max() <= 1e-5, name
     assert all(torch.equal(a["mask"]["masks"][n], m) for n, m in b["mask"]["masks"].items())
     assert ddp.data.metrics["test_accuracy"] == pytest.approx(one.data.metrics["test_accuracy"], abs=1e-3)
+
+
+def test_ranks_end_with_one_model_batchnorm_statistics_included(workdir):
+    """Each rank's BatchNorm statistics come from its own samples: rank 0's are every rank's at the
+    end of each training, so the ranks hold one model (and shrink and hand over the same)."""
+    both = torchrun(workdir, "model=vgg_small", "model.width=4", "method=structured", "schedule=iterative")
+    assert both.returncode == 0, both.stdout[-3000:] + both.stderr[-3000:]
+    (pruned,) = runs(workdir, Role.PRUNED)
+    assert pruned.info.status == "FINISHED"
+    assert pruned.data.metrics[Metric.RANKS_WEIGHTS_IDENTICAL] == 1.0
+    assert pruned.data.metrics[Metric.RANKS_MASKS_IDENTICAL] == 1.0
 
 
 def test_a_rank_that_dies_ends_the_run_failed_or_killed_never_running(workdir):

@@ -250,3 +250,17 @@ def test_per_channel_standardisation_reaches_the_batches_the_raw_view_and_the_ha
     assert torch.allclose(seen[0], x, atol=1e-6)
     with pytest.raises(DataError, match=r"dataset.mean=\[0.5, 0.4\]: expected one number or three"):
         load(root, mean=[0.5, 0.4])
+
+
+def test_a_folder_is_keyed_by_its_listing_not_its_contents_nor_its_workers(tmp_path, make_cfg):
+    from prunelab.experiment.keys import identity
+
+    folder = write_folder(tmp_path / "images")
+
+    def key(*more):
+        return identity(make_cfg("dataset=imagefolder", f"dataset.root={folder}", *more), "cpu")
+
+    first = key("dataset.workers=2")
+    assert key("dataset.workers=8") == first  # any number of workers gives the same batches
+    picture(0, 99).save(folder / "train" / CLASSES[0] / "extra.png")
+    assert key("dataset.workers=2").dense != first.dense  # a file more: other data

@@ -2,6 +2,7 @@
 
 A plug-in offers the two forms a dataset may need (the contract):
 
+* ``check(in_shape)``: raises a one-line error for inputs it cannot augment (before any run opens).
 * ``batch(x, generator, mean, std)``: a whole standardised in-memory batch, on its device, random
   numbers from the epoch's ``generator`` (the one that shuffles it: seeded, reproducible). The
   fastest CIFAR trainers augment this way, on the GPU, instead of per image in workers.
@@ -25,6 +26,14 @@ from .splits import PerChannel, per_channel
 from .transforms import eval_view, hflip, pad_crop_flip, random_resized_crop
 
 
+def check_images(name: str, in_shape: tuple[int, ...]) -> None:
+    if len(in_shape) != 3:
+        shape = "x".join(map(str, in_shape))
+        raise DataError(
+            f"augment={name} augments images (C x H x W); this dataset's inputs are {shape}: use augment=none"
+        )
+
+
 @dataclass(frozen=True)
 class CropFlip:
     """The CIFAR standard: a random ``size``-sized crop of the image padded by ``padding`` pixels of
@@ -41,9 +50,10 @@ class CropFlip:
         if not 0 <= self.fill <= 1:
             raise DataError(f"augment.fill={self.fill}: a raw pixel value, expected 0 <= fill <= 1")
 
+    def check(self, in_shape: tuple[int, ...]) -> None:
+        check_images("crop_flip", in_shape)
+
     def batch(self, x: torch.Tensor, generator: torch.Generator, mean: PerChannel, std: PerChannel) -> torch.Tensor:
-        if x.dim() != 4:
-            raise DataError(f"augment=crop_flip takes images (N x C x H x W), not inputs of shape {tuple(x.shape)}")
         if isinstance(mean, (int, float)) and isinstance(std, (int, float)):  # the fill, standardised
             return pad_crop_flip(x, self.padding, generator, fill=(self.fill - mean) / std, flip=self.flip)
         m, s = per_channel(mean, x), per_channel(std, x)  # per channel: padded as raw pixels
@@ -70,14 +80,15 @@ class ImageNet:
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise DataError(f"augment.ratio={list(self.ratio)}: expected 0 < low <= high")
 
+    def check(self, in_shape: tuple[int, ...]) -> None:
+        check_images("imagenet", in_shape)
+
     def sample(self, image: torch.Tensor, size: int, resize: int) -> torch.Tensor:
         crop = random_resized_crop(image, size, tuple(self.scale), tuple(self.ratio))  # type: ignore[arg-type]
         return hflip(crop) if self.flip and torch.rand(()) < 0.5 else crop
 
     def batch(self, x: torch.Tensor, generator: torch.Generator, mean: PerChannel, std: PerChannel) -> torch.Tensor:
         """In-memory images: each sample cropped and flipped (a loop: in-memory data are small)."""
-        if x.dim() != 4:
-            raise DataError(f"augment=imagenet takes images (N x C x H x W), not inputs of shape {tuple(x.shape)}")
         size = x.shape[-1]
         out = []
         for image in x:

@@ -52,6 +52,19 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def listing_digest(folder: Path) -> str:
+    """One SHA-256 over a folder's file names and sizes, not their contents: what a folder too large
+    to read through (ImageNet's 150 GB) is known by. Files renamed, added, removed or resized change
+    it; pixels edited in place at the same size do not."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root, name)
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0".encode())
+    return digest.hexdigest()
+
+
 def data_dirs(subdir: str) -> list[Path]:
     """Where a dataset's files are looked for when ``dataset.root`` is unset:
     ``$PRUNELAB_DATA/<subdir>``, then the user cache (where downloads go)."""

@@ -300,3 +300,7 @@ def imagefolder(
         std=std_,
         test_raw=None,
     )
+
+
+# A run is keyed by this folder's file names and sizes, not its contents (prunelab/experiment/keys.py).
+imagefolder.keyed_by_listing = True  # type: ignore[attr-defined]

@@ -80,13 +80,17 @@ class Split:
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         order = order.to(self.x.device)
         rank, world = shard
+        augment = self.augment if generator is not None else None
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
+            if generator is None and world == 1:
+                x = self.x[start : start + batch_size]
+            else:
+                x = self.x[idx]
+            if augment is not None:  # the whole global batch: every rank draws the same numbers
+                x = augment(x, generator)  # type: ignore[arg-type]
             if world > 1:
-                idx = idx.tensor_split(world)[rank]
-            x = self.x[idx] if generator is not None or world > 1 else self.x[start : start + batch_size]
-            if generator is not None and self.augment is not None:
-                x = self.augment(x, generator)
+                x, idx = x.tensor_split(world)[rank], idx.tensor_split(world)[rank]
             yield x, self.y[idx]
 
 

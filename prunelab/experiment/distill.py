@@ -43,17 +43,19 @@ class Distill:
 
     alpha: float
     temperature: float
+    label_smoothing: float = 0.0  # the hard labels' cross-entropy, as train.label_smoothing sets it
 
     def teaching(self, teacher: nn.Module) -> Distillation:
-        return Distillation(teacher, self.alpha, self.temperature)
+        return Distillation(teacher, self.alpha, self.temperature, self.label_smoothing)
 
 
 class Distillation:
     """The fine-tuning objective ``(logits, inputs, labels) -> loss`` with ``teacher``'s soft
     targets; keeps the KL term of every step for the epoch's ``finetune.kd_loss``."""
 
-    def __init__(self, teacher: nn.Module, alpha: float, temperature: float):
+    def __init__(self, teacher: nn.Module, alpha: float, temperature: float, label_smoothing: float = 0.0):
         self.teacher, self.alpha, self.temperature = teacher.eval(), alpha, temperature
+        self.label_smoothing = label_smoothing
         self.teacher.requires_grad_(False)
         self._kd: list[torch.Tensor] = []
 
@@ -67,7 +69,7 @@ class Distillation:
             )
         kd = kd_loss(logits, target, y, self.temperature)
         self._kd.append(kd.detach())
-        return self.alpha * kd + (1 - self.alpha) * F.cross_entropy(logits, y)
+        return self.alpha * kd + (1 - self.alpha) * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def epoch_kd_loss(self) -> float:
         """The mean KL term of the steps since the last call."""

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import UserError
 
 # What a collective says when a peer is gone (gloo, NCCL), besides raising torch's DistError.
-LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "NCCL error", "gloo")
+LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "NCCL error")
 
 
 class DistributedError(UserError, RuntimeError):
@@ -87,8 +87,8 @@ class Ranks:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise DistributedError(
-                f"rank {self.rank} of {self.world}: another process of this run stopped ({first[:200]}); "
-                "torchrun's report says which rank and why"
+                f"rank {self.rank} of {self.world}: another process of this run stopped or did not answer "
+                f"({first[:200]}); torchrun's report says which rank and why"
             ) from None
 
     def all_agree(self, value: Any) -> bool:
@@ -97,27 +97,31 @@ class Ranks:
         dist.all_gather_object(values, value)
         return all(v == values[0] for v in values)
 
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics, which each rank updated from its own
+        samples) into ``model`` on every rank: the ranks end a training with one model."""
+        for tensor in model.buffers():
+            dist.broadcast(tensor, src=0)
+
     def broadcast_state(self, model: nn.Module) -> None:
         """Rank 0's weights and buffers into ``model`` on every rank."""
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
 
 
-def local_batchnorm(model: nn.Module) -> nn.Module:
-    """``model`` with every ``SyncBatchNorm`` back as the ``BatchNorm2d`` it was converted from (the
-    same parameter and statistics tensors), so pruning, shrinking and export see plain layers."""
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.SyncBatchNorm):
-            local = nn.BatchNorm2d(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
-            )
-            local.weight, local.bias = child.weight, child.bias
-            local.running_mean, local.running_var = child.running_mean, child.running_var
-            local.num_batches_tracked = child.num_batches_tracked
-            local.train(child.training)
-            setattr(model, name, local)
-        else:
-            local_batchnorm(child)
+def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    """``model``'s BatchNorm layers by name (before ``sync_bn`` replaces them)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def local_batchnorm(model: nn.Module, originals: dict[str, nn.Module]) -> nn.Module:
+    """``model`` with its BatchNorm layers back as they were before ``sync_bn`` converted them
+    (``originals``, :func:`batchnorms`): the converted layers shared their parameters and
+    statistics, so the originals hold what training made of them."""
+    for name, layer in originals.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer)
     return model
 
 
@@ -147,9 +151,11 @@ def rendezvous(env: os._Environ | dict[str, str] = os.environ) -> tuple[str, str
     return None
 
 
-def start(ranks: Ranks, device: torch.device, timeout_s: float = 600.0) -> None:
+def start(ranks: Ranks, device: torch.device, timeout_s: float = 3 * 3600.0) -> None:
     """Join the run's process group: NCCL between GPUs, gloo on CPUs. A rank that does not arrive
-    (or a collective a dead rank never joins) fails after ``timeout_s`` instead of hanging."""
+    (or a collective a dead rank never joins) fails after ``timeout_s`` instead of hanging: long,
+    because the other ranks wait while rank 0 waits for a dense model another job is training (a
+    rank that dies closes its connections, which the others see at once, and torchrun ends them)."""
     if dist.is_initialized():
         return
     where = rendezvous()

@@ -23,10 +23,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.files import file_digest, folder_digest
+from ..data.files import file_digest, folder_digest, listing_digest
 from ..names import Role, Tag
 from ..paths import conf_dir
-from ..plugins import read_option
+from ..plugins import locate, read_option
 from ..redact import redact_tree
 
 # The groups whose chosen option names a run (params and tags).
@@ -59,8 +59,9 @@ RESULT_PARTS = (
 SEEDS = ("seed", "calibration_seed")
 # Fine-tuning's distillation options: in the key only when finetune.distill is on.
 DISTILL_OPTIONS = ("distill", "alpha", "temperature")
-# Where the data lie, not what they are (the loaders check contents by checksum).
-LOCATION = ("dataset.root", "dataset.url", "dataset.verify")
+# Where and how the data are read, not what they are (the loaders check contents by checksum; any
+# number of decoding workers gives the same batches).
+LOCATION = ("dataset.root", "dataset.url", "dataset.verify", "dataset.workers")
 # A dataset with one of these options is a published one, checked by its checksum wherever it lies;
 # one without (dataset=text, a folder of your files) is known by its root folder's contents.
 VERIFIED = {"url", "sha256", "verify"}
@@ -135,6 +136,8 @@ def _relevant(cfg: DictConfig, device_type: str, parts, world: int = 1) -> dict:
         for option, default in LATER_DEFAULTS.items():
             if isinstance(node, dict) and node.get(option, default) == default:
                 node.pop(option, None)
+        if isinstance(node, dict) and world == 1:  # one process: nothing to synchronise
+            node.pop("sync_bn", None)
     dense = tree.pop("dense", None) or {}
     if "dense" in parts and dense.get("checkpoint"):  # a checkpoint by its contents, wherever it lies
         tree["dense"] = {"checkpoint": "sha256:" + checkpoint_digest(dense["checkpoint"]), "strict": dense["strict"]}
@@ -146,9 +149,14 @@ def _relevant(cfg: DictConfig, device_type: str, parts, world: int = 1) -> dict:
     if isinstance(data, dict) and not VERIFIED & set(data) and isinstance(data.get("root"), str):
         root = Path(data["root"]).expanduser()  # a user's own files (dataset=text): nothing else says what they hold
         if root.is_dir():
-            data["root"] = "files:" + folder_digest(root)
+            if _keyed_by_listing(data.get("_target_")):  # too large to read through (an ImageNet folder)
+                data["root"] = "listing:" + listing_digest(root)
+            else:
+                data["root"] = "files:" + folder_digest(root)
     for dotted in LOCATION:
-        if dotted == "dataset.root" and str((tree.get("dataset") or {}).get("root", "")).startswith("files:"):
+        if dotted == "dataset.root" and str((tree.get("dataset") or {}).get("root", "")).startswith(
+            ("files:", "listing:")
+        ):
             continue
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):
@@ -170,6 +178,14 @@ def _relevant(cfg: DictConfig, device_type: str, parts, world: int = 1) -> dict:
         tree["world"] = world
     tree["format"] = FORMAT
     return tree
+
+
+def _keyed_by_listing(target: Any) -> bool:
+    """Whether the dataset plug-in ``target`` says its folder is known by its listing."""
+    try:
+        return bool(getattr(locate(target), "keyed_by_listing", False)) if isinstance(target, str) else False
+    except ImportError:
+        return False
 
 
 def checkpoint_digest(path: str) -> str:

@@ -165,6 +165,8 @@ def run(
             active.log_files({**files, **(handed.files if handed else {})})
         metrics["run_id"] = active.id
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run holds it all now
+    if ranks is not None:
+        distributed.stop()
     origin = "from cache" if dense.from_cache else ("trained" if s.dense_recipe.epochs else "evaluated, not trained")
     report(s.names, s.ratio, s.budget_macs, metrics, origin, s.tracking.uri, s.tracking.ui, experiment_id)
     return metrics
@@ -174,7 +176,10 @@ def _data_and_model(s: Settings) -> tuple[Splits, torch.nn.Module]:
     """The splits (augmented for training as configured) and the network, from a checkpoint when
     ``dense.checkpoint`` names one; the same on every rank."""
     seed_everything(s.seed)
-    data = s.dataset(seed=s.seed).augmented(s.augment).to(s.device)
+    data = s.dataset(seed=s.seed)
+    if s.augment is not None:
+        s.augment.check(data.in_shape)  # before any run opens: augment=crop_flip on text is one line
+    data = data.augmented(s.augment).to(s.device)
     model = build(s.model, data.in_shape, data.num_classes)
     if s.checkpoint is not None:
         load_checkpoint(model, s.checkpoint, s.strict)
@@ -187,20 +192,21 @@ def _follow(s: Settings, ranks: distributed.Ranks) -> dict[str, Any]:
     nothing, and logging only warnings (rank 0 reports the run). Its training steps are the
     collectives that make the run one run."""
     logging.getLogger("prunelab").setLevel(logging.WARNING)
-    if ranks.broadcast():  # rank 0 found a finished run of this config
-        return {}
-    data, model = _data_and_model(s)
-    pruner = _pruner(s, data, model)
-    init = copy.deepcopy(model.state_dict())
-    if ranks.broadcast() == "train":
-        train(model, data, s.dense_recipe, s.seed, desc="dense", ranks=ranks)
-    ranks.broadcast_state(model)
-    teacher = copy.deepcopy(model)
-    session = RunSession(
-        distributed.Unrecorded(), s, model, pruner, data, init, s.cache / "schedules" / s.key.run, teacher
-    )
-    prune_schedule(s.schedule, session)
-    ranks.all_agree(_weights_digest(model))
+    with ranks.watching():
+        if ranks.broadcast():  # rank 0 found a finished run of this config
+            return {}
+        data, model = _data_and_model(s)
+        pruner = _pruner(s, data, model)
+        init = copy.deepcopy(model.state_dict())
+        if ranks.broadcast() == "train":
+            train(model, data, s.dense_recipe, s.seed, desc="dense", ranks=ranks)
+        ranks.broadcast_state(model)
+        teacher = copy.deepcopy(model)
+        checkpoints = s.cache / "schedules" / s.key.run
+        session = RunSession(distributed.Unrecorded(), s, model, pruner, data, init, checkpoints, teacher)
+        prune_schedule(s.schedule, session)
+        ranks.all_agree(_weights_digest(model))
+    distributed.stop()
     return {}
 
 
@@ -265,7 +271,11 @@ def _pruner(s: Settings, data: Splits, model: torch.nn.Module) -> Pruner:
         s.scope,
         seed=s.calibration_seed,
         data=PruneData(
-            in_memory(data.train), in_memory(data.val), s.train.batch_size, s.calibration_seed, data.calibration
+            in_memory(data.train, seed=s.calibration_seed),
+            in_memory(data.val, seed=s.calibration_seed),
+            s.train.batch_size,
+            s.calibration_seed,
+            data.calibration,
         ),
         example_inputs=data.train.example(),
         budget_macs=s.budget_macs,

@@ -30,9 +30,20 @@ from ..tracking import store
 from .dense import atomic_save
 from .distributed import Unrecorded
 from .settings import Settings
-from .train import EpochResult, evaluate, scores, steps_per_epoch, train
+from .train import EpochResult, Recipe, evaluate, scores, steps_per_epoch, train
 
 PRUNED_TEST = Metric.at(Metric.PRUNED, "test_")  # the prefix of pruned.test_accuracy / _perplexity
+
+
+def _to(obj: Any, device) -> Any:
+    """``obj`` (a checkpoint's nested dicts and lists) with every tensor on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
 
 
 class RunSession(Session):
@@ -79,12 +90,10 @@ class RunSession(Session):
         result.mask.apply(self.model)
         if self.ranks is not None:  # a reconstructing method (SparseGPT) changed the weights too
             self.ranks.broadcast_state(self.model)
-        figures = {
-            **agreed,
-            Metric.PRUNE_SECONDS: seconds,
-            **scores(self.model, self.data.test, PRUNED_TEST),
-            Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY): evaluate(self.model, self.data.val)["accuracy"],
-        }
+        figures = {**agreed, Metric.PRUNE_SECONDS: seconds}
+        if self.ranks is None or self.ranks.main:  # the others record nothing: not evaluated there
+            figures[Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY)] = evaluate(self.model, self.data.val)["accuracy"]
+            figures.update(scores(self.model, self.data.test, PRUNED_TEST))
         if self.pruner.budget is not None:
             figures[Metric.BUDGET_RATIO] = result.ratio
         new = result.mask
@@ -136,7 +145,7 @@ class RunSession(Session):
         train(
             net,
             self.data,
-            dataclasses.replace(self.finetune, epochs=epochs),
+            self._finetune_for(epochs),
             self.seed + self._calls,
             after_step=after_step,
             on_epoch=on_epoch,
@@ -150,6 +159,14 @@ class RunSession(Session):
         elif mask is not None and mask.structural:
             shrunk = shrink(self.model, mask, x1)
         return shrunk
+
+    def _finetune_for(self, epochs: int) -> Recipe:
+        """The fine-tuning recipe over ``epochs`` (a schedule may split finetune.epochs into rounds):
+        cosine decays over them, and step milestones scale with them, as in the whole budget."""
+        milestones = self.finetune.milestones
+        if milestones and self.epochs and epochs != self.epochs:
+            milestones = tuple(sorted({max(1, round(m * epochs / self.epochs)) for m in milestones}))
+        return dataclasses.replace(self.finetune, epochs=epochs, milestones=milestones)
 
     def shrunk(self, mask):
         return shrink(self.model, mask, self.data.train.example()) if mask is not None and mask.structural else None
@@ -179,10 +196,11 @@ class RunSession(Session):
 
     def resume(self) -> dict | None:
         path = self.checkpoints
-        if self.ranks is not None and not self.ranks.main:  # rank 0's, whatever this rank would find
-            return self.ranks.broadcast()
-        state = torch.load(path, map_location=self.data.device, weights_only=True) if path.is_file() else None
-        return self.ranks.broadcast(state) if self.ranks is not None else state
+        if self.ranks is None:
+            return torch.load(path, map_location=self.data.device, weights_only=True) if path.is_file() else None
+        # rank 0's, whatever another rank would find; sent from the CPU, put on each rank's own device
+        state = torch.load(path, map_location="cpu", weights_only=True) if self.ranks.main and path.is_file() else None
+        return _to(self.ranks.broadcast(state), self.data.device)
 
     def checkpoint(self, state: dict) -> None:
         if self.ranks is not None and not self.ranks.main:

@@ -6,6 +6,7 @@ runner nothing reads the config.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,10 @@ class Settings:
         validate(cfg)
         ranks = from_environment()
         device = resolve_device(cfg.device, ranks)
+        if ranks is not None and re.fullmatch(r"cuda:\d+", cfg.device):
+            raise ConfigError(
+                f"device={cfg.device} under torchrun: each rank takes its own GPU (LOCAL_RANK); use device=cuda"
+            )
         if ranks is not None and cfg.train.sync_bn:
             if device.type != "cuda":
                 raise ConfigError("train.sync_bn=true needs CUDA devices: PyTorch's SyncBatchNorm runs on GPUs only")
@@ -134,7 +139,9 @@ class Settings:
             pretrained=bool(cfg.model.get("pretrained")) or checkpoint is not None,
             finetune=finetune,
             shrink=c.finetune.shrink,
-            distill=Distill(c.finetune.alpha, c.finetune.temperature) if c.finetune.distill else None,
+            distill=Distill(c.finetune.alpha, c.finetune.temperature, t.label_smoothing)
+            if c.finetune.distill
+            else None,
             tracking=c.tracking,
             cache=cache,
             force=cfg.force,

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..data.splits import Split, Splits, labelled
 from ..errors import UserError
 from ..names import IGNORE
-from .distributed import Ranks, local_batchnorm
+from .distributed import Ranks, batchnorms, local_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ def fit(
     gradient of the whole batch; the epoch's figures are summed over the ranks."""
     device = next(model.parameters()).device
     net = speed.network(model)
+    synced = batchnorms(model) if ranks is not None and ranks.sync_bn else {}
     if ranks is not None:
         net = ranks.parallel(net, device)
     loop = _Loop(model, net, optimizer, scheduler, after_step, objective, speed, label_smoothing, ranks, device)
@@ -184,7 +185,8 @@ def fit(
                     epoch,
                     loss / labelled(train.y),
                     correct / labelled(train.y),
-                    evaluate(model, val)["accuracy"] if len(val) else float("nan"),
+                    # (ranks other than 0 record nothing: their copy of the figure is not computed)
+                    evaluate(model, val)["accuracy"] if len(val) and (ranks is None or ranks.main) else float("nan"),
                 )
                 log.info(
                     "%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f",
@@ -204,9 +206,11 @@ def fit(
                 history.append(result)
                 if on_epoch is not None:
                     on_epoch(result)
+            if ranks is not None and epochs > 0:
+                ranks.broadcast_buffers(model)
     finally:
-        if ranks is not None and ranks.sync_bn:
-            local_batchnorm(model)
+        if synced:
+            local_batchnorm(model, synced)
     return history
 
 

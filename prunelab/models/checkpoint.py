@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,14 +42,12 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
             raise ModelError(
                 f"dense.checkpoint={path} needs the safetensors package: pip install safetensors"
             ) from None
-        return load_file(str(file))
-    try:
         try:
-            obj = torch.load(file, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # a whole module: classes, not only tensors
-            obj = torch.load(file, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise ModelError(f"dense.checkpoint={path} is not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+            obj: Any = load_file(str(file))
+        except Exception as e:  # safetensors' own errors (a header it cannot parse) are no OSError
+            raise ModelError(f"dense.checkpoint={path} is not a safetensors file ({_first_line(e)})") from None
+    else:
+        obj = _torch_load(file, path)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     for key in ("state_dict", "model"):
@@ -57,6 +56,26 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"dense.checkpoint={path} holds no state dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _torch_load(file: Path, path: str | Path) -> Any:
+    try:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # a whole module: classes, not only tensors
+            return torch.load(file, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as e:  # a module whose class is not importable here
+        raise ModelError(
+            f"dense.checkpoint={path} is a saved module whose code is not importable here ({_first_line(e)}): "
+            "save its state_dict() instead"
+        ) from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ModelError(f"dense.checkpoint={path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _named(keys: list[str]) -> str:

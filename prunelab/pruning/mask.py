@@ -158,7 +158,11 @@ class Mask:
         return digest.hexdigest()
 
     def to(self, device) -> Mask:
-        return dataclasses.replace(self, masks={n: m.to(device) for n, m in self.masks.items()})
+        return dataclasses.replace(
+            self,
+            masks={n: m.to(device) for n, m in self.masks.items()},
+            channels={n: c.to(device) for n, c in self.channels.items()},
+        )
 
     @classmethod
     def from_state(cls, state: dict) -> Mask:
