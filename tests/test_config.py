@@ -35,9 +35,19 @@ def test_every_group_has_options():
     assert {group for group, _ in OPTIONS} == set(GROUPS)
 
 
+# The tests' one epoch is before a step recipe's first milestone (refused: the step would never
+# come); these bring the milestones within it.
+WITHIN_ONE_EPOCH = ("train.milestones=[1]", "finetune.milestones=[1]")
+
+
+def shortened(*overrides: str) -> tuple[str, ...]:
+    steps = any(o in ("recipe=cifar", "recipe=imagenet") or o.startswith("+experiment=cifar10_") for o in overrides)
+    return (*overrides, *WITHIN_ONE_EPOCH) if steps and not any("smoke" in o for o in overrides) else overrides
+
+
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_against_the_schema(make_cfg, group, option):
-    cfg = make_cfg(f"{group}={option}", "handover=true")  # (quantize=int8 quantizes the hand-over)
+    cfg = make_cfg(*shortened(f"{group}={option}", "handover=true"))  # (quantize=int8 quantizes the hand-over)
     validate(cfg)
     if group == "recipe":  # a recipe sets the training numbers and names itself
         assert cfg.recipe == option and callable(get_object(cfg.train.optimizer._target_))
@@ -50,7 +60,7 @@ def test_every_option_composes_against_the_schema(make_cfg, group, option):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_overlay_composes(make_cfg, name):
     preflight([f"+experiment={name}"])
-    validate(make_cfg(f"+experiment={name}"))
+    validate(make_cfg(*shortened(f"+experiment={name}")))
 
 
 def test_the_defaults_are_valid(make_cfg):
