@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .common import Verdict, write_block
+from .common import Verdict, publish
 from .common import table as table_md
 
 RATIOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -48,7 +48,6 @@ SEEDS = (0, 1, 2)
 # The plain script's recipe, as prunelab overrides (conf/recipe/sgd.yaml is that recipe).
 PLAIN = ("recipe=sgd",)
 MODELS = {"LeNet-5": "lenet5_classic", "LeNet-300-100": "lenet300_100"}
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 POINTS = Path(__file__).resolve().parent / "baseline_recipes.csv"  # every measured point, all parts
 BLOCK = "baseline_recipes"  # its markers in RESULTS.md
 
@@ -589,11 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     points = run_jobs(jobs, args.workers)
     if not args.quick:
         points = merge_points(points)
-    text = report(study, points, time.perf_counter() - start, args.part)
-    print(text)
-    if not args.quick:
-        write_block(BLOCK, text, RESULTS)
-        print(f"wrote {RESULTS}", file=sys.stderr)
+    publish(report(study, points, time.perf_counter() - start, args.part), None if args.quick else BLOCK)
     return 0
 
 

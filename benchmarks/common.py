@@ -356,13 +356,23 @@ def weight_count(model: nn.Module) -> int:
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what make bench writes; long benchmarks add blocks
 
 
-def report(section: Section, block: str | None = None) -> int:
-    """Print ``section``; with ``block``, also write it (and its verdicts) into RESULTS.md as that
-    kept block. The exit status: 0 when every target was met."""
-    print(section.markdown())
+def verdict_lines(verdicts: Sequence[Verdict]) -> str:
+    """The verdicts as a section's last lines (what RESULTS.md's summary is made of)."""
+    return "\n".join(f"Verdict: {v.item}: {v.measured} (target {v.target}): {v.mark}" for v in verdicts)
+
+
+def publish(text: str, block: str | None = None) -> None:
+    """Print a benchmark's ``text``; with ``block``, also write it into RESULTS.md as that kept
+    block (a long benchmark run on its own; ``make bench`` keeps it)."""
+    print(text)
     if block is not None:
-        verdicts = "\n".join(f"- {v.item}: {v.measured} (target {v.target}: {v.mark})" for v in section.verdicts)
-        write_block(block, section.markdown() + "\n" + verdicts, RESULTS)
+        write_block(block, text, RESULTS)
+        print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+def report(section: Section, block: str | None = None) -> int:
+    """Publish ``section`` with its verdicts; the exit status: 0 when every target was met."""
+    publish(section.markdown() + "\n" + verdict_lines(section.verdicts) + "\n", block)
     return 0 if all(v.met for v in section.verdicts) else 1
 
 

@@ -11,18 +11,15 @@ process's peak RSS during the prune over what it held before (the model, its inp
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from prunelab.models import lm
 from prunelab.pruning import Local, PruneData, SparseGPT
 
-from .common import Verdict, peak_rss_bytes, reset_peak, rss_bytes, table, write_block
+from .common import Verdict, peak_rss_bytes, publish, reset_peak, rss_bytes, table, verdict_lines
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BLOCK = "llm_scale"
 GPT2_SMALL = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024}
 VOCAB, SAMPLES, SEQ = 50257, 128, 512
@@ -62,11 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 blocks, 8 windows of 128; printed only")
     args = parser.parse_args(argv)
     text, verdict = run(8, 128, 2) if args.quick else run()
-    text += f"\n\nVerdict: {verdict.measured} (target {verdict.target}): {verdict.mark}\n"
-    print(text)
-    if not args.quick:
-        write_block(BLOCK, text, RESULTS)
-        print(f"wrote {RESULTS}", file=sys.stderr)
+    publish(f"{text}\n\n{verdict_lines([verdict])}\n", None if args.quick else BLOCK)
     return 0
 
 

@@ -19,7 +19,6 @@ pruning of real LLM architectures"): heads + MLP at 50% ≥ 1.6×, depth at 25% 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -28,7 +27,7 @@ from prunelab.models import lm
 from prunelab.pruning import PruneData, prune, shrink
 from prunelab.pruning.macs import mac_counts
 
-from .common import RESULTS, Verdict, table, write_block
+from .common import Verdict, publish, table, verdict_lines
 
 BLOCK = "llm_structured_speed"
 VOCAB, SEQ, BATCH = 4096, 256, 64
@@ -90,13 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 windows of 32 tokens; printed only")
     args = parser.parse_args(argv)
     text, verdicts = run(32, 4, 0.2) if args.quick else run()
-    text += (
-        "\n\n" + "\n".join(f"Verdict: {v.item}: {v.measured} (target {v.target}): {v.mark}" for v in verdicts) + "\n"
-    )
-    print(text)
-    if not args.quick:
-        write_block(BLOCK, text, RESULTS)
-        print(f"wrote {RESULTS}", file=sys.stderr)
+    publish(f"{text}\n\n{verdict_lines(verdicts)}\n", None if args.quick else BLOCK)
     return 0
 
 
