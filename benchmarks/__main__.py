@@ -13,6 +13,7 @@ reported in the results (with its error) instead of stopping the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import inspect
@@ -55,10 +56,8 @@ def with_kept_blocks(text: str, old: str) -> str:
 
 def _command() -> str:
     exe = Path(sys.executable)
-    try:
+    with contextlib.suppress(ValueError):
         exe = exe.relative_to(Path.cwd())
-    except ValueError:
-        pass
     return shlex.join([str(exe), "-m", "benchmarks", *sys.argv[1:]])
 
 

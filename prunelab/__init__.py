@@ -7,14 +7,16 @@ Command line: ``python -m prunelab method=structured ratio=0.5`` (see README). I
     pruned.mask.apply(model)
 
 The package, bottom to top (a module imports only from its own floor or below; tests/test_imports.py
-checks it): ``names``, ``errors``, ``paths``, ``redact``, ``plugins`` -> ``pruning`` -> ``data``,
+checks it): ``names``, ``errors``, ``paths``, ``redact``, ``contracts``, ``plugins`` -> ``pruning`` -> ``data``,
 ``models`` -> ``deploy``, ``tracking`` -> ``config`` -> ``experiment`` (the runner and its stages)
 -> ``analysis`` -> ``sweep``, ``cli``.
 """
 
+from importlib.metadata import version
+
 from .pruning import Mask, Pruned, Pruner, prune, shrink
 
-__version__ = "0.1.0"
+__version__ = version("prunelab")  # pyproject.toml's, the one home of the version (CHANGELOG.md follows it)
 __all__ = ["Mask", "Pruned", "Pruner", "__version__", "prune", "run", "shrink"]
 
 

@@ -18,70 +18,68 @@ from pathlib import Path
 
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, not_an_option, register, validate, with_choices
 from .errors import UserError, fail
+from .names import Metric
 from .paths import conf_dir
 from .redact import install_log_redaction
 
 log = logging.getLogger("prunelab")
 
 
-def _values(override, own_sweeper: bool) -> list[str] | None:
-    """The values a sweep override takes (None: an optimising sweeper picks them, or a glob
-    over a group's options, which Hydra expands against the options that exist)."""
+def _points(parsed: list[Override], own_sweeper: bool) -> list[list[str]]:
+    """Override lists that between them use every value of every override once: the first value of
+    each, then each other value of one override at a time (not the whole product). The values
+    are those Hydra's basic sweeper makes of an override (lists, range(...), choice(...), a glob
+    over a group's options), spelt as it spells them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.types import Glob
+    from hydra.errors import HydraException
 
-    if isinstance(override.value(), Glob):
-        return None
-    if override.is_sweep_override():
-        if not override.is_discrete_sweep():
-            if not own_sweeper:
-                raise ConfigError(
-                    f"{override.input_line}: the default sweeper takes lists (a,b,c) or "
-                    "range(...); interval(...) needs an optimising hydra/sweeper"
-                )
-            return None  # an optimising sweeper picks the values; each job is validated instead
-        return [str(v) for v in override.sweep_string_iterator()]
-    return [override.get_value_element_as_str()]
-
-
-def _as_override(o, value: str) -> str:
-    prefix = "~" if o.is_delete() else "++" if o.is_force_add() else "+" if o.is_add() else ""
-    key = o.key_or_group + (f"@{o.package}" if o.package else "")
-    return f"{prefix}{key}={value}"
-
-
-def _jobs(parsed, own_sweeper: bool) -> list[list[str]]:
-    """Override lists that between them use every swept value once: the first value of each
-    sweep, then each other value of one sweep at a time (not the whole product)."""
-    base, alternatives = [], []
-    for i, o in enumerate(parsed):
-        values = None if o.is_delete() else _values(o, own_sweeper)
-        base.append(o.input_line if o.is_delete() else _as_override(o, values[0]) if values else None)
-        alternatives += [(i, _as_override(o, v)) for v in (values or [])[1:]]
-    jobs = [base]
-    for i, line in alternatives:
-        jobs.append(base[:i] + [line] + base[i + 1 :])
-    return [[line for line in job if line is not None] for job in jobs]
+    lists = []
+    for o in parsed:
+        if own_sweeper and o.is_sweep_override() and not o.is_discrete_sweep():
+            continue  # interval(...): an optimising sweeper picks the values; each job is validated instead
+        try:
+            (lines,) = BasicSweeper.split_arguments([o], max_batch_size=None)
+        except HydraException:  # (its message names the sweep type, not the way out)
+            raise ConfigError(
+                f"{o.input_line}: the default sweeper takes lists (a,b,c) or "
+                "range(...); interval(...) needs an optimising hydra/sweeper"
+            ) from None
+        # Hydra's glob also matches the plug-ins' schemas (config.register stores method/nm_schema
+        # and the like beside the options), which are no options: not checked, as before.
+        schemas = isinstance(o.value(), Glob)
+        lists.append([line for (line,) in lines if not (schemas and line.endswith("_schema"))])
+    lists = [lines for lines in lists if lines]  # (a glob that matches nothing: left out)
+    first = [lines[0] for lines in lists]
+    return [first] + [[*first[:i], line, *first[i + 1 :]] for i, lines in enumerate(lists) for line in lines[1:]]
 
 
-def _compose(overrides: list[str], config_dir: str, config_name: str) -> DictConfig:
+def _parse(parser: OverridesParser, overrides: list[str]) -> list[Override]:
+    try:
+        return parser.parse_overrides(overrides)
+    except Exception as e:  # Hydra's grammar errors
+        raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
+
+
+def _compose(overrides: list[str], config_name: str) -> DictConfig:
     """The config Hydra will run, composed with its public API on the real search path (a user's
-    own hydra.searchpath folder included) and checked by the schema (ConfigError in one line)."""
-    from hydra import compose, initialize_config_dir
+    own hydra.searchpath folder included) and checked by the schema (ConfigError in one line).
+    Runs under the preflight's ``initialize_config_dir``."""
+    from hydra import compose
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    register()  # the schema, as Hydra will compose against it
     try:
-        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     except MissingConfigException as e:
         raise ConfigError(_missing_option(e)) from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_not_an_option(e, overrides, config_dir, config_name) or _first_lines(e)) from None
+        raise ConfigError(_not_an_option(e, overrides, config_name) or _first_lines(e)) from None
     validate(with_choices(copy.deepcopy(cfg)))
     return cfg
 
@@ -120,10 +118,10 @@ def _passes_with(cfg: DictConfig, override) -> bool:
     return True
 
 
-def _not_an_option(e: BaseException | None, overrides: list[str], config_dir: str, config_name: str) -> str | None:
+def _not_an_option(e: BaseException | None, overrides: list[str], config_name: str) -> str | None:
     """An option a plug-in does not take (Hydra: "Key 'x' not in ..."), as one sentence naming the
     options it does take (the config composed without that override says which plug-in it is)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
 
     found = None
     while e is not None and found is None:
@@ -134,8 +132,7 @@ def _not_an_option(e: BaseException | None, overrides: list[str], config_dir: st
     key = found.group(1)
     rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
     try:
-        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
-            cfg = compose(config_name, overrides=rest, return_hydra_config=True)
+        cfg = compose(config_name, overrides=rest, return_hydra_config=True)
     except Exception:  # the rest does not compose either: Hydra's own message says more
         return None
     return not_an_option(with_choices(cfg), key)
@@ -186,30 +183,37 @@ def preflight(args: list[str]) -> None:
         )
     if parsed_args.config_path:
         return
-    primary = (parsed_args.config_dir or str(conf_dir()), parsed_args.config_name or "config")
-    parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_overrides(parsed_args.overrides)
-    except Exception as e:  # Hydra's grammar errors
-        raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
-    own_sweeper = any(o.key_or_group == "hydra/sweeper" for o in parsed)
-    first, *others = _jobs(parsed, own_sweeper)
-    base = _compose(first, *primary)
-    for job in [first, *others]:
-        if job is not first:
-            # Another value of one override: a plain value is checked on the first job's config.
-            changed = [line for line, was in zip(job, first, strict=True) if line != was]
-            if len(changed) == 1 and not _own_sweep(base)[0] and _passes_with(base, parser.parse_override(changed[0])):
-                continue
-        sweeps, sweeper = _own_sweep(base if job is first else _compose(job, *primary))
-        if sweeps:  # an experiment's hydra.sweeper.params: each of its values in turn
-            given = {o.key_or_group for o in parsed}
-            extra = parser.parse_overrides([f"{k}={v}" for k, v in sweeps.items() if k not in given])
-            for more in _jobs(extra, own_sweeper or sweeper != "basic"):
-                _compose(job + more, *primary)
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_dir, config_name = parsed_args.config_dir or str(conf_dir()), parsed_args.config_name or "config"
+    register()  # the schema, as Hydra will compose against it
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        # Parsed as Hydra's sweeper parses them: a glob lists the options of the app's search path.
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        parsed = _parse(parser, parsed_args.overrides)
+        own_sweeper = any(o.key_or_group == "hydra/sweeper" for o in parsed)
+        first, *others = _points(parsed, own_sweeper)
+        base = _compose(first, config_name)
+        for job in [first, *others]:
+            if job is not first:
+                # Another value of one override: a plain value is checked on the first job's config.
+                changed = [parser.parse_override(line) for line, was in zip(job, first, strict=True) if line != was]
+                if len(changed) == 1 and not _own_sweep(base)[0] and _passes_with(base, changed[0]):
+                    continue
+            sweeps, sweeper = _own_sweep(base if job is first else _compose(job, config_name))
+            if sweeps:  # an experiment's hydra.sweeper.params, less the keys given (Hydra's sweeper: the last wins)
+                given = {o.get_key_element() for o in parsed}
+                extra = [
+                    o
+                    for o in _parse(parser, [f"{k}={v}" for k, v in sweeps.items()])
+                    if o.get_key_element() not in given
+                ]
+                for more in _points(extra, own_sweeper or sweeper != "basic"):
+                    _compose(more + job, config_name)
 
 
-def _interrupt(signum, frame):
+def _interrupt(*_signal_args):
     # SIGTERM (a scheduler, `kill`) takes the same path as Ctrl-C: runs end KILLED, not RUNNING.
     raise KeyboardInterrupt
 
@@ -228,12 +232,12 @@ def _task(cfg: DictConfig):
         try:
             # points one after another in this process: each hand-over is made while the next
             # point trains, and the sweep's end collects them (sweep.py)
-            return run(cfg, parent, point_tags(parent), defer_handover=in_process())["test_accuracy"]
+            return run(cfg, parent, point_tags(parent), defer_handover=in_process())[Metric.TEST_ACCURACY]
         except Exception as e:
             log.error("point %s failed: %s", " ".join(job_overrides()), e, exc_info=True)
             return None
     try:
-        return run(cfg).get("test_accuracy")  # (a rank other than 0 records nothing)
+        return run(cfg).get(Metric.TEST_ACCURACY)  # (a rank other than 0 records nothing)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the run already ended KILLED with what it had logged.
         fail("interrupted: the run ends KILLED; the same command finishes the work", status=130)

@@ -15,8 +15,10 @@ Nothing here imports the pruning code at load time: the plug-ins' schemas are de
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import inspect
 import re
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from .errors import UserError
 from .paths import conf_dir
-from .plugins import check_options, locate, read_option
+from .plugins import RUNTIME, check_options, locate, read_option
 
 # Config groups whose chosen option names a run (the experiment, the run, its params).
 GROUPS = (
@@ -42,8 +44,11 @@ GROUPS = (
     "quantize",
     "codebook",
 )
-# Groups whose shipped options compose against a schema derived from their class.
-TYPED_GROUPS = ("method", "criterion", "scope", "schedule")
+# Groups whose shipped options compose against a schema derived from their plug-in (its class's
+# fields or its function's parameters): the plug-in holds the defaults, the YAML what differs.
+TYPED_GROUPS = ("method", "criterion", "scope", "schedule", "dataset", "model", "augment", "quantize", "codebook")
+# Groups whose plug-ins are built whole, never partial (their runs were keyed without _partial_).
+WHOLE_GROUPS = ("augment",)
 # Plug-in nodes whose options are checked against their _target_ (group -> where it sits).
 PLUGIN_NODES = {
     "model": "model",
@@ -87,16 +92,17 @@ class BudgetConfig:
             check_budget(self.macs)
 
 
-# The values of train and finetune come from the recipe group (conf/recipe/); these defaults are only
-# the schema's fallback when a config is composed without one.
+# A recipe (conf/recipe/) holds the values of train and finetune it sets (MISSING here: a config
+# composes with one, conf/config.yaml's default); the defaults below are those of options a recipe
+# may leave out.
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 2e-3
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
     # A partial optimizer (torch.optim.X with _partial_: true); lr is passed separately.
-    optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True})
-    schedule: str = "cosine"  # cosine | step (lr x gamma after each of milestones, in epochs) | constant
+    optimizer: Any = MISSING
+    schedule: str = MISSING  # cosine | step (lr x gamma after each of milestones, in epochs) | constant
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     label_smoothing: float = 0.0
@@ -136,9 +142,9 @@ def check_schedule(where: str, schedule: str, milestones, epochs: int) -> None:
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 6
-    lr: float = 2e-3
-    schedule: str = "cosine"
+    epochs: int = MISSING
+    lr: float = MISSING
+    schedule: str = MISSING
     milestones: list[int] = field(default_factory=list)
     # Structured: fine-tune the physically shrunk network (same function, fewer channels, faster);
     # false fine-tunes the masked full-size one. Unstructured always fine-tunes masked.
@@ -221,9 +227,9 @@ class Config:
     # random choices; None: the run's seed. Like seed, it tells seeds of one point apart.
     calibration_seed: int | None = None
     device: str = "auto"
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = MISSING  # the recipe's (conf/recipe/)
     dense: DenseConfig = field(default_factory=DenseConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune: FinetuneConfig = MISSING  # the recipe's
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache_dir: str | None = None  # dense-model cache; default: ~/.cache/prunelab/dense
@@ -250,10 +256,32 @@ class Config:
 # --- the plug-ins' schemas, derived from their classes ----------------------------------------
 
 
-def schema_of(cls: type) -> type:
-    """A structured-config dataclass with ``cls``'s fields (names, types, defaults) plus
-    ``_target_`` and ``_partial_``; composing runs ``cls``'s own checks on the values (for a
-    ``_target_`` overridden to another plug-in, that one's options are checked by :func:`validate`)."""
+def schema_of(target: Any, runtime: tuple[str, ...] = (), partial: bool = True) -> type:
+    """A structured-config dataclass with ``target``'s options (names, types, defaults) plus
+    ``_target_`` and ``_partial_``: a dataclass plug-in's fields (composing runs its own checks on
+    the values; for a ``_target_`` overridden to another plug-in, that one's options are checked by
+    :func:`validate`), or a function's or class's keyword parameters less the ``runtime`` ones the
+    run passes itself. The YAML option then holds only ``_target_`` and what differs. ``partial``:
+    the option may be ``_partial_`` (a plug-in built whole, an augmentation, has no such field)."""
+    if dataclasses.is_dataclass(target) and isinstance(target, type):
+        return _dataclass_schema(target, partial)
+    hints = _hints(target)
+    own = []
+    for p in inspect.signature(target).parameters.values():
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name in runtime:
+            continue
+        default = MISSING if p.default is inspect.Parameter.empty else p.default
+        own.append((p.name, _composable(hints.get(p.name, Any), default), _field(default)))
+    return dataclasses.make_dataclass(f"{target.__name__}_Config", [*_special(partial), *own])
+
+
+def _special(partial: bool) -> list[tuple[str, Any, Any]]:
+    """The fields Hydra reads: ``_target_``, and ``_partial_`` where the plug-in may be partial."""
+    target = [("_target_", str, field(default=MISSING))]
+    return [*target, ("_partial_", bool, field(default=False))] if partial else target
+
+
+def _dataclass_schema(cls: type, partial: bool = True) -> type:
     target = f"{cls.__module__}.{cls.__qualname__}"
 
     def __post_init__(self):
@@ -264,18 +292,62 @@ def schema_of(cls: type) -> type:
     own = [
         (
             f.name,
-            hints[f.name],
+            _composable(hints[f.name], f.default),
             field(default=f.default)
             if f.default is not dataclasses.MISSING
             else field(default_factory=f.default_factory),
         )
         for f in dataclasses.fields(cls)
+        if f.init
     ]
     return dataclasses.make_dataclass(
-        f"{cls.__name__}Config",
-        [("_target_", str, field(default=MISSING)), ("_partial_", bool, field(default=False)), *own],
-        namespace={"__post_init__": __post_init__},
+        f"{cls.__name__}Config", [*_special(partial), *own], namespace={"__post_init__": __post_init__}
     )
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    """``target``'s resolved annotations (none where a name in them only exists for type checkers)."""
+    try:
+        init = vars(target).get("__init__") if isinstance(target, type) else None
+        return typing.get_type_hints(init or target)
+    except Exception:
+        return {}
+
+
+def _field(default: Any) -> Any:
+    """A dataclass field holding ``default`` (a fresh list or dict each time: they are mutable)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default))
+    return field(default=default)
+
+
+@functools.cache
+def _composable_cached(hint: Any) -> Any:
+    try:
+        OmegaConf.structured(dataclasses.make_dataclass("Probe", [("x", hint, field(default=MISSING))]))
+    except Exception:
+        return Any
+    return hint
+
+
+def _composable(hint: Any, default: Any) -> Any:
+    """``hint`` where OmegaConf can check it (and the default fits it), else ``Any``: a type like
+    ``Sequence[int]`` or ``Path`` is left to the plug-in, which checks its own arguments. A mapping
+    is ``Any`` too: OmegaConf cannot merge a command line's ``model.config={...}`` into a typed
+    mapping that is None."""
+    if dict in (typing.get_origin(hint), hint) or any(dict in (typing.get_origin(a), a) for a in typing.get_args(hint)):
+        return Any
+    try:
+        hint = _composable_cached(hint)
+    except TypeError:  # unhashable
+        return Any
+    if hint is Any or default is MISSING or default is dataclasses.MISSING:
+        return hint
+    try:
+        OmegaConf.structured(dataclasses.make_dataclass("Probe", [("x", hint, _field(default))]))
+    except Exception:
+        return Any
+    return hint
 
 
 def _public_path(cls: type) -> str:
@@ -283,19 +355,24 @@ def _public_path(cls: type) -> str:
     return f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__qualname__}"
 
 
-def schema_name(cls: type) -> str:
-    """The ConfigStore name a YAML option pulls its class's schema in by (``structured_schema``)."""
-    return f"{cls.__name__.lower()}_schema"
+def schema_name(target: Any) -> str:
+    """The ConfigStore name a YAML option pulls its plug-in's schema in by (``structured_schema``,
+    ``fashion_mnist_schema``)."""
+    return f"{target.__name__.lower()}_schema"
 
 
 @functools.cache
-def plugin_schemas() -> dict[tuple[str, str], tuple[type, type]]:
-    """(group, schema name) -> (plug-in class, schema) for every shipped option's class."""
+def plugin_schemas() -> dict[tuple[str, str], tuple[Any, type]]:
+    """(group, schema name) -> (plug-in, schema) for every shipped option's plug-in."""
     found = {}
     for group in TYPED_GROUPS:
         for path in sorted((conf_dir() / group).glob("*.yaml")):
-            cls = locate(read_option(path)["_target_"])
-            found[(group, schema_name(cls))] = (cls, schema_of(cls))
+            target = read_option(path).get("_target_")
+            if target is None:  # none.yaml: the group's empty choice
+                continue
+            plugin = locate(target)
+            schema = schema_of(plugin, RUNTIME.get(group, ()), partial=group not in WHOLE_GROUPS)
+            found[(group, schema_name(plugin))] = (plugin, schema)
     return found
 
 
@@ -341,11 +418,35 @@ def with_choices(cfg: DictConfig) -> DictConfig:
         runtime = cfg.hydra.runtime.choices
     elif HydraConfig.initialized():
         runtime = HydraConfig.get().runtime.choices
+    overrides = cfg.hydra.overrides.task if "hydra" in cfg else HydraConfig.get().overrides.task if runtime else []
     with open_dict(cfg):
         if runtime is not None:
             cfg.choices = {g: str(runtime[g]) for g in GROUPS if runtime.get(g) is not None}
         cfg.pop("hydra", None)
+    _check_taken(cfg, [str(o) for o in overrides])
     return cfg
+
+
+def _check_taken(cfg: DictConfig, overrides: list[str]) -> None:
+    """A criterion or scope chosen on the command line (``overrides``) for a method that does not
+    take one is refused (:attr:`prunelab.pruning.contracts.Method.takes`); one that comes with the
+    defaults or an experiment's overlay is the method's to ignore."""
+    from .pruning.contracts import CHOSEN, refuse_untaken
+
+    given = {o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] for o in overrides if "=" in o}
+    chosen = {g: str((cfg.get("choices") or {}).get(g, "?")) for g in CHOSEN if g in given}
+    target = OmegaConf.select(cfg, "method._target_")
+    if not chosen or not isinstance(target, str):
+        return
+    try:
+        method = locate(target)
+    except ImportError:
+        return  # validate() says it in its own line
+    label = f"method={(cfg.get('choices') or {}).get('method', target)}"
+    try:
+        refuse_untaken(method, label, chosen)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
 
 
 def compose(*overrides: str) -> DictConfig:

@@ -43,12 +43,14 @@ class Tag:
     PARENT = "mlflow.parentRunId"
     # The process a run lives in: a rerun ends an earlier RUNNING run of its key whose process is gone.
     HOST, PID, PID_STARTED = "prunelab.host", "prunelab.pid", "prunelab.pid_started"
-    # The chosen options of these groups are tagged (prunelab.method, ...) as well as logged as params.
-    GROUPS = ("method", "scope", "criterion")
+    # The chosen options of these config groups are tagged (group(): prunelab.method, ...) as well as
+    # logged as params.
+    METHOD, SCOPE, CRITERION = "method", "scope", "criterion"
+    GROUPS = (METHOD, SCOPE, CRITERION)
 
     @staticmethod
     def group(name: str) -> str:
-        """The tag of the option chosen for a config group: ``prunelab.method``."""
+        """The tag of the option chosen for a config group: ``Tag.group(Tag.METHOD)`` is ``prunelab.method``."""
         return f"prunelab.{name}"
 
     @staticmethod
@@ -78,6 +80,7 @@ class Metric:
 
     # Figures after a stage (see at()): the dense model, right after pruning, after fine-tuning.
     DENSE, PRUNED, FINETUNED = "dense", "pruned", "finetuned"
+    STAGES = (DENSE, PRUNED, FINETUNED)
 
     ZEROSHOT = "zeroshot"  # lm-evaluation-harness tasks (prunelab.experiment.zeroshot)
 
@@ -118,15 +121,40 @@ class Metric:
     SWEEP_FINISHED, SWEEP_FAILED = "sweep.points_finished", "sweep.points_failed"
 
     # The cost ledger (prunelab.deploy.ledger): cost.<form>.<figure>, and cost.ratio[.<form>].<figure>
-    # (the form against the dense PyTorch model). Forms: dense, pruned, onnx, int8.
-    LATENCY_THREADS = "cost.latency_threads"
+    # (the form against the dense PyTorch model). The forms: the dense and the pruned PyTorch model,
+    # and the hand-over's ONNX Runtime files, fp32 and int8.
+    ONNX, INT8 = "onnx", "int8"
+    FORMS = (DENSE, PRUNED, ONNX, INT8)
+    # The figures of a form: parameters, MACs per sample (nonzero: what a sparse kernel could skip),
+    # the file's size, a language model's tokens per second (batch 64); and the latencies (latency()).
+    PARAMS, NONZERO_PARAMS = "params", "nonzero_params"
+    MACS, NONZERO_MACS = "macs", "nonzero_macs"
+    FILE_BYTES, TOKENS_PER_S = "file_bytes", "tokens_per_s"
+    COST_FIGURES = (PARAMS, NONZERO_PARAMS, MACS, NONZERO_MACS, FILE_BYTES, TOKENS_PER_S)
+    LATENCY_THREADS = "cost.latency_threads"  # the CPU threads the latencies were measured with
+
+    @staticmethod
+    def latency(batch: int) -> str:
+        """A forward pass's CPU latency at a batch size, as a ratio (no unit):
+        ``Metric.cost_ratio(Metric.latency(64))`` is ``cost.ratio.latency_b64``."""
+        return f"latency_b{batch}"
+
+    @staticmethod
+    def latency_ms(batch: int) -> str:
+        """A form's median CPU latency at a batch size, in ms:
+        ``Metric.cost(Metric.PRUNED, Metric.latency_ms(64))`` is ``cost.pruned.latency_b64_ms``."""
+        return f"latency_b{batch}_ms"
 
     @staticmethod
     def cost(form: str, figure: str) -> str:
+        """``Metric.cost(Metric.PRUNED, Metric.MACS)`` is ``cost.pruned.macs``."""
         return f"cost.{form}.{figure}"
 
     @staticmethod
     def cost_ratio(figure: str, form: str | None = None) -> str:
+        """The pruned model's figure over the dense one's: ``Metric.cost_ratio(Metric.MACS)`` is
+        ``cost.ratio.macs``; a form's: ``Metric.cost_ratio(Metric.FILE_BYTES, Metric.INT8)`` is
+        ``cost.ratio.int8.file_bytes``."""
         return f"cost.ratio.{form}.{figure}" if form else f"cost.ratio.{figure}"
 
 

@@ -20,15 +20,15 @@ from hydra._internal.utils import _locate
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .contracts import CONTRACTS, passed_by_the_run
 from .errors import UserError
 from .paths import conf_dir
 
-# What the run passes a plug-in itself, per group: never an option of the config.
+# What the run passes a plug-in itself, per group: never an option of the config (the groups'
+# contracts say it, prunelab/contracts.py; a plain function criterion or scope, and an optimizer,
+# are called as below).
 RUNTIME = {
-    "model": ("in_shape", "num_classes"),
-    "dataset": ("seed",),
-    "quantize": ("model", "calibration"),
-    "codebook": ("values",),
+    **{group: passed_by_the_run(contract) for group, contract in CONTRACTS.items()},
     "criterion": ("weight", "name", "seed"),  # a plain scoring function's arguments
     "scope": ("units", "ratio"),  # a plain allocating function's arguments
     "optimizer": ("params", "lr"),
@@ -67,6 +67,15 @@ def accepted(target: Callable) -> tuple[list[str], bool]:
         return [], True
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def plugin_defaults(target: Callable) -> dict[str, Any]:
+    """The default value of each keyword option ``target`` (a class or function) takes."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def check_options(group: str, label: str, target: Callable, given: Iterable[str]) -> None:

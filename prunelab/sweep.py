@@ -34,6 +34,7 @@ from mlflow.entities import Metric as MlflowMetric
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from .errors import fail
 from .experiment import deferred
@@ -122,6 +123,7 @@ class SweepCallback(Callback):
         self.experiment_ids: list[str] = []
         self.tracking_uri: str | None = None  # the store the parent is in (the one _abort ends it in)
 
+    @override
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exception into a warning and sweeps on; without a parent the
         # points would be orphans, so stop here with one readable line instead.
@@ -176,6 +178,7 @@ class SweepCallback(Callback):
         for run in stale:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
+    @override
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if deferred.pending():
             # The summary's pandas and matplotlib, imported while the last point's hand-over is

@@ -40,7 +40,8 @@ if "y" in data:
             (logits,) = session.run(["logits"], {"pixels": data["x"].numpy()})
             out[name] = accuracy(torch.from_numpy(logits))
     if os.path.exists("weights.compact"):  # the decoder and the loading lines of README.md, as they are
-        readme = open("README.md").read()
+        with open("README.md") as f:
+            readme = f.read()
         (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "def decode" in c]
         scope = {}
         exec(code, scope)

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from prunelab.config import compose
+from prunelab.names import Tag
 
 TESTS = Path(__file__).resolve().parent
 
@@ -158,7 +159,7 @@ def runs(workdir: Path, role: str | None = None):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     ids = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(ids, max_results=1000)
-    return [r for r in found if role is None or r.data.tags.get("prunelab.role") == role]
+    return [r for r in found if role is None or r.data.tags.get(Tag.ROLE) == role]
 
 
 # CI proves every behaviour: there, a skipped test fails, except those that need a CUDA device.
@@ -166,7 +167,7 @@ ALLOWED_SKIPS_IN_CI = ("test_cuda.py",)
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(item):
     outcome = yield
     report = outcome.get_result()
     if (

@@ -6,11 +6,12 @@ from __future__ import annotations
 import mlflow
 
 from prunelab import analysis
+from prunelab.names import Metric, Tag
 
 
 def log_point(seed: int, accuracy: float, **params) -> None:
     with mlflow.start_run():
-        mlflow.set_tags({"prunelab.role": "pruned", "prunelab.criterion": "l2"})
+        mlflow.set_tags({Tag.ROLE: "pruned", Tag.group(Tag.CRITERION): "l2"})
         mlflow.log_params(
             {
                 "model": "vgg_small",
@@ -24,7 +25,7 @@ def log_point(seed: int, accuracy: float, **params) -> None:
                 **params,
             }
         )
-        mlflow.log_metrics({"test_accuracy": accuracy, "sparsity.prunable": 0.75})
+        mlflow.log_metrics({Metric.TEST_ACCURACY: accuracy, Metric.SPARSITY_PRUNABLE: 0.75})
 
 
 def test_runs_differing_in_width_shrink_or_quantization_are_separate_points(workdir):
@@ -85,7 +86,8 @@ def test_an_unset_method_option_is_no_part_of_the_variant_but_a_set_one_is(workd
         log_point(seed, 0.9, **{"method": "sparsegpt", "method.n": "None", "method.m": "None"})
         log_point(seed, 0.8, **{"method": "sparsegpt", "method.n": 2, "method.m": 4})
     runs = analysis.load_runs(["nm"])
-    assert runs["method.n"].isna().sum() == 2 and set(runs["method.n"].dropna()) == {"2"}
+    assert runs["method.n"].isna().sum() == 2
+    assert set(runs["method.n"].dropna()) == {"2"}
     points = analysis.aggregate_seeds(runs)
     got = {row.variant: (round(row.test_accuracy, 4), row.test_accuracy_count) for row in points.itertuples()}
     assert got == {"": (0.9, 2), "method.m=4 method.n=2": (0.8, 2)}

@@ -14,6 +14,8 @@ import pytest
 from conftest import runs
 from mlflow.tracking import MlflowClient
 
+from prunelab.names import Tag
+
 SECRET = "hunter2"
 FASHION_FILES = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
 
@@ -46,7 +48,7 @@ def broken_fashion_files(workdir: Path) -> list[str]:
     return [f"dataset.root={root}"]
 
 
-def offline_without_cifar(workdir: Path) -> list[str]:
+def offline_without_cifar(_workdir: Path) -> list[str]:
     """No CIFAR-10 anywhere, and its download goes to a port nothing listens on (offline)."""
     import socket
 
@@ -98,6 +100,18 @@ CASES = [  # id, arguments, words the one line must hold, setup
     ("method-field", ["method.normalize=max"], ["method=unstructured takes no option 'normalize'"], None),
     ("method-option-typo", ["method=structured", "method.normalise=none"], ["'normalise'", "normalize"], None),
     ("nm-ratio", ["method=nm", "ratio=0.7"], ["ratio must be 0.5"], None),
+    (
+        "criterion-not-taken",
+        ["method=wanda", "criterion=l1", "scope=local"],
+        ["method=wanda takes no criterion (criterion=l1)", "it takes a scope, calibration data"],
+        None,
+    ),
+    (
+        "scope-not-taken-in-sweep",
+        ["model=tiny_gpt", "dataset=fortunes", "method=blocks", "scope=global,local"],
+        ["method=blocks takes no scope (scope=global)"],
+        None,
+    ),
     ("plan-missing", ["scope=plan"], ["scope=plan needs the plan"], None),
     (
         "plan-misfit",
@@ -171,7 +185,7 @@ def in_small_tmpfs(mountpoint: Path) -> list[str]:
     return [*namespace, "sh", "-c", f'mount -t tmpfs -o size=64k tmpfs "{mountpoint}" && exec "$@"', "sh"]
 
 
-@pytest.mark.parametrize("case_id, args, words, setup", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("case_id", "args", "words", "setup"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_nothing_trusted(cli, workdir, case_id, args, words, setup):
     store = workdir / "mlflow.db"
     extra = setup(workdir) if setup else []
@@ -185,10 +199,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_trusted(cli, workdir, case_id,
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("prunelab: error:"), result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("prunelab: error:"), result.stderr[-3000:]
     for word in words:
         assert word in lines[0]
-    assert "Traceback" not in output and SECRET not in output
+    assert "Traceback" not in output
+    assert SECRET not in output
     if case_id.startswith("uri-"):
         assert elapsed <= 10, f"{elapsed:.1f} s to give up on an unusable tracking URI"
     if case_id.startswith("store-"):
@@ -196,12 +212,14 @@ def test_bad_input_is_one_line_exit_2_and_nothing_trusted(cli, workdir, case_id,
         return
     found = runs(workdir) if store.exists() else []
     assert all(r.info.status != "RUNNING" for r in found)
-    assert not [r for r in found if r.data.tags.get("prunelab.role") == "pruned" and r.info.status == "FINISHED"]
+    assert not [r for r in found if r.data.tags.get(Tag.ROLE) == "pruned" and r.info.status == "FINISHED"]
     if case_id in ("structured-classifier-only", "plan-misfit"):  # refused before any dense training
-        assert not list((workdir / "cache").glob("*.pt")) and not runs(workdir, "dense")
+        assert not list((workdir / "cache").glob("*.pt"))
+        assert not runs(workdir, "dense")
     if case_id == DISK_FULL:  # the run ended FAILED, and the store still reads
         (pruned,) = runs(workdir, "pruned")
-        assert pruned.info.status == "FAILED" and "No space left" in pruned.data.tags["prunelab.error"]
+        assert pruned.info.status == "FAILED"
+        assert "No space left" in pruned.data.tags[Tag.ERROR]
         assert MlflowClient(f"sqlite:///{store}").search_experiments()
 
 
@@ -230,7 +248,7 @@ def test_credentials_in_the_tracking_uri_reach_no_param_tag_artifact_or_log_line
 
 
 @pytest.mark.parametrize(
-    "text, masked",
+    ("text", "masked"),
     [
         ("http://bob:hunter2@team:5000", "http://***@team:5000"),
         (

@@ -14,7 +14,7 @@ from prunelab.models import lm
 from prunelab.pruning import Local, PruneData, PruningError, SparseGPT, Wanda
 from prunelab.pruning.blocks import capture, find_blocks, run
 from prunelab.pruning.layerwise import input_gram, per_row_count, sparsegpt_update, wanda_mask
-from prunelab.pruning.methods import prunable_layers
+from prunelab.pruning.tracing import prunable_layers
 
 RATIO = 0.5
 
@@ -173,10 +173,12 @@ def blocks_pruned_on(device: str) -> None:
     expected = SparseGPT(samples=64)(here, RATIO, scope=Local(), data=tokens(64)).mask
     assert all(torch.equal(pruned.masks[k], expected.masks[k]) for k in expected.masks)
     for (name, a), b in zip(model.named_parameters(), here.parameters(), strict=True):
-        assert a.device.type == "cpu" and torch.allclose(a, b, atol=1e-5), name
+        assert a.device.type == "cpu", name
+        assert torch.allclose(a, b, atol=1e-5), name
     # while block i ran (capture excepted: the model's own pass), block i alone was on the device
     on_device = [devices for devices in seen if device in devices]
-    assert on_device and all(devices.count(device) == 1 or device == "cpu" for devices in on_device)
+    assert on_device
+    assert all(devices.count(device) == 1 or device == "cpu" for devices in on_device)
 
 
 def test_a_declared_blocks_attribute_that_is_not_a_module_list_is_one_line():
@@ -201,7 +203,8 @@ def test_one_threshold_per_lazy_block_leaves_rows_at_different_sparsities_and_th
     per_row = (~kept).sum(1)
     assert int((~kept).sum()) == weight.numel() // 2
     assert int((~kept[:, :32]).sum()) == int((~kept[:, 32:]).sum()) == weight.numel() // 4  # each lazy block
-    assert per_row[0] > 48 and per_row[-1] < 16  # the small rows lose most
+    assert per_row[0] > 48
+    assert per_row[-1] < 16
 
 
 def test_block_wide_selection_reconstructs_no_worse_than_per_row():
@@ -214,7 +217,7 @@ def test_block_wide_selection_reconstructs_no_worse_than_per_row():
     assert errors["block"] <= errors["row"], errors
 
 
-@pytest.mark.parametrize("ratio, cols, count", [(0.5, 10, 5), (0.6, 10, 6), (0.7, 10, 7), (0.7, 64, 44)])
+@pytest.mark.parametrize(("ratio", "cols", "count"), [(0.5, 10, 5), (0.6, 10, 6), (0.7, 10, 7), (0.7, 64, 44)])
 def test_wanda_cuts_each_row_as_its_reference_code_does(ratio, cols, count):
     assert per_row_count(ratio, cols) == int(cols * ratio) == count
     weight = torch.randn(4, cols, generator=torch.Generator().manual_seed(0))

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 import prunelab.data.cifar as cifar
 from prunelab.data import DataError, cifar10, cifar100
 from prunelab.data.cifar import find_cifar
+from prunelab.names import Metric, Tag
 
 TRAIN, TEST = 20, 10  # images per training batch file, in the test file
 ARCHIVE = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
@@ -155,8 +156,11 @@ def test_cifar10_images_labels_and_shapes_are_the_published_ones(tmp_path, proto
     splits = cifar10(root=tmp_path, val_size=10, url=None, verify=False)
 
     assert (len(splits.train), len(splits.val), len(splits.test)) == (5 * TRAIN - 10, 10, TEST)
-    assert splits.in_shape == (3, 32, 32) and splits.num_classes == 10 and splits.name == "cifar10"
-    assert splits.train.x.dtype == torch.float32 and splits.train.y.dtype == torch.int64
+    assert splits.in_shape == (3, 32, 32)
+    assert splits.num_classes == 10
+    assert splits.name == "cifar10"
+    assert splits.train.x.dtype == torch.float32
+    assert splits.train.y.dtype == torch.int64
     assert abs(splits.train.x.mean().item()) < 1e-5  # standardised with the training statistics
     # The test split is the test file, in order, each pixel where the published layout puts it.
     assert torch.equal(pixels(splits, splits.test.x), images(dicts, ["test_batch"]))
@@ -166,13 +170,15 @@ def test_cifar10_images_labels_and_shapes_are_the_published_ones(tmp_path, proto
     torch.testing.assert_close(splits.test_raw * 255, images(dicts, ["test_batch"]).float())
 
 
-@pytest.mark.parametrize("kind, key, classes", [("fine", b"fine_labels", 100), ("coarse", b"coarse_labels", 20)])
+@pytest.mark.parametrize(("kind", "key", "classes"), [("fine", b"fine_labels", 100), ("coarse", b"coarse_labels", 20)])
 def test_cifar100_fine_or_coarse_labels(tmp_path, kind, key, classes):
     dicts = write_archive(tmp_path, "cifar100")
 
     splits = cifar100(root=tmp_path, val_size=10, url=None, verify=False, labels=kind)
 
-    assert splits.num_classes == classes and splits.in_shape == (3, 32, 32) and splits.name == "cifar100"
+    assert splits.num_classes == classes
+    assert splits.in_shape == (3, 32, 32)
+    assert splits.name == "cifar100"
     assert torch.equal(splits.test.y, labels(dicts, ["test"], key))
     assert torch.equal(pixels(splits, splits.test.x), images(dicts, ["test"]))
     pooled = torch.cat([splits.train.y, splits.val.y]).sort().values
@@ -192,7 +198,8 @@ def test_validation_is_held_out_of_training_and_chosen_by_seed(tmp_path):
         return cifar10(root=tmp_path, val_size=10, seed=seed, url=None, verify=False)
 
     first, again, other = split(0), split(0), split(1)
-    assert torch.equal(first.val.x, again.val.x) and torch.equal(first.train.y, again.train.y)
+    assert torch.equal(first.val.x, again.val.x)
+    assert torch.equal(first.train.y, again.train.y)
     assert not torch.equal(first.val.x, other.val.x)
     # Train and validation together are the 100 training images, each exactly once.
     rows = [tuple(r) for s in (first.train, first.val) for r in pixels(first, s.x).flatten(1).tolist()]
@@ -214,7 +221,8 @@ def test_the_archive_is_parsed_once_per_process_until_it_changes(tmp_path, monke
     assert len(reads) == 1
     dicts = write_archive(tmp_path, "cifar10", seed=7)  # rewritten: read again
     changed = cifar10(root=tmp_path, val_size=10, url=None, verify=False)
-    assert len(reads) == 2 and torch.equal(changed.test.y, labels(dicts, ["test_batch"]))
+    assert len(reads) == 2
+    assert torch.equal(changed.test.y, labels(dicts, ["test_batch"]))
 
 
 # --- checksums ----------------------------------------------------------------------------------
@@ -346,7 +354,8 @@ def test_a_download_lands_checked_in_the_user_cache_atomically(tmp_path, mirror,
 
     splits = cifar10(val_size=10, url=mirror + ARCHIVE["cifar10"])
 
-    assert replaced == [(replaced[0][0], cache / ARCHIVE["cifar10"])] and replaced[0][0].suffix == ".part"
+    assert replaced == [(replaced[0][0], cache / ARCHIVE["cifar10"])]
+    assert replaced[0][0].suffix == ".part"
     assert [p.name for p in cache.iterdir()] == [ARCHIVE["cifar10"]]
     assert (cache / ARCHIVE["cifar10"]).read_bytes() == served.read_bytes()
     assert torch.equal(splits.test.y, labels(dicts, ["test_batch"]))
@@ -377,7 +386,8 @@ def test_offline_with_no_copy_says_where_it_looked_and_what_to_do(tmp_path, monk
     with pytest.raises(DataError) as error:
         cifar100(url=url)
     message = str(error.value)
-    assert "\n" not in message and message.startswith("CIFAR-100 not found in ")
+    assert "\n" not in message
+    assert message.startswith("CIFAR-100 not found in ")
     for text in (
         str(tmp_path / "env" / "cifar100"),
         str(tmp_path / "xdg-cache" / "prunelab" / "cifar100"),
@@ -461,7 +471,9 @@ def test_a_damaged_archive_is_refused_with_a_clear_message(tmp_path, kind):
     with pytest.raises(DataError) as error:
         cifar10(root=tmp_path, val_size=10, url=None, verify=False)
     message = str(error.value)
-    assert message.startswith(str(path)) and words in message and "\n" not in message
+    assert message.startswith(str(path))
+    assert words in message
+    assert "\n" not in message
 
 
 def test_only_the_expected_members_are_unpickled(tmp_path):
@@ -493,11 +505,12 @@ def test_a_run_prunes_resnet20_on_cifar10(tmp_path, make_cfg, monkeypatch):
 
     metrics = run(cfg)
 
-    assert 0 <= metrics["finetuned.test_accuracy"] <= 1
+    assert 0 <= metrics[Metric.at(Metric.FINETUNED, Metric.TEST_ACCURACY)] <= 1
     client = MlflowClient(cfg.tracking.uri)
     found = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    (pruned,) = [r for r in found if r.data.tags.get("prunelab.role") == "pruned"]
-    assert pruned.info.status == "FINISHED" and pruned.data.params["dataset"] == "cifar10"
+    (pruned,) = [r for r in found if r.data.tags.get(Tag.ROLE) == "pruned"]
+    assert pruned.info.status == "FINISHED"
+    assert pruned.data.params["dataset"] == "cifar10"
 
 
 def test_the_cifar_study_runs_at_cpu_size_on_an_archive_in_the_published_format(cli, workdir, tmp_path):
@@ -518,10 +531,12 @@ def test_the_cifar_study_runs_at_cpu_size_on_an_archive_in_the_published_format(
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "cifar10_resnet56_structured_smoke"]
     points = client.search_runs([experiment.experiment_id], "tags.`prunelab.role` = 'pruned'")
-    assert len(points) == 4 and all(p.info.status == "FINISHED" for p in points)
+    assert len(points) == 4
+    assert all(p.info.status == "FINISHED" for p in points)
     assert {(p.data.params["budget.macs"], p.data.params["scope"]) for p in points} == {
         (m, s) for m in ("0.476", "0.4") for s in ("global", "local")
     }
     for p in points:
-        assert p.data.params["augment._target_"].endswith("CropFlip") and p.data.params["model.depth"] == "20"
-        assert p.data.metrics["cost.ratio.macs"] <= float(p.data.params["budget.macs"]) + 1e-6
+        assert p.data.params["augment._target_"].endswith("CropFlip")
+        assert p.data.params["model.depth"] == "20"
+        assert p.data.metrics[Metric.cost_ratio(Metric.MACS)] <= float(p.data.params["budget.macs"]) + 1e-6

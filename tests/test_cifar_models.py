@@ -75,7 +75,7 @@ def test_the_config_group_builds_each_with_its_depth():
 def test_a_factory_taking_kwargs_gets_num_classes_only_as_torchvision_and_timm_take_it():
     seen = {}
 
-    def torchvision_like(*, weights=None, progress=True, **kwargs):
+    def torchvision_like(*, weights=None, progress=True, **kwargs):  # noqa: ARG001 (torchvision's signature)
         seen.update(kwargs)
         return torch.nn.Linear(3, kwargs.get("num_classes", 1000))
 

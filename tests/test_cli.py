@@ -10,14 +10,16 @@ import pytest
 from conftest import runs
 from mlflow.tracking import MlflowClient
 
+from prunelab.names import Metric, Tag
+
 METRICS = (
-    "dense.test_accuracy",
-    "pruned.test_accuracy",
-    "finetuned.test_accuracy",
-    "sparsity.prunable",
-    "sparsity.all",
-    "params.total",
-    "params.nonzero",
+    Metric.at(Metric.DENSE, Metric.TEST_ACCURACY),
+    Metric.at(Metric.PRUNED, Metric.TEST_ACCURACY),
+    Metric.at(Metric.FINETUNED, Metric.TEST_ACCURACY),
+    Metric.SPARSITY_PRUNABLE,
+    Metric.SPARSITY_ALL,
+    Metric.PARAMS_TOTAL,
+    Metric.PARAMS_NONZERO,
 )
 
 
@@ -53,10 +55,11 @@ def test_every_option_runs_end_to_end(cli, workdir, option):
     assert pruned.data.params["ratio"] == "0.5"
     assert dense.data.params["ratio"] == "0.0"
     assert pruned.data.params["method"] in option or "method=" not in option
-    assert pruned.data.tags["prunelab.run_key"] and pruned.data.tags["prunelab.criterion"]
-    for group in ("method", "criterion", "scope"):  # the chosen option names the run
+    assert pruned.data.tags[Tag.RUN_KEY]
+    assert pruned.data.tags[Tag.group(Tag.CRITERION)]
+    for group in Tag.GROUPS:  # the chosen option names the run
         chosen = next((o.split("=")[1] for o in option.split() if o.startswith(f"{group}=")), None)
-        assert chosen is None or pruned.data.params[group] == pruned.data.tags[f"prunelab.{group}"] == chosen
+        assert chosen is None or pruned.data.params[group] == pruned.data.tags[Tag.group(group)] == chosen
 
 
 def test_a_real_process_runs_prints_the_stored_figures_and_exits_0(cli, workdir):
@@ -68,7 +71,7 @@ def test_a_real_process_runs_prints_the_stored_figures_and_exits_0(cli, workdir)
     )
     stored = pruned.data.metrics
     assert [float(v) for v in printed.groups()] == [
-        round(stored[f"{stage}.test_accuracy"], 4) for stage in ("dense", "pruned", "finetuned")
+        round(stored[Metric.at(stage, Metric.TEST_ACCURACY)], 4) for stage in Metric.STAGES
     ]
     assert pruned.info.run_id in result.stdout + result.stderr  # where it is filed
 
@@ -79,12 +82,12 @@ def test_second_run_reuses_the_dense_model(cli, workdir):
     assert first.returncode == second.returncode == 0, second.stderr[-2000:]
     (dense,) = runs(workdir, "dense")  # trained once, its epochs logged once
     assert (
-        len(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(dense.info.run_id, "train.loss")) == 1
+        len(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(dense.info.run_id, Metric.TRAIN_LOSS))
+        == 1
     )
     pruned = runs(workdir, "pruned")
-    assert len(pruned) == 2 and {r.data.tags["prunelab.dense_key"] for r in pruned} == {
-        dense.data.tags["prunelab.dense_key"]
-    }
+    assert len(pruned) == 2
+    assert {r.data.tags[Tag.DENSE_KEY] for r in pruned} == {dense.data.tags[Tag.DENSE_KEY]}
     assert len(list((workdir / "cache").glob("*.pt"))) == 1
 
 
@@ -100,7 +103,7 @@ def test_rerunning_the_same_config_is_skipped_unless_forced(cli, workdir):
 def test_a_crash_inside_a_run_leaves_it_failed_not_running(cli, workdir):
     result = cli("+model.explode_after=3", "model._target_=exploding.Exploding", "ratio=0.5")
     assert result.returncode != 0
-    statuses = {r.data.tags["prunelab.role"]: r.info.status for r in runs(workdir)}
+    statuses = {r.data.tags[Tag.ROLE]: r.info.status for r in runs(workdir)}
     assert statuses["pruned"] == "FAILED"
     assert "RUNNING" not in statuses.values()
 
@@ -110,13 +113,31 @@ def test_a_diverged_training_is_one_line_a_failed_run_and_no_cached_model(cli, w
     result = cli(f"{stage}.lr=1e12", "ratio=0.5")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("prunelab: error:") and "diverged" in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("prunelab: error:"), result.stderr
+    assert "diverged" in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    statuses = {r.data.tags["prunelab.role"]: r.info.status for r in runs(workdir)}
-    assert statuses["pruned"] == "FAILED" and "RUNNING" not in statuses.values()
+    statuses = {r.data.tags[Tag.ROLE]: r.info.status for r in runs(workdir)}
+    assert statuses["pruned"] == "FAILED"
+    assert "RUNNING" not in statuses.values()
     cached = list((workdir / "cache").glob("*.pt"))
     if stage == "train":
         # a diverged dense model is never kept; its run (open while it trained) ends FAILED
-        assert cached == [] and statuses["dense"] == "FAILED"
+        assert cached == []
+        assert statuses["dense"] == "FAILED"
     else:
-        assert len(cached) == 1 and statuses["dense"] == "FINISHED"
+        assert len(cached) == 1
+        assert statuses["dense"] == "FINISHED"
+
+
+@pytest.mark.parametrize("sweep", ["quantize=none,int8", "quantize=glob(*)"])
+def test_a_glob_sweep_is_checked_like_the_list_it_stands_for(cli, workdir, sweep):
+    """A glob over a group's options is expanded as Hydra's sweeper expands it: a point that
+    cannot run (int8 without the hand-over) is refused in one line before any run opens."""
+    result = cli("-m", sweep, "handover=false")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("prunelab: error: quantize=int8")
+    assert "needs handover=true" in lines[0]
+    assert runs(workdir) == []

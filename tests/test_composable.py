@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from prunelab import models
 from prunelab.data import synthetic
 from prunelab.errors import UserError
+from prunelab.names import Artifact, Metric, Tag
 from prunelab.plugins import options, resolve
 from prunelab.pruning import (
     NM,
@@ -81,7 +83,14 @@ def _prune(net, data, method, criterion, scope, ratio=RATIO, **kw):
 
 
 def _cannot(method: str, criterion: str, scope: str = "global") -> str | None:
-    """What the one-line refusal says, where the combination cannot work."""
+    """What the one-line refusal says, where the combination cannot work: first a choice the
+    method does not take (its ``takes``), then what the method itself refuses."""
+    if scope == "plan" and _cannot(method, "l2", "global"):  # the plan is made by a global pruning first
+        return _cannot(method, "l2", "global")
+    takes = type(resolve("method", method)).takes
+    for group, chosen, default in (("criterion", criterion, "l2"), ("scope", scope, "global")):
+        if group not in takes and chosen != default:
+            return f"method={method} takes no {group} \\({group}="
     if method in LAYERWISE:
         return "use scope=local" if scope != "local" else "prunes nn.Linear layers"
     if method in DEPTH:
@@ -118,7 +127,9 @@ def test_unstructured_sparsity_is_the_ratio_in_every_scope(net, data, scope, rat
     assert abs(mask.sparsity - ratio) < 1e-3
 
 
-@pytest.mark.parametrize("method, criterion", [(m, c) for m in GLOBAL_METHODS for c in CRITERIA if not _cannot(m, c)])
+@pytest.mark.parametrize(
+    ("method", "criterion"), [(m, c) for m in GLOBAL_METHODS for c in CRITERIA if not _cannot(m, c)]
+)
 def test_pruning_again_from_the_current_mask_never_revives_an_entry(net, data, method, criterion):
     first = _prune(net, data, method, criterion, "global", 0.5 if method != "nm" else RATIO).mask
     masked = first.apply(copy.deepcopy(net))
@@ -130,7 +141,7 @@ def test_pruning_again_from_the_current_mask_never_revives_an_entry(net, data, m
             assert abs(again.sparsity - max(ratio, first.sparsity)) < 1e-3
 
 
-@pytest.mark.parametrize("first_method, then", [(a, b) for a in GLOBAL_METHODS for b in GLOBAL_METHODS if a != b])
+@pytest.mark.parametrize(("first_method", "then"), [(a, b) for a in GLOBAL_METHODS for b in GLOBAL_METHODS if a != b])
 def test_a_mask_made_by_one_method_survives_another_method_on_top(net, data, first_method, then):
     first = _prune(net, data, first_method, "random", "global", RATIO if first_method == "nm" else 0.5).mask
     again = _prune(
@@ -176,7 +187,7 @@ def test_a_plug_ins_own_check_runs_when_it_is_made_from_python_as_from_the_confi
 # --- N:M ------------------------------------------------------------------------------------------
 
 
-def test_nm_keeps_exactly_n_of_every_m_and_names_the_layers_it_cannot_group(data, caplog):
+def test_nm_keeps_exactly_n_of_every_m_and_names_the_layers_it_cannot_group(caplog):
     torch.manual_seed(1)
     net = nn.Sequential(
         nn.Conv2d(1, 8, 3),
@@ -190,7 +201,8 @@ def test_nm_keeps_exactly_n_of_every_m_and_names_the_layers_it_cannot_group(data
     with caplog.at_level(logging.WARNING, "prunelab"):
         mask = prune(net, "nm", ratio=0.5, n=2, m=4).mask
     assert "0, 6 left dense" in caplog.text  # 1 input channel, 6 inputs: not divisible by 4
-    assert mask.masks["0.weight"].all() and mask.masks["6.weight"].all()
+    assert mask.masks["0.weight"].all()
+    assert mask.masks["6.weight"].all()
     assert set(mask.prunable) == {"2.weight", "4.weight"}
     conv = mask.masks["2.weight"].movedim(1, -1).reshape(-1, 4)  # groups along the input channels
     linear = mask.masks["4.weight"].reshape(-1, 4)
@@ -311,7 +323,9 @@ def test_a_plan_reproduces_every_layers_count_and_a_misfit_is_one_line_naming_th
     with pytest.raises(PruningError) as error:
         prune(smaller, "unstructured", FromPlan(plan), 0.0)
     message = str(error.value)
-    assert "\n" not in message and "features.0.weight" in message and "features.3.weight" in message
+    assert "\n" not in message
+    assert "features.0.weight" in message
+    assert "features.3.weight" in message
 
 
 def test_sensitivity_chooses_more_where_the_loss_is_small():
@@ -321,7 +335,8 @@ def test_sensitivity_chooses_more_where_the_loss_is_small():
     import pandas as pd
 
     ratios = choose(pd.DataFrame(table), {"robust": 100, "fragile": 100}, 0.5)
-    assert ratios["robust"] > ratios["fragile"] and abs(ratios["robust"] + ratios["fragile"] - 1.0) < 1e-9
+    assert ratios["robust"] > ratios["fragile"]
+    assert abs(ratios["robust"] + ratios["fragile"] - 1.0) < 1e-9
 
 
 def test_the_sensitivity_scan_is_reported_and_its_choice_is_the_plan(net, data):
@@ -354,7 +369,7 @@ def test_fpgm_drops_the_filter_nearest_to_the_others():
     assert mask.channels["0"].tolist() == [True, True, False, True, True]
 
 
-def largest_last(weight, name):
+def largest_last(weight, name):  # noqa: ARG001 (a criterion function's signature)
     """A user's own criterion (used through criterion._target_ in test_runner_*)."""
     return -weight.abs()
 
@@ -373,12 +388,12 @@ def test_a_users_own_criterion_plugs_in_by_target_end_to_end(make_cfg):
         )
     )
     plan = json.loads(
-        open(mlflow.artifacts.download_artifacts(run_id=metrics["run_id"], artifact_path="plan.json")).read()
+        Path(mlflow.artifacts.download_artifacts(run_id=metrics["run_id"], artifact_path=Artifact.PLAN)).read_text()
     )
-    assert abs(metrics["sparsity.prunable"] - 0.5) < 1e-3
+    assert abs(metrics[Metric.SPARSITY_PRUNABLE] - 0.5) < 1e-3
     assert plan["computed_on"]["criterion"] == "largest_last"  # named by what ran, not the option it replaced
     run_tags = mlflow.get_run(metrics["run_id"]).data.tags
-    assert run_tags["prunelab.criterion"] == "largest_last"
+    assert run_tags[Tag.group(Tag.CRITERION)] == "largest_last"
 
 
 def test_a_run_with_the_sensitivity_scope_at_a_macs_budget_logs_its_scan_and_plan(make_cfg):
@@ -388,8 +403,9 @@ def test_a_run_with_the_sensitivity_scope_at_a_macs_budget_logs_its_scan_and_pla
 
     metrics = run(make_cfg("method=structured", "scope=sensitivity", "scope.samples=128", "budget.macs=0.5"))
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(metrics["run_id"])}
-    assert {"sensitivity.csv", "sensitivity.png", "plan.json", "layers.csv"} <= files
-    assert metrics["cost.ratio.macs"] <= 0.5 and 0 < metrics["budget.ratio"] < 1
+    assert {"sensitivity.csv", "sensitivity.png", Artifact.PLAN, Artifact.LAYERS} <= files
+    assert metrics[Metric.cost_ratio(Metric.MACS)] <= 0.5
+    assert 0 < metrics[Metric.BUDGET_RATIO] < 1
     assert mlflow.get_run(metrics["run_id"]).data.params["ratio"] == "budget"
 
 
@@ -397,7 +413,7 @@ def test_a_run_with_the_nm_pattern_ships_exactly_n_of_m(make_cfg):
     from prunelab.experiment.runner import run
 
     metrics = run(make_cfg("method=nm", "method.n=1", "ratio=0.75", "model=lenet300_100"))
-    assert abs(metrics["sparsity.prunable"] - 0.75) < 1e-9  # every layer of it groups by 4
+    assert abs(metrics[Metric.SPARSITY_PRUNABLE] - 0.75) < 1e-9  # every layer of it groups by 4
 
 
 def test_under_a_macs_budget_the_sensitivity_choice_spends_its_loss_on_macs():
@@ -409,4 +425,5 @@ def test_under_a_macs_budget_the_sensitivity_choice_spends_its_loss_on_macs():
         [{"set": s, "ratio": r, "loss": 0.1 * r} for s in ("costly", "cheap") for r in (0.0, 0.5, 0.9)]
     )
     by_macs = choose(table, {"costly": 10, "cheap": 10}, 0.45, weights={"costly": 10.0, "cheap": 1.0})
-    assert by_macs["costly"] > 0.45 and by_macs["cheap"] < 0.1
+    assert by_macs["costly"] > 0.45
+    assert by_macs["cheap"] < 0.1

@@ -22,6 +22,7 @@ from prunelab.deploy.compact import decode, encode, kmeans_codebook, linear_code
 from prunelab.deploy.handover import compact_file, decode_sparse, handover, sparse_file
 from prunelab.deploy.ledger import cost_ledger
 from prunelab.deploy.onnx import deployed
+from prunelab.names import Metric
 from prunelab.pruning import prune, shrink, unshrink
 from prunelab.pruning.macs import mac_counts
 
@@ -120,25 +121,34 @@ def test_fine_tuning_the_shrunk_network_equals_fine_tuning_the_masked_one(name):
 def test_grouped_convolution_loses_the_same_positions_in_every_group():
     _, masked, shrunk, mask, _ = pruned_pair("user_depthwise_residual", "local")
     blocks = mask.channels["project.0"].view(4, -1)  # the channels feeding the groups=4 conv
-    assert bool((blocks == blocks[0]).all()) and 0 < int(blocks[0].sum()) < blocks.shape[1]
+    assert bool((blocks == blocks[0]).all())
+    assert 0 < int(blocks[0].sum()) < blocks.shape[1]
     out_blocks = mask.channels["grouped.0"].view(4, -1)
     assert bool((out_blocks == out_blocks[0]).all())
     conv = shrunk.grouped[0]
-    assert conv.groups == 4 and conv.in_channels == int(mask.channels["project.0"].sum())
+    assert conv.groups == 4
+    assert conv.in_channels == int(mask.channels["project.0"].sum())
     dw = shrunk.depthwise[0]
     assert dw.groups == dw.in_channels == dw.out_channels < 32  # depthwise stays depthwise
 
 
 def test_ledger_counts_the_shrunk_network_for_structured_pruning():
     dense, masked, shrunk, mask, x = pruned_pair("vgg_small", "local")
-    ledger = cost_ledger(dense, masked, x[:1], mask, shrunk, latency=False)
-    assert ledger["cost.dense.params"] == n_params(dense)
-    assert ledger["cost.pruned.params"] == ledger["cost.pruned.nonzero_params"] == n_params(shrunk)
+    ledger = cost_ledger(dense, masked, x[:1], shrunk, latency=False)
+    assert ledger[Metric.cost(Metric.DENSE, Metric.PARAMS)] == n_params(dense)
+    assert (
+        ledger[Metric.cost(Metric.PRUNED, Metric.PARAMS)]
+        == ledger[Metric.cost(Metric.PRUNED, Metric.NONZERO_PARAMS)]
+        == n_params(shrunk)
+    )
     # Half the channels of every conv: about a quarter of the MACs (the first conv keeps all inputs).
-    assert 0.2 < ledger["cost.ratio.macs"] < 0.3
-    assert ledger["cost.pruned.macs"] == mac_counts(shrunk, x[:1])[0]
-    assert ledger["cost.ratio.file_bytes"] < 0.35
-    assert ledger["cost.ratio.macs"] == ledger["cost.pruned.macs"] / ledger["cost.dense.macs"]
+    assert 0.2 < ledger[Metric.cost_ratio(Metric.MACS)] < 0.3
+    assert ledger[Metric.cost(Metric.PRUNED, Metric.MACS)] == mac_counts(shrunk, x[:1])[0]
+    assert ledger[Metric.cost_ratio(Metric.FILE_BYTES)] < 0.35
+    assert (
+        ledger[Metric.cost_ratio(Metric.MACS)]
+        == ledger[Metric.cost(Metric.PRUNED, Metric.MACS)] / ledger[Metric.cost(Metric.DENSE, Metric.MACS)]
+    )
     assert not any("latency" in k for k in ledger)
 
 
@@ -154,13 +164,14 @@ def test_ledger_nonzero_macs_follow_the_density_for_unstructured_pruning():
     mask = prune(dense, "unstructured", "local", 0.7).mask  # every layer keeps 30% of its weights
     pruned = mask.apply(copy.deepcopy(dense))
     compact = encode(pruned.state_dict(), {n: mask.masks[n] for n in mask.prunable})
-    ledger = cost_ledger(dense, pruned, torch.zeros(1, *SHAPE), mask, latency=False, file_bytes=len(compact))
-    assert ledger["cost.pruned.macs"] == ledger["cost.dense.macs"]  # same dense kernels
-    assert ledger["cost.ratio.nonzero_macs"] == pytest.approx(0.3, abs=0.005)
-    assert ledger["cost.ratio.nonzero_params"] == pytest.approx(0.3, abs=0.01)  # biases kept
+    ledger = cost_ledger(dense, pruned, torch.zeros(1, *SHAPE), latency=False, file_bytes=len(compact))
+    dense_macs, pruned_macs = (ledger[Metric.cost(form, Metric.MACS)] for form in (Metric.DENSE, Metric.PRUNED))
+    assert pruned_macs == dense_macs  # same dense kernels
+    assert ledger[Metric.cost_ratio(Metric.NONZERO_MACS)] == pytest.approx(0.3, abs=0.005)
+    assert ledger[Metric.cost_ratio(Metric.NONZERO_PARAMS)] == pytest.approx(0.3, abs=0.01)  # biases kept
     # the compact file: 30% of the weights, a byte of position and ~5 bits of value each
-    assert ledger["cost.pruned.file_bytes"] == len(compact)
-    assert 0.03 < ledger["cost.ratio.file_bytes"] < 0.15
+    assert ledger[Metric.cost(Metric.PRUNED, Metric.FILE_BYTES)] == len(compact)
+    assert 0.03 < ledger[Metric.cost_ratio(Metric.FILE_BYTES)] < 0.15
 
 
 def test_latency_is_measured_at_batch_1_and_64():
@@ -168,15 +179,16 @@ def test_latency_is_measured_at_batch_1_and_64():
     mask = prune(dense, "structured", "global", 0.5, example_inputs=torch.zeros(1, 1, 28, 28)).mask
     masked = mask.apply(copy.deepcopy(dense))
     # (how cheap this is, is a matter for benchmarks/, not for a timed test)
-    ledger = cost_ledger(
-        dense, masked, torch.zeros(1, 1, 28, 28), mask, shrink(masked, mask, torch.zeros(1, 1, 28, 28))
-    )
-    for key in ("dense.latency_b1_ms", "pruned.latency_b1_ms", "dense.latency_b64_ms", "pruned.latency_b64_ms"):
-        assert ledger[f"cost.{key}"] > 0
+    ledger = cost_ledger(dense, masked, torch.zeros(1, 1, 28, 28), shrink(masked, mask, torch.zeros(1, 1, 28, 28)))
+    for form in (Metric.DENSE, Metric.PRUNED):
+        for batch in (1, 64):
+            assert ledger[Metric.cost(form, Metric.latency_ms(batch))] > 0
     assert (
-        ledger["cost.ratio.latency_b64"] == ledger["cost.pruned.latency_b64_ms"] / ledger["cost.dense.latency_b64_ms"]
+        ledger[Metric.cost_ratio(Metric.latency(64))]
+        == ledger[Metric.cost(Metric.PRUNED, Metric.latency_ms(64))]
+        / ledger[Metric.cost(Metric.DENSE, Metric.latency_ms(64))]
     )
-    assert ledger["cost.latency_threads"] == 1
+    assert ledger[Metric.LATENCY_THREADS] == 1
 
 
 def test_sparse_file_decodes_to_the_masked_weights_and_masks():
@@ -272,34 +284,42 @@ def test_a_run_logs_the_ledger_and_hand_over_files_that_reproduce_its_test_accur
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     m = run.data.metrics
-    assert m["cost.pruned.macs"] > 0 and m["cost.dense.file_bytes"] > m["cost.pruned.file_bytes"]
+    assert m[Metric.cost(Metric.PRUNED, Metric.MACS)] > 0
+    assert m[Metric.cost(Metric.DENSE, Metric.FILE_BYTES)] > m[Metric.cost(Metric.PRUNED, Metric.FILE_BYTES)]
     if "method=structured" in args:
-        assert m["cost.ratio.macs"] < 0.6 and m["cost.ratio.params"] < 0.6
-        assert m["cost.dense.latency_b1_ms"] > 0 and m["cost.pruned.latency_b64_ms"] > 0
-        for role in ("onnx", "int8"):  # ONNX Runtime fp32 and int8, against the dense PyTorch model
-            assert m[f"cost.{role}.latency_b64_ms"] > 0 and m[f"cost.{role}.file_bytes"] > 0
+        assert m[Metric.cost_ratio(Metric.MACS)] < 0.6
+        assert m[Metric.cost_ratio(Metric.PARAMS)] < 0.6
+        assert m[Metric.cost(Metric.DENSE, Metric.latency_ms(1))] > 0
+        assert m[Metric.cost(Metric.PRUNED, Metric.latency_ms(64))] > 0
+        for form in (Metric.ONNX, Metric.INT8):  # ONNX Runtime fp32 and int8, against the dense PyTorch model
+            latency = m[Metric.cost(form, Metric.latency_ms(64))]
+            assert latency > 0
+            assert m[Metric.cost(form, Metric.FILE_BYTES)] > 0
             assert (
-                m[f"cost.ratio.{role}.latency_b64"] == m[f"cost.{role}.latency_b64_ms"] / m["cost.dense.latency_b64_ms"]
+                m[Metric.cost_ratio(Metric.latency(64), form)]
+                == latency / m[Metric.cost(Metric.DENSE, Metric.latency_ms(64))]
             )
-        assert m["cost.int8.file_bytes"] < 0.8 * m["cost.onnx.file_bytes"]  # int8 weights (+ QDQ scales)
+        int8, onnx = (m[Metric.cost(form, Metric.FILE_BYTES)] for form in (Metric.INT8, Metric.ONNX))
+        assert int8 < 0.8 * onnx  # int8 weights (+ QDQ scales)
     else:
-        assert m["cost.ratio.macs"] == 1 and m["cost.ratio.nonzero_macs"] < 1
+        assert m[Metric.cost_ratio(Metric.MACS)] == 1
+        assert m[Metric.cost_ratio(Metric.NONZERO_MACS)] < 1
         assert not any("latency" in k for k in m)
-        assert not any(k.startswith(("int8.", "cost.int8")) for k in m)  # quantize=none
+        assert not any(Metric.INT8 in k.split(".") for k in m)  # quantize=none
     folder = Path(
         MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").download_artifacts(run.info.run_id, "model", str(tmp_path))
     )
     data = synthetic(seed=0)  # the tiny runs' dataset (conftest: dataset=synthetic, seed 0)
     out = read_in_fresh_python(folder, {"x": data.test_raw, "y": data.test.y}, tmp_path)
     # Raw inputs in, the logged accuracies out, exactly.
-    assert out["accuracy"] == m["test_accuracy"]
-    assert out["model.onnx"] == m["handover.onnx.test_accuracy"] == m["test_accuracy"]
+    assert out["accuracy"] == m[Metric.TEST_ACCURACY]
+    assert out["model.onnx"] == m[Metric.HANDOVER_ONNX_ACCURACY] == m[Metric.TEST_ACCURACY]
     if "quantize=int8" in args:
-        assert out["model.int8.onnx"] == m["int8.test_accuracy"]
-        assert abs(m["int8.test_accuracy"] - m["test_accuracy"]) <= 0.05
+        assert out["model.int8.onnx"] == m[Metric.INT8_ACCURACY]
+        assert abs(m[Metric.INT8_ACCURACY] - m[Metric.TEST_ACCURACY]) <= 0.05
     else:
-        assert out["weights.compact"] == m["compact.test_accuracy"]
-        assert m["cost.pruned.file_bytes"] == (folder / "weights.compact").stat().st_size
+        assert out["weights.compact"] == m[Metric.COMPACT_ACCURACY]
+        assert m[Metric.cost(Metric.PRUNED, Metric.FILE_BYTES)] == (folder / "weights.compact").stat().st_size
 
 
 def test_the_gpu_checks_skip_clearly_without_cuda_and_dry_run_on_the_cpu(capsys):
@@ -375,11 +395,13 @@ def test_compact_file_round_trip_codebook_and_relative_indices():
     weight = weight * keep
     state = {"fc.weight": weight, "fc.bias": torch.randn(40), "steps": torch.tensor(7)}
     decoded = decode(encode(state, {"fc.weight": keep}, lambda v: kmeans_codebook(v, bits=4)))
-    assert torch.equal(decoded["fc.bias"], state["fc.bias"]) and int(decoded["steps"]) == 7
+    assert torch.equal(decoded["fc.bias"], state["fc.bias"])
+    assert int(decoded["steps"]) == 7
     got = decoded["fc.weight"]
     assert torch.equal(got != 0, keep)  # positions exact, fillers decoded as zeros
     assert len(torch.unique(got[keep])) <= 15  # 2^4 - 1 shared values
-    assert (got - weight).abs().max() < 0.5 and (got - weight)[keep].abs().mean() < 0.1
+    assert (got - weight).abs().max() < 0.5
+    assert (got - weight)[keep].abs().mean() < 0.1
 
 
 def test_kmeans_codebook_finds_the_clusters_and_linear_is_evenly_spaced():

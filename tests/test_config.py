@@ -24,7 +24,8 @@ def refused(check, *args) -> str:
     with pytest.raises(ConfigError) as error:
         check(*args)
     message = str(error.value)
-    assert message and "\n" not in message
+    assert message
+    assert "\n" not in message
     return message
 
 
@@ -45,12 +46,13 @@ def shortened(*overrides: str) -> tuple[str, ...]:
     return (*overrides, *WITHIN_ONE_EPOCH) if steps and not any("smoke" in o for o in overrides) else overrides
 
 
-@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_against_the_schema(make_cfg, group, option):
     cfg = make_cfg(*shortened(f"{group}={option}", "handover=true"))  # (quantize=int8 quantizes the hand-over)
     validate(cfg)
     if group == "recipe":  # a recipe sets the training numbers and names itself
-        assert cfg.recipe == option and callable(get_object(cfg.train.optimizer._target_))
+        assert cfg.recipe == option
+        assert callable(get_object(cfg.train.optimizer._target_))
     else:  # every other group's option is a plug-in named by _target_ (or, quantize=none, nothing)
         none = (group, option) in (("quantize", "none"), ("augment", "none"))
         assert callable(get_object(cfg[group]._target_)) if cfg[group] else none
@@ -74,7 +76,7 @@ def test_the_defaults_are_valid(make_cfg):
 
 
 @pytest.mark.parametrize(
-    "override, words",
+    ("override", "words"),
     [
         ("ratio=1.5", ["ratio=1.5", "0 <= ratio < 1"]),
         ("ratio=-0.1", ["ratio=-0.1", "0 <= ratio < 1"]),
@@ -124,7 +126,7 @@ def test_edge_values_inside_the_range_are_accepted(make_cfg, override):
 
 
 @pytest.mark.parametrize(
-    "args, words",
+    ("args", "words"),
     [
         (["ratio=abc"], ["ratio=abc", "could not be converted to Float"]),
         (["ratio=0.1,0.5,1.2"], ["ratio=1.2", "0 <= ratio < 1"]),

@@ -16,13 +16,30 @@ from test_tokens import ARTICLE, llama_folder
 from prunelab.data import DataError, c4, ptb, text_files
 from prunelab.data import c4_shards as c4_files
 from prunelab.data.tokens import Tokens
+from prunelab.names import Metric
 from prunelab.pruning import Local, PruneData, PruningError, Wanda
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 SEQ = 16
-WORDS = "the of a harbour comet violin glacier bridge lobster keeper spring north south moved grew".split()
+WORDS = [
+    "the",
+    "of",
+    "a",
+    "harbour",
+    "comet",
+    "violin",
+    "glacier",
+    "bridge",
+    "lobster",
+    "keeper",
+    "spring",
+    "north",
+    "south",
+    "moved",
+    "grew",
+]
 
 
 def document(rng: random.Random, words: int) -> str:
@@ -86,7 +103,8 @@ def test_c4_calibration_and_evaluation_are_the_papers_windows(corpus):
     assert not torch.equal(splits.calibration["c4"](8, 4), calibration)  # the seed draws them
     assert splits.test.x.shape == (256, SEQ)
     assert torch.equal(splits.test.x.flatten(), valenc.flatten())
-    assert bool((splits.test.y[:, -1] == -100).all()) and torch.equal(splits.test.y[:, :-1], splits.test.x[:, 1:])
+    assert bool((splits.test.y[:, -1] == -100).all())
+    assert torch.equal(splits.test.y[:, :-1], splits.test.x[:, 1:])
 
 
 def test_c4_calibration_is_cached_and_read_back(corpus, tmp_path):
@@ -96,7 +114,8 @@ def test_c4_calibration_is_cached_and_read_back(corpus, tmp_path):
     (cached,) = (tmp_path / "cache" / "prunelab" / "calibration").glob("*.pt")
     torch.save(torch.zeros(4, SEQ, dtype=torch.long), cached)  # what the cache holds is what comes back
     assert not c4_files.c4_calibration(tokens, SEQ, 4, 0, root=folder, url=None).any()
-    assert first.shape == (4, SEQ) and first.any()
+    assert first.shape == (4, SEQ)
+    assert first.any()
 
 
 def test_a_shard_changed_after_it_was_first_read_is_refused(corpus):
@@ -132,7 +151,8 @@ def test_a_users_text_files_as_bytes_or_tokens(tmp_path, corpus):
     for name in ("train.txt", "valid.txt", "test.txt"):
         (tmp_path / name).write_text(ARTICLE.format(title=name, n=12) * 4, encoding="utf-8")
     as_bytes = text_files(tmp_path, seq_len=SEQ)
-    assert as_bytes.num_classes == 256 and as_bytes.test.x.shape[1] == SEQ
+    assert as_bytes.num_classes == 256
+    assert as_bytes.test.x.shape[1] == SEQ
     assert bytes(as_bytes.test.x[0].tolist()) == (tmp_path / "test.txt").read_bytes()[:SEQ]
     as_tokens = text_files(tmp_path, tokenizer=str(model_folder))
     assert as_tokens.test.x.shape[1] == 64  # the model's context (max_position_embeddings)
@@ -141,7 +161,7 @@ def test_a_users_text_files_as_bytes_or_tokens(tmp_path, corpus):
         text_files(tmp_path, test="nothing.txt")
 
 
-def test_c4_offline_without_the_file_is_one_line(corpus, tmp_path):
+def test_c4_offline_without_the_file_is_one_line(corpus):
     _, model_folder = corpus
     with pytest.raises(DataError, match=r"^C4's c4-train.00000-of-01024.json.gz is not in .* set PRUNELAB_DATA") as e:
         c4_files.c4_calibration(Tokens(str(model_folder)), SEQ, 4, 0, url="http://127.0.0.1:9/{revision}/{file}")
@@ -151,9 +171,10 @@ def test_c4_offline_without_the_file_is_one_line(corpus, tmp_path):
 def test_calibration_comes_from_the_source_the_method_names():
     x = torch.arange(64 * 8).view(64, 8)
     c4_windows = torch.full((4, 8), 7)
-    data = PruneData((x, torch.zeros(64, dtype=torch.long)), sources={"c4": lambda samples, seed: c4_windows})
+    data = PruneData((x, torch.zeros(64, dtype=torch.long)), sources={"c4": lambda *_: c4_windows})
     assert torch.equal(data.calibration(4, 0, "c4"), c4_windows)
-    assert data.calibration(4, 0).shape == (4, 8) and not torch.equal(data.calibration(4, 0), c4_windows)
+    assert data.calibration(4, 0).shape == (4, 8)
+    assert not torch.equal(data.calibration(4, 0), c4_windows)
     with pytest.raises(PruningError, match=r"^method.calibration=ptb: this dataset offers train, c4$"):
         data.calibration(4, 0, "ptb")
     model = torch.nn.Sequential(torch.nn.Embedding(600, 8), torch.nn.Linear(8, 8))
@@ -190,9 +211,9 @@ def test_a_run_calibrated_on_c4_prunes_a_pretrained_folder(cli, workdir, corpus)
     pruned = {run.data.params["method.calibration"]: run for run in runs(workdir, "pruned")}
     assert set(pruned) == {"train", "c4"}
     for run in pruned.values():
-        assert run.data.metrics["sparsity.prunable"] == pytest.approx(0.5, abs=0.01)
+        assert run.data.metrics[Metric.SPARSITY_PRUNABLE] == pytest.approx(0.5, abs=0.01)
     # other calibration windows, another model: the C4 windows reached the method
-    assert pruned["c4"].data.metrics["test_perplexity"] != pruned["train"].data.metrics["test_perplexity"]
+    assert pruned["c4"].data.metrics[Metric.TEST_PERPLEXITY] != pruned["train"].data.metrics[Metric.TEST_PERPLEXITY]
 
 
 def test_a_users_text_folder_is_known_by_its_files_not_its_path(make_cfg, tmp_path):
@@ -214,4 +235,5 @@ def test_a_users_text_folder_is_known_by_its_files_not_its_path(make_cfg, tmp_pa
 
     assert keys(first) == keys(copy)
     (copy / "train.txt").write_text("other words", encoding="utf-8")
-    assert keys(copy).dense != keys(first).dense and keys(copy).run != keys(first).run
+    assert keys(copy).dense != keys(first).dense
+    assert keys(copy).run != keys(first).run

@@ -12,6 +12,7 @@ from conftest import runs
 from prunelab import models
 from prunelab.data import synthetic
 from prunelab.experiment.train import fit
+from prunelab.names import Metric
 from prunelab.pruning import prune, shrink
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -23,10 +24,12 @@ def test_a_run_on_cuda_ends_finished_with_its_metrics(cli, workdir):
     (run,) = runs(workdir, "pruned")
     assert run.info.status == "FINISHED"
     assert run.data.params["device"] == "cuda"
-    assert run.data.metrics["dense.test_accuracy"] > 0.8  # it trained, on the GPU
-    assert run.data.metrics["cost.ratio.macs"] < 0.5  # and was shrunk for real
+    assert run.data.metrics[Metric.at(Metric.DENSE, Metric.TEST_ACCURACY)] > 0.8  # it trained, on the GPU
+    assert run.data.metrics[Metric.cost_ratio(Metric.MACS)] < 0.5  # and was shrunk for real
     # handed over on the CPU (a CUDA and a CPU forward may differ in the last bits: a test image or two)
-    assert run.data.metrics["handover.onnx.test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=0.01)
+    assert run.data.metrics[Metric.HANDOVER_ONNX_ACCURACY] == pytest.approx(
+        run.data.metrics[Metric.TEST_ACCURACY], abs=0.01
+    )
 
 
 def test_auto_picks_the_gpu(cli, workdir):

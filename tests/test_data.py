@@ -76,13 +76,14 @@ def test_uint8_images_and_labels_round_trip(tmp_path, suffix):
     got_images, got_labels = read_idx(tmp_path / f"images{suffix}"), read_idx(tmp_path / f"labels{suffix}")
 
     assert got_images.dtype == got_labels.dtype == torch.uint8
-    assert got_images.shape == (5, 28, 28) and got_labels.shape == (5,)
+    assert got_images.shape == (5, 28, 28)
+    assert got_labels.shape == (5,)
     assert torch.equal(got_images, torch.from_numpy(images))
     assert torch.equal(got_labels, torch.from_numpy(labels))
 
 
 @pytest.mark.parametrize(
-    "dtype, torch_dtype",
+    ("dtype", "torch_dtype"),
     [
         (">i4", torch.int32),
         (">i2", torch.int16),
@@ -99,7 +100,8 @@ def test_big_endian_types_are_read_as_native_values(tmp_path, dtype, torch_dtype
 
     got = read_idx(tmp_path / "values.gz")
 
-    assert got.dtype == torch_dtype and got.shape == (2, 3)
+    assert got.dtype == torch_dtype
+    assert got.shape == (2, 3)
     assert got.tolist() == values.astype(dtype).tolist()
 
 
@@ -125,7 +127,7 @@ def damaged(kind: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "kind, words",
+    ("kind", "words"),
     [
         ("truncated payload", ["truncated", "header promises 100"]),
         ("truncated header", ["truncated"]),
@@ -139,7 +141,8 @@ def test_a_damaged_file_is_refused_with_a_clear_message(tmp_path, kind, words):
     with pytest.raises(DataError) as error:
         read_idx(path)
     message = str(error.value)
-    assert str(path) in message and "fetch it again" in message
+    assert str(path) in message
+    assert "fetch it again" in message
     for word in words:
         assert word in message
 
@@ -178,8 +181,10 @@ def test_fashion_mnist_splits_have_the_right_sizes_and_shapes(tmp_path):
     fake_fashion_mnist(tmp_path / "fm")
     splits = fashion_mnist(root=tmp_path / "fm", val_size=10, url=None, verify=False)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (40, 10, 20)
-    assert splits.in_shape == (1, 28, 28) and splits.num_classes == 10
-    assert splits.train.x.dtype == torch.float32 and splits.train.y.dtype == torch.int64
+    assert splits.in_shape == (1, 28, 28)
+    assert splits.num_classes == 10
+    assert splits.train.x.dtype == torch.float32
+    assert splits.train.y.dtype == torch.int64
 
 
 def test_validation_images_are_held_out_of_training_and_chosen_by_seed(tmp_path):
@@ -189,7 +194,8 @@ def test_validation_images_are_held_out_of_training_and_chosen_by_seed(tmp_path)
         return fashion_mnist(root=tmp_path / "fm", val_size=10, seed=seed, url=None, verify=False)
 
     first, again, other = split(0), split(0), split(1)
-    assert torch.equal(first.val.x, again.val.x) and torch.equal(first.train.x, again.train.x)
+    assert torch.equal(first.val.x, again.val.x)
+    assert torch.equal(first.train.x, again.train.x)
     assert not torch.equal(first.val.x, other.val.x)
     # Train and validation together are the 50 training images, each exactly once.
     pooled = torch.cat([first.train.y, first.val.y]).sort().values
@@ -222,7 +228,8 @@ def test_the_files_are_read_once_per_process_until_one_changes(tmp_path, monkeyp
         return fashion_mnist(root=tmp_path / "fm", val_size=10, url=None, verify=False)
 
     first = load()
-    assert load() is first and len(reads) == 4
+    assert load() is first
+    assert len(reads) == 4
     write_idx(tmp_path / "fm" / NAMES[3], (arrays[NAMES[3]] + 1) % 10)
     changed = load()
     assert len(reads) == 8
@@ -348,7 +355,8 @@ def test_download_lands_verified_files_in_the_user_cache_atomically(tmp_path, mi
     for name in NAMES:
         assert torch.equal(read_idx(cache / name, sha256=checksums[name]), torch.from_numpy(arrays[name]))
     splits = fashion_mnist(val_size=10, url=None, verify=False)  # now found in the cache
-    assert len(splits.train) + len(splits.val) == TRAIN and len(splits.test) == TEST
+    assert len(splits.train) + len(splits.val) == TRAIN
+    assert len(splits.test) == TEST
 
 
 def test_a_wrong_checksum_leaves_no_file_behind(tmp_path, mirror):
@@ -359,7 +367,8 @@ def test_a_wrong_checksum_leaves_no_file_behind(tmp_path, mirror):
         find_fashion_mnist(url=url, checksums={**checksums, bad: "0" * 64})
     assert url + bad in str(error.value)
     left = [p.name for p in cache.iterdir()]
-    assert bad not in left and not [n for n in left if n.endswith(".part")]
+    assert bad not in left
+    assert not [n for n in left if n.endswith(".part")]
 
 
 def test_a_missing_file_on_the_server_is_a_data_error(tmp_path, mirror):
@@ -377,7 +386,8 @@ def test_digits_are_real_8x8_images_with_a_fixed_test_split():
     first, other = digits(seed=0), digits(seed=1)
 
     assert (len(first.train), len(first.val), len(first.test)) == (1797 - 180 - 360, 180, 360)
-    assert first.in_shape == (1, 8, 8) and first.num_classes == 10
+    assert first.in_shape == (1, 8, 8)
+    assert first.num_classes == 10
     assert set(first.train.y.unique().tolist()) == set(range(10))
     assert not torch.equal(first.val.y, other.val.y)
     # The same test images whatever the seed; only the (training-set) standardisation differs.
@@ -397,9 +407,11 @@ def test_digits_test_size_is_honoured():
 def test_synthetic_shapes_follow_the_arguments():
     splits = synthetic(in_shape=(3, 4, 4), num_classes=5, train_size=30, test_size=12, val_size=6)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 6, 12)
-    assert splits.in_shape == (3, 4, 4) and splits.num_classes == 5
+    assert splits.in_shape == (3, 4, 4)
+    assert splits.num_classes == 5
     assert splits.test.x.shape == (12, 3, 4, 4)
-    assert 0 <= splits.train.y.min() and splits.train.y.max() < 5
+    assert splits.train.y.min() >= 0
+    assert splits.train.y.max() < 5
     assert torch.equal(
         splits.test.y,
         synthetic(in_shape=(3, 4, 4), num_classes=5, train_size=30, test_size=12, val_size=6, seed=1).test.y,

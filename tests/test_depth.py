@@ -20,6 +20,7 @@ from prunelab.cli import preflight
 from prunelab.config import ConfigError
 from prunelab.deploy.hf import hf_files
 from prunelab.models import lm
+from prunelab.names import Metric
 from prunelab.pruning import Blocks, PruneData, PruningError, prune, shrink, unshrink
 from prunelab.pruning.blocks import find_blocks
 
@@ -52,7 +53,7 @@ def hand_distances(model, x) -> list[float]:
     _, blocks = find_blocks(model)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def hook(module, args, kwargs, out):
+    def hook(_module, args, kwargs, out):
         x_in = args[0] if args else kwargs["hidden_states"]
         seen.append((x_in, out[0] if isinstance(out, tuple) else out))
 
@@ -149,7 +150,8 @@ def test_blocks_already_removed_stay_removed():
         first.apply(copy.deepcopy(model)), method="blocks", ratio=0.5, data=data(), samples=8, mask=first
     ).mask
     (earlier,), (now,) = first.blocks.values(), second.blocks.values()
-    assert set(earlier) < set(now) and len(now) == 2
+    assert set(earlier) < set(now)
+    assert len(now) == 2
 
 
 def test_a_ratio_that_leaves_no_block_is_refused_in_one_line():
@@ -175,10 +177,12 @@ def test_a_depth_pruned_run_logs_its_blocks_and_fine_tunes_the_shallower_model(c
     result = cli("model=tiny_gpt", *data, "method=blocks", "ratio=0.5", *small)
     assert result.returncode == 0
     (run,) = runs(workdir, "pruned")
-    assert run.data.metrics["cost.pruned.params"] < run.data.metrics["cost.dense.params"]  # two blocks fewer
-    assert math.isfinite(run.data.metrics["test_perplexity"])
+    params = {form: run.data.metrics[Metric.cost(form, Metric.PARAMS)] for form in (Metric.DENSE, Metric.PRUNED)}
+    assert params[Metric.PRUNED] < params[Metric.DENSE]  # two blocks fewer
+    assert math.isfinite(run.data.metrics[Metric.TEST_PERPLEXITY])
     table = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/blocks.csv").splitlines()
-    assert table[0] == "block,angular_distance,removed" and sum(r.endswith(",true") for r in table[1:]) == 2
+    assert table[0] == "block,angular_distance,removed"
+    assert sum(r.endswith(",true") for r in table[1:]) == 2
 
 
 def test_the_command_line_knows_its_options():

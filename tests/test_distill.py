@@ -47,7 +47,7 @@ class Fixed(nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, x):
+    def forward(self, _x):
         return self.logits
 
 
@@ -92,7 +92,8 @@ def test_a_teacher_of_other_outputs_is_refused_in_one_line():
     objective = Distillation(nn.Linear(4, 7), alpha=0.5, temperature=2.0)
     with pytest.raises(DistillationError) as error:
         objective(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
-    assert "(2, 7)" in str(error.value) and "(2, 3)" in str(error.value)
+    assert "(2, 7)" in str(error.value)
+    assert "(2, 3)" in str(error.value)
     assert "\n" not in str(error.value)
 
 

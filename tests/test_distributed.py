@@ -64,7 +64,8 @@ def test_two_processes_train_and_fine_tune_to_the_weights_of_one(workdir, cli):
     assert both.returncode == 0, both.stdout[-3000:] + both.stderr[-3000:]
 
     pruned = {r.info.experiment_id: r for r in runs(workdir, Role.PRUNED)}
-    assert len(pruned) == 2 and len(runs(workdir, Role.DENSE)) == 2  # exactly one run per point each
+    assert len(pruned) == 2
+    assert len(runs(workdir, Role.DENSE)) == 2
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     ddp = pruned[client.get_experiment_by_name("ddp").experiment_id]
     one = pruned[client.get_experiment_by_name("alone").experiment_id]
@@ -78,7 +79,7 @@ def test_two_processes_train_and_fine_tune_to_the_weights_of_one(workdir, cli):
     for name, tensor in b["state_dict"].items():
         assert (a["state_dict"][name] - tensor).abs().max() <= 1e-5, name
     assert all(torch.equal(a["mask"]["masks"][n], m) for n, m in b["mask"]["masks"].items())
-    assert ddp.data.metrics["test_accuracy"] == pytest.approx(one.data.metrics["test_accuracy"], abs=1e-3)
+    assert ddp.data.metrics[Metric.TEST_ACCURACY] == pytest.approx(one.data.metrics[Metric.TEST_ACCURACY], abs=1e-3)
 
 
 def test_ranks_end_with_one_model_batchnorm_statistics_included(workdir):
@@ -138,7 +139,8 @@ def test_the_ranks_come_from_torchrun_or_slurm():
     assert from_environment(slurm) == Ranks(5, 8, 1)
     # an sbatch script's lone process in an allocation of 8 tasks is not a rank of 8
     assert from_environment({"SLURM_NTASKS": "8", "SLURM_PROCID": "0", "SLURM_JOB_ID": "1"}) is None
-    assert Ranks(0, 2).main and not Ranks(1, 2).main
+    assert Ranks(0, 2).main
+    assert not Ranks(1, 2).main
     # where rank 0 listens: torchrun says; under SLURM, the launching node and a port of the job's own
     assert rendezvous({"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}) == ("10.0.0.1", "1234")
     assert rendezvous({**slurm, "SLURM_NNODES": "1"}) == ("127.0.0.1", "23456")

@@ -19,6 +19,7 @@ from conftest import cli_env, runs, tiny_overrides
 from torch import nn
 
 from prunelab.experiment.dense import dense_model
+from prunelab.names import Metric, Tag
 
 
 def trainer(calls: list):
@@ -46,13 +47,13 @@ def cached(cache: Path, key: str = "k") -> tuple[Path, Path]:
     return cache / f"{key}.pt", cache / f"{key}.json"
 
 
-def flip_bytes(weights, meta, cache):
+def flip_bytes(weights, _meta, _cache):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
 
 
-def truncate(weights, meta, cache):
+def truncate(weights, _meta, _cache):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
 
@@ -67,12 +68,12 @@ def foreign_files(weights, meta, cache):
     other_meta.replace(meta)
 
 
-def swapped_weights(weights, meta, cache):
+def swapped_weights(weights, _meta, _cache):
     """Loadable weights of the right shapes that are not the ones the checksum was taken of."""
     torch.save({"weight": torch.full((2, 4), 7.0), "bias": torch.full((2,), 7.0)}, weights)
 
 
-def missing_metadata(weights, meta, cache):
+def missing_metadata(_weights, meta, _cache):
     meta.unlink()
 
 
@@ -82,10 +83,12 @@ def test_a_damaged_dense_cache_is_never_loaded_but_retrained(tmp_path, damage):
     damage(weights, meta, tmp_path)
     calls, model = [], fresh()
     result = dense_model(model, "k", tmp_path, trainer(calls))
-    assert calls == [1] and not result.from_cache  # retrained ...
+    assert calls == [1]
+    assert not result.from_cache
     assert torch.equal(model.weight, torch.full((2, 4), 0.5))  # ... and nothing of the bad file kept
     again = dense_model(fresh(), "k", tmp_path, trainer(calls))  # the new files verify
-    assert again.from_cache and calls == [1]
+    assert again.from_cache
+    assert calls == [1]
 
 
 KILLED_WRITER = r"""
@@ -117,10 +120,12 @@ def test_a_writer_killed_mid_write_leaves_no_cache_file_and_the_next_run_trains(
         proc.kill()
         proc.wait()
     cache = tmp_path / "cache"
-    assert not (cache / "k.pt").exists() and not (cache / "k.json").exists()
+    assert not (cache / "k.pt").exists()
+    assert not (cache / "k.json").exists()
     assert list(cache.glob(".k.pt.*.tmp"))  # the half-written file never got the real name
     calls = []
-    assert not dense_model(fresh(), "k", cache, trainer(calls)).from_cache and calls == [1]
+    assert not dense_model(fresh(), "k", cache, trainer(calls)).from_cache
+    assert calls == [1]
     assert not list(cache.glob("*.tmp"))  # and the leftover is gone
 
 
@@ -143,7 +148,8 @@ def logged_steps(workdir: Path, role: str, metric: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "stage, role, metric", [("dense", "dense", "train.loss"), ("fine-tuning", "pruned", "finetune.loss")]
+    ("stage", "role", "metric"),
+    [("dense", "dense", Metric.TRAIN_LOSS), ("fine-tuning", "pruned", Metric.FINETUNE_LOSS)],
 )
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes_it(workdir, stage, role, metric, sig):
@@ -182,13 +188,15 @@ def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes
     assert all(r.info.status != "RUNNING" for r in runs(workdir))
     cache = workdir / "cache"
     if stage == "dense":  # nothing half-written, nothing cached from a stopped training
-        assert not list(cache.glob("*.pt")) and not list(cache.glob("*.tmp"))
+        assert not list(cache.glob("*.pt"))
+        assert not list(cache.glob("*.tmp"))
         assert runs(workdir, "pruned")[0].info.status == "KILLED"  # the point is recorded as stopped
 
     again = subprocess.run(argv, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     finished = [r for r in runs(workdir, role) if r.info.status == "FINISHED"]
-    assert len(finished) == 1 and len(client.get_metric_history(finished[0].info.run_id, metric)) == 6
+    assert len(finished) == 1
+    assert len(client.get_metric_history(finished[0].info.run_id, metric)) == 6
     assert len([r for r in runs(workdir, "pruned") if r.info.status == "FINISHED"]) == 1
 
 
@@ -206,7 +214,7 @@ def start_slow_run(workdir: Path, *extra: str, threads: int | None = None) -> su
 def wait_for_fine_tuning(proc: subprocess.Popen, workdir: Path) -> None:
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
-        if (workdir / "mlflow.db").exists() and logged_steps(workdir, "pruned", "finetune.loss") >= 1:
+        if (workdir / "mlflow.db").exists() and logged_steps(workdir, "pruned", Metric.FINETUNE_LOSS) >= 1:
             return
         time.sleep(0.2)
     raise AssertionError("the run ended (or never started fine-tuning) before it could be caught in it")
@@ -229,8 +237,9 @@ def test_a_run_killed_outright_is_ended_killed_by_the_next_run_of_its_key_which_
 
     again = run(make_cfg(*SLOW))  # the same command, in another process
     after = {r.info.run_id: r for r in runs(workdir)}
-    assert after[dead.info.run_id].info.status == "KILLED" and after[again["run_id"]].info.status == "FINISHED"
-    assert "process died" in after[dead.info.run_id].data.tags["prunelab.error"]
+    assert after[dead.info.run_id].info.status == "KILLED"
+    assert after[again["run_id"]].info.status == "FINISHED"
+    assert "process died" in after[dead.info.run_id].data.tags[Tag.ERROR]
     assert all(r.info.status != "RUNNING" for r in after.values())
 
 
@@ -246,14 +255,15 @@ def test_two_processes_started_on_one_key_at_once_leave_each_other_running(workd
         while len(runs(workdir, "pruned")) < 2 and second.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)  # until the second has looked for dead runs of its key and opened its own
         assert [r.info.status for r in runs(workdir, "pruned")] == ["RUNNING", "RUNNING"]
-        assert first.wait(timeout=240) == 0 and second.wait(timeout=240) == 0
+        assert first.wait(timeout=240) == 0
+        assert second.wait(timeout=240) == 0
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     pruned = runs(workdir, "pruned")
     assert [r.info.status for r in pruned] == ["FINISHED", "FINISHED"]
-    assert len({r.data.tags["prunelab.run_key"] for r in pruned}) == 1
+    assert len({r.data.tags[Tag.RUN_KEY] for r in pruned}) == 1
 
 
 def test_only_a_dead_process_on_this_host_loses_its_running_run(workdir):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from prunelab.data import DataError, FolderSplit, Split, imagefolder
 from prunelab.data.transforms import eval_view, hflip, random_resized_crop
+from prunelab.names import Metric
 
 CLASSES = ("n01", "n02", "n03")
 COLOURS = np.array([(220, 30, 30), (30, 220, 30), (30, 30, 220)], dtype=np.int16)
@@ -52,7 +53,7 @@ def load(root: Path, **kw):
 class FlipCrop:
     """An augmentation plug-in as a test needs one: torchvision's RandomResizedCrop, then a coin flip."""
 
-    def sample(self, image: torch.Tensor, size: int, resize: int) -> torch.Tensor:
+    def sample(self, image: torch.Tensor, size: int, _resize: int) -> torch.Tensor:
         out = random_resized_crop(image, size)
         return hflip(out) if torch.rand(1).item() < 0.5 else out
 
@@ -65,11 +66,13 @@ def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
 def test_classes_labels_and_lengths(root):
     data = load(root)
     assert (data.name, data.num_classes, data.test_raw) == ("imagefolder", 3, None)
-    assert isinstance(data.train, FolderSplit) and data.train.shape == (3, SIZE, SIZE)
+    assert isinstance(data.train, FolderSplit)
+    assert data.train.shape == (3, SIZE, SIZE)
     assert (len(data.train), len(data.val), len(data.test)) == (15, 3, 6)  # 18 train images, 3 held out
     assert data.test.y.tolist() == [0, 0, 1, 1, 2, 2]  # val/ as the test split, in sorted order
     both = torch.cat([data.train.y, data.val.y])
-    assert both.dtype == torch.int64 and torch.bincount(both).tolist() == [6, 6, 6]
+    assert both.dtype == torch.int64
+    assert torch.bincount(both).tolist() == [6, 6, 6]
     held = {bytes(f) for f in data.val.files}
     assert held.isdisjoint(bytes(f) for f in data.train.files)
     assert {bytes(f) for f in load(root, seed=1).val.files} != held  # the held-out images follow the seed
@@ -84,7 +87,8 @@ def test_eval_batches_are_standardised_ordered_and_deterministic(root):
     shapes = [tuple(x.shape) for x, _ in data.train.batches(4)]
     assert shapes == [(4, 3, SIZE, SIZE)] * 3 + [(3, 3, SIZE, SIZE)]
     x, y = collect(data.test.batches(4))
-    assert x.dtype == torch.float32 and x.device.type == "cpu"
+    assert x.dtype == torch.float32
+    assert x.device.type == "cpu"
     assert torch.equal(y, data.test.y)  # in order
     for k, name in enumerate(data.test.files):  # PNG: the same pixels as decoded here
         with Image.open(root / bytes(name).decode()) as img:
@@ -101,7 +105,8 @@ def test_training_batches_are_reproducible_for_a_seed(root):
         return collect(split.batches(4, torch.Generator().manual_seed(seed), augment=FlipCrop()))
 
     a = epoch(0)
-    assert torch.equal(a[0], epoch(0)[0]) and torch.equal(a[1], epoch(0)[1])
+    assert torch.equal(a[0], epoch(0)[0])
+    assert torch.equal(a[1], epoch(0)[1])
     assert not torch.equal(a[0], epoch(1)[0])
     assert sorted(a[1].tolist()) == sorted(data.train.y.tolist())  # each image once
     plain, _ = collect(data.train.batches(4))
@@ -126,7 +131,8 @@ def test_shards_cut_the_same_global_batches(root, train):
     assert len(whole) == len(first) == len(second) == 4
     for (x, y), (x0, y0), (x1, y1) in zip(whole, first, second):
         assert len(y0) == (len(y) + 1) // 2  # tensor_split's cut
-        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+        assert torch.equal(torch.cat([x0, x1]), x)
+        assert torch.equal(torch.cat([y0, y1]), y)
     tiny = list(data.train.batches(15, shard=(3, 4)))  # 15 = 4 + 4 + 4 + 3: the last rank's part
     assert [len(y) for _, y in tiny] == [3]
     empty = list(data.val.batches(2, shard=(3, 4)))  # 3 images: 1 + 1 + 1 + 0, 0 + ... as tensor_split
@@ -136,14 +142,19 @@ def test_shards_cut_the_same_global_batches(root, train):
 def test_head_example_and_to(root):
     data = load(root, workers=2).to("cpu")
     head = data.train.head(5)
-    assert isinstance(head, Split) and head.x.shape == (5, 3, SIZE, SIZE)
+    assert isinstance(head, Split)
+    assert head.x.shape == (5, 3, SIZE, SIZE)
     x, y = collect(data.train.batches(4))
-    assert torch.equal(head.x, x[:5]) and torch.equal(head.y, y[:5])
+    assert torch.equal(head.x, x[:5])
+    assert torch.equal(head.y, y[:5])
     assert data.train.head(100).x.shape[0] == 15
     example = data.train.example()
-    assert example.shape == (1, 3, SIZE, SIZE) and torch.equal(example, x[:1])
+    assert example.shape == (1, 3, SIZE, SIZE)
+    assert torch.equal(example, x[:1])
     moved = data.test.to("meta")
-    assert isinstance(moved, FolderSplit) and moved.device == torch.device("meta") and len(moved) == 6
+    assert isinstance(moved, FolderSplit)
+    assert moved.device == torch.device("meta")
+    assert len(moved) == 6
     assert data.test.device == torch.device("cpu")  # frozen: a new split
 
 
@@ -151,7 +162,8 @@ def refused(root, **kw) -> str:
     with pytest.raises(DataError) as error:
         imagefolder(root, **{"val_size": 1, "workers": 0, **kw})
     message = str(error.value)
-    assert message and "\n" not in message
+    assert message
+    assert "\n" not in message
     return message
 
 
@@ -197,7 +209,8 @@ def test_an_unreadable_image_is_named(tmp_path):
         with pytest.raises(DataError) as error:
             read()
         message = str(error.value)
-        assert "img0.png is not a readable image" in message and message.endswith(": replace or delete it")
+        assert "img0.png is not a readable image" in message
+        assert message.endswith(": replace or delete it")
     workers = FolderSplit(**{**vars(data.test), "workers": 2})  # from a worker process: the same line
     with pytest.raises(DataError, match=r"^\S*img0.png is not a readable image .*: replace or delete it$"):
         list(workers.batches(1))
@@ -226,11 +239,14 @@ def test_a_run_on_a_streamed_folder_trains_prunes_hands_over_and_records(tmp_pat
     metrics = run(cfg)
     client = MlflowClient(cfg.tracking.uri)
     stored = client.get_run(metrics["run_id"])
-    assert stored.info.status == "FINISHED" and stored.data.params["dataset"] == "imagefolder"
-    assert 0 <= stored.data.metrics["test_accuracy"] <= 1
-    assert stored.data.metrics["sparsity.channels"] > 0.3
+    assert stored.info.status == "FINISHED"
+    assert stored.data.params["dataset"] == "imagefolder"
+    assert 0 <= stored.data.metrics[Metric.TEST_ACCURACY] <= 1
+    assert stored.data.metrics[Metric.SPARSITY_CHANNELS] > 0.3
     # the hand-over's files were checked on the test images, loaded (12 of them: fewer than the cap)
-    assert stored.data.metrics["handover.onnx.test_accuracy"] == pytest.approx(stored.data.metrics["test_accuracy"])
+    assert stored.data.metrics[Metric.HANDOVER_ONNX_ACCURACY] == pytest.approx(
+        stored.data.metrics[Metric.TEST_ACCURACY]
+    )
 
 
 def test_per_channel_standardisation_reaches_the_batches_the_raw_view_and_the_hand_over(root):
@@ -245,7 +261,7 @@ def test_per_channel_standardisation_reaches_the_batches_the_raw_view_and_the_ha
     assert torch.allclose(data.raw(x), plain, atol=1e-6)
     seen = []
     net = torch.nn.Identity()
-    net.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    net.register_forward_hook(lambda _mod, _inp, out: seen.append(out))
     deployed(net, data.mean, data.std)(plain)  # the shipped model takes raw pixels and standardises them
     assert torch.allclose(seen[0], x, atol=1e-6)
     with pytest.raises(DataError, match=r"dataset.mean=\[0.5, 0.4\]: expected one number or three"):

@@ -15,7 +15,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunelab"
 FLOORS = [
     (
         "vocabulary and leaves",
-        ["prunelab.names", "prunelab.errors", "prunelab.paths", "prunelab.redact", "prunelab.plugins"],
+        [
+            "prunelab.names",
+            "prunelab.errors",
+            "prunelab.paths",
+            "prunelab.redact",
+            "prunelab.plugins",
+            "prunelab.contracts",
+        ],
     ),
     ("pruning", ["prunelab.pruning"]),
     ("data and models", ["prunelab.data", "prunelab.models"]),
@@ -28,10 +35,10 @@ FLOORS = [
 ]
 
 
-def modules() -> dict[str, Path]:
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
@@ -68,28 +75,33 @@ def floor(name: str) -> int:
     raise AssertionError(f"{name} is on no floor: add it to FLOORS")
 
 
-@pytest.fixture(scope="module")
-def graph() -> dict[str, set[str]]:
-    found = modules()
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Each module of ``package`` (a directory named ``prunelab``) and the package modules it imports."""
+    found = modules(package)
     return {name: imports(name, path, set(found)) for name, path in found.items()}
 
 
-def test_every_module_is_on_a_floor_and_imports_nothing_above_it(graph):
-    upward = [
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """One line for each import of a module on a higher floor than the importer's."""
+    return sorted(
         f"{m} ({FLOORS[floor(m)][0]}) imports {t} ({FLOORS[floor(t)][0]})"
         for m, targets in graph.items()
         for t in targets
         if floor(t) > floor(m)
-    ]
-    assert not upward, "\n".join(upward)
+    )
 
 
-def test_no_module_imports_itself_back_through_others(graph):
-    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import loops: each strongly connected component of more than one module, sorted
+    (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
 
-    def visit(v):  # Tarjan's strongly connected components
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
         stack.append(v)
         on.add(v)
         for w in graph[v]:
@@ -107,15 +119,30 @@ def test_no_module_imports_itself_back_through_others(graph):
                 if w == v:
                     break
             if len(component) > 1:
-                cycles.append(sorted(component))
+                found.append(sorted(component))
 
     for v in graph:
         if v not in index:
             visit(v)
-    assert not cycles, cycles
+    return sorted(found)
 
 
-def test_the_checks_would_see_a_cycle_and_an_upward_import(tmp_path):
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph()
+
+
+def test_every_module_is_on_a_floor_and_imports_nothing_above_it(graph):
+    upward = upward_imports(graph)
+    assert not upward, "\n".join(upward)
+
+
+def test_no_module_imports_itself_back_through_others(graph):
+    loops = cycles(graph)
+    assert not loops, loops
+
+
+def test_the_walk_finds_function_level_and_relative_imports(tmp_path):
     """The walk finds what it must: a function-level import, and a relative one."""
     (tmp_path / "prunelab" / "pruning").mkdir(parents=True)
     (tmp_path / "prunelab" / "__init__.py").write_text("")
@@ -125,5 +152,29 @@ def test_the_checks_would_see_a_cycle_and_an_upward_import(tmp_path):
     known = {"prunelab", "prunelab.pruning", "prunelab.pruning.a", "prunelab.pruning.b", "prunelab.experiment.runner"}
     a = imports("prunelab.pruning.a", tmp_path / "prunelab" / "pruning" / "a.py", known)
     b = imports("prunelab.pruning.b", tmp_path / "prunelab" / "pruning" / "b.py", known)
-    assert a == {"prunelab.experiment.runner"} and floor("prunelab.experiment.runner") > floor("prunelab.pruning.a")
+    assert a == {"prunelab.experiment.runner"}
+    assert floor("prunelab.experiment.runner") > floor("prunelab.pruning.a")
     assert b == {"prunelab.pruning", "prunelab.pruning.a"}
+
+
+def test_the_checks_report_a_cycle_and_an_upward_import(tmp_path):
+    """A package with a loop (a -> b -> a, b's half inside a function) and a module on the pruning
+    floor importing one on the experiment floor: both checks say so, and name nothing else."""
+    files = {
+        "__init__.py": "",
+        "names.py": "",
+        "pruning/__init__.py": "",
+        "pruning/a.py": "from . import b\n\n\ndef run():\n    from ..experiment.runner import main\n",
+        "pruning/b.py": "from prunelab.names import Metric\n\n\ndef f():\n    from .a import run\n",
+        "experiment/__init__.py": "",
+        "experiment/runner.py": "",
+    }
+    for relative, text in files.items():
+        (tmp_path / "prunelab" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "prunelab" / relative).write_text(text)
+    graph = import_graph(tmp_path / "prunelab")
+    assert graph["prunelab.pruning.b"] == {"prunelab.names", "prunelab.pruning.a"}  # downward: not reported
+    assert upward_imports(graph) == [
+        "prunelab.pruning.a (pruning) imports prunelab.experiment.runner (the experiment)",
+    ]
+    assert cycles(graph) == [["prunelab.pruning.a", "prunelab.pruning.b"]]

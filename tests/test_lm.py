@@ -24,6 +24,8 @@ from prunelab.data.text import fortunes, unigram_perplexity, wikitext2, windows
 from prunelab.experiment import keys
 from prunelab.experiment.train import evaluate, scores
 from prunelab.models import lm
+from prunelab.models.build import ModelError
+from prunelab.names import Artifact, Metric
 from prunelab.pruning import Local, PruneData, PruningError, SparseGPT, Wanda, prune, shrink
 from prunelab.pruning.layerwise import calibration, sparsegpt_update, wanda_mask
 
@@ -71,12 +73,17 @@ def test_fortunes_are_split_by_position_every_20th_to_test_the_next_to_validatio
         name: bytes(s.x.flatten().tolist())
         for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     }
-    assert text["test"].startswith(b"fortune number 0:") and b"fortune number 20:" in text["test"]
-    assert text["val"].startswith(b"fortune number 1:") and b"fortune number 41:" in text["val"]
-    assert text["train"].startswith(b"fortune number 2:") and b"fortune number 59:" in text["train"]
-    assert b"fortune number 0:" not in text["train"] and b"index" not in text["train"]  # no .dat file
+    assert text["test"].startswith(b"fortune number 0:")
+    assert b"fortune number 20:" in text["test"]
+    assert text["val"].startswith(b"fortune number 1:")
+    assert b"fortune number 41:" in text["val"]
+    assert text["train"].startswith(b"fortune number 2:")
+    assert b"fortune number 59:" in text["train"]
+    assert b"fortune number 0:" not in text["train"]
+    assert b"index" not in text["train"]
     assert text["train"].count(b"fortune number 45:") == 1  # the .u8 link is not read twice
-    assert splits.num_classes == 256 and splits.in_shape == (16,)
+    assert splits.num_classes == 256
+    assert splits.in_shape == (16,)
 
 
 def test_fortunes_missing_say_how_to_get_them(tmp_path):
@@ -100,7 +107,8 @@ def test_wikitext2_is_downloaded_once_checked_and_read_from_the_cache(tmp_path, 
     monkeypatch.delenv("PRUNELAB_DATA", raising=False)
     served, digest = wikitext_zip(tmp_path)
     splits = wikitext2(seq_len=32, url=served.as_uri(), sha256=digest)
-    assert len(splits.train) == (len(TEXT * 4) - 1) // 32 and len(splits.test) == (len(TEXT * 2) - 1) // 32
+    assert len(splits.train) == (len(TEXT * 4) - 1) // 32
+    assert len(splits.test) == (len(TEXT * 2) - 1) // 32
     served.unlink()  # a second load needs no download
     assert torch.equal(wikitext2(seq_len=32, url=served.as_uri(), sha256=digest).test.x, splits.test.x)
 
@@ -111,7 +119,8 @@ def test_a_corrupted_wikitext2_download_is_refused_and_not_kept(tmp_path, monkey
     served, _ = wikitext_zip(tmp_path)
     with pytest.raises(DataError, match="checksum mismatch"):
         wikitext2(url=served.as_uri(), sha256="0" * 64)
-    assert not list((tmp_path / "cache").rglob("*.raw")) and not list((tmp_path / "cache").rglob("*.zip"))
+    assert not list((tmp_path / "cache").rglob("*.raw"))
+    assert not list((tmp_path / "cache").rglob("*.zip"))
 
 
 # --- models and metrics ---------------------------------------------------------------------
@@ -127,7 +136,7 @@ def test_a_language_model_is_scored_per_token_and_its_perplexity_is_exp_of_the_l
     result = evaluate(model, split)
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert result["accuracy"] == pytest.approx((out.argmax(1) == split.y).float().mean().item())
-    assert scores(model, split)["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert scores(model, split)[Metric.TEST_PERPLEXITY] == pytest.approx(math.exp(loss), rel=1e-5)
     assert math.exp(loss) == pytest.approx(256, rel=0.05)  # an untrained LM: about uniform over bytes
 
 
@@ -144,8 +153,11 @@ def test_an_evaluation_batch_holds_a_bounded_number_of_logits(monkeypatch):
     model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
     monkeypatch.setattr(train, "MAX_LOGITS", 3 * 256 * 16)  # three windows' logits
     bounded = evaluate(model, split)
-    assert sizes[0] == 1 and set(sizes[1:-1]) == {3} and sum(sizes) == len(split)
-    assert bounded["loss"] == pytest.approx(whole["loss"], rel=1e-6) and bounded["accuracy"] == whole["accuracy"]
+    assert sizes[0] == 1
+    assert set(sizes[1:-1]) == {3}
+    assert sum(sizes) == len(split)
+    assert bounded["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    assert bounded["accuracy"] == whole["accuracy"]
 
 
 def test_the_unigram_baseline_is_the_byte_frequency_perplexity():
@@ -191,7 +203,7 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda_at_the_same_dens
     assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
 
 
-@pytest.mark.parametrize("n, m", [(2, 4), (4, 8)])
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8)])
 def test_n_m_masks_keep_n_of_every_m_inputs(n, m):
     weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(4))
     gram = correlated_inputs(512, 32).double().T @ correlated_inputs(512, 32).double()
@@ -274,10 +286,12 @@ def test_structured_pruning_of_the_lm_removes_whole_heads_and_mlp_neurons_and_ma
     # dependency graph through the attention op) and one for the MLP neurons; the residual stream,
     # which goes through LayerNorms, is left whole.
     attention = {n: k for n, k in mask.channels.items() if ".attn." in n}
-    assert sorted(mask.channels) == sorted([*attention, "blocks.0.mlp.0", "blocks.1.mlp.0"]) and len(attention) == 2
+    assert sorted(mask.channels) == sorted([*attention, "blocks.0.mlp.0", "blocks.1.mlp.0"])
+    assert len(attention) == 2
     for keep in attention.values():
         per_head = keep.view(4, 8)  # 4 heads of 32 / 4 channels: each kept or removed whole
-        assert bool((per_head.all(1) | ~per_head.any(1)).all()) and 0 < int(per_head.all(1).sum()) < 4
+        assert bool((per_head.all(1) | ~per_head.any(1)).all())
+        assert 0 < int(per_head.all(1).sum()) < 4
     masked = mask.apply(copy.deepcopy(model)).eval()
     shrunk = shrink(masked, mask, x[:1]).eval()
     with torch.no_grad():
@@ -285,9 +299,8 @@ def test_structured_pruning_of_the_lm_removes_whole_heads_and_mlp_neurons_and_ma
         assert (model(x) - masked(x)).abs().max() > 0.1  # the pruning did change the model
     for i, block in enumerate(shrunk.blocks):
         kept_heads = int(mask.channels[next(n for n in attention if n.startswith(f"blocks.{i}."))].sum()) // 8
-        assert (
-            block.attn.heads == kept_heads and block.attn.q.out_features == block.attn.o.in_features == 8 * kept_heads
-        )
+        assert block.attn.heads == kept_heads
+        assert block.attn.q.out_features == block.attn.o.in_features == 8 * kept_heads
         assert block.mlp[0].out_features == int(mask.channels[f"blocks.{i}.mlp.0"].sum())
     assert mask.channel_sparsity == pytest.approx(0.5, abs=0.06)  # within a head of the ratio
 
@@ -297,7 +310,9 @@ def test_structured_pruning_of_a_transformers_model_is_refused_in_one_line():
     model = lm.hf_causal_lm(
         config={"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}
     )
-    with pytest.raises(PruningError, match="transformers model is not supported") as e:
+    with pytest.raises(
+        PruningError, match="cannot trace a transformers model: use method=width .* or method=blocks"
+    ) as e:
         prune(model, "structured", "local", 0.5, example_inputs=torch.randint(256, (1, 16)), ignore=["model.lm_head"])
     assert "\n" not in str(e.value)
 
@@ -334,38 +349,47 @@ def test_a_post_training_sweep_of_the_lm_logs_perplexity_tokens_per_second_and_i
     assert len(pruned) == 4
     for run in pruned:
         m = run.data.metrics
-        assert m["sparsity.prunable"] == pytest.approx(0.5, abs=1e-3)
-        assert m["dense.test_perplexity"] == pytest.approx(dense.data.metrics["test_perplexity"])
-        assert 1 <= m["dense.test_perplexity"] < 256  # trained a little: better than uniform over bytes
-        assert m["test_perplexity"] == m["finetuned.test_perplexity"] == m["pruned.test_perplexity"]  # no fine-tuning
-        assert m["cost.dense.tokens_per_s"] > 0 and m["cost.ratio.tokens_per_s"] > 0
-        assert 0 < m["time.prune_s"] < 60  # measured: the one-shot prune alone
+        assert m[Metric.SPARSITY_PRUNABLE] == pytest.approx(0.5, abs=1e-3)
+        before, after_pruning, after_tuning = (m[Metric.at(s, Metric.TEST_PERPLEXITY)] for s in Metric.STAGES)
+        assert before == pytest.approx(dense.data.metrics[Metric.TEST_PERPLEXITY])
+        assert 1 <= before < 256  # trained a little: better than uniform over bytes
+        assert m[Metric.TEST_PERPLEXITY] == after_tuning == after_pruning  # no fine-tuning
+        assert m[Metric.cost(Metric.DENSE, Metric.TOKENS_PER_S)] > 0
+        assert m[Metric.cost_ratio(Metric.TOKENS_PER_S)] > 0
+        assert 0 < m[Metric.PRUNE_SECONDS] < 60  # measured: the one-shot prune alone
     by_seed = {
-        (r.data.params["method"], r.data.params["calibration_seed"]): r.data.metrics["test_perplexity"] for r in pruned
+        (r.data.params["method"], r.data.params["calibration_seed"]): r.data.metrics[Metric.TEST_PERPLEXITY]
+        for r in pruned
     }
     assert by_seed[("sparsegpt", "0")] != by_seed[("sparsegpt", "1")]  # other calibration samples, other result
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     df = analysis.load_runs(["lm"])
-    points = analysis.aggregate_seeds(df, "test_perplexity")
-    assert sorted(points["method"]) == ["sparsegpt", "wanda"] and set(points["test_perplexity_count"]) == {2}
+    points = analysis.aggregate_seeds(df, Metric.TEST_PERPLEXITY)
+    assert sorted(points["method"]) == ["sparsegpt", "wanda"]
+    assert set(points["test_perplexity_count"]) == {2}
     series = analysis.curve_series(df)
-    assert series["perplexity_vs_sparsity/dense"][0][1] == pytest.approx(dense.data.metrics["test_perplexity"])
-    assert {k for k in series if k.startswith("perplexity_vs_sparsity/")} >= {
-        "perplexity_vs_sparsity/sparsegpt-local-l2",
-        "perplexity_vs_sparsity/wanda-local-l2",
+    assert series["perplexity_vs_sparsity/dense"][0][1] == pytest.approx(dense.data.metrics[Metric.TEST_PERPLEXITY])
+    assert {k for k in series if k.startswith("perplexity_vs_sparsity/")} >= {  # no criterion: they take none
+        "perplexity_vs_sparsity/sparsegpt-local",
+        "perplexity_vs_sparsity/wanda-local",
     }
     speed = analysis.speed_points(df).set_index("method")
     for method in ("sparsegpt", "wanda"):  # the speed table: each point's runs averaged
         ms = [r.data.metrics for r in pruned if r.data.params["method"] == method]
-        assert speed.loc[method, "tokens_per_s"] == pytest.approx(sum(m["cost.ratio.tokens_per_s"] for m in ms) / 2)
-        assert speed.loc[method, "perplexity"] == pytest.approx(sum(m["test_perplexity"] for m in ms) / 2)
-        assert speed.loc[method, "perplexity_pruned"] == pytest.approx(sum(m["pruned.test_perplexity"] for m in ms) / 2)
+        assert speed.loc[method, "tokens_per_s"] == pytest.approx(
+            sum(m[Metric.cost_ratio(Metric.TOKENS_PER_S)] for m in ms) / 2
+        )
+        assert speed.loc[method, "perplexity"] == pytest.approx(sum(m[Metric.TEST_PERPLEXITY] for m in ms) / 2)
+        assert speed.loc[method, "perplexity_pruned"] == pytest.approx(
+            sum(m[Metric.at(Metric.PRUNED, Metric.TEST_PERPLEXITY)] for m in ms) / 2
+        )
     written = analysis.write_report(df, workdir / "report")
     assert workdir / "report" / "perplexity_vs_sparsity.png" in written
     assert workdir / "report" / "perplexity_vs_tokens_per_s.png" in written
-    summary = (workdir / "report" / "summary.md").read_text()
-    assert "## Perplexity vs sparsity" in summary and "## Perplexity vs tokens per second" in summary
+    summary = (workdir / "report" / Artifact.SUMMARY).read_text()
+    assert "## Perplexity vs sparsity" in summary
+    assert "## Perplexity vs tokens per second" in summary
 
 
 def test_a_structured_lm_run_fine_tunes_the_shrunk_model_and_its_hand_over_files_score_per_token(cli, workdir):
@@ -383,17 +407,20 @@ def test_a_structured_lm_run_fine_tunes_the_shrunk_model_and_its_hand_over_files
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     m = run.data.metrics
-    assert m["sparsity.channels"] == pytest.approx(0.5, abs=1e-3)  # local: 1 of 2 heads, half the neurons
-    assert m["cost.ratio.macs"] < 0.9 and m["finetuned.test_perplexity"] < m["pruned.test_perplexity"]
+    assert m[Metric.SPARSITY_CHANNELS] == pytest.approx(0.5, abs=1e-3)  # local: 1 of 2 heads, half the neurons
+    assert m[Metric.cost_ratio(Metric.MACS)] < 0.9
+    assert m[Metric.at(Metric.FINETUNED, Metric.TEST_PERPLEXITY)] < m[Metric.at(Metric.PRUNED, Metric.TEST_PERPLEXITY)]
     # The exported ONNX file (token ids in, no standardisation) scores what the fine-tuned network does,
     # and its int8 form (calibrated on token ids) about as well.
-    assert m["handover.onnx.test_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-4) and m["test_accuracy"] <= 1
-    assert m["int8.test_accuracy"] == pytest.approx(m["test_accuracy"], abs=0.05)
+    assert m[Metric.HANDOVER_ONNX_ACCURACY] == pytest.approx(m[Metric.TEST_ACCURACY], abs=1e-4)
+    assert m[Metric.TEST_ACCURACY] <= 1
+    assert m[Metric.INT8_ACCURACY] == pytest.approx(m[Metric.TEST_ACCURACY], abs=0.05)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     for name in ("model.onnx", "model.int8.onnx"):
         path = client.download_artifacts(run.info.run_id, f"model/{name}", str(workdir))
         (graph_input,) = onnx.load(path).graph.input
-        assert graph_input.name == "tokens" and graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert graph_input.name == "tokens"
+        assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64
 
 
 def test_calibration_seeds_are_seeds_of_one_point_over_one_dense_model(make_cfg):
@@ -430,8 +457,8 @@ def test_a_transformers_causal_lm_is_pruned_by_target_end_to_end(cli, workdir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
-    assert run.data.metrics["sparsity.prunable"] == pytest.approx(0.5, abs=1e-3)
-    assert math.isfinite(run.data.metrics["test_perplexity"])
+    assert run.data.metrics[Metric.SPARSITY_PRUNABLE] == pytest.approx(0.5, abs=1e-3)
+    assert math.isfinite(run.data.metrics[Metric.TEST_PERPLEXITY])
 
 
 def test_gpt2_conv1d_layers_become_equal_linears():
@@ -467,3 +494,17 @@ def test_a_logits_layer_tied_to_the_embeddings_is_not_pruned():
     assert not [k for k in mask.masks if "lm_head" in k]
     assert torch.equal(model.model.transformer.wte.weight, embeddings)
     assert mask.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_misspelt_model_config_key_is_one_line_naming_the_closest():
+    """AutoConfig would keep ``num_hidden_layer`` as an unused attribute and build LLaMA's 32 layers."""
+    config = {"model_type": "llama", "hidden_size": 32, "num_hidden_layer": 2, "num_attention_heads": 2}
+    typo = r"^model.config.num_hidden_layer is not an option of LlamaConfig \(llama\): did you mean num_hidden_layers"
+    with pytest.raises(ModelError, match=typo):
+        lm.hf_causal_lm(config=config)
+    with pytest.raises(
+        ModelError, match=r"model_type='lama' is not an architecture transformers knows: did you mean llama"
+    ):
+        lm.hf_causal_lm(config={"model_type": "lama"})
+    gpt2 = lm.hf_causal_lm(config={"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "vocab_size": 300})
+    assert gpt2.model.config.n_layer == 1  # the architecture's own names and their aliases pass

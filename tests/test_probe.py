@@ -81,8 +81,8 @@ def test_a_trial_runs_only_what_follows_the_pruned_set(net_and_data, monkeypatch
     # sets in forward order: stem.0, stem.2, block, head. A layer computes in the base trial and in
     # every trial of its own set and of the sets before it; of a later set's trials only in the
     # first, which stores that set's prefix
-    assert RUNS == {
+    assert {
         "stem.0": chunks * (1 + trials + 3),
         "block": chunks * (1 + 3 * trials + 1),
         "head": chunks * (1 + 4 * trials),
-    }
+    } == RUNS

@@ -17,15 +17,18 @@ def test_a_recipe_sets_the_optimizer_rates_and_epochs_in_one_word(make_cfg):
     cfg = make_cfg("recipe=sgd")
     optimizer = instantiate(cfg.train.optimizer)([torch.zeros(1, requires_grad=True)], lr=cfg.train.lr)
     assert isinstance(optimizer, torch.optim.SGD)
-    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 5e-4
+    assert optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["weight_decay"] == 5e-4
     assert (cfg.recipe, cfg.train.lr, cfg.finetune.lr) == ("sgd", 0.05, 0.01)
     adamw = make_cfg("recipe=adamw")
-    assert adamw.train.optimizer._target_ == "torch.optim.AdamW" and adamw.train.optimizer.weight_decay == 0.05
+    assert adamw.train.optimizer._target_ == "torch.optim.AdamW"
+    assert adamw.train.optimizer.weight_decay == 0.05
 
 
 def test_the_default_recipe_is_sgd_with_the_learning_rate_rewound_for_fine_tuning(make_cfg):
     cfg = make_cfg()
-    assert cfg.recipe == "sgd_rewind" and cfg.train.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.recipe == "sgd_rewind"
+    assert cfg.train.optimizer._target_ == "torch.optim.SGD"
     assert cfg.finetune.lr == cfg.train.lr == 0.05
 
 
@@ -40,7 +43,7 @@ def test_the_run_key_and_the_dense_key_carry_the_recipe(make_cfg):
 
 
 @pytest.mark.parametrize(
-    "factory, params, weights",
+    ("factory", "params", "weights"),
     [
         (models.lenet5_classic, 61_706, 61_470),  # the textbook count
         (models.lenet5_caffe, 431_080, 430_500),  # Han et al. 2015, Table 1: 431K weights
@@ -90,7 +93,11 @@ def test_the_study_block_in_results_survives_make_bench_and_is_replaced_not_repe
     write_block("baseline_recipes", "## Baseline recipes\n\nfirst", results)
     write_block("baseline_recipes", "## Baseline recipes\n\nsecond", results)
     text = results.read_text()
-    assert text.count("## Baseline recipes") == 1 and "second" in text and "old sections" in text
+    assert text.count("## Baseline recipes") == 1
+    assert "second" in text
+    assert "old sections" in text
     rewritten = with_kept_blocks("# prunelab benchmarks\n\nnew sections\n", text)
-    assert "new sections" in rewritten and "old sections" not in rewritten
-    assert rewritten.count("## Baseline recipes") == 1 and "second" in rewritten
+    assert "new sections" in rewritten
+    assert "old sections" not in rewritten
+    assert rewritten.count("## Baseline recipes") == 1
+    assert "second" in rewritten

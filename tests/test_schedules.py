@@ -27,6 +27,7 @@ from prunelab.experiment import runner
 from prunelab.experiment.runner import run
 from prunelab.experiment.session import RunSession
 from prunelab.experiment.train import steps_per_epoch
+from prunelab.names import Artifact, Metric
 from prunelab.pruning import Mask, PruningError
 from prunelab.pruning.allocation import erk_ratios
 from prunelab.pruning.schedules import Gradual, Lottery, regrow
@@ -55,12 +56,14 @@ def _history(run_id: str, key: str) -> list[tuple[int, float]]:
 def test_every_schedule_method_and_scope_reach_the_target(make_cfg, schedule, method, scope):
     m = run(make_cfg(*SCHEDULES[schedule], f"method={method}", f"scope={scope}", f"ratio={RATIO}"))
     if method == "unstructured":
-        assert abs(m["sparsity.prunable"] - RATIO) < 1e-3
+        assert abs(m[Metric.SPARSITY_PRUNABLE] - RATIO) < 1e-3
     else:
-        assert abs(m["sparsity.channels"] - RATIO) < 1e-2  # whole channels of 226
-        assert _history(m["run_id"], "schedule.channels")[-1][1] == m["sparsity.channels"]
-    sparsity = [v for _, v in _history(m["run_id"], "schedule.sparsity")]
-    assert len(sparsity) > 1 and sparsity == sorted(sparsity) and sparsity[-1] == pytest.approx(m["sparsity.prunable"])
+        assert abs(m[Metric.SPARSITY_CHANNELS] - RATIO) < 1e-2  # whole channels of 226
+        assert _history(m["run_id"], Metric.SCHEDULE_CHANNELS)[-1][1] == m[Metric.SPARSITY_CHANNELS]
+    sparsity = [v for _, v in _history(m["run_id"], Metric.SCHEDULE_SPARSITY)]
+    assert len(sparsity) > 1
+    assert sparsity == sorted(sparsity)
+    assert sparsity[-1] == pytest.approx(m[Metric.SPARSITY_PRUNABLE])
 
 
 SCOPED = [
@@ -73,7 +76,7 @@ SCOPED = [
 
 
 @pytest.mark.parametrize(
-    "schedule, method, scope",
+    ("schedule", "method", "scope"),
     # dynamic sparse training moves single weights: it refuses channels (tested below)
     [
         (sch, m, sc)
@@ -92,9 +95,9 @@ def test_every_schedule_takes_the_measuring_the_erk_and_the_planned_scopes(make_
     args = DYNAMIC if schedule == "dynamic" else SCHEDULES[schedule]
     m = run(make_cfg(*args, f"method={method}", f"scope={scope}", *extra, f"ratio={RATIO}"))
     if method == "unstructured":
-        assert abs(m["sparsity.prunable"] - RATIO) < 1e-3
+        assert abs(m[Metric.SPARSITY_PRUNABLE] - RATIO) < 1e-3
     else:
-        assert abs(m["sparsity.channels"] - RATIO) < 1e-2
+        assert abs(m[Metric.SPARSITY_CHANNELS] - RATIO) < 1e-2
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -111,11 +114,11 @@ def test_a_schedule_never_revives_a_pruned_weight(make_cfg, schedule, method):
             "criterion._partial_=true",
         )
     )
-    sparsity = _history(m["run_id"], "schedule.sparsity")
-    changed = _history(m["run_id"], "schedule.changed")
+    sparsity = _history(m["run_id"], Metric.SCHEDULE_SPARSITY)
+    changed = _history(m["run_id"], Metric.SCHEDULE_CHANGED)
     # every flipped entry is a newly pruned one: the flips are exactly the rise in pruned weights
     for (_, before), (_, after), (_, flipped) in zip(sparsity, sparsity[1:], changed[1:]):
-        assert flipped == round((after - before) * m["params.prunable"])
+        assert flipped == round((after - before) * m[Metric.PARAMS_PRUNABLE])
 
 
 def test_iterative_with_one_round_is_oneshot_exactly(make_cfg):
@@ -129,18 +132,18 @@ def test_iterative_with_one_round_is_oneshot_exactly(make_cfg):
 
 def test_iterative_removes_the_same_fraction_of_what_is_left_each_round(make_cfg):
     m = run(make_cfg("schedule=iterative", "schedule.rounds=3", "ratio=0.875", "finetune.epochs=3"))
-    steps, sparsity = zip(*_history(m["run_id"], "schedule.sparsity"))
+    steps, sparsity = zip(*_history(m["run_id"], Metric.SCHEDULE_SPARSITY))
     assert steps == (1, 2, 3)
     assert sparsity == pytest.approx([0.5, 0.75, 0.875], abs=1e-3)  # keep 1/2 of what is left, each round
     # one fine-tuning epoch per round, numbered on across the rounds
-    assert [s for s, _ in _history(m["run_id"], "finetune.loss")] == [1, 2, 3]
+    assert [s for s, _ in _history(m["run_id"], Metric.FINETUNE_LOSS)] == [1, 2, 3]
 
 
 def test_gradual_sparsity_follows_the_cubic_formula_at_every_update(make_cfg):
     cfg = make_cfg("schedule=gradual", "schedule.every=1", "schedule.end=1.0", "ratio=0.8", "finetune.epochs=2")
     m = run(cfg)
-    target = dict(_history(m["run_id"], "schedule.target"))
-    sparsity = dict(_history(m["run_id"], "schedule.sparsity"))
+    target = dict(_history(m["run_id"], Metric.SCHEDULE_TARGET))
+    sparsity = dict(_history(m["run_id"], Metric.SCHEDULE_SPARSITY))
     steps = 2 * steps_per_epoch(len(instantiate(cfg.dataset)(seed=0).train), 64)
     expected = Gradual(every=1, end=1.0).updates(0.8, steps)
     assert list(expected) == list(range(steps))  # an update after every step, the last one included
@@ -148,7 +151,8 @@ def test_gradual_sparsity_follows_the_cubic_formula_at_every_update(make_cfg):
     for t, s_t in expected.items():
         t0, n = 0, steps - 1
         assert s_t == pytest.approx(0.8 + (0.0 - 0.8) * (1 - (t - t0) / n) ** 3)  # Zhu & Gupta (2017), eq. 1
-        assert target[t] == pytest.approx(s_t) and abs(sparsity[t] - s_t) < 1e-3
+        assert target[t] == pytest.approx(s_t)
+        assert abs(sparsity[t] - s_t) < 1e-3
 
 
 @pytest.mark.parametrize("schedule", ["iterative", "gradual", "lottery"])
@@ -164,11 +168,12 @@ def test_a_schedule_that_nm_cannot_step_through_fails_before_dense_training(make
 
 def test_lottery_levels_prune_a_fraction_of_what_is_left_down_to_the_ratio():
     targets = Lottery(fraction=0.2).targets(0.964)
-    assert len(targets) == 15 and targets[-1] == 0.964  # 0.8 ** 15 = 3.5% left: the last level stops at 3.6%
+    assert len(targets) == 15
+    assert targets[-1] == 0.964
     assert targets[:3] == pytest.approx([0.2, 0.36, 0.488])
 
 
-@pytest.mark.parametrize("rewind, control", [(0, "ticket"), (1, "reinit")])
+@pytest.mark.parametrize(("rewind", "control"), [(0, "ticket"), (1, "reinit")])
 def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_pruned_at_zero(
     make_cfg, monkeypatch, rewind, control
 ):
@@ -209,13 +214,12 @@ def test_every_level_restarts_the_survivors_from_the_rewind_point_and_holds_the_
         )
     )
     assert seen["levels"] == 2
-    remaining = _history(m["run_id"], "level.remaining")
-    assert [s for s, _ in remaining] == [0, 1, 2] and [v for _, v in remaining] == pytest.approx(
-        [1, 0.5, 0.25], abs=1e-3
-    )
+    remaining = _history(m["run_id"], Metric.LEVEL_REMAINING)
+    assert [s for s, _ in remaining] == [0, 1, 2]
+    assert [v for _, v in remaining] == pytest.approx([1, 0.5, 0.25], abs=1e-3)
     if control == "reinit":
-        assert [s for s, _ in _history(m["run_id"], "reinit.test_accuracy")] == [1, 2]
-        assert m["test_accuracy"] == _history(m["run_id"], "reinit.test_accuracy")[-1][1]  # the control ships
+        assert [s for s, _ in _history(m["run_id"], Metric.REINIT_TEST_ACCURACY)] == [1, 2]
+        assert m[Metric.TEST_ACCURACY] == _history(m["run_id"], Metric.REINIT_TEST_ACCURACY)[-1][1]  # the control ships
 
 
 def test_the_output_layer_can_be_pruned_at_its_own_rate_per_level(make_cfg):
@@ -233,13 +237,14 @@ def test_the_output_layer_can_be_pruned_at_its_own_rate_per_level(make_cfg):
     assert sets[output]["ratio"] == pytest.approx(1 - 0.75**2, abs=1 / sets[output]["units"])  # 2 levels of 25%
     kept, units = (sum(sets[n][k] for n in rest) for k in ("kept", "units"))
     assert 1 - kept / units == pytest.approx(0.75, abs=1e-3)  # the others by the scope, to the ratio
-    remaining = _history(m["run_id"], "level.remaining")[-1][1]  # of all the weights, the output layer's too
+    remaining = _history(m["run_id"], Metric.LEVEL_REMAINING)[-1][1]  # of all the weights, the output layer's too
     assert remaining == pytest.approx((kept + sets[output]["kept"]) / (units + sets[output]["units"]))
 
 
 def test_an_output_layer_pruned_apart_and_ignored_at_once_is_refused_in_one_line(cli):
     result = cli("schedule=lottery", "schedule.output_fraction=0.1", "model=lenet300_100", "method.ignore=[classifier]")
-    assert result.returncode != 0 and "method.ignore leaves it dense" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0
+    assert "method.ignore leaves it dense" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -275,9 +280,10 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
 
     assert cli(*args).returncode == 0  # rerun: ends the dead run KILLED, then resumes
     statuses = {r.info.run_id: r.info.status for r in runs(workdir)}
-    assert statuses[killed.info.run_id] == "KILLED" and "RUNNING" not in statuses.values()
+    assert statuses[killed.info.run_id] == "KILLED"
+    assert "RUNNING" not in statuses.values()
     (resumed,) = [r for r in runs(workdir, "pruned") if r.info.status == "FINISHED"]
-    assert resumed.data.metrics["schedule.resumed_after"] == level
+    assert resumed.data.metrics[Metric.SCHEDULE_RESUMED_AFTER] == level
     assert not list(folder.glob("*/schedule.pt"))  # a finished run leaves no checkpoint
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     frame = analysis.load_runs([resumed.info.experiment_id])
@@ -301,13 +307,14 @@ def test_a_lottery_killed_after_a_level_resumes_at_the_next_and_ends_with_the_un
     ]
 
     def final_mask(run_id, uri):
-        path = MlflowClient(uri).download_artifacts(run_id, "model/masked_weights.pt", str(tmp_path / run_id))
+        path = MlflowClient(uri).download_artifacts(run_id, Artifact.MASKED_WEIGHTS, str(tmp_path / run_id))
         return torch.load(path, weights_only=True)["mask"]["masks"]
 
     a = final_mask(resumed.info.run_id, f"sqlite:///{workdir / 'mlflow.db'}")
     b = final_mask(whole.info.run_id, f"sqlite:///{fresh / 'mlflow.db'}")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert "schedule.resumed_after" not in whole.data.metrics
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert Metric.SCHEDULE_RESUMED_AFTER not in whole.data.metrics
 
 
 def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draws_the_figure(cli, workdir):
@@ -324,11 +331,12 @@ def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draw
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     frame = analysis.load_runs(["lt"])
     levels = frame[frame["level"].notna()]
-    assert len(levels) == 4 * 2 and set(levels["ratio"]) == {0.5, 0.75}  # 4 runs x levels 1, 2
+    assert len(levels) == 4 * 2
+    assert set(levels["ratio"]) == {0.5, 0.75}
     for _, row in levels.iterrows():  # a control run's points are its control's
-        branch = "reinit" if row["variant"] == "schedule.control=reinit" else "level"
-        logged = dict(_history(row["run_id"], f"{branch}.test_accuracy"))
-        assert row["test_accuracy"] == logged[row["level"]]
+        control = row["variant"] == "schedule.control=reinit"
+        logged = dict(_history(row["run_id"], Metric.REINIT_TEST_ACCURACY if control else Metric.LEVEL_TEST_ACCURACY))
+        assert row[Metric.TEST_ACCURACY] == logged[row["level"]]
     points = analysis.aggregate_seeds(frame)
     assert sorted(points["variant"]) == ["schedule.control=reinit"] * 2 + ["schedule.control=ticket"] * 2
     assert list(points["test_accuracy_count"]) == [2, 2, 2, 2]  # only seeds of one level are averaged
@@ -347,15 +355,15 @@ def test_the_analysis_reads_every_lottery_level_as_a_point_and_the_notebook_draw
 # --- dynamic sparse training -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scope, criterion", [("global", "l2"), ("local", "l2"), ("lamp", "l2"), ("erk", "random")])
+@pytest.mark.parametrize(("scope", "criterion"), [("global", "l2"), ("local", "l2"), ("lamp", "l2"), ("erk", "random")])
 def test_dynamic_training_holds_the_sparsity_to_the_weight_while_its_mask_moves(make_cfg, scope, criterion):
     m = run(make_cfg(*DYNAMIC, f"scope={scope}", f"criterion={criterion}", f"ratio={RATIO}"))
-    sparsity, changed = _history(m["run_id"], "schedule.sparsity"), _history(m["run_id"], "schedule.changed")
-    moved = dict(_history(m["run_id"], "schedule.fraction"))
+    sparsity, changed = _history(m["run_id"], Metric.SCHEDULE_SPARSITY), _history(m["run_id"], Metric.SCHEDULE_CHANGED)
+    moved = dict(_history(m["run_id"], Metric.SCHEDULE_FRACTION))
     assert len(sparsity) >= 3
-    pruned = round(sparsity[0][1] * m["params.prunable"])
-    assert abs(pruned / m["params.prunable"] - RATIO) < 1e-3
-    assert all(round(v * m["params.prunable"]) == pruned for _, v in sparsity)  # the same count, every update
+    pruned = round(sparsity[0][1] * m[Metric.PARAMS_PRUNABLE])
+    assert abs(pruned / m[Metric.PARAMS_PRUNABLE] - RATIO) < 1e-3
+    assert all(round(v * m[Metric.PARAMS_PRUNABLE]) == pruned for _, v in sparsity)  # the same count, every update
     assert all(flipped > 0 for _, flipped in changed)  # the mask moves at every update
     steps = [t for t, _ in changed]
     assert [moved[t] for t in steps] == sorted((moved[t] for t in steps), reverse=True)  # the fraction decays
@@ -363,7 +371,8 @@ def test_dynamic_training_holds_the_sparsity_to_the_weight_while_its_mask_moves(
 
 def test_the_static_control_keeps_its_first_mask(make_cfg):
     m = run(make_cfg(*DYNAMIC, "schedule.static=true", f"ratio={RATIO}"))
-    assert not _history(m["run_id"], "schedule.changed") and abs(m["sparsity.prunable"] - RATIO) < 1e-3
+    assert not _history(m["run_id"], Metric.SCHEDULE_CHANGED)
+    assert abs(m[Metric.SPARSITY_PRUNABLE] - RATIO) < 1e-3
 
 
 def test_dynamic_training_refuses_channels_before_dense_training(make_cfg):

@@ -17,12 +17,14 @@ import pytest
 from conftest import cli_env, runs, tiny_overrides
 from mlflow.tracking import MlflowClient
 
+from prunelab.names import Artifact, Metric, Tag
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep_parts(workdir):
     all_runs = runs(workdir)
-    by_role = lambda role: [r for r in all_runs if r.data.tags.get("prunelab.role") == role]
+    by_role = lambda role: [r for r in all_runs if r.data.tags.get(Tag.ROLE) == role]
     return by_role("sweep"), by_role("pruned"), by_role("dense")
 
 
@@ -36,18 +38,20 @@ def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     (parent,), children, (dense,) = sweep_parts(workdir)
     assert parent.info.status == "FINISHED"
-    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert all("test_accuracy" in c.data.metrics for c in children)
-    assert any(c.data.tags["prunelab.overrides"].endswith("ratio=0.3 method=structured") for c in children)
-    assert parent.data.metrics["sweep.points_finished"] == 4
+    assert len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags[Tag.PARENT] for c in children} == {parent.info.run_id}
+    assert all(Metric.TEST_ACCURACY in c.data.metrics for c in children)
+    assert any(c.data.tags[Tag.OVERRIDES].endswith("ratio=0.3 method=structured") for c in children)
+    assert parent.data.metrics[Metric.SWEEP_FINISHED] == 4
     artifacts = {a.path for a in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").list_artifacts(parent.info.run_id)}
-    assert {"points.csv", "accuracy_vs_sparsity.png", "summary.md"} <= artifacts
+    assert {Artifact.POINTS, "accuracy_vs_sparsity.png", Artifact.SUMMARY} <= artifacts
     # the dense model was trained once for all four points, and every point is its child too
     assert (
-        len(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(dense.info.run_id, "train.loss")) == 1
+        len(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(dense.info.run_id, Metric.TRAIN_LOSS))
+        == 1
     )
-    assert dense.data.tags[f"prunelab.in_sweep.{parent.info.run_id}"] == "true"
+    assert dense.data.tags[Tag.in_sweep(parent.info.run_id)] == "true"
 
     # the curves are the parent's own metrics, one series per method x scope x criterion, each
     # starting at the dense model: step = sparsity in per mille, value = test accuracy
@@ -55,20 +59,21 @@ def test_a_sweep_is_one_parent_with_a_child_per_point(cli, workdir):
     curves = curve_histories(client, parent.info.run_id)
     for method, criterion in (("unstructured", "l2"), ("structured", "l2")):
         points = sorted(
-            (round(c.data.metrics["sparsity.prunable"] * 1000), c.data.metrics["test_accuracy"])
+            (round(c.data.metrics[Metric.SPARSITY_PRUNABLE] * 1000), c.data.metrics[Metric.TEST_ACCURACY])
             for c in children
             if c.data.params["method"] == method
         )
         assert curves[f"accuracy_vs_sparsity/{method}-global-{criterion}"] == [
-            (0, dense.data.metrics["test_accuracy"]),
+            (0, dense.data.metrics[Metric.TEST_ACCURACY]),
             *points,
         ]
         assert f"accuracy_vs_macs/{method}-global-{criterion}" in curves
-    dense_accuracy = dense.data.metrics["test_accuracy"]
+    dense_accuracy = dense.data.metrics[Metric.TEST_ACCURACY]
     assert curves["accuracy_vs_sparsity/dense"] == [(0, dense_accuracy), (1000, dense_accuracy)]
     # the summary table is the parent's note: its overview page in the UI shows it
-    note = parent.data.tags["mlflow.note.content"]
-    assert "| unstructured | global | l2 | 0.3000 |" in note and "| structured | global | l2 | 0.6000 |" in note
+    note = parent.data.tags[Tag.NOTE]
+    assert "| unstructured | global | l2 | 0.3000 |" in note
+    assert "| structured | global | l2 | 0.6000 |" in note
 
     again = cli("-m", "ratio=0.3,0.6", "method=unstructured,structured")
     assert again.returncode == 0
@@ -88,9 +93,9 @@ def test_a_failing_point_is_a_failed_child_and_the_sweep_goes_on(cli, workdir):
     statuses = Counter(c.info.status for c in children)
     assert statuses == {"FINISHED": 1, "FAILED": 1}
     failed = next(c for c in children if c.info.status == "FAILED")
-    assert "output classes" in failed.data.tags["prunelab.error"]
+    assert "output classes" in failed.data.tags[Tag.ERROR]
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["sweep.points_failed"] == 1
+    assert parent.data.metrics[Metric.SWEEP_FAILED] == 1
 
 
 def test_each_points_hand_over_is_made_while_the_next_point_trains_and_logged_before_the_summary(cli, workdir):
@@ -102,21 +107,23 @@ def test_each_points_hand_over_is_made_while_the_next_point_trains_and_logged_be
     for child in children:
         assert child.info.status == "FINISHED"
         # the files and their own accuracies, logged when collected
-        assert child.data.metrics["handover.onnx.test_accuracy"] == child.data.metrics["test_accuracy"]
-        assert "compact.test_accuracy" in child.data.metrics
+        assert child.data.metrics[Metric.HANDOVER_ONNX_ACCURACY] == child.data.metrics[Metric.TEST_ACCURACY]
+        assert Metric.COMPACT_ACCURACY in child.data.metrics
         files = {a.path: a.file_size for a in client.list_artifacts(child.info.run_id, "model")}
-        assert {"model/model.onnx", "model/program.pt2", "model/weights.compact", "model/masked_weights.pt"} <= set(
-            files
-        )
-        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"config.yaml", "layers.csv", "plan.json"}
+        assert {"model/model.onnx", "model/program.pt2", "model/weights.compact", Artifact.MASKED_WEIGHTS} <= set(files)
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {
+            Artifact.CONFIG,
+            Artifact.LAYERS,
+            Artifact.PLAN,
+        }
         # the ledger costs an unstructured model by its compact file, made by the deferred hand-over
-        assert child.data.metrics["cost.pruned.file_bytes"] == files["model/weights.compact"]
-        assert child.data.metrics["cost.ratio.file_bytes"] == pytest.approx(
-            files["model/weights.compact"] / child.data.metrics["cost.dense.file_bytes"]
+        assert child.data.metrics[Metric.cost(Metric.PRUNED, Metric.FILE_BYTES)] == files["model/weights.compact"]
+        assert child.data.metrics[Metric.cost_ratio(Metric.FILE_BYTES)] == pytest.approx(
+            files["model/weights.compact"] / child.data.metrics[Metric.cost(Metric.DENSE, Metric.FILE_BYTES)]
         )
     # made beside the next point: a point's run ended after the next one started
     assert all(a.info.end_time > b.info.start_time for a, b in zip(children, children[1:]))
-    assert parent.data.metrics["sweep.points_finished"] == 3  # the summary saw them all FINISHED
+    assert parent.data.metrics[Metric.SWEEP_FINISHED] == 3  # the summary saw them all FINISHED
 
 
 def test_a_deferred_hand_over_that_fails_ends_its_run_failed_and_the_sweep_non_zero(cli, workdir):
@@ -124,8 +131,8 @@ def test_a_deferred_hand_over_that_fails_ends_its_run_failed_and_the_sweep_non_z
     assert result.returncode != 0
     (parent,), children, _ = sweep_parts(workdir)
     assert [c.info.status for c in children] == ["FAILED", "FAILED"]
-    assert all("cannot be rebuilt in another process" in c.data.tags["prunelab.error"] for c in children)
-    assert parent.data.metrics["sweep.points_failed"] == 2
+    assert all("cannot be rebuilt in another process" in c.data.tags[Tag.ERROR] for c in children)
+    assert parent.data.metrics[Metric.SWEEP_FAILED] == 2
 
 
 def test_an_interrupted_sweep_resumes_to_one_finished_run_per_point(workdir):
@@ -164,8 +171,9 @@ def test_an_interrupted_sweep_resumes_to_one_finished_run_per_point(workdir):
     rerun = subprocess.run(args, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     (parent,), children, _ = sweep_parts(workdir)
-    finished = Counter(c.data.tags["prunelab.run_key"] for c in children if c.info.status == "FINISHED")
-    assert len(finished) == 6 and set(finished.values()) == {1}
+    finished = Counter(c.data.tags[Tag.RUN_KEY] for c in children if c.info.status == "FINISHED")
+    assert len(finished) == 6
+    assert set(finished.values()) == {1}
     assert not any(c.info.status == "RUNNING" for c in children)
     assert parent.info.status == "FINISHED"
 
@@ -188,7 +196,8 @@ def test_joblib_workers_share_a_fresh_sqlite_store(cli, workdir):
     if default is not None:
         assert client.search_runs([default.experiment_id]) == []
     (parent,), children, dense = sweep_parts(workdir)
-    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
     assert len(dense) == 1
     exp = client.get_experiment_by_name("parallel").experiment_id
     assert {r.info.experiment_id for r in [parent, *children, *dense]} == {exp}
@@ -243,16 +252,19 @@ def test_a_dead_sweep_worker_loses_only_its_points_and_a_rerun_completes_them(wo
     assert proc.returncode == 1, err[-3000:]  # the sweep ends, summarised, and says a point failed
     (parent,), children, _ = sweep_parts(workdir)
     statuses = Counter(c.info.status for c in children)
-    assert statuses["RUNNING"] == 0 and statuses["KILLED"] >= 1
+    assert statuses["RUNNING"] == 0
+    assert statuses["KILLED"] >= 1
     assert statuses["FINISHED"] + statuses["KILLED"] == 5  # every other point finished
-    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep.points_failed"] == statuses["KILLED"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics[Metric.SWEEP_FAILED] == statuses["KILLED"]
 
     rerun = subprocess.run(args, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     (parent,), children, _ = sweep_parts(workdir)
-    finished = Counter(c.data.tags["prunelab.run_key"] for c in children if c.info.status == "FINISHED")
-    assert len(finished) == 5 and set(finished.values()) == {1}  # only the missing points were redone
-    assert parent.data.metrics["sweep.points_failed"] == 0
+    finished = Counter(c.data.tags[Tag.RUN_KEY] for c in children if c.info.status == "FINISHED")
+    assert len(finished) == 5
+    assert set(finished.values()) == {1}
+    assert parent.data.metrics[Metric.SWEEP_FAILED] == 0
 
 
 def test_the_notebook_executes_on_a_generated_store(cli, workdir):
@@ -266,7 +278,8 @@ def test_the_notebook_executes_on_a_generated_store(cli, workdir):
         for key in ("PRUNELAB_TRACKING_URI", "PRUNELAB_EXPERIMENT"):
             os.environ.pop(key, None)
     table = nb.cells[4].outputs[0]["data"]["text/plain"]
-    assert "0.3" in table and "0.6" in table
+    assert "0.3" in table
+    assert "0.6" in table
     links = nb.cells[-1].outputs[0]["data"]["text/html"]  # every point links to its UI page
     children = runs(workdir, role="pruned")
     assert all(f"/runs/{c.info.run_id}?workflowType=machine_learning" in links for c in children)
@@ -291,8 +304,9 @@ def test_analysis_cli_writes_figures_and_a_table(cli, workdir):
     )
     assert result.returncode == 0, result.stderr
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
-    summary = (out / "summary.md").read_text()
-    assert "| structured |" in summary and "| unstructured |" in summary
+    summary = (out / Artifact.SUMMARY).read_text()
+    assert "| structured |" in summary
+    assert "| unstructured |" in summary
 
 
 @pytest.mark.slow
@@ -307,22 +321,26 @@ def test_submitit_local_launcher_runs_the_points(cli, workdir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (parent,), children, _ = sweep_parts(workdir)
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 2
+    assert all(c.info.status == "FINISHED" for c in children)
 
 
 @pytest.mark.slow
 def test_the_digits_smoke_study_runs_end_to_end_with_its_curves(cli, workdir):
     """The quick named study as a user runs it: real digits, configured epochs, latency timing on."""
     result = cli("-m", "+experiment=digits_smoke", tiny=False, timeout=600)
-    broken = [(r.info.status, r.data.tags.get("prunelab.error")) for r in runs(workdir) if r.info.status != "FINISHED"]
+    broken = [(r.info.status, r.data.tags.get(Tag.ERROR)) for r in runs(workdir) if r.info.status != "FINISHED"]
     assert result.returncode == 0, f"{result.stderr[-3000:]} {broken} {result.stdout[-6000:]}"
     (parent,), children, (dense,) = sweep_parts(workdir)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep.points_finished"] == 12
-    assert len(children) == 12 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics[Metric.SWEEP_FINISHED] == 12
+    assert len(children) == 12
+    assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.params["method"] for c in children} == {"unstructured", "structured"}
     assert {c.data.params["scope"] for c in children} == {"global", "local"}
-    assert dense.data.metrics["test_accuracy"] > 0.9  # real digits, learned (chance is 0.1)
-    assert all(c.data.metrics["test_accuracy"] > 0.5 for c in children)
+    assert dense.data.metrics[Metric.TEST_ACCURACY] > 0.9  # real digits, learned (chance is 0.1)
+    assert all(c.data.metrics[Metric.TEST_ACCURACY] > 0.5 for c in children)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     artifacts = {a.path: a.file_size for a in client.list_artifacts(parent.info.run_id)}
-    assert artifacts["points.csv"] > 0 and artifacts["accuracy_vs_sparsity.png"] > 1000
+    assert artifacts[Artifact.POINTS] > 0
+    assert artifacts["accuracy_vs_sparsity.png"] > 1000

@@ -7,12 +7,14 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from prunelab.names import Tag
 from prunelab.tracking.team_server import postgres_bin, team_server
 
 pytestmark = pytest.mark.slow
@@ -41,10 +43,10 @@ def test_runs_and_sweeps_log_to_a_server_on_postgresql(cli, mlflow_server):
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("team")
     found = client.search_runs([exp.experiment_id])
-    roles = sorted(r.data.tags["prunelab.role"] for r in found)
+    roles = sorted(r.data.tags[Tag.ROLE] for r in found)
     assert roles == ["dense", "pruned", "pruned", "pruned", "sweep"]
     assert all(r.info.status == "FINISHED" for r in found)
-    parent = next(r for r in found if r.data.tags["prunelab.role"] == "sweep")
+    parent = next(r for r in found if r.data.tags[Tag.ROLE] == "sweep")
     # artifacts went through the server to its artifact store
     assert "accuracy_vs_sparsity.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
@@ -63,11 +65,12 @@ def test_the_team_server_helper_prints_the_uri_and_stops_both_servers(tmp_path):
         assert MlflowClient(uri).search_experiments()  # a working store behind it
         started = psutil.Process(proc.pid).children(recursive=True)  # PostgreSQL, the MLflow server, ...
         names = " ".join(" ".join(p.cmdline()) for p in started)
-        assert "postgres" in names and "mlflow" in names
+        assert "postgres" in names
+        assert "mlflow" in names
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert proc.returncode == 0
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{uri}/health", timeout=5)
     assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # nothing left

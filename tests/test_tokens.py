@@ -16,6 +16,7 @@ from prunelab.data import text as text_data
 from prunelab.data import tokens as tokens_data
 from prunelab.experiment.train import evaluate
 from prunelab.models import ModelError, lm
+from prunelab.names import Metric, Tag
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -118,7 +119,8 @@ def test_wikitext2_in_the_models_tokens_gives_the_papers_perplexity(wiki):
     splits = text_data.wikitext2(folder, seq_len=SEQ, url=None, sha256=None, tokenizer=str(model_folder))
     tok = transformers.AutoTokenizer.from_pretrained(model_folder)
     assert splits.num_classes == len(tok)
-    assert splits.test.x.shape[1] == SEQ and bool((splits.test.y[:, -1] == -100).all())
+    assert splits.test.x.shape[1] == SEQ
+    assert bool((splits.test.y[:, -1] == -100).all())
     model = lm.hf_causal_lm(splits.num_classes, pretrained=str(model_folder), in_shape=(SEQ,))
     ours = math.exp(evaluate(model, splits.test)["loss"])
     assert ours == pytest.approx(papers_perplexity(model_folder, folder / "wiki.test.raw"), rel=1e-6)
@@ -150,17 +152,16 @@ def test_a_pretrained_folder_is_the_dense_model_of_every_point_and_is_not_traine
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (dense,), pruned = runs(workdir, "dense"), runs(workdir, "pruned")
-    assert len(pruned) == 2 and {r.data.tags["prunelab.dense_key"] for r in pruned} == {
-        dense.data.tags["prunelab.dense_key"]
-    }
-    assert "train.loss" not in dense.data.metrics  # evaluated, not trained
+    assert len(pruned) == 2
+    assert {r.data.tags[Tag.DENSE_KEY] for r in pruned} == {dense.data.tags[Tag.DENSE_KEY]}
+    assert Metric.TRAIN_LOSS not in dense.data.metrics  # evaluated, not trained
     expected = papers_perplexity(model_folder, folder / "wiki.test.raw")
-    assert dense.data.metrics["test_perplexity"] == pytest.approx(expected, rel=1e-5)
+    assert dense.data.metrics[Metric.TEST_PERPLEXITY] == pytest.approx(expected, rel=1e-5)
     for run in pruned:
         ratio = float(run.data.params["ratio"])
-        assert run.data.metrics["sparsity.prunable"] == pytest.approx(ratio, abs=0.01)
-        assert run.data.metrics["dense.test_perplexity"] == pytest.approx(expected, rel=1e-5)
-        assert math.isfinite(run.data.metrics["test_perplexity"])
+        assert run.data.metrics[Metric.SPARSITY_PRUNABLE] == pytest.approx(ratio, abs=0.01)
+        assert run.data.metrics[Metric.at(Metric.DENSE, Metric.TEST_PERPLEXITY)] == pytest.approx(expected, rel=1e-5)
+        assert math.isfinite(run.data.metrics[Metric.TEST_PERPLEXITY])
 
 
 def test_the_dense_key_follows_the_checkpoints_files_not_their_path(make_cfg, wiki, tmp_path):
@@ -191,7 +192,7 @@ def test_each_architectures_folder_goes_through_every_post_training_method(cli, 
     two_of_four = ["method=nm,wanda,sparsegpt", "++method.n=2", "++method.m=4"]
     for pattern in (["method=unstructured,wanda,sparsegpt"], two_of_four):
         result = cli(*common, *pattern)
-        failed = [r.data.tags.get("prunelab.error") for r in runs(workdir, "pruned") if r.info.status != "FINISHED"]
+        failed = [r.data.tags.get(Tag.ERROR) for r in runs(workdir, "pruned") if r.info.status != "FINISHED"]
         assert result.returncode == 0, failed
     pruned = runs(workdir, "pruned")
     (dense,) = runs(workdir, "dense")
@@ -200,9 +201,12 @@ def test_each_architectures_folder_goes_through_every_post_training_method(cli, 
         ("nm", "2"), ("sparsegpt", "-"), ("sparsegpt", "2"), ("unstructured", "-"), ("wanda", "-"), ("wanda", "2")
     ]  # fmt: skip
     for run in pruned:
-        assert run.data.metrics["sparsity.prunable"] == pytest.approx(0.5, abs=0.01), run.data.params["method"]
-        assert math.isfinite(run.data.metrics["test_perplexity"])
-        assert run.data.metrics["dense.test_perplexity"] == dense.data.metrics["test_perplexity"]
+        assert run.data.metrics[Metric.SPARSITY_PRUNABLE] == pytest.approx(0.5, abs=0.01), run.data.params["method"]
+        assert math.isfinite(run.data.metrics[Metric.TEST_PERPLEXITY])
+        assert (
+            run.data.metrics[Metric.at(Metric.DENSE, Metric.TEST_PERPLEXITY)]
+            == dense.data.metrics[Metric.TEST_PERPLEXITY]
+        )
 
 
 # --- bad input, one line each ---------------------------------------------------------------------

@@ -98,9 +98,9 @@ def test_mixed_precision_on_the_cpu_runs_end_to_end_and_the_mask_holds_exactly(m
     stored = stored_weights(cfg, metrics["run_id"])
     for name, mask in stored["mask"]["masks"].items():
         assert torch.count_nonzero(stored["state_dict"][name][~mask]) == 0  # pruned weights exactly 0
-    assert metrics["sparsity.prunable"] == pytest.approx(0.7, abs=0.01)
+    assert metrics[Metric.SPARSITY_PRUNABLE] == pytest.approx(0.7, abs=0.01)
     full = run(make_cfg("ratio=0.7"))  # float32: autocast did change the numbers
-    assert metrics["test_loss"] != full["test_loss"]
+    assert metrics[Metric.TEST_LOSS] != full[Metric.TEST_LOSS]
     assert identity(cfg, "cpu").dense != identity(make_cfg("ratio=0.7"), "cpu").dense
 
 
@@ -108,7 +108,8 @@ def test_autocast_computes_in_bf16_while_the_weights_stay_float32():
     model = lenet5(in_shape=(1, 8, 8))
     with Speed("bf16").autocast(torch.device("cpu")):
         out = model(torch.randn(2, 1, 8, 8))
-    assert out.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert out.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_channels_last_trains_the_same_function_in_another_layout():
@@ -151,12 +152,15 @@ def test_a_checkpoint_is_the_dense_model_evaluated_never_trained(make_cfg, check
     cfg = make_cfg(f"dense.checkpoint={path}", "train.epochs=5", "finetune.epochs=0")
     metrics = run(cfg)
     client, dense = runs(cfg, Role.DENSE)
-    assert len(dense) == 1 and Metric.TRAIN_LOSS not in dense[0].data.metrics  # no epoch trained
+    assert len(dense) == 1
+    assert Metric.TRAIN_LOSS not in dense[0].data.metrics
     from prunelab.data import synthetic
     from prunelab.experiment.train import evaluate
 
     data = synthetic(in_shape=(1, 8, 8), seed=0)
-    assert metrics["dense.test_accuracy"] == pytest.approx(evaluate(model.eval(), data.test)["accuracy"])
+    assert metrics[Metric.at(Metric.DENSE, Metric.TEST_ACCURACY)] == pytest.approx(
+        evaluate(model.eval(), data.test)["accuracy"]
+    )
 
 
 def test_the_run_key_follows_the_checkpoints_contents_not_its_path(make_cfg, checkpoint, tmp_path):
@@ -167,7 +171,8 @@ def test_the_run_key_follows_the_checkpoints_contents_not_its_path(make_cfg, che
     assert identity(make_cfg(f"dense.checkpoint={moved}"), "cpu") == first
     torch.save({k: v + 1 for k, v in model.state_dict().items()}, path)
     changed = identity(make_cfg(f"dense.checkpoint={path}"), "cpu")
-    assert changed.dense != first.dense and changed.run != first.run
+    assert changed.dense != first.dense
+    assert changed.run != first.run
     assert identity(make_cfg(), "cpu").dense not in (first.dense, changed.dense)
 
 

@@ -40,7 +40,8 @@ def reference(batch: torch.Tensor, padding: int, seed: int, fill: float) -> torc
 def test_pad_crop_flip_matches_the_per_sample_reference():
     batch = torch.rand(64, 3, 10, 12, generator=torch.Generator().manual_seed(0))
     out = pad_crop_flip(batch, 4, torch.Generator().manual_seed(5), fill=-0.5)
-    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert out.shape == batch.shape
+    assert out.dtype == batch.dtype
     assert torch.equal(out, reference(batch, 4, 5, -0.5))
 
 
@@ -91,8 +92,10 @@ def test_pad_crop_flip_without_flips_never_mirrors():
 def test_random_resized_crop_shape_range_and_seed():
     image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     a = random_resized_crop(image, 32, generator=torch.Generator().manual_seed(3))
-    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.shape == (3, 32, 32)
+    assert a.dtype == torch.float32
+    assert a.min() >= 0.0
+    assert a.max() <= 1.0
     assert torch.equal(a, random_resized_crop(image, 32, generator=torch.Generator().manual_seed(3)))
     assert not torch.equal(a, random_resized_crop(image, 32, generator=torch.Generator().manual_seed(4)))
     torch.manual_seed(3)  # no generator: torch's global RNG, the same draws
@@ -121,7 +124,10 @@ def test_resize_shorter_keeps_the_aspect():
     assert resize_shorter(image.transpose(1, 2), 150).shape == (3, 200, 150)
     assert resize_shorter(image, 256).shape == (3, 256, 341)  # the longer side truncated, as torchvision
     out = resize_shorter(image, 150)
-    assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 255 and out.max() > 1  # the input's scale
+    assert out.dtype == torch.float32
+    assert out.min() >= 0
+    assert out.max() <= 255
+    assert out.max() > 1
     assert torch.equal(resize_shorter(image, 300), image.float())  # already that size
 
 
@@ -131,19 +137,22 @@ def test_center_crop_rounds_as_torchvision():
     assert crop.shape == (1, 4, 4)
     assert crop[0, 0, 0] == image[0, 4, 3]  # top = round(3.5) = 4, left = round(3.0) = 3
     small = center_crop(torch.ones(1, 2, 3), 4)  # padded with zeros to 4x4 first
-    assert small.shape == (1, 4, 4) and small.sum() == 6
+    assert small.shape == (1, 4, 4)
+    assert small.sum() == 6
 
 
 @pytest.mark.parametrize("shape", [(3, 300, 400), (3, 400, 300)])
 def test_eval_view_is_resize_then_centre_crop(shape):
     image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = eval_view(image, 224, 256)
-    assert out.shape == (3, 224, 224) and out.dtype == torch.float32
+    assert out.shape == (3, 224, 224)
+    assert out.dtype == torch.float32
     h, w = (256, 341) if shape[1] < shape[2] else (341, 256)
     resized = F.interpolate(image.float()[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = round((h - 224) / 2), round((w - 224) / 2)
     assert torch.equal(out, resized[:, top : top + 224, left : left + 224] / 255)
-    assert 0 <= out.min() and out.max() <= 1
+    assert out.min() >= 0
+    assert out.max() <= 1
 
 
 def test_hflip_mirrors_the_last_dimension():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from prunelab import analysis
+from prunelab.names import Metric
 from prunelab.tracking import servers, ui
 
 
@@ -27,7 +29,7 @@ def test_links_open_the_runs_in_model_training_mode():
 
 
 @pytest.mark.parametrize(
-    "tracking_uri, configured, expected",
+    ("tracking_uri", "configured", "expected"),
     [
         ("sqlite:///mlflow.db", None, "http://127.0.0.1:5000"),  # where `make ui` serves
         ("http://user:secret@team:5000/", None, "http://team:5000"),  # the server is its own UI
@@ -52,8 +54,8 @@ def point(method, scope, ratio, sparsity, accuracy, seed=0, macs=None):
         "criterion": "l1",
         "ratio": ratio,
         "seed": seed,
-        "sparsity.prunable": sparsity,
-        "test_accuracy": accuracy,
+        Metric.SPARSITY_PRUNABLE: sparsity,
+        Metric.TEST_ACCURACY: accuracy,
         "macs_fraction": macs if macs is not None else 1 - sparsity,
     }
 
@@ -82,10 +84,15 @@ def test_curve_series_average_seeds_and_start_at_the_dense_model():
 
 def test_zero_shot_accuracy_is_a_curve_that_starts_at_the_dense_models():
     dense = {**point("dense", "none", 0.0, 0.0, 0.9), "role": "dense", "criterion": "none", "dense_key": "k"}
-    task = "zeroshot.piqa.acc"
+    task = Metric.zeroshot("piqa")
 
     def scored(ratio, acc, seed=0):
-        return {**point("wanda", "local", ratio, ratio, 0.5, seed), task: acc, "dense." + task: 0.7, "dense_key": "k"}
+        return {
+            **point("wanda", "local", ratio, ratio, 0.5, seed),
+            task: acc,
+            Metric.at(Metric.DENSE, task): 0.7,
+            "dense_key": "k",
+        }
 
     df = pd.DataFrame([dense, scored(0.5, 0.6), scored(0.5, 0.5, seed=1), scored(0.7, 0.4)])
     series = {k: [(step, round(v, 9)) for step, v in points] for k, points in analysis.curve_series(df).items()}
@@ -125,7 +132,7 @@ def test_make_ui_serves_the_store_prints_its_link_and_stops_with_its_server(work
     finally:
         proc.terminate()  # SIGTERM, as `kill` sends it
         assert proc.wait(30) == 0
-    with pytest.raises(OSError):  # the mlflow server (its own process group) stopped with it
+    with pytest.raises(urllib.error.URLError):  # the mlflow server (its own process group) stopped with it
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
 
 

@@ -20,6 +20,7 @@ from prunelab.cli import preflight
 from prunelab.config import ConfigError
 from prunelab.deploy.hf import hf_files
 from prunelab.models import lm
+from prunelab.names import Metric
 from prunelab.pruning import PruneData, PruningError, prune, shrink, unshrink
 
 transformers = pytest.importorskip("transformers")
@@ -64,7 +65,8 @@ def test_the_shrunk_model_is_the_masked_one_with_fewer_whole_heads_and_channels(
     heads, kv = (8, 4) if arch == "llama" else (4, 4)
     for i in range(4):
         q, k = heads_of(small, arch, i)
-        assert k == kv - round(ratio * kv) and q == k * (heads // kv)  # whole groups went: GQA intact
+        assert k == kv - round(ratio * kv)
+        assert q == k * (heads // kv)
         inner = small.get_submodule(ATTENTION[arch].format(i).rpartition(".")[0])
         up = {"llama": "mlp.up_proj", "opt": "fc1", "gpt2": "mlp.c_fc"}[arch]
         assert inner.get_submodule(up).out_features == (128 if arch == "gpt2" else 64) * (1 - ratio)
@@ -112,7 +114,7 @@ def test_the_activation_criterion_is_wandas_score():
     x = tokens(16)
     layer = model.model.model.decoder.layers[1].fc1
     seen = []
-    handle = layer.register_forward_hook(lambda m, args, out: seen.append(args[0].reshape(-1, 32)))
+    handle = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].reshape(-1, 32)))
     with torch.no_grad():
         model(x[:8]), model(x[8:])
     handle.remove()
@@ -141,7 +143,7 @@ print(json.dumps(any(m.startswith("prunelab") for m in sys.modules)))
 
 
 @pytest.mark.parametrize(
-    "arch, options, loadable",
+    ("arch", "options", "loadable"),
     [
         ("llama", dict(scope="local"), True),  # the config states heads, key/value heads, MLP width
         ("opt", dict(scope="local", heads="none"), True),
@@ -224,7 +226,8 @@ def test_a_width_pruned_language_model_is_distilled_and_handed_over_as_a_folder(
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     metrics = run.data.metrics
-    assert metrics["cost.ratio.params"] < 0.8 and "finetune.kd_loss" in metrics
+    assert metrics[Metric.cost_ratio(Metric.PARAMS)] < 0.8
+    assert Metric.FINETUNE_KD_LOSS in metrics
     config = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model/hf/config.json"))
     assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (2, 1, 32)
 
@@ -234,7 +237,8 @@ def test_the_command_line_refuses_an_unknown_layout_in_one_line_before_training(
     result = cli(*LM_RUN, "method=width", f"dataset.root={workdir / 'fortunes'}")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("prunelab: error: method=width: the attention layout")
-    assert all(r.info.status != "RUNNING" for r in runs(workdir)) and not runs(workdir, "dense")
+    assert all(r.info.status != "RUNNING" for r in runs(workdir))
+    assert not runs(workdir, "dense")
 
 
 def test_a_measuring_scope_trials_the_heads_and_the_channels_on_validation_data():

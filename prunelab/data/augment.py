@@ -1,6 +1,6 @@
 """The ``augment`` config group: how training batches are varied (never validation or test ones).
 
-A plug-in offers the two forms a dataset may need (the contract):
+A plug-in offers the two forms a dataset may need (the contract, :class:`~prunelab.contracts.Augmentation`):
 
 * ``check(in_shape)``: raises a one-line error for inputs it cannot augment (before any run opens).
 * ``batch(x, generator, mean, std)``: a whole standardised in-memory batch, on its device, random
@@ -20,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from typing_extensions import override
 
+from ..contracts import Augmentation
 from .files import DataError
 from .splits import PerChannel, per_channel
 from .transforms import eval_view, hflip, pad_crop_flip, random_resized_crop
@@ -35,7 +37,7 @@ def check_images(name: str, in_shape: tuple[int, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class CropFlip:
+class CropFlip(Augmentation):
     """The CIFAR standard: a random ``size``-sized crop of the image padded by ``padding`` pixels of
     ``fill`` (raw pixel value in [0, 1]: 0 is black, as torchvision's ``RandomCrop(32, padding=4)``),
     then a horizontal flip with probability 1/2 (``flip``)."""
@@ -65,7 +67,7 @@ class CropFlip:
 
 
 @dataclass(frozen=True)
-class ImageNet:
+class ImageNet(Augmentation):
     """The ImageNet standard: a random-resized crop (area fraction uniform in ``scale``, aspect
     log-uniform in ``ratio``) to the dataset's size, then a horizontal flip with probability 1/2.
     Evaluation keeps the dataset's view (resize 256, centre crop 224)."""
@@ -83,10 +85,12 @@ class ImageNet:
     def check(self, in_shape: tuple[int, ...]) -> None:
         check_images("imagenet", in_shape)
 
+    @override
     def sample(self, image: torch.Tensor, size: int, resize: int) -> torch.Tensor:
         crop = random_resized_crop(image, size, tuple(self.scale), tuple(self.ratio))  # type: ignore[arg-type]
         return hflip(crop) if self.flip and torch.rand(()) < 0.5 else crop
 
+    @override
     def batch(self, x: torch.Tensor, generator: torch.Generator, mean: PerChannel, std: PerChannel) -> torch.Tensor:
         """In-memory images: each sample cropped and flipped (a loop: in-memory data are small)."""
         size = x.shape[-1]

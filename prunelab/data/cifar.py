@@ -116,8 +116,9 @@ class CifarArrays(NamedTuple):
 
 
 @functools.cache
-def _digests(path: str, stamp: tuple) -> tuple[str, str]:
-    """(MD5, SHA-256) of a file as it was at ``stamp``: read once per process while unchanged."""
+def _digests(path: str, _version: tuple) -> tuple[str, str]:
+    """(MD5, SHA-256) of a file as it was at ``_version`` (its stamp: the memo's key only): read once
+    per process while unchanged."""
     md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -328,9 +329,10 @@ def read_cifar(path: str | os.PathLike, name: str) -> CifarArrays:
 
 
 @functools.lru_cache(maxsize=2)
-def _arrays(path: Path, stamp: tuple, name: str) -> CifarArrays:
-    """The parsed files at ``path`` as they were at ``stamp`` (the memo's key). The uint8 arrays
-    are kept (~180 MB), not the float splits (~740 MB per val_size/seed), so a sweep parses once."""
+def _arrays(path: Path, _version: tuple, name: str) -> CifarArrays:
+    """The parsed files at ``path`` as they were at ``_version`` (their stamps: the memo's key only).
+    The uint8 arrays are kept (~180 MB), not the float splits (~740 MB per val_size/seed), so a sweep
+    parses once."""
     return read_cifar(path, name)
 
 

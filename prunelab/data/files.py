@@ -30,7 +30,9 @@ def file_sha256(path: Path, opener=open) -> str:
 
 
 @functools.cache
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _cached_sha256(path: str, _size: int, _mtime_ns: int) -> str:
+    """The file's SHA-256; ``_size`` and ``_mtime_ns`` are the cache's key only (a changed file is
+    read again)."""
     return file_sha256(Path(path))
 
 

@@ -148,8 +148,8 @@ def fashion_mnist(
 
 
 @functools.lru_cache(maxsize=4)
-def _fashion_mnist_splits(folder: Path, stamp: tuple, val_size: int, seed: int, verify: bool) -> Splits:
-    """The splits of the files in ``folder`` as they were at ``stamp`` (the memo's key)."""
+def _fashion_mnist_splits(folder: Path, _version: tuple, val_size: int, seed: int, verify: bool) -> Splits:
+    """The splits of the files in ``folder`` as they were at ``_version`` (their stamps: the memo's key only)."""
 
     def load(kind):
         name = f"{kind}-ubyte.gz"

@@ -83,10 +83,8 @@ class Split:
         augment = self.augment if generator is not None else None
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            if generator is None and world == 1:
-                x = self.x[start : start + batch_size]
-            else:
-                x = self.x[idx]
+            # in order on one process: a slice (a view), not a gathered copy
+            x = self.x[start : start + batch_size] if generator is None and world == 1 else self.x[idx]
             if augment is not None:  # the whole global batch: every rank draws the same numbers
                 x = augment(x, generator)  # type: ignore[arg-type]
             if world > 1:

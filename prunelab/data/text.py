@@ -117,6 +117,7 @@ def fortunes(
 ) -> Splits:
     """Debian's fortunes (:func:`fortunes_texts`) as bytes or in the tokens of ``tokenizer``. The
     splits are fixed: ``seed`` (the run's) changes nothing here."""
+    del seed  # the dataset contract passes the run's seed: these splits are fixed
     tokens = tokens_for(tokenizer)
     return text_splits("fortunes", tokens, fortunes_texts(root), tokens.seq_len(seq_len, max_seq_len))
 
@@ -184,6 +185,7 @@ def wikitext2(
     """WikiText-2 (raw), its published train / validation / test files, as bytes, or in the tokens
     of ``tokenizer`` as the papers cut it (the module docstring). Fixed splits: ``seed`` changes
     nothing."""
+    del seed  # the dataset contract passes the run's seed: these splits are fixed
     folder = find_wikitext2(root, url, sha256)
     tokens = tokens_for(tokenizer)
     length = tokens.seq_len(seq_len, max_seq_len)
@@ -215,6 +217,7 @@ def ptb(
     ``tokenizer`` as the papers cut it: each split's sentences (lines, stripped) joined with
     ``" "``. Downloaded once (``url``: a pattern with ``{file}``); ``sha256``: a file name's
     SHA-256 to check it against, else the digest taken at download is checked on every later read."""
+    del seed  # the dataset contract passes the run's seed: these splits are fixed
 
     def fetch(target: Path) -> None:
         assert url is not None
@@ -246,6 +249,7 @@ def text_files(
     """A user's text: ``root`` (a folder) holding ``train``, ``valid`` and ``test`` files (names or
     paths), each read whole as UTF-8 and cut like the other corpora; bytes, or the tokens of
     ``tokenizer``."""
+    del seed  # the dataset contract passes the run's seed: these splits are fixed
     if not root:
         raise DataError("dataset=text reads your files: pass dataset.root=FOLDER (with train.txt, valid.txt, test.txt)")
     folder = Path(root).expanduser()
@@ -272,6 +276,7 @@ def c4(
     first ``train_documents`` documents of the first training shard, the validation split the next
     1100 validation documents, each joined with ``" "``. Calibration from C4 itself
     (``method.calibration=c4``) draws from the whole training shard, as the papers do."""
+    del seed  # the dataset contract passes the run's seed: these splits are fixed
     files = {name: find_c4(name, root, url, (sha256 or {}).get(name)) for name in (C4_TRAIN, C4_VALIDATION)}
     tokens = tokens_for(tokenizer)
     length = tokens.seq_len(seq_len, max_seq_len)

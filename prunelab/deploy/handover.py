@@ -325,8 +325,7 @@ def hand_over(job: HandoverJob) -> HandedOver:
         decoded = copy.deepcopy(ship)
         decoded.load_state_dict(decode(made.compact))
         checked[Metric.COMPACT_ACCURACY] = accuracy(decoded, x, y)
-    for role, model in (("onnx", made.onnx), ("int8", made.int8)):
+    for name, model in ((Metric.HANDOVER_ONNX_ACCURACY, made.onnx), (Metric.INT8_ACCURACY, made.int8)):
         if model is not None:
-            name = Metric.HANDOVER_ONNX_ACCURACY if role == "onnx" else Metric.INT8_ACCURACY
             checked[name] = accuracy(OnnxModel(model), x, y)
     return HandedOver(made.files, checked, made.onnx, made.int8, made.compact)

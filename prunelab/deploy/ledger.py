@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Timer
 
+from ..names import Metric
 from ..pruning.macs import mac_counts, param_counts
-from ..pruning.mask import Mask
 
 BATCH_SIZES = (1, 64)
 
@@ -94,7 +94,6 @@ def cost_ledger(
     dense: nn.Module,
     pruned: nn.Module,
     example_input: torch.Tensor,
-    mask: Mask | None = None,
     shrunk: nn.Module | None = None,
     latency: bool = True,
     threads: int = 1,
@@ -108,41 +107,43 @@ def cost_ledger(
     smaller twin, which is what gets costed when given. ``example_input`` fixes the input shape
     (MACs are per sample). ``file_bytes`` is the size of the pruned model's hand-over file when
     it is not a plain state dict (unstructured: the compact file). ``runtimes`` are the pruned
-    model in other forms, ``name -> (callable, file bytes)`` (ONNX Runtime fp32 and int8): each
-    gets ``cost.<name>.file_bytes`` / ``latency_b*_ms`` and ``cost.ratio.<name>.*`` against the
-    dense PyTorch model, timed in the same alternation. Latency (``latency=False`` skips it) is
-    measured on CPU copies with ``threads`` threads; none of the models passed in is changed."""
+    model in other forms, ``form -> (callable, file bytes)`` (``Metric.ONNX``, ``Metric.INT8``:
+    ONNX Runtime fp32 and int8): each gets ``cost.<form>.file_bytes`` / ``latency_b*_ms`` and
+    ``cost.ratio.<form>.*`` against the dense PyTorch model, timed in the same alternation.
+    Latency (``latency=False`` skips it) is measured on CPU copies with ``threads`` threads; none
+    of the models passed in is changed."""
     deployed = shrunk if shrunk is not None else pruned
-    models = {"dense": copy.deepcopy(dense).cpu().eval(), "pruned": copy.deepcopy(deployed).cpu().eval()}
+    models = {Metric.DENSE: copy.deepcopy(dense).cpu().eval(), Metric.PRUNED: copy.deepcopy(deployed).cpu().eval()}
     x = example_input[:1].detach().cpu()
     out: dict[str, float] = {}
-    for role, model in models.items():
-        out[f"cost.{role}.params"], out[f"cost.{role}.nonzero_params"] = param_counts(model)
-        out[f"cost.{role}.macs"], out[f"cost.{role}.nonzero_macs"] = mac_counts(model, x)
-        out[f"cost.{role}.file_bytes"] = state_bytes(model)
+    for form, model in models.items():
+        out[Metric.cost(form, Metric.PARAMS)], out[Metric.cost(form, Metric.NONZERO_PARAMS)] = param_counts(model)
+        out[Metric.cost(form, Metric.MACS)], out[Metric.cost(form, Metric.NONZERO_MACS)] = mac_counts(model, x)
+        out[Metric.cost(form, Metric.FILE_BYTES)] = state_bytes(model)
     if file_bytes is not None:
-        out["cost.pruned.file_bytes"] = file_bytes
+        out[Metric.cost(Metric.PRUNED, Metric.FILE_BYTES)] = file_bytes
     runtimes = runtimes or {}
-    for role, (_, size) in runtimes.items():
-        out[f"cost.{role}.file_bytes"] = size
-    names = ["params", "nonzero_params", "macs", "nonzero_macs", "file_bytes"]
+    for form, (_, size) in runtimes.items():
+        out[Metric.cost(form, Metric.FILE_BYTES)] = size
+    # Each ratio's figure, and the figure it divides: a latency's ratio has no unit.
+    ratios = {f: f for f in (Metric.PARAMS, Metric.NONZERO_PARAMS, Metric.MACS, Metric.NONZERO_MACS, Metric.FILE_BYTES)}
     if latency:
-        timed: dict[str, Forward] = {**models, **{role: fn for role, (fn, _) in runtimes.items()}}
+        timed: dict[str, Forward] = {**models, **{form: fn for form, (fn, _) in runtimes.items()}}
         measured = latencies_ms(timed, x.shape[1:], threads=threads, example=x)
-        for (role, b), ms in measured.items():
-            out[f"cost.{role}.latency_b{b}_ms"] = ms
+        for (form, b), ms in measured.items():
+            out[Metric.cost(form, Metric.latency_ms(b))] = ms
             if not x.is_floating_point() and b == BATCH_SIZES[-1]:  # a language model: tokens in, a logit each
-                out[f"cost.{role}.tokens_per_s"] = b * x[0].numel() / (ms / 1e3)
-        out["cost.latency_threads"] = threads
-        names += [f"latency_b{b}" for b in BATCH_SIZES]
+                out[Metric.cost(form, Metric.TOKENS_PER_S)] = b * x[0].numel() / (ms / 1e3)
+        out[Metric.LATENCY_THREADS] = threads
+        ratios.update({Metric.latency(b): Metric.latency_ms(b) for b in BATCH_SIZES})
         if not x.is_floating_point():
-            names.append("tokens_per_s")
-    for name in names:
-        key = f"{name}_ms" if name.startswith("latency") else name
-        if f"cost.pruned.{key}" not in out:
+            ratios[Metric.TOKENS_PER_S] = Metric.TOKENS_PER_S
+    for ratio, figure in ratios.items():  # over the dense PyTorch model's figure
+        if Metric.cost(Metric.PRUNED, figure) not in out:
             continue
-        out[f"cost.ratio.{name}"] = out[f"cost.pruned.{key}"] / out[f"cost.dense.{key}"]
-        for role in runtimes:
-            if f"cost.{role}.{key}" in out:
-                out[f"cost.ratio.{role}.{name}"] = out[f"cost.{role}.{key}"] / out[f"cost.dense.{key}"]
+        dense_figure = out[Metric.cost(Metric.DENSE, figure)]
+        out[Metric.cost_ratio(ratio)] = out[Metric.cost(Metric.PRUNED, figure)] / dense_figure
+        for form in runtimes:
+            if Metric.cost(form, figure) in out:
+                out[Metric.cost_ratio(ratio, form)] = out[Metric.cost(form, figure)] / dense_figure
     return {k: float(v) for k, v in out.items()}

@@ -180,10 +180,10 @@ def int8(
             )
 
         def get_next(self):
-            x = next(self.batches, None)
-            if x is None:
+            batch = next(self.batches, None)
+            if batch is None:
                 return None
-            x = x.detach().cpu().numpy()
+            x = batch.detach().cpu().numpy()
             return {name: x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x}  # token ids stay integers
 
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as tmp, _quiet("root"):

@@ -35,6 +35,10 @@ from ..tracking import store
 log = logging.getLogger(__name__)
 
 
+# The ledger's figures of an unstructured model's file: the compact file's, made by the hand-over.
+COMPACT_COSTS = (Metric.cost(Metric.PRUNED, Metric.FILE_BYTES), Metric.cost_ratio(Metric.FILE_BYTES))
+
+
 @dataclass
 class Deferred:
     """A run's deferred work: its hand-over ``job``, the run's own ``files`` (logged first, so they
@@ -91,10 +95,7 @@ def hand_over_and_log(payload: bytes | Deferred, uri: str, run_id: str) -> dict[
         costs = {}
         if handed.compact is not None and work.dense_file_bytes:  # the ledger's size of this model
             size = len(handed.compact)
-            costs = {
-                Metric.cost("pruned", "file_bytes"): size,
-                Metric.cost_ratio("file_bytes"): size / work.dense_file_bytes,
-            }
+            costs = dict(zip(COMPACT_COSTS, (size, size / work.dense_file_bytes)))
         run.log_metrics({**handed.accuracies, **costs})
         run.log_files(handed.files)
     except Exception as e:

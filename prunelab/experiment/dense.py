@@ -110,8 +110,8 @@ def dense_model(
                 return DenseResult(
                     key,
                     [EpochResult(**e) for e in info["history"]],
-                    info["val_accuracy"],
-                    info["test_accuracy"],
+                    info[Metric.VAL_ACCURACY],
+                    info[Metric.TEST_ACCURACY],
                     from_cache=True,
                 )
             except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
@@ -128,8 +128,8 @@ def dense_model(
             "trained": trains,
             "sha256": file_sha256(weights) if trains else None,
             "history": [asdict(e) for e in history],
-            "val_accuracy": val_acc,
-            "test_accuracy": test_acc,
+            Metric.VAL_ACCURACY: val_acc,  # under the names the dense run logs them by
+            Metric.TEST_ACCURACY: test_acc,
         }
         atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
         log.info("dense model %s %s and cached in %s", key, "trained" if trains else "evaluated", meta)
@@ -169,7 +169,7 @@ class DenseRun:
 
     @staticmethod
     def _log_result(run: store.Run, model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
-        ppl = perplexity(model, data.test, "test_")
+        ppl = perplexity(model, data.test)
         run.log_metrics(
             {
                 Metric.TEST_ACCURACY: test_accuracy,

@@ -177,21 +177,3 @@ def start(ranks: Ranks, device: torch.device, timeout_s: float = 3 * 3600.0) -> 
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-class Unrecorded:
-    """The run a rank other than 0 records into: nothing (rank 0 records the run)."""
-
-    id = ""
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
-
-    def log_params(self, params: dict[str, str]) -> None:
-        pass
-
-    def log_files(self, files: Any) -> None:
-        pass
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        pass

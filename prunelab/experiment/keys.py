@@ -17,16 +17,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import FinetuneConfig, TrainConfig
 from ..data.files import file_digest, folder_digest, listing_digest
 from ..names import Role, Tag
 from ..paths import conf_dir
-from ..plugins import locate, read_option
+from ..plugins import locate, plugin_defaults, read_option
 from ..redact import redact_tree
 
 # The groups whose chosen option names a run (params and tags).
@@ -69,16 +70,14 @@ VERIFIED = {"url", "sha256", "verify"}
 # overwritten in place is another (a hub name stays a name, with its model.revision).
 CONTENTS = ("model.pretrained", "dataset.tokenizer")
 DENSE_PARTS = ("model", "dataset", "augment", "dense", "train", "seed")
-# Options added to train / finetune after runs were keyed without them: at these values a run is
-# the run it was (its keys unchanged, its dense model's cache still used).
-LATER_DEFAULTS = {
-    "milestones": [],
-    "gamma": 0.1,
-    "label_smoothing": 0.0,
-    "precision": "32",
-    "channels_last": False,
-    "compile": False,
-    "sync_bn": False,
+# Options added after runs were keyed without them (node -> option names): at their default value
+# (the schema's: the train / finetune dataclasses', a plug-in's signature) a run is the run it was,
+# its keys unchanged and its dense model's cache still used.
+LATER = {
+    "train": ("milestones", "gamma", "label_smoothing", "precision", "channels_last", "compile", "sync_bn"),
+    "finetune": ("milestones",),
+    "codebook": ("iterations",),
+    "quantize": ("batch_size",),
 }
 # Bumped when the same config starts to give different numbers or files, or is written differently
 # (2: inputs scaled to [0, 1] before standardisation; 3: criteria, scopes and methods as plug-ins,
@@ -125,34 +124,82 @@ def _resolved(cfg: DictConfig) -> dict:
 
 
 def _relevant(cfg: DictConfig, device_type: str, parts, world: int = 1) -> dict:
+    """The config ``parts`` of ``cfg`` as a key hashes them: each step below drops what leaves the
+    run as it was or puts contents in place of a path, in this order (a later step sees an earlier
+    one's result)."""
     full = _resolved(cfg)
     tree: dict[str, Any] = {k: full.get(k) for k in parts}
+    _drop_unasked(tree)
+    _drop_later_defaults(tree, world)
+    _checkpoint_by_contents(tree, parts)
+    _drop_distillation(tree)
+    _own_files_by_contents(tree)
+    _drop_location(tree)
+    _plan_by_contents(tree)
+    _folders_by_contents(tree)
+    tree["device"] = device_type
+    if world > 1:
+        tree["world"] = world
+    tree["format"] = FORMAT
+    return tree
+
+
+def _drop_unasked(tree: dict) -> None:
+    """Parts that ask for nothing (eval without tasks, augment=none): the run is the one it was
+    before they existed."""
     if "eval" in tree and not (tree["eval"] or {}).get("tasks"):
         tree.pop("eval")
-    if "augment" in tree and not tree["augment"]:  # augment=none: the run it was before augmentation
+    if "augment" in tree and not tree["augment"]:
         tree.pop("augment")
-    for part in ("train", "finetune"):
+
+
+def _drop_later_defaults(tree: dict, world: int) -> None:
+    """Options added after runs were keyed (:data:`LATER`), at their default: the run is the one it
+    was. sync_bn in one process synchronises nothing."""
+    for part, later in LATER.items():
         node = tree.get(part)
-        for option, default in LATER_DEFAULTS.items():
-            if isinstance(node, dict) and node.get(option, default) == default:
+        if not isinstance(node, dict):
+            continue
+        defaults = _defaults(part, node)
+        for option in later:
+            if option in defaults and node.get(option, defaults[option]) == defaults[option]:
                 node.pop(option, None)
-        if isinstance(node, dict) and world == 1:  # one process: nothing to synchronise
+        if part == "train" and world == 1:
             node.pop("sync_bn", None)
+
+
+def _checkpoint_by_contents(tree: dict, parts) -> None:
+    """``dense``: only a checkpoint to start from counts, known by its contents wherever it lies."""
     dense = tree.pop("dense", None) or {}
-    if "dense" in parts and dense.get("checkpoint"):  # a checkpoint by its contents, wherever it lies
+    if "dense" in parts and dense.get("checkpoint"):
         tree["dense"] = {"checkpoint": "sha256:" + checkpoint_digest(dense["checkpoint"]), "strict": dense["strict"]}
+
+
+def _drop_distillation(tree: dict) -> None:
+    """Fine-tuning without distillation: its options change nothing (a run without is the run it was)."""
     tuning = tree.get("finetune")
-    if isinstance(tuning, dict) and not tuning.get("distill"):  # a run without is the run it was
+    if isinstance(tuning, dict) and not tuning.get("distill"):
         for option in DISTILL_OPTIONS:
             tuning.pop(option, None)
+
+
+def _own_files_by_contents(tree: dict) -> None:
+    """A user's own files (dataset=text: no checksum says what they hold) are known by the root
+    folder's contents, or by its listing where the plug-in says it is too large to read through
+    (an ImageNet folder)."""
     data = tree.get("dataset")
     if isinstance(data, dict) and not VERIFIED & set(data) and isinstance(data.get("root"), str):
-        root = Path(data["root"]).expanduser()  # a user's own files (dataset=text): nothing else says what they hold
+        root = Path(data["root"]).expanduser()
         if root.is_dir():
-            if _keyed_by_listing(data.get("_target_")):  # too large to read through (an ImageNet folder)
+            if _keyed_by_listing(data.get("_target_")):
                 data["root"] = "listing:" + listing_digest(root)
             else:
                 data["root"] = "files:" + folder_digest(root)
+
+
+def _drop_location(tree: dict) -> None:
+    """Where and how the data are read (:data:`LOCATION`), except a root that now stands for its
+    contents."""
     for dotted in LOCATION:
         if dotted == "dataset.root" and str((tree.get("dataset") or {}).get("root", "")).startswith(
             ("files:", "listing:")
@@ -161,23 +208,38 @@ def _relevant(cfg: DictConfig, device_type: str, parts, world: int = 1) -> dict:
         parent, leaf = dotted.split(".")
         if isinstance(tree.get(parent), dict):
             tree[parent].pop(leaf, None)
-    if tree.get("plan"):  # a plan by its contents: the same path may hold another plan later
+
+
+def _plan_by_contents(tree: dict) -> None:
+    """A plan by its contents (the scope that reads it too): the same path may hold another plan later."""
+    if tree.get("plan"):
         from ..pruning.plan import load_plan
 
         digest = "sets:" + _digest(load_plan(tree["plan"])["sets"])
         tree["plan"] = digest
         if isinstance(tree.get("scope"), dict) and "source" in tree["scope"]:
             tree["scope"]["source"] = digest
+
+
+def _folders_by_contents(tree: dict) -> None:
+    """Folders of :data:`CONTENTS` (a checkpoint, a tokenizer) by their contents, not their path."""
     for dotted in CONTENTS:
         parent, leaf = dotted.split(".")
         node = tree.get(parent)
         if isinstance(node, dict) and isinstance(node.get(leaf), str) and Path(node[leaf]).expanduser().is_dir():
             node[leaf] = "files:" + folder_digest(Path(node[leaf]).expanduser())
-    tree["device"] = device_type
-    if world > 1:
-        tree["world"] = world
-    tree["format"] = FORMAT
-    return tree
+
+
+def _defaults(part: str, node: dict) -> dict[str, Any]:
+    """The default values of the options of config node ``part``: its schema's (a plug-in's own
+    signature, where the node names one)."""
+    if part in ("train", "finetune"):
+        schema = TrainConfig if part == "train" else FinetuneConfig
+        return {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(schema)}
+    try:
+        return plugin_defaults(locate(node["_target_"])) if isinstance(node.get("_target_"), str) else {}
+    except ImportError:
+        return {}
 
 
 def _keyed_by_listing(target: Any) -> bool:

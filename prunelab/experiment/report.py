@@ -30,11 +30,12 @@ def _handover_lines(m: dict[str, Any]) -> list[str]:
     lines = []
     if handover_line(m):
         lines.append(f"  {handover_line(m)}")
-    if Metric.cost_ratio("latency_b64", "int8") in m:
+    latency = Metric.latency(64)
+    if Metric.cost_ratio(latency, Metric.INT8) in m:
         lines.append(
             f"  ONNX Runtime / dense PyTorch fp32: latency batch 64 fp32 "
-            f"{m[Metric.cost_ratio('latency_b64', 'onnx')]:.3f}, int8 {m[Metric.cost_ratio('latency_b64', 'int8')]:.3f}"
-            f" | int8 file {m[Metric.cost_ratio('file_bytes', 'int8')]:.3f}"
+            f"{m[Metric.cost_ratio(latency, Metric.ONNX)]:.3f}, int8 {m[Metric.cost_ratio(latency, Metric.INT8)]:.3f}"
+            f" | int8 file {m[Metric.cost_ratio(Metric.FILE_BYTES, Metric.INT8)]:.3f}"
         )
     return lines
 
@@ -51,10 +52,8 @@ def report(
 ) -> None:
     """Log the run's summary: accuracy (and perplexity) per stage, sparsity, parameters, costs,
     hand-over checks, and the run's MLflow page."""
-    dense, pruned, tuned = (
-        Metric.at(stage, Metric.TEST_ACCURACY) for stage in (Metric.DENSE, Metric.PRUNED, Metric.FINETUNED)
-    )
-    ppl = [Metric.at(stage, Metric.TEST_PERPLEXITY) for stage in (Metric.DENSE, Metric.PRUNED, Metric.FINETUNED)]
+    dense, pruned, tuned = (Metric.at(stage, Metric.TEST_ACCURACY) for stage in Metric.STAGES)
+    ppl = [Metric.at(stage, Metric.TEST_PERPLEXITY) for stage in Metric.STAGES]
     lines = [
         f"{chosen['method']} / {chosen['scope']} / {chosen['criterion']}, ratio "
         f"{m.get(Metric.BUDGET_RATIO, ratio):.4g}"
@@ -69,12 +68,12 @@ def report(
         f"  sparsity: prunable weights {m[Metric.SPARSITY_PRUNABLE]:.4f} | all parameters {m[Metric.SPARSITY_ALL]:.4f}"
         + (f" | channels {m[Metric.SPARSITY_CHANNELS]:.4f}" if Metric.SPARSITY_CHANNELS in m else ""),
         f"  parameters: {m[Metric.PARAMS_NONZERO]:,} nonzero of {m[Metric.PARAMS_TOTAL]:,}",
-        f"  cost, pruned / dense: MACs {m[Metric.cost_ratio('macs')]:.3f} | nonzero MACs "
-        f"{m[Metric.cost_ratio('nonzero_macs')]:.3f}"
+        f"  cost, pruned / dense: MACs {m[Metric.cost_ratio(Metric.MACS)]:.3f} | nonzero MACs "
+        f"{m[Metric.cost_ratio(Metric.NONZERO_MACS)]:.3f}"
         + (
-            f" | CPU latency batch 1 {m[Metric.cost_ratio('latency_b1')]:.3f}, batch 64 "
-            f"{m[Metric.cost_ratio('latency_b64')]:.3f}"
-            if Metric.cost_ratio("latency_b64") in m
+            f" | CPU latency batch 1 {m[Metric.cost_ratio(Metric.latency(1))]:.3f}, batch 64 "
+            f"{m[Metric.cost_ratio(Metric.latency(64))]:.3f}"
+            if Metric.cost_ratio(Metric.latency(64)) in m
             else ""
         ),
         *_handover_lines(m),

@@ -28,29 +28,18 @@ from ..pruning.pruner import Pruner
 from ..pruning.shrink import shrink, unshrink
 from ..tracking import store
 from .dense import atomic_save
-from .distributed import Unrecorded
+from .processes import OneProcess
+from .recorder import Unrecorded
 from .settings import Settings
 from .train import EpochResult, Recipe, evaluate, scores, steps_per_epoch, train
-
-PRUNED_TEST = Metric.at(Metric.PRUNED, "test_")  # the prefix of pruned.test_accuracy / _perplexity
-
-
-def _to(obj: Any, device) -> Any:
-    """``obj`` (a checkpoint's nested dicts and lists) with every tensor on ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
 
 
 class RunSession(Session):
     """The runner's session, recording into ``run``: ``model`` (trained dense, pruned and fine-tuned
     in place) with the run's ``pruner`` and ``data``, and from its settings the ratio, the recipes,
     the seed that shuffles the batches (each call its own) and the model factory (fresh
-    initialisations); ``checkpoints`` is this run key's folder of resumable state."""
+    initialisations); ``checkpoints`` is this run key's folder of resumable state; ``processes`` the
+    run's process layout (one by default), which says what every process keeps."""
 
     def __init__(
         self,
@@ -62,6 +51,7 @@ class RunSession(Session):
         init: dict,
         checkpoints: Path,
         teacher: nn.Module | None = None,
+        processes: OneProcess | None = None,
     ):
         self.run, self.model, self.ratio, self.init = run, model, settings.ratio, init
         # finetune.distill: the dense model teaches every fine-tuning
@@ -70,7 +60,7 @@ class RunSession(Session):
         self.steps_per_epoch = steps_per_epoch(len(data.train), settings.finetune.batch_size)
         self.pruner, self.data, self.train_recipe, self.finetune = pruner, data, settings.train, settings.finetune
         self.shrink_finetuned, self.seed, self.factory = settings.shrink, settings.seed, settings.model
-        self.ranks = settings.ranks
+        self.processes = processes or OneProcess()
         self.checkpoints = checkpoints / "schedule.pt"
         self.last: Pruned | None = None  # the latest pruning's result
         self.figures: dict[str, float] = {}  # and its figures: pruned.*, time.prune_s, budget.ratio
@@ -81,19 +71,14 @@ class RunSession(Session):
         start = time.perf_counter()
         result = self.pruner(self.model, ratio, mask, last=last)
         seconds = time.perf_counter() - start  # the mask (and SparseGPT's update), no evaluation
-        agreed: dict[str, float] = {}
-        if self.ranks is not None:  # every rank computed it; rank 0's is the one every rank keeps
-            own = result.mask
-            kept = Mask.from_state(self.ranks.broadcast(own.to("cpu").to_state())).to(self.data.device)
-            result = dataclasses.replace(result, mask=kept)
-            agreed = {Metric.RANKS_MASKS_IDENTICAL: float(self.ranks.all_agree(own.digest()))}
+        kept, agreed = self.processes.keep(result.mask)
+        result = dataclasses.replace(result, mask=kept)
         result.mask.apply(self.model)
-        if self.ranks is not None:  # a reconstructing method (SparseGPT) changed the weights too
-            self.ranks.broadcast_state(self.model)
+        self.processes.share(self.model)  # a reconstructing method (SparseGPT) changed the weights too
         figures = {**agreed, Metric.PRUNE_SECONDS: seconds}
-        if self.ranks is None or self.ranks.main:  # the others record nothing: not evaluated there
+        if self.run.records:  # a run that records nothing is not evaluated
             figures[Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY)] = evaluate(self.model, self.data.val)["accuracy"]
-            figures.update(scores(self.model, self.data.test, PRUNED_TEST))
+            figures.update(scores(self.model, self.data.test, stage=Metric.PRUNED))
         if self.pruner.budget is not None:
             figures[Metric.BUDGET_RATIO] = result.ratio
         new = result.mask
@@ -151,7 +136,7 @@ class RunSession(Session):
             on_epoch=on_epoch,
             desc="fine-tune",
             objective=self.distill,
-            ranks=self.ranks,
+            ranks=self.processes.ranks,
         )
         self._epochs_done += epochs
         if shrunk is not None:
@@ -180,7 +165,7 @@ class RunSession(Session):
             epochs,
             after_step=mask.hold(net) if mask is not None else None,
             desc=desc,
-            ranks=self.ranks,
+            ranks=self.processes.ranks,
         )
 
     def fresh(self, seed: int) -> dict:
@@ -195,15 +180,10 @@ class RunSession(Session):
         self.run.log_metrics(metrics, step=step)
 
     def resume(self) -> dict | None:
-        path = self.checkpoints
-        if self.ranks is None:
-            return torch.load(path, map_location=self.data.device, weights_only=True) if path.is_file() else None
-        # rank 0's, whatever another rank would find; sent from the CPU, put on each rank's own device
-        state = torch.load(path, map_location="cpu", weights_only=True) if self.ranks.main and path.is_file() else None
-        return _to(self.ranks.broadcast(state), self.data.device)
+        return self.processes.resume(self.checkpoints, self.data.device)
 
     def checkpoint(self, state: dict) -> None:
-        if self.ranks is not None and not self.ranks.main:
+        if not self.run.records:  # the process that records keeps the state
             return
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(state, self.checkpoints, torch.save)

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import Config, ConfigError, TrackingConfig, validate
+from ..contracts import Augmentation, Codebook, Dataset, Model, Quantizer
 from ..models.checkpoint import checkpoint_file
 from ..paths import cache_dir as user_cache_dir
 from ..pruning.contracts import Criterion, Method, Schedule, Scope
@@ -40,9 +39,9 @@ class Settings:
     params: dict[str, str]  # the pruned run's MLflow params
     dense_params: dict[str, str]  # the dense run's
     config_yaml: str  # the resolved config, credentials masked (the run's config.yaml)
-    model: Callable[..., torch.nn.Module]  # the factory (prunelab.models.build calls it)
-    dataset: Callable[..., Any]  # the loader, given the seed
-    augment: Any  # the training batches' augmentation plug-in (prunelab.data.augment), or None
+    model: Model  # the factory (prunelab.models.build calls it)
+    dataset: Dataset  # the loader, given the seed
+    augment: Augmentation | None  # the training batches' augmentation plug-in (prunelab.data.augment)
     checkpoint: Path | None  # dense.checkpoint: the trained weights the dense model is
     strict: bool  # dense.strict: every key of model and checkpoint must match
     ranks: Ranks | None  # the processes of this run (torchrun), or None for one
@@ -65,8 +64,8 @@ class Settings:
     force: bool
     measure_latency: bool
     handover: bool
-    quantize: Callable[..., bytes] | None  # ONNX bytes, raw calibration inputs -> int8 ONNX bytes
-    codebook: Callable[..., Any] | None  # the compact file's shared values
+    quantize: Quantizer | None  # ONNX bytes, raw calibration inputs -> int8 ONNX bytes
+    codebook: Codebook | None  # the compact file's shared values
     zeroshot: ZeroShot | None  # eval.tasks, when there are any
     tokenizer: str | None  # a language model's tokenizer (dataset.tokenizer): handed over with it
 

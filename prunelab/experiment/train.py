@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data.splits import Split, Splits, labelled
 from ..errors import UserError
-from ..names import IGNORE
+from ..names import IGNORE, Metric
 from .distributed import Ranks, batchnorms, local_batchnorm
 
 log = logging.getLogger(__name__)
@@ -76,21 +76,31 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
     return {"loss": loss.item() / n, "accuracy": correct.item() / n}
 
 
-def scores(model: nn.Module, split: Split, prefix: str = "", result: dict | None = None) -> dict[str, float]:
-    """``{prefix}accuracy``, and ``{prefix}perplexity`` (exp of the mean loss per token) where
-    ``split`` has a label per position (a language model's): the figures a run logs. ``result``:
+def scores(model: nn.Module, split: Split, *, stage: str | None = None, result: dict | None = None) -> dict[str, float]:
+    """The figures a run logs of its test split: ``test_accuracy``, and ``test_perplexity`` (exp of
+    the mean loss per token) where ``split`` has a label per position (a language model's); named
+    after a stage when given (``Metric.at``: ``pruned.test_accuracy``). ``result``:
     ``evaluate(model, split)`` when the caller has it already (an LM's test pass costs seconds)."""
     result = evaluate(model, split) if result is None else result
-    return {f"{prefix}accuracy": result["accuracy"], **perplexity(model, split, prefix, result)}
+    return {
+        _at(stage, Metric.TEST_ACCURACY): result["accuracy"],
+        **perplexity(model, split, stage=stage, result=result),
+    }
 
 
-def perplexity(model: nn.Module, split: Split, prefix: str = "", result: dict | None = None) -> dict[str, float]:
-    """``{prefix}perplexity`` where ``split`` has a label per position (a language model's), else
-    nothing, and no evaluation spent on it."""
+def perplexity(
+    model: nn.Module, split: Split, *, stage: str | None = None, result: dict | None = None
+) -> dict[str, float]:
+    """``test_perplexity`` (``pruned.test_perplexity`` for a stage) where ``split`` has a label per
+    position (a language model's), else nothing, and no evaluation spent on it."""
     if split.y.dim() <= 1:
         return {}
     result = evaluate(model, split) if result is None else result
-    return {f"{prefix}perplexity": math.exp(min(result["loss"], 700.0))}
+    return {_at(stage, Metric.TEST_PERPLEXITY): math.exp(min(result["loss"], 700.0))}
+
+
+def _at(stage: str | None, figure: str) -> str:
+    return Metric.at(stage, figure) if stage else figure
 
 
 # A training loss other than the cross-entropy: (logits, inputs, labels) -> loss.

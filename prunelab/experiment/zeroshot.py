@@ -51,7 +51,8 @@ class ZeroShot:
 
     def __call__(self, model: nn.Module, device: Any) -> dict[str, float]:
         """``zeroshot.<task>.<figure>`` of ``model`` (a :class:`CausalLM`), e.g. ``acc``."""
-        assert isinstance(model, CausalLM) and self.tokenizer is not None
+        assert isinstance(model, CausalLM)
+        assert self.tokenizer is not None
         lm_eval, hflm, task_manager = _harness()
         tokenizer = Tokens(self.tokenizer).hf
         was_training = model.training

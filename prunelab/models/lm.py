@@ -110,6 +110,32 @@ FRESH = {"model_type": "gpt2", "vocab_size": 256, "n_positions": 128, "n_embd": 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_config_keys(model_type: str, options: dict) -> None:
+    """Refuse a key of ``model.config`` that the architecture's config class does not know, naming
+    the closest it does: ``AutoConfig.for_model`` would keep a misspelt key as an unused attribute
+    and build the architecture's default instead (``num_hidden_layer`` -> LLaMA's 32 layers)."""
+    import difflib
+    import inspect
+
+    from transformers import CONFIG_MAPPING, PretrainedConfig
+
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING), n=3)
+        raise ModelError(
+            f"model.config.model_type={model_type!r} is not an architecture transformers knows"
+            + (f": did you mean {', '.join(close)}?" if close else "")
+        )
+    cls = CONFIG_MAPPING[model_type]
+    known = set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
+    for c in (cls, PretrainedConfig):
+        known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f": did you mean {close[0]}?" if close else ""
+            raise ModelError(f"model.config.{key} is not an option of {cls.__name__} ({model_type}){hint}")
+
+
 def hf_causal_lm(
     num_classes: int = 256,
     pretrained: str | None = None,
@@ -145,7 +171,9 @@ def hf_causal_lm(
         options = dict(FRESH if config is None else config)
         if "model_type" not in options:
             raise ModelError(f"model.config needs a model_type (e.g. llama, gpt2, opt); it has {sorted(options)}")
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
+        kind = options.pop("model_type")
+        check_config_keys(kind, options)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **options))
     embeddings = model.get_input_embeddings()
     if not isinstance(embeddings, nn.Embedding):
         raise ModelError(f"the model's input embeddings are a {type(embeddings).__name__}, not an nn.Embedding")

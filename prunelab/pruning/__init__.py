@@ -24,19 +24,20 @@ from torch import nn
 
 from ..plugins import resolve
 from .allocation import Erk, Global, GlobalFloor, Lamp, Local, allocate
-from .contracts import Coupled, Criterion, Method, Pruned, Schedule, Scope, Scorer, Session, Units
+from .contracts import Coupled, Criterion, Method, Pruned, Schedule, Scope, Scorer, Session, Units, refuse_untaken
 from .criteria import FPGM, Activation, Magnitude, Random, Taylor
 from .data import PruneData
 from .depth import Blocks
 from .errors import PruningError, check_ratio
 from .layerwise import SparseGPT, Wanda
 from .mask import Mask, MaskError
-from .methods import NM, Structured, Unstructured, prunable_layers
+from .methods import NM, Structured, Unstructured
 from .plan import FromPlan, load_plan
 from .pruner import Pruner
 from .schedules import Dynamic, Gradual, Iterative, Lottery, Oneshot
 from .sensitivity import Sensitivity
 from .shrink import shrink, unshrink
+from .tracing import prunable_layers
 from .width import Width
 
 
@@ -63,8 +64,14 @@ def prune(
     an error naming the ones it does."""
     if ignore is not None:
         method_options["ignore"] = list(ignore)
+    chosen = resolve("method", method, **method_options)
+    refuse_untaken(
+        chosen,
+        f"method={method if isinstance(method, str) else type(method).__name__}",
+        {g: str(v) for g, v, default in (("criterion", criterion, "l2"), ("scope", scope, "global")) if v != default},
+    )
     pruner = Pruner(
-        resolve("method", method, **method_options),
+        chosen,
         resolve("criterion", criterion),
         resolve("scope", scope),
         seed=seed,

@@ -14,6 +14,7 @@ running a block again does not grow it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -118,10 +119,8 @@ def capture(model: nn.Module, first: nn.Module, x: torch.Tensor, batch_size: int
     model.eval()
     try:
         for start in range(0, len(x), batch_size):
-            try:
+            with contextlib.suppress(_Stop):
                 model(x[start : start + batch_size])
-            except _Stop:
-                pass
     finally:
         handle.remove()
         model.train(was_training)

@@ -96,6 +96,7 @@ class Scorer:
         raise NotImplementedError
 
     def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
+        del name  # the default needs no group name: each row names its layer
         total = torch.zeros(n, dtype=torch.float64)
         for c in rows:
             total += c.place(self.weights(c.name, c.weight).double()).sum(dim=1).cpu()
@@ -126,14 +127,31 @@ class Pruned:
     ratio: float = 0.0
 
 
+# What a method may take besides the model and the ratio: the plug-ins a user chooses (criterion,
+# scope) and the inputs the runner supplies, each with the words an error says it in.
+TAKEABLE = {
+    "criterion": "a criterion",
+    "scope": "a scope",
+    "calibration": "calibration data",
+    "example_inputs": "example inputs",
+    "blocks": "the model's repeated blocks",
+}
+CHOSEN = ("criterion", "scope")  # the takeable things that are config groups
+
+
 class Method:
     """A pattern: ``method(model, ratio, scope=, criterion=, seed=, example_inputs=, data=, mask=)
     -> Pruned``. Must provide ``__call__``, which does not modify the model (post-training methods
     that reconstruct the weights, SparseGPT, say so) and starts from ``mask``: entries it pruned
     score ``-inf``, so they stay pruned and count towards ``ratio``, the overall target. Its options
-    are its fields; ``ignore`` (fnmatch patterns of layers left dense) is one of them."""
+    are its fields; ``ignore`` (fnmatch patterns of layers left dense) is one of them.
+
+    ``takes`` declares what it uses of :data:`TAKEABLE`: a criterion or scope it does not take is
+    refused when a user chooses one (``method=wanda criterion=l1`` is one line saying what Wanda
+    takes), and the default one it is passed anyway means nothing."""
 
     ignore: Sequence[str] = ()
+    takes: ClassVar[frozenset[str]] = frozenset({"criterion", "scope", "calibration", "example_inputs"})
 
     def __call__(
         self,
@@ -148,6 +166,18 @@ class Method:
         mask: Mask | None = None,
     ) -> Pruned:
         raise NotImplementedError
+
+
+def refuse_untaken(method: Any, label: str, chosen: dict[str, str]) -> None:
+    """Raise :class:`~.errors.PruningError` for the first of ``chosen`` (group -> the option a user
+    chose: ``{"criterion": "l1"}``) that the method (class or object) ``label`` names does not take."""
+    from .errors import PruningError
+
+    takes = getattr(method, "takes", frozenset(TAKEABLE))
+    for group, option in chosen.items():
+        if group not in takes:
+            what = ", ".join(words for name, words in TAKEABLE.items() if name in takes) or "nothing but the ratio"
+            raise PruningError(f"{label} takes no {group} ({group}={option}): it takes {what}; drop {group}={option}")
 
 
 # --- schedule ---------------------------------------------------------------------------------
@@ -235,4 +265,4 @@ class Schedule:
         return ratio
 
     def check(self, mask: Mask) -> None:
-        return None
+        """Raise for a mask this schedule cannot work with; by default every mask will do."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from .contracts import Coupled, Criterion, Scorer
 from .data import PruneData
@@ -41,6 +42,7 @@ class FunctionCriterion(Criterion):
 
     fn: Callable[..., torch.Tensor]
 
+    @override
     def prepare(self, model, data, seed):
         return _FunctionScorer(self.fn, seed)
 
@@ -83,12 +85,15 @@ class Magnitude(Criterion, Scorer):
         if not self.p > 0:
             raise PruningError(f"criterion.p={self.p} must be > 0")
 
+    @override
     def prepare(self, model, data, seed):
         return self
 
+    @override
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().abs()
 
+    @override
     def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
         total = torch.zeros(n, dtype=torch.float64)
         for c in rows:
@@ -106,6 +111,7 @@ class Random(Criterion):
     """The baseline: the scope's allocation with a random choice (seeded by the run's calibration
     seed, per layer)."""
 
+    @override
     def prepare(self, model, data, seed):
         return _RandomScores(seed)
 
@@ -117,6 +123,7 @@ class _RandomScores(Scorer):
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return torch.rand(weight.shape, generator=_generator(name, self.seed)).to(weight.device)
 
+    @override
     def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
         return torch.rand(n, generator=_generator(name, self.seed))
 
@@ -132,6 +139,7 @@ class Taylor(Criterion):
     def __post_init__(self):
         check_positive(self.batches, "criterion.batches")
 
+    @override
     def prepare(self, model: nn.Module, data: PruneData | None, seed: int):
         if data is None:
             raise PruningError("criterion taylor needs training batches: pass data=(x, y) or PruneData")
@@ -176,12 +184,15 @@ class FPGM(Criterion, Scorer):
     """Filter pruning via geometric median (He et al. 2019): a filter close to all the others
     (small summed Euclidean distance to them) is redundant. Filters only: structured methods."""
 
+    @override
     def prepare(self, model, data, seed):
         return self
 
+    @override
     def weights(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         raise PruningError("criterion fpgm compares whole filters: use it with method=structured")
 
+    @override
     def channels(self, name: str, rows: Sequence[Coupled], n: int) -> torch.Tensor:
         w = torch.cat([c.place(c.weight.detach().double()).cpu() for c in rows], dim=1)
         return torch.cdist(w, w).sum(dim=1).float()
@@ -201,6 +212,7 @@ class Activation(Criterion):
     def __post_init__(self):
         check_positive(self.batches, "criterion.batches")
 
+    @override
     @torch.no_grad()
     def prepare(self, model: nn.Module, data: PruneData | None, seed: int):
         if data is None:

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from .blocks import Inputs, capture, required_blocks, run
 from .contracts import Criterion, Method, Pruned, Scope
 from .data import TRAIN, PruneData
 from .errors import PruningError, check_positive
 from .mask import Mask, keep_pruned
-from .methods import OUTPUT_LAYERS, prunable_layers
 from .plan import plan_of
+from .tracing import OUTPUT_LAYERS, prunable_layers
 
 ORDERS = ("distance", "last")
 
@@ -67,6 +69,8 @@ class Blocks(Method):
     angular distance on ``samples`` calibration inputs. It scores whole blocks itself: the criterion
     and the scope do not apply."""
 
+    takes: ClassVar[frozenset[str]] = frozenset({"calibration", "blocks"})
+
     ignore: list[str] = field(default_factory=lambda: list(OUTPUT_LAYERS))  # layers outside the count
     samples: int = 32  # calibration inputs (sequences), drawn by calibration_seed
     calibration: str = TRAIN  # from the dataset's training split, or a source it offers (text: c4)
@@ -80,6 +84,7 @@ class Blocks(Method):
         if self.order not in ORDERS:
             raise PruningError(f"method.order={self.order!r} is not allowed: expected one of {', '.join(ORDERS)}")
 
+    @override
     def __call__(
         self,
         model: nn.Module,

@@ -35,11 +35,14 @@ papers' code keeps one block on the GPU this way).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from .allocation import Local, as_scope
 from .blocks import Inputs, advance, capture, find_blocks, run
@@ -47,7 +50,8 @@ from .contracts import Criterion, Method, Pruned, Scope, Units
 from .data import TRAIN, PruneData
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
-from .methods import OUTPUT_LAYERS, current_entries, finish, prunable_layers
+from .methods import current_entries, finish
+from .tracing import OUTPUT_LAYERS, prunable_layers
 
 
 class _Stop(Exception):
@@ -86,10 +90,8 @@ def input_gram(
             x if isinstance(x, list) else [Inputs((x[i : i + batch_size],), {}) for i in range(0, len(x), batch_size)]
         )
         for one in batches:
-            try:
+            with contextlib.suppress(_Stop):
                 model(*one.args, **one.kwargs)
-            except _Stop:
-                pass
     finally:
         handle.remove()
         model.train(was_training)
@@ -295,21 +297,12 @@ def _layerwise(
     source: str = TRAIN,
     block_device: str | None = None,
 ) -> Pruned:
+    """Every prunable linear layer pruned by ``prune_layer`` from the Gram matrix of its inputs
+    (the module docstring): those inside the repeated blocks block by block, then the rest through
+    the whole model as pruned so far."""
     if data is not None and not isinstance(data, PruneData):
         data = PruneData(data, seed=seed)
-    if not isinstance(as_scope(scope), Local):
-        raise PruningError(
-            f"method={method} prunes every layer to the ratio, row by row, as the paper does: use scope=local"
-        )
-    layers = prunable_layers(model, ignore)
-    if not layers:
-        raise PruningError("no prunable layer left after method.ignore")
-    linear = {name: layer for name, layer in layers.items() if isinstance(layer, nn.Linear)}
-    other = [name for name in layers if name not in linear]
-    if other:
-        raise PruningError(
-            f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: add them to method.ignore"
-        )
+    linear = _linear_layers(model, method, scope, ignore)
     _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in linear.items()})
     if sequential not in SEQUENTIAL:
         raise PruningError(f"method.sequential={sequential!r}: one of {', '.join(SEQUENTIAL)}")
@@ -329,27 +322,7 @@ def _layerwise(
     found = find_blocks(model, blocks)
     rest = dict(linear)
     if found is not None:
-        path, modules = found
-        inputs = capture(model, modules[0], x)
-        if block_device is not None:
-            inputs = [one.to(block_device) for one in inputs]
-        for i, block in enumerate(modules):
-            home = next(block.parameters()).device
-            if block_device is not None:  # only this block on the device while it is pruned
-                block.to(block_device)
-            prefix = f"{path}.{i}."
-            inside = {name: rest.pop(name) for name in list(rest) if name.startswith(prefix)}
-            for name, layer in inside.items():
-                _zero_pruned(mask, name, layer)
-            if sequential == "block":
-                grams = block_grams(block, inputs, {name[len(prefix) :]: layer for name, layer in inside.items()})
-                for name, layer in inside.items():
-                    prune_one(name, layer, grams[name[len(prefix) :]])
-            else:
-                for name, layer in inside.items():
-                    prune_one(name, layer, input_gram(block, layer, inputs)[0])
-            inputs = advance(block, inputs)
-            block.to(home)
+        _walk_blocks(model, *found, x, rest, mask, prune_one, sequential, block_device)
     for name, layer in rest.items():  # outside any block (or no blocks): through the whole model
         _zero_pruned(mask, name, layer)
         prune_one(name, layer, input_gram(model, layer, x)[0])
@@ -358,10 +331,88 @@ def _layerwise(
     return finish(keep, units, dict(keep), weights, mask, ratio)
 
 
+def _linear_layers(model: nn.Module, method: str, scope: Scope, ignore: Sequence[str]) -> dict[str, nn.Linear]:
+    """The layers to prune, refused here before any calibration data are drawn: the papers prune
+    every layer to the ratio (the local scope only), and only ``nn.Linear`` layers."""
+    if not isinstance(as_scope(scope), Local):
+        raise PruningError(
+            f"method={method} prunes every layer to the ratio, row by row, as the paper does: use scope=local"
+        )
+    layers = prunable_layers(model, ignore)
+    if not layers:
+        raise PruningError("no prunable layer left after method.ignore")
+    linear = {name: layer for name, layer in layers.items() if isinstance(layer, nn.Linear)}
+    other = [name for name in layers if name not in linear]
+    if other:
+        raise PruningError(
+            f"method={method} prunes nn.Linear layers; {', '.join(other)} are not: add them to method.ignore"
+        )
+    return linear
+
+
+PruneOne = Callable[[str, nn.Linear, torch.Tensor], None]  # (name, layer, the Gram matrix of its inputs)
+
+
+def _walk_blocks(
+    model: nn.Module,
+    path: str,
+    modules: nn.ModuleList,
+    x: torch.Tensor,
+    rest: dict[str, nn.Linear],
+    mask: Mask | None,
+    prune_one: PruneOne,
+    sequential: str,
+    block_device: str | None,
+) -> None:
+    """The layers inside the repeated blocks ``path.<i>``, popped from ``rest`` and pruned as the
+    papers' code walks them, so the cost is linear in depth: block 0's inputs captured once, each
+    block's outputs under its pruned weights the next block's inputs. ``block_device``: only the
+    block being pruned (and its inputs) there."""
+    inputs = capture(model, modules[0], x)
+    if block_device is not None:
+        inputs = [one.to(block_device) for one in inputs]
+    for i, block in enumerate(modules):
+        home = next(block.parameters()).device
+        if block_device is not None:  # only this block on the device while it is pruned
+            block.to(block_device)
+        prefix = f"{path}.{i}."
+        inside = {name: rest.pop(name) for name in list(rest) if name.startswith(prefix)}
+        _prune_block(block, inputs, prefix, inside, mask, prune_one, sequential)
+        inputs = advance(block, inputs)
+        block.to(home)
+
+
+def _prune_block(
+    block: nn.Module,
+    inputs: list[Inputs],
+    prefix: str,
+    inside: dict[str, nn.Linear],
+    mask: Mask | None,
+    prune_one: PruneOne,
+    sequential: str,
+) -> None:
+    """One block's layers (``inside``, named ``prefix`` + their name in the block), what the mask
+    pruned already zeroed first so that each sees the others as pruned: every layer from one pass
+    of the block over ``inputs`` (``sequential=block``), or each from a pass through the block as
+    pruned so far (``layer``)."""
+    for name, layer in inside.items():
+        _zero_pruned(mask, name, layer)
+    if sequential == "block":
+        grams = block_grams(block, inputs, {name[len(prefix) :]: layer for name, layer in inside.items()})
+        for name, layer in inside.items():
+            prune_one(name, layer, grams[name[len(prefix) :]])
+    else:
+        for name, layer in inside.items():
+            prune_one(name, layer, input_gram(block, layer, inputs)[0])
+
+
 @dataclass
 class LayerByLayer(Method):
     """What Wanda and SparseGPT share: their options, the calibration data and the walk through
-    the layers; a subclass provides ``prune_layer``."""
+    the layers; a subclass provides ``prune_layer``. They score weights themselves (no criterion)
+    and prune every layer to the ratio (the local scope only)."""
+
+    takes: ClassVar[frozenset[str]] = frozenset({"scope", "calibration", "blocks"})
 
     # the logits layer (the papers prune the blocks' linear layers only)
     ignore: list[str] = field(default_factory=lambda: list(OUTPUT_LAYERS))
@@ -387,6 +438,7 @@ class LayerByLayer(Method):
         """``(weight, gram, alive, name) -> (new weight, kept)`` for one layer."""
         raise NotImplementedError
 
+    @override
     def __call__(
         self,
         model: nn.Module,
@@ -424,7 +476,7 @@ class Wanda(LayerByLayer):
     """Wanda, layer by layer (the module docstring). Zeroes the pruned weights in place."""
 
     def prune_layer(self, ratio: float) -> Callable:
-        def prune_layer(weight, gram, alive, name):
+        def prune_layer(weight, gram, alive, _name):  # Wanda's error messages need no layer name
             return weight.detach(), wanda_mask(weight.detach(), gram, ratio, self.n, self.m, alive)
 
         return prune_layer

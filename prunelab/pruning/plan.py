@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from .allocation import keep_count
 from .contracts import Scope, Units
@@ -66,6 +67,7 @@ class FromPlan(Scope):
 
     source: Any = None
 
+    @override
     def __call__(self, units: Units, ratio: float) -> dict[str, torch.Tensor]:
         plan = load_plan(self.source)
         sets = plan["sets"]

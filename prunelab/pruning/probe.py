@@ -108,7 +108,7 @@ class Probe:
 
         def post(name):
             def hook(*_):
-                start, _, calls = order[name]
+                start, _end, calls = order[name]  # not `_`: that holds the hook's arguments
                 order[name] = (start, tick[0], calls)
                 tick[0] += 1
 

@@ -19,7 +19,7 @@ from .criteria import as_criterion
 from .data import PruneData
 from .errors import PruningError
 from .mask import Mask
-from .methods import prunable_layers
+from .tracing import prunable_layers
 
 
 class Pruner:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from torch import nn
 from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
+from typing_extensions import override
 
 from ..names import Metric
 from .contracts import Schedule, Session
@@ -119,6 +120,7 @@ class Gradual(Schedule):
             raise PruningError(f"schedule.start={self.start}, schedule.end={self.end}: expected 0 <= start < end <= 1")
         check_positive(self.every, "schedule.every")
 
+    @override
     def first(self, ratio: float) -> float:
         return self.initial
 
@@ -275,16 +277,17 @@ class Dynamic(Schedule):
         self.check(mask)
         t_end = int(self.end * s.epochs * s.steps_per_epoch)
         params = dict(s.model.named_parameters())
-        state = {"step": 0, "mask": mask, "hold": mask.hold(s.model)}
+        step, hold = 0, mask.hold(s.model)
 
-        def after_step():
-            t = state["step"]
-            state["step"] += 1
+        def after_step() -> None:
+            nonlocal step, mask, hold
+            t = step
+            step += 1
             if not self.static and t > 0 and t % self.every == 0 and t < t_end:
                 f = self.moved(t, t_end)
-                new = regrow(state["mask"], params, f)
-                changed = sum(int((new.masks[n] != state["mask"].masks[n]).sum()) for n in new.prunable)
-                state.update(mask=new, hold=new.hold(s.model))
+                new = regrow(mask, params, f)
+                changed = sum(int((new.masks[n] != mask.masks[n]).sum()) for n in new.prunable)
+                mask, hold = new, new.hold(s.model)
                 s.log(
                     {
                         Metric.SCHEDULE_SPARSITY: new.sparsity,
@@ -293,10 +296,10 @@ class Dynamic(Schedule):
                     },
                     t,
                 )
-            state["hold"]()
+            hold()
 
         s.fine_tune(None, s.epochs, after_step=after_step)
-        return state["mask"], None
+        return mask, None
 
 
 def regrow(mask: Mask, params: dict, fraction: float) -> Mask:

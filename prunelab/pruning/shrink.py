@@ -15,7 +15,7 @@ from torch import nn
 from .depth import remove_blocks
 from .errors import PruningError
 from .mask import Mask
-from .methods import dependency_graph, head_count
+from .tracing import dependency_graph, head_count
 from .width import remove_units
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -48,8 +48,9 @@ from .blocks import required_blocks
 from .contracts import Coupled, Pruned, Scorer, Units
 from .errors import PruningError
 from .mask import Mask, count, keep_pruned
-from .methods import OUTPUT_LAYERS, Given, _full_masks, _Pattern, _prober, prunable_layers
+from .methods import Given, Pattern, full_masks, prober
 from .plan import plan_of
+from .tracing import OUTPUT_LAYERS, prunable_layers
 
 HEADS = ("kv", "query", "none")
 
@@ -213,9 +214,11 @@ def _normalised(scores: torch.Tensor, alive: torch.Tensor, normalize: str, name:
 
 
 @dataclass
-class Width(_Pattern):
+class Width(Pattern):
     """Width pruning (the module docstring): ``ratio`` of the attention heads and of the MLP
     channels of every block."""
+
+    takes: ClassVar[frozenset[str]] = frozenset({"criterion", "scope", "calibration", "example_inputs", "blocks"})
 
     heads: str = "kv"  # kv: key/value heads with their query heads; query: query heads only; none
     mlp: bool = True  # prune the MLP channels
@@ -238,7 +241,7 @@ class Width(_Pattern):
         layout = layout_of(model, self.layout)
         scorer, scope, prepared, mask = given.scorer, given.scope, given.data, given.mask
         blocks = _blocks(model, path, len(modules), layout)
-        masks = _full_masks(model)
+        masks = full_masks(model)
         channels: dict[str, torch.Tensor] = {}
         sets: dict[str, tuple[int, int, tuple]] = {}
         report: dict[str, Any] = {}  # what the scope reported for the heads and for the MLP channels
@@ -247,7 +250,7 @@ class Width(_Pattern):
             report.update({f"heads.{k}": v for k, v in reported.items()})
             for block, heads in zip(blocks, keep, strict=True):
                 _zero_heads(masks, channels, block, layout, heads)
-                sets[_attention_name(block, layout)] = (len(heads), count(heads), (len(heads),))
+                sets[_attention_name(block)] = (len(heads), count(heads), (len(heads),))
         if self.mlp:
             keep, reported = self._mlp(model, ratio, scope, scorer, blocks, mask, prepared)
             report.update({f"mlp.{k}": v for k, v in reported.items()})
@@ -267,12 +270,12 @@ class Width(_Pattern):
         groups = self.heads == "kv" or layout.kv_heads == layout.heads
         n = layout.kv_heads if groups else layout.heads
         per_group = layout.heads // layout.kv_heads
-        by_name = {_attention_name(b, layout): b for b in blocks}
+        by_name = {_attention_name(b): b for b in blocks}
         scores, alive_heads = {}, {}
         for name, block in by_name.items():
             place = _rows(layout, n)
             rows = [Coupled(block.names[r] + ".weight", block.weight(model, r), p) for r, p in place.items()]
-            alive = _alive_columns(mask, block.names["o"], model, layout.heads)
+            alive = _alive_columns(mask, block.names["o"], layout.heads)
             alive_heads[name] = alive
             if groups:  # one unit per key/value group: alive while any of its query heads is
                 alive = alive.view(n, -1).any(1)
@@ -280,21 +283,21 @@ class Width(_Pattern):
         if groups:
             unit_scores = scores
 
-            def heads_of(name: str, keep: torch.Tensor) -> torch.Tensor:
+            def heads_of(_name: str, keep: torch.Tensor, /) -> torch.Tensor:  # each block alike: no name needed
                 return keep.repeat_interleave(layout.heads // n)
 
         else:  # query heads only: unit r of a block is the r-th lowest-scored query head of every group
             ranked = {k: s.view(layout.kv_heads, per_group).sort(dim=1) for k, s in scores.items()}
             unit_scores = {k: r.values.mean(0) for k, r in ranked.items()}
 
-            def heads_of(name: str, keep: torch.Tensor) -> torch.Tensor:
+            def heads_of(name: str, keep: torch.Tensor, /) -> torch.Tensor:
                 gone = per_group - count(keep)  # the lowest ranks go: the same number in every group
                 heads = torch.ones(layout.kv_heads, per_group, dtype=torch.bool)
                 heads.scatter_(1, ranked[name].indices[:, :gone], False)
                 return heads.flatten() & alive_heads[name]
 
         def masks_of(keeps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            masks = _full_masks(model)
+            masks = full_masks(model)
             for name, keep in keeps.items():
                 _zero_heads(masks, {}, by_name[name], layout, heads_of(name, keep))
             return masks
@@ -303,7 +306,7 @@ class Width(_Pattern):
             {k: len(s) for k, s in unit_scores.items()},
             unit_scores.__getitem__,
             kind="heads",
-            trial=_prober(model, data, masks_of),
+            trial=prober(model, data, masks_of),
         )
         keep = allocate(units, ratio, scope)
         return [heads_of(name, keep[name]) for name in by_name], units.report
@@ -320,11 +323,11 @@ class Width(_Pattern):
                 if r in block.names
             ]
             rows.append(Coupled(block.names["down"] + ".weight", block.weight(model, "down"), _by_columns))
-            alive = _alive_columns(mask, block.names["down"], model, n)
+            alive = _alive_columns(mask, block.names["down"], n)
             scores[name] = _normalised(scorer.channels(name, rows, n).double(), alive, self.normalize, name)
 
         def masks_of(keeps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            masks = _full_masks(model)
+            masks = full_masks(model)
             for name, keep in keeps.items():
                 _zero_neurons(masks, {}, by_name[name], keep)
             return masks
@@ -333,7 +336,7 @@ class Width(_Pattern):
             {k: len(s) for k, s in scores.items()},
             scores.__getitem__,
             kind="channels",
-            trial=_prober(model, data, masks_of),
+            trial=prober(model, data, masks_of),
         )
         keep = allocate(units, ratio, scope)
         return [keep[name] for name in by_name], units.report
@@ -347,11 +350,11 @@ def _by_columns(t: torch.Tensor) -> torch.Tensor:
     return t.T.reshape(t.shape[1], -1)
 
 
-def _attention_name(block: _Block, layout: Layout) -> str:
+def _attention_name(block: _Block) -> str:
     return block.names["o"].rpartition(".")[0]
 
 
-def _alive_columns(mask: Mask | None, name: str, model: nn.Module, units: int) -> torch.Tensor:
+def _alive_columns(mask: Mask | None, name: str, units: int) -> torch.Tensor:
     """Which of ``units`` equal slices of layer ``name``'s input columns the current mask has not
     removed entirely (all alive without a mask)."""
     if mask is None or f"{name}.weight" not in mask.masks:
@@ -447,7 +450,7 @@ def remove_units(model: nn.Module, mask: Mask) -> nn.Module:
                 _sliced(block.layer(model, role), rows=keep)
         _sliced(block.layer(model, "o"), cols=heads_rows)
         heads, kv = count(heads_rows) // d, count(kv_rows) // d
-        _set_heads(model.get_submodule(_attention_name(block, layout)), heads, kv, d)
+        _set_heads(model.get_submodule(_attention_name(block)), heads, kv, d)
         neurons = mask.channels.get(names["up"])
         if neurons is not None:
             for role in ("gate", "up"):

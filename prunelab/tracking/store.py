@@ -234,10 +234,8 @@ def environment_tags() -> dict[str, str]:
 def _environment_tags() -> dict[str, str]:
     tags = {}
     for package in ("prunelab", "torch", "mlflow", "hydra-core", "torch-pruning", "numpy"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             tags[Tag.version(package)] = version(package)
-        except PackageNotFoundError:
-            pass
     commit = _git_commit()
     if commit:
         tags[Tag.GIT_COMMIT] = commit
@@ -289,6 +287,8 @@ class Run:
     """One MLflow run, logged to by its id: the stages are handed the run they record into (there
     is no global "active run"), so a run can also be finished later, from elsewhere (a deferred
     hand-over, ``prunelab.experiment.deferred``)."""
+
+    records = True  # a run that records (a torchrun rank other than 0 is given one that does not)
 
     def __init__(self, run_id: str, client: MlflowClient | None = None):
         self.id, self.client = run_id, client or MlflowClient()

@@ -91,7 +91,7 @@ def team_server(folder: Path, port: int | None = None, host: str = DEFAULT_HOST)
             shutil.rmtree(pgdata, ignore_errors=True)
 
 
-def _interrupt(signum, frame):
+def _interrupt(*_signal_args):
     raise KeyboardInterrupt
 
 

@@ -106,7 +106,7 @@ def browser_page(width: int = 1600, height: int = 1000, local_storage: dict[str,
             browser.close()
 
 
-def _stop(signum, frame):
+def _stop(*_signal_args):
     # `kill` takes Ctrl-C's path, so the server's process group is stopped too.
     raise KeyboardInterrupt
 
