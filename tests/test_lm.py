@@ -508,3 +508,21 @@ def test_a_misspelt_model_config_key_is_one_line_naming_the_closest():
         lm.hf_causal_lm(config={"model_type": "lama"})
     gpt2 = lm.hf_causal_lm(config={"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "vocab_size": 300})
     assert gpt2.model.config.n_layer == 1  # the architecture's own names and their aliases pass
+
+
+def test_a_post_training_language_model_run_prints_perplexity_and_no_fine_tuned_figure(caplog):
+    """What the summary says of a language model pruned without training: its perplexity at the
+    two stages there were, no token accuracy and no fine-tuned figure equal to the pruned one."""
+    from prunelab.experiment.report import report
+
+    m: dict = {Metric.at(stage, Metric.TEST_ACCURACY): 0.0 for stage in Metric.STAGES}  # token accuracy
+    m |= {Metric.at(Metric.DENSE, Metric.TEST_PERPLEXITY): 20.5, Metric.TEST_PERPLEXITY: 31.25}
+    m |= {Metric.at(stage, Metric.TEST_PERPLEXITY): 31.25 for stage in (Metric.PRUNED, Metric.FINETUNED)}
+    m |= {Metric.SPARSITY_PRUNABLE: 0.5, Metric.SPARSITY_ALL: 0.4, Metric.PARAMS_NONZERO: 5, Metric.PARAMS_TOTAL: 10}
+    m |= {Metric.cost_ratio(Metric.MACS): 1.0, Metric.cost_ratio(Metric.NONZERO_MACS): 0.5, "run_id": "r1"}
+    chosen = {"method": "sparsegpt", "scope": "local", "criterion": "l2"}
+    with caplog.at_level("INFO", logger="prunelab.experiment.report"):
+        report(chosen, 0.5, None, m, "evaluated, not trained", "sqlite:///x.db", None, "1")
+    summary = caplog.records[-1].getMessage().splitlines()
+    assert summary[1] == "  test perplexity: dense 20.500 | pruned 31.250"
+    assert not [line for line in summary if "accuracy" in line or "fine-tuned" in line]

@@ -90,8 +90,50 @@ def latencies_ms(
     return out
 
 
+def counted(model: nn.Module, example_input: torch.Tensor, form: str = Metric.DENSE) -> dict[str, float]:
+    """``model``'s parameter, MAC and file-size figures as the ledger names them for ``form``: the
+    dense model's counted before pruning, so that a run that times nothing keeps no copy of it."""
+    out: dict[str, float] = {}
+    x, training = example_input[:1].detach(), model.training
+    model.eval()  # counted as it is used: a training-mode pass would move BatchNorm's statistics
+    try:
+        with torch.no_grad():
+            out[Metric.cost(form, Metric.PARAMS)], out[Metric.cost(form, Metric.NONZERO_PARAMS)] = param_counts(model)
+            out[Metric.cost(form, Metric.MACS)], out[Metric.cost(form, Metric.NONZERO_MACS)] = mac_counts(model, x)
+    finally:
+        model.train(training)
+    out[Metric.cost(form, Metric.FILE_BYTES)] = state_bytes(model)
+    return {k: float(v) for k, v in out.items()}
+
+
+def _timed(timed: Mapping[str, Forward], x: torch.Tensor, threads: int) -> dict[str, float]:
+    """Each form's latency per batch size (and a language model's tokens per second), timed in
+    alternation."""
+    out: dict[str, float] = {}
+    for (form, b), ms in latencies_ms(timed, x.shape[1:], threads=threads, example=x).items():
+        out[Metric.cost(form, Metric.latency_ms(b))] = ms
+        if not x.is_floating_point() and b == BATCH_SIZES[-1]:  # a language model: tokens in, a logit each
+            out[Metric.cost(form, Metric.TOKENS_PER_S)] = b * x[0].numel() / (ms / 1e3)
+    out[Metric.LATENCY_THREADS] = threads
+    return out
+
+
+def _ratios(out: Mapping[str, float], ratios: Mapping[str, str], runtimes: Mapping) -> dict[str, float]:
+    """Each form's figure over the dense PyTorch model's."""
+    found: dict[str, float] = {}
+    for ratio, figure in ratios.items():
+        if Metric.cost(Metric.PRUNED, figure) not in out:
+            continue
+        dense_figure = out[Metric.cost(Metric.DENSE, figure)]
+        found[Metric.cost_ratio(ratio)] = out[Metric.cost(Metric.PRUNED, figure)] / dense_figure
+        for form in runtimes:
+            if Metric.cost(form, figure) in out:
+                found[Metric.cost_ratio(ratio, form)] = out[Metric.cost(form, figure)] / dense_figure
+    return found
+
+
 def cost_ledger(
-    dense: nn.Module,
+    dense: nn.Module | Mapping[str, float],
     pruned: nn.Module,
     example_input: torch.Tensor,
     shrunk: nn.Module | None = None,
@@ -111,15 +153,18 @@ def cost_ledger(
     ONNX Runtime fp32 and int8): each gets ``cost.<form>.file_bytes`` / ``latency_b*_ms`` and
     ``cost.ratio.<form>.*`` against the dense PyTorch model, timed in the same alternation.
     Latency (``latency=False`` skips it) is measured on CPU copies with ``threads`` threads; none
-    of the models passed in is changed."""
+    of the models passed in is changed. ``dense`` may be its figures, counted before pruning
+    (:func:`counted`), where nothing is timed."""
     deployed = shrunk if shrunk is not None else pruned
-    models = {Metric.DENSE: copy.deepcopy(dense).cpu().eval(), Metric.PRUNED: copy.deepcopy(deployed).cpu().eval()}
+    models = {Metric.PRUNED: copy.deepcopy(deployed).cpu().eval()}
+    if isinstance(dense, nn.Module):
+        models = {Metric.DENSE: copy.deepcopy(dense).cpu().eval(), **models}
+    elif latency:
+        raise ValueError("the ledger times the dense model beside the pruned one: pass it, not its figures")
     x = example_input[:1].detach().cpu()
-    out: dict[str, float] = {}
+    out: dict[str, float] = {} if isinstance(dense, nn.Module) else dict(dense)
     for form, model in models.items():
-        out[Metric.cost(form, Metric.PARAMS)], out[Metric.cost(form, Metric.NONZERO_PARAMS)] = param_counts(model)
-        out[Metric.cost(form, Metric.MACS)], out[Metric.cost(form, Metric.NONZERO_MACS)] = mac_counts(model, x)
-        out[Metric.cost(form, Metric.FILE_BYTES)] = state_bytes(model)
+        out.update(counted(model, x, form))
     if file_bytes is not None:
         out[Metric.cost(Metric.PRUNED, Metric.FILE_BYTES)] = file_bytes
     runtimes = runtimes or {}
@@ -129,21 +174,9 @@ def cost_ledger(
     ratios = {f: f for f in (Metric.PARAMS, Metric.NONZERO_PARAMS, Metric.MACS, Metric.NONZERO_MACS, Metric.FILE_BYTES)}
     if latency:
         timed: dict[str, Forward] = {**models, **{form: fn for form, (fn, _) in runtimes.items()}}
-        measured = latencies_ms(timed, x.shape[1:], threads=threads, example=x)
-        for (form, b), ms in measured.items():
-            out[Metric.cost(form, Metric.latency_ms(b))] = ms
-            if not x.is_floating_point() and b == BATCH_SIZES[-1]:  # a language model: tokens in, a logit each
-                out[Metric.cost(form, Metric.TOKENS_PER_S)] = b * x[0].numel() / (ms / 1e3)
-        out[Metric.LATENCY_THREADS] = threads
+        out.update(_timed(timed, x, threads))
         ratios.update({Metric.latency(b): Metric.latency_ms(b) for b in BATCH_SIZES})
         if not x.is_floating_point():
             ratios[Metric.TOKENS_PER_S] = Metric.TOKENS_PER_S
-    for ratio, figure in ratios.items():  # over the dense PyTorch model's figure
-        if Metric.cost(Metric.PRUNED, figure) not in out:
-            continue
-        dense_figure = out[Metric.cost(Metric.DENSE, figure)]
-        out[Metric.cost_ratio(ratio)] = out[Metric.cost(Metric.PRUNED, figure)] / dense_figure
-        for form in runtimes:
-            if Metric.cost(form, figure) in out:
-                out[Metric.cost_ratio(ratio, form)] = out[Metric.cost(form, figure)] / dense_figure
+    out.update(_ratios(out, ratios, runtimes))
     return {k: float(v) for k, v in out.items()}

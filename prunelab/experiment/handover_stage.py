@@ -18,7 +18,6 @@ from typing import Any
 
 from ..data.splits import Splits, in_memory
 from ..deploy.handover import HandedOver, HandoverJob, hand_over
-from ..deploy.ledger import state_bytes
 from ..tracking import store
 from . import deferred
 from .report import handover_line
@@ -39,12 +38,15 @@ class HandoverStage:
         self.job: HandoverJob | None = None
         self.active: Any = None
         self.files: dict[str, bytes | str] = {}
-        self.dense: Any = None
+        self.dense_file_bytes = 0.0
 
-    def begin(self, active: Any, outcome: Outcome, data: Splits, files: dict[str, bytes | str], dense: Any) -> None:
-        """What the hand-over needs, as values; a worker starts at once, beside the evaluation,
-        unless the ledger times the model."""
-        self.active, self.files, self.dense = active, files, dense
+    def begin(
+        self, active: Any, outcome: Outcome, data: Splits, files: dict[str, bytes | str], dense_file_bytes: float
+    ) -> None:
+        """What the hand-over needs, as values (``dense_file_bytes``: the dense model's state dict's
+        size, what a compact file is costed against); a worker starts at once, beside the
+        evaluation, unless the ledger times the model."""
+        self.active, self.files, self.dense_file_bytes = active, files, dense_file_bytes
         self.job = job(self.s, outcome, data) if self.s.handover else None
         if self.later and not self.s.measure_latency:
             self._defer()
@@ -77,7 +79,7 @@ class HandoverStage:
         assert self.job is not None
         active = self.active
         active.keep_open()
-        work = deferred.Deferred(self.job, self.files, state_bytes(self.dense) if _compact(self.job) else None)
+        work = deferred.Deferred(self.job, self.files, self.dense_file_bytes if _compact(self.job) else None)
         deferred.defer(
             work,
             store.absolute(self.s.tracking.uri),

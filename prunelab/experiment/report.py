@@ -40,6 +40,14 @@ def _handover_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _stages_line(m: dict[str, Any], label: str, figure: str, spec: str) -> str:
+    """``figure`` at each stage; the fine-tuned one where fine-tuning changed the model (a
+    post-training run's result is the pruned model)."""
+    dense, pruned, tuned = (m[Metric.at(stage, figure)] for stage in Metric.STAGES)
+    line = f"  {label}: dense {dense:{spec}} | pruned {pruned:{spec}}"
+    return line + (f" | fine-tuned {tuned:{spec}}" if tuned != pruned else "")
+
+
 def report(
     chosen: dict[str, str],
     ratio: float,
@@ -52,19 +60,15 @@ def report(
 ) -> None:
     """Log the run's summary: accuracy (and perplexity) per stage, sparsity, parameters, costs,
     hand-over checks, and the run's MLflow page."""
-    dense, pruned, tuned = (Metric.at(stage, Metric.TEST_ACCURACY) for stage in Metric.STAGES)
-    ppl = [Metric.at(stage, Metric.TEST_PERPLEXITY) for stage in Metric.STAGES]
     lines = [
         f"{chosen['method']} / {chosen['scope']} / {chosen['criterion']}, ratio "
         f"{m.get(Metric.BUDGET_RATIO, ratio):.4g}"
         + (f" (budget.macs={budget_macs:g})" if budget_macs else "")
         + f" (dense model {dense_origin})",
-        f"  test accuracy: dense {m[dense]:.4f} | pruned {m[pruned]:.4f} | fine-tuned {m[tuned]:.4f}",
-        *(
-            [f"  test perplexity: dense {m[ppl[0]]:.3f} | pruned {m[ppl[1]]:.3f} | fine-tuned {m[ppl[2]]:.3f}"]
-            if Metric.TEST_PERPLEXITY in m
-            else []
-        ),
+        # a language model's result is its perplexity (its token accuracy says little)
+        _stages_line(m, "test perplexity", Metric.TEST_PERPLEXITY, ".3f")
+        if Metric.TEST_PERPLEXITY in m
+        else _stages_line(m, "test accuracy", Metric.TEST_ACCURACY, ".4f"),
         f"  sparsity: prunable weights {m[Metric.SPARSITY_PRUNABLE]:.4f} | all parameters {m[Metric.SPARSITY_ALL]:.4f}"
         + (f" | channels {m[Metric.SPARSITY_CHANNELS]:.4f}" if Metric.SPARSITY_CHANNELS in m else ""),
         f"  parameters: {m[Metric.PARAMS_NONZERO]:,} nonzero of {m[Metric.PARAMS_TOTAL]:,}",

@@ -24,8 +24,10 @@ composed config. Two objects carry what is not a stage: the process layout
 others taking its decisions) and the recorder (:mod:`~prunelab.experiment.recorder`: MLflow on rank
 0, nothing on the others, which run the same stages up to the prune schedule).
 
-The weights held: the model; the initial weights (a lottery's rewind point); the trained dense
-model, the ledger's baseline and a distillation's teacher; the hand-over's CPU copy.
+The weights held: the model, once. A second copy only while something needs it: the initial
+weights for a schedule that rewinds (a lottery), the trained dense model while distillation
+teaches or the ledger times it beside the pruned one (else the ledger takes its figures, counted
+before pruning), the hand-over's CPU copy while the files are made.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from omegaconf import DictConfig
 
 from ..data.splits import Splits, in_memory
 from ..deploy.handover import HandedOver
-from ..deploy.ledger import cost_ledger
+from ..deploy.ledger import cost_ledger, counted
 from ..deploy.onnx import OnnxModel
 from ..models.build import build
 from ..models.checkpoint import load_checkpoint
@@ -86,12 +88,12 @@ def run(
         with recorder.point():
             data, model = _data_and_model(s)  # 3. data, model
             pruner = _pruner(s, data, model)  # 4. pruner
-            init = copy.deepcopy(model.state_dict())  # before dense training: a lottery rewinds to it
+            init = copy.deepcopy(model.state_dict()) if s.schedule.rewinds else None  # a lottery's rewind point
             dense = _dense(s, proc, recorder, model, data)  # 5. dense
         with recorder.run() as active:
             metrics = {**proc.figures(), **(_dense_figures(s, dense, model, data) if active.records else {})}
             active.log_metrics(metrics)
-            teacher = copy.deepcopy(model)  # the ledger's baseline and distillation's teacher
+            teacher, baseline = _baseline(s, model, data)  # distillation's teacher, the ledger's baseline
             session = RunSession(active, s, model, pruner, data, init, _checkpoints(s), teacher, proc)
             outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
             agreed = proc.agreement(model)  # the processes ended with one model
@@ -99,11 +101,12 @@ def run(
             if not active.records:  # a process that records nothing is done: the stages below record
                 return {**metrics, **agreed}
             table = layer_table(model, outcome.mask)
-            handover.begin(active, outcome, data, _artifacts(s, model, outcome, table, active.id), teacher)
+            files = _artifacts(s, model, outcome, table, active.id)
+            handover.begin(active, outcome, data, files, baseline[Metric.cost(Metric.DENSE, Metric.FILE_BYTES)])
             figures = {**outcome.figures, **_evaluate(s, outcome, data, table)}  # 7. evaluate
             active.log_metrics(figures)
             handed = handover.made()  # 8. hand-over
-            costs = _ledger(s, teacher, model, outcome, data, handed)  # 9. ledger
+            costs = _ledger(s, teacher, baseline, model, outcome, data, handed)  # 9. ledger
             metrics.update({**agreed, **figures, **handover.end(costs, handed)}, run_id=active.id)  # 10. log
     shutil.rmtree(_checkpoints(s), ignore_errors=True)  # the run holds it all now
     recorder.report(metrics, dense)
@@ -160,6 +163,14 @@ def _dense(
     return dense
 
 
+def _baseline(s: Settings, model: torch.nn.Module, data: Splits) -> tuple[torch.nn.Module | None, dict[str, float]]:
+    """The trained dense model as the stages after the prune schedule need it: a copy while
+    distillation teaches or the ledger times it beside the pruned model, and its figures (params,
+    MACs, file size), counted now."""
+    kept = copy.deepcopy(model) if s.distill is not None or s.measure_latency else None
+    return kept, counted(model, data.train.example())
+
+
 def _checkpoints(s: Settings) -> Path:
     """This run key's folder of resumable state (a schedule's)."""
     return s.cache / "schedules" / s.key.run
@@ -194,21 +205,23 @@ def _evaluate(s: Settings, outcome: Outcome, data: Splits, table) -> dict[str, f
 
 def _ledger(
     s: Settings,
-    dense: torch.nn.Module,
+    dense: torch.nn.Module | None,
+    figures: dict[str, float],
     model: torch.nn.Module,
     outcome: Outcome,
     data: Splits,
     handed: HandedOver | None,
 ) -> dict[str, float]:
     """Structured: the network with the channels physically removed is costed; unstructured: its
-    compact file's size. A run that quantizes times its ONNX forms beside PyTorch (fp32, int8)."""
+    compact file's size. A run that quantizes times its ONNX forms beside PyTorch (fp32, int8).
+    The dense model is timed beside them when the run measures latency, else its ``figures`` are it."""
     runtimes = {}
     if handed is not None and handed.int8 is not None:
         runtimes = {
             role: (OnnxModel(b), len(b)) for role, b in (("onnx", handed.onnx), ("int8", handed.int8)) if b is not None
         }
     return cost_ledger(
-        dense,
+        dense if s.measure_latency and dense is not None else figures,
         model,
         data.train.example(),
         outcome.shipped if outcome.structured else None,

@@ -48,7 +48,7 @@ class RunSession(Session):
         model: nn.Module,
         pruner: Pruner,
         data: Splits,
-        init: dict,
+        init: dict | None,
         checkpoints: Path,
         teacher: nn.Module | None = None,
         processes: OneProcess | None = None,

@@ -221,6 +221,7 @@ def fit(
     finally:
         if synced:
             local_batchnorm(model, synced)
+        model.zero_grad(set_to_none=True)  # the last step's gradients: a copy of the weights' size, unused
     return history
 
 

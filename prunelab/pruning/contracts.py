@@ -188,14 +188,14 @@ class Session:
 
     Attributes: ``model`` (trained dense, modified in place), the overall ``ratio``, the configured
     fine-tuning ``epochs`` and ``steps_per_epoch``, ``init`` (the model's weights before dense
-    training). Methods below; each logs to the run with a step, so a schedule's trajectory is one
-    MLflow chart."""
+    training; kept only for a schedule that says it ``rewinds``, else None). Methods below; each
+    logs to the run with a step, so a schedule's trajectory is one MLflow chart."""
 
     model: nn.Module
     ratio: float
     epochs: int
     steps_per_epoch: int
-    init: dict
+    init: dict | None
 
     def prune(
         self,
@@ -256,7 +256,10 @@ class Schedule:
     Must provide ``__call__``; may override ``first(ratio)``, its first target, which the runner
     tries on an untrained copy before dense training (N:M, whose ratio is fixed, cannot step
     through others), and ``check(mask)``, given that trial's mask, to refuse a pattern it cannot
-    work with, also then."""
+    work with, also then. ``rewinds = True``: it reads ``session.init``, the weights before dense
+    training (a second copy of the model, which the run keeps only for such a schedule)."""
+
+    rewinds: ClassVar[bool] = False
 
     def __call__(self, session: Session) -> tuple[Mask, nn.Module | None]:
         raise NotImplementedError

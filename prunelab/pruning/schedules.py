@@ -33,6 +33,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
@@ -56,6 +57,7 @@ def as_schedule(schedule) -> Schedule:
 
 @dataclass(frozen=True)
 class FunctionSchedule(Schedule):
+    rewinds: ClassVar[bool] = True  # a plain function may read session.init: the run keeps it
     fn: Callable[[Session], tuple[Mask, nn.Module | None]]
 
     def __call__(self, s: Session):
@@ -156,6 +158,7 @@ class Gradual(Schedule):
 
 @dataclass
 class Lottery(Schedule):
+    rewinds: ClassVar[bool] = True  # the survivors restart from the initialisation (or an early epoch)
     fraction: float = 0.2  # of the remaining weights, pruned at every level
     rewind: int = 0  # the dense-training epoch the survivors restart from (0: the initialisation)
     control: str = "ticket"  # ticket | reinit: each level's mask also trained from a fresh initialisation
@@ -187,6 +190,7 @@ class Lottery(Schedule):
         targets = self.targets(s.ratio)
         saved = s.resume()
         if saved is None:
+            assert s.init is not None, "a lottery rewinds: the runner keeps the initial weights"
             if self.rewind:
                 rewound = copy.deepcopy(s.model)
                 rewound.load_state_dict(s.init)
@@ -194,7 +198,7 @@ class Lottery(Schedule):
                 s.train(rewound, None, seed=0, epochs=self.rewind, desc=f"lottery: rewind point, epoch {self.rewind}")
                 rewind = copy.deepcopy(rewound.state_dict())
             else:
-                rewind = copy.deepcopy(s.init)
+                rewind = s.init  # read from (load_state_dict copies), never changed: no second copy
             val, test = s.evaluate(s.model)
             saved = {
                 "level": 0,
