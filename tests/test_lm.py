@@ -526,3 +526,42 @@ def test_a_post_training_language_model_run_prints_perplexity_and_no_fine_tuned_
     summary = caplog.records[-1].getMessage().splitlines()
     assert summary[1] == "  test perplexity: dense 20.500 | pruned 31.250"
     assert not [line for line in summary if "accuracy" in line or "fine-tuned" in line]
+
+
+def test_a_sweep_over_one_dense_model_evaluates_its_test_split_once(cli, workdir, monkeypatch):
+    """Five points over one dense model (evaluated, not trained): its test figures, perplexity
+    included, are computed when it is first evaluated, cached with it and read by every point."""
+    import prunelab.experiment.dense as dense_stage
+    import prunelab.experiment.runner as runner
+    import prunelab.experiment.session as session
+    import prunelab.experiment.train as training
+
+    tests, passes = set(), []
+    load = runner._data_and_model
+
+    def loading(s):
+        data, model = load(s)
+        tests.add(data.test.x.data_ptr())
+        return data, model
+
+    def counting(evaluate):
+        def counted(model, split, *args, **kwargs):
+            weights = [p for p in model.parameters() if p.dim() > 1]
+            if split.x.data_ptr() in tests and all(bool((w != 0).all()) for w in weights):
+                passes.append(1)  # the dense model's test split
+            return evaluate(model, split, *args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(runner, "_data_and_model", loading)
+    for module in (dense_stage, runner, session, training):
+        monkeypatch.setattr(module, "evaluate", counting(training.evaluate))
+    result = cli("-m", *LM_RUN, "train.epochs=0", "method=unstructured", "ratio=0.1,0.2,0.3,0.4,0.5", "handover=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    pruned = runs(workdir, "pruned")
+    assert len(pruned) == 5
+    assert len(passes) == 1
+    (dense,) = runs(workdir, "dense")
+    for run in pruned:  # every point records the dense perplexity, read from the cache
+        dense_ppl = run.data.metrics[Metric.at(Metric.DENSE, Metric.TEST_PERPLEXITY)]
+        assert dense_ppl == dense.data.metrics[Metric.TEST_PERPLEXITY]

@@ -30,18 +30,38 @@ from ..tracking import store
 from .distributed import Ranks
 from .keys import RunKey, dense_tags
 from .measure import layer_table, sparsity_summary
-from .train import EpochResult, Recipe, evaluate, perplexity, train
+from .train import EpochResult, Recipe, evaluate, perplexity, scores, train
 
 log = logging.getLogger(__name__)
+
+
+# The dense model's figures, evaluated once (when it is trained or first evaluated) and cached with
+# it: every later run and sweep point over it reads them instead of evaluating it again.
+FIGURES = (Metric.VAL_ACCURACY, Metric.TEST_ACCURACY, Metric.TEST_PERPLEXITY)
 
 
 @dataclass
 class DenseResult:
     key: str
     history: list[EpochResult]
-    val_accuracy: float
-    test_accuracy: float
+    figures: dict[str, float]  # FIGURES by the names the dense run logs them (perplexity: a language model's)
     from_cache: bool
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.figures[Metric.VAL_ACCURACY]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.figures[Metric.TEST_ACCURACY]
+
+
+def complete(dense: DenseResult, model: nn.Module, data: Splits) -> dict[str, float]:
+    """The dense model's figures: the cached ones, its perplexity evaluated only where a cache
+    written before perplexity was cached lacks it (a language model's)."""
+    if Metric.TEST_PERPLEXITY in dense.figures:
+        return dense.figures
+    return {**dense.figures, **perplexity(model, data.test)}
 
 
 @contextmanager
@@ -89,12 +109,13 @@ def dense_model(
     model: nn.Module,
     key: str,
     cache_dir: Path,
-    train: Callable[[nn.Module], tuple[list[EpochResult], float, float]],
+    train: Callable[[nn.Module], tuple[list[EpochResult], dict[str, float]]],
     trains: bool = True,
 ) -> DenseResult:
     """Load the cached weights for ``key`` into ``model``, or ``train(model)`` and cache them.
 
-    ``train`` returns ``(history, val_accuracy, test_accuracy)``. ``trains=False`` (no epochs: the
+    ``train`` returns ``(history, figures)``: :data:`FIGURES`, cached with the weights (a cache
+    written before perplexity was cached lacks it: the caller evaluates it). ``trains=False`` (no epochs: the
     model as built is the dense model, e.g. a pretrained checkpoint): ``train`` only evaluates it,
     and only that evaluation is cached, not a copy of the weights."""
     weights, meta = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
@@ -107,20 +128,17 @@ def dense_model(
             try:
                 info = _load_verified(model, key, weights, meta)
                 log.info("dense model %s loaded from %s (no training)", key, weights)
-                return DenseResult(
-                    key,
-                    [EpochResult(**e) for e in info["history"]],
-                    info[Metric.VAL_ACCURACY],
-                    info[Metric.TEST_ACCURACY],
-                    from_cache=True,
-                )
+                figures = {k: float(info[k]) for k in FIGURES if k in info}
+                if not {Metric.VAL_ACCURACY, Metric.TEST_ACCURACY} <= set(figures):
+                    raise KeyError("the dense model's accuracies")
+                return DenseResult(key, [EpochResult(**e) for e in info["history"]], figures, from_cache=True)
             except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
                 log.warning("dense model cache %s not used, retraining: %s", weights, e)
                 for path in (weights, meta):
                     path.unlink(missing_ok=True)
                 if initial is not None:
                     model.load_state_dict(initial)
-        history, val_acc, test_acc = train(model)
+        history, figures = train(model)
         if trains:
             atomic_save(model.state_dict(), weights, torch.save)
         info = {
@@ -128,12 +146,11 @@ def dense_model(
             "trained": trains,
             "sha256": file_sha256(weights) if trains else None,
             "history": [asdict(e) for e in history],
-            Metric.VAL_ACCURACY: val_acc,  # under the names the dense run logs them by
-            Metric.TEST_ACCURACY: test_acc,
+            **figures,  # under the names the dense run logs them by
         }
         atomic_save(info, meta, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
         log.info("dense model %s %s and cached in %s", key, "trained" if trains else "evaluated", meta)
-        return DenseResult(key, history, val_acc, test_acc, from_cache=False)
+        return DenseResult(key, history, dict(figures), from_cache=False)
 
 
 class DenseRun:
@@ -168,16 +185,11 @@ class DenseRun:
         )
 
     @staticmethod
-    def _log_result(run: store.Run, model, data: Splits, val_accuracy: float, test_accuracy: float) -> None:
-        ppl = perplexity(model, data.test)
+    def _log_result(run: store.Run, model, figures: dict[str, float]) -> None:
         run.log_metrics(
             {
-                Metric.TEST_ACCURACY: test_accuracy,
-                Metric.VAL_ACCURACY: val_accuracy,
-                Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): test_accuracy,
-                Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): val_accuracy,
-                **ppl,
-                **{Metric.at(Metric.DENSE, k): v for k, v in ppl.items()},
+                **figures,
+                **{Metric.at(Metric.DENSE, k): v for k, v in figures.items()},
                 **sparsity_summary(layer_table(model)),
                 Metric.SPARSITY_PRUNABLE: 0.0,
             }
@@ -185,16 +197,17 @@ class DenseRun:
 
     def train(
         self, model, data: Splits, recipe: Recipe, seed: int, ranks: Ranks | None = None
-    ) -> tuple[list[EpochResult], float, float]:
+    ) -> tuple[list[EpochResult], dict[str, float]]:
         """Train ``model`` (the dense cache calls this) with the run open; returns its history and
-        validation and test accuracy. With ``ranks`` (rank 0's call) the other ranks train along."""
+        its figures (:data:`FIGURES`, one pass over each split). With ``ranks`` (rank 0's call) the
+        other ranks train along."""
         with self._open() as run:
             run.log_params(self.params)
             on_epoch = lambda e: self._log_epoch(run, e)
             history = train(model, data, recipe, seed, on_epoch=on_epoch, desc="dense", ranks=ranks)
-            val_accuracy, test_accuracy = evaluate(model, data.val)["accuracy"], evaluate(model, data.test)["accuracy"]
-            self._log_result(run, model, data, val_accuracy, test_accuracy)
-        return history, val_accuracy, test_accuracy
+            figures = {Metric.VAL_ACCURACY: evaluate(model, data.val)["accuracy"], **scores(model, data.test)}
+            self._log_result(run, model, figures)
+        return history, figures
 
     def log_cached(self, dense: DenseResult, model, data: Splits, lock_dir: Path) -> None:
         """After the cache: tag this experiment's run of this dense model as one of the sweep's
@@ -208,4 +221,4 @@ class DenseRun:
                 run.log_params(self.params)
                 for e in dense.history:
                     self._log_epoch(run, e)
-                self._log_result(run, model, data, dense.val_accuracy, dense.test_accuracy)
+                self._log_result(run, model, complete(dense, model, data))

@@ -116,7 +116,8 @@ class Spread(OneProcess):
         else:
             if ranks.broadcast() == "train":
                 train(model)
-            result = DenseResult("", [], math.nan, math.nan, from_cache=False)  # rank 0's figures count
+            nothing = {Metric.VAL_ACCURACY: math.nan, Metric.TEST_ACCURACY: math.nan}  # rank 0's figures count
+            result = DenseResult("", [], nothing, from_cache=False)
         ranks.broadcast_state(model)
         return result
 

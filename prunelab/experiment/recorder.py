@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..data.splits import Splits
-from ..names import Tag
+from ..names import Metric, Tag
 from ..tracking import store
 from ..tracking.ui import run_link
 from .dense import DenseResult, DenseRun
@@ -118,9 +118,9 @@ class _SilentDense:
 
     def train(
         self, model: nn.Module, data: Splits, recipe: Recipe, seed: int, ranks: Any = None
-    ) -> tuple[list[EpochResult], float, float]:
+    ) -> tuple[list[EpochResult], dict[str, float]]:
         history = train(model, data, recipe, seed, desc="dense", ranks=ranks)
-        return history, math.nan, math.nan
+        return history, {Metric.VAL_ACCURACY: math.nan, Metric.TEST_ACCURACY: math.nan}
 
     def log_cached(self, dense: DenseResult, model: nn.Module, data: Splits, lock_dir: Any) -> None:
         pass

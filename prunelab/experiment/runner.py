@@ -52,14 +52,14 @@ from ..models.checkpoint import load_checkpoint
 from ..names import Artifact, Metric
 from ..pruning.data import PruneData
 from ..pruning.pruner import Pruner
-from .dense import DenseResult, dense_model
+from .dense import DenseResult, complete, dense_model
 from .handover_stage import HandoverStage
 from .measure import layer_table, sparsity_summary
 from .processes import OneProcess, processes
 from .recorder import Recorder, Silent
 from .session import Outcome, RunSession, prune_schedule
 from .settings import Settings
-from .train import evaluate, perplexity, scores, seed_everything
+from .train import evaluate, scores, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +179,7 @@ def _checkpoints(s: Settings) -> Path:
 def _dense_figures(s: Settings, dense: DenseResult, model: torch.nn.Module, data: Splits) -> dict[str, Any]:
     """The dense model's figures, which the pruned run records beside its own."""
     return {
-        Metric.at(Metric.DENSE, Metric.TEST_ACCURACY): dense.test_accuracy,
-        Metric.at(Metric.DENSE, Metric.VAL_ACCURACY): dense.val_accuracy,
-        **perplexity(model, data.test, stage=Metric.DENSE),
+        **{Metric.at(Metric.DENSE, k): v for k, v in complete(dense, model, data).items()},
         **({Metric.at(Metric.DENSE, k): v for k, v in s.zeroshot(model, s.device).items()} if s.zeroshot else {}),
     }
 

@@ -195,3 +195,111 @@ def vgg_cifar(in_shape=(3, 32, 32), num_classes: int = 10, depth: int = 16) -> n
             c = int(v)
     layers.append(nn.AdaptiveAvgPool2d(1))
     return _Classified(nn.Sequential(*layers), nn.Sequential(nn.Linear(c, num_classes)))
+
+
+# --- ImageNet ResNets, in torchvision's layout ------------------------------------------------
+
+
+class _Basic(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34); torchvision's names: conv1, bn1, conv2, bn2, downsample."""
+
+    widening = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Module | None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _Bottleneck(nn.Module):
+    """1x1, 3x3 (strided: "ResNet v1.5", as torchvision), 1x1 x4 (ResNet-50/101); torchvision's
+    names: conv1..3, bn1..3, downsample."""
+
+    widening = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Module | None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+# depth -> (block, blocks per stage): He et al. 2016, table 1
+RESNET_DEPTHS: dict[int, tuple[type[_Basic] | type[_Bottleneck], tuple[int, int, int, int]]] = {
+    18: (_Basic, (2, 2, 2, 2)),
+    34: (_Basic, (3, 4, 6, 3)),
+    50: (_Bottleneck, (3, 4, 6, 3)),
+    101: (_Bottleneck, (3, 4, 23, 3)),
+}
+
+
+class ImageNetResNet(nn.Module):
+    """The ImageNet ResNet: a 7x7/2 stem and 3x3/2 max-pool, four stages at widths 64..512 (x4 for
+    bottlenecks), average pool, ``fc``. Module and parameter names are torchvision's, so one of
+    its checkpoint files loads strictly through ``dense.checkpoint`` without torchvision; the logits
+    layer is ``fc`` there (structured pruning: ``method.ignore=[fc]``)."""
+
+    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 1000):
+        super().__init__()
+        block, counts = RESNET_DEPTHS[depth]
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c, stages = 64, []
+        for stage, count in enumerate(counts):
+            planes, stride = 64 * 2**stage, 1 if stage == 0 else 2
+            blocks = []
+            for i in range(count):
+                shape_changes = i == 0 and (stride != 1 or c != planes * block.widening)
+                downsample = (
+                    nn.Sequential(
+                        nn.Conv2d(c, planes * block.widening, 1, stride, bias=False),
+                        nn.BatchNorm2d(planes * block.widening),
+                    )
+                    if shape_changes
+                    else None
+                )
+                blocks.append(block(c, planes, stride if i == 0 else 1, downsample))
+                c = planes * block.widening
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages  # torchvision's names
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def resnet(in_shape=(3, 224, 224), num_classes: int = 1000, depth: int = 50) -> nn.Module:
+    """ResNet-18 / 34 / 50 / 101 for ImageNet-size inputs (He et al. 2016), torchvision's layout
+    and names (:class:`ImageNetResNet`): 11.69M / 21.80M / 25.56M / 44.55M parameters at 1000
+    classes."""
+    if depth not in RESNET_DEPTHS:
+        raise ModelError(f"model.depth={depth} is not an ImageNet ResNet depth: expected one of 18, 34, 50, 101")
+    return ImageNetResNet(depth, in_shape[0], num_classes)
