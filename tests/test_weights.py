@@ -5,6 +5,7 @@ timed beside the pruned one)."""
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -18,6 +19,12 @@ def copies_while_pruning(monkeypatch, cfg) -> int:
     (a copy of the model holds one; its rewind point too, with other values)."""
     seen: list[int] = []
     prune = Unstructured.__call__
+    gc.collect()  # what other tests left alive is not the run's
+    before = {id(o): weakref.ref(o) for o in gc.get_objects() if isinstance(o, torch.Tensor)}
+
+    def new(o) -> bool:
+        earlier = before.get(id(o))
+        return earlier is None or earlier() is not o
 
     def counting(self, model, ratio, **kwargs):
         weight = next(p for p in model.parameters() if p.dim() > 1)
@@ -30,6 +37,7 @@ def copies_while_pruning(monkeypatch, cfg) -> int:
                 and o is not weight
                 and o.shape == weight.shape
                 and o.dtype == weight.dtype
+                and new(o)
             )
         )
         return prune(self, model, ratio, **kwargs)
@@ -53,3 +61,24 @@ def test_a_run_that_needs_no_teacher_rewind_or_timing_holds_the_weights_once(mak
 )
 def test_a_second_copy_only_for_what_needs_it(make_cfg, monkeypatch, needs, overrides):
     assert copies_while_pruning(monkeypatch, make_cfg(*overrides)) == 1, needs
+
+
+def test_the_ledger_costs_models_on_the_cpu_as_they_stand(monkeypatch):
+    """No copy of a model that is on the CPU already (a large model's weights held once); each
+    model is left in the mode it was in, its weights untouched."""
+    from prunelab import models
+    from prunelab.deploy import ledger
+    from prunelab.names import Metric
+
+    dense, pruned = models.lenet5(), models.lenet5()
+    with torch.no_grad():
+        pruned.classifier.weight[:, ::2] = 0
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    dense.train(), pruned.train()
+    monkeypatch.setattr(ledger.copy, "deepcopy", lambda *_: pytest.fail("the ledger copied a model on the CPU"))
+    costs = ledger.cost_ledger(dense, pruned, torch.zeros(1, 1, 28, 28), latency=True)
+    assert costs[Metric.cost_ratio(Metric.NONZERO_PARAMS)] < 1
+    assert costs[Metric.cost(Metric.PRUNED, Metric.latency_ms(64))] > 0
+    assert dense.training
+    assert pruned.training
+    assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())

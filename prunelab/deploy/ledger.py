@@ -20,11 +20,12 @@ alike.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -152,16 +153,42 @@ def cost_ledger(
     model in other forms, ``form -> (callable, file bytes)`` (``Metric.ONNX``, ``Metric.INT8``:
     ONNX Runtime fp32 and int8): each gets ``cost.<form>.file_bytes`` / ``latency_b*_ms`` and
     ``cost.ratio.<form>.*`` against the dense PyTorch model, timed in the same alternation.
-    Latency (``latency=False`` skips it) is measured on CPU copies with ``threads`` threads; none
-    of the models passed in is changed. ``dense`` may be its figures, counted before pruning
+    Latency (``latency=False`` skips it) is measured on the CPU with ``threads`` threads, on the
+    models themselves where they are there (a copy of one on another device); none of the models
+    passed in is changed. ``dense`` may be its figures, counted before pruning
     (:func:`counted`), where nothing is timed."""
-    deployed = shrunk if shrunk is not None else pruned
-    models = {Metric.PRUNED: copy.deepcopy(deployed).cpu().eval()}
-    if isinstance(dense, nn.Module):
-        models = {Metric.DENSE: copy.deepcopy(dense).cpu().eval(), **models}
-    elif latency:
+    if not isinstance(dense, nn.Module) and latency:
         raise ValueError("the ledger times the dense model beside the pruned one: pass it, not its figures")
-    x = example_input[:1].detach().cpu()
+    with contextlib.ExitStack() as stack:
+        models = {Metric.PRUNED: stack.enter_context(_on_cpu(shrunk if shrunk is not None else pruned))}
+        if isinstance(dense, nn.Module):
+            models = {Metric.DENSE: stack.enter_context(_on_cpu(dense)), **models}
+        return _ledger(dense, models, example_input[:1].detach().cpu(), latency, threads, file_bytes, runtimes)
+
+
+@contextlib.contextmanager
+def _on_cpu(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode on the CPU: itself where it is there already (no copy: a large
+    model's weights are held once), else a CPU copy; its training mode restored."""
+    here = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    net, training = (model if here else copy.deepcopy(model).cpu()), model.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        model.train(training)
+
+
+def _ledger(
+    dense: nn.Module | Mapping[str, float],
+    models: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    latency: bool,
+    threads: int,
+    file_bytes: int | None,
+    runtimes: Mapping[str, tuple[Forward, int]] | None,
+) -> dict[str, float]:
+    """:func:`cost_ledger`'s figures of ``models`` (on the CPU, in eval mode)."""
     out: dict[str, float] = {} if isinstance(dense, nn.Module) else dict(dense)
     for form, model in models.items():
         out.update(counted(model, x, form))
