@@ -236,6 +236,9 @@ class Config:
     force: bool = False  # rerun a point even if a FINISHED run with its key exists
     measure_latency: bool = True  # time dense and pruned forward passes on the CPU (cost ledger)
     handover: bool = True  # write the deployment files (model/: program.pt2, model.onnx, ...) and check them
+    # Which of them (deploy/handover.py FORMATS: hf, weights, program, onnx, compact); None: every
+    # one that applies below LARGE_BYTES of weights, above it the Hugging Face folder or the weights
+    handover_formats: list[str] | None = None
 
     def __post_init__(self):
         _ratio(self.ratio)
@@ -249,6 +252,9 @@ class Config:
             )
         if self.quantize and not self.handover:
             raise ConfigError("quantize=int8 quantizes the hand-over's ONNX model: it needs handover=true")
+        from .deploy.handover import check_formats
+
+        check_formats(self.handover_formats, bool(self.quantize))
         if not (self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"device={self.device!r} is not allowed: expected auto, cpu, cuda, cuda:N or mps")
 

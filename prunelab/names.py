@@ -73,6 +73,9 @@ class Metric:
     PARAMS_PRUNABLE, PARAMS_PRUNABLE_NONZERO = "params.prunable", "params.prunable_nonzero"
     BUDGET_RATIO = "budget.ratio"  # the ratio a MACs budget search found
     PRUNE_SECONDS = "time.prune_s"  # the mask (and SparseGPT's update), no evaluation
+    # a block-by-block prune resumed after a kill: the index of the first block it pruned (the
+    # blocks before it restored from the run's progress, prunelab.pruning.progress)
+    PRUNE_RESUMED_BLOCK = "prune.resumed_block"
     # One run across processes (torchrun): how many, and whether every rank computed the same mask
     # and ended with the same weights (1.0) before rank 0's were kept (prunelab.experiment.distributed).
     RANKS_WORLD = "ranks.world"
@@ -116,6 +119,10 @@ class Metric:
     HANDOVER_ONNX_ACCURACY = "handover.onnx.test_accuracy"
     INT8_ACCURACY = "int8.test_accuracy"
     COMPACT_ACCURACY = "compact.test_accuracy"
+    # A language model's Hugging Face folder, reloaded, and the run's model, on the same sample of
+    # the test split (deploy/handover.py: CHECK_TOKENS): equal, or the folder is not the model.
+    HANDOVER_HF_PERPLEXITY = "handover.hf.test_perplexity"
+    HANDOVER_PERPLEXITY = "handover.test_perplexity"
 
     # A sweep's parent.
     SWEEP_FINISHED, SWEEP_FAILED = "sweep.points_finished", "sweep.points_failed"
@@ -132,6 +139,7 @@ class Metric:
     FILE_BYTES, TOKENS_PER_S = "file_bytes", "tokens_per_s"
     COST_FIGURES = (PARAMS, NONZERO_PARAMS, MACS, NONZERO_MACS, FILE_BYTES, TOKENS_PER_S)
     LATENCY_THREADS = "cost.latency_threads"  # the CPU threads the latencies were measured with
+    LATENCY_SEQ_LEN = "cost.latency_seq_len"  # a language model's: the tokens of a timed window
 
     @staticmethod
     def latency(batch: int) -> str:

@@ -120,6 +120,13 @@ CASES = [  # id, arguments, words the one line must hold, setup
         foreign_plan,
     ),
     ("int8-without-handover", ["quantize=int8", "handover=false"], ["quantize=int8", "needs handover=true"], None),
+    ("handover-format", ["handover_formats=[pdf]"], ["handover_formats: pdf is not a format", "hf, weights"], None),
+    (
+        "handover-hf-vision",
+        ["handover=true", "handover_formats=[hf]"],
+        ["hf is the Hugging Face folder", "drop hf"],
+        None,
+    ),
     ("schedule-rounds", ["schedule=iterative", "schedule.rounds=0"], ["schedule.rounds=0 must be >= 1"], None),
     ("schedule-window", ["schedule=gradual", "schedule.end=0"], ["schedule.start=0.0, schedule.end=0.0"], None),
     (

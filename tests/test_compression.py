@@ -4,7 +4,6 @@ ledger's figures add up, and the hand-over files run in a fresh Python without p
 from __future__ import annotations
 
 import copy
-import io
 import math
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from torch import nn
 from prunelab import models
 from prunelab.data import synthetic
 from prunelab.deploy.compact import decode, encode, kmeans_codebook, linear_codebook
-from prunelab.deploy.handover import compact_file, decode_sparse, handover, sparse_file
+from prunelab.deploy.handover import compact_file, decode_sparse, handover, sparse_state
 from prunelab.deploy.ledger import cost_ledger
 from prunelab.deploy.onnx import deployed
 from prunelab.names import Metric
@@ -191,12 +190,13 @@ def test_latency_is_measured_at_batch_1_and_64():
     assert ledger[Metric.LATENCY_THREADS] == 1
 
 
-def test_sparse_file_decodes_to_the_masked_weights_and_masks():
+def test_sparse_file_decodes_to_the_masked_weights_and_masks(tmp_path):
     torch.manual_seed(0)
     model = models.lenet5(in_shape=SHAPE)
     mask = prune(model, "unstructured", "global", 0.8).mask
     mask.apply(model)
-    state, masks = decode_sparse(torch.load(io.BytesIO(sparse_file(model, mask)), weights_only=True))
+    torch.save(sparse_state(model, mask), tmp_path / "sparse_weights.pt")
+    state, masks = decode_sparse(torch.load(tmp_path / "sparse_weights.pt", weights_only=True))
     assert set(masks) == set(mask.prunable)
     for name, value in model.state_dict().items():
         assert torch.equal(state[name], value), name
@@ -220,16 +220,14 @@ def read_in_fresh_python(folder: Path, data: dict, tmp_path: Path) -> dict:
     return torch.load(tmp_path / "outputs.pt", weights_only=True)
 
 
-def write(files: dict[str, bytes], root: Path) -> Path:
-    for rel, content in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(content)
-    return root / "model"
+def listing(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_structured_handover_runs_in_a_fresh_python_without_prunelab(tmp_path):
     _, masked, shrunk, mask, x = pruned_pair("user_depthwise_residual")
-    files = handover(deployed(shrunk, 0.25, 2.0), x[:1], mask, structured=True).files
+    folder = handover(deployed(shrunk, 0.25, 2.0), x[:1], tmp_path, mask, structured=True).folder
+    files = listing(folder)
     assert {
         "model/program.pt2",
         "model/model.onnx",
@@ -238,7 +236,7 @@ def test_structured_handover_runs_in_a_fresh_python_without_prunelab(tmp_path):
         "model/README.md",
     } <= set(files)
     raw = x * 2.0 + 0.25  # the files standardise raw inputs themselves: (raw - 0.25) / 2
-    out = read_in_fresh_python(write(files, tmp_path), {"x": raw}, tmp_path)
+    out = read_in_fresh_python(folder / "model", {"x": raw}, tmp_path)
     with torch.no_grad():
         assert (out["logits"] - masked(x)).abs().max() <= 1e-4
         assert (out["one"] - masked(x[:1])).abs().max() <= 1e-4  # the batch size is not fixed
@@ -253,7 +251,8 @@ def test_unstructured_handover_holds_program_and_compressed_weights(tmp_path):
     mask.apply(model)
     x = torch.randn(5, *SHAPE)
     shipped = deployed(model, 0.0, 1.0)
-    files = handover(shipped, x[:1], mask, compact=compact_file(shipped, mask, kmeans_codebook)).files
+    folder = handover(shipped, x[:1], tmp_path, mask, compact=compact_file(shipped, mask, kmeans_codebook)).folder
+    files = listing(folder)
     assert {
         "model/program.pt2",
         "model/model.onnx",
@@ -261,7 +260,7 @@ def test_unstructured_handover_holds_program_and_compressed_weights(tmp_path):
         "model/weights.compact",
         "model/README.md",
     } <= set(files)
-    out = read_in_fresh_python(write(files, tmp_path), {"x": x}, tmp_path)
+    out = read_in_fresh_python(folder / "model", {"x": x}, tmp_path)
     with torch.no_grad():
         assert (out["logits"] - model(x)).abs().max() <= 1e-5
 

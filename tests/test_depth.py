@@ -18,7 +18,7 @@ from test_tokens import ARCHITECTURES, llama_folder
 
 from prunelab.cli import preflight
 from prunelab.config import ConfigError
-from prunelab.deploy.hf import hf_files
+from prunelab.deploy.hf import write_hf
 from prunelab.models import lm
 from prunelab.names import Metric
 from prunelab.pruning import Blocks, PruneData, PruningError, prune, shrink, unshrink
@@ -124,9 +124,7 @@ def test_the_hugging_face_folder_loads_in_a_fresh_process_without_prunelab(arch,
     mask = prune(model, method="blocks", ratio=0.25, data=data(), samples=8).mask
     small = shrink(model, mask, tokens(1))
     tokenizer = llama_folder(tmp_path, "a small corpus of words, to train a tokenizer on " * 20)
-    for name, blob in hf_files(small, str(tokenizer)).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(blob)
+    assert write_hf(small, tmp_path / "model" / "hf", str(tokenizer))
     x = tokens()
     torch.save(x, tmp_path / "x.pt")
     args = [str(tmp_path / "model" / "hf"), str(tmp_path / "x.pt"), str(tmp_path / "logits.pt")]

@@ -4,6 +4,7 @@ timed beside the pruned one)."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import weakref
 
@@ -63,9 +64,9 @@ def test_a_second_copy_only_for_what_needs_it(make_cfg, monkeypatch, needs, over
     assert copies_while_pruning(monkeypatch, make_cfg(*overrides)) == 1, needs
 
 
-def test_the_ledger_costs_models_on_the_cpu_as_they_stand(monkeypatch):
-    """No copy of a model that is on the CPU already (a large model's weights held once); each
-    model is left in the mode it was in, its weights untouched."""
+def test_the_ledger_costs_models_as_they_stand(monkeypatch):
+    """No copy of a model (a large model's weights held once); each model is left in the mode it
+    was in, its weights untouched."""
     from prunelab import models
     from prunelab.deploy import ledger
     from prunelab.names import Metric
@@ -75,10 +76,19 @@ def test_the_ledger_costs_models_on_the_cpu_as_they_stand(monkeypatch):
         pruned.classifier.weight[:, ::2] = 0
     before = {k: v.clone() for k, v in pruned.state_dict().items()}
     dense.train(), pruned.train()
-    monkeypatch.setattr(ledger.copy, "deepcopy", lambda *_: pytest.fail("the ledger copied a model on the CPU"))
+    monkeypatch.setattr(copy, "deepcopy", lambda *_: pytest.fail("the ledger copied a model"))
     costs = ledger.cost_ledger(dense, pruned, torch.zeros(1, 1, 28, 28), latency=True)
     assert costs[Metric.cost_ratio(Metric.NONZERO_PARAMS)] < 1
     assert costs[Metric.cost(Metric.PRUNED, Metric.latency_ms(64))] > 0
     assert dense.training
     assert pruned.training
     assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())
+
+
+def test_a_checkpoints_ledger_baseline_is_read_back_from_it_not_held(make_cfg, monkeypatch, workdir):
+    """The dense model of a run that starts from a checkpoint is on disk: the ledger reads it back
+    when it times it, so no copy is held while the method prunes."""
+    run(make_cfg("ratio=0.3"))  # a trained dense model, cached: the checkpoint
+    (trained,) = (workdir / "cache").glob("*.pt")
+    cfg = make_cfg("measure_latency=true", f"dense.checkpoint={trained}")
+    assert copies_while_pruning(monkeypatch, cfg) == 0

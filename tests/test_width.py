@@ -18,7 +18,7 @@ from test_lm import LM_RUN, write_fortunes
 
 from prunelab.cli import preflight
 from prunelab.config import ConfigError
-from prunelab.deploy.hf import hf_files
+from prunelab.deploy.hf import write_hf
 from prunelab.models import lm
 from prunelab.names import Metric
 from prunelab.pruning import PruneData, PruningError, prune, shrink, unshrink
@@ -157,13 +157,10 @@ print(json.dumps(any(m.startswith("prunelab") for m in sys.modules)))
 def test_the_folder_loads_in_a_fresh_process_without_prunelab(arch, options, loadable, tmp_path, caplog):
     model = model_of(arch)
     small = shrink(model, prune(model, method="width", **{"ratio": 0.5, **options}, data=data()).mask, tokens(1))
-    files = hf_files(small)
-    assert ("model/hf/model.safetensors" in files) == loadable
-    assert ("model/hf/load_pruned.py" in files) == (not loadable)
+    assert write_hf(small, tmp_path / "model" / "hf")
+    assert (tmp_path / "model" / "hf" / "model.safetensors").exists() == loadable
+    assert (tmp_path / "model" / "hf" / "load_pruned.py").exists() == (not loadable)
     assert any("cannot state the pruned widths" in r.message for r in caplog.records) == (not loadable)
-    for name, blob in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(blob)
     x = tokens()
     torch.save(x, tmp_path / "x.pt")
     args = [str(tmp_path / "model" / "hf"), str(tmp_path / "x.pt"), str(tmp_path / "logits.pt")]
@@ -173,7 +170,7 @@ def test_the_folder_loads_in_a_fresh_process_without_prunelab(arch, options, loa
     with torch.no_grad():
         assert torch.allclose(torch.load(tmp_path / "logits.pt").transpose(1, 2), small(x), atol=1e-5, rtol=0)
     if loadable and arch == "llama":
-        config = json.loads(files["model/hf/config.json"])
+        config = json.loads((tmp_path / "model" / "hf" / "config.json").read_text())
         assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (4, 2, 32)
 
 

@@ -5,38 +5,46 @@
   (:class:`prunelab.deploy.onnx.Deployed`), with its weights and a dynamic batch dimension: raw [0, 1]
   inputs in, logits out. ``torch.export.load(path).module()`` runs it: no Python class, no prunelab.
 * ``model.onnx``: the same program for ONNX Runtime (input ``pixels``, or ``tokens`` for a language
-  model, output ``logits``);
+  model, output ``logits``; its weights in ``model.onnx.data`` above 2 GB);
   ``model.int8.onnx`` beside it when the run quantizes (``quantize=int8``).
 * structured: ``state_dict.pt`` + ``architecture.txt``, the shrunk weights and the printed module
   tree, as a fallback for tools that want plain tensors.
 * unstructured: ``sparse_weights.pt``, the masked weights and their masks in a lossless compressed
-  encoding (a bitmask plus the kept values, :func:`sparse_file`; :func:`decode_sparse` shows the
+  encoding (a bitmask plus the kept values, :func:`sparse_state`; :func:`decode_sparse` shows the
   ten lines that read it back), and ``weights.compact``, the smallest, Deep-Compression file
   (``compact.py``: shared values per layer, its decoder in the README).
+* a ``transformers`` model: ``hf/``, its Hugging Face folder (``hf.py``).
 * ``README.md``: how to do all that.
 
-:func:`hand_over` makes them for the run and checks them: the test accuracy of every file that does
-not run the fine-tuned network's own PyTorch operations. The runner logs them under the run's
-``model/`` artifacts.
+Which of them a run makes is :func:`formats`' rule: every one that applies to a model whose
+weights are at most :data:`LARGE_BYTES`; above it only the one that scales with the model (the
+Hugging Face folder, else the weights file), the others on request (``handover_formats``).
+:func:`hand_over` writes them into a folder as they are made (never all held in memory) and checks
+them: the test accuracy of every file that does not run the fine-tuned network's own PyTorch
+operations, and a language model's Hugging Face folder by its perplexity, reloaded, on a bounded
+sample of the test split. The runner logs the folder under the run's ``model/`` artifacts.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from ..names import Metric
+from ..errors import UserError
+from ..models.lm import CausalLM
+from ..names import IGNORE, Metric
 from ..pruning.mask import Mask
 from .compact import decode, decoder_source, encode
-from .hf import hf_files
+from .hf import load_hf, write_hf
 from .onnx import (
     OUTPUT,
     PIXELS,
@@ -44,16 +52,79 @@ from .onnx import (
     Deployed,
     OnnxModel,
     accuracy,
-    deployed,
     export,
     input_name,
     onnx_model,
-    program_bytes,
 )
 
 log = logging.getLogger(__name__)
 
 SPARSE_FORMAT = "prunelab-sparse-v1"
+
+# What a hand-over can hold: a transformers model's Hugging Face folder (model/hf/), the weights
+# file (state_dict.pt or sparse_weights.pt), program.pt2, model.onnx (and the int8 model a run that
+# quantizes makes of it), weights.compact (unstructured, with a codebook).
+FORMATS = ("hf", "weights", "program", "onnx", "compact")
+# Weights above this (256 MiB: OPT-125m's 0.5 GB is above, every vision model of the seed below)
+# get only the format that scales unless more are asked for: an export traces the model and an ONNX
+# translation holds it in memory again, minutes and gigabytes at a billion parameters.
+LARGE_BYTES = 1 << 28
+# The tokens of the test split a language model's Hugging Face folder is checked on, reloaded.
+CHECK_TOKENS = 1 << 12
+
+
+def weight_bytes(net: nn.Module) -> int:
+    """The bytes of ``net``'s parameters and buffers (a tensor shared by two names counted once)."""
+    tensors = {t.untyped_storage().data_ptr(): t for t in (*net.parameters(), *net.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class HandoverError(UserError, ValueError):
+    """A hand-over asked for in formats that do not exist or do not apply to the model."""
+
+
+def check_formats(asked: Sequence[str] | None, quantize: bool = False) -> None:
+    """:class:`HandoverError` unless ``asked`` (``handover_formats``) names formats that exist, ONNX among
+    them where the run quantizes it (None: the default, always fine)."""
+    if asked is None:
+        return
+    unknown = [f for f in asked if f not in FORMATS]
+    if unknown:
+        raise HandoverError(
+            f"handover_formats: {', '.join(unknown)} is not a format; the formats: {', '.join(FORMATS)}"
+        )
+    if quantize and "onnx" not in asked:
+        raise HandoverError("quantize=int8 quantizes the hand-over's ONNX model: add onnx to handover_formats")
+
+
+def formats(net: nn.Module, asked: Sequence[str] | None = None) -> frozenset[str]:
+    """The formats a hand-over of ``net`` makes: those ``asked`` for, or by default every one that
+    applies (:func:`not_applying`) where the weights are at most :data:`LARGE_BYTES`, else only the
+    Hugging Face folder, or the weights file. A format that does not exist or does not apply is a
+    :class:`HandoverError`."""
+    excluded = not_applying(net)
+    if asked is not None:
+        check_formats(asked)
+        for f in asked:
+            if f in excluded:
+                raise HandoverError(f"handover_formats: {excluded[f]}: drop {f}")
+        return frozenset(asked)
+    if weight_bytes(net) <= LARGE_BYTES:
+        return frozenset(f for f in FORMATS if f not in excluded)
+    return frozenset({"weights" if "hf" in excluded else "hf"})
+
+
+def not_applying(net: nn.Module) -> dict[str, str]:
+    """The formats that do not apply to ``net``, each with why: the Hugging Face folder to all but a
+    ``transformers`` model, the compact file (NumPy arrays) to bfloat16 weights."""
+    out = {}
+    if not isinstance(net, CausalLM):
+        out["hf"] = (
+            "hf is the Hugging Face folder of a transformers model (model=hf_causal_lm) and this model is not one"
+        )
+    if any(p.dtype == torch.bfloat16 for p in net.parameters()):
+        out["compact"] = "compact stores NumPy arrays, and NumPy has no bfloat16 (model.dtype=bfloat16)"
+    return out
 
 
 def sparse_state(model: nn.Module, mask: Mask) -> dict:
@@ -70,13 +141,6 @@ def sparse_state(model: nn.Module, mask: Mask) -> dict:
             "values": weight[keep].clone(),
         }
     return {"format": SPARSE_FORMAT, "dense": state, "sparse": sparse}
-
-
-def sparse_file(model: nn.Module, mask: Mask) -> bytes:
-    """:func:`sparse_state` as ``torch.save`` bytes (loads with ``weights_only=True``)."""
-    buffer = io.BytesIO()
-    torch.save(sparse_state(model, mask), buffer)
-    return buffer.getvalue()
 
 
 def decode_sparse(saved: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -96,7 +160,9 @@ README = """# The pruned model
 {what}
 
 {inputs}
+{sections}"""
 
+PROGRAM = """
 Run it with PyTorch alone (no prunelab):
 
 ```python
@@ -106,8 +172,10 @@ net = torch.export.load("program.pt2").module()   # eval mode, any batch size
 with torch.no_grad():
     logits = net(x)
 ```
+"""
 
-or with ONNX Runtime:
+ONNX = """
+Run it with ONNX Runtime:
 
 ```python
 import onnxruntime as ort
@@ -115,8 +183,12 @@ import onnxruntime as ort
 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 logits, = session.run(["{output}"], {{"{input}": x.numpy()}})
 ```
-{int8}
-{extra}"""
+"""
+
+OTHERS = """
+Other files ({missing}) are made on request: `handover_formats=[{asked}]` (this model's weights, {size},
+are above the {limit} that makes them all by default).
+"""
 
 COMPACT = """
 `weights.compact` is the smallest form (Deep Compression, Han et al. 2016): each pruned layer's kept
@@ -191,69 +263,119 @@ or OPT), `hf/` holds `pruned.safetensors`, the original config, `widths.json` an
 
 @dataclass
 class Handover:
-    """The hand-over files (``{"model/<name>": bytes}``) and what the runner checks them with."""
+    """What :func:`handover` wrote into ``folder`` (under ``model/``) and what the runner checks:
+    the ONNX models, the compact file, the Hugging Face folder."""
 
-    files: dict[str, bytes] = field(default_factory=dict)
-    onnx: bytes | None = None
-    int8: bytes | None = None
+    folder: Path
+    onnx: Path | None = None
+    int8: Path | None = None
     compact: bytes | None = None
+    hf: Path | None = None
 
 
 def handover(
     shipped: Deployed,
     example_input: torch.Tensor,
+    folder: Path,
     mask: Mask | None = None,
     structured: bool = False,
     quantize: Callable[[bytes], bytes] | None = None,
     compact: bytes | None = None,
     tokenizer: str | None = None,
+    made: frozenset[str] | None = None,
 ) -> Handover:
-    """The hand-over files of ``shipped``: the network that ships (the shrunk one for structured
-    pruning, the masked one otherwise) behind its standardisation, see :func:`prunelab.deploy.onnx.deployed`.
-    ``example_input`` (one batch) fixes the input shape; ``mask`` adds the unstructured sparse
-    weights file, and ``compact`` (:func:`compact_file`) the compact file; ``quantize`` (ONNX
-    bytes -> int8 ONNX bytes) the quantized model. A Hugging Face causal LM is also handed over as
-    a Hugging Face folder (``hf.py``), with ``tokenizer``'s files."""
-    out = Handover()
-    files, net, name = out.files, shipped.net, input_name(example_input)
-    files.update(hf_files(net, tokenizer))
-    hf = HF if files else ""
+    """The hand-over files of ``shipped`` written into ``folder/model/``, each as it is made: the
+    network that ships (the shrunk one for structured pruning, the masked one otherwise) behind its
+    standardisation, see :func:`prunelab.deploy.onnx.deployed`, in the formats ``made``
+    (:func:`formats`' default when None). ``example_input`` (one batch) fixes the input shape;
+    ``mask`` makes the unstructured weights file sparse, ``compact`` (:func:`compact_file`) is the
+    compact file, ``quantize`` (ONNX bytes -> int8 ONNX bytes) makes the quantized model, and a
+    Hugging Face causal LM's folder holds ``tokenizer``'s files."""
+    net, name = shipped.net, input_name(example_input)
+    made = formats(net) if made is None else made
+    out = Handover(folder)
+    root = folder / "model"
+    root.mkdir(parents=True, exist_ok=True)
+    if "hf" in made and write_hf(net, root / "hf", tokenizer):
+        out.hf = root / "hf"
+    what, weights = _weights(net, root, made, mask, structured, compact, out)
+    what, programs = _programs(shipped, example_input, root, made, quantize, what, out)
+    sections = programs + weights + ([HF] if out.hf is not None else [])
+    missing = [f for f in FORMATS if f not in made and f not in not_applying(net)]
+    size = weight_bytes(net)
+    if missing and size > LARGE_BYTES:
+        asked = ",".join(f for f in FORMATS if f in made or f in missing)
+        sections.append(
+            OTHERS.format(missing=", ".join(missing), asked=asked, size=_mib(size), limit=_mib(LARGE_BYTES))
+        )
     shape = ", ".join(map(str, example_input.shape[1:]))
-    if structured:
-        buffer = io.BytesIO()
-        torch.save(net.state_dict(), buffer)
-        files["model/state_dict.pt"] = buffer.getvalue()
-        files["model/architecture.txt"] = f"{net}\n".encode()
-        what, extra = "Structured pruning: the channels are physically removed.", STRUCTURED
-    else:
-        what = "Unstructured pruning: the pruned weights are zeros in dense tensors."
-        extra = ""
-        if mask is not None:
-            files["model/sparse_weights.pt"] = sparse_file(net, mask)
-            extra = UNSTRUCTURED
-            if compact is not None:
-                out.compact = files["model/weights.compact"] = compact
-                extra += COMPACT.format(decoder=decoder_source())
-    program = export(shipped, example_input)
-    if program is not None:
-        files["model/program.pt2"] = program_bytes(program)
-        out.onnx = onnx_model(program, name)
-    else:
-        what += "\n\n**torch.export failed for this model: there is no program.pt2, only the weights.**"
-    if out.onnx is not None:
-        files["model/model.onnx"] = out.onnx
-        if quantize is not None:
-            out.int8 = files["model/model.int8.onnx"] = quantize(out.onnx)
     inputs = INPUTS[name].format(shape=shape, mean=_numbers(shipped.mean), std=_numbers(shipped.std))
-    files["model/README.md"] = README.format(
-        what=what,
-        inputs=inputs,
-        extra=extra + hf,
-        input=name,
-        output=OUTPUT,
-        int8=INT8 if out.int8 is not None else "",
-    ).encode()
+    (root / "README.md").write_text(README.format(what=what, inputs=inputs, sections="".join(sections)))
     return out
+
+
+def _weights(
+    net: nn.Module,
+    root: Path,
+    made: frozenset[str],
+    mask: Mask | None,
+    structured: bool,
+    compact: bytes | None,
+    out: Handover,
+) -> tuple[str, list[str]]:
+    """The weights files (``weights``, ``compact``) written; what the pruning did, and the
+    README's sections on them."""
+    sections = []
+    if structured:
+        if "weights" in made:
+            torch.save(net.state_dict(), root / "state_dict.pt")
+            (root / "architecture.txt").write_text(f"{net}\n")
+            sections.append(STRUCTURED)
+        return "Structured pruning: the channels are physically removed.", sections
+    if mask is not None and "weights" in made:
+        torch.save(sparse_state(net, mask), root / "sparse_weights.pt")
+        sections.append(UNSTRUCTURED)
+    if compact is not None and "compact" in made:
+        out.compact = compact
+        (root / "weights.compact").write_bytes(compact)
+        sections.append(COMPACT.format(decoder=decoder_source()))
+    return "Unstructured pruning: the pruned weights are zeros in dense tensors.", sections
+
+
+def _programs(
+    shipped: Deployed,
+    example_input: torch.Tensor,
+    root: Path,
+    made: frozenset[str],
+    quantize: Callable[[bytes], bytes] | None,
+    what: str,
+    out: Handover,
+) -> tuple[str, list[str]]:
+    """``program.pt2`` and the ONNX models written, as ``made`` asks; ``what`` with a word where
+    the export failed, and the README's sections on them."""
+    if not made & {"program", "onnx"}:
+        return what, []
+    program = export(shipped, example_input)
+    if program is None:
+        return what + "\n\n**torch.export failed for this model: there is no program.pt2, only the weights.**", []
+    sections = []
+    if "program" in made:
+        torch.export.save(program, root / "program.pt2")
+        sections.append(PROGRAM)
+    if "onnx" in made:
+        name = input_name(example_input)
+        out.onnx = onnx_model(program, root / "model.onnx", name)
+        if out.onnx is not None:
+            sections.append(ONNX.format(input=name, output=OUTPUT))
+            if quantize is not None:
+                out.int8 = root / "model.int8.onnx"
+                out.int8.write_bytes(quantize(out.onnx.read_bytes()))
+                sections.append(INT8)
+    return what, sections
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB"
 
 
 def compact_file(shipped: Deployed, mask: Mask, codebook: Callable) -> bytes:
@@ -264,14 +386,16 @@ def compact_file(shipped: Deployed, mask: Mask, codebook: Callable) -> bytes:
 
 @dataclass
 class HandedOver:
-    """The run's hand-over: its files (``{"model/<name>": bytes}``), the test accuracy of each file
-    that runs on its own (``handover.onnx.test_accuracy``, ``int8.*``, ``compact.*``), the ONNX
-    models the cost ledger times when the run quantizes, and the compact file it costs."""
+    """The run's hand-over: the ``folder`` its files are in (under ``model/``), the figures each
+    file that runs on its own is checked by (``handover.onnx.test_accuracy``, ``int8.*``,
+    ``compact.*``; a language model's reloaded Hugging Face folder's ``handover.hf.test_perplexity``
+    beside the run's model's ``handover.test_perplexity`` on the same sample), the ONNX models the
+    cost ledger times when the run quantizes, and the compact file it costs."""
 
-    files: dict[str, bytes]
+    folder: Path
     accuracies: dict[str, float]
-    onnx: bytes | None = None
-    int8: bytes | None = None
+    onnx: Path | None = None
+    int8: Path | None = None
     compact: bytes | None = None  # the smallest file of an unstructured model: the ledger's file size
 
 
@@ -282,7 +406,7 @@ class HandoverJob:
     mask (unstructured: the sparse weights file, and with a codebook the compact file,
     :func:`compact_file`), the raw test inputs and labels the files are checked on, and the
     quantizer (ONNX bytes and raw calibration inputs -> int8 ONNX bytes) with its calibration
-    inputs."""
+    inputs; the formats asked for (None: :func:`formats`' default)."""
 
     net: nn.Module
     mean: float | tuple[float, ...]
@@ -295,22 +419,35 @@ class HandoverJob:
     quantize: Callable[[bytes, torch.Tensor], bytes] | None = None
     calibration: torch.Tensor | None = None
     tokenizer: str | None = None  # a language model's (its folder or hub name): handed over beside it
+    formats: Sequence[str] | None = None
 
 
-def hand_over(job: HandoverJob) -> HandedOver:
-    """The run's hand-over files, made and checked: the test accuracy of every file that does not
-    run the fine-tuned network's own PyTorch operations (ONNX Runtime's fp32 and int8 models, the
-    compact file's shared values)."""
-    ship = deployed(job.net, job.mean, job.std)
+def hand_over(job: HandoverJob, folder: Path) -> HandedOver:
+    """The run's hand-over files, written into ``folder`` and checked: the test accuracy of every
+    file that does not run the fine-tuned network's own PyTorch operations (ONNX Runtime's fp32 and
+    int8 models, the compact file's shared values), and a language model's Hugging Face folder by
+    its perplexity, reloaded, on the first :data:`CHECK_TOKENS` of the test split beside the run's
+    model's on the same windows. ``job.net`` is not changed (its training mode restored)."""
+    training = job.net.training
+    ship = Deployed(job.net.eval(), job.mean, job.std).eval()
+    try:
+        return _hand_over(job, ship, folder)
+    finally:
+        job.net.train(training)
+
+
+def _hand_over(job: HandoverJob, ship: Deployed, folder: Path) -> HandedOver:
+    made = formats(job.net, job.formats)
     compact = None
-    if not job.structured and job.mask is not None and job.codebook is not None:
+    if "compact" in made and not job.structured and job.mask is not None and job.codebook is not None:
         compact = compact_file(ship, job.mask, job.codebook)
     quantize, calibration = job.quantize, job.calibration
     if quantize is not None and calibration is None:
         raise ValueError("a hand-over that quantizes needs calibration inputs")
-    made = handover(
+    out = handover(
         ship,
         job.example_input,
+        folder,
         job.mask,
         structured=job.structured,
         quantize=(lambda onnx: quantize(onnx, calibration))
@@ -318,14 +455,35 @@ def hand_over(job: HandoverJob) -> HandedOver:
         else None,
         compact=compact,
         tokenizer=job.tokenizer,
+        made=made,
     )
     x, y = job.test
     checked = {}
-    if made.compact is not None:  # the shared values change the weights: its own accuracy
+    if out.compact is not None:  # the shared values change the weights: its own accuracy
         decoded = copy.deepcopy(ship)
-        decoded.load_state_dict(decode(made.compact))
+        decoded.load_state_dict(decode(out.compact))
         checked[Metric.COMPACT_ACCURACY] = accuracy(decoded, x, y)
-    for name, model in ((Metric.HANDOVER_ONNX_ACCURACY, made.onnx), (Metric.INT8_ACCURACY, made.int8)):
+        del decoded
+    for name, model in ((Metric.HANDOVER_ONNX_ACCURACY, out.onnx), (Metric.INT8_ACCURACY, out.int8)):
         if model is not None:
             checked[name] = accuracy(OnnxModel(model), x, y)
-    return HandedOver(made.files, checked, made.onnx, made.int8, made.compact)
+    if out.hf is not None and y.dim() > 1:  # a language model: by perplexity, on a bounded sample
+        windows = max(1, CHECK_TOKENS // y.shape[-1])
+        sample = x[:windows], y[:windows]
+        checked[Metric.HANDOVER_PERPLEXITY] = perplexity(ship, *sample)
+        reloaded = load_hf(out.hf)
+        checked[Metric.HANDOVER_HF_PERPLEXITY] = perplexity(lambda t: reloaded(t).logits.transpose(1, 2), *sample)
+        del reloaded
+    return HandedOver(folder, checked, out.onnx, out.int8, out.compact)
+
+
+@torch.no_grad()
+def perplexity(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
+    """exp of the mean loss per predicted token of ``model`` (token ids -> logits ``(batch,
+    vocabulary, positions)``) on windows ``x`` with next-token labels ``y`` (:data:`IGNORE` not
+    counted), a window at a time (a window's logits can be a gigabyte)."""
+    loss = 0.0
+    for i in range(len(x)):
+        logits = model(x[i : i + 1])
+        loss += float(F.cross_entropy(logits.float(), y[i : i + 1], ignore_index=IGNORE, reduction="sum"))
+    return math.exp(min(loss / int((y != IGNORE).sum()), 700.0))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -61,42 +60,62 @@ def load(folder=Path(__file__).parent):
     for name, counts in json.loads((folder / "widths.json").read_text()).items():
         for key, value in counts.items():
             setattr(model.get_submodule(name), key, value)
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)  # the saved tensors as they are (their dtype too)
     return model.eval()
 '''
 
 
-def hf_files(net: nn.Module, tokenizer: str | None = None) -> dict[str, bytes]:
-    """``{"model/hf/<file>": bytes}`` for a :class:`~prunelab.models.lm.CausalLM` (the model's and,
-    given its folder or hub name, the tokenizer's files); nothing for any other network."""
+# The largest safetensors file ``save_pretrained`` writes; a larger model is sharded, with an index.
+SHARD_SIZE = "2GB"
+
+
+def write_hf(net: nn.Module, folder: Path, tokenizer: str | None = None) -> bool:
+    """Write a :class:`~prunelab.models.lm.CausalLM` into ``folder`` as a Hugging Face folder (and,
+    given its folder or hub name, the tokenizer's files), each file as it is made: safetensors,
+    sharded above :data:`SHARD_SIZE`. False, writing nothing, for any other network."""
     if not isinstance(net, CausalLM):
-        return {}
+        return False
     inner: Any = net.model  # a transformers PreTrainedModel
     state = hf_state_dict(inner)
     reference = _as_configured(inner)
     stated = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     differ = sorted(k for k, v in state.items() if stated.get(k) != tuple(v.shape))
-    with tempfile.TemporaryDirectory(prefix="prunelab-hf-") as tmp:
-        if not differ:
-            inner.save_pretrained(tmp, state_dict=state)
-        else:
-            log.warning(
-                "model/hf/ holds the state dict, widths.json and load_pruned.py, not a from_pretrained folder: "
-                "%s's config cannot state the pruned widths (%s is %s, the config makes %s)",
-                inner.config.model_type,
-                differ[0],
-                tuple(state[differ[0]].shape),
-                stated.get(differ[0]),
-            )
-            _write_state(Path(tmp), inner, reference, state)
-        source = pretrained_source(tokenizer) if tokenizer else None
-        if source is not None:
-            from transformers import AutoTokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    if not differ:
+        inner.save_pretrained(folder, state_dict=state, max_shard_size=SHARD_SIZE)
+    else:
+        log.warning(
+            "model/hf/ holds the state dict, widths.json and load_pruned.py, not a from_pretrained folder: "
+            "%s's config cannot state the pruned widths (%s is %s, the config makes %s)",
+            inner.config.model_type,
+            differ[0],
+            tuple(state[differ[0]].shape),
+            stated.get(differ[0]),
+        )
+        _write_state(folder, inner, reference, state)
+    source = pretrained_source(tokenizer) if tokenizer else None
+    if source is not None:
+        from transformers import AutoTokenizer
 
-            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-        return {
-            f"{FOLDER}/{p.relative_to(tmp).as_posix()}": p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()
-        }
+        AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return True
+
+
+def load_hf(folder: Path) -> nn.Module:
+    """A hand-over's ``hf/`` folder loaded as its README says a user loads it (``from_pretrained``,
+    or its ``load_pruned.py``), in the dtype it was saved in, in eval mode."""
+    if (folder / "load_pruned.py").exists():
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("load_pruned", folder / "load_pruned.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.load(folder)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype="auto").eval()
 
 
 def _as_configured(inner: Any) -> nn.Module:
@@ -110,7 +129,14 @@ def _as_configured(inner: Any) -> nn.Module:
 def _write_state(folder: Path, inner: Any, reference: nn.Module, state: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(folder / "pruned.safetensors"))
+    # safetensors refuses tensors that share memory (tied embeddings): a copy of those only
+    seen: set[int] = set()
+    tensors = {}
+    for k, v in state.items():
+        t = v.detach().cpu().contiguous()
+        tensors[k] = t.clone() if t.untyped_storage().data_ptr() in seen else t
+        seen.add(t.untyped_storage().data_ptr())
+    save_file(tensors, str(folder / "pruned.safetensors"))
     inner.config.save_pretrained(folder)
     stated = dict(reference.named_modules())
     widths = {

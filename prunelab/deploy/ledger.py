@@ -13,16 +13,17 @@ pruned / dense ratios, as flat MLflow metric names (``cost.dense.macs``, ``cost.
 * The runtimes the pruned model ships to (ONNX Runtime fp32 and int8, ``deploy.py``) are timed in the
   same alternation when given, against the same dense PyTorch model.
 
-Latency is the median of ``torch.utils.benchmark`` measurements on the CPU with a fixed thread
-count (1 by default), the models timed in fine alternation so that a busy machine slows both
-alike.
+Latency is the median of ``torch.utils.benchmark`` measurements on the models' device (on the CPU
+with a fixed thread count, 1 by default), the models timed as they stand (no copies) in fine
+alternation so that a busy machine slows both alike. A language model is timed on windows of at
+most :data:`LM_TIMED_TOKENS` tokens (``cost.latency_seq_len`` says how many), at the batch sizes whose
+work (tokens x weights) is within :data:`LM_BUDGET` (batch 1 always): seconds a run at OPT-1.3B's
+size, where batches of 64 windows of 2048 tokens took hours.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import io
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,15 +36,46 @@ from ..names import Metric
 from ..pruning.macs import mac_counts, param_counts
 
 BATCH_SIZES = (1, 64)
+# A language model's timed window (tokens) and the most multiply-adds of weights x tokens one timed
+# call may take (about a second on one CPU thread): GPT-2-small's 124M weights time batch 1 only.
+LM_TIMED_TOKENS = 128
+LM_BUDGET = 1 << 36
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # what is timed: a module, or a runtime's session
 
 
+class _Counting:
+    """A file that only counts what is written to it."""
+
+    def __init__(self):
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.size += memoryview(data).nbytes
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
+
+
 def state_bytes(model: nn.Module) -> int:
-    """Size of ``torch.save(model.state_dict())``: the file a user would ship."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
+    """Size of ``torch.save(model.state_dict())``: the file a user would ship (counted as it is
+    written, not held: a large model's file is gigabytes)."""
+    counter = _Counting()
+    torch.save(model.state_dict(), counter)  # type: ignore[arg-type]  # a writable file is all it needs
+    return counter.size
+
+
+def timed_input(model: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """What the ledger times ``model`` on, and at which batch sizes: one sample of ``example`` and
+    :data:`BATCH_SIZES`; for a language model (token ids) a window of at most
+    :data:`LM_TIMED_TOKENS` tokens, at the batch sizes within :data:`LM_BUDGET`."""
+    x = example[:1].detach()
+    if x.is_floating_point():
+        return x, BATCH_SIZES
+    x = x[..., :LM_TIMED_TOKENS]
+    weights = sum(p.numel() for p in model.parameters())
+    return x, tuple(b for b in BATCH_SIZES if b == 1 or b * x.numel() * weights <= LM_BUDGET)
 
 
 @torch.no_grad()
@@ -71,7 +103,7 @@ def latencies_ms(
         if example is not None and not example.is_floating_point():
             x = example[:1].repeat(b, *[1] * (example.dim() - 1))
         else:
-            x = torch.randn(b, *in_shape)
+            x = torch.randn(b, *in_shape, device=example.device if example is not None else "cpu")
         timers = {
             name: Timer("model(x)", globals={"model": m, "x": x}, num_threads=threads) for name, m in models.items()
         }
@@ -107,15 +139,17 @@ def counted(model: nn.Module, example_input: torch.Tensor, form: str = Metric.DE
     return {k: float(v) for k, v in out.items()}
 
 
-def _timed(timed: Mapping[str, Forward], x: torch.Tensor, threads: int) -> dict[str, float]:
-    """Each form's latency per batch size (and a language model's tokens per second), timed in
-    alternation."""
+def _timed(timed: Mapping[str, Forward], x: torch.Tensor, batches: tuple[int, ...], threads: int) -> dict[str, float]:
+    """Each form's latency per batch size (and a language model's tokens per second, at the largest
+    batch, and the window it was timed on), timed in alternation."""
     out: dict[str, float] = {}
-    for (form, b), ms in latencies_ms(timed, x.shape[1:], threads=threads, example=x).items():
+    for (form, b), ms in latencies_ms(timed, x.shape[1:], batches, threads=threads, example=x).items():
         out[Metric.cost(form, Metric.latency_ms(b))] = ms
-        if not x.is_floating_point() and b == BATCH_SIZES[-1]:  # a language model: tokens in, a logit each
+        if not x.is_floating_point() and b == batches[-1]:  # a language model: tokens in, a logit each
             out[Metric.cost(form, Metric.TOKENS_PER_S)] = b * x[0].numel() / (ms / 1e3)
     out[Metric.LATENCY_THREADS] = threads
+    if not x.is_floating_point():
+        out[Metric.LATENCY_SEQ_LEN] = x[0].numel()
     return out
 
 
@@ -153,28 +187,27 @@ def cost_ledger(
     model in other forms, ``form -> (callable, file bytes)`` (``Metric.ONNX``, ``Metric.INT8``:
     ONNX Runtime fp32 and int8): each gets ``cost.<form>.file_bytes`` / ``latency_b*_ms`` and
     ``cost.ratio.<form>.*`` against the dense PyTorch model, timed in the same alternation.
-    Latency (``latency=False`` skips it) is measured on the CPU with ``threads`` threads, on the
-    models themselves where they are there (a copy of one on another device); none of the models
-    passed in is changed. ``dense`` may be its figures, counted before pruning
+    Latency (``latency=False`` skips it) is measured on the models as they stand (no copies), on
+    their device (on the CPU with ``threads`` threads), at :func:`timed_input`'s batch sizes; none of
+    the models passed in is changed. ``dense`` may be its figures, counted before pruning
     (:func:`counted`), where nothing is timed."""
     if not isinstance(dense, nn.Module) and latency:
         raise ValueError("the ledger times the dense model beside the pruned one: pass it, not its figures")
     with contextlib.ExitStack() as stack:
-        models = {Metric.PRUNED: stack.enter_context(_on_cpu(shrunk if shrunk is not None else pruned))}
+        models = {Metric.PRUNED: stack.enter_context(_evaluating(shrunk if shrunk is not None else pruned))}
         if isinstance(dense, nn.Module):
-            models = {Metric.DENSE: stack.enter_context(_on_cpu(dense)), **models}
-        return _ledger(dense, models, example_input[:1].detach().cpu(), latency, threads, file_bytes, runtimes)
+            models = {Metric.DENSE: stack.enter_context(_evaluating(dense)), **models}
+        device = next(iter(models[Metric.PRUNED].parameters())).device
+        return _ledger(dense, models, example_input.to(device), latency, threads, file_bytes, runtimes)
 
 
 @contextlib.contextmanager
-def _on_cpu(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode on the CPU: itself where it is there already (no copy: a large
-    model's weights are held once), else a CPU copy; its training mode restored."""
-    here = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
-    net, training = (model if here else copy.deepcopy(model).cpu()), model.training
-    net.eval()
+def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` itself in eval mode (a large model's weights are held once), its mode restored."""
+    training = model.training
+    model.eval()
     try:
-        yield net
+        yield model
     finally:
         model.train(training)
 
@@ -188,10 +221,10 @@ def _ledger(
     file_bytes: int | None,
     runtimes: Mapping[str, tuple[Forward, int]] | None,
 ) -> dict[str, float]:
-    """:func:`cost_ledger`'s figures of ``models`` (on the CPU, in eval mode)."""
+    """:func:`cost_ledger`'s figures of ``models`` (in eval mode; ``x`` on their device)."""
     out: dict[str, float] = {} if isinstance(dense, nn.Module) else dict(dense)
     for form, model in models.items():
-        out.update(counted(model, x, form))
+        out.update(counted(model, x[:1], form))
     if file_bytes is not None:
         out[Metric.cost(Metric.PRUNED, Metric.FILE_BYTES)] = file_bytes
     runtimes = runtimes or {}
@@ -201,8 +234,9 @@ def _ledger(
     ratios = {f: f for f in (Metric.PARAMS, Metric.NONZERO_PARAMS, Metric.MACS, Metric.NONZERO_MACS, Metric.FILE_BYTES)}
     if latency:
         timed: dict[str, Forward] = {**models, **{form: fn for form, (fn, _) in runtimes.items()}}
-        out.update(_timed(timed, x, threads))
-        ratios.update({Metric.latency(b): Metric.latency_ms(b) for b in BATCH_SIZES})
+        sample, batches = timed_input(models[Metric.PRUNED], x)
+        out.update(_timed(timed, sample, batches, threads))
+        ratios.update({Metric.latency(b): Metric.latency_ms(b) for b in batches})
         if not x.is_floating_point():
             ratios[Metric.TOKENS_PER_S] = Metric.TOKENS_PER_S
     out.update(_ratios(out, ratios, runtimes))

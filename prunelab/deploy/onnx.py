@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import tempfile
 import warnings
@@ -82,12 +81,6 @@ def export(model: nn.Module, example_input: torch.Tensor) -> torch.export.Export
         return None
 
 
-def program_bytes(program: torch.export.ExportedProgram) -> bytes:
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    return buffer.getvalue()
-
-
 @contextmanager
 def _quiet(*loggers: str):
     """Silence chatty library loggers (the ONNX exporter warns about every missing torchvision op)."""
@@ -103,9 +96,10 @@ def _quiet(*loggers: str):
             logger.setLevel(level)
 
 
-def onnx_model(program: torch.export.ExportedProgram, input: str = PIXELS) -> bytes | None:
-    """The exported program as an ONNX model (input named ``input``, see :func:`input_name`,
-    output ``logits``, dynamic batch); None (with a warning) if a layer has no ONNX translation."""
+def onnx_model(program: torch.export.ExportedProgram, path: Path, input: str = PIXELS) -> Path | None:
+    """The exported program written to ``path`` as an ONNX model (input named ``input``, see
+    :func:`input_name`, output ``logits``, dynamic batch), its weights in ``<path>.data`` beside it
+    above ONNX's 2 GB limit; None (with a warning) if a layer has no ONNX translation."""
     try:
         with _quiet("torch.onnx", "onnxscript", "onnx_ir"):
             # The exporter's graph optimisation stays on (about a second a run): without it the
@@ -118,20 +112,22 @@ def onnx_model(program: torch.export.ExportedProgram, input: str = PIXELS) -> by
         return None
     if onnx_program is None:  # only the legacy TorchScript exporter returns none, never used here
         raise RuntimeError("torch.onnx.export returned no ONNX program for an exported program")
-    return onnx_program.model_proto.SerializeToString()
+    onnx_program.save(path)  # external data above 2 GB (ONNXProgram.save decides)
+    return path
 
 
 class OnnxModel:
     """An ONNX model in an ONNX Runtime CPU session with ``threads`` threads, called like a module."""
 
-    def __init__(self, model: bytes, threads: int = 1):
+    def __init__(self, model: bytes | Path, threads: int = 1):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        source = str(model) if isinstance(model, Path) else model
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

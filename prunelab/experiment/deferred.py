@@ -22,11 +22,13 @@ import atexit
 import logging
 import multiprocessing
 import pickle
+import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
 
 from ..deploy.handover import HandoverJob, hand_over
 from ..names import Metric
@@ -41,13 +43,14 @@ COMPACT_COSTS = (Metric.cost(Metric.PRUNED, Metric.FILE_BYTES), Metric.cost_rati
 
 @dataclass
 class Deferred:
-    """A run's deferred work: its hand-over ``job``, the run's own ``files`` (logged first, so they
-    stay whatever the hand-over does), and, for an unstructured model with a compact file to make,
+    """A run's deferred work: its hand-over ``job``, the ``folder`` of the run's files (its own in
+    ``run/``, logged first, so they stay whatever the hand-over does; the hand-over's made into
+    ``handover/``; removed once logged), and, for an unstructured model with a compact file to make,
     the dense model's file size: the ledger's ``cost.pruned.file_bytes`` and
     ``cost.ratio.file_bytes`` are the compact file's, logged once it is made."""
 
     job: HandoverJob
-    files: dict[str, bytes | str]
+    folder: Path
     dense_file_bytes: float | None = None
 
 
@@ -88,20 +91,24 @@ def hand_over_and_log(payload: bytes | Deferred, uri: str, run_id: str) -> dict[
     FAILED with the error. Returns the hand-over files' accuracies."""
     store.use(uri)
     run = store.Run(run_id)
+    work = None
     try:
         work = payload if isinstance(payload, Deferred) else pickle.loads(payload)
-        run.log_files(work.files)
-        handed = hand_over(work.job)
+        run.log_folder(work.folder / "run")
+        handed = hand_over(work.job, work.folder / "handover")
         costs = {}
         if handed.compact is not None and work.dense_file_bytes:  # the ledger's size of this model
             size = len(handed.compact)
             costs = dict(zip(COMPACT_COSTS, (size, size / work.dense_file_bytes)))
         run.log_metrics({**handed.accuracies, **costs})
-        run.log_files(handed.files)
+        run.log_folder(handed.folder)
     except Exception as e:
         if run.status() == "RUNNING":
             run.end("FAILED", e)
         raise
+    finally:
+        if work is not None:
+            shutil.rmtree(work.folder, ignore_errors=True)
     if run.status() == "RUNNING":  # (the run's own process may have failed it meanwhile)
         run.end("FINISHED")
     return handed.accuracies

@@ -8,16 +8,25 @@
   now (its ledger times the quantized model), and so does a run of several processes (nothing
   waits on a worker there). A run that times its model starts the worker only after the timings,
   which must not share the machine with a hand-over.
+
+Every file is written to disk as it is made, in a folder of the run's own under the cache folder
+(``<cache>/files/``; not the system's temporary folder, which may be memory), logged from there,
+and removed once logged (by the worker, for a later hand-over; at the latest when the run's stage
+object goes, for a run that failed).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
 from ..data.splits import Splits, in_memory
-from ..deploy.handover import HandedOver, HandoverJob, hand_over
+from ..deploy.handover import HandedOver, HandoverJob, formats, hand_over
 from ..tracking import store
 from . import deferred
 from .report import handover_line
@@ -37,24 +46,37 @@ class HandoverStage:
             deferred.start()  # the worker imports while this point trains
         self.job: HandoverJob | None = None
         self.active: Any = None
-        self.files: dict[str, bytes | str] = {}
         self.dense_file_bytes = 0.0
+        self._folder: Path | None = None
+        self._remove: weakref.finalize | None = None
 
-    def begin(
-        self, active: Any, outcome: Outcome, data: Splits, files: dict[str, bytes | str], dense_file_bytes: float
-    ) -> None:
+    def files(self) -> Path:
+        """The folder the run's own files are written into (``run/``; the hand-over's go to
+        ``handover/`` beside it), made on first use and removed once they are logged."""
+        if self._folder is None:
+            where = self.s.cache / "files"
+            where.mkdir(parents=True, exist_ok=True)
+            self._folder = Path(tempfile.mkdtemp(prefix="run-", dir=where))
+            self._remove = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+            (self._folder / "run").mkdir()
+        return self._folder / "run"
+
+    def begin(self, active: Any, outcome: Outcome, data: Splits, dense_file_bytes: float) -> None:
         """What the hand-over needs, as values (``dense_file_bytes``: the dense model's state dict's
         size, what a compact file is costed against); a worker starts at once, beside the
         evaluation, unless the ledger times the model."""
-        self.active, self.files, self.dense_file_bytes = active, files, dense_file_bytes
-        self.job = job(self.s, outcome, data) if self.s.handover else None
+        self.active, self.dense_file_bytes = active, dense_file_bytes
+        self.job = job(self.s, outcome, data, copy_net=self.later) if self.s.handover else None
         if self.later and not self.s.measure_latency:
             self._defer()
 
     def made(self) -> HandedOver | None:
         """The hand-over made now (None when it is off or later); then nothing else runs beside the
         ledger's timings."""
-        handed = hand_over(self.job) if self.job is not None and not self.later else None
+        handed = None
+        if self.job is not None and not self.later:
+            handed = hand_over(self.job, self.files().parent / "handover")
+            self.job = None  # (it holds the model)
         if self.s.measure_latency:
             deferred.collect()
         return handed
@@ -70,7 +92,11 @@ class HandoverStage:
         figures = {**costs, **(handed.accuracies if handed else {})}
         self.active.log_metrics(figures)
         if not self.later:
-            self.active.log_files({**self.files, **(handed.files if handed else {})})
+            self.active.log_folder(self.files())
+            if handed is not None:
+                self.active.log_folder(handed.folder)
+            assert self._remove is not None
+            self._remove()
         return figures
 
     def _defer(self) -> None:
@@ -79,7 +105,10 @@ class HandoverStage:
         assert self.job is not None
         active = self.active
         active.keep_open()
-        work = deferred.Deferred(self.job, self.files, self.dense_file_bytes if _compact(self.job) else None)
+        folder = self.files().parent
+        work = deferred.Deferred(self.job, folder, self.dense_file_bytes if _compact(self.job) else None)
+        assert self._remove is not None
+        self._remove.detach()  # the worker removes the folder once it has logged it
         deferred.defer(
             work,
             store.absolute(self.s.tracking.uri),
@@ -91,16 +120,26 @@ class HandoverStage:
 def _compact(job: HandoverJob | None) -> bool:
     """Whether the hand-over makes a compact file (unstructured, with a codebook): the file the
     ledger costs an unstructured model by."""
-    return job is not None and not job.structured and job.codebook is not None
+    return (
+        job is not None
+        and not job.structured
+        and job.codebook is not None
+        and "compact" in formats(job.net, job.formats)
+    )
 
 
-def job(s: Settings, outcome: Outcome, data: Splits) -> HandoverJob:
-    """What the hand-over needs, as values."""
+def job(s: Settings, outcome: Outcome, data: Splits, copy_net: bool = False) -> HandoverJob:
+    """What the hand-over needs, as values: the network that ships itself where it is on the CPU
+    (its weights held once), else, or when the job goes to a worker while the caller goes on
+    (``copy_net``), a CPU copy."""
+    shipped = outcome.shipped
+    on_cpu = all(t.device.type == "cpu" for t in (*shipped.parameters(), *shipped.buffers()))
+    net = copy.deepcopy(shipped).cpu() if copy_net or not on_cpu else shipped
     # A dataset built without make_splits has no raw inputs: its standardisation is the identity.
     test = in_memory(data.test)  # a streamed split: a sample of it
     raw_test = data.test_raw if data.test_raw is not None else data.raw(test.x)
     return HandoverJob(
-        copy.deepcopy(outcome.shipped).cpu(),
+        net,
         data.mean,
         data.std,
         data.train.example().cpu(),
@@ -111,4 +150,5 @@ def job(s: Settings, outcome: Outcome, data: Splits) -> HandoverJob:
         s.quantize,
         data.raw(in_memory(data.val).x) if s.quantize is not None else None,
         s.tokenizer,
+        s.handover_formats,
     )

@@ -54,6 +54,7 @@ RESULT_PARTS = (
     "plan",
     "measure_latency",
     "handover",
+    "handover_formats",  # only when it asks for formats: a run without is the run it was
     "calibration_seed",
     "eval",  # only when it asks for something (eval.tasks): a run without is the run it was
 )
@@ -151,6 +152,8 @@ def _drop_unasked(tree: dict) -> None:
         tree.pop("eval")
     if "augment" in tree and not tree["augment"]:
         tree.pop("augment")
+    if tree.get("handover_formats", ()) is None:
+        tree.pop("handover_formats")
 
 
 def _drop_later_defaults(tree: dict, world: int) -> None:

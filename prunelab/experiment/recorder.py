@@ -109,6 +109,9 @@ class Unrecorded:
     def log_files(self, files: Any) -> None:
         pass
 
+    def log_folder(self, folder: Any, under: str | None = None) -> None:
+        pass
+
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 

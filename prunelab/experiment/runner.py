@@ -33,10 +33,10 @@ before pruning), the hand-over's CPU copy while the files are made.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..data.splits import Splits, in_memory
-from ..deploy.handover import HandedOver
+from ..deploy.handover import HandedOver, formats
 from ..deploy.ledger import cost_ledger, counted
 from ..deploy.onnx import OnnxModel
 from ..models.build import build
@@ -93,7 +93,7 @@ def run(
         with recorder.run() as active:
             metrics = {**proc.figures(), **(_dense_figures(s, dense, model, data) if active.records else {})}
             active.log_metrics(metrics)
-            teacher, baseline = _baseline(s, model, data)  # distillation's teacher, the ledger's baseline
+            teacher, timed, baseline = _baseline(s, model, data)  # distillation's teacher, the ledger's dense
             session = RunSession(active, s, model, pruner, data, init, _checkpoints(s), teacher, proc)
             outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
             agreed = proc.agreement(model)  # the processes ended with one model
@@ -101,12 +101,12 @@ def run(
             if not active.records:  # a process that records nothing is done: the stages below record
                 return {**metrics, **agreed}
             table = layer_table(model, outcome.mask)
-            files = _artifacts(s, model, outcome, table, active.id)
-            handover.begin(active, outcome, data, files, baseline[Metric.cost(Metric.DENSE, Metric.FILE_BYTES)])
+            _artifacts(s, model, outcome, table, active.id, handover.files())
+            handover.begin(active, outcome, data, baseline[Metric.cost(Metric.DENSE, Metric.FILE_BYTES)])
             figures = {**outcome.figures, **_evaluate(s, outcome, data, table)}  # 7. evaluate
             active.log_metrics(figures)
             handed = handover.made()  # 8. hand-over
-            costs = _ledger(s, teacher, baseline, model, outcome, data, handed)  # 9. ledger
+            costs = _ledger(s, timed, baseline, model, outcome, data, handed)  # 9. ledger
             metrics.update({**agreed, **figures, **handover.end(costs, handed)}, run_id=active.id)  # 10. log
     shutil.rmtree(_checkpoints(s), ignore_errors=True)  # the run holds it all now
     recorder.report(metrics, dense)
@@ -121,12 +121,20 @@ def _data_and_model(s: Settings) -> tuple[Splits, torch.nn.Module]:
     if s.augment is not None:
         s.augment.check(data.in_shape)  # before any run opens: augment=crop_flip on text is one line
     data = data.augmented(s.augment).to(s.device)
+    model = _model(s, data)
+    if s.zeroshot is not None:
+        s.zeroshot.check(model)
+    if s.handover and s.handover_formats is not None:  # hf of a model that is not a transformers one: now
+        formats(model, s.handover_formats)
+    return data, model
+
+
+def _model(s: Settings, data: Splits) -> torch.nn.Module:
+    """The network as built, from its checkpoint when ``dense.checkpoint`` names one, on the device."""
     model = build(s.model, data.in_shape, data.num_classes)
     if s.checkpoint is not None:
         load_checkpoint(model, s.checkpoint, s.strict)
-    if s.zeroshot is not None:
-        s.zeroshot.check(model)
-    return data, model.to(s.device)
+    return model.to(s.device)
 
 
 def _pruner(s: Settings, data: Splits, model: torch.nn.Module) -> Pruner:
@@ -163,12 +171,21 @@ def _dense(
     return dense
 
 
-def _baseline(s: Settings, model: torch.nn.Module, data: Splits) -> tuple[torch.nn.Module | None, dict[str, float]]:
+def _baseline(
+    s: Settings, model: torch.nn.Module, data: Splits
+) -> tuple[torch.nn.Module | None, Callable[[], torch.nn.Module] | None, dict[str, float]]:
     """The trained dense model as the stages after the prune schedule need it: a copy while
-    distillation teaches or the ledger times it beside the pruned model, and its figures (params,
-    MACs, file size), counted now."""
-    kept = copy.deepcopy(model) if s.distill is not None or s.measure_latency else None
-    return kept, counted(model, data.train.example())
+    distillation teaches (the teacher); for the ledger to time beside the pruned model, read back
+    from its checkpoint when it is one (no copy held meanwhile), else that copy or one of its own;
+    and its figures (params, MACs, file size), counted now."""
+    teacher = copy.deepcopy(model) if s.distill is not None else None
+    timed: Callable[[], torch.nn.Module] | None = None
+    if s.measure_latency and teacher is None and s.pretrained and s.strict:
+        timed = lambda: _model(s, data).eval()  # read back when the ledger runs
+    elif s.measure_latency:
+        kept = teacher if teacher is not None else copy.deepcopy(model)
+        timed = lambda: kept
+    return teacher, timed, counted(model, data.train.example())
 
 
 def _checkpoints(s: Settings) -> Path:
@@ -186,13 +203,17 @@ def _dense_figures(s: Settings, dense: DenseResult, model: torch.nn.Module, data
 
 def _evaluate(s: Settings, outcome: Outcome, data: Splits, table) -> dict[str, float]:
     """The shipped network's figures (the run's result, zero-shot scores too) and what pruning
-    removed."""
-    val, test = evaluate(outcome.shipped, data.val), evaluate(outcome.shipped, data.test)
+    removed. The masked network as last pruned and evaluated, unchanged since, is not evaluated
+    again; the validation split only where the run validates."""
+    reuse = outcome.evaluated if not outcome.structured else {}  # (shrunk: its own pass, as it ships)
+    test = reuse.get("test") or evaluate(outcome.shipped, data.test)
+    val = (reuse.get("val") or evaluate(outcome.shipped, data.val)) if outcome.validates else None
     final = scores(outcome.shipped, data.test, result=test)
+    validated = {} if val is None else {Metric.at(Metric.FINETUNED, Metric.VAL_ACCURACY): val["accuracy"]}
     return {
         Metric.at(Metric.FINETUNED, Metric.TEST_ACCURACY): test["accuracy"],
-        Metric.at(Metric.FINETUNED, Metric.VAL_ACCURACY): val["accuracy"],
-        Metric.VAL_ACCURACY: val["accuracy"],
+        **validated,
+        **({Metric.VAL_ACCURACY: val["accuracy"]} if val is not None else {}),
         Metric.TEST_LOSS: test["loss"],
         **final,
         **{Metric.at(Metric.FINETUNED, k): v for k, v in final.items() if k == Metric.TEST_PERPLEXITY},
@@ -203,7 +224,7 @@ def _evaluate(s: Settings, outcome: Outcome, data: Splits, table) -> dict[str, f
 
 def _ledger(
     s: Settings,
-    dense: torch.nn.Module | None,
+    dense: Callable[[], torch.nn.Module] | None,
     figures: dict[str, float],
     model: torch.nn.Module,
     outcome: Outcome,
@@ -212,14 +233,17 @@ def _ledger(
 ) -> dict[str, float]:
     """Structured: the network with the channels physically removed is costed; unstructured: its
     compact file's size. A run that quantizes times its ONNX forms beside PyTorch (fp32, int8).
-    The dense model is timed beside them when the run measures latency, else its ``figures`` are it."""
+    The dense model (``dense()``) is timed beside them when the run measures latency, else its
+    ``figures`` are it."""
     runtimes = {}
     if handed is not None and handed.int8 is not None:
         runtimes = {
-            role: (OnnxModel(b), len(b)) for role, b in (("onnx", handed.onnx), ("int8", handed.int8)) if b is not None
+            role: (OnnxModel(path), path.stat().st_size)
+            for role, path in (("onnx", handed.onnx), ("int8", handed.int8))
+            if path is not None
         }
     return cost_ledger(
-        dense if s.measure_latency and dense is not None else figures,
+        dense() if s.measure_latency and dense is not None else figures,
         model,
         data.train.example(),
         outcome.shipped if outcome.structured else None,
@@ -229,23 +253,24 @@ def _ledger(
     )
 
 
-def _artifacts(s: Settings, model: torch.nn.Module, outcome: Outcome, table, run_id: str) -> dict[str, bytes | str]:
-    """The run's own files: its config, per-layer table, plan, masked weights, what the scope
-    reported."""
-    weights = io.BytesIO()
-    torch.save(
-        {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "mask": outcome.mask.to_state()}, weights
-    )
+def _artifacts(s: Settings, model: torch.nn.Module, outcome: Outcome, table, run_id: str, folder: Path) -> None:
+    """The run's own files, written into ``folder`` (the masked weights streamed to disk, not held
+    as bytes): its config, per-layer table, plan, masked weights, what the scope reported."""
     pruned = outcome.pruned
     plan = {
         **pruned.plan,
         "ratio": pruned.ratio,
         "computed_on": {**s.names, "seed": s.seed, "ratio": pruned.ratio, "run_key": s.key.run, "run_id": run_id},
     }
-    return {
+    texts = {
         Artifact.CONFIG: s.config_yaml,
         Artifact.LAYERS: table.to_csv(index=False),
         Artifact.PLAN: json.dumps(plan, indent=1),
-        Artifact.MASKED_WEIGHTS: weights.getvalue(),
         **{name: made() if callable(made) else made for name, made in pruned.report.items()},
     }
+    for rel, content in texts.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(content.encode() if isinstance(content, str) else content)
+    (folder / Artifact.MASKED_WEIGHTS).parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}  # (no copy of a model on the CPU)
+    torch.save({"state_dict": weights, "mask": outcome.mask.to_state()}, folder / Artifact.MASKED_WEIGHTS)

@@ -31,15 +31,17 @@ from .dense import atomic_save
 from .processes import OneProcess
 from .recorder import Unrecorded
 from .settings import Settings
-from .train import EpochResult, Recipe, evaluate, scores, steps_per_epoch, train
+from .train import EpochResult, Recipe, evaluate, per_position, scores, steps_per_epoch, train
 
 
 class RunSession(Session):
     """The runner's session, recording into ``run``: ``model`` (trained dense, pruned and fine-tuned
     in place) with the run's ``pruner`` and ``data``, and from its settings the ratio, the recipes,
     the seed that shuffles the batches (each call its own) and the model factory (fresh
-    initialisations); ``checkpoints`` is this run key's folder of resumable state; ``processes`` the
-    run's process layout (one by default), which says what every process keeps."""
+    initialisations); ``checkpoints`` is this run key's folder of resumable state (a schedule's,
+    and a block-by-block prune's progress, kept by a run of one process that records: a run across
+    processes does not keep its prune's progress); ``processes`` the run's process layout (one by
+    default), which says what every process keeps."""
 
     def __init__(
         self,
@@ -62,23 +64,34 @@ class RunSession(Session):
         self.shrink_finetuned, self.seed, self.factory = settings.shrink, settings.seed, settings.model
         self.processes = processes or OneProcess()
         self.checkpoints = checkpoints / "schedule.pt"
+        alone = self.run.records and self.processes.ranks is None
+        self.progress = checkpoints / "prune" if alone else None  # what a killed prune resumes from
         self.last: Pruned | None = None  # the latest pruning's result
         self.figures: dict[str, float] = {}  # and its figures: pruned.*, time.prune_s, budget.ratio
         self._mask: Mask | None = None  # the latest mask a pruning made
         self._epochs_done = self._calls = 0
+        # The model as last pruned, evaluated (split -> evaluate()): the run's result where nothing
+        # trains after it; a language model's post-training run has no use for its validation split
+        # (nothing chooses on it: the papers' protocol reports the test split).
+        self.evaluated: dict[str, dict[str, float]] = {}
+        self.validates = not (settings.finetune.epochs == 0 and per_position(data.test))
 
     def prune(self, ratio, mask, step=None, target=None, last=None) -> Mask:
         start = time.perf_counter()
-        result = self.pruner(self.model, ratio, mask, last=last)
+        result = self.pruner(self.model, ratio, mask, last=last, progress=self.progress)
         seconds = time.perf_counter() - start  # the mask (and SparseGPT's update), no evaluation
         kept, agreed = self.processes.keep(result.mask)
         result = dataclasses.replace(result, mask=kept)
         result.mask.apply(self.model)
         self.processes.share(self.model)  # a reconstructing method (SparseGPT) changed the weights too
-        figures = {**agreed, Metric.PRUNE_SECONDS: seconds}
+        figures = {**agreed, **result.figures, Metric.PRUNE_SECONDS: seconds}
+        self.evaluated = {}
         if self.run.records:  # a run that records nothing is not evaluated
-            figures[Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY)] = evaluate(self.model, self.data.val)["accuracy"]
-            figures.update(scores(self.model, self.data.test, stage=Metric.PRUNED))
+            if self.validates:
+                self.evaluated["val"] = evaluate(self.model, self.data.val)
+                figures[Metric.at(Metric.PRUNED, Metric.VAL_ACCURACY)] = self.evaluated["val"]["accuracy"]
+            self.evaluated["test"] = evaluate(self.model, self.data.test)
+            figures.update(scores(self.model, self.data.test, stage=Metric.PRUNED, result=self.evaluated["test"]))
         if self.pruner.budget is not None:
             figures[Metric.BUDGET_RATIO] = result.ratio
         new = result.mask
@@ -139,6 +152,8 @@ class RunSession(Session):
             ranks=self.processes.ranks,
         )
         self._epochs_done += epochs
+        if epochs > 0:
+            self.evaluated = {}  # the model trained since it was evaluated
         if shrunk is not None:
             unshrink(shrunk, mask, self.model)
         elif mask is not None and mask.structural:
@@ -192,13 +207,18 @@ class RunSession(Session):
 @dataclass(frozen=True)
 class Outcome:
     """What a schedule left: the final mask, the network that ships (the physically shrunk one for
-    structured masks, else the masked model), the last pruning's result and its figures."""
+    structured masks, else the masked model), the last pruning's result and its figures;
+    ``evaluated``: the masked model's evaluation (split -> ``evaluate()``) where nothing changed it
+    since (no fine-tuning, no rewind), which the run reports instead of evaluating it again;
+    ``validates``: whether the run evaluates its validation split at all."""
 
     mask: Mask
     shipped: nn.Module
     structured: bool
     pruned: Pruned
     figures: dict[str, Any]
+    evaluated: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    validates: bool = True
 
 
 def prune_schedule(schedule: Schedule, session: RunSession) -> Outcome:
@@ -207,5 +227,11 @@ def prune_schedule(schedule: Schedule, session: RunSession) -> Outcome:
     if session.last is None:
         raise PruningError(f"schedule {type(schedule).__name__} returned without pruning (session.prune)")
     return Outcome(
-        mask, shrunk if shrunk is not None else session.model, shrunk is not None, session.last, dict(session.figures)
+        mask,
+        shrunk if shrunk is not None else session.model,
+        shrunk is not None,
+        session.last,
+        dict(session.figures),
+        dict(session.evaluated) if not schedule.rewinds else {},
+        session.validates,
     )

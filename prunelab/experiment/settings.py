@@ -64,6 +64,7 @@ class Settings:
     force: bool
     measure_latency: bool
     handover: bool
+    handover_formats: tuple[str, ...] | None  # None: the hand-over's default by the model's size
     quantize: Quantizer | None  # ONNX bytes, raw calibration inputs -> int8 ONNX bytes
     codebook: Codebook | None  # the compact file's shared values
     zeroshot: ZeroShot | None  # eval.tasks, when there are any
@@ -146,6 +147,7 @@ class Settings:
             force=cfg.force,
             measure_latency=cfg.measure_latency,
             handover=cfg.handover,
+            handover_formats=tuple(cfg.handover_formats) if cfg.handover_formats is not None else None,
             quantize=make(cfg.quantize),
             codebook=make(cfg.codebook),
             zeroshot=ZeroShot(

@@ -88,12 +88,17 @@ def scores(model: nn.Module, split: Split, *, stage: str | None = None, result: 
     }
 
 
+def per_position(split: Split) -> bool:
+    """Whether ``split`` has a label per position (a language model's windows)."""
+    return split.y.dim() > 1
+
+
 def perplexity(
     model: nn.Module, split: Split, *, stage: str | None = None, result: dict | None = None
 ) -> dict[str, float]:
     """``test_perplexity`` (``pruned.test_perplexity`` for a stage) where ``split`` has a label per
     position (a language model's), else nothing, and no evaluation spent on it."""
-    if split.y.dim() <= 1:
+    if not per_position(split):
         return {}
     result = evaluate(model, split) if result is None else result
     return {_at(stage, Metric.TEST_PERPLEXITY): math.exp(min(result["loss"], 700.0))}

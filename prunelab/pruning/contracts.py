@@ -118,13 +118,15 @@ class Criterion:
 @dataclass(frozen=True)
 class Pruned:
     """What pruning returns: the mask, the plan (how much of each set was kept: ``plan.py``, logged
-    as ``plan.json``), the files the scope reported, and the overall ratio pruned (a MACs budget
-    search finds it)."""
+    as ``plan.json``), the files the scope reported, the overall ratio pruned (a MACs budget
+    search finds it), and figures the method logs of its own work (a resumed prune's
+    ``prune.resumed_block``)."""
 
     mask: Mask
     plan: dict
     report: dict = field(default_factory=dict, repr=False)
     ratio: float = 0.0
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 # What a method may take besides the model and the ratio: the plug-ins a user chooses (criterion,
@@ -135,6 +137,7 @@ TAKEABLE = {
     "calibration": "calibration data",
     "example_inputs": "example inputs",
     "blocks": "the model's repeated blocks",
+    "progress": "a folder to resume from",
 }
 CHOSEN = ("criterion", "scope")  # the takeable things that are config groups
 
@@ -148,7 +151,9 @@ class Method:
 
     ``takes`` declares what it uses of :data:`TAKEABLE`: a criterion or scope it does not take is
     refused when a user chooses one (``method=wanda criterion=l1`` is one line saying what Wanda
-    takes), and the default one it is passed anyway means nothing."""
+    takes), and the default one it is passed anyway means nothing. A method that takes
+    ``progress`` is also passed ``progress=`` (a folder of its own, one per run key, where it keeps
+    what a killed run resumes from; None: nothing kept) by a run that keeps it; no other is."""
 
     ignore: Sequence[str] = ()
     takes: ClassVar[frozenset[str]] = frozenset({"criterion", "scope", "calibration", "example_inputs"})

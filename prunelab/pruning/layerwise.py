@@ -29,6 +29,9 @@ The calibration inputs come from the dataset's training split or another source 
 moved there while it is pruned and back after, the rest of the model staying where it is (the
 papers' code keeps one block on the GPU this way).
 
+A run killed mid-way resumes from its last finished block (``progress``: a folder the runner
+gives, ``progress.py``), ending with the weights and mask an uninterrupted run gives.
+
 ``n`` / ``m`` give the N:M pattern instead (``n`` kept of every ``m`` consecutive inputs, as
 ``method=nm``); ``ratio`` must then be ``(m - n) / m``.
 """
@@ -36,14 +39,17 @@ papers' code keeps one block on the GPU this way).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 from typing_extensions import override
 
+from ..names import Metric
 from .allocation import Local, as_scope
 from .blocks import Inputs, advance, capture, find_blocks, run
 from .contracts import Criterion, Method, Pruned, Scope, Units
@@ -51,6 +57,7 @@ from .data import TRAIN, PruneData
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
 from .methods import current_entries, finish
+from .progress import BlockProgress, work
 from .tracing import OUTPUT_LAYERS, prunable_layers
 
 
@@ -280,33 +287,27 @@ def _check_pattern(ratio: float, n: int | None, m: int | None, cols: dict[str, i
 
 
 def _layerwise(
+    method: LayerByLayer,
     model: nn.Module,
     ratio: float,
-    method: str,
-    prune_layer: Callable,
     scope: Scope,
-    ignore: Sequence[str],
     data,
-    samples: int,
     seed: int,
     mask: Mask | None,
-    n: int | None,
-    m: int | None,
-    sequential: str = "block",
-    blocks: str | None = None,
-    source: str = TRAIN,
-    block_device: str | None = None,
+    progress: Path | None = None,
 ) -> Pruned:
-    """Every prunable linear layer pruned by ``prune_layer`` from the Gram matrix of its inputs
-    (the module docstring): those inside the repeated blocks block by block, then the rest through
-    the whole model as pruned so far."""
+    """Every prunable linear layer pruned by ``method.prune_layer`` from the Gram matrix of its
+    inputs (the module docstring): those inside the repeated blocks block by block, then the rest
+    through the whole model as pruned so far. ``progress``: the blocks' progress kept there, and
+    resumed from (``progress.py``)."""
     if data is not None and not isinstance(data, PruneData):
         data = PruneData(data, seed=seed)
-    linear = _linear_layers(model, method, scope, ignore)
-    _check_pattern(ratio, n, m, {name: layer.in_features for name, layer in linear.items()})
-    if sequential not in SEQUENTIAL:
-        raise PruningError(f"method.sequential={sequential!r}: one of {', '.join(SEQUENTIAL)}")
-    x = calibration(data, samples, seed, source)
+    linear = _linear_layers(model, type(method).__name__.lower(), scope, method.ignore)
+    _check_pattern(ratio, method.n, method.m, {n: layer.in_features for n, layer in linear.items()})
+    if method.sequential not in SEQUENTIAL:
+        raise PruningError(f"method.sequential={method.sequential!r}: one of {', '.join(SEQUENTIAL)}")
+    x = calibration(data, method.samples, seed, method.calibration)
+    prune_layer = method.prune_layer(ratio)
     keep: dict[str, torch.Tensor] = {}
 
     def prune_one(name: str, layer: nn.Linear, gram: torch.Tensor) -> None:
@@ -319,16 +320,24 @@ def _layerwise(
             layer.weight.copy_(new * kept)
         keep[key] = kept.cpu()
 
-    found = find_blocks(model, blocks)
+    found = find_blocks(model, method.blocks)
     rest = dict(linear)
+    saved = None
     if found is not None:
-        _walk_blocks(model, *found, x, rest, mask, prune_one, sequential, block_device)
+        if progress is not None:  # what identifies this prune, read before anything is pruned
+            saved = BlockProgress(progress, work(repr(method), ratio, seed, model, x, list(linear), mask), keep)
+        _walk_blocks(model, *found, x, rest, mask, prune_one, method.sequential, method.block_device, saved)
     for name, layer in rest.items():  # outside any block (or no blocks): through the whole model
         _zero_pruned(mask, name, layer)
         prune_one(name, layer, input_gram(model, layer, x)[0])
     weights = {f"{name}.weight": layer.weight for name, layer in linear.items()}
     units = Units({k: w.numel() for k, w in weights.items()}, lambda k: weights[k].abs())
-    return finish(keep, units, dict(keep), weights, mask, ratio)
+    pruned = finish(keep, units, dict(keep), weights, mask, ratio)
+    if saved is None:
+        return pruned
+    saved.remove()  # finished: the progress was only for resuming
+    resumed = {Metric.PRUNE_RESUMED_BLOCK: saved.resumed_at} if saved.resumed_at is not None else {}
+    return dataclasses.replace(pruned, figures={**pruned.figures, **resumed})
 
 
 def _linear_layers(model: nn.Module, method: str, scope: Scope, ignore: Sequence[str]) -> dict[str, nn.Linear]:
@@ -363,11 +372,15 @@ def _walk_blocks(
     prune_one: PruneOne,
     sequential: str,
     block_device: str | None,
+    progress: BlockProgress | None = None,
 ) -> None:
     """The layers inside the repeated blocks ``path.<i>``, popped from ``rest`` and pruned as the
     papers' code walks them, so the cost is linear in depth: block 0's inputs captured once, each
     block's outputs under its pruned weights the next block's inputs. ``block_device``: only the
-    block being pruned (and its inputs) there."""
+    block being pruned (and its inputs) there. ``progress``: each finished block saved there; the
+    blocks an earlier run finished are restored from it instead of pruned, and run to make the
+    next block's inputs."""
+    done = progress.resume(path, len(modules)) if progress is not None else 0
     inputs = capture(model, modules[0], x)
     if block_device is not None:
         inputs = [one.to(block_device) for one in inputs]
@@ -377,9 +390,15 @@ def _walk_blocks(
             block.to(block_device)
         prefix = f"{path}.{i}."
         inside = {name: rest.pop(name) for name in list(rest) if name.startswith(prefix)}
-        _prune_block(block, inputs, prefix, inside, mask, prune_one, sequential)
+        if i < done:
+            assert progress is not None
+            progress.restore(i, inside)
+        else:
+            _prune_block(block, inputs, prefix, inside, mask, prune_one, sequential)
         inputs = advance(block, inputs)
         block.to(home)
+        if progress is not None and i >= done:
+            progress.finished(i, inside)
 
 
 def _prune_block(
@@ -412,7 +431,7 @@ class LayerByLayer(Method):
     the layers; a subclass provides ``prune_layer``. They score weights themselves (no criterion)
     and prune every layer to the ratio (the local scope only)."""
 
-    takes: ClassVar[frozenset[str]] = frozenset({"scope", "calibration", "blocks"})
+    takes: ClassVar[frozenset[str]] = frozenset({"scope", "calibration", "blocks", "progress"})
 
     # the logits layer (the papers prune the blocks' linear layers only)
     ignore: list[str] = field(default_factory=lambda: list(OUTPUT_LAYERS))
@@ -450,25 +469,14 @@ class LayerByLayer(Method):
         example_inputs: torch.Tensor | None = None,
         data: PruneData | None = None,
         mask: Mask | None = None,
+        progress: Path | None = None,
     ) -> Pruned:
-        return _layerwise(
-            model,
-            ratio,
-            type(self).__name__.lower(),
-            self.prune_layer(ratio),
-            scope if scope is not None else Local(),
-            self.ignore,
-            data,
-            self.samples,
-            seed,
-            mask,
-            self.n,
-            self.m,
-            self.sequential,
-            self.blocks,
-            self.calibration,
-            self.block_device,
-        )
+        """``progress``: a folder of this prune's own where each finished block is kept, so that a
+        run killed mid-way resumes from its last finished block, ending with the weights and mask
+        an uninterrupted run gives (``progress.py``); emptied when the prune finishes. The runner
+        passes its run key's folder in a run of one process (a run across processes does not keep
+        its prune's progress: every rank prunes, rank 0's result is kept)."""
+        return _layerwise(self, model, ratio, scope if scope is not None else Local(), data, seed, mask, progress)
 
 
 @dataclass

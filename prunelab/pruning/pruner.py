@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -61,13 +62,16 @@ class Pruner:
         scope: Scope | None = None,
         budget: bool = True,
         last: float | None = None,
+        progress: Path | None = None,
     ) -> Pruned:
         """``last``: the output layer (the last prunable one) is pruned on its own to this ratio of
         its weights, the other layers by the scope to ``ratio`` of theirs. ``scope`` stands in for
-        the configured one; ``budget=False`` prunes to ``ratio`` even under a MACs budget."""
+        the configured one; ``budget=False`` prunes to ``ratio`` even under a MACs budget.
+        ``progress``: a folder a method that takes it (``Method.takes``: the block-by-block ones)
+        keeps its progress in and resumes from (not the many trials of a MACs budget search)."""
         if last is not None:
-            return self._apart(model, ratio, mask, scope or self.scope, budget, last)
-        return self._prune(model, ratio, mask, scope or self.scope, budget)
+            return self._apart(model, ratio, mask, scope or self.scope, budget, last, progress)
+        return self._prune(model, ratio, mask, scope or self.scope, budget, progress=progress)
 
     def _inputs_for_budget(self) -> torch.Tensor:
         """The example inputs MACs are counted on (``__init__`` refuses a budget without them)."""
@@ -75,10 +79,12 @@ class Pruner:
             raise PruningError("budget_macs needs example_inputs to count MACs")
         return self.example
 
-    def _prune(self, model, ratio, mask, scope, budget, ignore=None) -> Pruned:
+    def _prune(self, model, ratio, mask, scope, budget, ignore=None, progress=None) -> Pruned:
         method = self.method if ignore is None else _ignoring(self.method, ignore)
         target = self.budget if budget else None
         scope = scope.for_budget() if target is not None else scope
+        keeps = progress is not None and target is None and "progress" in getattr(method, "takes", ())
+        extra = {"progress": progress} if keeps else {}  # only a method that takes it is passed it
 
         def at(r: float) -> Pruned:
             return method(
@@ -90,11 +96,12 @@ class Pruner:
                 example_inputs=self.example,
                 data=self.data,
                 mask=mask,
+                **extra,
             )
 
         return at(ratio) if target is None else to_macs_budget(at, model, self._inputs_for_budget(), target)
 
-    def _apart(self, model, ratio, mask, scope, budget, last: float) -> Pruned:
+    def _apart(self, model, ratio, mask, scope, budget, last: float, progress: Path | None) -> Pruned:
         layers = list(prunable_layers(model))
         output, kept = layers[-1], list(prunable_layers(model, self.ignore))
         if output not in kept:
@@ -104,15 +111,17 @@ class Pruner:
             )
         if len(kept) < 2:
             raise PruningError(f"pruning the output layer {output} on its own needs another prunable layer")
-        rest = self._prune(model, ratio, mask, scope, budget, ignore=[*self.ignore, output])
-        alone = self._prune(model, last, rest.mask, Local(), False, ignore=[*self.ignore, *kept[:-1]])
+        rest = self._prune(model, ratio, mask, scope, budget, ignore=[*self.ignore, output], progress=progress)
+        alone = self._prune(
+            model, last, rest.mask, Local(), False, ignore=[*self.ignore, *kept[:-1]], progress=progress
+        )
         both = Mask(
             alone.mask.masks,
             prunable=(*rest.mask.prunable, *alone.mask.prunable),
             channels={**rest.mask.channels, **alone.mask.channels},
         )
         plan = {**rest.plan, "sets": {**rest.plan["sets"], **alone.plan["sets"]}}
-        return Pruned(both, plan, rest.report, rest.ratio)
+        return Pruned(both, plan, rest.report, rest.ratio, {**rest.figures, **alone.figures})
 
     def check(self, model: nn.Module, ratios: list[float]) -> Pruned:
         """Prune an untrained copy of ``model`` to each of ``ratios`` in turn (a schedule's first

@@ -306,18 +306,23 @@ class Run:
             self.client.log_batch(self.id, params=values[i : i + 100])
 
     def log_files(self, files: Mapping[str, bytes | str]) -> None:
-        """Log ``{relative path: content}`` as artifacts, via a temporary folder. A full disk (or
-        any other write error) is a :class:`TrackingError` naming where it wrote."""
+        """Log ``{relative path: content}`` as artifacts, via a temporary folder."""
         with tempfile.TemporaryDirectory(prefix="prunelab-") as tmp:
             for rel, content in files.items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content.encode() if isinstance(content, str) else content)
-            try:
-                self.client.log_artifacts(self.id, tmp)
-            except OSError as e:
-                where = redact(self.client.get_run(self.id).info.artifact_uri or "")
-                raise TrackingError(f"cannot write the run's artifacts to {where}: {e.strerror or e}") from None
+            self.log_folder(Path(tmp))
+
+    def log_folder(self, folder: Path, under: str | None = None) -> None:
+        """Log the files in ``folder`` as artifacts (under the artifact path ``under``), copied from
+        disk, never read into memory. A full disk (or any other write error) is a
+        :class:`TrackingError` naming where it wrote."""
+        try:
+            self.client.log_artifacts(self.id, str(folder), under)
+        except OSError as e:
+            where = redact(self.client.get_run(self.id).info.artifact_uri or "")
+            raise TrackingError(f"cannot write the run's artifacts to {where}: {e.strerror or e}") from None
 
     def set_tags(self, tags: dict[str, str]) -> None:
         add_tags(self.id, tags)
