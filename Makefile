@@ -1,5 +1,5 @@
 # make run  - the default experiment (LeNet-5, Fashion-MNIST, unstructured global 0.5) -> ./mlflow.db
-# make test - the test suite;  make lint - ruff (lint, format) and mypy;  make bench - benchmarks/ -> benchmarks/RESULTS.md (about 37 min)
+# make test - the test suite;  make lint - ruff (lint, format) and mypy;  make bench - benchmarks/ -> benchmarks/RESULTS.md (about 47 min)
 # make ui   - the MLflow UI over ./mlflow.db on 127.0.0.1:5000 (prints the link to open)
 # make team-server - PostgreSQL + an MLflow server on 127.0.0.1:5000 (prints the tracking.uri)
 # Each creates .venv and installs the project on first use (torch pinned to the CPU build).

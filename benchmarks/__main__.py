@@ -42,6 +42,7 @@ SECTIONS = (
     "compact_files",
     "sensitivity_scan",
     "layerwise_depth",
+    "llm_field_size",  # ~25 min: the README's LLM command on an OPT-125m-shaped checkpoint (issue 38)
 )
 OPTIONAL = {"structured_speedup"}
 # A block that a long, separately run benchmark writes into RESULTS.md (baseline_recipes.py): kept

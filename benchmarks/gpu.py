@@ -150,10 +150,51 @@ def block_offload(device: torch.device) -> tuple[list[list[str]], str]:
         method(model, 0.5, scope=Local(), data=data)
         torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
-        rows.append([name, f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}", f"{wall:.1f}"])
+        weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        on_device = weights if not offload else 0.0  # what of the weights lives on the GPU
+        rows.append([name, f"{peak:.0f}", f"{peak - on_device:.0f}", f"{wall:.1f}"])
         del model, data
         torch.cuda.empty_cache()
-    return rows, f"SparseGPT 50%, GPT-2-small shape (12 blocks of 768), {samples} windows of {seq} tokens, fp32."
+    return rows, (
+        f"SparseGPT 50%, GPT-2-small shape (12 blocks of 768), {samples} windows of {seq} tokens, fp32; "
+        "beyond the weights held on the GPU: one block's working set (its weights, Hessians, activations)."
+    )
+
+
+def ledger_on_device(device: torch.device) -> tuple[list[list[str]], str]:
+    """The cost ledger of a GPT-2-small-shaped model (random weights) and its 50% magnitude-pruned
+    twin, both on ``device``: timed there as they stand (``prunelab.deploy.ledger.cost_ledger``, as
+    a run on that device times them), the wall time of the whole ledger beside its figures."""
+    import time
+
+    from prunelab.deploy.ledger import cost_ledger
+    from prunelab.models import lm
+    from prunelab.names import Metric
+
+    config = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024}
+    vocab = 50257
+    torch.manual_seed(0)
+    dense = lm.hf_causal_lm(vocab, config={**config, "vocab_size": vocab}).to(device)
+    pruned = copy.deepcopy(dense)
+    prune(pruned, "unstructured", "local", 0.5, ignore=["*lm_head*"]).mask.apply(pruned)
+    x = torch.randint(0, vocab, (1, 512), device=device)
+    start = time.perf_counter()
+    costs = cost_ledger(dense, pruned, x, latency=True)
+    wall = time.perf_counter() - start
+    rows = [
+        [
+            form,
+            f"{costs[Metric.cost(form, Metric.latency_ms(1))]:.2f}",
+            f"{costs[Metric.cost(form, Metric.TOKENS_PER_S)]:,.0f}",
+        ]
+        for form in (Metric.DENSE, Metric.PRUNED)
+    ]
+    note = (
+        f"GPT-2-small shape, unstructured 50%, both models on {device.type}; windows of "
+        f"{costs[Metric.LATENCY_SEQ_LEN]:.0f} tokens; the whole ledger (counts, file sizes, timings) took {wall:.1f} s."
+    )
+    return rows, note
 
 
 def cifar_epoch(device: torch.device, images: int) -> tuple[list[list[str]], str]:
@@ -212,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(device, args.min_run_time)
     nm_rows, nm_note = semi_structured(device, args.min_run_time)
     offload_rows, offload_note = block_offload(device)
+    ledger_rows, ledger_note = ledger_on_device(device)
     cifar_rows, cifar_note = cifar_epoch(device, 50_000 if device.type == "cuda" else 512)
     print(
         "\n".join(
@@ -232,7 +274,17 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 offload_note,
                 "",
-                *([table(["placement", "peak GPU MiB", "wall s"], offload_rows), ""] if offload_rows else []),
+                *(
+                    [table(["placement", "peak GPU MiB", "beyond the weights on it, MiB", "wall s"], offload_rows), ""]
+                    if offload_rows
+                    else []
+                ),
+                "### The cost ledger on the run's device",
+                "",
+                ledger_note,
+                "",
+                table(["model", "latency batch 1 ms", "tokens/s"], ledger_rows),
+                "",
                 "### A CIFAR epoch: float32 vs bf16 vs bf16 + channels-last (`train.precision`, `train.channels_last`)",
                 "",
                 cifar_note,

@@ -138,7 +138,10 @@ def _model(s: Settings, data: Splits) -> torch.nn.Module:
 
 
 def _pruner(s: Settings, data: Splits, model: torch.nn.Module) -> Pruner:
-    """The configured pruning, tried on an untrained copy (and the schedule's first target)."""
+    """The configured pruning, tried on an untrained copy (and the schedule's first target) where
+    the dense stage trains: a method, scope or schedule the model cannot take fails before the
+    training it would waste. A model evaluated, not trained (a checkpoint) is checked by its own
+    prune: the trial would be a second prune and a second copy of the weights."""
     pruner = Pruner(
         s.method,
         s.criterion,
@@ -154,7 +157,8 @@ def _pruner(s: Settings, data: Splits, model: torch.nn.Module) -> Pruner:
         example_inputs=data.train.example(),
         budget_macs=s.budget_macs,
     )
-    s.schedule.check(pruner.check(model, [s.schedule.first(s.ratio), s.ratio]).mask)
+    if s.dense_recipe.epochs > 0:
+        s.schedule.check(pruner.check(model, [s.schedule.first(s.ratio), s.ratio]).mask)
     return pruner
 
 

@@ -42,9 +42,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# The most logits one evaluation batch holds (float32: 256 MiB). A language model's are (batch,
-# vocabulary, seq_len): 0.1G a window for OPT's 50k tokens x 2048, so its batches are a window or two.
-MAX_LOGITS = 1 << 26
+# The most logits one evaluation batch holds (float32: 64 MiB; the loss takes as much again, and the
+# activations grow with the batch too). A language model's are (batch, vocabulary, seq_len): 0.1G a
+# window for OPT's 50k tokens x 2048, so its batches are one window; at 8k tokens x 512, four.
+MAX_LOGITS = 1 << 24
 
 
 @torch.no_grad()
