@@ -15,6 +15,8 @@ imports it: ``from prunelab.names import Metric, Tag``.
 
 from __future__ import annotations
 
+import re
+
 # The label of a position that predicts nothing (a token window's last position, as the papers
 # evaluate): skipped by the loss (``F.cross_entropy``'s default ``ignore_index``) and by accuracy.
 IGNORE = -100
@@ -142,6 +144,20 @@ class Metric:
     LATENCY_SEQ_LEN = "cost.latency_seq_len"  # a language model's: the tokens of a timed window
 
     @staticmethod
+    def measured(name: str) -> bool:
+        """Whether metric ``name`` is measured, not computed: a duration (``time.prune_s``), a
+        latency (``cost.pruned.latency_b1_ms``, ``cost.ratio.int8.latency_b64``), a throughput
+        (``tokens_per_s``) or what the timing ran with (``cost.latency_threads``). Two runs of one
+        config differ in these by the machine and its load, so ``prunelab.reproduce`` shows and
+        compares only the others."""
+        parts = name.split(".")
+        return (
+            parts[0] == "time"
+            or name == Metric.LATENCY_THREADS
+            or any(p == Metric.TOKENS_PER_S or re.fullmatch(r"latency_b\d+(_ms)?", p) for p in parts)
+        )
+
+    @staticmethod
     def latency(batch: int) -> str:
         """A forward pass's CPU latency at a batch size, as a ratio (no unit):
         ``Metric.cost_ratio(Metric.latency(64))`` is ``cost.ratio.latency_b64``."""
@@ -172,3 +188,6 @@ class Artifact:
     PLAN = "plan.json"  # how much of each layer / channel group was kept (scope=plan reads it)
     MASKED_WEIGHTS = "model/masked_weights.pt"  # the fine-tuned weights and the mask
     POINTS, SUMMARY = "points.csv", "summary.md"  # a sweep's parent
+    # What a run ran with beyond its config (prunelab.tracking.record): package versions, commit,
+    # device, threads, determinism; and, for a working tree with uncommitted changes, the changes.
+    ENVIRONMENT, GIT_DIFF = "environment.json", "git.diff"

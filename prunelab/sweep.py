@@ -41,7 +41,7 @@ from .experiment import deferred
 from .experiment.keys import choice
 from .names import Metric, Role, Tag
 from .redact import redact
-from .tracking import store
+from .tracking import record, store
 from .tracking.ui import run_link
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class SweepCallback(Callback):
                     Tag.ROLE: Role.SWEEP,
                     Tag.SWEEP_ID: "",
                     Tag.SWEEP_DEFINITION: redact(" ".join(definition)),
-                    **store.environment_tags(),
+                    **record.tags(),
                 },
             )
             self.parent_id = run.info.run_id

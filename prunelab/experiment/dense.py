@@ -26,7 +26,7 @@ from torch import nn
 from ..data.files import file_sha256
 from ..data.splits import Splits
 from ..names import Metric, Role, Tag
-from ..tracking import store
+from ..tracking import record, store
 from .distributed import Ranks
 from .keys import RunKey, dense_tags
 from .measure import layer_table, sparsity_summary
@@ -103,6 +103,11 @@ def _load_verified(model: nn.Module, key: str, weights: Path, meta: Path) -> dic
     return info
 
 
+def cached(cache_dir: Path, key: str) -> bool:
+    """Whether the cache holds dense model ``key`` (:func:`dense_model` checks its files as it loads them)."""
+    return (cache_dir / f"{key}.json").is_file()
+
+
 def dense_model(
     model: nn.Module,
     key: str,
@@ -168,7 +173,7 @@ class DenseRun:
         self.parent_run_id, self.sweep_tags = parent_run_id, dict(sweep_tags or {})
 
     def _open(self):
-        tags = {**dense_tags(self.key), **self.sweep_tags, **store.environment_tags()}
+        tags = {**dense_tags(self.key), **self.sweep_tags, **record.tags()}
         return store.run(self.experiment_id, f"dense-{self.key.dense[:8]}", tags, self.parent_run_id)
 
     @staticmethod

@@ -17,8 +17,8 @@ from typing import Any
 from torch import nn
 
 from ..data.splits import Splits
-from ..names import Metric, Tag
-from ..tracking import store
+from ..names import Artifact, Metric, Tag
+from ..tracking import record, store
 from ..tracking.ui import run_link
 from .dense import DenseResult, DenseRun
 from .keys import run_tags
@@ -77,12 +77,16 @@ class Recorder:
 
     @contextlib.contextmanager
     def run(self) -> Iterator[store.Run]:
-        """The pruned run, its params logged. Under a MACs budget the ratio is searched (metric
+        """The pruned run, with what re-executes it logged as it opens (a run that fails later
+        keeps it): its params, its resolved config, the environment it runs in, and on its page
+        the command that reproduces it. Under a MACs budget the ratio is searched (metric
         budget.ratio; it differs by seed, so a point is the budget, not a ratio)."""
         s = self.s
-        tags = {**self.tags, **store.environment_tags()}
+        tags = {**self.tags, **record.tags()}
         with store.run(self.experiment_id, s.run_name, tags, self.parent_run_id) as active:
+            active.set_tags({Tag.NOTE: record.note(active.id, s.tracking.uri)})
             active.log_params({**s.params, **({"ratio": "budget"} if s.budget_macs is not None else {})})
+            active.log_files({Artifact.CONFIG: s.config_yaml, **record.files(s.device)})
             yield active
 
     def report(self, metrics: dict[str, Any], dense: DenseResult) -> None:

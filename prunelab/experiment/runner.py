@@ -259,7 +259,8 @@ def _ledger(
 
 def _artifacts(s: Settings, model: torch.nn.Module, outcome: Outcome, table, run_id: str, folder: Path) -> None:
     """The run's own files, written into ``folder`` (the masked weights streamed to disk, not held
-    as bytes): its config, per-layer table, plan, masked weights, what the scope reported."""
+    as bytes): its per-layer table, plan, masked weights, what the scope reported (its config
+    was logged when it opened)."""
     pruned = outcome.pruned
     plan = {
         **pruned.plan,
@@ -267,7 +268,6 @@ def _artifacts(s: Settings, model: torch.nn.Module, outcome: Outcome, table, run
         "computed_on": {**s.names, "seed": s.seed, "ratio": pruned.ratio, "run_key": s.key.run, "run_id": run_id},
     }
     texts = {
-        Artifact.CONFIG: s.config_yaml,
         Artifact.LAYERS: table.to_csv(index=False),
         Artifact.PLAN: json.dumps(plan, indent=1),
         **{name: made() if callable(made) else made for name, made in pruned.report.items()},

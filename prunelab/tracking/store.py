@@ -13,19 +13,16 @@ Everything here takes values (a URI, names, tags, metrics), never the config.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import shutil
 import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -210,36 +207,6 @@ def add_tags(run_id: str, tags: dict[str, str]) -> None:
     """Tag an existing run (e.g. an earlier run a sweep reuses as one of its points), in one call."""
     if tags:
         MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
-
-def _git_commit() -> str | None:
-    try:
-        top = Path(__file__).resolve().parent.parent
-        return (
-            subprocess.run(
-                ["git", "-C", str(top), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment_tags() -> dict[str, str]:
-    """Library versions and the git commit, looked up once per process (every run carries them)."""
-    return dict(_environment_tags())
-
-
-@functools.cache
-def _environment_tags() -> dict[str, str]:
-    tags = {}
-    for package in ("prunelab", "torch", "mlflow", "hydra-core", "torch-pruning", "numpy"):
-        with contextlib.suppress(PackageNotFoundError):
-            tags[Tag.version(package)] = version(package)
-    commit = _git_commit()
-    if commit:
-        tags[Tag.GIT_COMMIT] = commit
-    return tags
 
 
 # --- runs whose process died --------------------------------------------------------------------
