@@ -4,12 +4,12 @@ Hugging Face folder checked by the perplexity it gives reloaded, and the formats
 
 from __future__ import annotations
 
-import gc
-
 import mlflow
 import pytest
 import torch
+from test_ledger_scale import tiny_llama
 from test_tokens import checkpoint_on_wikitext, llama_folder, runs, write_wikitext
+from test_weights import tensors_like
 
 from prunelab import models
 from prunelab.deploy import handover as handover_module
@@ -17,7 +17,6 @@ from prunelab.deploy.handover import HandoverError, formats, handover
 from prunelab.deploy.onnx import deployed
 from prunelab.experiment import handover_stage
 from prunelab.experiment.runner import run
-from prunelab.models import lm
 from prunelab.names import Metric
 from prunelab.pruning import prune
 
@@ -50,12 +49,6 @@ def test_the_hugging_face_folder_of_a_pruned_checkpoint_reloads_with_the_runs_pe
     assert "model/hf/config.json" in files
     top = {a.path for a in mlflow.MlflowClient().list_artifacts(pruned.info.run_id, "model")}
     assert not {"model/program.pt2", "model/model.onnx", "model/sparse_weights.pt"} & top  # only what was asked
-
-
-def tiny_llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-    return lm.hf_causal_lm(64, config={**config, "num_attention_heads": 4, "max_position_embeddings": 32})
 
 
 def test_a_large_transformers_model_hands_over_its_folder_only_unless_more_is_asked(tmp_path, monkeypatch):
@@ -104,18 +97,9 @@ def test_the_hand_over_makes_no_copy_of_a_model_on_the_cpu(make_cfg, monkeypatch
 
     def counting(job, folder):
         weight = next(p for p in job.net.parameters() if p.dim() > 1)
-        gc.collect()
+        storage = weight.untyped_storage().data_ptr()
         seen.append(
-            sum(
-                1
-                for o in gc.get_objects()
-                if isinstance(o, torch.Tensor)
-                and o is not weight
-                and o.shape == weight.shape
-                and o.dtype == weight.dtype
-                and o.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
-                and torch.equal(o, weight)
-            )
+            tensors_like(weight, lambda o: o.untyped_storage().data_ptr() != storage and torch.equal(o, weight))
         )
         return made(job, folder)
 

@@ -15,6 +15,20 @@ from prunelab.experiment.runner import run
 from prunelab.pruning import Unstructured
 
 
+def tensors_like(weight: torch.Tensor, counts=lambda _: True) -> int:
+    """How many other tensors of ``weight``'s shape and dtype are alive that ``counts`` accepts."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, torch.Tensor)
+        and o is not weight
+        and o.shape == weight.shape
+        and o.dtype == weight.dtype
+        and counts(o)
+    )
+
+
 def copies_while_pruning(monkeypatch, cfg) -> int:
     """How many other tensors shaped like the first layer's weight are alive while the method prunes
     (a copy of the model holds one; its rewind point too, with other values)."""
@@ -28,19 +42,7 @@ def copies_while_pruning(monkeypatch, cfg) -> int:
         return earlier is None or earlier() is not o
 
     def counting(self, model, ratio, **kwargs):
-        weight = next(p for p in model.parameters() if p.dim() > 1)
-        gc.collect()
-        seen.append(
-            sum(
-                1
-                for o in gc.get_objects()
-                if isinstance(o, torch.Tensor)
-                and o is not weight
-                and o.shape == weight.shape
-                and o.dtype == weight.dtype
-                and new(o)
-            )
-        )
+        seen.append(tensors_like(next(p for p in model.parameters() if p.dim() > 1), new))
         return prune(self, model, ratio, **kwargs)
 
     monkeypatch.setattr(Unstructured, "__call__", counting)
