@@ -107,7 +107,9 @@ def browser_page(width: int = 1600, height: int = 1000, local_storage: dict[str,
 
 
 def _stop(*_signal_args):
-    # `kill` takes Ctrl-C's path, so the server's process group is stopped too.
+    # `kill` takes Ctrl-C's path, so the server's process group is stopped too; once: a second
+    # SIGTERM must not interrupt that clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -119,11 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
-    with serve(args.store, args.port) as base:
+    # The stop may come at any moment after the server starts (even before the loop): serve's
+    # clean-up runs, and the interrupt ends here.
+    with contextlib.suppress(KeyboardInterrupt), serve(args.store, args.port) as base:
         print(f"MLflow UI for {redact(args.store)}: {experiments_url(base)}  (Ctrl-C stops it)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":
