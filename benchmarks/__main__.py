@@ -43,6 +43,7 @@ SECTIONS = (
     "sensitivity_scan",
     "layerwise_depth",
     "llm_field_size",  # ~25 min: the README's LLM command on an OPT-125m-shaped checkpoint (issue 38)
+    "reproduce_overhead",  # ~2 min: reproduce RUN_ID against the run it re-executes (issue 39)
 )
 OPTIONAL = {"structured_speedup"}
 # A block that a long, separately run benchmark writes into RESULTS.md (baseline_recipes.py): kept

@@ -40,6 +40,7 @@ class Tag:
     SWEEP_ID = "prunelab.sweep_id"  # the parent run of the sweep a point belongs to
     SWEEP_KEY = "prunelab.sweep_key"  # a sweep's definition, hashed: a rerun finds its parent by it
     SWEEP_DEFINITION = "prunelab.sweep.definition"
+    REPRODUCES = "prunelab.reproduces"  # the recorded run (or sweep) a reproduction re-executed
     NOTE = "mlflow.note.content"  # Markdown on the run's overview page in the MLflow UI
     GIT_COMMIT = "mlflow.source.git.commit"
     PARENT = "mlflow.parentRunId"

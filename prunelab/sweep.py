@@ -117,6 +117,43 @@ def kill_open_points(config: DictConfig, jobs: dict[str, int]) -> list[int]:
     return sorted(killed)
 
 
+def summarise(client: MlflowClient, parent: str, experiment_ids: list[str]) -> int:
+    """Log the points of sweep ``parent`` (filed in ``experiment_ids``) to the parent: their
+    counts, the curves as metric series, the summary table as its note, the figures; return the
+    number of points that failed."""
+    # Imported here, not at the top: Hydra makes the callback for every run, and the analysis
+    # (pandas, matplotlib) is only needed at a sweep's end.
+    from .analysis import curve_series, figures_dir, load_runs, summary_note, write_report
+
+    points = load_runs(experiment_ids, sweep_id=parent)
+    pruned = points[points["role"] == Role.PRUNED]
+    # A point counts once: its FINISHED run if it has one (a rerun after a failure), else its failure.
+    finished = pruned[pruned["status"] == "FINISHED"]
+    failed = pruned[pruned["status"].isin(["FAILED", "KILLED"]) & ~pruned["run_key"].isin(finished["run_key"])]
+    client.log_metric(parent, Metric.SWEEP_FINISHED, len(finished))
+    client.log_metric(parent, Metric.SWEEP_FAILED, len(failed))
+    if len(finished):
+        done = points[points["status"] == "FINISHED"]
+        _log_curves(client, parent, curve_series(done))
+        client.set_tag(parent, Tag.NOTE, summary_note(done))
+        with figures_dir() as out:
+            write_report(done, out)
+            client.log_artifacts(parent, str(out))
+    log.info("sweep %s: %d points finished, %d failed", parent, len(finished), len(failed))
+    for _, row in failed.iterrows():
+        log.error("failed point [%s]: %s", row.get("overrides", ""), row.get("error", ""))
+    return len(failed)
+
+
+def _log_curves(client: MlflowClient, parent: str, series: dict[str, list[tuple[int, float]]]) -> None:
+    # One timestamp for every point: a resumed sweep that logs the same curve again adds
+    # nothing (the store drops exact duplicates of key, step, value and timestamp).
+    stamp = client.get_run(parent).info.start_time
+    metrics = [MlflowMetric(key, value, stamp, step) for key, points in series.items() for step, value in points]
+    for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(parent, metrics=metrics[i : i + 1000])
+
+
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_id: str | None = None
@@ -190,7 +227,7 @@ class SweepCallback(Callback):
         client = MlflowClient()
         status = RunStatus.FAILED
         try:
-            failed = self._summarise(client, self.parent_id)
+            failed = summarise(client, self.parent_id, self.experiment_ids)
             status = RunStatus.FINISHED
         finally:
             # Whatever happened while summarising, the parent is never left RUNNING.
@@ -202,39 +239,6 @@ class SweepCallback(Callback):
         )
         if failed:
             raise SystemExit(1)
-
-    def _summarise(self, client: MlflowClient, parent: str) -> int:
-        """Log the sweep's points, figures and counts to the parent; return the failure count."""
-        # Imported here, not at the top: Hydra makes this callback for every run, and the analysis
-        # (pandas, matplotlib) is only needed at a sweep's end.
-        from .analysis import curve_series, figures_dir, load_runs, summary_note, write_report
-
-        points = load_runs(self.experiment_ids, sweep_id=parent)
-        pruned = points[points["role"] == Role.PRUNED]
-        # A point counts once: its FINISHED run if it has one (a rerun after a failure), else its failure.
-        finished = pruned[pruned["status"] == "FINISHED"]
-        failed = pruned[pruned["status"].isin(["FAILED", "KILLED"]) & ~pruned["run_key"].isin(finished["run_key"])]
-        client.log_metric(parent, Metric.SWEEP_FINISHED, len(finished))
-        client.log_metric(parent, Metric.SWEEP_FAILED, len(failed))
-        if len(finished):
-            done = points[points["status"] == "FINISHED"]
-            self._log_curves(client, parent, curve_series(done))
-            client.set_tag(parent, Tag.NOTE, summary_note(done))
-            with figures_dir() as out:
-                write_report(done, out)
-                client.log_artifacts(parent, str(out))
-        log.info("sweep %s: %d points finished, %d failed", parent, len(finished), len(failed))
-        for _, row in failed.iterrows():
-            log.error("failed point [%s]: %s", row.get("overrides", ""), row.get("error", ""))
-        return len(failed)
-
-    def _log_curves(self, client: MlflowClient, parent: str, series: dict[str, list[tuple[int, float]]]) -> None:
-        # One timestamp for every point: a resumed sweep that logs the same curve again adds
-        # nothing (the store drops exact duplicates of key, step, value and timestamp).
-        stamp = client.get_run(parent).info.start_time
-        metrics = [MlflowMetric(key, value, stamp, step) for key, points in series.items() for step, value in points]
-        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(parent, metrics=metrics[i : i + 1000])
 
     def _abort(self) -> None:
         """At interpreter exit: a parent still RUNNING means the launcher was interrupted; its

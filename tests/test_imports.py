@@ -30,7 +30,17 @@ FLOORS = [
     ("the config schema", ["prunelab.config"]),
     ("the experiment", ["prunelab.experiment"]),
     ("analysis", ["prunelab.analysis"]),
-    ("entry points", ["prunelab.sweep", "prunelab.cli", "prunelab.reproduce", "prunelab.__main__"]),
+    (
+        "entry points",
+        [
+            "prunelab.sweep",
+            "prunelab.cli",
+            "prunelab.reproduction",
+            "prunelab.reproduce_sweep",
+            "prunelab.reproduce",
+            "prunelab.__main__",
+        ],
+    ),
     ("the API", ["prunelab"]),
 ]
 

@@ -10,15 +10,18 @@ import io
 import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_env
 from mlflow.tracking import MlflowClient
 
 from prunelab.experiment.runner import run
 from prunelab.names import Artifact, Metric, Role, Tag
-from prunelab.reproduce import main, override
+from prunelab.reproduce import main
+from prunelab.reproduction import override
 from prunelab.tracking import record
 
 
@@ -140,6 +143,84 @@ def test_a_sparsegpt_run_of_a_tiny_llama_folder_reproduces_identically(make_cfg,
     assert computed(again.data.metrics) == computed(before.data.metrics)
     assert Metric.TEST_PERPLEXITY in again.data.metrics
 
+    # a changed data file and a changed checkpoint: one line each before anything runs
+    with (folder / "wiki.test.raw").open("a") as f:
+        f.write(" = Added =\n")
+    (model_folder / "config.json").write_text((model_folder / "config.json").read_text() + "\n")
+    changed = reproduce(workdir, recorded["run_id"])
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    differs = [line for line in changed.stdout.splitlines() if line.startswith("differs: ")]
+    assert any(line.startswith(f"differs: data file {(folder / 'wiki.test.raw').resolve()}:") for line in differs)
+    assert any(line.startswith("differs: model.pretrained: its files hold other contents") for line in differs)
+    assert len(reproductions(workdir, "hf_causal_lm-wikitext2")) == 1  # nothing ran
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(["method=structured", "ratio=0.5", "handover=true"], id="structured-with-hand-over"),
+        pytest.param(["schedule=lottery", "schedule.fraction=0.5", "ratio=0.6"], id="lottery"),
+    ],
+)
+def test_a_structured_run_with_its_hand_over_and_a_lottery_run_reproduce_identically(make_cfg, workdir, overrides):
+    recorded = run(make_cfg(*overrides))
+
+    result = reproduce(workdir, recorded["run_id"])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    (again,) = reproductions(workdir, "lenet5-synthetic")
+    before = client(workdir).get_run(recorded["run_id"])
+    assert again.data.tags[Tag.RUN_KEY] == before.data.tags[Tag.RUN_KEY]
+    assert again.data.tags[Tag.REPRODUCES] == recorded["run_id"]
+    assert computed(again.data.metrics) == computed(before.data.metrics)
+    if "handover=true" in overrides:  # the hand-over's files were made again and give the same figures
+        assert Metric.HANDOVER_ONNX_ACCURACY in computed(again.data.metrics)
+
+
+def test_a_run_recorded_in_one_folder_reproduces_from_another(make_cfg, workdir, tmp_path, monkeypatch):
+    recorded = run(make_cfg("ratio=0.5"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    result = reproduce(workdir, recorded["run_id"])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("identical")
+    assert not any(elsewhere.iterdir())  # everything went where the record says
+
+
+def test_a_run_reproduces_from_a_fresh_clone_at_its_commit(make_cfg, workdir, tmp_path):
+    git = record.git_state()
+    if git.commit is None:
+        pytest.skip("prunelab is not run from a git checkout")
+    top = Path(record.__file__).resolve().parents[2]
+    recorded = run(make_cfg("ratio=0.5"))
+    clone, elsewhere = tmp_path / "clone", tmp_path / "elsewhere"
+    subprocess.run(["git", "clone", "-q", str(top), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", git.commit], check=True)
+    elsewhere.mkdir()
+    env = {**cli_env(workdir), "PYTHONPATH": str(clone)}  # the clone's prunelab, not this checkout's
+    # a checkout with uncommitted changes differs from its clean clone by them: said, then allowed
+    allow = ["--allow"] if git.diff else []
+
+    result = subprocess.run(
+        [sys.executable, "-m", "prunelab.reproduce", recorded["run_id"], "--tracking-uri", uri(workdir), *allow],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    differs = [line for line in result.stdout.splitlines() if line.startswith("differs: ")]
+    assert differs == ([next(line for line in differs if "uncommitted changes" in line)] if git.diff else [])
+    assert result.stdout.splitlines()[-1].startswith("identical")
+    (again,) = reproductions(workdir, "lenet5-synthetic")
+    environment = json.loads(text_of(workdir, again.info.run_id, Artifact.ENVIRONMENT))
+    assert environment["git"] == {"commit": git.commit, "changes": None, "untracked": []}  # run from the clone
+
 
 def test_a_tampered_metric_makes_the_verdict_different_and_names_it(make_cfg, workdir):
     recorded = run(make_cfg("ratio=0.5"))
@@ -238,7 +319,7 @@ def test_a_dirty_tree_records_its_diff_and_a_clean_one_differs_from_it(make_cfg,
 
 def test_a_run_recorded_before_its_environment_says_so_and_allow_checks_its_tags(make_cfg, workdir, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(record, "files", lambda _device: {})  # as runs were recorded before environment.json
+        m.setattr(record, "files", lambda *_: {})  # as runs were recorded before environment.json
         older = run(make_cfg("ratio=0.5"))
 
     result = reproduce(workdir, older["run_id"])
@@ -295,3 +376,71 @@ def test_only_what_is_measured_is_left_out_of_the_comparison():
         Metric.at(Metric.DENSE, Metric.TEST_PERPLEXITY),
     ]
     assert [Metric.measured(m) for m in measured + results] == [True] * len(measured) + [False] * len(results)
+
+
+def sweep_children(workdir: Path, parent: str) -> list:
+    """The pruned runs filed under sweep ``parent``."""
+    c = client(workdir)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return [
+        r for r in c.search_runs(ids, f"tags.`{Tag.in_sweep(parent)}` = 'true'") if r.data.tags[Tag.ROLE] == Role.PRUNED
+    ]
+
+
+def curves_of(workdir: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    c = client(workdir)
+    keys = [k for k in c.get_run(run_id).data.metrics if k.startswith("accuracy_vs_")]
+    return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k)) for k in keys}
+
+
+def test_a_three_point_sweep_reproduces_its_points_its_dense_model_and_its_curves(cli, workdir):
+    assert cli("-m", "ratio=0.3,0.5,0.7").returncode == 0
+    (parent,) = [r for r in client(workdir).search_runs(["1"]) if r.data.tags[Tag.ROLE] == Role.SWEEP]
+    recorded = {r.info.run_id: r for r in sweep_children(workdir, parent.info.run_id)}
+
+    dry = reproduce(workdir, parent.info.run_id, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    commands = dry.stdout.splitlines()  # one per point (a ratio at its default is not named)
+    assert len(set(commands)) == 3
+    assert all(c.startswith("python -m prunelab ") for c in commands)
+
+    result = reproduce(workdir, parent.info.run_id)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    (again,) = [
+        r
+        for r in client(workdir).search_runs(
+            [client(workdir).get_experiment_by_name("lenet5-synthetic-reproduced").experiment_id]
+        )
+        if r.data.tags[Tag.ROLE] == Role.SWEEP
+    ]
+    assert (again.info.status, again.data.tags[Tag.REPRODUCES]) == ("FINISHED", parent.info.run_id)
+    points = sweep_children(workdir, again.info.run_id)
+    assert sorted(p.data.tags[Tag.REPRODUCES] for p in points) == sorted(recorded)
+    for p in points:
+        was = recorded[p.data.tags[Tag.REPRODUCES]]
+        assert p.data.tags[Tag.RUN_KEY] == was.data.tags[Tag.RUN_KEY]
+        assert computed(p.data.metrics) == computed(was.data.metrics)
+    # the reproduction's curves, logged as a sweep logs them, are the recorded ones step by step
+    recorded_curves = curves_of(workdir, parent.info.run_id)
+    assert recorded_curves
+    assert curves_of(workdir, again.info.run_id) == recorded_curves
+    lines = result.stdout.splitlines()
+    assert len([line for line in lines if line.startswith("point ") and ": identical" in line]) == 3
+    assert len([line for line in lines if line.startswith("dense ") and ": identical" in line]) == 1
+    curve_steps = [line.split()[0] for line in lines if line.startswith("accuracy_vs_sparsity/")]
+    assert {step.rsplit("@", 1)[1] for step in curve_steps} == {"0", "300", "500", "700", "1000"}
+    assert lines[-1].startswith("identical")
+
+    # a tampered point: exit 1 naming it; --points draws a sample
+    for run_id, r in recorded.items():
+        client(workdir).log_metric(run_id, Metric.TEST_ACCURACY, r.data.metrics[Metric.TEST_ACCURACY] + 0.25)
+    sample = reproduce(workdir, parent.info.run_id, "--points", "1", "--seed", "3")
+    assert sample.returncode == 1, sample.stdout + sample.stderr
+    (drawn,) = [line for line in sample.stdout.splitlines() if line.startswith("point ") and "different" in line]
+    assert Metric.TEST_ACCURACY in drawn
+    newest = max(
+        (r for r in client(workdir).search_runs(["2"]) if r.data.tags[Tag.ROLE] == Role.SWEEP),
+        key=lambda r: r.info.start_time,
+    )
+    assert len(sweep_children(workdir, newest.info.run_id)) == 1

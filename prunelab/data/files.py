@@ -74,13 +74,24 @@ def data_dirs(subdir: str) -> list[Path]:
     return [*dirs, cache_dir() / subdir]
 
 
+_LOCATED: dict[str, None] = {}  # the data files this process has located, in order
+
+
 def locate(dirs: Sequence[Path], names: Sequence[str]) -> Path | None:
-    """The first of ``dirs`` (or a folder one level inside it) that holds every file of ``names``."""
+    """The first of ``dirs`` (or a folder one level inside it) that holds every file of ``names``
+    (noted: :func:`located`)."""
     for d in dirs:
         for sub in (d, *sorted(p for p in d.glob("*") if p.is_dir())) if d.is_dir() else ():
             if all((sub / n).is_file() for n in names):
+                _LOCATED.update(dict.fromkeys(str((sub / n).resolve()) for n in names))
                 return sub
     return None
+
+
+def located() -> dict[str, str]:
+    """The data files this process's loaders have located, by path, with their SHA-256: where a
+    run read its data from, and what it held (a run records it; a reproduction compares it)."""
+    return {path: file_digest(Path(path)) for path in _LOCATED if Path(path).is_file()}
 
 
 def verify(path: Path, sha256: str | None) -> None:

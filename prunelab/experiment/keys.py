@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,10 @@ class RunKey:
     point: str
     dense: str
     dense_point: str
+    # The files the run reads that are known by their contents (a data folder of your own, a
+    # checkpoint, a tokenizer, a plan): dotted option -> digest, recorded so that a reproduction
+    # names the one that changed.
+    contents: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def identity(cfg: DictConfig, device_type: str, world: int = 1) -> RunKey:
@@ -105,7 +109,27 @@ def identity(cfg: DictConfig, device_type: str, world: int = 1) -> RunKey:
     processes (each with its own BatchNorm statistics: not the run one process makes)."""
     tree = _relevant(cfg, device_type, RESULT_PARTS, world)  # once: a plan's contents may be a download
     dense = {**_relevant(cfg, device_type, DENSE_PARTS, world), "format": DENSE_FORMAT}
-    return RunKey(_digest(tree), _digest(_without_seeds(tree)), _digest(dense), _digest(_without_seeds(dense)))
+    return RunKey(
+        _digest(tree),
+        _digest(_without_seeds(tree)),
+        _digest(dense),
+        _digest(_without_seeds(dense)),
+        {**_contents(dense), **_contents(tree)},
+    )
+
+
+CONTENT_MARKS = ("files:", "listing:", "sha256:", "sets:")  # what the steps below put in place of a path
+
+
+def _contents(tree: dict, prefix: str = "") -> dict[str, str]:
+    """The options of a keyed ``tree`` that stand for files by their contents (dotted name -> digest)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_contents(value, f"{prefix}{key}."))
+        elif isinstance(value, str) and value.startswith(CONTENT_MARKS):
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _digest(tree) -> str:

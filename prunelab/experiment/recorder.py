@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from ..data.files import located
 from ..data.splits import Splits
 from ..names import Artifact, Metric, Tag
 from ..tracking import record, store
@@ -86,7 +87,7 @@ class Recorder:
         with store.run(self.experiment_id, s.run_name, tags, self.parent_run_id) as active:
             active.set_tags({Tag.NOTE: record.note(active.id, s.tracking.uri)})
             active.log_params({**s.params, **({"ratio": "budget"} if s.budget_macs is not None else {})})
-            active.log_files({Artifact.CONFIG: s.config_yaml, **record.files(s.device)})
+            active.log_files({Artifact.CONFIG: s.config_yaml, **record.files(s.device, s.key.contents, located())})
             yield active
 
     def report(self, metrics: dict[str, Any], dense: DenseResult) -> None:

@@ -121,8 +121,13 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """This process's environment for a run on ``device``, as ``environment.json`` holds it."""
+def environment(
+    device: torch.device, contents: dict[str, str] | None = None, data: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """This process's environment for a run on ``device`` that reads the files ``contents``
+    (option -> digest of what it holds: :attr:`prunelab.experiment.keys.RunKey.contents`) and the
+    data files ``data`` (path -> SHA-256: :func:`prunelab.data.files.located`), as
+    ``environment.json`` holds it."""
     git = git_state()
     return {
         "format": FORMAT,
@@ -137,6 +142,8 @@ def environment(device: torch.device) -> dict[str, Any]:
             "cudnn.deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn.benchmark": bool(torch.backends.cudnn.benchmark),
         },
+        "contents": dict(contents or {}),
+        "data": dict(data or {}),
     }
 
 
@@ -146,12 +153,14 @@ def tags() -> dict[str, str]:
     return {**{Tag.version(p): v for p, v in versions().items()}, **({Tag.GIT_COMMIT: commit} if commit else {})}
 
 
-def files(device: torch.device) -> dict[str, str]:
+def files(
+    device: torch.device, contents: dict[str, str] | None = None, data: dict[str, str] | None = None
+) -> dict[str, str]:
     """The run's record of its environment: ``environment.json``, and ``git.diff`` when the
     working tree had uncommitted changes."""
     diff = git_state().diff
     return {
-        Artifact.ENVIRONMENT: json.dumps(environment(device), indent=1),
+        Artifact.ENVIRONMENT: json.dumps(environment(device, contents, data), indent=1),
         **({Artifact.GIT_DIFF: redact(diff)} if diff else {}),
     }
 
@@ -185,6 +194,10 @@ def differences(recorded: dict[str, Any], here: dict[str, Any]) -> list[str]:
         differ("device", f"{was_device['type']} ({was_device['name']})", f"{now_device['type']} ({now_device['name']})")
     for key, was in (recorded.get("deterministic") or {}).items():
         differ(f"deterministic {key}", was, here["deterministic"].get(key))
+    for option, was in (recorded.get("contents") or {}).items():
+        now = here.get("contents", {}).get(option)
+        if was != now:
+            lines.append(f"{option}: its files hold other contents (recorded {was}, here {_shown(now)})")
     return lines
 
 
