@@ -12,6 +12,9 @@ environment check and the comparison. Both must end as they should (A: exit 0; B
 
     python -m benchmarks.reproduce_overhead            # 3 rounds; printed
     python -m benchmarks.reproduce_overhead --quick    # 1 round
+    python -m benchmarks.reproduce_overhead --publish  # also into RESULTS.md, as a kept block
+
+``make bench`` runs it as its section 16.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ def run(quick: bool = False) -> Section:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one round")
-    return report(run(p.parse_args().quick))
+    p.add_argument("--publish", action="store_true", help="write it into RESULTS.md (a kept block)")
+    args = p.parse_args()
+    return report(run(args.quick), "reproduce_overhead" if args.publish else None)
 
 
 if __name__ == "__main__":
