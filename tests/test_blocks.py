@@ -12,7 +12,7 @@ from torch import nn
 
 from prunelab.models import lm
 from prunelab.pruning import Local, PruneData, PruningError, SparseGPT, Wanda
-from prunelab.pruning.blocks import capture, find_blocks, run
+from prunelab.pruning.blocks import BATCH_VALUES, batch_size_for, capture, find_blocks, run
 from prunelab.pruning.layerwise import input_gram, per_row_count, sparsegpt_update, wanda_mask
 from prunelab.pruning.tracing import prunable_layers
 
@@ -92,9 +92,17 @@ def test_a_deeper_model_runs_each_block_once_per_batch_not_once_per_layer_below_
     model = gpt(layers=4)
     model.blocks[0].register_forward_hook(lambda *_: calls.__setitem__("first", calls["first"] + 1))
     model.blocks[3].register_forward_hook(lambda *_: calls.__setitem__("last", calls["last"] + 1))
-    Wanda(samples=64)(model, RATIO, scope=Local(), data=tokens())
-    # two batches of 32: one statistics pass and one output pass per block, the same at any depth
-    assert calls == {"first": 4, "last": 4}
+    data = tokens()
+    Wanda(samples=64)(model, RATIO, scope=Local(), data=data)
+    # one statistics pass and one output pass per block and batch, the same at any depth
+    batches = -(-64 // batch_size_for(data.train[0]))
+    assert calls == {"first": 2 * batches, "last": 2 * batches}
+
+
+def test_a_block_takes_its_calibration_windows_in_batches_of_a_bounded_number_of_tokens():
+    assert batch_size_for(torch.zeros(32, 512, dtype=torch.long)) == BATCH_VALUES // 512  # OPT-125m's protocol
+    assert batch_size_for(torch.zeros(128, 2048, dtype=torch.long)) == 1  # one window at a time, as the papers' code
+    assert batch_size_for(torch.zeros(64, 16, dtype=torch.long)) == 128
 
 
 HF_CONFIGS = [

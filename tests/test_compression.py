@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import randomised, runs
 from mlflow.tracking import MlflowClient
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from prunelab import models
 from prunelab.data import synthetic
@@ -155,6 +158,67 @@ def test_macs_are_the_textbook_count():
     # LeNet-5 on 1x16x16: conv 6x16x16 outputs x 25 taps, conv 16x8x8 x (6 x 25), fc 256-120-84-10.
     expected = 6 * 256 * 25 + 16 * 64 * 150 + 256 * 120 + 120 * 84 + 84 * 10
     assert mac_counts(models.lenet5(in_shape=SHAPE), torch.zeros(1, *SHAPE)) == (expected, expected)
+
+
+class Devices(TorchFunctionMode):
+    """The devices of the tensors that reach a linear or convolution while it is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (F.linear, F.conv2d):
+            self.devices.update(a.device.type for a in args if isinstance(a, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+def test_macs_are_counted_from_the_shapes_without_computing_and_equal_a_real_forward(monkeypatch):
+    import prunelab.pruning.macs as macs
+
+    def real(model, x):  # the count a forward on the weights gives (the meta pass disabled)
+        with monkeypatch.context() as m:
+            m.setattr(macs, "_on_meta", lambda *_: (_ for _ in ()).throw(RuntimeError("no meta")))
+            return mac_counts(model, x), macs.layer_macs(model, x)
+
+    torch.manual_seed(0)
+    resnet = models.resnet(depth=18)
+    prune(resnet, "unstructured", "local", 0.5).mask.apply(resnet)
+    for model, x in ((models.lenet5(in_shape=SHAPE), torch.zeros(1, *SHAPE)), (resnet, torch.zeros(1, 3, 224, 224))):
+        with Devices() as seen:  # the weights never enter a computation: only meta tensors do
+            on_meta = mac_counts(model, x), macs.layer_macs(model, x)
+        assert seen.devices == {"meta"}, type(model).__name__
+        assert on_meta == real(model, x), type(model).__name__
+    macs_, nonzero = mac_counts(resnet, torch.zeros(1, 3, 224, 224))
+    assert macs_ == pytest.approx(1.82e9, rel=0.01)  # ResNet-18's published 1.8 GMACs
+    assert nonzero < 0.6 * macs_  # half of every conv's weights are zero
+
+
+def test_a_transformer_is_counted_on_its_weights_as_a_forward_on_its_device_counts_it():
+    """Fused attention's count depends on the kernel that runs it (none for the CPU's fused one):
+    the meta pass steps aside and a transformer's MACs stay what they were."""
+    from prunelab.models import lm
+
+    model, x = lm.tiny_gpt((32,), 64, d_model=32, layers=2, heads=4), torch.zeros(1, 32, dtype=torch.long)
+    with Devices() as seen:
+        counted = mac_counts(model, x)
+    assert "cpu" in seen.devices
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    assert counted[0] == counter.get_total_flops() / 2
+
+
+def test_a_forward_that_reads_values_is_counted_on_the_weights():
+    class ReadsValues(nn.Module):  # a shape that depends on the data: no meta pass can run it
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x[: int(x.sum().item()) or 1])
+
+    model = ReadsValues()
+    assert mac_counts(model, torch.ones(2, 4)) == (2 * 4 * 3, 2 * 4 * 3)
 
 
 def test_ledger_nonzero_macs_follow_the_density_for_unstructured_pruning():

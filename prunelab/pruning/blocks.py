@@ -101,10 +101,24 @@ def _moved(value: Any, device: torch.device | str) -> Any:
     return value
 
 
+# Calibration values per batch of a block's pass (a text window's tokens, an image's pixels): what
+# bounds its working set. A block's attention scores grow with the batch (32 windows of 512 tokens
+# through 12 heads: 400 MiB of scores, and a layer's float64 Gram input as much again); in batches
+# of 2,048 tokens they stay a few tens of MiB at OPT-125m's width, one window per batch from 2,048
+# tokens up, as the SparseGPT and Wanda code runs its samples.
+BATCH_VALUES = 2048
+
+
+def batch_size_for(x: torch.Tensor) -> int:
+    """How many of the samples ``x`` one pass of a block takes (:data:`BATCH_VALUES`)."""
+    return max(1, BATCH_VALUES // max(1, x[0].numel())) if len(x) else 1
+
+
 @torch.no_grad()
-def capture(model: nn.Module, first: nn.Module, x: torch.Tensor, batch_size: int = 32) -> list[Inputs]:
-    """What ``first`` (block 0) receives when ``model`` runs on ``x``, batch by batch; the model
-    runs only up to it."""
+def capture(model: nn.Module, first: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> list[Inputs]:
+    """What ``first`` (block 0) receives when ``model`` runs on ``x``, batch by batch (None: as
+    :func:`batch_size_for` says); the model runs only up to it."""
+    batch_size = batch_size or batch_size_for(x)
     seen: list[Inputs] = []
 
     def hook(_module, args, kwargs):
