@@ -79,6 +79,9 @@ class Metric:
     # a block-by-block prune resumed after a kill: the index of the first block it pruned (the
     # blocks before it restored from the run's progress, prunelab.pruning.progress)
     PRUNE_RESUMED_BLOCK = "prune.resumed_block"
+    # scope=owl, per block: its outlier ratio (percent of its Wanda scores above m x their mean)
+    # and the sparsity it was given (Metric.owl(i, ...): owl.block_3.sparsity)
+    OWL_OUTLIER_RATIO, OWL_SPARSITY = "owl.outlier_ratio", "owl.sparsity"
     # One run across processes (torchrun): how many, and whether every rank computed the same mask
     # and ended with the same weights (1.0) before rank 0's were kept (prunelab.experiment.distributed).
     RANKS_WORLD = "ranks.world"
@@ -89,6 +92,12 @@ class Metric:
     STAGES = (DENSE, PRUNED, FINETUNED)
 
     ZEROSHOT = "zeroshot"  # lm-evaluation-harness tasks (prunelab.experiment.zeroshot)
+
+    @staticmethod
+    def owl(block: int, figure: str) -> str:
+        """OWL's ``figure`` (:data:`OWL_SPARSITY`, ...) of repeated block ``block``: ``owl.block_3.sparsity``."""
+        head, tail = figure.split(".", 1)
+        return f"{head}.block_{block}.{tail}"
 
     @staticmethod
     def zeroshot(task: str, figure: str = "acc") -> str:

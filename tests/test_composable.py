@@ -44,7 +44,7 @@ from prunelab.pruning.sensitivity import choose
 CRITERIA, SCOPES, METHODS = options("criterion"), options("scope"), options("method")
 # Post-training methods prune nn.Linear layers row by row (scope=local): refused on LeNet-5 here,
 # one line each; their own compositions are in tests/test_lm.py.
-LAYERWISE = ("wanda", "sparsegpt")
+LAYERWISE = ("magnitude", "wanda", "sparsegpt")
 # Depth and width pruning remove a transformer's repeated blocks, or their heads and MLP channels,
 # which LeNet-5 has none of: refused here in one line; their own tests are in tests/test_depth.py
 # and tests/test_width.py.
@@ -92,11 +92,13 @@ def _cannot(method: str, criterion: str, scope: str = "global") -> str | None:
         if group not in takes and chosen != default:
             return f"method={method} takes no {group} \\({group}="
     if method in LAYERWISE:
-        return "use scope=local" if scope != "local" else "prunes nn.Linear layers"
+        return "use scope=local" if scope not in ("local", "owl") else "prunes nn.Linear layers"
     if method in DEPTH:
         return f"method={method}: the model has no repeated blocks"
     if scope == "erk" and method == "structured":
         return "erk.*unstructured"  # ERK sets densities of single weights
+    if scope == "owl":  # OWL allocates from calibration data, block by block: the layer-by-layer methods
+        return "scope=owl sets each block's own sparsity; 1:4" if method == "nm" else "scope=owl sets each block's"
     if criterion == "fpgm" and method != "structured":
         return "fpgm.*structured"  # FPGM compares whole filters
     return None

@@ -90,9 +90,9 @@ def test_the_harness_scores_the_model_object_as_it_is(task):
     assert zeroshot(model, "cpu")[Metric.zeroshot(TASK)] == pytest.approx(by_hand(model.model, tokenizer, data))
 
 
-def test_a_run_logs_the_dense_and_the_pruned_models_zero_shot_accuracy(cli, workdir, task):
+def test_a_run_logs_the_dense_and_the_pruned_models_zero_shot_accuracy(cli, workdir, task, monkeypatch):
     folder, data, wiki, model_folder = task
-    result = cli(
+    options = [
         "model=hf_causal_lm",
         f"model.pretrained={model_folder}",
         "dataset=wikitext2",
@@ -107,7 +107,8 @@ def test_a_run_logs_the_dense_and_the_pruned_models_zero_shot_accuracy(cli, work
         "handover=false",
         f"eval.tasks=[{TASK}]",
         f"eval.include={folder}",
-    )
+    ]
+    result = cli(*options)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")
     dense = transformers.AutoModelForCausalLM.from_pretrained(model_folder)
@@ -116,6 +117,15 @@ def test_a_run_logs_the_dense_and_the_pruned_models_zero_shot_accuracy(cli, work
     assert run.data.metrics[Metric.at(Metric.DENSE, key)] == pytest.approx(by_hand(dense, tokenizer, data))
     assert 0 <= run.data.metrics[key] <= 1
     assert run.data.params["eval.tasks"] == f"['{TASK}']"
+
+    # another point over the same checkpoint: the dense model's scores are read, not measured again
+    scored = []
+    harness = ZeroShot.__call__
+    monkeypatch.setattr(ZeroShot, "__call__", lambda self, *a: scored.append(1) or harness(self, *a))
+    assert cli(*options, "ratio=0.5").returncode == 0
+    again = next(r for r in runs(workdir, "pruned") if r.info.run_id != run.info.run_id)
+    assert len(scored) == 1  # the pruned model's
+    assert again.data.metrics[Metric.at(Metric.DENSE, key)] == run.data.metrics[Metric.at(Metric.DENSE, key)]
 
 
 def test_the_harness_results_become_metrics():

@@ -8,6 +8,7 @@ weights: a damaged, truncated or foreign cache file is never loaded, the model i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import hashlib
@@ -60,6 +61,23 @@ def complete(dense: DenseResult, model: nn.Module, data: Splits) -> dict[str, fl
     if Metric.TEST_PERPLEXITY in dense.figures:
         return dense.figures
     return {**dense.figures, **perplexity(model, data.test)}
+
+
+def figures_once(cache_dir: Path, key: str, what: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Figures of dense model ``key`` that a run asks for beyond :data:`FIGURES` (its zero-shot
+    scores for one evaluation config, named by ``what``: a digest of that config): measured by the
+    first run that asks (``measure``), cached beside the dense model, read by every later run and
+    sweep point over it."""
+    path = cache_dir / f"{key}.{what}.json"
+    with locked(cache_dir / f"{key}.{what}.lock"):
+        with contextlib.suppress(OSError, ValueError):
+            found = json.loads(path.read_text())
+            if isinstance(found, dict) and all(isinstance(v, float) for v in found.values()):
+                log.info("dense model %s: %s read from %s", key, what, path)
+                return found
+        figures = {k: float(v) for k, v in measure().items()}
+        atomic_save(figures, path, lambda o, p: Path(p).write_text(json.dumps(o, indent=1)))
+        return figures
 
 
 @contextmanager

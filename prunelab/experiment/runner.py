@@ -52,7 +52,7 @@ from ..models.checkpoint import load_checkpoint
 from ..names import Artifact, Metric
 from ..pruning.data import PruneData
 from ..pruning.pruner import Pruner
-from .dense import DenseResult, complete, dense_model
+from .dense import DenseResult, complete, dense_model, figures_once
 from .handover_stage import HandoverStage
 from .measure import layer_table, sparsity_summary
 from .processes import OneProcess, processes
@@ -201,8 +201,15 @@ def _dense_figures(s: Settings, dense: DenseResult, model: torch.nn.Module, data
     """The dense model's figures, which the pruned run records beside its own."""
     return {
         **{Metric.at(Metric.DENSE, k): v for k, v in complete(dense, model, data).items()},
-        **({Metric.at(Metric.DENSE, k): v for k, v in s.zeroshot(model, s.device).items()} if s.zeroshot else {}),
+        **({Metric.at(Metric.DENSE, k): v for k, v in _dense_zeroshot(s, model).items()} if s.zeroshot else {}),
     }
+
+
+def _dense_zeroshot(s: Settings, model: torch.nn.Module) -> dict[str, float]:
+    """The dense model's zero-shot scores, measured once per dense model and ``eval`` config."""
+    assert s.zeroshot is not None
+    zeroshot = s.zeroshot
+    return figures_once(s.cache, s.key.dense, zeroshot.digest, lambda: zeroshot(model, s.device))
 
 
 def _evaluate(s: Settings, outcome: Outcome, data: Splits, table) -> dict[str, float]:

@@ -11,15 +11,18 @@ is logged as ``zeroshot.<task>.<figure>``; the pruned run logs the dense model's
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..config import ConfigError
+from ..data.files import folder_digest
 from ..data.tokens import Tokens
 from ..models.lm import CausalLM
 from ..names import Metric
@@ -38,6 +41,15 @@ class ZeroShot:
     batch_size: int = 8
     num_fewshot: int = 0
     seed: int = 0  # of a few-shot example's choice
+
+    @property
+    def digest(self) -> str:
+        """What these scores are of (tasks, their files, the harness's options): the name the dense
+        model's scores are cached under."""
+        include = Path(self.include).expanduser() if self.include else None
+        files = folder_digest(include) if include is not None and include.is_dir() else None
+        spec = {**asdict(self), "include": files}
+        return "zeroshot-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def check(self, model: nn.Module) -> None:
         """Fail before any training when the harness cannot run on this model."""

@@ -29,9 +29,10 @@ from .criteria import FPGM, Activation, Magnitude, Random, Taylor
 from .data import PruneData
 from .depth import Blocks
 from .errors import PruningError, check_ratio
-from .layerwise import SparseGPT, Wanda
+from .layerwise import LayerMagnitude, SparseGPT, Wanda
 from .mask import Mask, MaskError
 from .methods import NM, Structured, Unstructured
+from .owl import Owl
 from .plan import FromPlan, load_plan
 from .pruner import Pruner
 from .schedules import Dynamic, Gradual, Iterative, Lottery, Oneshot
@@ -120,6 +121,8 @@ __all__ = [
     "Units",
     "Unstructured",
     "Wanda",
+    "LayerMagnitude",
+    "Owl",
     "Width",
     "allocate",
     "check_ratio",

@@ -15,7 +15,7 @@ running a block again does not grow it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,4 +161,42 @@ def advance(block: nn.Module, inputs: list[Inputs]) -> list[Inputs]:
     return [one.replaced(out) for one, out in zip(inputs, run(block, inputs), strict=True)]
 
 
-__all__ = ["KNOWN", "Inputs", "advance", "capture", "find_blocks", "required_blocks", "run"]
+@torch.no_grad()
+def fold_inputs(
+    block: nn.Module,
+    inputs: list[Inputs],
+    layers: dict[str, nn.Module],
+    add: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor],
+    passed_on: bool = True,
+) -> tuple[dict[str, torch.Tensor], list[Inputs]]:
+    """One pass of ``block`` over ``inputs``: each of ``layers``' inputs (as rows) folded batch by
+    batch into a total by ``add(total or None, rows)`` (a Gram matrix, squared norms), and the next
+    block's inputs (``passed_on=False``: none kept, [] returned; the outputs are dropped batch by
+    batch). A layer the pass never reaches is one :class:`PruningError`."""
+    totals: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def gather(_module, args):
+            rows = args[0].detach().reshape(-1, args[0].shape[-1])
+            totals[name] = add(totals.get(name), rows)
+
+        return gather
+
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    after: list[Inputs] = []
+    try:
+        if passed_on:
+            after = advance(block, inputs)
+        else:
+            for _ in run(block, inputs):
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in layers if name not in totals]
+    if missing:
+        raise PruningError(f"{', '.join(missing)} never ran in its block's forward pass: add it to method.ignore")
+    return totals, after
+
+
+__all__ = ["KNOWN", "Inputs", "advance", "capture", "find_blocks", "fold_inputs", "required_blocks", "run"]

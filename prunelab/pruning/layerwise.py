@@ -51,12 +51,13 @@ from typing_extensions import override
 
 from ..names import Metric
 from .allocation import Local, as_scope
-from .blocks import Inputs, advance, capture, find_blocks, run
+from .blocks import Inputs, advance, capture, find_blocks, fold_inputs
 from .contracts import Criterion, Method, Pruned, Scope, Units
 from .data import TRAIN, PruneData
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
 from .methods import current_entries, finish
+from .owl import Owl, block_outliers, block_sparsities
 from .progress import BlockProgress, work
 from .tracing import OUTPUT_LAYERS, prunable_layers
 
@@ -107,29 +108,14 @@ def input_gram(
     return gram, rows
 
 
-@torch.no_grad()
 def block_grams(block: nn.Module, inputs: list[Inputs], layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """``XᵀX`` of each of ``layers`` (by name) in one pass of ``block`` over its captured inputs."""
-    grams: dict[str, torch.Tensor] = {}
 
-    def hook(name):
-        def gather(_module, args):
-            inp = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            grams[name] = inp.T @ inp if name not in grams else grams[name] + inp.T @ inp
+    def add(gram: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.double()
+        return rows.T @ rows if gram is None else gram + rows.T @ rows
 
-        return gather
-
-    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
-    try:
-        for _ in run(block, inputs):
-            pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [name for name in layers if name not in grams]
-    if missing:
-        raise PruningError(f"{', '.join(missing)} never ran in its block's forward pass: add it to method.ignore")
-    return grams
+    return fold_inputs(block, inputs, layers, add, passed_on=False)[0]
 
 
 def _zero_pruned(mask: Mask | None, name: str, layer: nn.Linear) -> None:
@@ -302,37 +288,55 @@ def _layerwise(
     resumed from (``progress.py``)."""
     if data is not None and not isinstance(data, PruneData):
         data = PruneData(data, seed=seed)
+    scope = as_scope(scope)
     linear = _linear_layers(model, type(method).__name__.lower(), scope, method.ignore)
     _check_pattern(ratio, method.n, method.m, {n: layer.in_features for n, layer in linear.items()})
+    if isinstance(scope, Owl) and method.n is not None:
+        raise PruningError(
+            f"scope=owl sets each block's own sparsity; {method.n}:{method.m} keeps {method.n} of every {method.m} "
+            "weights in every layer: use scope=local for N:M"
+        )
     if method.sequential not in SEQUENTIAL:
         raise PruningError(f"method.sequential={method.sequential!r}: one of {', '.join(SEQUENTIAL)}")
-    x = calibration(data, method.samples, seed, method.calibration)
-    prune_layer = method.prune_layer(ratio)
+    found = find_blocks(model, method.blocks)
+    calibrated = method.needs_gram or isinstance(scope, Owl)
+    x = calibration(data, method.samples, seed, method.calibration) if calibrated else None
+    ratio_of, allocated = _allocation(model, scope, found, linear, x, ratio)
+    pruners: dict[float, Callable] = {}
     keep: dict[str, torch.Tensor] = {}
 
-    def prune_one(name: str, layer: nn.Linear, gram: torch.Tensor) -> None:
-        key = f"{name}.weight"
+    def prune_one(name: str, layer: nn.Linear, gram: torch.Tensor | None) -> None:
+        key, own = f"{name}.weight", ratio_of(name)
+        prune_layer = pruners.setdefault(own, method.prune_layer(own))
         alive = _alive(mask, key, layer)
-        new, kept = prune_layer(layer.weight, gram.to(layer.weight.device), alive, name)
+        new, kept = prune_layer(layer.weight, None if gram is None else gram.to(layer.weight.device), alive, name)
         if alive is not None:
             kept &= alive
         with torch.no_grad():
             layer.weight.copy_(new * kept)
         keep[key] = kept.cpu()
 
-    found = find_blocks(model, method.blocks)
     rest = dict(linear)
     saved = None
-    if found is not None:
+    if not method.needs_gram:  # (magnitude) each layer from its own weights
+        for name, layer in linear.items():
+            _zero_pruned(mask, name, layer)
+            prune_one(name, layer, None)
+        rest = {}
+    elif found is not None:
+        assert x is not None
         if progress is not None:  # what identifies this prune, read before anything is pruned
-            saved = BlockProgress(progress, work(repr(method), ratio, seed, model, x, list(linear), mask), keep)
+            options = repr(method) + (repr(scope) if isinstance(scope, Owl) else "")
+            saved = BlockProgress(progress, work(options, ratio, seed, model, x, list(linear), mask), keep)
         _walk_blocks(model, *found, x, rest, mask, prune_one, method.sequential, method.block_device, saved)
     for name, layer in rest.items():  # outside any block (or no blocks): through the whole model
+        assert x is not None
         _zero_pruned(mask, name, layer)
         prune_one(name, layer, input_gram(model, layer, x)[0])
     weights = {f"{name}.weight": layer.weight for name, layer in linear.items()}
     units = Units({k: w.numel() for k, w in weights.items()}, lambda k: weights[k].abs())
     pruned = finish(keep, units, dict(keep), weights, mask, ratio)
+    pruned = dataclasses.replace(pruned, figures={**pruned.figures, **allocated})
     if saved is None:
         return pruned
     saved.remove()  # finished: the progress was only for resuming
@@ -340,12 +344,42 @@ def _layerwise(
     return dataclasses.replace(pruned, figures={**pruned.figures, **resumed})
 
 
+def _allocation(
+    model: nn.Module,
+    scope: Scope,
+    found: tuple[str, nn.ModuleList] | None,
+    linear: dict[str, nn.Linear],
+    x: torch.Tensor | None,
+    ratio: float,
+) -> tuple[Callable[[str], float], dict[str, float]]:
+    """Each layer's ratio (by name) and the figures that say how it was chosen: ``ratio`` for
+    every layer (the local scope), or OWL's sparsity of the block a layer is in (``owl.py``),
+    logged per block."""
+    if not isinstance(scope, Owl):
+        return (lambda _name: ratio), {}
+    if found is None:
+        raise PruningError("scope=owl allocates by block: no repeated blocks found (set method.blocks)")
+    assert x is not None
+    path, modules = found
+    prefixes = [f"{path}.{i}." for i in range(len(modules))]
+    inside = [{n[len(p) :]: layer for n, layer in linear.items() if n.startswith(p)} for p in prefixes]
+    outliers = block_outliers(modules, capture(model, modules[0], x), inside, scope.m)
+    sparsity = block_sparsities(outliers, ratio, scope.lmbda)
+    own = {name: s for p, s in zip(prefixes, sparsity) for name in linear if name.startswith(p)}
+    figures = {
+        **{Metric.owl(i, Metric.OWL_OUTLIER_RATIO): d for i, d in enumerate(outliers)},
+        **{Metric.owl(i, Metric.OWL_SPARSITY): s for i, s in enumerate(sparsity)},
+    }
+    return (lambda name: own.get(name, ratio)), figures
+
+
 def _linear_layers(model: nn.Module, method: str, scope: Scope, ignore: Sequence[str]) -> dict[str, nn.Linear]:
     """The layers to prune, refused here before any calibration data are drawn: the papers prune
     every layer to the ratio (the local scope only), and only ``nn.Linear`` layers."""
-    if not isinstance(as_scope(scope), Local):
+    if not isinstance(as_scope(scope), Local | Owl):
         raise PruningError(
-            f"method={method} prunes every layer to the ratio, row by row, as the paper does: use scope=local"
+            f"method={method} prunes every layer to the ratio, as the paper does: use scope=local (or scope=owl: "
+            "each block to OWL's ratio)"
         )
     layers = prunable_layers(model, ignore)
     if not layers:
@@ -432,6 +466,7 @@ class LayerByLayer(Method):
     and prune every layer to the ratio (the local scope only)."""
 
     takes: ClassVar[frozenset[str]] = frozenset({"scope", "calibration", "blocks", "progress"})
+    needs_gram: ClassVar[bool] = True  # scores from the inputs' Gram matrix (magnitude: the weights only)
 
     # the logits layer (the papers prune the blocks' linear layers only)
     ignore: list[str] = field(default_factory=lambda: list(OUTPUT_LAYERS))
@@ -480,6 +515,34 @@ class LayerByLayer(Method):
 
 
 @dataclass
+class LayerMagnitude(LayerByLayer):
+    """Magnitude pruning as the LLM papers' tables run it: each layer's smallest ``|W|`` (one
+    threshold per layer; luuyin/OWL's ``prune_magnitude`` / ``prune_mag_outlier``), from the
+    weights alone; with ``scope=owl`` each block to OWL's ratio (its scores need calibration data).
+    The reference prunes every weight at or below the ``int(numel * ratio)``-th smallest, one more
+    than the ratio (and any ties); here exactly ``int(numel * ratio)``. Unstructured (N:M by
+    magnitude: ``method=nm``)."""
+
+    needs_gram: ClassVar[bool] = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n is not None or self.m is not None:
+            raise PruningError("method=magnitude is unstructured: N:M by magnitude is method=nm")
+
+    def prune_layer(self, ratio: float) -> Callable:
+        def prune_layer(weight, _gram, alive, _name):
+            scores = weight.detach().abs().flatten().double()
+            if alive is not None:
+                scores = scores.masked_fill(~alive.flatten(), -1.0)  # pruned already: first out
+            kept = torch.ones_like(scores, dtype=torch.bool)
+            kept[torch.topk(scores, int(scores.numel() * ratio), largest=False).indices] = False
+            return weight.detach(), kept.view_as(weight)
+
+        return prune_layer
+
+
+@dataclass
 class Wanda(LayerByLayer):
     """Wanda, layer by layer (the module docstring). Zeroes the pruned weights in place."""
 
@@ -517,4 +580,4 @@ class SparseGPT(LayerByLayer):
         return prune_layer
 
 
-__all__ = ["SparseGPT", "Wanda", "calibration", "input_gram", "sparsegpt_update", "wanda_mask"]
+__all__ = ["LayerMagnitude", "SparseGPT", "Wanda", "calibration", "input_gram", "sparsegpt_update", "wanda_mask"]

@@ -38,6 +38,7 @@ from .data import PruneData
 from .errors import PruningError, check_nm, check_ratio
 from .macs import layer_macs
 from .mask import Mask, count, keep_pruned
+from .owl import Owl
 from .plan import plan_of
 from .probe import Probe
 from .tracing import (
@@ -231,6 +232,11 @@ class NM(Pattern):
         scorer, mask = given.scorer, given.mask
         n, m = self.n, self.m
         check_nm(n, m, ratio)
+        if isinstance(given.scope, Owl):  # (the one scope that allocates something N:M fixes)
+            raise PruningError(
+                f"scope=owl sets each block's own sparsity; {n}:{m} keeps {n} of every {m} weights in every layer: "
+                "use scope=local for N:M"
+            )
         candidates = prunable_layers(model, self.ignore)
         layers = {name: layer for name, layer in candidates.items() if layer.weight.shape[1] % m == 0}
         skipped = [name for name in candidates if name not in layers]
