@@ -135,7 +135,7 @@ def summarise(client: MlflowClient, parent: str, experiment_ids: list[str]) -> i
     if len(finished):
         done = points[points["status"] == "FINISHED"]
         _log_curves(client, parent, curve_series(done))
-        client.set_tag(parent, Tag.NOTE, summary_note(done))
+        client.set_tag(parent, Tag.NOTE, f"{summary_note(done)}\n\n{record.note(parent, client.tracking_uri)}")
         with figures_dir() as out:
             write_report(done, out)
             client.log_artifacts(parent, str(out))

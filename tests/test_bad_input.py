@@ -102,8 +102,14 @@ CASES = [  # id, arguments, words the one line must hold, setup
     ("nm-ratio", ["method=nm", "ratio=0.7"], ["ratio must be 0.5"], None),
     (
         "criterion-not-taken",
+        ["method=sparsegpt", "criterion=l1", "scope=local"],
+        ["method=sparsegpt takes no criterion (criterion=l1)", "it takes a scope, calibration data"],
+        None,
+    ),
+    (
+        "criterion-not-among-those-taken",
         ["method=wanda", "criterion=l1", "scope=local"],
-        ["method=wanda takes no criterion (criterion=l1)", "it takes a scope, calibration data"],
+        ["method=wanda takes criterion=ria in place of its own score, not criterion=l1; drop criterion=l1"],
         None,
     ),
     (

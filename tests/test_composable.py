@@ -87,12 +87,16 @@ def _cannot(method: str, criterion: str, scope: str = "global") -> str | None:
     method does not take (its ``takes``), then what the method itself refuses."""
     if scope == "plan" and _cannot(method, "l2", "global"):  # the plan is made by a global pruning first
         return _cannot(method, "l2", "global")
-    takes = type(resolve("method", method)).takes
+    kind = type(resolve("method", method))
     for group, chosen, default in (("criterion", criterion, "l2"), ("scope", scope, "global")):
-        if group not in takes and chosen != default:
+        if group not in kind.takes and chosen != default:
             return f"method={method} takes no {group} \\({group}="
+    if kind.criteria is not None and criterion not in (*kind.criteria, "l2"):  # Wanda: RIA's, or its own
+        return f"method={method} takes criterion=ria in place of its own score"
     if method in LAYERWISE:
         return "use scope=local" if scope not in ("local", "owl") else "prunes nn.Linear layers"
+    if criterion == "ria":  # RIA scores with calibration activations: method=wanda's
+        return "criterion=ria scores weights with their calibration activations"
     if method in DEPTH:
         return f"method={method}: the model has no repeated blocks"
     if scope == "erk" and method == "structured":

@@ -151,7 +151,11 @@ def test_run_keys_of_the_published_studies_are_unchanged(overrides, key, monkeyp
 
 def test_a_criterion_chosen_for_a_method_that_takes_none_is_one_line():
     with pytest.raises(
-        ConfigError, match=r"^method=wanda takes no criterion \(criterion=l1\): it takes a scope, calibration data"
+        ConfigError, match=r"^method=sparsegpt takes no criterion \(criterion=l1\): it takes a scope, calibration data"
+    ):
+        compose("method=sparsegpt", "criterion=l1", "scope=local")
+    with pytest.raises(
+        ConfigError, match=r"^method=wanda takes criterion=ria in place of its own score, not criterion=l1"
     ):
         compose("method=wanda", "criterion=l1", "scope=local")
     with pytest.raises(ConfigError, match=r"^method=blocks takes no scope \(scope=local\)"):
@@ -167,6 +171,8 @@ def test_the_python_api_refuses_a_criterion_a_method_does_not_take():
     from prunelab.pruning import PruningError, prune
 
     net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
-    with pytest.raises(PruningError, match="method=wanda takes no criterion"):
+    with pytest.raises(PruningError, match="method=sparsegpt takes no criterion"):
+        prune(net, "sparsegpt", scope="local", criterion="taylor", ratio=0.5)
+    with pytest.raises(PruningError, match="method=wanda takes criterion=ria in place of its own score"):
         prune(net, "wanda", scope="local", criterion="taylor", ratio=0.5)
     assert prune(net, "nm", scope="local", ratio=0.5).mask.sparsity == 0.5  # N:M takes a scope (the local one)

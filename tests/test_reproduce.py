@@ -317,6 +317,21 @@ def test_a_dirty_tree_records_its_diff_and_a_clean_one_differs_from_it(make_cfg,
     assert reproductions(workdir, "lenet5-synthetic") == []
 
 
+def test_another_commit_is_one_line_before_anything_runs(make_cfg, workdir, monkeypatch):
+    recorded_at, here = "c0ffee" * 6 + "c0ff", "bead" * 10
+    monkeypatch.setattr(record, "git_state", lambda: record.GitState(recorded_at))
+    recorded = run(make_cfg("ratio=0.5"))
+    monkeypatch.setattr(record, "git_state", lambda: record.GitState(here))
+
+    refused = reproduce(workdir, recorded["run_id"])
+
+    assert refused.returncode == 2
+    assert [line for line in refused.stdout.splitlines() if line.startswith("differs:")] == [
+        f"differs: git commit: recorded {recorded_at}, here {here}"
+    ]
+    assert reproductions(workdir, "lenet5-synthetic") == []
+
+
 def test_a_run_recorded_before_its_environment_says_so_and_allow_checks_its_tags(make_cfg, workdir, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(record, "files", lambda *_: {})  # as runs were recorded before environment.json
@@ -397,6 +412,7 @@ def test_a_three_point_sweep_reproduces_its_points_its_dense_model_and_its_curve
     assert cli("-m", "ratio=0.3,0.5,0.7").returncode == 0
     (parent,) = [r for r in client(workdir).search_runs(["1"]) if r.data.tags[Tag.ROLE] == Role.SWEEP]
     recorded = {r.info.run_id: r for r in sweep_children(workdir, parent.info.run_id)}
+    assert record.reproduce_command(parent.info.run_id, uri(workdir)) in parent.data.tags[Tag.NOTE]
 
     dry = reproduce(workdir, parent.info.run_id, "--dry-run")
     assert dry.returncode == 0, dry.stderr

@@ -147,8 +147,9 @@ def _macs_fraction(df: pd.DataFrame) -> None:
 
 
 def _untaken_left_out(df: pd.DataFrame) -> None:
-    """A criterion or scope the run's method does not take (``Method.takes``: Wanda's criterion,
-    depth pruning's scope) is the default it ignored: left out of the curve's name ("")."""
+    """A criterion or scope the run's method does not take (``Method.takes``: SparseGPT's criterion,
+    depth pruning's scope; a criterion outside ``Method.criteria``: Wanda's but RIA) is the default
+    it ignored: left out of the curve's name ("")."""
     if "method._target_" not in df.columns:
         return
     for target in df["method._target_"].dropna().unique():
@@ -159,6 +160,10 @@ def _untaken_left_out(df: pd.DataFrame) -> None:
         for group in ("criterion", "scope"):
             if takes is not None and group not in takes and group in df.columns:
                 df.loc[df["method._target_"] == target, group] = ""
+        criteria = getattr(locate(str(target)), "criteria", None)  # (only these: another is the default ignored)
+        if criteria is not None and "criterion" in df.columns:
+            ignored = (df["method._target_"] == target) & ~df["criterion"].isin(criteria)
+            df.loc[ignored, "criterion"] = ""
 
 
 def expand_levels(df: pd.DataFrame, client: MlflowClient | None = None) -> pd.DataFrame:

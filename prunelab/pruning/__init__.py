@@ -25,7 +25,7 @@ from torch import nn
 from ..plugins import resolve
 from .allocation import Erk, Global, GlobalFloor, Lamp, Local, allocate
 from .contracts import Coupled, Criterion, Method, Pruned, Schedule, Scope, Scorer, Session, Units, refuse_untaken
-from .criteria import FPGM, Activation, Magnitude, Random, Taylor
+from .criteria import FPGM, Activation, Magnitude, Random, Ria, Taylor
 from .data import PruneData
 from .depth import Blocks
 from .errors import PruningError, check_ratio
@@ -123,6 +123,7 @@ __all__ = [
     "Wanda",
     "LayerMagnitude",
     "Owl",
+    "Ria",
     "Width",
     "allocate",
     "check_ratio",

@@ -157,6 +157,9 @@ class Method:
 
     ignore: Sequence[str] = ()
     takes: ClassVar[frozenset[str]] = frozenset({"criterion", "scope", "calibration", "example_inputs"})
+    # The criteria it takes, where it takes only some (None: any): Wanda takes RIA's score in place
+    # of its own, and no other; the default one it is passed otherwise means its own score.
+    criteria: ClassVar[frozenset[str] | None] = None
 
     def __call__(
         self,
@@ -183,6 +186,13 @@ def refuse_untaken(method: Any, label: str, chosen: dict[str, str]) -> None:
         if group not in takes:
             what = ", ".join(words for name, words in TAKEABLE.items() if name in takes) or "nothing but the ratio"
             raise PruningError(f"{label} takes no {group} ({group}={option}): it takes {what}; drop {group}={option}")
+    criteria = getattr(method, "criteria", None)
+    criterion = chosen.get("criterion")
+    if criterion is not None and criteria is not None and criterion not in criteria:
+        allowed = " or ".join(f"criterion={c}" for c in sorted(criteria))
+        raise PruningError(
+            f"{label} takes {allowed} in place of its own score, not criterion={criterion}; drop criterion={criterion}"
+        )
 
 
 # --- schedule ---------------------------------------------------------------------------------

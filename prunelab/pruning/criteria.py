@@ -262,3 +262,19 @@ class _ActivationScores(Scorer):
         groups = norms.numel() // inputs  # a grouped convolution: each output sees its group's channels
         per_output = norms.view(groups, inputs).repeat_interleave(out // groups, dim=0)
         return weight.detach().abs() * per_output.view(out, inputs, *([1] * (weight.dim() - 2)))
+
+
+@dataclass(frozen=True)
+class Ria(Criterion):
+    """RIA, relative importance and activations (Zhang et al., ICLR 2024), as ``method=wanda``'s
+    score in place of Wanda's: ``(|W_ij| / Σ_i |W_ij| + |W_ij| / Σ_j |W_ij|) · ‖X_j‖₂^a``, each
+    weight's share of its input column's and of its output row's magnitude, weighed by its input's
+    norm to the power ``a`` (scored in ``layerwise.ria_scores``: it needs the calibration
+    activations a layer-by-layer method gathers). Matched: biomedical-cybernetics/Relative-
+    importance-and-activation-pruning at 7bc55b06, ``lib/prune.py`` ``prune_ria``."""
+
+    a: float = 0.5  # the activations' exponent (the reference's --a)
+
+    @override
+    def prepare(self, model: nn.Module, data: PruneData | None, seed: int) -> Scorer:
+        raise PruningError("criterion=ria scores weights with their calibration activations: use it with method=wanda")

@@ -53,6 +53,7 @@ from ..names import Metric
 from .allocation import Local, as_scope
 from .blocks import Inputs, advance, capture, find_blocks, fold_inputs
 from .contracts import Criterion, Method, Pruned, Scope, Units
+from .criteria import Ria
 from .data import TRAIN, PruneData
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
@@ -190,6 +191,59 @@ def wanda_mask(
     return ~pruned
 
 
+def ria_scores(weight: torch.Tensor, gram: torch.Tensor, a: float) -> torch.Tensor:
+    """RIA's score of each weight (:class:`~.criteria.Ria`): ``(|W|/Σ_rows |W| + |W|/Σ_cols |W|)
+    · ‖X_j‖₂^a``. The reference's ``‖X_j‖₂²`` is a mean over its windows, ``Gram_jj`` here their
+    sum: a factor common to the layer, which orders its scores the same."""
+    w = weight.detach().abs().double()
+    relative = w / w.sum(dim=0) + w / w.sum(dim=1, keepdim=True)
+    return relative.nan_to_num(0.0) * gram.diagonal().double().clamp_min(0).sqrt().pow(a)
+
+
+def reallocated(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """RIA's heuristic channel reallocation before N:M (the reference's ``--reallocation``,
+    importance ``sum``): the input channels sorted by their summed score and dealt into the ``m``
+    positions of every group, a snake order (every other position reversed), so that each group
+    holds channels of every rank. Returns the new column order (``index``: column ``i`` of the
+    reordered matrix is column ``index[i]``)."""
+    cols = scores.shape[1]
+    ranked = torch.sort(scores.sum(dim=0))[1]
+    index = torch.zeros_like(ranked)
+    for i in range(1, m + 1):
+        part = ranked[int(cols * (i - 1) / m) : int(cols * i / m)]
+        index[i - 1 :: m] = part if i % 2 == 1 else part.flip(0)
+    return index
+
+
+def ria_mask(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    ratio: float,
+    a: float = 0.5,
+    n: int | None = None,
+    m: int | None = None,
+    permute: bool = False,
+    alive: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Kept entries (bool) of ``weight`` by RIA's score: the layer's ``int(numel * ratio)`` lowest
+    (one threshold per layer, the reference's default; it prunes one more, the threshold itself,
+    and its ties), or the ``m - n`` lowest of every ``m`` inputs (N:M), over the channels
+    reordered first by :func:`reallocated` with ``permute`` (the mask then N:M in that order, as
+    the reference leaves it)."""
+    scores = ria_scores(weight, gram, a)
+    if alive is not None:
+        scores = scores.masked_fill(~alive, -float("inf"))
+    pattern = _pattern(n, m)
+    if pattern is None:
+        return ~_lowest_overall(scores, int(scores.numel() * ratio))
+    if not permute:
+        return ~_nm_lowest(scores, *pattern)
+    index = reallocated(scores, pattern[1])
+    pruned = torch.zeros_like(scores, dtype=torch.bool)
+    pruned[:, index] = _nm_lowest(scores[:, index], *pattern)
+    return ~pruned
+
+
 def sparsegpt_update(
     weight: torch.Tensor,
     gram: torch.Tensor,
@@ -281,6 +335,7 @@ def _layerwise(
     seed: int,
     mask: Mask | None,
     progress: Path | None = None,
+    criterion: Criterion | None = None,
 ) -> Pruned:
     """Every prunable linear layer pruned by ``method.prune_layer`` from the Gram matrix of its
     inputs (the module docstring): those inside the repeated blocks block by block, then the rest
@@ -307,7 +362,7 @@ def _layerwise(
 
     def prune_one(name: str, layer: nn.Linear, gram: torch.Tensor | None) -> None:
         key, own = f"{name}.weight", ratio_of(name)
-        prune_layer = pruners.setdefault(own, method.prune_layer(own))
+        prune_layer = pruners.setdefault(own, method.prune_layer(own, criterion))
         alive = _alive(mask, key, layer)
         new, kept = prune_layer(layer.weight, None if gram is None else gram.to(layer.weight.device), alive, name)
         if alive is not None:
@@ -326,7 +381,11 @@ def _layerwise(
     elif found is not None:
         assert x is not None
         if progress is not None:  # what identifies this prune, read before anything is pruned
-            options = repr(method) + (repr(scope) if isinstance(scope, Owl) else "")
+            options = (
+                repr(method)
+                + (repr(scope) if isinstance(scope, Owl) else "")
+                + (repr(criterion) if isinstance(criterion, Ria) else "")
+            )
             saved = BlockProgress(progress, work(options, ratio, seed, model, x, list(linear), mask), keep)
         _walk_blocks(model, *found, x, rest, mask, prune_one, method.sequential, method.block_device, saved)
     for name, layer in rest.items():  # outside any block (or no blocks): through the whole model
@@ -488,8 +547,9 @@ class LayerByLayer(Method):
         if self.sequential not in SEQUENTIAL:
             raise PruningError(f"method.sequential={self.sequential!r}: one of {', '.join(SEQUENTIAL)}")
 
-    def prune_layer(self, ratio: float) -> Callable:
-        """``(weight, gram, alive, name) -> (new weight, kept)`` for one layer."""
+    def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
+        """``(weight, gram, alive, name) -> (new weight, kept)`` for one layer; ``criterion``: the
+        score in place of the method's own, where it takes one (:attr:`criteria`)."""
         raise NotImplementedError
 
     @override
@@ -511,7 +571,8 @@ class LayerByLayer(Method):
         an uninterrupted run gives (``progress.py``); emptied when the prune finishes. The runner
         passes its run key's folder in a run of one process (a run across processes does not keep
         its prune's progress: every rank prunes, rank 0's result is kept)."""
-        return _layerwise(self, model, ratio, scope if scope is not None else Local(), data, seed, mask, progress)
+        scope = scope if scope is not None else Local()
+        return _layerwise(self, model, ratio, scope, data, seed, mask, progress, criterion)
 
 
 @dataclass
@@ -530,7 +591,8 @@ class LayerMagnitude(LayerByLayer):
         if self.n is not None or self.m is not None:
             raise PruningError("method=magnitude is unstructured: N:M by magnitude is method=nm")
 
-    def prune_layer(self, ratio: float) -> Callable:
+    @override
+    def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
         def prune_layer(weight, _gram, alive, _name):
             scores = weight.detach().abs().flatten().double()
             if alive is not None:
@@ -544,13 +606,47 @@ class LayerMagnitude(LayerByLayer):
 
 @dataclass
 class Wanda(LayerByLayer):
-    """Wanda, layer by layer (the module docstring). Zeroes the pruned weights in place."""
+    """Wanda, layer by layer (the module docstring). Zeroes the pruned weights in place. With
+    ``criterion=ria``, RIA's score and selection in place of Wanda's (:func:`ria_mask`); with
+    ``permute`` and N:M, RIA's channel reallocation before the N:M choice (:func:`reallocated`)."""
 
-    def prune_layer(self, ratio: float) -> Callable:
+    takes: ClassVar[frozenset[str]] = LayerByLayer.takes | {"criterion"}
+    criteria: ClassVar[frozenset[str] | None] = frozenset({"ria"})
+
+    permute: bool = False  # N:M: reorder the input channels first (RIA's heuristic reallocation)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.permute and self.n is None:
+            raise PruningError("method.permute reorders the input channels before N:M: set method.n and method.m")
+
+    @override
+    def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
+        n, m, permute = self.n, self.m, self.permute
+        if isinstance(criterion, Ria):
+            a = criterion.a
+            return lambda weight, gram, alive, _name: (
+                weight.detach(),
+                ria_mask(weight, gram, ratio, a, n, m, permute, alive),
+            )
+        if permute:  # Wanda's own scores, reallocated as RIA's code does for any of its scores
+            return lambda weight, gram, alive, _name: (weight.detach(), _permuted_wanda(weight, gram, n, m, alive))
+
         def prune_layer(weight, gram, alive, _name):  # Wanda's error messages need no layer name
-            return weight.detach(), wanda_mask(weight.detach(), gram, ratio, self.n, self.m, alive)
+            return weight.detach(), wanda_mask(weight.detach(), gram, ratio, n, m, alive)
 
         return prune_layer
+
+
+def _permuted_wanda(weight, gram, n, m, alive) -> torch.Tensor:
+    """Wanda's scores, N:M over the channels reordered by :func:`reallocated`."""
+    scores = weight.detach().abs().double() * gram.diagonal().clamp_min(0).sqrt()
+    if alive is not None:
+        scores = scores.masked_fill(~alive, -float("inf"))
+    index = reallocated(scores, m)
+    pruned = torch.zeros_like(scores, dtype=torch.bool)
+    pruned[:, index] = _nm_lowest(scores[:, index], n, m)
+    return ~pruned
 
 
 @dataclass
@@ -571,7 +667,8 @@ class SparseGPT(LayerByLayer):
         if self.selection not in SELECTIONS:
             raise PruningError(f"method.selection={self.selection!r}: one of {', '.join(SELECTIONS)}")
 
-    def prune_layer(self, ratio: float) -> Callable:
+    @override
+    def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
         def prune_layer(weight, gram, alive, name):
             return sparsegpt_update(
                 weight, gram, ratio, self.n, self.m, self.blocksize, self.damp, alive, name, self.selection

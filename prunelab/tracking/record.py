@@ -226,8 +226,9 @@ def reproduce_command(run_id: str, uri: str) -> str:
 
 
 def note(run_id: str, uri: str) -> str:
-    """The run's description on its MLflow page: how to reproduce it."""
+    """The run's description on its MLflow page (a sweep's: below its table): how to reproduce it."""
     return (
-        f"Reproduce this run (re-executed into its own experiment, its metrics compared with these):\n\n"
+        f"Reproduce this run (re-executed into its own experiment, its metrics compared with these; a sweep: "
+        f"each of its points, and its curves):\n\n"
         f"```\n{reproduce_command(run_id, uri)}\n```\n"
     )
