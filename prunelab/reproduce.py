@@ -40,10 +40,10 @@ from .reproduction import (
     refiled,
     refuse_unfinished,
     rows,
+    say_differences,
     table,
     verdict,
 )
-from .tracking import record
 
 log = logging.getLogger("prunelab")
 
@@ -116,12 +116,7 @@ def reproduce_run(args: argparse.Namespace, rec: Record) -> int:
         print(command(lines))
         return 0
     print(f"run {rec.id} ({rec.run.info.run_name} in {rec.experiment}, {rec.run.info.status})")
-    for line in differ:
-        print(f"differs: {line}")
-    if not differ:
-        print(f"environment as recorded: {record.summary(record.environment(s.device))}")
-    if differ and not args.allow:
-        raise ReproduceError(f"{len(differ)} difference(s) from the record (above): --allow reproduces it anyway")
+    say_differences(differ, s.device, args.allow)
     print(dense_line(s))
     print(f"reproducing into {experiment}: {command(lines)}", flush=True)
     with progress():

@@ -47,6 +47,7 @@ from .reproduction import (
     read,
     refiled,
     rows,
+    say_differences,
     table,
     verdict,
 )
@@ -215,12 +216,7 @@ def reproduce_sweep(args: argparse.Namespace, client: MlflowClient, parent: Run,
     print(f"sweep {sweep} ({parent.info.run_name} in {experiment}): {len(done)} points finished{sample}")
     for name in left:
         print(f"not finished, not reproduced: {name}")
-    for line in differ:
-        print(f"differs: {line}")
-    if not differ:
-        print(f"environment as recorded: {record.summary(record.environment(points[0].s.device))}")
-    if differ and not args.allow:
-        raise ReproduceError(f"{len(differ)} difference(s) from the record (above): --allow reproduces it anyway")
+    say_differences(differ, points[0].s.device, args.allow)
     again_parent = open_parent(client, uri, parent, points[0].experiment)
     again = run_points(client, uri, points, again_parent)
     print(f"reproduced as sweep {again_parent} in {points[0].experiment}")

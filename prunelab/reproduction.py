@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -312,6 +313,17 @@ def data_changes(recorded: dict[str, str]) -> list[str]:
         if Path(path).is_file() and (now := file_digest(Path(path))) != was:
             lines.append(f"data file {path}: its contents changed (SHA-256 recorded {was[:16]}, here {now[:16]})")
     return lines
+
+
+def say_differences(differ: list[str], device: torch.device, allow: bool) -> None:
+    """Print each difference from the record (or, with none, the environment as recorded) and stop
+    with :class:`ReproduceError` where there is one and ``allow`` is not given."""
+    for line in differ:
+        print(f"differs: {line}")
+    if not differ:
+        print(f"environment as recorded: {record.summary(record.environment(device))}")
+    if differ and not allow:
+        raise ReproduceError(f"{len(differ)} difference(s) from the record (above): --allow reproduces it anyway")
 
 
 def dense_line(s: Settings) -> str:
