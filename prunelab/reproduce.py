@@ -41,6 +41,7 @@ from .reproduction import (
     refuse_unfinished,
     rows,
     say_differences,
+    say_dry_run,
     table,
     verdict,
 )
@@ -111,10 +112,7 @@ def reproduce_run(args: argparse.Namespace, rec: Record) -> int:
     s = Settings.from_config(cfg)
     differ = differences(rec, s)
     if args.dry_run:
-        for line in differ:
-            print(f"differs: {line}", file=sys.stderr)
-        print(command(lines))
-        return 0
+        return say_dry_run(differ, [command(lines)])
     print(f"run {rec.id} ({rec.run.info.run_name} in {rec.experiment}, {rec.run.info.status})")
     say_differences(differ, s.device, args.allow)
     print(dense_line(s))

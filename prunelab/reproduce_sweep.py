@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,6 +47,7 @@ from .reproduction import (
     refiled,
     rows,
     say_differences,
+    say_dry_run,
     table,
     verdict,
 )
@@ -206,11 +206,7 @@ def reproduce_sweep(args: argparse.Namespace, client: MlflowClient, parent: Run,
     points = plan(client, drawn(list(done.values()), args.points, args.seed), uri, args.experiment)
     differ = checked(points)
     if args.dry_run:
-        for line in differ:
-            print(f"differs: {line}", file=sys.stderr)
-        for p in points:
-            print(command(p.lines))
-        return 0
+        return say_dry_run(differ, [command(p.lines) for p in points])
     left = unfinished(found, done)
     sample = f", {len(points)} drawn with --seed {args.seed}" if len(points) < len(done) else ""
     print(f"sweep {sweep} ({parent.info.run_name} in {experiment}): {len(done)} points finished{sample}")

@@ -315,6 +315,16 @@ def data_changes(recorded: dict[str, str]) -> list[str]:
     return lines
 
 
+def say_dry_run(differ: list[str], commands: list[str]) -> int:
+    """``--dry-run``: each difference from the record on stderr, the commands that reproduce on
+    stdout; exit status 0."""
+    for line in differ:
+        print(f"differs: {line}", file=sys.stderr)
+    for line in commands:
+        print(line)
+    return 0
+
+
 def say_differences(differ: list[str], device: torch.device, allow: bool) -> None:
     """Print each difference from the record (or, with none, the environment as recorded) and stop
     with :class:`ReproduceError` where there is one and ``allow`` is not given."""

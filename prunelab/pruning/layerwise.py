@@ -182,6 +182,22 @@ def _nm_lowest(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return pruned.reshape(rows, cols)
 
 
+def _nm_pruned(scores: torch.Tensor, n: int, m: int, permute: bool) -> torch.Tensor:
+    """Pruned by N:M (:func:`_nm_lowest`), over the input channels reordered first by
+    :func:`reallocated` with ``permute`` (the mask then N:M in that order, as RIA's code leaves it)."""
+    if not permute:
+        return _nm_lowest(scores, n, m)
+    index = reallocated(scores, m)
+    pruned = torch.zeros_like(scores, dtype=torch.bool)
+    pruned[:, index] = _nm_lowest(scores[:, index], n, m)
+    return pruned
+
+
+def _without(scores: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
+    """``scores`` with the entries already pruned (not ``alive``) lowest of all."""
+    return scores if alive is None else scores.masked_fill(~alive, -float("inf"))
+
+
 def wanda_mask(
     weight: torch.Tensor,
     gram: torch.Tensor,
@@ -189,14 +205,15 @@ def wanda_mask(
     n: int | None = None,
     m: int | None = None,
     alive: torch.Tensor | None = None,
+    permute: bool = False,
 ) -> torch.Tensor:
-    """Kept entries (bool) of ``weight`` by ``|W_ij| * ||X_j||``, per row (or N:M)."""
-    scores = weight.abs().double() * gram.diagonal().clamp_min(0).sqrt()
-    if alive is not None:
-        scores = scores.masked_fill(~alive, -float("inf"))
+    """Kept entries (bool) of ``weight`` by ``|W_ij| * ||X_j||``, per row (or N:M, with
+    ``permute`` over RIA's reallocated channel order)."""
+    scores = _without(weight.abs().double() * gram.diagonal().clamp_min(0).sqrt(), alive)
     pattern = _pattern(n, m)
-    pruned = _nm_lowest(scores, *pattern) if pattern else _lowest(scores, per_row_count(ratio, weight.shape[1]))
-    return ~pruned
+    if pattern:
+        return ~_nm_pruned(scores, *pattern, permute)
+    return ~_lowest(scores, per_row_count(ratio, weight.shape[1]))
 
 
 def ria_scores(weight: torch.Tensor, gram: torch.Tensor, a: float) -> torch.Tensor:
@@ -238,18 +255,11 @@ def ria_mask(
     and its ties), or the ``m - n`` lowest of every ``m`` inputs (N:M), over the channels
     reordered first by :func:`reallocated` with ``permute`` (the mask then N:M in that order, as
     the reference leaves it)."""
-    scores = ria_scores(weight, gram, a)
-    if alive is not None:
-        scores = scores.masked_fill(~alive, -float("inf"))
+    scores = _without(ria_scores(weight, gram, a), alive)
     pattern = _pattern(n, m)
     if pattern is None:
         return ~_lowest_overall(scores, int(scores.numel() * ratio))
-    if not permute:
-        return ~_nm_lowest(scores, *pattern)
-    index = reallocated(scores, pattern[1])
-    pruned = torch.zeros_like(scores, dtype=torch.bool)
-    pruned[:, index] = _nm_lowest(scores[:, index], *pattern)
-    return ~pruned
+    return ~_nm_pruned(scores, *pattern, permute)
 
 
 def sparsegpt_update(
@@ -602,12 +612,8 @@ class LayerMagnitude(LayerByLayer):
     @override
     def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
         def prune_layer(weight, _gram, alive, _name):
-            scores = weight.detach().abs().flatten().double()
-            if alive is not None:
-                scores = scores.masked_fill(~alive.flatten(), -1.0)  # pruned already: first out
-            kept = torch.ones_like(scores, dtype=torch.bool)
-            kept[torch.topk(scores, int(scores.numel() * ratio), largest=False).indices] = False
-            return weight.detach(), kept.view_as(weight)
+            scores = _without(weight.detach().abs().double(), alive)
+            return weight.detach(), ~_lowest_overall(scores, int(scores.numel() * ratio))
 
         return prune_layer
 
@@ -637,24 +643,11 @@ class Wanda(LayerByLayer):
                 weight.detach(),
                 ria_mask(weight, gram, ratio, a, n, m, permute, alive),
             )
-        if permute:  # Wanda's own scores, reallocated as RIA's code does for any of its scores
-            return lambda weight, gram, alive, _name: (weight.detach(), _permuted_wanda(weight, gram, n, m, alive))
 
         def prune_layer(weight, gram, alive, _name):  # Wanda's error messages need no layer name
-            return weight.detach(), wanda_mask(weight.detach(), gram, ratio, n, m, alive)
+            return weight.detach(), wanda_mask(weight.detach(), gram, ratio, n, m, alive, permute)
 
         return prune_layer
-
-
-def _permuted_wanda(weight, gram, n, m, alive) -> torch.Tensor:
-    """Wanda's scores, N:M over the channels reordered by :func:`reallocated`."""
-    scores = weight.detach().abs().double() * gram.diagonal().clamp_min(0).sqrt()
-    if alive is not None:
-        scores = scores.masked_fill(~alive, -float("inf"))
-    index = reallocated(scores, m)
-    pruned = torch.zeros_like(scores, dtype=torch.bool)
-    pruned[:, index] = _nm_lowest(scores[:, index], n, m)
-    return ~pruned
 
 
 @dataclass
