@@ -82,6 +82,10 @@ class Metric:
     # scope=owl, per block: its outlier ratio (percent of its Wanda scores above m x their mean)
     # and the sparsity it was given (Metric.owl(i, ...): owl.block_3.sparsity)
     OWL_OUTLIER_RATIO, OWL_SPARSITY = "owl.outlier_ratio", "owl.sparsity"
+    # method.refit=dsnot: the refitted layers' output error ‖(W − Ŵ)X‖² / ‖WX‖² on the calibration
+    # data before and after the refit (their mean), and the swaps it made (all layers)
+    REFIT_ERROR_BEFORE, REFIT_ERROR_AFTER = "refit.error_before", "refit.error_after"
+    REFIT_SWAPS = "refit.swaps"
     # One run across processes (torchrun): how many, and whether every rank computed the same mask
     # and ended with the same weights (1.0) before rank 0's were kept (prunelab.experiment.distributed).
     RANKS_WORLD = "ranks.world"

@@ -13,7 +13,7 @@ from torch import nn
 from prunelab.models import lm
 from prunelab.pruning import Local, PruneData, PruningError, SparseGPT, Wanda
 from prunelab.pruning.blocks import BATCH_VALUES, batch_size_for, capture, find_blocks, run
-from prunelab.pruning.layerwise import input_gram, per_row_count, sparsegpt_update, wanda_mask
+from prunelab.pruning.layerwise import input_seen, per_row_count, sparsegpt_update, wanda_mask
 from prunelab.pruning.tracing import prunable_layers
 
 RATIO = 0.5
@@ -81,7 +81,7 @@ def test_true_sequential_inside_blocks_equals_layer_by_layer_through_the_whole_m
     model, hand, data = gpt(), gpt(), tokens()
     pruned = method(name, sequential="layer")(model, RATIO, scope=Local(), data=data).mask
     for n, layer in prunable_layers(hand, ["classifier"]).items():
-        kept = by_hand(name, layer, input_gram(hand, layer, data.train[0])[0])  # the whole model, every time
+        kept = by_hand(name, layer, input_seen(hand, layer, data.train[0]).gram)  # the whole model, every time
         assert torch.equal(pruned.masks[f"{n}.weight"], kept), n
     for (n, p), q in zip(model.named_parameters(), hand.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5, rtol=0), n
@@ -130,7 +130,7 @@ def test_hugging_face_blocks_get_what_their_model_hands_them(config):
     pruned = SparseGPT(samples=64, sequential="layer")(model, RATIO, scope=Local(), data=data)
     assert "model.lm_head.weight" not in pruned.mask.prunable  # the logits layer, kept by default
     for n, layer in prunable_layers(hand, ["*lm_head"]).items():
-        kept = by_hand("sparsegpt", layer, input_gram(hand, layer, data.train[0])[0])
+        kept = by_hand("sparsegpt", layer, input_seen(hand, layer, data.train[0]).gram)
         assert torch.equal(pruned.mask.masks[f"{n}.weight"], kept), n
     assert pruned.mask.sparsity == pytest.approx(RATIO, abs=0.01)
 
@@ -150,7 +150,7 @@ def test_each_hugging_face_block_reads_what_the_pruned_blocks_below_it_give(conf
     for i, block in enumerate(modules):
         name, layer = next((n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear))
         weight = original.get_submodule(f"{path}.{i}.{name}").weight
-        gram = input_gram(model, layer, data.train[0])[0]
+        gram = input_seen(model, layer, data.train[0]).gram
         assert torch.equal(pruned.masks[f"{path}.{i}.{name}.weight"], wanda_mask(weight, gram, RATIO)), (i, name)
 
 

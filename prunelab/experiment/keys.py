@@ -79,7 +79,7 @@ LATER = {
     "finetune": ("milestones",),
     "codebook": ("iterations",),
     "quantize": ("batch_size",),
-    "method": ("permute",),  # (Wanda's, for N:M)
+    "method": ("permute", "refit", "refit_cycles", "refit_threshold", "refit_skip"),  # (Wanda's N:M; DSnoT)
 }
 # Bumped when the same config starts to give different numbers or files, or is written differently
 # (2: inputs scaled to [0, 1] before standardisation; 3: criteria, scopes and methods as plug-ins,

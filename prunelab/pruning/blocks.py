@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from .errors import PruningError
 # each also under ``model.`` (prunelab's CausalLM wraps a Hugging Face model there).
 KNOWN = ("blocks", "model.layers", "model.decoder.layers", "transformer.h")
 _CACHE_KEYS = ("past_key_value", "past_key_values")
+T = TypeVar("T")
 
 
 class _Stop(Exception):
@@ -166,19 +167,19 @@ def fold_inputs(
     block: nn.Module,
     inputs: list[Inputs],
     layers: dict[str, nn.Module],
-    add: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor],
+    add: Callable[[T | None, torch.Tensor], T],
     passed_on: bool = True,
-) -> tuple[dict[str, torch.Tensor], list[Inputs]]:
-    """One pass of ``block`` over ``inputs``: each of ``layers``' inputs (as rows) folded batch by
-    batch into a total by ``add(total or None, rows)`` (a Gram matrix, squared norms), and the next
-    block's inputs (``passed_on=False``: none kept, [] returned; the outputs are dropped batch by
-    batch). A layer the pass never reaches is one :class:`PruningError`."""
-    totals: dict[str, torch.Tensor] = {}
+) -> tuple[dict[str, T], list[Inputs]]:
+    """One pass of ``block`` over ``inputs``: each of ``layers``' inputs (a batch of them, as the
+    layer receives it) folded batch by batch into a total by ``add(total or None, inputs)`` (squared
+    norms, a ``seen.Seen``), and the next block's inputs (``passed_on=False``: none kept, []
+    returned; the outputs are dropped batch by batch). A layer the pass never reaches is one
+    :class:`PruningError`."""
+    totals: dict[str, T] = {}
 
     def hook(name):
         def gather(_module, args):
-            rows = args[0].detach().reshape(-1, args[0].shape[-1])
-            totals[name] = add(totals.get(name), rows)
+            totals[name] = add(totals.get(name), args[0].detach())
 
         return gather
 

@@ -55,11 +55,13 @@ from .blocks import Inputs, advance, batch_size_for, capture, find_blocks, fold_
 from .contracts import Criterion, Method, Pruned, Scope, Units
 from .criteria import Ria
 from .data import TRAIN, PruneData
+from .dsnot import REFITS, Dsnot, output_error, refit
 from .errors import PruningError, check_nm, check_positive
 from .mask import Mask
 from .methods import current_entries, finish
 from .owl import Owl, block_outliers, block_sparsities
 from .progress import BlockProgress, work
+from .seen import Seen
 from .tracing import OUTPUT_LAYERS, prunable_layers
 
 
@@ -75,30 +77,22 @@ def calibration(data: PruneData | None, samples: int, seed: int, source: str = T
     return data.calibration(samples, seed, source)
 
 
-def gram_part(rows: torch.Tensor) -> torch.Tensor:
-    """One batch's ``XᵀX``, to be summed in float64: the product in float32 (as the SparseGPT and
-    Wanda code compute it: float64 products took half of SparseGPT's time at OPT-125m's size) unless
-    the inputs are float64 already."""
-    rows = rows if rows.dtype == torch.float64 else rows.float()
-    return (rows.T @ rows).double()
-
-
 @torch.no_grad()
-def input_gram(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor | list[Inputs], batch_size: int | None = None
-) -> tuple[torch.Tensor, int]:
-    """``(XᵀX, rows)`` of ``layer``'s inputs when ``model`` runs on ``x`` (float64 sums of
-    :func:`gram_part`): a batch of model inputs (``batch_size`` at a time; None: as a block's pass
-    takes them, ``blocks.batch_size_for``), or the inputs a block captured (``blocks.capture``),
-    batch by batch."""
-    gram: torch.Tensor | None = None
-    rows = 0
+def input_seen(
+    model: nn.Module,
+    layer: nn.Module,
+    x: torch.Tensor | list[Inputs],
+    batch_size: int | None = None,
+    moments: bool = False,
+) -> Seen:
+    """``layer``'s inputs summed (:class:`Seen`: ``XᵀX``; ``moments``: DSnoT's too) when ``model``
+    runs on ``x``: a batch of model inputs (``batch_size`` at a time; None: as a block's pass takes
+    them, ``blocks.batch_size_for``), or the inputs a block captured (``blocks.capture``), batch by
+    batch."""
+    seen = Seen(moments)
 
     def hook(_module, args):
-        nonlocal gram, rows
-        inp = args[0].detach().reshape(-1, args[0].shape[-1])
-        gram = gram_part(inp) if gram is None else gram + gram_part(inp)
-        rows += inp.shape[0]
+        seen.add(args[0])
         raise _Stop
 
     handle = layer.register_forward_pre_hook(hook)
@@ -113,17 +107,16 @@ def input_gram(
     finally:
         handle.remove()
         model.train(was_training)
-    if gram is None:
+    if seen.gram is None:
         raise PruningError("a prunable layer was never run by the model's forward pass: add it to method.ignore")
-    return gram, rows
+    return seen
 
 
-def block_grams(block: nn.Module, inputs: list[Inputs], layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """``XᵀX`` of each of ``layers`` (by name) in one pass of ``block`` over its captured inputs."""
-
-    def add(gram: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        return gram_part(rows) if gram is None else gram + gram_part(rows)
-
+def block_inputs(
+    block: nn.Module, inputs: list[Inputs], layers: dict[str, nn.Module], moments: bool = False
+) -> dict[str, Seen]:
+    """Each of ``layers``' inputs summed (by name) in one pass of ``block`` over its captured inputs."""
+    add = lambda seen, x: (seen or Seen(moments)).add(x)
     return fold_inputs(block, inputs, layers, add, passed_on=False)[0]
 
 
@@ -283,17 +276,8 @@ def sparsegpt_update(
         raise PruningError(f"method.selection={selection!r}: one of {', '.join(SELECTIONS)}")
     w = weight.detach().double().clone()
     rows, cols = w.shape
-    h = gram.double().clone()
-    dead = h.diagonal() == 0  # inputs that are always zero: their weights do nothing
-    h[dead, dead] = 1
-    w[:, dead] = 0
-    h += damp * h.diagonal().mean() * torch.eye(cols, dtype=h.dtype, device=h.device)
-    try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except RuntimeError as exc:  # torch.linalg.LinAlgError
-        raise PruningError(
-            f"SparseGPT: the calibration Hessian of {name} is not positive definite; raise method.damp (now {damp})"
-        ) from exc
+    w[:, gram.diagonal() == 0] = 0  # inputs that are always zero: their weights do nothing
+    hinv = _inverse_hessian(gram, damp, name)
     pruned = torch.zeros_like(w, dtype=torch.bool)
     width = blocksize or cols
     for i1 in range(0, cols, width):
@@ -327,6 +311,56 @@ def sparsegpt_update(
         pruned[:, i1:i2] = mask1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return w.to(weight.dtype), ~pruned
+
+
+def _inverse_hessian(gram: torch.Tensor, damp: float, name: str = "layer") -> torch.Tensor:
+    """The upper Cholesky factor of ``(XᵀX + λI)⁻¹`` (``λ = damp * mean(diag)``; an input that is
+    always zero given 1 on its diagonal), as SparseGPT's ``fasterprune`` prepares it."""
+    h = gram.double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1
+    h += damp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError as exc:  # torch.linalg.LinAlgError
+        raise PruningError(
+            f"SparseGPT: the calibration Hessian of {name} is not positive definite; raise method.damp (now {damp})"
+        ) from exc
+
+
+def _refit_layer(
+    method: LayerByLayer,
+    dsnot: Dsnot,
+    criterion: Criterion | None,
+    dense: torch.Tensor,
+    new: torch.Tensor,
+    kept: torch.Tensor,
+    seen: Seen,
+    alive: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float, int]]:
+    """``(weight, kept, (error before, error after, swaps))``: the method's result for one layer
+    (``new`` under ``kept``, from its ``dense`` weights) refitted by DSnoT: the dense weights under
+    the refitted mask. ``alive``: what earlier prunes left (the rest is never grown back)."""
+    assert seen.gram is not None
+    pattern = _pattern(method.n, method.m)
+    scores = method.scores(dense, seen.gram, criterion) if pattern else None
+    fixed = None if alive is None else ~alive
+    pruned, swaps = refit(dense, ~kept, seen, dsnot, pattern, scores, fixed)
+    before = output_error(dense, dense - new * kept, seen.gram)
+    return dense, ~pruned, (before, output_error(dense, dense * pruned, seen.gram), swaps)
+
+
+def _refit_figures(refitted: list[tuple[float, float, int]]) -> dict[str, float]:
+    """What the refit did (:data:`Metric.REFIT_ERROR_BEFORE` ...): the layers' mean output error
+    before and after it, and the swaps, summed."""
+    if not refitted:
+        return {}
+    before, after, swaps = zip(*refitted, strict=True)
+    return {
+        Metric.REFIT_ERROR_BEFORE: sum(before) / len(before),
+        Metric.REFIT_ERROR_AFTER: sum(after) / len(after),
+        Metric.REFIT_SWAPS: float(sum(swaps)),
+    }
 
 
 SELECTIONS = ("block", "row")
@@ -363,35 +397,38 @@ def _layerwise(
         data = PruneData(data, seed=seed)
     scope = as_scope(scope)
     linear = _linear_layers(model, type(method).__name__.lower(), scope, method.ignore)
-    _check_pattern(ratio, method.n, method.m, {n: layer.in_features for n, layer in linear.items()})
-    if isinstance(scope, Owl) and method.n is not None:
-        raise PruningError(
-            f"scope=owl sets each block's own sparsity; {method.n}:{method.m} keeps {method.n} of every {method.m} "
-            "weights in every layer: use scope=local for N:M"
-        )
-    if method.sequential not in SEQUENTIAL:
-        raise PruningError(f"method.sequential={method.sequential!r}: one of {', '.join(SEQUENTIAL)}")
+    _check(method, scope, ratio, linear)
     found = find_blocks(model, method.blocks)
-    calibrated = method.needs_gram or isinstance(scope, Owl)
+    dsnot = method.refitting()
+    calibrated = method.needs_gram or isinstance(scope, Owl) or dsnot is not None
     x = calibration(data, method.samples, seed, method.calibration) if calibrated else None
     ratio_of, allocated = _allocation(model, scope, found, linear, x, ratio)
     pruners: dict[float, Callable] = {}
     keep: dict[str, torch.Tensor] = {}
+    refitted: list[tuple[float, float, int]] = []  # (error before, after, swaps) per refitted layer
 
-    def prune_one(name: str, layer: nn.Linear, gram: torch.Tensor | None) -> None:
+    def prune_one(name: str, layer: nn.Linear, seen: Seen | None) -> None:
         key, own = f"{name}.weight", ratio_of(name)
         prune_layer = pruners.setdefault(own, method.prune_layer(own, criterion))
         alive = _alive(mask, key, layer)
-        new, kept = prune_layer(layer.weight, None if gram is None else gram.to(layer.weight.device), alive, name)
+        seen = None if seen is None else seen.to(layer.weight.device)
+        gram = None if seen is None else seen.gram
+        dense = layer.weight.detach().clone() if dsnot is not None and dsnot.refits(name) else None
+        new, kept = prune_layer(layer.weight, gram, alive, name)
         if alive is not None:
             kept &= alive
+        if dense is not None:
+            assert seen is not None
+            assert dsnot is not None
+            new, kept, done = _refit_layer(method, dsnot, criterion, dense, new, kept, seen, alive)
+            refitted.append(done)
         with torch.no_grad():
             layer.weight.copy_(new * kept)
         keep[key] = kept.cpu()
 
     rest = dict(linear)
     saved = None
-    if not method.needs_gram:  # (magnitude) each layer from its own weights
+    if not method.needs_gram and dsnot is None:  # (magnitude) each layer from its own weights
         for name, layer in linear.items():
             _zero_pruned(mask, name, layer)
             prune_one(name, layer, None)
@@ -405,20 +442,33 @@ def _layerwise(
                 + (repr(criterion) if isinstance(criterion, Ria) else "")
             )
             saved = BlockProgress(progress, work(options, ratio, seed, model, x, list(linear), mask), keep)
-        _walk_blocks(model, *found, x, rest, mask, prune_one, method.sequential, method.block_device, saved)
+        walk = _Walk(prune_one, method.sequential, method.block_device, dsnot is not None)
+        _walk_blocks(model, *found, x, rest, mask, walk, saved)
     for name, layer in rest.items():  # outside any block (or no blocks): through the whole model
         assert x is not None
         _zero_pruned(mask, name, layer)
-        prune_one(name, layer, input_gram(model, layer, x)[0])
+        prune_one(name, layer, input_seen(model, layer, x, moments=dsnot is not None))
     weights = {f"{name}.weight": layer.weight for name, layer in linear.items()}
     units = Units({k: w.numel() for k, w in weights.items()}, lambda k: weights[k].abs())
     pruned = finish(keep, units, dict(keep), weights, mask, ratio)
-    pruned = dataclasses.replace(pruned, figures={**pruned.figures, **allocated})
+    pruned = dataclasses.replace(pruned, figures={**pruned.figures, **allocated, **_refit_figures(refitted)})
     if saved is None:
         return pruned
     saved.remove()  # finished: the progress was only for resuming
     resumed = {Metric.PRUNE_RESUMED_BLOCK: saved.resumed_at} if saved.resumed_at is not None else {}
     return dataclasses.replace(pruned, figures={**pruned.figures, **resumed})
+
+
+def _check(method: LayerByLayer, scope: Scope, ratio: float, linear: dict[str, nn.Linear]) -> None:
+    """What the method, the scope and the ratio ask of the layers, refused before any calibration."""
+    _check_pattern(ratio, method.n, method.m, {n: layer.in_features for n, layer in linear.items()})
+    if isinstance(scope, Owl) and method.n is not None:
+        raise PruningError(
+            f"scope=owl sets each block's own sparsity; {method.n}:{method.m} keeps {method.n} of every {method.m} "
+            "weights in every layer: use scope=local for N:M"
+        )
+    if method.sequential not in SEQUENTIAL:
+        raise PruningError(f"method.sequential={method.sequential!r}: one of {', '.join(SEQUENTIAL)}")
 
 
 def _allocation(
@@ -470,7 +520,16 @@ def _linear_layers(model: nn.Module, method: str, scope: Scope, ignore: Sequence
     return linear
 
 
-PruneOne = Callable[[str, nn.Linear, torch.Tensor], None]  # (name, layer, the Gram matrix of its inputs)
+@dataclass(frozen=True)
+class _Walk:
+    """How the blocks are walked: ``prune_one(name, layer, seen)`` prunes a layer from its inputs'
+    sums (:class:`Seen`; ``moments``: DSnoT's too), one pass per block or per layer
+    (``sequential``), each block on ``block_device`` while it is pruned (None: where it is)."""
+
+    prune_one: Callable[[str, nn.Linear, Seen], None]
+    sequential: str
+    block_device: str | None
+    moments: bool
 
 
 def _walk_blocks(
@@ -480,32 +539,30 @@ def _walk_blocks(
     x: torch.Tensor,
     rest: dict[str, nn.Linear],
     mask: Mask | None,
-    prune_one: PruneOne,
-    sequential: str,
-    block_device: str | None,
+    walk: _Walk,
     progress: BlockProgress | None = None,
 ) -> None:
     """The layers inside the repeated blocks ``path.<i>``, popped from ``rest`` and pruned as the
     papers' code walks them, so the cost is linear in depth: block 0's inputs captured once, each
-    block's outputs under its pruned weights the next block's inputs. ``block_device``: only the
-    block being pruned (and its inputs) there. ``progress``: each finished block saved there; the
-    blocks an earlier run finished are restored from it instead of pruned, and run to make the
+    block's outputs under its pruned weights the next block's inputs. ``walk.block_device``: only
+    the block being pruned (and its inputs) there. ``progress``: each finished block saved there;
+    the blocks an earlier run finished are restored from it instead of pruned, and run to make the
     next block's inputs."""
     done = progress.resume(path, len(modules)) if progress is not None else 0
     inputs = capture(model, modules[0], x)
-    if block_device is not None:
-        inputs = [one.to(block_device) for one in inputs]
+    if walk.block_device is not None:
+        inputs = [one.to(walk.block_device) for one in inputs]
     for i, block in enumerate(modules):
         home = next(block.parameters()).device
-        if block_device is not None:  # only this block on the device while it is pruned
-            block.to(block_device)
+        if walk.block_device is not None:  # only this block on the device while it is pruned
+            block.to(walk.block_device)
         prefix = f"{path}.{i}."
         inside = {name: rest.pop(name) for name in list(rest) if name.startswith(prefix)}
         if i < done:
             assert progress is not None
             progress.restore(i, inside)
         else:
-            _prune_block(block, inputs, prefix, inside, mask, prune_one, sequential)
+            _prune_block(block, inputs, prefix, inside, mask, walk)
         inputs = advance(block, inputs)
         block.to(home)
         if progress is not None and i >= done:
@@ -518,8 +575,7 @@ def _prune_block(
     prefix: str,
     inside: dict[str, nn.Linear],
     mask: Mask | None,
-    prune_one: PruneOne,
-    sequential: str,
+    walk: _Walk,
 ) -> None:
     """One block's layers (``inside``, named ``prefix`` + their name in the block), what the mask
     pruned already zeroed first so that each sees the others as pruned: every layer from one pass
@@ -527,13 +583,13 @@ def _prune_block(
     pruned so far (``layer``)."""
     for name, layer in inside.items():
         _zero_pruned(mask, name, layer)
-    if sequential == "block":
-        grams = block_grams(block, inputs, {name[len(prefix) :]: layer for name, layer in inside.items()})
+    if walk.sequential == "block":
+        seen = block_inputs(block, inputs, {name[len(prefix) :]: layer for name, layer in inside.items()}, walk.moments)
         for name, layer in inside.items():
-            prune_one(name, layer, grams[name[len(prefix) :]])
+            walk.prune_one(name, layer, seen[name[len(prefix) :]])
     else:
         for name, layer in inside.items():
-            prune_one(name, layer, input_gram(block, layer, inputs)[0])
+            walk.prune_one(name, layer, input_seen(block, layer, inputs, moments=walk.moments))
 
 
 @dataclass
@@ -558,12 +614,45 @@ class LayerByLayer(Method):
     # where each block is pruned (e.g. cuda) while the rest of the model stays where it is (e.g. the
     # CPU, device=cpu): one block's weights and the calibration activations on the device at a time
     block_device: str | None = None
+    # dsnot: DSnoT's training-free swaps refit each layer's mask (dsnot.py), at most refit_cycles per
+    # row while its expected output change is above refit_threshold; layers matching refit_skip keep
+    # the mask they get (the reference's default: the blocks' MLP layers)
+    refit: str | None = None
+    refit_cycles: int = Dsnot.cycles
+    refit_threshold: float = Dsnot.threshold
+    refit_skip: list[str] = field(default_factory=lambda: list(Dsnot().skip))
 
     def __post_init__(self):
         check_nm(self.n, self.m, optional=True)
         check_positive(self.samples, "method.samples")
         if self.sequential not in SEQUENTIAL:
             raise PruningError(f"method.sequential={self.sequential!r}: one of {', '.join(SEQUENTIAL)}")
+        if self.refit is not None and self.refit not in REFITS:
+            raise PruningError(f"method.refit={self.refit!r}: one of {', '.join(REFITS)} (or null)")
+        changed = [
+            f"method.{name}"
+            for name, default in (("refit_cycles", Dsnot.cycles), ("refit_threshold", Dsnot.threshold))
+            if getattr(self, name) != default
+        ] + (["method.refit_skip"] if list(self.refit_skip) != list(Dsnot().skip) else [])
+        if self.refit is None and changed:
+            raise PruningError(f"{', '.join(changed)}: options of the refit; set method.refit=dsnot")
+        self.refitting()  # its options checked now
+
+    def refitting(self) -> Dsnot | None:
+        """DSnoT's options where ``refit`` asks for it."""
+        if self.refit is None:
+            return None
+        return Dsnot(self.refit_cycles, self.refit_threshold, list(self.refit_skip))
+
+    def scores(
+        self,
+        weight: torch.Tensor,
+        gram: torch.Tensor,
+        criterion: Criterion | None = None,  # noqa: ARG002 (the subclasses that take one read it)
+    ) -> torch.Tensor:
+        """The score this method chooses a layer's mask by, higher kept (DSnoT's order within an
+        N:M group): Wanda's ``|W_ij| ‖X_j‖`` unless a subclass says otherwise."""
+        return weight.detach().abs().double() * gram.diagonal().double().clamp_min(0).sqrt()
 
     def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
         """``(weight, gram, alive, name) -> (new weight, kept)`` for one layer; ``criterion``: the
@@ -633,6 +722,18 @@ class Wanda(LayerByLayer):
         super().__post_init__()
         if self.permute and self.n is None:
             raise PruningError("method.permute reorders the input channels before N:M: set method.n and method.m")
+        if self.permute and self.refit is not None:
+            raise PruningError(
+                "method.refit=dsnot swaps weights within N:M groups of consecutive inputs; method.permute "
+                "groups reordered ones: choose one"
+            )
+
+    @override
+    def scores(self, weight: torch.Tensor, gram: torch.Tensor, criterion: Criterion | None = None) -> torch.Tensor:
+        """Wanda's score, or RIA's with ``criterion=ria``."""
+        if isinstance(criterion, Ria):
+            return ria_scores(weight, gram, criterion.a)
+        return super().scores(weight, gram)
 
     @override
     def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
@@ -669,6 +770,13 @@ class SparseGPT(LayerByLayer):
             raise PruningError(f"method.selection={self.selection!r}: one of {', '.join(SELECTIONS)}")
 
     @override
+    def scores(self, weight: torch.Tensor, gram: torch.Tensor, criterion: Criterion | None = None) -> torch.Tensor:
+        """SparseGPT's ``w² / [H⁻¹]_jj²`` over the whole layer, before any update (as DSnoT's code
+        scores with ``--initial_method sparsegpt``)."""
+        w = weight.detach().double()
+        return w**2 / _inverse_hessian(gram, self.damp).diagonal() ** 2
+
+    @override
     def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
         def prune_layer(weight, gram, alive, name):
             return sparsegpt_update(
@@ -678,4 +786,4 @@ class SparseGPT(LayerByLayer):
         return prune_layer
 
 
-__all__ = ["LayerMagnitude", "SparseGPT", "Wanda", "calibration", "input_gram", "sparsegpt_update", "wanda_mask"]
+__all__ = ["LayerMagnitude", "SparseGPT", "Wanda", "calibration", "input_seen", "sparsegpt_update", "wanda_mask"]

@@ -90,7 +90,7 @@ def block_outliers(
     scored on the inputs the dense blocks pass on, starting from ``inputs`` (block 0's)."""
     out = []
     for block, inside in zip(modules, layers, strict=True):
-        add = lambda total, rows: rows.float().pow(2).sum(0) + (0 if total is None else total)
+        add = lambda total, x: x.reshape(-1, x.shape[-1]).float().pow(2).sum(0) + (0 if total is None else total)
         squares, inputs = fold_inputs(block, inputs, dict(inside), add)  # (and the next block's inputs)
         scores = [w.weight.detach().abs() * squares[name].sqrt().to(w.weight.dtype) for name, w in inside.items()]
         out.append(outlier_ratio(scores, m) if scores else 0.0)
