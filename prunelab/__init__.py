@@ -4,7 +4,7 @@ Command line: ``python -m prunelab method=structured ratio=0.5`` (see README). I
 
     import prunelab
     pruned = prunelab.prune(model, method="unstructured", scope="global", ratio=0.9)
-    pruned.mask.apply(model)
+    pruned.apply(model)
 
 The package, bottom to top (a module imports only from its own floor or below; tests/test_imports.py
 checks it): ``names``, ``errors``, ``paths``, ``redact``, ``contracts``, ``plugins`` -> ``pruning`` -> ``data``,

@@ -70,12 +70,22 @@ def accepted(target: Callable) -> tuple[list[str], bool]:
 
 
 def plugin_defaults(target: Callable) -> dict[str, Any]:
-    """The default value of each keyword option ``target`` (a class or function) takes."""
+    """The default value of each keyword option ``target`` (a class or function) takes (a
+    dataclass field's default factory called)."""
     try:
         params = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
         return {}
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    made = (
+        {
+            f.name: f.default_factory()
+            for f in dataclasses.fields(target)
+            if f.default_factory is not dataclasses.MISSING
+        }
+        if dataclasses.is_dataclass(target)
+        else {}
+    )
+    return {p.name: made.get(p.name, p.default) for p in params if p.default is not inspect.Parameter.empty}
 
 
 def check_options(group: str, label: str, target: Callable, given: Iterable[str]) -> None:

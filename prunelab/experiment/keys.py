@@ -79,7 +79,9 @@ LATER = {
     "finetune": ("milestones",),
     "codebook": ("iterations",),
     "quantize": ("batch_size",),
-    "method": ("permute", "refit", "refit_cycles", "refit_threshold", "refit_skip"),  # (Wanda's N:M; DSnoT)
+    # Wanda's N:M permutation; DSnoT's refit; FLAP's compensation (Width.samples: only Width's own
+    # samples, new with it: the other methods' runs were keyed with theirs)
+    "method": ("permute", "refit", "refit_cycles", "refit_threshold", "refit_skip", "compensate", "Width.samples"),
 }
 # Bumped when the same config starts to give different numbers or files, or is written differently
 # (2: inputs scaled to [0, 1] before standardisation; 3: criteria, scopes and methods as plug-ins,
@@ -189,7 +191,10 @@ def _drop_later_defaults(tree: dict, world: int) -> None:
         if not isinstance(node, dict):
             continue
         defaults = _defaults(part, node)
-        for option in later:
+        for entry in later:
+            owner, _, option = entry.rpartition(".")  # "Class.option": only that plug-in's
+            if owner and not str(node.get("_target_", "")).endswith(f".{owner}"):
+                continue
             if option in defaults and node.get(option, defaults[option]) == defaults[option]:
                 node.pop(option, None)
         if part == "train" and world == 1:

@@ -82,7 +82,7 @@ class RunSession(Session):
         seconds = time.perf_counter() - start  # the mask (and SparseGPT's update), no evaluation
         kept, agreed = self.processes.keep(result.mask)
         result = dataclasses.replace(result, mask=kept)
-        result.mask.apply(self.model)
+        result.apply(self.model)  # the mask, and a method's compensation (FLAP's biases)
         self.processes.share(self.model)  # a reconstructing method (SparseGPT) changed the weights too
         figures = {**agreed, **result.figures, Metric.PRUNE_SECONDS: seconds}
         self.evaluated = {}

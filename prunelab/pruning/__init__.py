@@ -6,7 +6,7 @@ name (the option of ``conf/<group>/``) or an object::
 
     pruned = prunelab.prune(model, method="structured", scope="lamp", ratio=0.5,
                             criterion="taylor", data=(x, y), example_inputs=x[:1])
-    pruned.mask.apply(model)        # zero the pruned entries in place
+    pruned.apply(model)             # zero the pruned entries in place (and a method's biases)
     small = prunelab.shrink(model, pruned.mask, x[:1])   # structured: remove them for real
 
 ``mask=`` continues from an earlier mask (never reviving what it pruned); ``budget_macs=`` finds

@@ -17,14 +17,12 @@ from torch import nn
 from .contracts import Pruned
 from .errors import PruningError
 from .macs import mac_counts
-from .mask import Mask
 
 MAX_RATIO = 0.995
 
 
-def macs_fraction(model: nn.Module, mask: Mask, example_inputs: torch.Tensor, dense_macs: float) -> float:
-    pruned = mask.apply(copy.deepcopy(model))
-    return mac_counts(pruned, example_inputs)[1] / dense_macs
+def macs_fraction(model: nn.Module, pruned: Pruned, example_inputs: torch.Tensor, dense_macs: float) -> float:
+    return mac_counts(pruned.apply(copy.deepcopy(model)), example_inputs)[1] / dense_macs
 
 
 def check_budget(budget: float) -> float:
@@ -46,7 +44,7 @@ def _top(prune_at: Callable[[float], Pruned], model: nn.Module, x: torch.Tensor,
         except PruningError:
             if hi == tops[-1]:
                 raise
-    reached = macs_fraction(model, best.mask, x, dense)
+    reached = macs_fraction(model, best, x, dense)
     if reached > budget:
         raise PruningError(
             f"budget.macs={budget:g} cannot be reached: at ratio {best.ratio} the model keeps {reached:.3f} of its MACs"
@@ -72,7 +70,7 @@ def to_macs_budget(
     for _ in range(steps):
         mid = (lo + hi) / 2
         pruned = prune_at(mid)
-        if macs_fraction(model, pruned.mask, x, dense) <= budget:
+        if macs_fraction(model, pruned, x, dense) <= budget:
             hi, best = mid, pruned
         else:
             lo = mid

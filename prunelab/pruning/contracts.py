@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .compensate import Compensation
 from .data import PruneData
 from .mask import Mask
 
@@ -127,6 +128,16 @@ class Pruned:
     report: dict = field(default_factory=dict, repr=False)
     ratio: float = 0.0
     figures: dict[str, float] = field(default_factory=dict)
+    # what the model gets besides the mask, once (method.compensate: FLAP's biases; compensate.py)
+    compensation: Compensation | None = None
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """``model`` (in place; returned) pruned: the compensation where the method made one (its
+        new biases, which the mask covers), then the mask. Apply it once: the mask alone is what
+        later steps hold."""
+        if self.compensation is not None:
+            self.compensation.apply(model)
+        return self.mask.apply(model)
 
 
 # What a method may take besides the model and the ratio: the plug-ins a user chooses (criterion,

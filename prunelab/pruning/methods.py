@@ -149,6 +149,7 @@ class Given:
     data: PruneData | None
     mask: Mask | None
     example_inputs: torch.Tensor | None
+    seed: int = 0  # what calibration windows a pattern draws are drawn by
 
 
 class Pattern(Method):
@@ -169,7 +170,7 @@ class Pattern(Method):
         mask: Mask | None = None,
     ) -> Pruned:
         scorer, scope, prepared = _setup(model, ratio, criterion, scope, data, seed)
-        return self.select(model, ratio, Given(scorer, scope, prepared, mask, example_inputs))
+        return self.select(model, ratio, Given(scorer, scope, prepared, mask, example_inputs, seed))
 
     def select(self, model: nn.Module, ratio: float, given: Given) -> Pruned:
         """The pattern's choice: which units of ``model`` survive ``ratio``, as a result."""

@@ -45,14 +45,19 @@ from torch import nn
 
 from .allocation import allocate
 from .blocks import required_blocks
+from .compensate import COMPENSATIONS, Compensation, bias_for, input_means
 from .contracts import Coupled, Pruned, Scorer, Units
-from .errors import PruningError
+from .data import TRAIN
+from .errors import PruningError, check_positive
 from .mask import Mask, count, keep_pruned
 from .methods import Given, Pattern, full_masks, prober
 from .plan import plan_of
 from .tracing import OUTPUT_LAYERS, prunable_layers
 
 HEADS = ("kv", "query", "none")
+# The Hugging Face config field that gives an output projection a bias (LLaMA's), and the other
+# projections the same field gives one
+_BIAS_FLAGS = {"o": ("attention_bias", ("q", "k", "v", "qkv")), "down": ("mlp_bias", ("gate", "up"))}
 
 
 @dataclass(frozen=True)
@@ -227,8 +232,19 @@ class Width(Pattern):
     blocks: str | None = None  # where the repeated blocks are (an attribute path); None: the known places
     # the attention layout of a model that is not a known Hugging Face architecture (Layout's fields)
     layout: dict[str, Any] | None = None
+    # mean: FLAP's bias compensation (compensate.py): the removed heads' and channels' mean output
+    # put back as a bias of the output and down projections, measured on `samples` calibration windows
+    compensate: str | None = None
+    samples: int = 128
 
     def __post_init__(self):
+        if self.compensate is not None and self.compensate not in COMPENSATIONS:
+            raise PruningError(f"method.compensate={self.compensate!r}: one of {', '.join(COMPENSATIONS)} (or null)")
+        if self.compensate is None and self.samples != 128:
+            raise PruningError(
+                "method.samples: the calibration windows of method.compensate; set method.compensate=mean"
+            )
+        check_positive(self.samples, "method.samples")
         if self.heads not in HEADS:
             raise PruningError(f"method.heads={self.heads!r} is not allowed: expected one of {', '.join(HEADS)}")
         if self.normalize not in ("mean", "none"):
@@ -257,12 +273,54 @@ class Width(Pattern):
             for block, neurons in zip(blocks, keep, strict=True):
                 _zero_neurons(masks, channels, block, neurons)
                 sets[block.names["up"]] = (len(neurons), count(neurons), (len(neurons),))
+        compensation = None
+        if self.compensate is not None:
+            compensation = self._compensation(model, path, modules, layout, blocks, masks, given)
         keep_pruned(masks, mask.masks if mask is not None else None)
         keep_pruned(channels, mask.channels if mask is not None else None)
         prunable = tuple(f"{n}.weight" for n in prunable_layers(model, self.ignore))
         described = {"blocks": path, **{k: v for k, v in dataclasses.asdict(layout).items() if v is not None}}
         result = Mask(masks, prunable, channels=channels, layout=described)
-        return Pruned(result, plan_of("width", sets), report, ratio)
+        return Pruned(result, plan_of("width", sets), report, ratio, compensation=compensation)
+
+    def _compensation(self, model, path, modules, layout: Layout, blocks, masks, given: Given) -> Compensation:
+        """FLAP's biases for the output projections (``o``, ``down``) of what this prune removes
+        (the columns ``masks`` zeroes), and what the model's config must say to hold them; a layer
+        without a bias whose config cannot say one is one line, before any calibration pass."""
+        roles = [r for r, on in (("o", self.heads != "none"), ("down", self.mlp)) if on]
+        config = hf_config(model)
+        flags = {}
+        for role in roles:
+            layer = blocks[0].layer(model, role)
+            flag = _BIAS_FLAGS[role][0]
+            if layer.bias is None and not hasattr(config, flag):
+                kind = f"model_type {config.model_type!r}" if config is not None else type(model).__name__
+                raise PruningError(
+                    f"method.compensate=mean adds a bias to {blocks[0].names[role]}, which has none, and {kind} "
+                    f"cannot hold one (its config has no {flag}); use method.compensate=null"
+                )
+            if layer.bias is None:
+                flags[flag] = True
+        if given.data is None:
+            raise PruningError(
+                "method.compensate=mean measures the removed units' mean output: it needs calibration data"
+            )
+        x = given.data.calibration(self.samples, given.seed, TRAIN)
+        means = input_means(model, path, modules, x, [getattr(layout, r) for r in roles])
+        biases = {}
+        for block in blocks:
+            for role in roles:
+                name = block.names[role]
+                removed = ~masks[f"{name}.weight"].bool().any(dim=0)
+                biases[name] = bias_for(block.weight(model, role), means[name], removed)
+            for flag in flags:  # the other projections the flag gives a bias: zeros
+                for role in _BIAS_FLAGS["o" if flag == _BIAS_FLAGS["o"][0] else "down"][1]:
+                    if role in block.names and block.layer(model, role).bias is None:
+                        biases[block.names[role]] = torch.zeros(block.weight(model, role).shape[0])
+        for name in biases:  # a new bias is masked as its layer's rows are
+            if model.get_submodule(name).bias is None:
+                masks[f"{name}.bias"] = masks[f"{name}.weight"].any(dim=1)
+        return Compensation(biases, flags)
 
     # --- the units, scored and allocated ------------------------------------------------------
     def _heads(self, model, ratio, scope, scorer: Scorer, layout: Layout, blocks, mask, data) -> tuple[list, dict]:
