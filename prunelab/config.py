@@ -154,6 +154,14 @@ class FinetuneConfig:
     distill: bool = False
     alpha: float = 0.5
     temperature: float = 2.0
+    # Recovery by LoRA (prunelab/experiment/lora.py; pip install 'prunelab[lora]'): adapters of rank
+    # lora_rank (scaled lora_alpha / lora_rank, dropout lora_dropout) on the lora_targets layers (None:
+    # every linear layer of the repeated blocks) train, every other weight frozen; merged with the mask held.
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
 
     def __post_init__(self):
         if self.epochs < 0:
@@ -168,6 +176,9 @@ class FinetuneConfig:
         for option in ("alpha", "temperature"):
             if not self.distill and getattr(self, option) != getattr(FinetuneConfig, option):
                 raise ConfigError(f"finetune.{option} is distillation's option: it needs finetune.distill=true")
+        for option in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets"):
+            if not self.lora and getattr(self, option) != getattr(FinetuneConfig, option):
+                raise ConfigError(f"finetune.{option} is LoRA's option: it needs finetune.lora=true")
 
 
 @dataclass

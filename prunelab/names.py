@@ -86,6 +86,8 @@ class Metric:
     # data before and after the refit (their mean), and the swaps it made (all layers)
     REFIT_ERROR_BEFORE, REFIT_ERROR_AFTER = "refit.error_before", "refit.error_after"
     REFIT_SWAPS = "refit.swaps"
+    # finetune.lora: the parameters the adapters train (the optimizer's state is per trained parameter)
+    FINETUNE_TRAINABLE = "finetune.trainable_params"
     # One run across processes (torchrun): how many, and whether every rank computed the same mask
     # and ended with the same weights (1.0) before rank 0's were kept (prunelab.experiment.distributed).
     RANKS_WORLD = "ranks.world"

@@ -76,7 +76,7 @@ DENSE_PARTS = ("model", "dataset", "augment", "dense", "train", "seed")
 # its keys unchanged and its dense model's cache still used.
 LATER = {
     "train": ("milestones", "gamma", "label_smoothing", "precision", "channels_last", "compile", "sync_bn"),
-    "finetune": ("milestones",),
+    "finetune": ("milestones", "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"),
     "codebook": ("iterations",),
     "quantize": ("batch_size",),
     # Wanda's N:M permutation; DSnoT's refit; FLAP's compensation (Width.samples: only Width's own

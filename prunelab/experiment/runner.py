@@ -9,7 +9,8 @@ that owns its concern, taking and returning values:
                    copy first (a bad combination fails before training)
 5. dense           trained, or loaded from the cache                   experiment/dense.py
 6. prune schedule  prune and fine-tune as the schedule says (taught    experiment/session.py,
-                   by the dense model with finetune.distill)           distill.py
+                   by the dense model with finetune.distill; low-rank  distill.py, lora.py
+                   adapters merged with the mask held: finetune.lora)
 7. evaluate        accuracy (and perplexity, zero-shot tasks), what    experiment/train.py, measure.py,
                    was removed                                         zeroshot.py
 8. hand-over       the files that ship, checked: now, or in a sweep    experiment/handover_stage.py,
@@ -124,6 +125,8 @@ def _data_and_model(s: Settings) -> tuple[Splits, torch.nn.Module]:
     model = _model(s, data)
     if s.zeroshot is not None:
         s.zeroshot.check(model)
+    if s.lora is not None:
+        s.lora.targeted(model)  # targets that match nothing: one line before any run opens
     if s.handover and s.handover_formats is not None:  # hf of a model that is not a transformers one: now
         formats(model, s.handover_formats)
     return data, model

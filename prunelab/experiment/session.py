@@ -58,6 +58,7 @@ class RunSession(Session):
         self.run, self.model, self.ratio, self.init = run, model, settings.ratio, init
         # finetune.distill: the dense model teaches every fine-tuning
         self.distill = settings.distill.teaching(teacher) if settings.distill and teacher is not None else None
+        self.lora = settings.lora
         self.epochs = settings.finetune.epochs
         self.steps_per_epoch = steps_per_epoch(len(data.train), settings.finetune.batch_size)
         self.pruner, self.data, self.train_recipe, self.finetune = pruner, data, settings.train, settings.finetune
@@ -138,7 +139,10 @@ class RunSession(Session):
                 step=first + e.epoch,
             )
 
-        if after_step is None and shrunk is None and mask is not None:
+        adapters = self.lora.attach(net) if self.lora is not None and epochs > 0 else None
+        if adapters is not None:  # the pruned weights are frozen: only the adapters train
+            self.run.log_metrics({Metric.FINETUNE_TRAINABLE: adapters.count()})
+        elif after_step is None and shrunk is None and mask is not None:
             after_step = mask.hold(self.model)
         train(
             net,
@@ -151,6 +155,8 @@ class RunSession(Session):
             objective=self.distill,
             ranks=self.processes.ranks,
         )
+        if adapters is not None:
+            adapters.merge(mask if shrunk is None else None)
         self._epochs_done += epochs
         if epochs > 0:
             self.evaluated = {}  # the model trained since it was evaluated

@@ -24,6 +24,7 @@ from ..redact import redact
 from .distill import Distill
 from .distributed import Ranks, from_environment
 from .keys import RunKey, dense_params, experiment_name, identity, names, params, run_name
+from .lora import Lora
 from .train import Recipe, Speed
 from .zeroshot import ZeroShot
 
@@ -59,6 +60,7 @@ class Settings:
     finetune: Recipe  # fine-tuning: its epochs, lr and schedule, train's optimizer and batch size
     shrink: bool  # structured: fine-tune the physically shrunk network
     distill: Distill | None  # fine-tuning taught by the dense model (finetune.distill)
+    lora: Lora | None  # fine-tuning of low-rank adapters, merged with the mask held (finetune.lora)
     tracking: TrackingConfig
     cache: Path  # the dense-model cache and the schedules' checkpoints
     force: bool
@@ -141,6 +143,14 @@ class Settings:
             shrink=c.finetune.shrink,
             distill=Distill(c.finetune.alpha, c.finetune.temperature, t.label_smoothing)
             if c.finetune.distill
+            else None,
+            lora=Lora(
+                c.finetune.lora_rank,
+                c.finetune.lora_alpha,
+                c.finetune.lora_dropout,
+                tuple(c.finetune.lora_targets) if c.finetune.lora_targets is not None else None,
+            )
+            if c.finetune.lora
             else None,
             tracking=c.tracking,
             cache=cache,

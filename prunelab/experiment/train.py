@@ -339,7 +339,8 @@ def train(
     """``recipe`` on ``model`` from its current weights (its learning-rate schedule over
     ``recipe.epochs``), stopped after ``epochs`` (default all); batches shuffled by ``seed``. Dense
     training, a lottery level's retraining and fine-tuning all train through here."""
-    optimizer, scheduler = recipe.optimizer_for(model.parameters(), steps_per_epoch(len(data.train), recipe.batch_size))
+    trained = (p for p in model.parameters() if p.requires_grad)  # (LoRA: the adapters only)
+    optimizer, scheduler = recipe.optimizer_for(trained, steps_per_epoch(len(data.train), recipe.batch_size))
     return fit(
         model,
         data.train,
