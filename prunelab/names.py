@@ -198,6 +198,17 @@ class Metric:
         return f"cost.ratio.{form}.{figure}" if form else f"cost.ratio.{figure}"
 
 
+class Protocol:
+    """Params of a language model's run: the protocol its perplexities were measured under, which
+    makes them comparable (the papers' numbers differ between sequence lengths, calibration sources
+    and counts: Wanda's issue #47). ``calibration``: the sources pruning drew windows from (none:
+    it looked at no data), ``calibration_windows`` the most it drew at once."""
+
+    SEQ_LEN, EVAL_SPLIT, EVAL_WINDOWS = "protocol.seq_len", "protocol.eval_split", "protocol.eval_windows"
+    CALIBRATION, CALIBRATION_WINDOWS = "protocol.calibration", "protocol.calibration_windows"
+    CALIBRATION_SEED = "protocol.calibration_seed"
+
+
 class Artifact:
     CONFIG = "config.yaml"  # the resolved config (credentials masked)
     LAYERS = "layers.csv"  # per parameter: total, nonzero, sparsity, channels kept

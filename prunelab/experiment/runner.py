@@ -57,6 +57,7 @@ from .dense import DenseResult, complete, dense_model, figures_once
 from .handover_stage import HandoverStage
 from .measure import layer_table, sparsity_summary
 from .processes import OneProcess, processes
+from .protocol import protocol
 from .recorder import Recorder, Silent
 from .session import Outcome, RunSession, prune_schedule
 from .settings import Settings
@@ -97,6 +98,7 @@ def run(
             teacher, timed, baseline = _baseline(s, model, data)  # distillation's teacher, the ledger's dense
             session = RunSession(active, s, model, pruner, data, init, _checkpoints(s), teacher, proc)
             outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
+            active.log_params(protocol(data, pruner.data, s.calibration_seed))  # what perplexities compare under
             agreed = proc.agreement(model)  # the processes ended with one model
             active.log_metrics(agreed)
             if not active.records:  # a process that records nothing is done: the stages below record

@@ -33,6 +33,10 @@ class PruneData:
         self.val = _pair(val) if val is not None else None
         self.batch_size, self.seed = batch_size, seed
         self.sources = dict(sources or {})
+        self.drawn: dict[str, int] = {}  # what pruning looked at: source -> the most inputs drawn at once
+
+    def _drew(self, source: str, inputs: int) -> None:
+        self.drawn[source] = max(inputs, self.drawn.get(source, 0))
 
     def calibration(self, samples: int, seed: int, source: str = TRAIN) -> torch.Tensor:
         """``samples`` inputs drawn by ``seed`` from ``source``: the training split's (for text:
@@ -41,16 +45,20 @@ class PruneData:
         x = self.train[0]
         if source == TRAIN:
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]
+            self._drew(TRAIN, len(order))
             return x[order.to(x.device)]
         if source not in self.sources:
             offered = ", ".join([TRAIN, *self.sources])
             raise PruningError(f"method.calibration={source}: this dataset offers {offered}")
-        return self.sources[source](samples, seed).to(x.device)
+        drawn = self.sources[source](samples, seed).to(x.device)
+        self._drew(source, len(drawn))
+        return drawn
 
     def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``n`` mini-batches of one seeded shuffle of the training split."""
         x, y = self.train
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed)).to(x.device)
+        self._drew(TRAIN, min(n * self.batch_size, len(y)))
         for start in range(0, min(n * self.batch_size, len(y)), self.batch_size):
             idx = order[start : start + self.batch_size]
             yield x[idx], y[idx]
