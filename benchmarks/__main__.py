@@ -44,6 +44,7 @@ SECTIONS = (
     "layerwise_depth",
     "llm_field_size",  # ~25 min: the README's LLM command on an OPT-125m-shaped checkpoint (issue 38)
     "reproduce_overhead",  # ~2 min: reproduce RUN_ID against the run it re-executes (issue 39)
+    "lora_step",  # ~2 min: a LoRA step against a full fine-tuning step at OPT-125m's shape (issue 40)
 )
 OPTIONAL = {"structured_speedup"}
 # A block that a long, separately run benchmark writes into RESULTS.md (baseline_recipes.py): kept

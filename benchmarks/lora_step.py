@@ -62,7 +62,9 @@ def child(mode: str, quick: bool, steps: int) -> dict:
         optimizer.step()
         if i:  # the first step is a warm-up (allocations, the optimizer's state)
             walls.append(time.perf_counter() - start)
-    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    state = sum(
+        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+    )
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trained": sum(p.numel() for p in trained),
@@ -81,7 +83,8 @@ def _measured(mode: str, quick: bool, steps: int) -> dict:
 
 
 def _mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
+    mib = n / 2**20
+    return f"{mib:,.0f} MiB" if mib >= 10 else f"{mib:.2f} MiB"
 
 
 def run(quick: bool = False) -> Section:
@@ -108,8 +111,12 @@ def run(quick: bool = False) -> Section:
         "fine-tuning's (the activations and the frozen weights' memory stay)."
     )
     verdicts = [
-        Verdict("LoRA's optimizer memory against full fine-tuning's", f"≤ {TARGET:g}×", f"{ratio:.4f}×", ratio <= TARGET),
-        Verdict("LoRA's step time against full fine-tuning's", "(reported)", f"{lora['step_s'] / full['step_s']:.2f}×", None),
+        Verdict(
+            "LoRA's optimizer memory against full fine-tuning's", f"≤ {TARGET:g}×", f"{ratio:.4f}×", ratio <= TARGET
+        ),
+        Verdict(
+            "LoRA's step time against full fine-tuning's", "(reported)", f"{lora['step_s'] / full['step_s']:.2f}×", None
+        ),
     ]
     return Section("17. LoRA recovery against full fine-tuning", body, verdicts)
 

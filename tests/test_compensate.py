@@ -126,7 +126,8 @@ def test_compensation_where_the_architecture_cannot_hold_the_bias_is_one_line():
         VOCAB, config={**CONFIGS["llama"], "model_type": "mistral", "vocab_size": VOCAB, "sliding_window": None}
     )
     with pytest.raises(
-        PruningError, match=r"^method.compensate=mean adds a bias to model.model.layers.0.self_attn.o_proj, which has none"
+        PruningError,
+        match=r"^method.compensate=mean adds a bias to model.model.layers.0.self_attn.o_proj, which has none",
     ):
         prune(model, Width(compensate="mean", samples=SAMPLES), "local", 0.5, data=data())
     with pytest.raises(PruningError, match=r"^method.compensate='median': one of mean"):
@@ -136,16 +137,9 @@ def test_compensation_where_the_architecture_cannot_hold_the_bias_is_one_line():
 
 
 def test_flap_compensation_runs_through_the_command_line_without_training(cli, workdir, llama_on_wikitext):  # noqa: F811
+    width = ["method=width", "criterion=activation", "scope=local", "ratio=0.5"]
     result = cli(
-        *llama_on_wikitext,
-        "train.epochs=0",
-        "finetune.epochs=0",
-        "method=width",
-        "criterion=activation",
-        "scope=local",
-        "method.compensate=mean",
-        "method.samples=8",
-        "ratio=0.5",
+        *llama_on_wikitext, "train.epochs=0", "finetune.epochs=0", *width, "method.compensate=mean", "method.samples=8"
     )
 
     assert result.returncode == 0, result.stderr[-3000:]

@@ -88,13 +88,12 @@ def test_the_input_sums_are_the_references_running_means():
     _, x, seen = layer_and_inputs()
     # WrappedGPT.add_batch, one window per call: running means over windows of the token sum and
     # of the variance within the window (unbiased=False), and of the squared norm
-    sum_row, var, norm, n = torch.zeros(x.shape[-1], dtype=torch.float64), None, 0, 0
-    for window in x:
+    sum_row, var, norm = torch.zeros(x.shape[-1], dtype=torch.float64), None, 0
+    for n, window in enumerate(x):
         inp = window.t()
         var = inp.var(dim=1, unbiased=False) if n == 0 else (var * n + inp.var(dim=1, unbiased=False)) / (n + 1)
         sum_row = sum_row * n / (n + 1) + inp.sum(dim=1) / (n + 1)
         norm = norm * n / (n + 1) + inp.norm(p=2, dim=1) ** 2 / (n + 1)
-        n += 1
 
     assert torch.allclose(seen.mean, sum_row)
     assert torch.allclose(seen.var, var)
@@ -145,7 +144,9 @@ def test_a_narrow_row_stops_where_its_candidates_end_at_its_sparsity(pattern):
     pruned, score = wanda_pruned(weight, seen, 0.5)
     if pattern:
         groups = score.reshape(16, -1, 4)
-        pruned = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, groups.topk(2, dim=2, largest=False).indices, True)
+        pruned = torch.zeros_like(groups, dtype=torch.bool).scatter_(
+            2, groups.topk(2, dim=2, largest=False).indices, True
+        )
         pruned = pruned.reshape(weight.shape)
 
     refitted, _ = refit(weight, pruned, seen, Dsnot(cycles=50, threshold=0.0), pattern, score)
@@ -215,7 +216,9 @@ def test_refit_options_outside_their_use_are_one_line():
     ],
 )
 def test_dsnot_refits_wanda_and_sparsegpt_through_the_command_line(cli, workdir, llama_on_wikitext, options):  # noqa: F811
-    result = cli(*llama_on_wikitext, "train.epochs=0", "method.samples=8", "scope=local", "method.refit=dsnot", *options)
+    result = cli(
+        *llama_on_wikitext, "train.epochs=0", "method.samples=8", "scope=local", "method.refit=dsnot", *options
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(workdir, "pruned")

@@ -76,7 +76,9 @@ def test_lora_options_outside_their_use_are_one_line():
         pytest.param(["method=wanda", "scope=local", "method.samples=8", "ratio=0.5"], id="unstructured"),
         pytest.param(["method=width", "criterion=activation", "scope=local", "ratio=0.5"], id="width"),
         pytest.param(["method=blocks", "ratio=0.5"], id="blocks"),
-        pytest.param(["method=width", "criterion=activation", "scope=local", "finetune.distill=true"], id="width-distill"),
+        pytest.param(
+            ["method=width", "criterion=activation", "scope=local", "finetune.distill=true"], id="width-distill"
+        ),
     ],
 )
 def test_lora_recovers_after_each_pruning_through_the_command_line(cli, workdir, llama_on_wikitext, options):  # noqa: F811
@@ -114,8 +116,12 @@ def test_lora_without_peft_installed_is_one_line(cli, workdir, llama_on_wikitext
     assert all(r.info.status == "FAILED" for r in runs(workdir))  # none left RUNNING, none FINISHED
 
 
-def test_lora_options_without_lora_are_one_line(cli, workdir, llama_on_wikitext):  # noqa: F811
+def test_lora_options_without_lora_are_one_line(cli, llama_on_wikitext):  # noqa: F811
     result = cli(*llama_on_wikitext, "train.epochs=0", "finetune.lora_rank=4")
 
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].endswith("finetune.lora_rank is LoRA's option: it needs finetune.lora=true")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("finetune.lora_rank is LoRA's option: it needs finetune.lora=true")
+    )
