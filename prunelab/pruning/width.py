@@ -289,18 +289,15 @@ class Width(Pattern):
         without a bias whose config cannot say one is one line, before any calibration pass."""
         roles = [r for r, on in (("o", self.heads != "none"), ("down", self.mlp)) if on]
         config = hf_config(model)
-        flags = {}
-        for role in roles:
-            layer = blocks[0].layer(model, role)
+        new = [role for role in roles if blocks[0].layer(model, role).bias is None]  # biases to create
+        for role in new:
             flag = _BIAS_FLAGS[role][0]
-            if layer.bias is None and not hasattr(config, flag):
+            if not hasattr(config, flag):
                 kind = f"model_type {config.model_type!r}" if config is not None else type(model).__name__
                 raise PruningError(
                     f"method.compensate=mean adds a bias to {blocks[0].names[role]}, which has none, and {kind} "
                     f"cannot hold one (its config has no {flag}); use method.compensate=null"
                 )
-            if layer.bias is None:
-                flags[flag] = True
         if given.data is None:
             raise PruningError(
                 "method.compensate=mean measures the removed units' mean output: it needs calibration data"
@@ -313,14 +310,13 @@ class Width(Pattern):
                 name = block.names[role]
                 removed = ~masks[f"{name}.weight"].bool().any(dim=0)
                 biases[name] = bias_for(block.weight(model, role), means[name], removed)
-            for flag in flags:  # the other projections the flag gives a bias: zeros
-                for role in _BIAS_FLAGS["o" if flag == _BIAS_FLAGS["o"][0] else "down"][1]:
-                    if role in block.names and block.layer(model, role).bias is None:
-                        biases[block.names[role]] = torch.zeros(block.weight(model, role).shape[0])
+            for other in (r for role in new for r in _BIAS_FLAGS[role][1]):  # the flag's other projections: zeros
+                if other in block.names and block.layer(model, other).bias is None:
+                    biases[block.names[other]] = torch.zeros(block.weight(model, other).shape[0])
         for name in biases:  # a new bias is masked as its layer's rows are
             if model.get_submodule(name).bias is None:
                 masks[f"{name}.bias"] = masks[f"{name}.weight"].any(dim=1)
-        return Compensation(biases, flags)
+        return Compensation(biases, {_BIAS_FLAGS[role][0]: True for role in new})
 
     # --- the units, scored and allocated ------------------------------------------------------
     def _heads(self, model, ratio, scope, scorer: Scorer, layout: Layout, blocks, mask, data) -> tuple[list, dict]:
