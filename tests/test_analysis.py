@@ -77,6 +77,23 @@ def test_a_method_sweep_is_not_split_by_each_methods_own_options(workdir):
     assert sorted(analysis.aggregate_seeds(df)["test_accuracy_count"]) == [2, 2]
 
 
+def test_a_method_option_left_unset_in_some_runs_of_that_method_names_the_others(workdir):
+    """Wanda with and without DSnoT's refit (method.refit logged "None" or "dsnot") are two curves;
+    N:M's runs, whose method has no such option, are not split by it."""
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    mlflow.set_experiment("refit")
+    wanda = {"method": "wanda", "method._target_": "prunelab.pruning.Wanda"}
+    for seed in (0, 1):
+        log_point(seed, 0.9, **wanda, **{"method.refit": "None"})
+        log_point(seed, 0.8, **wanda, **{"method.refit": "dsnot"})
+        log_point(seed, 0.7, **{"method": "nm", "method._target_": "prunelab.pruning.NM"})
+    points = analysis.aggregate_seeds(analysis.load_runs(["refit"]))
+    got = {
+        (row.method, row.variant): (round(row.test_accuracy, 4), row.test_accuracy_count) for row in points.itertuples()
+    }
+    assert got == {("wanda", ""): (0.9, 2), ("wanda", "method.refit=dsnot"): (0.8, 2), ("nm", ""): (0.7, 2)}
+
+
 def test_an_unset_method_option_is_no_part_of_the_variant_but_a_set_one_is(workdir):
     """SparseGPT runs, unstructured (method.n logged as "None") and 2:4: two curves, the
     unstructured one named by its method alone."""

@@ -235,8 +235,13 @@ def variant_of(df: pd.DataFrame, params: list[str]) -> pd.Series:
             return False
         node = next((n for n in plugins if p.startswith(f"{n}.")), None)
         frame = pruned[named].assign(value=pruned[p])
-        if node is not None and p != f"{node}._target_":
-            frame = frame.dropna(subset=["value"])  # a plug-in's argument: compared where the plug-in is set
+        if node is not None and p != f"{node}._target_":  # a plug-in's argument: compared among the
+            # runs of plug-ins that take it (unset, None, counts there: Wanda with and without refit)
+            target = pruned.get(f"{node}._target_")
+            if target is None:
+                frame = frame.dropna(subset=["value"])
+            else:
+                frame = frame[target.isin(set(target[pruned[p].notna()]))]
         frame["value"] = frame["value"].map(lambda v: "<unset>" if pd.isna(v) else str(v))
         return bool((frame.groupby(named, dropna=False)["value"].nunique() > 1).any())
 
