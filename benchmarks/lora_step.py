@@ -1,7 +1,7 @@
 """17. LoRA recovery against full fine-tuning (issue 40): memory and time of a training step.
 
 On a causal LM of OPT-125m's shape (hidden 768, 12 blocks of 12 heads, MLP 3072, a vocabulary of
-8192; random weights, float32, 125M parameters with the embeddings' share), one AdamW step on a
+8,192 in place of its 50,272; random weights, float32: 91.5M parameters), one AdamW step on a
 batch of 2 windows of 256 tokens, each mode in a fresh process on this machine's CPU:
 
 * full fine-tuning: every parameter trains (what ``finetune.epochs`` does without ``finetune.lora``);
