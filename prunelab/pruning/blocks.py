@@ -48,6 +48,11 @@ def _get(module: nn.Module, path: str) -> Any:
     return module
 
 
+def hf_config(model: nn.Module) -> Any:
+    """The Hugging Face config of ``model`` (or of the model it wraps); None for other models."""
+    return next((c for m in model.modules() if hasattr(c := getattr(m, "config", None), "model_type")), None)
+
+
 def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList] | None:
     """``(attribute path, blocks)``: the ``path`` the user declared, else the first known place
     holding an ``nn.ModuleList``; None when the model has no repeated blocks there."""
@@ -200,4 +205,4 @@ def fold_inputs(
     return totals, after
 
 
-__all__ = ["KNOWN", "Inputs", "advance", "capture", "find_blocks", "fold_inputs", "required_blocks", "run"]
+__all__ = ["KNOWN", "Inputs", "advance", "capture", "find_blocks", "fold_inputs", "hf_config", "required_blocks", "run"]

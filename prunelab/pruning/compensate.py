@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blocks import capture, fold_inputs
+from .blocks import capture, fold_inputs, hf_config
 
 COMPENSATIONS = ("mean",)
 
@@ -46,7 +46,7 @@ class Compensation:
                 w = layer.weight
                 layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
             layer.bias.add_(bias.to(layer.bias))
-        config = next((c for m in model.modules() if hasattr(c := getattr(m, "config", None), "model_type")), None)
+        config = hf_config(model)
         for key, value in self.config.items():
             setattr(config, key, value)
         return model

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from .allocation import allocate
-from .blocks import required_blocks
+from .blocks import hf_config, required_blocks
 from .compensate import COMPENSATIONS, Compensation, bias_for, input_means
 from .contracts import Coupled, Pruned, Scorer, Units
 from .data import TRAIN
@@ -116,11 +116,6 @@ KNOWN: dict[str, dict[str, str]] = {
 }  # fmt: skip
 _MLP_FIELDS = ("intermediate_size", "ffn_dim", "n_inner")
 _HEADS_FIELDS = ("num_attention_heads", "n_head")
-
-
-def hf_config(model: nn.Module) -> Any:
-    """The Hugging Face config of ``model`` (or of the model it wraps); None for other models."""
-    return next((c for m in model.modules() if hasattr(c := getattr(m, "config", None), "model_type")), None)
 
 
 def layout_of(model: nn.Module, declared: dict | None = None) -> Layout:
