@@ -26,6 +26,7 @@ from torch import nn
 from .blocks import capture, fold_inputs, hf_config
 
 COMPENSATIONS = ("mean",)
+SAMPLES = 128  # calibration windows the means are measured on, by default
 
 
 @dataclass
@@ -75,4 +76,4 @@ def bias_for(weight: torch.Tensor, mean: torch.Tensor, removed: torch.Tensor) ->
     return (mean.double() * removed.to(mean.device).double()) @ weight.detach().double().T
 
 
-__all__ = ["COMPENSATIONS", "Compensation", "bias_for", "input_means"]
+__all__ = ["COMPENSATIONS", "SAMPLES", "Compensation", "bias_for", "input_means"]

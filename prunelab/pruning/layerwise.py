@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -629,11 +629,10 @@ class LayerByLayer(Method):
             raise PruningError(f"method.sequential={self.sequential!r}: one of {', '.join(SEQUENTIAL)}")
         if self.refit is not None and self.refit not in REFITS:
             raise PruningError(f"method.refit={self.refit!r}: one of {', '.join(REFITS)} (or null)")
+        given, default = Dsnot(self.refit_cycles, self.refit_threshold, list(self.refit_skip)), Dsnot()
         changed = [
-            f"method.{name}"
-            for name, default in (("refit_cycles", Dsnot.cycles), ("refit_threshold", Dsnot.threshold))
-            if getattr(self, name) != default
-        ] + (["method.refit_skip"] if list(self.refit_skip) != list(Dsnot().skip) else [])
+            f"method.refit_{f.name}" for f in fields(Dsnot) if getattr(given, f.name) != getattr(default, f.name)
+        ]
         if self.refit is None and changed:
             raise PruningError(f"{', '.join(changed)}: options of the refit; set method.refit=dsnot")
         self.refitting()  # its options checked now

@@ -45,7 +45,7 @@ from torch import nn
 
 from .allocation import allocate
 from .blocks import hf_config, required_blocks
-from .compensate import COMPENSATIONS, Compensation, bias_for, input_means
+from .compensate import COMPENSATIONS, SAMPLES, Compensation, bias_for, input_means
 from .contracts import Coupled, Pruned, Scorer, Units
 from .data import TRAIN
 from .errors import PruningError, check_positive
@@ -230,12 +230,12 @@ class Width(Pattern):
     # mean: FLAP's bias compensation (compensate.py): the removed heads' and channels' mean output
     # put back as a bias of the output and down projections, measured on `samples` calibration windows
     compensate: str | None = None
-    samples: int = 128
+    samples: int = SAMPLES
 
     def __post_init__(self):
         if self.compensate is not None and self.compensate not in COMPENSATIONS:
             raise PruningError(f"method.compensate={self.compensate!r}: one of {', '.join(COMPENSATIONS)} (or null)")
-        if self.compensate is None and self.samples != 128:
+        if self.compensate is None and self.samples != SAMPLES:
             raise PruningError(
                 "method.samples: the calibration windows of method.compensate; set method.compensate=mean"
             )
