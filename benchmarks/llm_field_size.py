@@ -22,8 +22,10 @@ Commands (this 2-core machine; the 125m and 1.3b times are estimates from a forw
                                                      # paths (make bench's section 15); printed
     python -m benchmarks.llm_field_size --reference /tmp/sparsegpt-ref   # ~15 min: README path
                                                      # beside the paper's code; writes a block
-    python -m benchmarks.llm_field_size --size 1.3b  # hours (3-6 h): OPT-1.3B's shape in bfloat16,
-                                                     # the default path; writes a block
+    python -m benchmarks.llm_field_size --size 1.3b  # OPT-1.3B's shape in bfloat16, the default
+                                                     # path; writes a block
+    python -m benchmarks.llm_field_size --size 1.3b --dtype float32  # the same in float32 (5.2 GB
+                                                     # of weights); writes a block of its own
     python -m benchmarks.llm_field_size --quick      # ~2 min: a tiny OPT, end to end; printed only
 
 The 125m rows are ``make bench``'s section 15 (``benchmarks/__main__.py``); run on its own, this
@@ -48,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -530,10 +532,18 @@ def measure_rows(work: Work, names: list[str], reference: Path | None) -> dict[s
     return rows
 
 
-def run(quick: bool = False, size: str = "125m", reference: Path | None = None, keep: Path | None = None) -> Section:
+def run(
+    quick: bool = False,
+    size: str = "125m",
+    reference: Path | None = None,
+    keep: Path | None = None,
+    dtype: str | None = None,
+) -> Section:
     """Measure the rows (make bench: 125m, README and default paths); ``keep``: a folder to work in
-    and leave (the checkpoint, the logs, the stores), else a temporary one."""
+    and leave (the checkpoint, the logs, the stores), else a temporary one; ``dtype``: the
+    checkpoint's and the runs' weights, else the shape's own."""
     shape = SHAPES["quick" if quick else size]
+    shape = replace(shape, dtype=dtype or shape.dtype)
     with contextlib.ExitStack() as stack:
         root = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llm_field_size-")))
         print(f"    preparing {shape.name} in {root} ...", file=sys.stderr, flush=True)
@@ -573,7 +583,8 @@ def section(work: Work, params: int, rows: dict[str, Row], reference: Path | Non
     if failed:
         parts.append("\n".join(failed))
     verdicts = _verdicts(rows, weights, prefix="15.")
-    title = TITLE if s.name == "OPT-125m" and reference is None else f"{TITLE}: {s.name}"
+    own = s == SHAPES["125m"] and reference is None  # make bench's section
+    title = TITLE if own else f"{TITLE}: {s.name}" + ("" if s.dtype == "float32" else f" in {s.dtype}")
     title += ", beside the paper's code" if reference is not None else ""
     return Section(title, "\n\n".join(parts), verdicts)
 
@@ -729,8 +740,15 @@ def _ratio(item: str, row: Row, base: Row, target: float, what: str) -> Verdict:
 # --- entry point ----------------------------------------------------------------------------------
 
 
-def block_name(size: str, reference: Path | None) -> str:
-    return BLOCK + ("_1_3b" if size == "1.3b" else "") + ("_reference" if reference is not None else "")
+def block_name(size: str, reference: Path | None, dtype: str | None = None) -> str:
+    """The opt-in rows' block: one per size, reference and weights' dtype (when not the shape's own)."""
+    own = dtype is None or dtype == SHAPES[size].dtype
+    return (
+        BLOCK
+        + ("_1_3b" if size == "1.3b" else "")
+        + ("_reference" if reference is not None else "")
+        + ("" if own else f"_{dtype}")
+    )
 
 
 def _child_main(a: argparse.Namespace) -> int:
@@ -744,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny OPT, end to end (~2 min); printed only")
     parser.add_argument("--size", choices=["125m", "1.3b"], default="125m", help="the checkpoint's shape")
     parser.add_argument("--reference", type=Path, help="a checkout of IST-DASLab/sparsegpt: run it beside")
+    parser.add_argument(
+        "--dtype", choices=sorted(BYTES), help="the weights' dtype (default: the shape's own, 1.3b bfloat16)"
+    )
     parser.add_argument("--publish", action="store_true", help="write into RESULTS.md whatever ran (--quick too)")
     parser.add_argument("--keep", type=Path, help="work in this folder and leave it (checkpoint, logs, stores)")
     child = parser.add_argument_group("a child process of this benchmark (internal)")
@@ -752,15 +773,14 @@ def main(argv: list[str] | None = None) -> int:
         child.add_argument(name, type=Path, help=argparse.SUPPRESS)
     child.add_argument("--seq", type=int, help=argparse.SUPPRESS)
     child.add_argument("--samples", type=int, help=argparse.SUPPRESS)
-    child.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
     if a.child:
         return _child_main(a)
     if a.reference is not None and not (a.reference / "opt.py").is_file():
         parser.error(f"--reference {a.reference}: no opt.py there (a checkout of IST-DASLab/sparsegpt)")
-    result = run(a.quick, a.size, a.reference, a.keep)
-    opt_in = a.size != "125m" or a.reference is not None
-    block = block_name(a.size, a.reference) if a.publish or (opt_in and not a.quick) else None
+    result = run(a.quick, a.size, a.reference, a.keep, a.dtype)
+    opt_in = a.size != "125m" or a.reference is not None or a.dtype not in (None, SHAPES[a.size].dtype)
+    block = block_name(a.size, a.reference, a.dtype) if a.publish or (opt_in and not a.quick) else None
     publish(f"{result.markdown()}\n{verdict_lines(result.verdicts)}\n", block)
     return 0
 

@@ -173,39 +173,92 @@ class Devices(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_macs_are_counted_from_the_shapes_without_computing_and_equal_a_real_forward(monkeypatch):
+def _real(monkeypatch, model, x):
+    """The counts a forward on the weights gives (the meta pass disabled)."""
     import prunelab.pruning.macs as macs
 
-    def real(model, x):  # the count a forward on the weights gives (the meta pass disabled)
-        with monkeypatch.context() as m:
-            m.setattr(macs, "_on_meta", lambda *_: (_ for _ in ()).throw(RuntimeError("no meta")))
-            return mac_counts(model, x), macs.layer_macs(model, x)
+    with monkeypatch.context() as m:
+        m.setattr(macs, "_on_meta", lambda *_: (_ for _ in ()).throw(RuntimeError("no meta")))
+        return mac_counts(model, x), macs.layer_macs(model, x)
 
+
+def _on_meta(model, x):
+    """The counts, and the devices the weights' computations saw."""
+    import prunelab.pruning.macs as macs
+
+    with Devices() as seen:
+        counted = mac_counts(model, x), macs.layer_macs(model, x)
+    return counted, seen.devices
+
+
+def test_macs_are_counted_from_the_shapes_without_computing_and_equal_a_real_forward(monkeypatch):
     torch.manual_seed(0)
     resnet = models.resnet(depth=18)
     prune(resnet, "unstructured", "local", 0.5).mask.apply(resnet)
     for model, x in ((models.lenet5(in_shape=SHAPE), torch.zeros(1, *SHAPE)), (resnet, torch.zeros(1, 3, 224, 224))):
-        with Devices() as seen:  # the weights never enter a computation: only meta tensors do
-            on_meta = mac_counts(model, x), macs.layer_macs(model, x)
-        assert seen.devices == {"meta"}, type(model).__name__
-        assert on_meta == real(model, x), type(model).__name__
+        counted, devices = _on_meta(model, x)
+        assert devices == {"meta"}, type(model).__name__  # the weights never enter a computation
+        assert counted == _real(monkeypatch, model, x), type(model).__name__
     macs_, nonzero = mac_counts(resnet, torch.zeros(1, 3, 224, 224))
     assert macs_ == pytest.approx(1.82e9, rel=0.01)  # ResNet-18's published 1.8 GMACs
     assert nonzero < 0.6 * macs_  # half of every conv's weights are zero
 
 
-def test_a_transformer_is_counted_on_its_weights_as_a_forward_on_its_device_counts_it():
-    """Fused attention's count depends on the kernel that runs it (none for the CPU's fused one):
-    the meta pass steps aside and a transformer's MACs stay what they were."""
+TINY_HF = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,  # prunelab's tiny_gpt
+        {"model_type": "llama", "intermediate_size": 64, "num_key_value_heads": 2, **TINY_HF},
+        {"model_type": "opt", "ffn_dim": 64, "word_embed_proj_dim": 32, **TINY_HF},
+        {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},
+    ],
+    ids=["tiny_gpt", "llama", "opt", "gpt2"],
+)
+def test_a_transformer_is_counted_on_the_meta_device_as_a_forward_on_its_device_counts_it(monkeypatch, config):
+    """The MACs of a transformer follow from its shapes too, and stay what a forward on the CPU
+    counts (which does not count the CPU's fused attention kernel)."""
     from prunelab.models import lm
 
-    model, x = lm.tiny_gpt((32,), 64, d_model=32, layers=2, heads=4), torch.zeros(1, 32, dtype=torch.long)
-    with Devices() as seen:
-        counted = mac_counts(model, x)
-    assert "cpu" in seen.devices
+    torch.manual_seed(0)
+    if config is None:
+        model = lm.tiny_gpt((32,), 64, d_model=32, layers=2, heads=4)
+    else:
+        model = lm.hf_causal_lm(64, config={"vocab_size": 64, **config}).eval()
+    x = torch.randint(0, 64, (1, 32))
+    counted, devices = _on_meta(model, x)
+    assert devices == {"meta"}
+    assert counted == _real(monkeypatch, model, x)
     with FlopCounterMode(display=False) as counter:
         model(x)
-    assert counted[0] == counter.get_total_flops() / 2
+    assert counted[0][0] == counter.get_total_flops() / 2
+
+
+class Attention(nn.Module):
+    """A projection, then attention over ``heads`` heads, or over one (3-D tensors, which the CPU's
+    fused kernel does not take: the math kernel runs it)."""
+
+    def __init__(self, heads: int | None):
+        super().__init__()
+        self.heads, self.proj = heads, nn.Linear(16, 16)
+
+    def forward(self, x):
+        q = self.proj(x)
+        if self.heads:
+            q = q.view(*q.shape[:2], self.heads, -1).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+
+def test_attention_counts_what_the_kernel_chosen_on_the_device_counts(monkeypatch):
+    x = torch.zeros(1, 8, 16)
+    projection = 8 * 16 * 16
+    for heads, attention in ((4, 0), (None, 2 * 8 * 8 * 16)):  # the CPU's fused kernel: not counted
+        counted, devices = _on_meta(Attention(heads), x)
+        assert devices == {"meta"}
+        assert counted == _real(monkeypatch, Attention(heads), x)
+        assert counted[0][0] == projection + attention
 
 
 def test_a_forward_that_reads_values_is_counted_on_the_weights():

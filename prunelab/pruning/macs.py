@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from typing_extensions import override
 
+aten = torch.ops.aten
 COUNTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -42,18 +44,65 @@ class _MetaValues(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class _NoFusedAttention(TorchFunctionMode):
-    """Fused attention (``F.scaled_dot_product_attention``) stops the meta pass: which kernel runs
-    it, and so what PyTorch's counter counts of it (nothing for the CPU's fused kernel, its
-    matrix products for the math one), depends on the device, the mask and the sizes, and a
-    model's recorded MACs stay the ones a forward on its device gives. A transformer is counted
-    on its weights."""
+# The ATen kernel ``F.scaled_dot_product_attention`` runs for each backend it may choose (the CPU has
+# a flash kernel of its own); which of them PyTorch's counter counts is its formula registry's say.
+_ATTENTION_KERNELS = {
+    SDPBackend.FLASH_ATTENTION: aten._scaled_dot_product_flash_attention,
+    SDPBackend.EFFICIENT_ATTENTION: aten._scaled_dot_product_efficient_attention,
+    SDPBackend.CUDNN_ATTENTION: aten._scaled_dot_product_cudnn_attention,
+    SDPBackend.OVERRIDEABLE: aten._scaled_dot_product_fused_attention_overrideable,
+}
+_CPU_ATTENTION_KERNELS = {SDPBackend.FLASH_ATTENTION: aten._scaled_dot_product_flash_attention_for_cpu}
+
+
+def _attention_counted(
+    device: torch.device,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> bool:
+    """Whether PyTorch's counter counts the attention a forward on ``device`` runs for these
+    arguments (meta tensors: their shapes): the kernel is the one PyTorch chooses there, asked with
+    empty tensors of the same shapes on that device (nothing computed; a window's queries and
+    mask), and counted where it is the math kernel (its matrix products) or has a formula."""
+
+    def there(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape, dtype=t.dtype, device=device)
+
+    mask = there(attn_mask) if isinstance(attn_mask, torch.Tensor) else attn_mask
+    choice = torch._fused_sdp_choice(
+        there(query), there(key), there(value), mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+    )
+    if choice == SDPBackend.MATH.value:
+        return True
+    kernels = _CPU_ATTENTION_KERNELS if device.type == "cpu" else _ATTENTION_KERNELS
+    kernel = next((k for b, k in kernels.items() if b.value == choice), None)
+    return kernel is not None and kernel in flop_registry
+
+
+class _AttentionAsOnDevice(TorchFunctionMode):
+    """Fused attention (``F.scaled_dot_product_attention``) on meta tensors counts what a forward on
+    the model's device counts: which kernel runs it, and so what PyTorch's counter counts of it
+    (nothing for the CPU's flash kernel, the matrix products for the math one and the GPU's fused
+    ones), depends on the device, the mask and the sizes. A model's recorded MACs stay the ones a
+    forward on its device gives: an uncounted kernel gives a meta output of the right shape."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
 
     @override
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            raise _ReadsValues
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and not _attention_counted(self.device, *args, **kwargs):
+            query, value = (kwargs[k] if k in kwargs else args[i] for i, k in ((0, "query"), (2, "value")))
+            return query.new_empty((*query.shape[:-1], value.shape[-1]))
+        return func(*args, **kwargs)
 
 
 def _on_meta(model: nn.Module, x: torch.Tensor) -> None:
@@ -61,7 +110,7 @@ def _on_meta(model: nn.Module, x: torch.Tensor) -> None:
     without values: nothing is computed, nothing is allocated), the model itself untouched."""
     tensors = (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))
     state = {name: torch.empty_like(t, device="meta") for name, t in tensors}  # (a tied weight under each name)
-    with _NoFusedAttention(), _MetaValues():
+    with _AttentionAsOnDevice(x.device), _MetaValues():
         functional_call(model, state, (x.to("meta"),), strict=False, tie_weights=False)
 
 
@@ -70,8 +119,8 @@ def _counted_forward(
 ) -> None:
     """One forward of ``model`` on ``x`` under ``counter``: on the meta device where the model
     runs there (its MACs follow from its shapes, as the architecture says them: nothing computed,
-    at any size: convolutional and fully connected networks), else on its weights (a forward that
-    reads numbers back, fused attention, an operator without a meta kernel)."""
+    at any size: convolutional, fully connected and transformer networks), else on its weights (a
+    forward that reads numbers back, an operator without a meta kernel)."""
     try:
         with counter:
             _on_meta(model, x)
