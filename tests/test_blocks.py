@@ -230,3 +230,21 @@ def test_wanda_cuts_each_row_as_its_reference_code_does(ratio, cols, count):
     assert per_row_count(ratio, cols) == int(cols * ratio) == count
     weight = torch.randn(4, cols, generator=torch.Generator().manual_seed(0))
     assert (~wanda_mask(weight, torch.eye(cols, dtype=torch.float64), ratio)).sum(1).tolist() == [count] * 4
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "whole"),
+    [("wanda", {}, False), ("wanda", {"refit": "dsnot"}, True), ("sparsegpt", {}, True)],
+    ids=["wanda", "wanda+dsnot", "sparsegpt"],
+)
+def test_a_layers_gram_matrix_is_summed_whole_only_where_the_method_reads_it_whole(monkeypatch, name, options, whole):
+    """Wanda reads only the diagonal (each input's sum of squares): only it is summed, O(in) a
+    layer where the matrix is O(in²); its masks stay those of the whole matrix (the by-hand test
+    above)."""
+    from prunelab.pruning.seen import Seen
+
+    dims = set()
+    add = Seen.add
+    monkeypatch.setattr(Seen, "add", lambda self, x: dims.add(add(self, x).gram.dim()) or self)
+    method(name, **options)(gpt(), RATIO, scope=Local(), data=tokens())
+    assert dims == {2 if whole else 1}

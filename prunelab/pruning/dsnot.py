@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import PruningError, check_positive
-from .seen import Seen
+from .seen import Seen, diagonal_of
 
 REFITS = ("dsnot",)
 
@@ -117,7 +117,7 @@ def refit(
     row = torch.arange(rows, device=w.device)
     grow_at = torch.stack([torch.zeros(rows, dtype=torch.long, device=w.device), torch.full_like(row, cols - 1)])
     if pattern is None:
-        wanda = w.abs() * seen.gram.diagonal().clamp_min(0).sqrt().to(w.device)  # type: ignore[union-attr]
+        wanda = w.abs() * diagonal_of(seen.gram).clamp_min(0).sqrt().to(w.device)  # type: ignore[arg-type]
         prune_order = _pruning_order(dsnot, wanda, pruned)
         prune_at = torch.stack([torch.zeros_like(row), (~pruned).sum(dim=1) - 1])
     else:

@@ -8,7 +8,8 @@ captured once; per block, one pass over them gathers every sublayer's ``XᵀX``
 (``method.sequential=block``; ``layer``: one pass per sublayer, each seeing the block's earlier
 sublayers pruned), the block is pruned, and its outputs under the pruned weights become the next
 block's inputs. Layers outside the blocks (and every layer of a model without blocks) get their
-inputs from a pass through the whole model as pruned so far.
+inputs from a pass through the whole model as pruned so far. Wanda (and RIA) read only the Gram
+matrix's diagonal, and only it is summed for them (``Seen(full=False)``).
 
 * Wanda (Sun et al. 2024): score ``|W_ij| * ||X_j||_2``, the lowest ``int(cols * ratio)`` of every
   output row pruned (its comparison group); no weight update.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -61,7 +63,7 @@ from .mask import Mask
 from .methods import current_entries, finish
 from .owl import Owl, block_outliers, block_sparsities
 from .progress import BlockProgress, work
-from .seen import Seen
+from .seen import Seen, diagonal_of
 from .tracing import OUTPUT_LAYERS, prunable_layers
 
 
@@ -83,13 +85,13 @@ def input_seen(
     layer: nn.Module,
     x: torch.Tensor | list[Inputs],
     batch_size: int | None = None,
-    moments: bool = False,
+    summed: Callable[[], Seen] = Seen,
 ) -> Seen:
-    """``layer``'s inputs summed (:class:`Seen`: ``XᵀX``; ``moments``: DSnoT's too) when ``model``
+    """``layer``'s inputs summed (``summed()``: a :class:`Seen`, by default ``XᵀX``) when ``model``
     runs on ``x``: a batch of model inputs (``batch_size`` at a time; None: as a block's pass takes
     them, ``blocks.batch_size_for``), or the inputs a block captured (``blocks.capture``), batch by
     batch."""
-    seen = Seen(moments)
+    seen = summed()
 
     def hook(_module, args):
         seen.add(args[0])
@@ -107,16 +109,17 @@ def input_seen(
     finally:
         handle.remove()
         model.train(was_training)
-    if seen.gram is None:
+    if seen.rows == 0:
         raise PruningError("a prunable layer was never run by the model's forward pass: add it to method.ignore")
     return seen
 
 
 def block_inputs(
-    block: nn.Module, inputs: list[Inputs], layers: dict[str, nn.Module], moments: bool = False
+    block: nn.Module, inputs: list[Inputs], layers: dict[str, nn.Module], summed: Callable[[], Seen] = Seen
 ) -> dict[str, Seen]:
-    """Each of ``layers``' inputs summed (by name) in one pass of ``block`` over its captured inputs."""
-    add = lambda seen, x: (seen or Seen(moments)).add(x)
+    """Each of ``layers``' inputs summed (by name; ``summed()``: a :class:`Seen`, by default
+    ``XᵀX``) in one pass of ``block`` over its captured inputs."""
+    add = lambda seen, x: (seen or summed()).add(x)
     return fold_inputs(block, inputs, layers, add, passed_on=False)[0]
 
 
@@ -201,8 +204,9 @@ def wanda_mask(
     permute: bool = False,
 ) -> torch.Tensor:
     """Kept entries (bool) of ``weight`` by ``|W_ij| * ||X_j||``, per row (or N:M, with
-    ``permute`` over RIA's reallocated channel order)."""
-    scores = _without(weight.abs().double() * gram.diagonal().clamp_min(0).sqrt(), alive)
+    ``permute`` over RIA's reallocated channel order). ``gram``: the inputs' ``XᵀX``, or its
+    diagonal (all this reads)."""
+    scores = _without(weight.abs().double() * diagonal_of(gram).clamp_min(0).sqrt(), alive)
     pattern = _pattern(n, m)
     if pattern:
         return ~_nm_pruned(scores, *pattern, permute)
@@ -212,10 +216,11 @@ def wanda_mask(
 def ria_scores(weight: torch.Tensor, gram: torch.Tensor, a: float) -> torch.Tensor:
     """RIA's score of each weight (:class:`~.criteria.Ria`): ``(|W|/Σ_rows |W| + |W|/Σ_cols |W|)
     · ‖X_j‖₂^a``. The reference's ``‖X_j‖₂²`` is a mean over its windows, ``Gram_jj`` here their
-    sum: a factor common to the layer, which orders its scores the same."""
+    sum: a factor common to the layer, which orders its scores the same. ``gram``: ``XᵀX``, or
+    its diagonal (all this reads)."""
     w = weight.detach().abs().double()
     relative = w / w.sum(dim=0) + w / w.sum(dim=1, keepdim=True)
-    return relative.nan_to_num(0.0) * gram.diagonal().double().clamp_min(0).sqrt().pow(a)
+    return relative.nan_to_num(0.0) * diagonal_of(gram).double().clamp_min(0).sqrt().pow(a)
 
 
 def reallocated(scores: torch.Tensor, m: int) -> torch.Tensor:
@@ -401,6 +406,9 @@ def _layerwise(
     found = find_blocks(model, method.blocks)
     dsnot = method.refitting()
     calibrated = method.needs_gram or isinstance(scope, Owl) or dsnot is not None
+    # what a layer's inputs are summed into: the Gram matrix's diagonal where that is all the method
+    # reads, DSnoT's moments (and the whole matrix, for its output error) where it refits
+    summed = functools.partial(Seen, moments=dsnot is not None, full=method.whole_gram or dsnot is not None)
     x = calibration(data, method.samples, seed, method.calibration) if calibrated else None
     ratio_of, allocated = _allocation(model, scope, found, linear, x, ratio)
     pruners: dict[float, Callable] = {}
@@ -442,12 +450,12 @@ def _layerwise(
                 + (repr(criterion) if isinstance(criterion, Ria) else "")
             )
             saved = BlockProgress(progress, work(options, ratio, seed, model, x, list(linear), mask), keep)
-        walk = _Walk(prune_one, method.sequential, method.block_device, dsnot is not None)
+        walk = _Walk(prune_one, method.sequential, method.block_device, summed)
         _walk_blocks(model, *found, x, rest, mask, walk, saved)
     for name, layer in rest.items():  # outside any block (or no blocks): through the whole model
         assert x is not None
         _zero_pruned(mask, name, layer)
-        prune_one(name, layer, input_seen(model, layer, x, moments=dsnot is not None))
+        prune_one(name, layer, input_seen(model, layer, x, summed=summed))
     weights = {f"{name}.weight": layer.weight for name, layer in linear.items()}
     units = Units({k: w.numel() for k, w in weights.items()}, lambda k: weights[k].abs())
     pruned = finish(keep, units, dict(keep), weights, mask, ratio)
@@ -523,13 +531,13 @@ def _linear_layers(model: nn.Module, method: str, scope: Scope, ignore: Sequence
 @dataclass(frozen=True)
 class _Walk:
     """How the blocks are walked: ``prune_one(name, layer, seen)`` prunes a layer from its inputs'
-    sums (:class:`Seen`; ``moments``: DSnoT's too), one pass per block or per layer
+    sums (``summed()``: the :class:`Seen` the method reads), one pass per block or per layer
     (``sequential``), each block on ``block_device`` while it is pruned (None: where it is)."""
 
     prune_one: Callable[[str, nn.Linear, Seen], None]
     sequential: str
     block_device: str | None
-    moments: bool
+    summed: Callable[[], Seen]
 
 
 def _walk_blocks(
@@ -584,12 +592,12 @@ def _prune_block(
     for name, layer in inside.items():
         _zero_pruned(mask, name, layer)
     if walk.sequential == "block":
-        seen = block_inputs(block, inputs, {name[len(prefix) :]: layer for name, layer in inside.items()}, walk.moments)
+        seen = block_inputs(block, inputs, {name[len(prefix) :]: layer for name, layer in inside.items()}, walk.summed)
         for name, layer in inside.items():
             walk.prune_one(name, layer, seen[name[len(prefix) :]])
     else:
         for name, layer in inside.items():
-            walk.prune_one(name, layer, input_seen(block, layer, inputs, moments=walk.moments))
+            walk.prune_one(name, layer, input_seen(block, layer, inputs, summed=walk.summed))
 
 
 @dataclass
@@ -600,6 +608,7 @@ class LayerByLayer(Method):
 
     takes: ClassVar[frozenset[str]] = frozenset({"scope", "calibration", "blocks", "progress"})
     needs_gram: ClassVar[bool] = True  # scores from the inputs' Gram matrix (magnitude: the weights only)
+    whole_gram: ClassVar[bool] = True  # all of it (SparseGPT's update), or only its diagonal (Wanda, RIA)
 
     # the logits layer (the papers prune the blocks' linear layers only)
     ignore: list[str] = field(default_factory=lambda: list(OUTPUT_LAYERS))
@@ -651,7 +660,7 @@ class LayerByLayer(Method):
     ) -> torch.Tensor:
         """The score this method chooses a layer's mask by, higher kept (DSnoT's order within an
         N:M group): Wanda's ``|W_ij| ‖X_j‖`` unless a subclass says otherwise."""
-        return weight.detach().abs().double() * gram.diagonal().double().clamp_min(0).sqrt()
+        return weight.detach().abs().double() * diagonal_of(gram).double().clamp_min(0).sqrt()
 
     def prune_layer(self, ratio: float, criterion: Criterion | None = None) -> Callable:
         """``(weight, gram, alive, name) -> (new weight, kept)`` for one layer; ``criterion``: the
@@ -714,6 +723,7 @@ class Wanda(LayerByLayer):
 
     takes: ClassVar[frozenset[str]] = LayerByLayer.takes | {"criterion"}
     criteria: ClassVar[frozenset[str] | None] = frozenset({"ria"})
+    whole_gram: ClassVar[bool] = False  # |W| times the inputs' norms: the Gram matrix's diagonal
 
     permute: bool = False  # N:M: reorder the input channels first (RIA's heuristic reallocation)
 
