@@ -322,11 +322,14 @@ def _inverse_hessian(gram: torch.Tensor, damp: float, name: str = "layer") -> to
     """The upper Cholesky factor of ``(XᵀX + λI)⁻¹`` (``λ = damp * mean(diag)``; an input that is
     always zero given 1 on its diagonal), as SparseGPT's ``fasterprune`` prepares it."""
     h = gram.double().clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1
-    h += damp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    try:
-        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    diagonal = h.diagonal()  # (a view: changed in place, no identity matrix made)
+    diagonal[diagonal == 0] = 1
+    diagonal += damp * diagonal.mean()
+    del diagonal  # (it holds ``h``'s storage)
+    try:  # each step's input released as the next is made: two matrices at a time besides ``gram``
+        h = torch.linalg.cholesky(h)
+        h = torch.cholesky_inverse(h)
+        return torch.linalg.cholesky(h, upper=True)
     except RuntimeError as exc:  # torch.linalg.LinAlgError
         raise PruningError(
             f"SparseGPT: the calibration Hessian of {name} is not positive definite; raise method.damp (now {damp})"
@@ -593,8 +596,8 @@ def _prune_block(
         _zero_pruned(mask, name, layer)
     if walk.sequential == "block":
         seen = block_inputs(block, inputs, {name[len(prefix) :]: layer for name, layer in inside.items()}, walk.summed)
-        for name, layer in inside.items():
-            walk.prune_one(name, layer, seen[name[len(prefix) :]])
+        for name, layer in inside.items():  # each layer's sums released once it is pruned
+            walk.prune_one(name, layer, seen.pop(name[len(prefix) :]))
     else:
         for name, layer in inside.items():
             walk.prune_one(name, layer, input_seen(block, layer, inputs, summed=walk.summed))
