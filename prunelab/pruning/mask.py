@@ -3,14 +3,17 @@
 A :class:`Mask` maps parameter names (as in ``model.named_parameters()``) to boolean tensors of the
 same shape (``True`` = kept). It is checked against the model before it touches it, applying it is
 one call, and :meth:`Mask.hold` returns the cheap per-step function that keeps pruned entries at
-exactly zero during fine-tuning.
+exactly zero during fine-tuning. On the CPU the masks are held as bits (:class:`Bits`: a bool
+tensor takes a byte per entry, half a bfloat16 model's weights; bits an eighth of that) and each is
+unpacked when it is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +29,54 @@ def count(keep: torch.Tensor) -> int:
     return int(np.count_nonzero(keep.detach().cpu().numpy()))
 
 
-def keep_pruned(new: dict[str, torch.Tensor], current: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+def keep_pruned(new: dict[str, torch.Tensor], current: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """``new`` (in place; returned) AND-ed with ``current`` everywhere: nothing an earlier mask
     pruned comes back, whatever method made it (an entry only ``current`` names is taken as is)."""
     for name, old in (current or {}).items():
         new[name] = new[name] & old.cpu() if name in new else old.cpu()
     return new
+
+
+def _ones(bits: np.ndarray) -> int:
+    """The set bits of a packed array (its padding is zeros)."""
+    if hasattr(np, "bitwise_count"):  # NumPy 2
+        return int(np.bitwise_count(bits).sum(dtype=np.int64))
+    return int(np.count_nonzero(np.unpackbits(bits)))
+
+
+class Bits(Mapping[str, torch.Tensor]):
+    """Masks by name, each CPU bool tensor held packed eight entries to a byte (``np.packbits``)
+    and unpacked into a new tensor when it is read (a mask on another device is held as it is).
+    Read-only: a mask is changed by making a new one."""
+
+    def __init__(self, masks: Mapping[str, torch.Tensor]):
+        self._held: dict[str, torch.Tensor | tuple[np.ndarray, torch.Size]] = {}
+        for name, m in masks.items():
+            packable = m.device.type == "cpu" and m.dtype == torch.bool
+            self._held[name] = (np.packbits(m.detach().numpy().reshape(-1)), m.shape) if packable else m
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        held = self._held[name]
+        if isinstance(held, torch.Tensor):
+            return held
+        bits, shape = held
+        return torch.from_numpy(np.unpackbits(bits, count=math.prod(shape)).view(np.bool_).reshape(shape))
+
+    def shape(self, name: str) -> torch.Size:
+        """A mask's shape, without unpacking it."""
+        held = self._held[name]
+        return held.shape if isinstance(held, torch.Tensor) else held[1]
+
+    def kept(self, name: str) -> int:
+        """A mask's True entries, counted on its bits."""
+        held = self._held[name]
+        return count(held) if isinstance(held, torch.Tensor) else _ones(held[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 class MaskError(UserError, ValueError):
@@ -40,7 +85,7 @@ class MaskError(UserError, ValueError):
 
 @dataclass
 class Mask:
-    masks: dict[str, torch.Tensor]
+    masks: Mapping[str, torch.Tensor]  # held as Bits
     # Names of the weights that pruning chose among (the "prunable weights" of the reports).
     prunable: tuple[str, ...] = ()
     # Structured pruning only: per pruned layer, which output channels were kept.
@@ -53,17 +98,24 @@ class Mask:
     layout: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        for name, m in self.masks.items():
-            if m.dtype != torch.bool:
-                raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
+        if not isinstance(self.masks, Bits):
+            for name, m in self.masks.items():
+                if m.dtype != torch.bool:
+                    raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
+            self.masks = Bits(self.masks)
         missing = [n for n in self.prunable if n not in self.masks]
         if missing:
             raise MaskError(f"prunable weights without a mask: {', '.join(missing)}")
 
     # --- figures ---------------------------------------------------------------------------
     def _count(self, names) -> tuple[int, int]:
-        kept = sum(count(self.masks[n]) for n in names)
-        return kept, sum(self.masks[n].numel() for n in names)
+        bits = self._bits
+        return sum(bits.kept(n) for n in names), sum(math.prod(bits.shape(n)) for n in names)
+
+    @property
+    def _bits(self) -> Bits:
+        assert isinstance(self.masks, Bits)
+        return self.masks
 
     @property
     def density(self) -> float:
@@ -97,10 +149,11 @@ class Mask:
         unknown = [n for n in self.masks if n not in params]
         if unknown:
             raise MaskError(f"mask names parameters the model does not have: {', '.join(unknown)}")
-        for name, m in self.masks.items():
-            if m.shape != params[name].shape:
+        for name in self.masks:
+            shape = self._bits.shape(name)
+            if shape != params[name].shape:
                 raise MaskError(
-                    f"mask for {name} has shape {tuple(m.shape)}, the parameter has {tuple(params[name].shape)}"
+                    f"mask for {name} has shape {tuple(shape)}, the parameter has {tuple(params[name].shape)}"
                 )
         return {n: params[n] for n in self.masks}
 
@@ -112,10 +165,13 @@ class Mask:
         per-step calls): a one-off application then needs one layer's float mask of extra memory,
         not a float copy of every mask."""
         for name, p in self.validate(model).items():
-            m = self.masks[name]
-            if not bool(m.all()):
-                p.mul_(m.to(device=p.device, dtype=p.dtype))
+            if self._prunes(name):
+                p.mul_(self.masks[name].to(device=p.device, dtype=p.dtype))
         return model
+
+    def _prunes(self, name: str) -> bool:
+        """Whether the mask of ``name`` prunes anything (counted on its bits)."""
+        return self._bits.kept(name) < math.prod(self._bits.shape(name))
 
     def hold(self, model: nn.Module) -> Callable[[], None]:
         """Return a function that re-zeroes the pruned entries; call it after every optimizer step.
@@ -125,11 +181,7 @@ class Mask:
         Masks are converted once to the parameters' dtype/device so each call is one in-place
         multiply per masked tensor."""
         params = self.validate(model)
-        pairs = [
-            (p, self.masks[n].to(device=p.device, dtype=p.dtype))
-            for n, p in params.items()
-            if not bool(self.masks[n].all())
-        ]
+        pairs = [(p, self.masks[n].to(device=p.device, dtype=p.dtype)) for n, p in params.items() if self._prunes(n)]
 
         @torch.no_grad()
         def reapply():
@@ -142,7 +194,7 @@ class Mask:
         """A plain dict (tensors, lists) for ``torch.save``; loads with ``weights_only=True``."""
         blocks = {path: list(removed) for path, removed in self.blocks.items()}
         return {
-            "masks": self.masks,
+            "masks": dict(self.masks),
             "prunable": list(self.prunable),
             "channels": self.channels,
             "blocks": blocks,
