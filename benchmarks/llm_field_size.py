@@ -15,15 +15,14 @@ and the figures it recorded in its own MLflow store. The rows, one run of each:
   and the README path run again in the user cache the first left (the dense model's figures
   cached: the same work as the reference, which evaluates no dense model).
 
-Commands (this 2-core machine; the 125m and 1.3b times are estimates from a forward pass of about
-1 s per 512-token window at 125m, not yet run in full here):
+Commands (the times measured on this 2-core machine):
 
-    python -m benchmarks.llm_field_size              # ~25 min: OPT-125m's shape, README + default
+    python -m benchmarks.llm_field_size              # ~8 min: OPT-125m's shape, README + default
                                                      # paths (make bench's section 15); printed
     python -m benchmarks.llm_field_size --reference /tmp/sparsegpt-ref   # ~15 min: README path
                                                      # beside the paper's code; writes a block
-    python -m benchmarks.llm_field_size --size 1.3b  # OPT-1.3B's shape in bfloat16, the default
-                                                     # path; writes a block
+    python -m benchmarks.llm_field_size --size 1.3b  # ~25 min: OPT-1.3B's shape in bfloat16, the
+                                                     # default path; writes a block
     python -m benchmarks.llm_field_size --size 1.3b --dtype float32  # the same in float32 (5.2 GB
                                                      # of weights); writes a block of its own
     python -m benchmarks.llm_field_size --quick      # ~2 min: a tiny OPT, end to end; printed only

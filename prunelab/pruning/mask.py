@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,9 @@ def count(keep: torch.Tensor) -> int:
     return int(np.count_nonzero(keep.detach().cpu().numpy()))
 
 
-def keep_pruned(new: dict[str, torch.Tensor], current: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+def keep_pruned(
+    new: MutableMapping[str, torch.Tensor], current: Mapping[str, torch.Tensor] | None
+) -> MutableMapping[str, torch.Tensor]:
     """``new`` (in place; returned) AND-ed with ``current`` everywhere: nothing an earlier mask
     pruned comes back, whatever method made it (an entry only ``current`` names is taken as is)."""
     for name, old in (current or {}).items():
@@ -44,16 +46,28 @@ def _ones(bits: np.ndarray) -> int:
     return int(np.count_nonzero(np.unpackbits(bits)))
 
 
-class Bits(Mapping[str, torch.Tensor]):
+class Bits(MutableMapping[str, torch.Tensor]):
     """Masks by name, each CPU bool tensor held packed eight entries to a byte (``np.packbits``)
     and unpacked into a new tensor when it is read (a mask on another device is held as it is).
-    Read-only: a mask is changed by making a new one."""
+    A mask read is a copy: change one by setting it whole."""
 
-    def __init__(self, masks: Mapping[str, torch.Tensor]):
+    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None):
         self._held: dict[str, torch.Tensor | tuple[np.ndarray, torch.Size]] = {}
-        for name, m in masks.items():
-            packable = m.device.type == "cpu" and m.dtype == torch.bool
-            self._held[name] = (np.packbits(m.detach().numpy().reshape(-1)), m.shape) if packable else m
+        for name, m in (masks or {}).items():
+            self[name] = m
+
+    def __setitem__(self, name: str, m: torch.Tensor) -> None:
+        packable = m.device.type == "cpu" and m.dtype == torch.bool
+        self._held[name] = (np.packbits(m.detach().numpy().reshape(-1)), m.shape) if packable else m
+
+    def __delitem__(self, name: str) -> None:
+        del self._held[name]
+
+    def copy(self) -> Bits:
+        """Another mapping of the same masks (their bits shared: they are never changed in place)."""
+        other = Bits()
+        other._held = dict(self._held)
+        return other
 
     def __getitem__(self, name: str) -> torch.Tensor:
         held = self._held[name]
@@ -98,10 +112,11 @@ class Mask:
     layout: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        given = self.masks._held if isinstance(self.masks, Bits) else self.masks
+        for name, m in given.items():
+            if isinstance(m, torch.Tensor) and m.dtype != torch.bool:
+                raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
         if not isinstance(self.masks, Bits):
-            for name, m in self.masks.items():
-                if m.dtype != torch.bool:
-                    raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
             self.masks = Bits(self.masks)
         missing = [n for n in self.prunable if n not in self.masks]
         if missing:

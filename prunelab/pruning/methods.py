@@ -24,7 +24,7 @@ modifies the model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,9 +118,9 @@ def _costs(
 
 
 def finish(
-    keep: dict[str, torch.Tensor],
+    keep: Mapping[str, torch.Tensor],
     units: Units,
-    masks: dict[str, torch.Tensor],
+    masks: MutableMapping[str, torch.Tensor],
     prunable,
     current: Mask | None,
     ratio: float,

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ class BlockProgress:
     """The progress of one block-by-block prune (``identity``: :func:`work`) in ``folder``, its own:
     ``keep`` is the prune's keep-masks by weight name, restored into and saved from."""
 
-    def __init__(self, folder: Path, identity: dict[str, Any], keep: dict[str, torch.Tensor]):
+    def __init__(self, folder: Path, identity: dict[str, Any], keep: MutableMapping[str, torch.Tensor]):
         self.folder, self.identity, self.keep = folder, identity, keep
         self.resumed_at: int | None = None  # the first block pruned, when resumed
 
