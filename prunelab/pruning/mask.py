@@ -46,6 +46,10 @@ def _ones(bits: np.ndarray) -> int:
     return int(np.count_nonzero(np.unpackbits(bits)))
 
 
+class MaskError(UserError, ValueError):
+    """A mask does not fit the model it is applied to."""
+
+
 class Bits(MutableMapping[str, torch.Tensor]):
     """Masks by name, each CPU bool tensor held packed eight entries to a byte (``np.packbits``)
     and unpacked into a new tensor when it is read (a mask on another device is held as it is).
@@ -57,8 +61,10 @@ class Bits(MutableMapping[str, torch.Tensor]):
             self[name] = m
 
     def __setitem__(self, name: str, m: torch.Tensor) -> None:
-        packable = m.device.type == "cpu" and m.dtype == torch.bool
-        self._held[name] = (np.packbits(m.detach().numpy().reshape(-1)), m.shape) if packable else m
+        if m.dtype != torch.bool:
+            raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
+        cpu = m.device.type == "cpu"
+        self._held[name] = (np.packbits(m.detach().numpy().reshape(-1)), m.shape) if cpu else m
 
     def __delitem__(self, name: str) -> None:
         del self._held[name]
@@ -93,10 +99,6 @@ class Bits(MutableMapping[str, torch.Tensor]):
         return len(self._held)
 
 
-class MaskError(UserError, ValueError):
-    """A mask does not fit the model it is applied to."""
-
-
 @dataclass
 class Mask:
     masks: Mapping[str, torch.Tensor]  # held as Bits
@@ -112,11 +114,7 @@ class Mask:
     layout: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        given = self.masks._held if isinstance(self.masks, Bits) else self.masks
-        for name, m in given.items():
-            if isinstance(m, torch.Tensor) and m.dtype != torch.bool:
-                raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
-        if not isinstance(self.masks, Bits):
+        if not isinstance(self.masks, Bits):  # (it checks each mask's dtype)
             self.masks = Bits(self.masks)
         missing = [n for n in self.prunable if n not in self.masks]
         if missing:
