@@ -214,6 +214,9 @@ class Artifact:
     LAYERS = "layers.csv"  # per parameter: total, nonzero, sparsity, channels kept
     PLAN = "plan.json"  # how much of each layer / channel group was kept (scope=plan reads it)
     MASKED_WEIGHTS = "model/masked_weights.pt"  # the fine-tuned weights and the mask
+    # The mask alone (its bits), instead, where the hand-over's files hold the weights and they are
+    # large (deploy.handover.weights_shipped)
+    MASK = "model/mask.pt"
     POINTS, SUMMARY = "points.csv", "summary.md"  # a sweep's parent
     # What a run ran with beyond its config (prunelab.tracking.record): package versions, commit,
     # device, threads, determinism; and, for a working tree with uncommitted changes, the changes.

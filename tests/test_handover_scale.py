@@ -7,6 +7,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_ledger_scale import tiny_llama
 from test_tokens import checkpoint_on_wikitext, llama_folder, runs, write_wikitext
 from test_weights import tensors_like
@@ -17,8 +18,9 @@ from prunelab.deploy.handover import HandoverError, formats, handover
 from prunelab.deploy.onnx import deployed
 from prunelab.experiment import handover_stage
 from prunelab.experiment.runner import run
-from prunelab.names import Metric
+from prunelab.names import Artifact, Metric
 from prunelab.pruning import prune
+from prunelab.pruning.mask import Mask
 
 
 def listing(folder) -> set[str]:
@@ -106,3 +108,24 @@ def test_the_hand_over_makes_no_copy_of_a_model_on_the_cpu(make_cfg, monkeypatch
     monkeypatch.setattr(handover_stage, "hand_over", counting)
     run(make_cfg("handover=true"))
     assert seen == [0]
+
+
+def test_a_large_models_run_records_its_mask_alone_where_the_hand_over_holds_its_weights(cli, workdir, monkeypatch):
+    """At a billion parameters the weights are gigabytes: the Hugging Face folder holds them once,
+    and the run's own record keeps the mask beside it (as bits), not another copy of the weights."""
+    wiki = write_wikitext(workdir / "wikitext-2")
+    folder = llama_folder(workdir, (wiki / "wiki.train.raw").read_text())
+    monkeypatch.setattr(handover_module, "LARGE_BYTES", 1024)  # this model is now "large"
+    args = [*checkpoint_on_wikitext(folder, wiki), "train.epochs=0", "method=sparsegpt", "scope=local", "ratio=0.5"]
+    result = cli(*args, "method.samples=4", "handover=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (pruned,) = runs(workdir, "pruned")
+    client = mlflow.MlflowClient()
+    top = {a.path for a in client.list_artifacts(pruned.info.run_id, "model")}
+    assert Artifact.MASK in top
+    assert Artifact.MASKED_WEIGHTS not in top
+    mask = Mask.from_state(torch.load(client.download_artifacts(pruned.info.run_id, Artifact.MASK), weights_only=True))
+    assert mask.sparsity == pytest.approx(pruned.data.metrics[Metric.SPARSITY_PRUNABLE])
+    shipped = load_file(client.download_artifacts(pruned.info.run_id, "model/hf/model.safetensors"))
+    for name in mask.prunable:  # every entry the mask prunes is zero in the folder's weights
+        assert not shipped[name.removeprefix("model.")][~mask.masks[name]].any()  # (the wrapper's prefix)

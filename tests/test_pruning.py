@@ -162,6 +162,11 @@ def test_a_mask_holds_its_entries_as_bits_and_reads_back_the_same(tmp_path):
     torch.save(mask.to_state(), tmp_path / "mask.pt")  # saved as plain bool tensors
     again = Mask.from_state(torch.load(tmp_path / "mask.pt", weights_only=True))
     assert again.digest() == mask.digest() == Mask({k: v.clone() for k, v in entries.items()}).digest()
+    torch.save(mask.to_state(packed=True), tmp_path / "bits.pt")  # a file of the mask alone: its bits
+    packed = torch.load(tmp_path / "bits.pt", weights_only=True)
+    assert "masks" not in packed
+    assert packed["packed"]["a.weight"][0].nbytes == math.ceil(300 * 77 / 8)
+    assert Mask.from_state(packed).digest() == mask.digest()
     on_meta = Mask({"a.weight": entries["a.weight"].to("meta")})  # another device: held as it is
     assert on_meta.masks["a.weight"].device.type == "meta"
 

@@ -116,6 +116,14 @@ def formats(net: nn.Module, asked: Sequence[str] | None = None) -> frozenset[str
     return frozenset({"weights" if "hf" in excluded else "hf"})
 
 
+def weights_shipped(net: nn.Module, asked: Sequence[str] | None = None) -> bool:
+    """Whether a hand-over of ``net`` (in the formats ``asked``, else the default ones) is above
+    :data:`LARGE_BYTES` and holds its weights whole (the Hugging Face folder or the weights file):
+    the run's own record then keeps the mask alone, not a further copy of the weights (at a billion
+    parameters, gigabytes of disk per run)."""
+    return weight_bytes(net) > LARGE_BYTES and bool({"hf", "weights"} & formats(net, asked))
+
+
 def not_applying(net: nn.Module) -> dict[str, str]:
     """The formats that do not apply to ``net``, each with why: the Hugging Face folder to all but a
     ``transformers`` model, the compact file (NumPy arrays) to bfloat16 weights."""

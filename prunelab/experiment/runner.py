@@ -45,7 +45,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..data.splits import Splits, in_memory
-from ..deploy.handover import HandedOver, formats
+from ..deploy.handover import HandedOver, formats, weights_shipped
 from ..deploy.ledger import cost_ledger, counted
 from ..deploy.onnx import OnnxModel
 from ..models.build import build
@@ -272,7 +272,8 @@ def _ledger(
 def _artifacts(s: Settings, model: torch.nn.Module, outcome: Outcome, table, run_id: str, folder: Path) -> None:
     """The run's own files, written into ``folder`` (the masked weights streamed to disk, not held
     as bytes): its per-layer table, plan, masked weights, what the scope reported (its config
-    was logged when it opened)."""
+    was logged when it opened). Where a large model's hand-over holds its weights, the mask alone
+    (as bits): the weights are in the hand-over's folder."""
     pruned = outcome.pruned
     plan = {
         **pruned.plan,
@@ -288,5 +289,8 @@ def _artifacts(s: Settings, model: torch.nn.Module, outcome: Outcome, table, run
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(content.encode() if isinstance(content, str) else content)
     (folder / Artifact.MASKED_WEIGHTS).parent.mkdir(parents=True, exist_ok=True)
+    if s.handover and weights_shipped(outcome.shipped, s.handover_formats):
+        torch.save(outcome.mask.to_state(packed=True), folder / Artifact.MASK)
+        return
     weights = {k: v.cpu() for k, v in model.state_dict().items()}  # (no copy of a model on the CPU)
     torch.save({"state_dict": weights, "mask": outcome.mask.to_state()}, folder / Artifact.MASKED_WEIGHTS)

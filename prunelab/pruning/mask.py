@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,16 @@ def _ones(bits: np.ndarray) -> int:
     return int(np.count_nonzero(np.unpackbits(bits)))
 
 
+def _packed(m: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    """A CPU bool tensor as its bits (``np.packbits`` of it flattened: a uint8 tensor) and its shape."""
+    return torch.from_numpy(np.packbits(m.detach().numpy().reshape(-1))), m.shape
+
+
+def _unpacked(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The bool tensor of ``shape`` whose bits :func:`_packed` gave (a new one)."""
+    return torch.from_numpy(np.unpackbits(bits.numpy(), count=math.prod(shape)).view(np.bool_).reshape(tuple(shape)))
+
+
 class MaskError(UserError, ValueError):
     """A mask does not fit the model it is applied to."""
 
@@ -56,7 +66,7 @@ class Bits(MutableMapping[str, torch.Tensor]):
     A mask read is a copy: change one by setting it whole."""
 
     def __init__(self, masks: Mapping[str, torch.Tensor] | None = None):
-        self._held: dict[str, torch.Tensor | tuple[np.ndarray, torch.Size]] = {}
+        self._held: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Size]] = {}
         for name, m in (masks or {}).items():
             self[name] = m
 
@@ -64,7 +74,7 @@ class Bits(MutableMapping[str, torch.Tensor]):
         if m.dtype != torch.bool:
             raise MaskError(f"mask for {name} has dtype {m.dtype}, expected torch.bool")
         cpu = m.device.type == "cpu"
-        self._held[name] = (np.packbits(m.detach().numpy().reshape(-1)), m.shape) if cpu else m
+        self._held[name] = _packed(m) if cpu else m
 
     def __delitem__(self, name: str) -> None:
         del self._held[name]
@@ -79,8 +89,13 @@ class Bits(MutableMapping[str, torch.Tensor]):
         held = self._held[name]
         if isinstance(held, torch.Tensor):
             return held
-        bits, shape = held
-        return torch.from_numpy(np.unpackbits(bits, count=math.prod(shape)).view(np.bool_).reshape(shape))
+        return _unpacked(*held)
+
+    def packed(self, name: str) -> tuple[torch.Tensor, list[int]]:
+        """A mask's bits (as :func:`_packed` gives them) and its shape, without unpacking it."""
+        held = self._held[name]
+        bits, shape = _packed(held.cpu()) if isinstance(held, torch.Tensor) else held
+        return bits, list(shape)
 
     def shape(self, name: str) -> torch.Size:
         """A mask's shape, without unpacking it."""
@@ -90,7 +105,7 @@ class Bits(MutableMapping[str, torch.Tensor]):
     def kept(self, name: str) -> int:
         """A mask's True entries, counted on its bits."""
         held = self._held[name]
-        return count(held) if isinstance(held, torch.Tensor) else _ones(held[0])
+        return count(held) if isinstance(held, torch.Tensor) else _ones(held[0].numpy())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._held)
@@ -203,11 +218,16 @@ class Mask:
 
         return reapply
 
-    def to_state(self) -> dict:
-        """A plain dict (tensors, lists) for ``torch.save``; loads with ``weights_only=True``."""
+    def to_state(self, packed: bool = False) -> dict:
+        """A plain dict (tensors, lists) for ``torch.save``; loads with ``weights_only=True``.
+        ``packed``: each mask as its bits (``np.packbits`` of it flattened, a uint8 tensor) and its
+        shape, an eighth of the bool tensors' bytes, for a file of the mask alone."""
         blocks = {path: list(removed) for path, removed in self.blocks.items()}
+        masks: dict[str, Any] = (
+            {"packed": {n: self._bits.packed(n) for n in self.masks}} if packed else {"masks": dict(self.masks)}
+        )
         return {
-            "masks": dict(self.masks),
+            **masks,
             "prunable": list(self.prunable),
             "channels": self.channels,
             "blocks": blocks,
@@ -233,4 +253,5 @@ class Mask:
     def from_state(cls, state: dict) -> Mask:
         blocks = {path: tuple(removed) for path, removed in state.get("blocks", {}).items()}
         layout = dict(state.get("layout", {}))
-        return cls(dict(state["masks"]), tuple(state["prunable"]), dict(state["channels"]), blocks, layout)
+        masks = state["masks"] if "masks" in state else {n: _unpacked(*p) for n, p in state["packed"].items()}
+        return cls(dict(masks), tuple(state["prunable"]), dict(state["channels"]), blocks, layout)
