@@ -5,8 +5,8 @@ only what lies at the top of its heap. A block of a large model's prune frees gi
 matrices, their inverses: 0.5 GiB each at 8,192 inputs in float64) among smaller blocks still in
 use, and hundreds of MiB stay in the heap with no tensor in them; a later stage that maps a second
 copy of the weights (the hand-over's reloaded folder, the ledger's dense checkpoint) then stacks on
-them. :func:`give_back` returns them (``malloc_trim``): milliseconds, called between stages, never
-inside a loop over tensors. With another C library (no ``malloc_trim``) it does nothing.
+them. :func:`give_back` returns them (``malloc_trim``: about 0.1 s for 1.2 GiB freed, here), called
+between stages, never inside a loop over tensors. With another C library (no ``malloc_trim``) it does nothing.
 """
 
 from __future__ import annotations
