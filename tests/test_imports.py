@@ -22,6 +22,7 @@ FLOORS = [
             "prunelab.redact",
             "prunelab.plugins",
             "prunelab.contracts",
+            "prunelab.heap",
         ],
     ),
     ("pruning", ["prunelab.pruning"]),

@@ -46,11 +46,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from .. import heap
 from ..data.splits import Splits, in_memory
 from ..deploy.handover import HandedOver, formats, weights_shipped
 from ..deploy.ledger import cost_ledger, counted
 from ..deploy.onnx import OnnxModel
+from ..heap import give_back
 from ..models.build import build
 from ..models.checkpoint import load_checkpoint
 from ..names import Artifact, Metric
@@ -101,7 +101,7 @@ def run(
             teacher, timed, baseline = _baseline(s, model, data)  # distillation's teacher, the ledger's dense
             session = RunSession(active, s, model, pruner, data, init, _checkpoints(s), teacher, proc)
             outcome = prune_schedule(s.schedule, session)  # 6. prune schedule
-            heap.give_back()  # what the prune freed, before anything maps a second copy of the weights
+            give_back()  # what the prune freed, before anything maps a second copy of the weights
             active.log_params(protocol(data, pruner.data, s.calibration_seed))  # what perplexities compare under
             agreed = proc.agreement(model)  # the processes ended with one model
             active.log_metrics(agreed)
@@ -113,7 +113,7 @@ def run(
             figures = {**outcome.figures, **_evaluate(s, outcome, data, table)}  # 7. evaluate
             active.log_metrics(figures)
             handed = handover.made()  # 8. hand-over
-            heap.give_back()  # (the reloaded folder's check), before the ledger reads the dense model back
+            give_back()  # (the reloaded folder's check), before the ledger reads the dense model back
             costs = _ledger(s, timed, baseline, model, outcome, data, handed)  # 9. ledger
             metrics.update({**agreed, **figures, **handover.end(costs, handed)}, run_id=active.id)  # 10. log
     shutil.rmtree(_checkpoints(s), ignore_errors=True)  # the run holds it all now

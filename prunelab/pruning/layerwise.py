@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from .. import heap
+from ..heap import give_back
 from ..names import Metric
 from .allocation import Local, as_scope
 from .blocks import Inputs, advance, batch_size_for, capture, find_blocks, fold_inputs
@@ -579,7 +579,7 @@ def _walk_blocks(
         block.to(home)
         if progress is not None and i >= done:
             progress.finished(i, inside)
-        heap.give_back()  # the block's Gram matrices and their inverses, freed: not kept by the heap
+        give_back()  # the block's Gram matrices and their inverses, freed: not kept by the heap
 
 
 def _prune_block(
