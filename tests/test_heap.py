@@ -9,9 +9,14 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from test_blocks import RATIO, gpt, method, tokens
+from test_ledger_scale import tiny_llama
 
 from prunelab import heap
+from prunelab.deploy import handover as handover_module
+from prunelab.deploy.handover import HandoverJob, hand_over
+from prunelab.names import Metric
 from prunelab.pruning import Local
 
 pytestmark = pytest.mark.skipif(not heap.give_back(), reason="the C library has no malloc_trim")
@@ -56,3 +61,24 @@ def test_a_run_hands_memory_back_after_its_prune_and_its_hand_over(make_cfg, mon
     monkeypatch.setattr(heap, "_trim", lambda: lambda pad: calls.append(pad) or 1)  # a counting malloc_trim
     run(make_cfg("handover=true"))
     assert len(calls) == 2  # (a LeNet has no repeated blocks)
+
+
+def test_a_language_models_hand_over_check_hands_memory_back_before_it_maps_the_folder(tmp_path, monkeypatch):
+    """The run's model's passes free their activations into the heap; the reloaded folder, mapped
+    beside the weights, would stack on them. Its own passes keep no key/value cache."""
+    events: list = []
+    monkeypatch.setattr(heap, "_trim", lambda: lambda _pad: events.append("hand back") or 1)
+    reload = handover_module.load_hf
+
+    def reloaded(folder):
+        model = reload(folder)
+        events.append("map the folder")
+        model.register_forward_hook(lambda _m, _a, out: events.append(("cache", out.past_key_values)))
+        return model
+
+    monkeypatch.setattr(handover_module, "load_hf", reloaded)
+    x = torch.randint(0, 64, (2, 16))
+    job = HandoverJob(tiny_llama(), 0.0, 1.0, x[:1], None, False, (x, x.roll(-1, 1)), formats=["hf"])
+    checked = hand_over(job, tmp_path).accuracies
+    assert events == ["hand back", "map the folder", ("cache", None), ("cache", None)]
+    assert checked[Metric.HANDOVER_HF_PERPLEXITY] == pytest.approx(checked[Metric.HANDOVER_PERPLEXITY], rel=1e-5)
