@@ -11,6 +11,9 @@ alternation, median of rounds) with 1 thread for PyTorch and for ONNX Runtime al
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from prunelab.deploy.ledger import latencies_ms
 from prunelab.deploy.onnx import OnnxModel, accuracy, deployed, export, int8, onnx_model
 from prunelab.experiment.train import fit
@@ -38,12 +41,16 @@ def run(quick: bool = False, threads: int = 1) -> Section:
     shrunk.eval()
     raw_val = data.raw(data.val.x)
     forms = {}
-    for name, net in (("dense", dense), ("pruned", shrunk)):
-        ship = deployed(net, data.mean, data.std)
-        onnx = onnx_model(export(ship, data.train.x[:1]))
-        forms[f"{name}, PyTorch fp32"] = ship
-        forms[f"{name}, ONNX Runtime fp32"] = OnnxModel(onnx, threads)
-        forms[f"{name}, ONNX Runtime int8"] = OnnxModel(int8(onnx, raw_val), threads)
+    with tempfile.TemporaryDirectory() as tmp:  # the ONNX files, as the hand-over writes them
+        for name, net in (("dense", dense), ("pruned", shrunk)):
+            ship = deployed(net, data.mean, data.std)
+            program = export(ship, data.train.x[:1])
+            onnx = onnx_model(program, Path(tmp) / f"{name}.onnx") if program is not None else None
+            if onnx is None:
+                raise RuntimeError(f"the {name} VGG-small could not be exported to ONNX")
+            forms[f"{name}, PyTorch fp32"] = ship
+            forms[f"{name}, ONNX Runtime fp32"] = OnnxModel(onnx, threads)  # (the session holds the model)
+            forms[f"{name}, ONNX Runtime int8"] = OnnxModel(int8(onnx.read_bytes(), raw_val), threads)
     test = (data.test_raw[:1000], data.test.y[:1000]) if quick else (data.test_raw, data.test.y)
     acc = {name: accuracy(fn, *test) for name, fn in forms.items()}
     lat = latencies_ms(forms, data.in_shape, threads=threads, budget_s=0.2 if quick else 1.5)
