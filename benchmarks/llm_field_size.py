@@ -121,8 +121,10 @@ class Measured:
 
     wall_s: float
     tree_peak: int  # bytes: the largest sum of RSS over the process and its descendants, sampled
-    own_peak: int  # bytes: the kernel's peak RSS of one process (ru_maxrss from wait4: the child, or
-    # a process it waited for, whichever peaked highest)
+    # bytes: the kernel's peak RSS of one process of the tree (VmHWM, read while it runs), the
+    # highest. Not ru_maxrss: across exec it keeps the RSS of the process forked (here, a benchmark
+    # process that holds gigabytes after the sections before it).
+    own_peak: int
     returncode: int
     log: Path
 
@@ -133,18 +135,23 @@ class Measured:
         return max(self.tree_peak, self.own_peak)
 
 
-def _tree_rss(root) -> int:
+def _tree_rss(root) -> tuple[int, int]:
+    """The process tree's summed RSS, and the largest peak RSS (VmHWM) of one of its processes."""
     import psutil
 
-    total = 0
+    total, hwm = 0, 0
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return 0, 0
     for p in procs:
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError, StopIteration):
             total += p.memory_info().rss
-    return total
+            status = Path(f"/proc/{p.pid}/status").read_text()
+            hwm = max(
+                hwm, int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+            )
+    return total, hwm
 
 
 def _kill_tree(root) -> None:
@@ -163,20 +170,21 @@ def measure(argv: list[str], cwd: Path, env: dict[str, str], log: Path, timeout_
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        root, peak = psutil.Process(proc.pid), 0
+        root, peak, own = psutil.Process(proc.pid), 0, 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() - start > timeout_s:
                 _kill_tree(root)
-                pid, status, usage = os.wait4(proc.pid, 0)
+                pid, status, _ = os.wait4(proc.pid, 0)
                 break
-            peak = max(peak, _tree_rss(root))
+            tree, hwm = _tree_rss(root)
+            peak, own = max(peak, tree), max(own, hwm)
             time.sleep(POLL_S)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return Measured(wall, peak, usage.ru_maxrss * 1024, proc.returncode, log)
+    return Measured(wall, peak, own, proc.returncode, log)
 
 
 def _tail(log: Path, lines: int = 6) -> str:
@@ -572,7 +580,8 @@ def section(work: Work, params: int, rows: dict[str, Row], reference: Path | Non
         "cache (`XDG_CACHE_HOME`: the tokens and the dense model's figures computed, as on a first run) "
         "and its own MLflow store (a copy of an empty one). Wall: process start to exit. Peak RSS: the "
         f"larger of the process tree's summed RSS sampled every {POLL_S} s (psutil) and the kernel's peak "
-        "RSS of one process (`ru_maxrss` from `wait4`: the main process, or a child it waited for); both are in the table. `time.prune_s` and the "
+        "RSS of one process (the largest `VmHWM` in `/proc/<pid>/status` of the tree's processes, read as "
+        "they run; not `ru_maxrss`, which keeps across `exec` the RSS of the process forked); both are in the table. `time.prune_s` and the "
         "perplexities: read back from the run's MLflow store."
         + (" **Quick smoke run: a tiny model; not results.**" if quick else "")
     )

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
-from .common import Section, Verdict, report, table
+from .common import Section, Verdict, peak_rss_bytes, report, table
 
 SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "ffn_dim": 3072}
 QUICK = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 256}
@@ -70,7 +69,8 @@ def child(mode: str, quick: bool, steps: int) -> dict:
         "trained": sum(p.numel() for p in trained),
         "state_bytes": state,
         "step_s": statistics.median(walls),
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        # VmHWM: this process's own peak (ru_maxrss keeps across exec the RSS of the process forked)
+        "peak_rss": peak_rss_bytes(),
     }
 
 
