@@ -519,8 +519,8 @@ AGAIN = {"readme_cached": "readme"}
 
 def rows_for(size: str, reference: Path | None) -> list[str]:
     """What a run measures: with a reference, the README path beside it; else 125m both paths (make
-    bench's; the README path also run again, the dense figures cached), 1.3b the default path. The floor beside the README path (it also writes the windows
-    the reference is checked against)."""
+    bench's; the README path also run again, the dense figures cached), 1.3b the default path. The
+    floor beside the README path (it also writes the windows the reference is checked against)."""
     if reference is not None:
         return ["floor", "readme", "readme_cached", "reference"]
     return ["floor", "readme", "readme_cached", "default"] if size == "125m" else ["default"]
