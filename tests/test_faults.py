@@ -162,6 +162,9 @@ def test_a_stopped_run_ends_killed_with_its_epochs_and_the_same_command_finishes
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # as at a terminal: a shell's background job (CI's, say) starts with Ctrl-C ignored, and
+        # Python keeps an ignored SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 240
