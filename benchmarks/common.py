@@ -201,12 +201,12 @@ def optimizer_name() -> str:
 
 def rss_bytes() -> int:
     """Current resident set size (VmRSS) of this process."""
-    return _status_kb("VmRSS") * 1024
+    return status_kb("VmRSS") * 1024
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size (VmHWM) since the process started or the last :func:`reset_peak`."""
-    return _status_kb("VmHWM") * 1024
+    return status_kb("VmHWM") * 1024
 
 
 def reset_peak() -> bool:
@@ -220,12 +220,13 @@ def reset_peak() -> bool:
         return False
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
+def status_kb(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` field in KiB (VmRSS, VmHWM, ...)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
 # glibc raises its mmap threshold each time a large block is freed, after which freed blocks of

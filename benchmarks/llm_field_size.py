@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .common import Section, Verdict, num, publish, table, verdict_lines
+from .common import Section, Verdict, num, publish, status_kb, table, verdict_lines
 
 BLOCK = "llm_field_size"
 TITLE = "15. Models of the field's size on the default path"
@@ -145,12 +145,9 @@ def _tree_rss(root) -> tuple[int, int]:
     except psutil.Error:
         return 0, 0
     for p in procs:
-        with contextlib.suppress(psutil.Error, OSError, StopIteration):
+        with contextlib.suppress(psutil.Error, OSError, RuntimeError):
             total += p.memory_info().rss
-            status = Path(f"/proc/{p.pid}/status").read_text()
-            hwm = max(
-                hwm, int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
-            )
+            hwm = max(hwm, status_kb("VmHWM", p.pid) * 1024)
     return total, hwm
 
 
